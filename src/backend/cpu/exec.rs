@@ -1,0 +1,524 @@
+//! The tile executor: runs a compiled [`Program`] over a block of output rows.
+//!
+//! For a block of rows, the row code runs once per row (hoisted values); then for each tile of
+//! `j` (so the tile's inputs stay in cache across the rows of the block), the tile code runs
+//! for each row and the reduction consumes the root register. Everything here is
+//! `#[inline(always)]` so that it is compiled inside the `#[target_feature]` wrappers of
+//! [`super::dispatch`], once per instruction set.
+
+use super::kernels::{
+    dot_slice, map1, map2, map3, max_slice, reduce_components, sum_exp_shifted, sum_slice, OutView,
+    View,
+};
+use super::program::{Instr, Level, Program, Root, Storage};
+use super::real::Real;
+use crate::formula::{BinaryOp, UnaryOp};
+use crate::reduction::{kahan_add, kmin_insert, lse_merge, Reduction, ReductionKind};
+
+/// Terms per tile: the inputs and registers of a tile stay in the L1/L2 cache.
+pub(crate) const TILE: usize = 512;
+/// The `j` inputs are padded to a multiple of this, so that tile loops need no remainder.
+pub(crate) const PAD: usize = 32;
+
+/// The data of one bound tensor, as the executor reads it.
+pub(crate) enum InputData<'a, T> {
+    /// An `i`-variable: `rows x dim`, row-major.
+    Rows(&'a [T]),
+    /// A `j`-variable, transposed: component `c` of term `j` at `c * stride + j`, padded.
+    Cols { data: Vec<T>, stride: usize },
+    /// A parameter: `dim` values.
+    Param(&'a [T]),
+}
+
+/// Everything a block needs, shared by all blocks.
+pub(crate) struct Context<'a, T> {
+    pub prog: &'a Program,
+    pub inputs: Vec<InputData<'a, T>>,
+    pub reduction: Reduction,
+    /// Number of terms of the reduced index.
+    pub terms: usize,
+    /// Components of the formula.
+    pub dim: usize,
+    pub state_vals: usize,
+    pub state_idx: usize,
+    pub out_vals: usize,
+    pub out_idx: usize,
+}
+
+macro_rules! unary_dispatch {
+    ($op:expr, $t:ty, $fma:expr, |$f:ident| $body:expr) => {
+        match $op {
+            UnaryOp::Neg => {
+                let $f = |x: $t| UnaryOp::Neg.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Exp => {
+                let $f = |x: $t| UnaryOp::Exp.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Log => {
+                let $f = |x: $t| UnaryOp::Log.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Sqrt => {
+                let $f = |x: $t| UnaryOp::Sqrt.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Rsqrt => {
+                let $f = |x: $t| UnaryOp::Rsqrt.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Square => {
+                let $f = |x: $t| UnaryOp::Square.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Inv => {
+                let $f = |x: $t| UnaryOp::Inv.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Abs => {
+                let $f = |x: $t| UnaryOp::Abs.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Sign => {
+                let $f = |x: $t| UnaryOp::Sign.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Step => {
+                let $f = |x: $t| UnaryOp::Step.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Relu => {
+                let $f = |x: $t| UnaryOp::Relu.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Sin => {
+                let $f = |x: $t| UnaryOp::Sin.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Cos => {
+                let $f = |x: $t| UnaryOp::Cos.apply::<$t, $fma>(x);
+                $body
+            }
+            UnaryOp::Pow(n) => {
+                let $f = |x: $t| UnaryOp::Pow(n).apply::<$t, $fma>(x);
+                $body
+            }
+        }
+    };
+}
+
+macro_rules! binary_dispatch {
+    ($op:expr, $t:ty, $fma:expr, |$f:ident| $body:expr) => {
+        binary_dispatch!(@arms $op, $t, $fma, $f, $body,
+            Add, Sub, Mul, Div, Powf, Min, Max, Lt, Le, Gt, Ge, Eq, Ne)
+    };
+    (@arms $op:expr, $t:ty, $fma:expr, $f:ident, $body:expr, $($name:ident),*) => {
+        match $op {
+            $(BinaryOp::$name => {
+                let $f = |x: $t, y: $t| BinaryOp::$name.apply::<$t, $fma>(x, y);
+                $body
+            })*
+        }
+    };
+}
+
+/// Runs one instruction over `len` terms.
+///
+/// # Safety
+/// `views` and `outs` must describe live registers of at least `len` terms (tile registers)
+/// or one value (row registers) per component, and `out` registers must not overlap inputs.
+#[inline(always)]
+unsafe fn exec_instr<T: Real, const FMA: bool>(
+    ins: &Instr,
+    prog: &Program,
+    views: &[View<T>],
+    outs: &[OutView<T>],
+    len: usize,
+) {
+    let dim = |r: usize| prog.regs[r].dim;
+    // SAFETY (every call below): forwarded from the caller.
+    unsafe {
+        match *ins {
+            Instr::Const { value, out } => outs[out].slice(0, len).fill(T::from_f64(value)),
+            Instr::Unary { op, a, out } => {
+                unary_dispatch!(op, T, FMA, |f| map1(views[a], outs[out], dim(out), len, f));
+                if matches!(op, UnaryOp::Sin | UnaryOp::Cos) {
+                    fix_large_trig(op, views[a], outs[out], dim(out), len);
+                }
+            }
+            Instr::ExpMul { a, b, out } => {
+                map2(views[a], views[b], outs[out], dim(out), len, |x, y| {
+                    (x * y).exp::<FMA>()
+                })
+            }
+            Instr::Binary { op, a, b, out } => {
+                binary_dispatch!(op, T, FMA, |f| map2(
+                    views[a],
+                    views[b],
+                    outs[out],
+                    dim(out),
+                    len,
+                    f
+                ))
+            }
+            Instr::Ternary { op, a, b, c, out } => map3(
+                views[a],
+                views[b],
+                views[c],
+                outs[out],
+                dim(out),
+                len,
+                |x, y, z| op.apply::<T>(x, y, z),
+            ),
+            Instr::Sum { a, out } => {
+                let o = outs[out].slice(0, len);
+                let v = views[a];
+                o.fill(T::ZERO);
+                for c in 0..v.dim {
+                    if v.tile {
+                        for (o, &x) in o.iter_mut().zip(v.slice(c, len)) {
+                            *o += x;
+                        }
+                    } else {
+                        let x = v.scalar(c);
+                        o.iter_mut().for_each(|o| *o += x);
+                    }
+                }
+            }
+            Instr::SqDist { a, b, out } => {
+                let d = dim(a).max(dim(b));
+                reduce_components::<T, FMA>(views[a], views[b], outs[out], d, len, true)
+            }
+            Instr::Dot { a, b, out } => {
+                let d = dim(a).max(dim(b));
+                reduce_components::<T, FMA>(views[a], views[b], outs[out], d, len, false)
+            }
+            Instr::Extract { a, start, out } => {
+                let v = views[a];
+                let shifted = View {
+                    ptr: v.comp(start),
+                    dim: dim(out),
+                    ..v
+                };
+                map1(shifted, outs[out], dim(out), len, |x| x);
+            }
+            Instr::Concat { a, b, out } => {
+                let o = outs[out];
+                map1(views[a], o, dim(a), len, |x| x);
+                let tail = OutView {
+                    ptr: o.ptr.add(dim(a) * o.cstride),
+                    cstride: o.cstride,
+                };
+                map1(views[b], tail, dim(b), len, |x| x);
+            }
+            Instr::MatVec { a, v, out } => {
+                let m = dim(v);
+                let (va, vv) = (views[a], views[v]);
+                for r in 0..dim(out) {
+                    let row = View {
+                        ptr: va.comp(r * m),
+                        dim: m,
+                        ..va
+                    };
+                    let o = OutView {
+                        ptr: outs[out].ptr.add(r * outs[out].cstride),
+                        cstride: 0,
+                    };
+                    reduce_components::<T, FMA>(row, vv, o, m, len, false);
+                }
+            }
+            Instr::Broadcast { a, out } => map1(views[a], outs[out], dim(out), len, |x| x),
+        }
+    }
+}
+
+/// Recomputes with the standard library the sines and cosines whose argument is beyond the
+/// accurate range of the vectorised versions (a compare per term otherwise).
+///
+/// # Safety
+/// As for [`exec_instr`].
+#[inline(always)]
+unsafe fn fix_large_trig<T: Real>(
+    op: UnaryOp,
+    a: View<T>,
+    out: OutView<T>,
+    dim: usize,
+    len: usize,
+) {
+    for c in 0..dim {
+        // SAFETY: forwarded from the caller.
+        let o = unsafe { out.slice(c, len) };
+        for (l, o) in o.iter_mut().enumerate() {
+            // SAFETY: `l < len`; a row view has one value.
+            let x = unsafe { *a.comp(c).add(if a.tile { l } else { 0 }) };
+            if x.abs() > T::TRIG_LIMIT && x.abs() != T::INFINITY {
+                *o = if op == UnaryOp::Sin {
+                    x.sin_std()
+                } else {
+                    x.cos_std()
+                };
+            }
+        }
+    }
+}
+
+/// Scratch memory of one block.
+struct Scratch<T> {
+    rows: Vec<T>,
+    tile: Vec<T>,
+    weights: Vec<T>,
+}
+
+/// Views of every register for row `r` (local index in the block, global index `i`) and the
+/// tile starting at `j0`; `row_code` selects the layout used while computing row registers.
+#[inline(always)]
+fn make_views<T: Real>(
+    ctx: &Context<'_, T>,
+    scratch: &mut Scratch<T>,
+    r: usize,
+    i: usize,
+    j0: usize,
+    row_code: bool,
+    views: &mut Vec<View<T>>,
+    outs: &mut Vec<OutView<T>>,
+) {
+    views.clear();
+    outs.clear();
+    let prog = ctx.prog;
+    let row_base = scratch.rows.as_mut_ptr().wrapping_add(r * prog.row_len);
+    let tile_base = scratch.tile.as_mut_ptr();
+    for reg in &prog.regs {
+        let (ptr, cstride, tile): (*mut T, usize, bool) = match (reg.storage, reg.level) {
+            (Storage::Scratch(o), Level::Row) => (row_base.wrapping_add(o), 1, row_code),
+            (Storage::Scratch(o), Level::Tile) => (tile_base.wrapping_add(o * TILE), TILE, true),
+            (Storage::Input(p), _) => match &ctx.inputs[p] {
+                InputData::Rows(d) => (d.as_ptr().wrapping_add(i * reg.dim) as *mut T, 1, row_code),
+                InputData::Param(d) => (d.as_ptr() as *mut T, 1, row_code),
+                InputData::Cols { data, stride } => {
+                    (data.as_ptr().wrapping_add(j0) as *mut T, *stride, true)
+                }
+            },
+        };
+        views.push(View {
+            ptr: ptr as *const T,
+            cstride,
+            tile,
+            dim: reg.dim,
+        });
+        outs.push(OutView { ptr, cstride });
+    }
+}
+
+/// Runs the reduction for output rows `rows`, writing `out_vals` (`rows.len() x out_vals`
+/// values, as `f64` to be converted by the caller) and `out_idx`.
+///
+/// # Safety
+/// `ctx` must be consistent: inputs sized for the program's registers (`i`-variables with at
+/// least `rows.end` rows, `j`-variables padded to a multiple of [`PAD`] at least `terms`).
+#[inline(always)]
+pub(crate) unsafe fn run_block<T: Real, const FMA: bool>(
+    ctx: &Context<'_, T>,
+    rows: std::ops::Range<usize>,
+    out_vals: &mut [f64],
+    out_idx: &mut [i64],
+) {
+    let prog = ctx.prog;
+    let nr = rows.len();
+    let mut scratch = Scratch {
+        rows: vec![T::ZERO; nr * prog.row_len],
+        tile: vec![T::ZERO; prog.tile_components * TILE],
+        weights: vec![T::ZERO; TILE],
+    };
+    let (sv, si) = (ctx.state_vals, ctx.state_idx);
+    let mut vals = vec![0.0f64; nr * sv];
+    let mut idx = vec![0i64; nr * si];
+    for r in 0..nr {
+        ctx.reduction.init(
+            ctx.dim,
+            &mut vals[r * sv..(r + 1) * sv],
+            &mut idx[r * si..(r + 1) * si],
+        );
+    }
+    let mut views = Vec::with_capacity(prog.regs.len());
+    let mut outs = Vec::with_capacity(prog.regs.len());
+    for (r, i) in rows.clone().enumerate() {
+        make_views(ctx, &mut scratch, r, i, 0, true, &mut views, &mut outs);
+        for ins in &prog.row_code {
+            // SAFETY: row registers have `dim` values in the row scratch; inputs are sized by
+            // the caller.
+            unsafe { exec_instr::<T, FMA>(ins, prog, &views, &outs, 1) };
+        }
+    }
+    let mut j0 = 0;
+    while j0 < ctx.terms {
+        let valid = TILE.min(ctx.terms - j0);
+        let len = valid.div_ceil(PAD) * PAD;
+        for (r, i) in rows.clone().enumerate() {
+            make_views(ctx, &mut scratch, r, i, j0, false, &mut views, &mut outs);
+            for ins in &prog.tile_code {
+                // SAFETY: tile registers hold TILE >= len terms; j-inputs are padded to a
+                // multiple of PAD covering j0 + len.
+                unsafe { exec_instr::<T, FMA>(ins, prog, &views, &outs, len) };
+            }
+            // SAFETY: as above.
+            unsafe {
+                accumulate_tile::<T, FMA>(
+                    ctx,
+                    &views,
+                    scratch.weights.as_mut_slice(),
+                    valid,
+                    j0,
+                    &mut vals[r * sv..(r + 1) * sv],
+                    &mut idx[r * si..(r + 1) * si],
+                )
+            };
+        }
+        j0 += TILE;
+    }
+    let (ov, oi) = (ctx.out_vals, ctx.out_idx);
+    for r in 0..nr {
+        ctx.reduction.finalize(
+            ctx.dim,
+            &vals[r * sv..(r + 1) * sv],
+            &idx[r * si..(r + 1) * si],
+            &mut out_vals[r * ov..(r + 1) * ov],
+            &mut out_idx[r * oi..(r + 1) * oi],
+        );
+    }
+}
+
+/// Consumes the root register of one row over `valid` terms starting at `j0`.
+///
+/// # Safety
+/// As for [`run_block`]; `views` describe the current row and tile.
+#[inline(always)]
+unsafe fn accumulate_tile<T: Real, const FMA: bool>(
+    ctx: &Context<'_, T>,
+    views: &[View<T>],
+    weights: &mut [T],
+    valid: usize,
+    j0: usize,
+    vals: &mut [f64],
+    idx: &mut [i64],
+) {
+    let dim = ctx.dim;
+    let red = &ctx.reduction;
+    // SAFETY (every block below): forwarded from the caller.
+    let root = match ctx.prog.root {
+        Root::Value(r) => views[r],
+        Root::Product(a, b) => {
+            let (x, y) = (views[a], views[b]);
+            let (sums, comps) = vals.split_at_mut(dim);
+            for c in 0..dim {
+                let part = unsafe {
+                    match (x.tile, y.tile) {
+                        (true, true) => dot_slice::<T, FMA>(x.slice(c, valid), y.slice(c, valid)),
+                        (true, false) => sum_slice(x.slice(c, valid)) * y.scalar(c),
+                        (false, _) => x.scalar(c) * sum_slice(y.slice(c, valid)),
+                    }
+                };
+                kahan_add(&mut sums[c], &mut comps[c], part.to_f64());
+            }
+            return;
+        }
+    };
+    match red.kind {
+        ReductionKind::Sum => {
+            let (sums, comps) = vals.split_at_mut(dim);
+            for c in 0..dim {
+                let part = sum_slice(unsafe { root.slice(c, valid) });
+                kahan_add(&mut sums[c], &mut comps[c], part.to_f64());
+            }
+        }
+        ReductionKind::LogSumExp => {
+            let (ms, ss) = vals.split_at_mut(dim);
+            for c in 0..dim {
+                let xs = unsafe { root.slice(c, valid) };
+                let m = max_slice(xs);
+                let (mf, s) = if m == T::NEG_INFINITY {
+                    continue;
+                } else if m == T::INFINITY {
+                    (f64::INFINITY, 1.0)
+                } else if m.partial_cmp(&m).is_none() {
+                    (f64::NAN, f64::NAN)
+                } else {
+                    (m.to_f64(), sum_exp_shifted::<T, FMA>(xs, m).to_f64())
+                };
+                lse_merge(&mut ms[c], &mut ss[c], mf, s);
+            }
+        }
+        ReductionKind::SumSoftMaxWeight => {
+            let f = unsafe { root.slice(0, valid) };
+            let m = max_slice(f);
+            if m == T::NEG_INFINITY {
+                return;
+            }
+            let mut part = vec![0.0f64; dim + 1];
+            if m.partial_cmp(&m).is_none() || m == T::INFINITY {
+                // Rare: let the exact f64 protocol handle infinities and NaN term by term.
+                let mut st = vec![0.0f64; dim + 1];
+                red.init(dim, &mut st, &mut []);
+                let mut term = vec![0.0f64; dim];
+                for l in 0..valid {
+                    for (c, t) in term.iter_mut().enumerate() {
+                        *t = unsafe { *root.comp(c).add(l) }.to_f64();
+                    }
+                    red.accumulate(&mut st, &mut [], &term, (j0 + l) as i64);
+                }
+                red.combine(dim, vals, idx, &st, &[]);
+                return;
+            }
+            let w = &mut weights[..valid];
+            for (w, &x) in w.iter_mut().zip(f) {
+                *w = (x - m).exp::<FMA>();
+            }
+            part[0] = m.to_f64();
+            part[1] = sum_slice(w).to_f64();
+            for c in 1..dim {
+                part[c + 1] = dot_slice::<T, FMA>(w, unsafe { root.slice(c, valid) }).to_f64();
+            }
+            red.combine(dim, vals, idx, &part, &[]);
+        }
+        ReductionKind::Min
+        | ReductionKind::ArgMin
+        | ReductionKind::MinArgMin
+        | ReductionKind::Max
+        | ReductionKind::ArgMax
+        | ReductionKind::MaxArgMax => {
+            let max = matches!(
+                red.kind,
+                ReductionKind::Max | ReductionKind::ArgMax | ReductionKind::MaxArgMax
+            );
+            for c in 0..dim {
+                let xs = unsafe { root.slice(c, valid) };
+                let mut best = T::from_f64(vals[c]);
+                let mut bi = idx[c];
+                for (l, &v) in xs.iter().enumerate() {
+                    let nan_v = v.partial_cmp(&v).is_none();
+                    let nan_best = best.partial_cmp(&best).is_none();
+                    let better = if max { v > best } else { v < best } || (nan_v && !nan_best);
+                    if better || bi < 0 {
+                        best = v;
+                        bi = (j0 + l) as i64;
+                    }
+                }
+                vals[c] = best.to_f64();
+                idx[c] = bi;
+            }
+        }
+        ReductionKind::KMin(k) | ReductionKind::ArgKMin(k) | ReductionKind::KMinArgKMin(k) => {
+            for c in 0..dim {
+                let xs = unsafe { root.slice(c, valid) };
+                let (kv, ki) = (&mut vals[c * k..(c + 1) * k], &mut idx[c * k..(c + 1) * k]);
+                for (l, &v) in xs.iter().enumerate() {
+                    let v = v.to_f64();
+                    let full = ki[k - 1] >= 0;
+                    if !full || v < kv[k - 1] || (v.is_nan() && !kv[k - 1].is_nan()) {
+                        kmin_insert(kv, ki, v, (j0 + l) as i64);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! The loops of the tile executor: each instruction is one of these, run over a tile.
+//!
+//! Registers are seen through a [`View`]: a base pointer, the distance between components,
+//! whether the register has one value per term (`tile`) or one per row (broadcast over the
+//! tile), and its dimension (a 1-component view is broadcast over components). Every loop is
+//! written so that its innermost level is a plain slice loop that LLVM vectorises; the
+//! operation is a generic closure, fixed per instantiation, so no dispatch happens inside a
+//! loop.
+
+use super::real::Real;
+
+/// Pointers and strides of one register over the current tile.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View<T> {
+    pub ptr: *const T,
+    pub cstride: usize,
+    pub tile: bool,
+    pub dim: usize,
+}
+
+/// A register being written: component `c` starts at `ptr + c * cstride`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OutView<T> {
+    pub ptr: *mut T,
+    pub cstride: usize,
+}
+
+impl<T> View<T> {
+    /// Component `c` (component 0 for a broadcast 1-component register).
+    #[inline(always)]
+    pub(crate) fn comp(&self, c: usize) -> *const T {
+        if self.dim == 1 {
+            self.ptr
+        } else {
+            self.ptr.wrapping_add(c * self.cstride)
+        }
+    }
+
+    /// Component `c` as a slice of `len` terms.
+    ///
+    /// # Safety
+    /// The view must be a tile view with at least `len` valid terms per component.
+    #[inline(always)]
+    pub(crate) unsafe fn slice<'a>(&self, c: usize, len: usize) -> &'a [T] {
+        // SAFETY: guaranteed by the caller (the executor sizes every tile register to the
+        // tile length and pads j-inputs to it).
+        unsafe { std::slice::from_raw_parts(self.comp(c), len) }
+    }
+
+    /// Component `c` of a row view (one value).
+    ///
+    /// # Safety
+    /// The view must point at a register with at least `dim` values.
+    #[inline(always)]
+    pub(crate) unsafe fn scalar(&self, c: usize) -> T
+    where
+        T: Copy,
+    {
+        // SAFETY: guaranteed by the caller.
+        unsafe { *self.comp(c) }
+    }
+}
+
+impl<T> OutView<T> {
+    /// Component `c` as a mutable slice of `len` terms.
+    ///
+    /// # Safety
+    /// The register must have room for `len` terms per component, and must not overlap any
+    /// register read by the same instruction (the compiler gives every node its own register).
+    #[inline(always)]
+    pub(crate) unsafe fn slice<'a>(&self, c: usize, len: usize) -> &'a mut [T] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(c * self.cstride), len) }
+    }
+}
+
+/// `out = f(a)`, component-wise.
+///
+/// # Safety
+/// See [`View::slice`] and [`OutView::slice`].
+#[inline(always)]
+pub(crate) unsafe fn map1<T: Real>(
+    a: View<T>,
+    out: OutView<T>,
+    dim: usize,
+    len: usize,
+    f: impl Fn(T) -> T,
+) {
+    for c in 0..dim {
+        // SAFETY: forwarded from the caller.
+        let o = unsafe { out.slice(c, len) };
+        if a.tile {
+            let x = unsafe { a.slice(c, len) };
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = f(x);
+            }
+        } else {
+            o.fill(f(unsafe { a.scalar(c) }));
+        }
+    }
+}
+
+/// `out = f(a, b)`, component-wise, with either argument broadcast.
+///
+/// # Safety
+/// See [`View::slice`] and [`OutView::slice`].
+#[inline(always)]
+pub(crate) unsafe fn map2<T: Real>(
+    a: View<T>,
+    b: View<T>,
+    out: OutView<T>,
+    dim: usize,
+    len: usize,
+    f: impl Fn(T, T) -> T,
+) {
+    for c in 0..dim {
+        // SAFETY (all blocks below): forwarded from the caller.
+        let o = unsafe { out.slice(c, len) };
+        match (a.tile, b.tile) {
+            (true, true) => {
+                let (x, y) = unsafe { (a.slice(c, len), b.slice(c, len)) };
+                for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                    *o = f(x, y);
+                }
+            }
+            (true, false) => {
+                let (x, y) = unsafe { (a.slice(c, len), b.scalar(c)) };
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = f(x, y);
+                }
+            }
+            (false, true) => {
+                let (x, y) = unsafe { (a.scalar(c), b.slice(c, len)) };
+                for (o, &y) in o.iter_mut().zip(y) {
+                    *o = f(x, y);
+                }
+            }
+            (false, false) => o.fill(f(unsafe { a.scalar(c) }, unsafe { b.scalar(c) })),
+        }
+    }
+}
+
+/// `out = f(a, b, c)`, component-wise, with any argument broadcast.
+///
+/// # Safety
+/// See [`View::slice`] and [`OutView::slice`].
+#[inline(always)]
+pub(crate) unsafe fn map3<T: Real>(
+    a: View<T>,
+    b: View<T>,
+    c3: View<T>,
+    out: OutView<T>,
+    dim: usize,
+    len: usize,
+    f: impl Fn(T, T, T) -> T,
+) {
+    let at = |v: &View<T>, c: usize, l: usize| -> T {
+        // SAFETY: forwarded from the caller; `l < len`.
+        unsafe { *v.comp(c).add(if v.tile { l } else { 0 }) }
+    };
+    for c in 0..dim {
+        // SAFETY: forwarded from the caller.
+        let o = unsafe { out.slice(c, len) };
+        for (l, o) in o.iter_mut().enumerate() {
+            *o = f(at(&a, c, l), at(&b, c, l), at(&c3, c, l));
+        }
+    }
+}
+
+/// `out = sum_c g(a_c, b_c)` over the components of the inputs (a 1-component result).
+///
+/// # Safety
+/// See [`View::slice`] and [`OutView::slice`].
+#[inline(always)]
+pub(crate) unsafe fn reduce_components<T: Real, const FMA: bool>(
+    a: View<T>,
+    b: View<T>,
+    out: OutView<T>,
+    dim: usize,
+    len: usize,
+    sub: bool,
+) {
+    // SAFETY (all blocks below): forwarded from the caller.
+    let o = unsafe { out.slice(0, len) };
+    o.fill(T::ZERO);
+    for c in 0..dim {
+        match (a.tile, b.tile) {
+            (true, true) => {
+                let (x, y) = unsafe { (a.slice(c, len), b.slice(c, len)) };
+                for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                    *o = term::<T, FMA>(*o, x, y, sub);
+                }
+            }
+            (true, false) => {
+                let (x, y) = unsafe { (a.slice(c, len), b.scalar(c)) };
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = term::<T, FMA>(*o, x, y, sub);
+                }
+            }
+            (false, true) => {
+                let (x, y) = unsafe { (a.scalar(c), b.slice(c, len)) };
+                for (o, &y) in o.iter_mut().zip(y) {
+                    *o = term::<T, FMA>(*o, x, y, sub);
+                }
+            }
+            (false, false) => {
+                let (x, y) = unsafe { (a.scalar(c), b.scalar(c)) };
+                for o in o.iter_mut() {
+                    *o = term::<T, FMA>(*o, x, y, sub);
+                }
+            }
+        }
+    }
+}
+
+/// `acc + (x - y)^2` or `acc + x * y`.
+#[inline(always)]
+fn term<T: Real, const FMA: bool>(acc: T, x: T, y: T, sub: bool) -> T {
+    if sub {
+        let d = x - y;
+        T::fma::<FMA>(d, d, acc)
+    } else {
+        T::fma::<FMA>(x, y, acc)
+    }
+}
+
+/// Number of independent accumulators of the tile reductions: enough vector registers to hide
+/// the latency of additions (2 AVX-512 registers of f32, 4 of f64).
+const ACC: usize = 32;
+
+/// Sum of a slice, with `ACC` independent accumulators.
+#[inline(always)]
+pub(crate) fn sum_slice<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::ZERO; ACC];
+    let mut chunks = x.chunks_exact(ACC);
+    for ch in &mut chunks {
+        for k in 0..ACC {
+            acc[k] += ch[k];
+        }
+    }
+    let mut tail = T::ZERO;
+    for &v in chunks.remainder() {
+        tail += v;
+    }
+    pairwise(acc) + tail
+}
+
+/// Dot product of two slices, with `ACC` independent accumulators.
+#[inline(always)]
+pub(crate) fn dot_slice<T: Real, const FMA: bool>(x: &[T], y: &[T]) -> T {
+    let mut acc = [T::ZERO; ACC];
+    let mut cx = x.chunks_exact(ACC);
+    let mut cy = y.chunks_exact(ACC);
+    for (a, b) in (&mut cx).zip(&mut cy) {
+        for k in 0..ACC {
+            acc[k] = T::fma::<FMA>(a[k], b[k], acc[k]);
+        }
+    }
+    let mut tail = T::ZERO;
+    for (&a, &b) in cx.remainder().iter().zip(cy.remainder()) {
+        tail = T::fma::<FMA>(a, b, tail);
+    }
+    pairwise(acc) + tail
+}
+
+/// Maximum of a slice; `NaN` if any element is `NaN`; `-inf` if empty.
+#[inline(always)]
+pub(crate) fn max_slice<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::NEG_INFINITY; ACC];
+    let mut nan = [T::ZERO; ACC];
+    let mut chunks = x.chunks_exact(ACC);
+    for ch in &mut chunks {
+        for k in 0..ACC {
+            acc[k] = if ch[k] > acc[k] { ch[k] } else { acc[k] };
+            // x - x is 0, or NaN for NaN (and for infinities, which the max handles anyway).
+            nan[k] += ch[k] - ch[k];
+        }
+    }
+    let mut m = T::NEG_INFINITY;
+    let mut n = T::ZERO;
+    for k in 0..ACC {
+        m = if acc[k] > m { acc[k] } else { m };
+        n += nan[k];
+    }
+    for &v in chunks.remainder() {
+        m = if v > m { v } else { m };
+        n += v - v;
+    }
+    #[allow(clippy::eq_op)]
+    let has_nan = n != n;
+    if has_nan {
+        // Either a NaN term or inf - inf: only a real NaN term makes the maximum NaN.
+        if let Some(&v) = x.iter().find(|v| v.partial_cmp(v).is_none()) {
+            return v;
+        }
+    }
+    m
+}
+
+/// `sum_l exp(x_l - m)`, with `ACC` independent accumulators.
+#[inline(always)]
+pub(crate) fn sum_exp_shifted<T: Real, const FMA: bool>(x: &[T], m: T) -> T {
+    let mut acc = [T::ZERO; ACC];
+    let mut chunks = x.chunks_exact(ACC);
+    for ch in &mut chunks {
+        for k in 0..ACC {
+            acc[k] += (ch[k] - m).exp::<FMA>();
+        }
+    }
+    let mut tail = T::ZERO;
+    for &v in chunks.remainder() {
+        tail += (v - m).exp::<FMA>();
+    }
+    pairwise(acc) + tail
+}
+
+#[inline(always)]
+fn pairwise<T: Real>(mut acc: [T; ACC]) -> T {
+    let mut w = ACC / 2;
+    while w > 0 {
+        for k in 0..w {
+            acc[k] = acc[k] + acc[k + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}

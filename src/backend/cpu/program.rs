@@ -1,0 +1,466 @@
+//! Compiling a formula into a register program for the tile executor.
+//!
+//! The formula DAG is hash-consed (structurally equal subexpressions get one register) and
+//! each node is classified: nodes that do not depend on `j` are *row* registers, computed once
+//! per output row (hoisted out of the `j` loop); the others are *tile* registers, one value per
+//! `j` of the current tile, stored component-major so every instruction is a tight loop over
+//! the tile. A few fusions save passes over the tile where kernels spend their time:
+//! `Sum(Square(a - b))` (squared distances), `Sum(a * b)` (dot products), `Exp(a * b)`
+//! (scaled exponentials), division by a row value (multiplication by its hoisted inverse),
+//! negation moved onto the row side of a product, and a `Sum` reduction of a product that
+//! multiplies and accumulates without storing the product.
+
+use std::collections::HashMap;
+
+use crate::formula::{BinaryOp, Expr, Op, TernaryOp, UnaryOp, VarCat};
+
+/// Index of a register.
+pub(crate) type Reg = usize;
+
+/// Where a register's values live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Storage {
+    /// Computed into scratch memory at this offset (row or tile scratch, by level).
+    Scratch(usize),
+    /// The bound tensor at this position, read in place.
+    Input(usize),
+}
+
+/// Whether a register has one value per output row or one per term of the tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Level {
+    Row,
+    Tile,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RegInfo {
+    pub dim: usize,
+    pub level: Level,
+    pub storage: Storage,
+}
+
+/// One instruction: writes `out` from earlier registers.
+#[derive(Clone, Debug)]
+pub(crate) enum Instr {
+    Const {
+        value: f64,
+        out: Reg,
+    },
+    Unary {
+        op: UnaryOp,
+        a: Reg,
+        out: Reg,
+    },
+    /// `exp(a * b)`.
+    ExpMul {
+        a: Reg,
+        b: Reg,
+        out: Reg,
+    },
+    Binary {
+        op: BinaryOp,
+        a: Reg,
+        b: Reg,
+        out: Reg,
+    },
+    Ternary {
+        op: TernaryOp,
+        a: Reg,
+        b: Reg,
+        c: Reg,
+        out: Reg,
+    },
+    Sum {
+        a: Reg,
+        out: Reg,
+    },
+    /// `Sum((a - b)^2)`.
+    SqDist {
+        a: Reg,
+        b: Reg,
+        out: Reg,
+    },
+    /// `Sum(a * b)`.
+    Dot {
+        a: Reg,
+        b: Reg,
+        out: Reg,
+    },
+    /// Components `start..start + dim(out)` of `a`.
+    Extract {
+        a: Reg,
+        start: usize,
+        out: Reg,
+    },
+    Concat {
+        a: Reg,
+        b: Reg,
+        out: Reg,
+    },
+    MatVec {
+        a: Reg,
+        v: Reg,
+        out: Reg,
+    },
+    /// A row register copied to every term of the tile.
+    Broadcast {
+        a: Reg,
+        out: Reg,
+    },
+}
+
+/// What the reduction consumes for each term.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Root {
+    /// The register's value.
+    Value(Reg),
+    /// The product of two registers (only for `Sum`, which multiplies and accumulates).
+    Product(Reg, Reg),
+}
+
+/// A compiled formula.
+#[derive(Clone, Debug)]
+pub(crate) struct Program {
+    pub regs: Vec<RegInfo>,
+    /// Instructions writing row registers, in order.
+    pub row_code: Vec<Instr>,
+    /// Instructions writing tile registers, in order.
+    pub tile_code: Vec<Instr>,
+    pub root: Root,
+    /// Size of the row scratch, in elements per row.
+    pub row_len: usize,
+    /// Size of the tile scratch, in units of the tile length (components of tile registers).
+    pub tile_components: usize,
+}
+
+struct Builder {
+    regs: Vec<RegInfo>,
+    row_code: Vec<Instr>,
+    tile_code: Vec<Instr>,
+    memo: HashMap<Expr, Reg>,
+    uses: HashMap<Expr, usize>,
+    row_len: usize,
+    tile_components: usize,
+    /// Registers created by rewrites (negated or inverted row values), keyed by source and op.
+    derived: HashMap<(Reg, UnaryOp), Reg>,
+}
+
+impl Builder {
+    fn new_reg(&mut self, dim: usize, level: Level) -> Reg {
+        let offset = match level {
+            Level::Row => {
+                let o = self.row_len;
+                self.row_len += dim;
+                o
+            }
+            Level::Tile => {
+                let o = self.tile_components;
+                self.tile_components += dim;
+                o
+            }
+        };
+        self.regs.push(RegInfo {
+            dim,
+            level,
+            storage: Storage::Scratch(offset),
+        });
+        self.regs.len() - 1
+    }
+
+    fn level(&self, r: Reg) -> Level {
+        self.regs[r].level
+    }
+
+    fn emit(&mut self, dim: usize, level: Level, make: impl FnOnce(Reg) -> Instr) -> Reg {
+        let out = self.new_reg(dim, level);
+        let ins = make(out);
+        match level {
+            Level::Row => self.row_code.push(ins),
+            Level::Tile => self.tile_code.push(ins),
+        }
+        out
+    }
+
+    fn join(&self, rs: &[Reg]) -> Level {
+        if rs.iter().any(|&r| self.level(r) == Level::Tile) {
+            Level::Tile
+        } else {
+            Level::Row
+        }
+    }
+
+    fn single_use(&self, e: &Expr) -> bool {
+        self.uses.get(e).copied().unwrap_or(0) <= 1
+    }
+
+    /// A row register holding `op(r)`, created once.
+    fn derived_row(&mut self, r: Reg, op: UnaryOp) -> Reg {
+        if let Some(&d) = self.derived.get(&(r, op)) {
+            return d;
+        }
+        let dim = self.regs[r].dim;
+        let d = self.emit(dim, Level::Row, |out| Instr::Unary { op, a: r, out });
+        self.derived.insert((r, op), d);
+        d
+    }
+
+    fn lower(&mut self, e: &Expr) -> Reg {
+        if let Some(&r) = self.memo.get(e) {
+            return r;
+        }
+        let r = self.lower_new(e);
+        self.memo.insert(e.clone(), r);
+        r
+    }
+
+    /// `a * b`, with a negation of a single-use tile operand moved onto a row operand.
+    fn lower_mul(&mut self, a: &Expr, b: &Expr) -> (Reg, Reg) {
+        let neg_inner = |x: &Expr| match x.op() {
+            Op::Unary(UnaryOp::Neg) => Some(x.args()[0].clone()),
+            _ => None,
+        };
+        for (x, y, swap) in [(a, b, false), (b, a, true)] {
+            if let Some(inner) = neg_inner(x) {
+                if self.single_use(x) && !self.memo.contains_key(x) {
+                    let ry = self.lower(y);
+                    if self.level(ry) == Level::Row {
+                        let ri = self.lower(&inner);
+                        if self.level(ri) == Level::Tile {
+                            let ny = self.derived_row(ry, UnaryOp::Neg);
+                            return if swap { (ny, ri) } else { (ri, ny) };
+                        }
+                    }
+                }
+            }
+        }
+        (self.lower(a), self.lower(b))
+    }
+
+    fn lower_new(&mut self, e: &Expr) -> Reg {
+        let args = e.args();
+        let dim = e.dim();
+        match *e.op() {
+            Op::Var(_) => unreachable!("variables are registered before lowering"),
+            Op::Const(value) => self.emit(1, Level::Row, |out| Instr::Const { value, out }),
+            Op::Unary(UnaryOp::Exp) => {
+                let x = &args[0];
+                if let (Op::Binary(BinaryOp::Mul), true) = (x.op(), self.single_use(x)) {
+                    if !self.memo.contains_key(x) {
+                        let (a, b) = self.lower_mul(&x.args()[0], &x.args()[1]);
+                        let level = self.join(&[a, b]);
+                        if level == Level::Tile {
+                            return self.emit(dim, level, |out| Instr::ExpMul { a, b, out });
+                        }
+                        let m = self.emit(x.dim(), level, |out| Instr::Binary {
+                            op: BinaryOp::Mul,
+                            a,
+                            b,
+                            out,
+                        });
+                        self.memo.insert(x.clone(), m);
+                        return self.emit(dim, level, |out| Instr::Unary {
+                            op: UnaryOp::Exp,
+                            a: m,
+                            out,
+                        });
+                    }
+                }
+                let a = self.lower(x);
+                let level = self.level(a);
+                self.emit(dim, level, |out| Instr::Unary {
+                    op: UnaryOp::Exp,
+                    a,
+                    out,
+                })
+            }
+            Op::Unary(op) => {
+                let a = self.lower(&args[0]);
+                let level = self.level(a);
+                self.emit(dim, level, |out| Instr::Unary { op, a, out })
+            }
+            Op::Binary(BinaryOp::Mul) => {
+                let (a, b) = self.lower_mul(&args[0], &args[1]);
+                let level = self.join(&[a, b]);
+                self.emit(dim, level, |out| Instr::Binary {
+                    op: BinaryOp::Mul,
+                    a,
+                    b,
+                    out,
+                })
+            }
+            Op::Binary(BinaryOp::Div) => {
+                let b = self.lower(&args[1]);
+                if self.level(b) == Level::Row {
+                    // x / r = x * (1 / r), with 1 / r hoisted out of the j loop.
+                    let a = self.lower(&args[0]);
+                    if self.level(a) == Level::Tile {
+                        let inv = self.derived_row(b, UnaryOp::Inv);
+                        return self.emit(dim, Level::Tile, |out| Instr::Binary {
+                            op: BinaryOp::Mul,
+                            a,
+                            b: inv,
+                            out,
+                        });
+                    }
+                }
+                let a = self.lower(&args[0]);
+                let level = self.join(&[a, b]);
+                self.emit(dim, level, |out| Instr::Binary {
+                    op: BinaryOp::Div,
+                    a,
+                    b,
+                    out,
+                })
+            }
+            Op::Binary(op) => {
+                let a = self.lower(&args[0]);
+                let b = self.lower(&args[1]);
+                let level = self.join(&[a, b]);
+                self.emit(dim, level, |out| Instr::Binary { op, a, b, out })
+            }
+            Op::Ternary(op) => {
+                let a = self.lower(&args[0]);
+                let b = self.lower(&args[1]);
+                let c = self.lower(&args[2]);
+                let level = self.join(&[a, b, c]);
+                self.emit(dim, level, |out| Instr::Ternary { op, a, b, c, out })
+            }
+            Op::Sum => {
+                let x = &args[0];
+                let fusable = self.single_use(x) && !self.memo.contains_key(x);
+                match x.op() {
+                    Op::Unary(UnaryOp::Square) if fusable => {
+                        let y = &x.args()[0];
+                        if let (Op::Binary(BinaryOp::Sub), true) = (y.op(), self.single_use(y)) {
+                            if !self.memo.contains_key(y) {
+                                let a = self.lower(&y.args()[0]);
+                                let b = self.lower(&y.args()[1]);
+                                let level = self.join(&[a, b]);
+                                return self.emit(1, level, |out| Instr::SqDist { a, b, out });
+                            }
+                        }
+                        let a = self.lower(y);
+                        let level = self.level(a);
+                        self.emit(1, level, |out| Instr::Dot { a, b: a, out })
+                    }
+                    Op::Binary(BinaryOp::Mul) if fusable => {
+                        let a = self.lower(&x.args()[0]);
+                        let b = self.lower(&x.args()[1]);
+                        let level = self.join(&[a, b]);
+                        self.emit(1, level, |out| Instr::Dot { a, b, out })
+                    }
+                    _ => {
+                        let a = self.lower(x);
+                        let level = self.level(a);
+                        self.emit(1, level, |out| Instr::Sum { a, out })
+                    }
+                }
+            }
+            Op::Elem(m) => {
+                let a = self.lower(&args[0]);
+                let level = self.level(a);
+                self.emit(1, level, |out| Instr::Extract { a, start: m, out })
+            }
+            Op::Extract { start, .. } => {
+                let a = self.lower(&args[0]);
+                let level = self.level(a);
+                self.emit(dim, level, |out| Instr::Extract { a, start, out })
+            }
+            Op::Concat => {
+                let a = self.lower(&args[0]);
+                let b = self.lower(&args[1]);
+                let level = self.join(&[a, b]);
+                self.emit(dim, level, |out| Instr::Concat { a, b, out })
+            }
+            Op::MatVecMult => {
+                let a = self.lower(&args[0]);
+                let v = self.lower(&args[1]);
+                let level = self.join(&[a, v]);
+                self.emit(dim, level, |out| Instr::MatVec { a, v, out })
+            }
+        }
+    }
+}
+
+/// Number of parents of each node (plus one for the root).
+fn use_counts(root: &Expr) -> HashMap<Expr, usize> {
+    let mut uses: HashMap<Expr, usize> = HashMap::new();
+    for n in root.topo_order() {
+        for a in n.args() {
+            *uses.entry(a.clone()).or_insert(0) += 1;
+        }
+    }
+    *uses.entry(root.clone()).or_insert(0) += 1;
+    uses
+}
+
+impl Program {
+    /// Compiles `formula` (whose variables have positions `0..n_inputs`, categories and dims
+    /// as in `inputs`). `sum_of_product` lets a top-level product be multiplied and
+    /// accumulated by a `Sum` reduction without being stored.
+    pub(crate) fn compile(
+        formula: &Expr,
+        inputs: &[(VarCat, usize)],
+        sum_of_product: bool,
+    ) -> Program {
+        let mut b = Builder {
+            regs: Vec::new(),
+            row_code: Vec::new(),
+            tile_code: Vec::new(),
+            memo: HashMap::new(),
+            uses: use_counts(formula),
+            row_len: 0,
+            tile_components: 0,
+            derived: HashMap::new(),
+        };
+        for (pos, &(cat, dim)) in inputs.iter().enumerate() {
+            b.regs.push(RegInfo {
+                dim,
+                level: if cat == VarCat::J {
+                    Level::Tile
+                } else {
+                    Level::Row
+                },
+                storage: Storage::Input(pos),
+            });
+        }
+        for v in formula.vars() {
+            let e = Expr::var(v).expect("variables of a valid formula are valid");
+            b.memo.insert(e, v.pos);
+        }
+        let root = match formula.op() {
+            Op::Binary(BinaryOp::Mul) if sum_of_product => {
+                let (x, y) = b.lower_mul(&formula.args()[0], &formula.args()[1]);
+                if b.join(&[x, y]) == Level::Tile {
+                    Root::Product(x, y)
+                } else {
+                    let out = b.emit(formula.dim(), Level::Row, |out| Instr::Binary {
+                        op: BinaryOp::Mul,
+                        a: x,
+                        b: y,
+                        out,
+                    });
+                    Root::Value(out)
+                }
+            }
+            _ => Root::Value(b.lower(formula)),
+        };
+        // The reduction reads tile registers: a formula that does not depend on j is broadcast.
+        let root = match root {
+            Root::Value(r) if b.level(r) == Level::Row => {
+                let dim = b.regs[r].dim;
+                Root::Value(b.emit(dim, Level::Tile, |out| Instr::Broadcast { a: r, out }))
+            }
+            other => other,
+        };
+        Program {
+            regs: b.regs,
+            row_code: b.row_code,
+            tile_code: b.tile_code,
+            root,
+            row_len: b.row_len,
+            tile_components: b.tile_components,
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The compute types of the CPU backend (`f32`, `f64`) behind one trait.
+//!
+//! Formula semantics ([`crate::formula::ops`]) and the tile kernels are written once, generic
+//! over [`Real`]; transcendental functions dispatch to the branchless implementations of
+//! [`super::math`], with the FMA choice as a const generic (fast only inside code compiled
+//! with FMA enabled, see [`super::isa`]).
+
+use std::fmt::Debug;
+use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
+
+use super::math;
+
+/// A floating-point compute type of the CPU backend.
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + Debug
+    + Default
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + 'static
+{
+    /// 0.
+    const ZERO: Self;
+    /// 1.
+    const ONE: Self;
+    /// +infinity.
+    const INFINITY: Self;
+    /// -infinity.
+    const NEG_INFINITY: Self;
+    /// Beyond this magnitude the vectorised sine and cosine lose accuracy; larger arguments
+    /// are recomputed with the standard library.
+    const TRIG_LIMIT: Self;
+    /// Conversion from `f64` (rounding).
+    fn from_f64(v: f64) -> Self;
+    /// Conversion to `f64` (exact).
+    fn to_f64(self) -> f64;
+    /// `exp`, vectorisable.
+    fn exp<const FMA: bool>(self) -> Self;
+    /// Natural logarithm, vectorisable.
+    fn ln<const FMA: bool>(self) -> Self;
+    /// Sine, vectorisable, accurate for `|x| <= TRIG_LIMIT`.
+    fn sin<const FMA: bool>(self) -> Self;
+    /// Cosine, vectorisable, accurate for `|x| <= TRIG_LIMIT`.
+    fn cos<const FMA: bool>(self) -> Self;
+    /// Sine from the standard library (any argument).
+    fn sin_std(self) -> Self;
+    /// Cosine from the standard library (any argument).
+    fn cos_std(self) -> Self;
+    /// Square root (a hardware instruction).
+    fn sqrt(self) -> Self;
+    /// Absolute value.
+    fn abs(self) -> Self;
+    /// `a * b + c`, fused when `FMA`.
+    fn fma<const FMA: bool>(a: Self, b: Self, c: Self) -> Self;
+}
+
+macro_rules! impl_real {
+    ($t:ty, $exp:ident, $ln:ident, $sin:ident, $cos:ident, $fma:ident, $limit:expr) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const INFINITY: Self = <$t>::INFINITY;
+            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            const TRIG_LIMIT: Self = $limit;
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn exp<const FMA: bool>(self) -> Self {
+                math::$exp::<FMA>(self)
+            }
+            #[inline(always)]
+            fn ln<const FMA: bool>(self) -> Self {
+                math::$ln::<FMA>(self)
+            }
+            #[inline(always)]
+            fn sin<const FMA: bool>(self) -> Self {
+                math::$sin::<FMA>(self)
+            }
+            #[inline(always)]
+            fn cos<const FMA: bool>(self) -> Self {
+                math::$cos::<FMA>(self)
+            }
+            #[inline(always)]
+            fn sin_std(self) -> Self {
+                <$t>::sin(self)
+            }
+            #[inline(always)]
+            fn cos_std(self) -> Self {
+                <$t>::cos(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn fma<const FMA: bool>(a: Self, b: Self, c: Self) -> Self {
+                math::$fma::<FMA>(a, b, c)
+            }
+        }
+    };
+}
+
+impl_real!(
+    f32,
+    exp_f32,
+    ln_f32,
+    sin_f32,
+    cos_f32,
+    fma_f32,
+    math::SIN_COS_ACCURATE_LIMIT_F32
+);
+impl_real!(
+    f64,
+    exp_f64,
+    ln_f64,
+    sin_f64,
+    cos_f64,
+    fma_f64,
+    math::SIN_COS_ACCURATE_LIMIT_F64
+);

@@ -1,0 +1,91 @@
+//! The crate's error type.
+//!
+//! Every public function returns [`candle_core::Result`], as DESIGN.md asks, so that our calls
+//! compose with Candle's `?`. Our own failures are described by [`Error`], whose variants name
+//! the operation and the offending values, and are converted into [`candle_core::Error`] with
+//! their message intact.
+
+use crate::formula::parse::ParseError;
+
+/// What went wrong inside lazy-kernels.
+///
+/// Converted into [`candle_core::Error`] (through `From`), so user code sees a
+/// `candle_core::Result`; the message always names the operation and the values involved.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Operands of a formula operation have incompatible dimensions.
+    #[error("{op}: dimension mismatch: {detail}")]
+    DimMismatch {
+        /// The operation being built.
+        op: &'static str,
+        /// Which dimensions disagreed.
+        detail: String,
+    },
+    /// An argument is outside the domain an operation accepts.
+    #[error("{op}: invalid argument: {detail}")]
+    InvalidArgument {
+        /// The operation being built or run.
+        op: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A tensor bound into a formula does not have an accepted shape.
+    #[error("{op}: bad shape: {detail}")]
+    Shape {
+        /// The operation that received the tensor.
+        op: &'static str,
+        /// The expected and actual shapes.
+        detail: String,
+    },
+    /// Tensors of different dtypes, or an unsupported dtype.
+    #[error("{op}: dtype error: {detail}")]
+    DType {
+        /// The operation that received the tensors.
+        op: &'static str,
+        /// The dtypes involved.
+        detail: String,
+    },
+    /// Tensors on different devices.
+    #[error("{op}: device mismatch: {detail}")]
+    Device {
+        /// The operation that received the tensors.
+        op: &'static str,
+        /// The devices involved.
+        detail: String,
+    },
+    /// A formula string could not be parsed.
+    #[error("{0}")]
+    Parse(#[from] ParseError),
+    /// A capability that exists in the design but is not built yet.
+    #[error("{what} is not implemented yet: {detail}")]
+    NotImplemented {
+        /// The missing capability.
+        what: &'static str,
+        /// Where it is planned, or what to use instead.
+        detail: String,
+    },
+}
+
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        candle_core::Error::wrap(e)
+    }
+}
+
+/// Results inside the crate, before conversion into `candle_core::Result`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn dim_mismatch(op: &'static str, detail: impl Into<String>) -> Error {
+    Error::DimMismatch {
+        op,
+        detail: detail.into(),
+    }
+}
+
+pub(crate) fn invalid(op: &'static str, detail: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        op,
+        detail: detail.into(),
+    }
+}

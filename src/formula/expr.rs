@@ -1,0 +1,454 @@
+//! Formula expressions: an immutable DAG of [`Op`] nodes with dimension inference and a
+//! canonical printed form.
+//!
+//! An [`Expr`] is a reference-counted node with its structural hash cached at construction, so
+//! equality and hashing of whole subtrees are cheap and a subexpression used twice is stored
+//! once. The backends hash-cons an `Expr` into a graph of distinct nodes (common
+//! subexpressions are evaluated once) when they compile it. There is no global interner and no
+//! counter: the printed form depends only on the structure, so it doubles as a cache key and
+//! round-trips through [`super::parse`].
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use super::ops::{BinaryOp, Op, TernaryOp, UnaryOp, Var, VarCat};
+use crate::error::{dim_mismatch, invalid, Result};
+
+struct Node {
+    op: Op,
+    args: Vec<Expr>,
+    dim: usize,
+    hash: u64,
+}
+
+/// A formula: a node of the expression DAG.
+///
+/// Build it with the constructors below (each checks dimensions and returns an error naming the
+/// op), with [`crate::LazyTensor`], or by parsing a string with [`super::parse::parse`].
+///
+/// ```
+/// use lazy_kernels::formula::{Expr, Var, VarCat};
+/// let x = Expr::var(Var { cat: VarCat::I, pos: 0, dim: 3 })?;
+/// let y = Expr::var(Var { cat: VarCat::J, pos: 1, dim: 3 })?;
+/// let k = Expr::sqdist(&x, &y)?.neg().exp();
+/// assert_eq!(k.dim(), 1);
+/// assert_eq!(k.to_string(), "Exp(-Sum(Square(Vi(0,3) - Vj(1,3))))");
+/// # Ok::<(), lazy_kernels::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Expr(Arc<Node>);
+
+impl PartialEq for Expr {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.hash == other.0.hash
+                && self.0.dim == other.0.dim
+                && op_key(&self.0.op) == op_key(&other.0.op)
+                && self.0.args == other.0.args)
+    }
+}
+impl Eq for Expr {}
+
+impl Hash for Expr {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+/// A hashable, comparable image of an op (constants compared by bit pattern).
+#[derive(PartialEq, Eq, Hash)]
+enum OpKey {
+    Var(Var),
+    Const(u64),
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Ternary(TernaryOp),
+    Sum,
+    Elem(usize),
+    Extract(usize, usize),
+    Concat,
+    MatVecMult,
+}
+
+fn op_key(op: &Op) -> OpKey {
+    match *op {
+        Op::Var(v) => OpKey::Var(v),
+        // +0.0 and -0.0 print differently, so they are different formulas.
+        Op::Const(c) => OpKey::Const(c.to_bits()),
+        Op::Unary(u) => OpKey::Unary(u),
+        Op::Binary(b) => OpKey::Binary(b),
+        Op::Ternary(t) => OpKey::Ternary(t),
+        Op::Sum => OpKey::Sum,
+        Op::Elem(m) => OpKey::Elem(m),
+        Op::Extract { start, len } => OpKey::Extract(start, len),
+        Op::Concat => OpKey::Concat,
+        Op::MatVecMult => OpKey::MatVecMult,
+    }
+}
+
+impl Expr {
+    /// Builds a node, checking the op's dimension rule.
+    pub fn new(op: Op, args: Vec<Expr>) -> Result<Expr> {
+        let dims: Vec<usize> = args.iter().map(Expr::dim).collect();
+        let dim = op.infer_dim(&dims)?;
+        if let Op::Const(c) = op {
+            if !c.is_finite() {
+                return Err(invalid("Const", format!("constant {c} is not finite")));
+            }
+        }
+        if let Op::Var(v) = op {
+            if v.dim == 0 {
+                return Err(dim_mismatch(
+                    "Var",
+                    "a variable needs at least one component",
+                ));
+            }
+        }
+        // The negation of a constant is the negated constant, so that printing and parsing
+        // agree (`-2.5` is one literal).
+        if let (Op::Unary(UnaryOp::Neg), [a]) = (op, args.as_slice()) {
+            if let Op::Const(c) = a.0.op {
+                return Expr::new(Op::Const(-c), vec![]);
+            }
+        }
+        let mut h = DefaultHasher::new();
+        op_key(&op).hash(&mut h);
+        dim.hash(&mut h);
+        for a in &args {
+            a.0.hash.hash(&mut h);
+        }
+        let hash = h.finish();
+        Ok(Expr(Arc::new(Node {
+            op,
+            args,
+            dim,
+            hash,
+        })))
+    }
+
+    /// A variable leaf; it needs at least one component.
+    pub fn var(v: Var) -> Result<Expr> {
+        Expr::new(Op::Var(v), vec![])
+    }
+
+    /// A scalar constant leaf; the value must be finite.
+    pub fn constant(c: f64) -> Result<Expr> {
+        Expr::new(Op::Const(c), vec![])
+    }
+
+    /// The node's operation.
+    pub fn op(&self) -> &Op {
+        &self.0.op
+    }
+
+    /// The node's arguments.
+    pub fn args(&self) -> &[Expr] {
+        &self.0.args
+    }
+
+    /// Number of components of the formula's value.
+    pub fn dim(&self) -> usize {
+        self.0.dim
+    }
+
+    /// A component-wise op of one argument (never fails: the dimension is kept).
+    pub fn unary(op: UnaryOp, a: &Expr) -> Expr {
+        Expr::new(Op::Unary(op), vec![a.clone()]).expect("unary ops keep any dimension")
+    }
+
+    /// A component-wise op of two arguments with broadcasting of 1-component arguments.
+    pub fn binary(op: BinaryOp, a: &Expr, b: &Expr) -> Result<Expr> {
+        Expr::new(Op::Binary(op), vec![a.clone(), b.clone()])
+    }
+
+    /// A component-wise op of three arguments with broadcasting of 1-component arguments.
+    pub fn ternary(op: TernaryOp, a: &Expr, b: &Expr, c: &Expr) -> Result<Expr> {
+        Expr::new(Op::Ternary(op), vec![a.clone(), b.clone(), c.clone()])
+    }
+
+    /// `-self` (the negation of a constant is the negated constant).
+    pub fn neg(&self) -> Expr {
+        Expr::unary(UnaryOp::Neg, self)
+    }
+
+    /// `exp(self)`.
+    pub fn exp(&self) -> Expr {
+        Expr::unary(UnaryOp::Exp, self)
+    }
+
+    /// Sum of the components (1 component).
+    pub fn sum(&self) -> Expr {
+        Expr::new(Op::Sum, vec![self.clone()]).expect("Sum accepts any dimension")
+    }
+
+    /// Squared Euclidean norm: `Sum(Square(a))`.
+    pub fn sqnorm2(a: &Expr) -> Expr {
+        Expr::unary(UnaryOp::Square, a).sum()
+    }
+
+    /// Euclidean norm: `Sqrt(SqNorm2(a))`.
+    pub fn norm2(a: &Expr) -> Expr {
+        Expr::unary(UnaryOp::Sqrt, &Expr::sqnorm2(a))
+    }
+
+    /// `a / |a|`, as `a * Rsqrt(SqNorm2(a))`.
+    pub fn normalize(a: &Expr) -> Expr {
+        let r = Expr::unary(UnaryOp::Rsqrt, &Expr::sqnorm2(a));
+        Expr::binary(BinaryOp::Mul, a, &r).expect("a 1-component factor broadcasts")
+    }
+
+    /// Squared distance `Sum(Square(a - b))`; `a` and `b` must have the same dimension (or one
+    /// of them 1).
+    pub fn sqdist(a: &Expr, b: &Expr) -> Result<Expr> {
+        let d = Expr::binary(BinaryOp::Sub, a, b).map_err(|_| {
+            dim_mismatch(
+                "SqDist",
+                format!("arguments have dimensions {} and {}", a.dim(), b.dim()),
+            )
+        })?;
+        Ok(Expr::sqnorm2(&d))
+    }
+
+    /// Scalar product `Sum(a * b)`; `a` and `b` must have the same dimension.
+    pub fn dot(a: &Expr, b: &Expr) -> Result<Expr> {
+        if a.dim() != b.dim() {
+            return Err(dim_mismatch(
+                "Dot",
+                format!("arguments have dimensions {} and {}", a.dim(), b.dim()),
+            ));
+        }
+        Ok(Expr::binary(BinaryOp::Mul, a, b)?.sum())
+    }
+
+    /// Weighted squared norm `Sum(w * Square(a))`, with `w` a scalar weight (1 component) or a
+    /// diagonal one (as many components as `a`).
+    pub fn weighted_sqnorm(w: &Expr, a: &Expr) -> Result<Expr> {
+        if w.dim() != 1 && w.dim() != a.dim() {
+            return Err(dim_mismatch(
+                "WeightedSqNorm",
+                format!(
+                    "weights have {} components; expected 1 or {} (the vector's dimension)",
+                    w.dim(),
+                    a.dim()
+                ),
+            ));
+        }
+        Ok(Expr::binary(BinaryOp::Mul, w, &Expr::unary(UnaryOp::Square, a))?.sum())
+    }
+
+    /// Weighted squared distance `Sum(w * Square(a - b))` (scalar or diagonal `w`).
+    pub fn weighted_sqdist(w: &Expr, a: &Expr, b: &Expr) -> Result<Expr> {
+        if a.dim() != b.dim() {
+            return Err(dim_mismatch(
+                "WeightedSqDist",
+                format!("points have dimensions {} and {}", a.dim(), b.dim()),
+            ));
+        }
+        let d = Expr::binary(BinaryOp::Sub, a, b)?;
+        Expr::weighted_sqnorm(w, &d).map_err(|e| match e {
+            crate::Error::DimMismatch { detail, .. } => dim_mismatch("WeightedSqDist", detail),
+            other => other,
+        })
+    }
+
+    /// Every node reachable from `self`, each once, arguments before their users.
+    pub fn topo_order(&self) -> Vec<Expr> {
+        let mut seen: HashSet<*const Node> = HashSet::new();
+        let mut order = Vec::new();
+        // Iterative post-order, so deep formulas cannot overflow the stack.
+        let mut stack: Vec<(Expr, usize)> = vec![(self.clone(), 0)];
+        while let Some((e, next)) = stack.pop() {
+            if next == 0 && seen.contains(&Arc::as_ptr(&e.0)) {
+                continue;
+            }
+            if next < e.args().len() {
+                let child = e.args()[next].clone();
+                stack.push((e, next + 1));
+                if !seen.contains(&Arc::as_ptr(&child.0)) {
+                    stack.push((child, 0));
+                }
+            } else if seen.insert(Arc::as_ptr(&e.0)) {
+                order.push(e);
+            }
+        }
+        order
+    }
+
+    /// The distinct variables of the formula, in order of first appearance (depth first,
+    /// arguments left to right).
+    pub fn vars(&self) -> Vec<Var> {
+        let mut out: Vec<Var> = Vec::new();
+        for n in self.topo_order() {
+            if let Op::Var(v) = n.op() {
+                if !out.contains(v) {
+                    out.push(*v);
+                }
+            }
+        }
+        out
+    }
+
+    /// Rebuilds the formula with every variable replaced by `f(var)` (same dimension).
+    pub(crate) fn map_vars(&self, f: &mut dyn FnMut(Var) -> Var) -> Expr {
+        let mut memo: HashMap<Expr, Expr> = HashMap::new();
+        for n in self.topo_order() {
+            let new = match *n.op() {
+                Op::Var(v) => Expr::var(f(v)).expect("map_vars keeps dimensions"),
+                _ => {
+                    let args: Vec<Expr> = n.args().iter().map(|a| memo[a].clone()).collect();
+                    if args
+                        .iter()
+                        .zip(n.args())
+                        .all(|(a, b)| Arc::ptr_eq(&a.0, &b.0))
+                    {
+                        n.clone()
+                    } else {
+                        Expr::new(*n.op(), args).expect("same dimensions as before")
+                    }
+                }
+            };
+            memo.insert(n, new);
+        }
+        memo[self].clone()
+    }
+
+    /// The same formula with the roles of `i` and `j` exchanged (to reduce over `i` with the
+    /// machinery that reduces over `j`).
+    pub fn swap_ij(&self) -> Expr {
+        self.map_vars(&mut |v| Var {
+            cat: match v.cat {
+                VarCat::I => VarCat::J,
+                VarCat::J => VarCat::I,
+                VarCat::P => VarCat::P,
+            },
+            ..v
+        })
+    }
+
+    /// Whether any variable of category `cat` occurs in the formula.
+    pub fn depends_on(&self, cat: VarCat) -> bool {
+        self.vars().iter().any(|v| v.cat == cat)
+    }
+
+    /// Number of distinct nodes.
+    pub fn node_count(&self) -> usize {
+        self.topo_order().len()
+    }
+}
+
+impl fmt::Debug for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Expr({self})")
+    }
+}
+
+/// Precedence levels of the printed form: sums, products, unary minus, atoms.
+const PREC_ADD: u8 = 1;
+const PREC_MUL: u8 = 2;
+const PREC_NEG: u8 = 3;
+const PREC_ATOM: u8 = 4;
+
+fn precedence(e: &Expr) -> u8 {
+    match e.op() {
+        Op::Binary(BinaryOp::Add | BinaryOp::Sub) => PREC_ADD,
+        Op::Binary(BinaryOp::Mul | BinaryOp::Div) => PREC_MUL,
+        Op::Unary(UnaryOp::Neg) => PREC_NEG,
+        Op::Const(c) if *c < 0.0 || (*c == 0.0 && c.is_sign_negative()) => PREC_NEG,
+        _ => PREC_ATOM,
+    }
+}
+
+/// Prints a constant so that parsing it gives back the same bits.
+pub(crate) fn fmt_const(c: f64) -> String {
+    // `{:?}` is the shortest representation that round-trips, and always has a '.' or 'e'.
+    format!("{c:?}")
+}
+
+fn write_expr(e: &Expr, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let wrap = |child: &Expr, min: u8, f: &mut fmt::Formatter<'_>| -> fmt::Result {
+        if precedence(child) < min {
+            write!(f, "(")?;
+            write_expr(child, f)?;
+            write!(f, ")")
+        } else {
+            write_expr(child, f)
+        }
+    };
+    let a = e.args();
+    match *e.op() {
+        Op::Var(v) => write!(f, "{}({},{})", e.op().name(), v.pos, v.dim),
+        Op::Const(c) => write!(f, "{}", fmt_const(c)),
+        Op::Unary(UnaryOp::Neg) => {
+            write!(f, "-")?;
+            // `--x` would not re-parse as written; `-(-x)` does.
+            wrap(&a[0], PREC_ATOM.min(PREC_NEG + 1), f)
+        }
+        Op::Unary(UnaryOp::Pow(n)) => {
+            write!(f, "Pow(")?;
+            write_expr(&a[0], f)?;
+            write!(f, ",{n})")
+        }
+        Op::Unary(u) => {
+            write!(f, "{}(", u.name())?;
+            write_expr(&a[0], f)?;
+            write!(f, ")")
+        }
+        Op::Binary(b) => match b.infix() {
+            Some(sym) => {
+                let p = precedence(e);
+                // Left-associative: the left operand may share the precedence, the right may not.
+                wrap(&a[0], p, f)?;
+                write!(f, " {sym} ")?;
+                wrap(&a[1], p + 1, f)
+            }
+            None => {
+                write!(f, "{}(", b.name())?;
+                write_expr(&a[0], f)?;
+                write!(f, ",")?;
+                write_expr(&a[1], f)?;
+                write!(f, ")")
+            }
+        },
+        Op::Ternary(t) => {
+            write!(f, "{}(", t.name())?;
+            write_expr(&a[0], f)?;
+            write!(f, ",")?;
+            write_expr(&a[1], f)?;
+            write!(f, ",")?;
+            write_expr(&a[2], f)?;
+            write!(f, ")")
+        }
+        Op::Sum => {
+            write!(f, "Sum(")?;
+            write_expr(&a[0], f)?;
+            write!(f, ")")
+        }
+        Op::Elem(m) => {
+            write!(f, "Elem(")?;
+            write_expr(&a[0], f)?;
+            write!(f, ",{m})")
+        }
+        Op::Extract { start, len } => {
+            write!(f, "Extract(")?;
+            write_expr(&a[0], f)?;
+            write!(f, ",{start},{len})")
+        }
+        Op::Concat | Op::MatVecMult => {
+            write!(f, "{}(", e.op().name())?;
+            write_expr(&a[0], f)?;
+            write!(f, ",")?;
+            write_expr(&a[1], f)?;
+            write!(f, ")")
+        }
+    }
+}
+
+impl fmt::Display for Expr {
+    /// The canonical form: depends only on the structure, and parses back to an equal formula.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_expr(self, f)
+    }
+}

@@ -1,0 +1,529 @@
+//! [`LazyTensor`]: the user-facing builder of formulas over bound Candle tensors.
+//!
+//! A `LazyTensor` is a formula ([`Expr`]) plus the tensors its variables refer to. Building
+//! one costs nothing; a reduction ([`LazyTensor::sum`], [`LazyTensor::argkmin`], ...) runs it
+//! and returns a Candle tensor. Operator overloads cannot return `Result`, so a failing `+`
+//! (mismatched dimensions) yields a `LazyTensor` carrying the error, which the first fallible
+//! call returns, naming the failing op.
+
+use std::ops::{Add, Div, Mul, Neg, Sub};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use crate::error::Error;
+use crate::formula::{parse::parse, BinaryOp, Expr, Op, TernaryOp, UnaryOp, Var, VarCat};
+use crate::op::{check_bindable, reduce, Binding, ReductionOutput};
+use crate::reduction::{Axis, Reduction, ReductionKind};
+
+/// A symbolic tensor: a formula over `i`-indexed variables, `j`-indexed variables and
+/// parameters, never materialised as an `M x N` array.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use lazy_kernels::{Axis, LazyTensor};
+/// let dev = Device::Cpu;
+/// let x = Tensor::new(&[[0f32, 0.], [1., 0.]], &dev)?;        // (M, D) = (2, 2)
+/// let y = Tensor::new(&[[0f32, 0.], [0., 1.], [3., 3.]], &dev)?; // (N, D) = (3, 2)
+/// let b = Tensor::new(&[1f32, 2., 3.], &dev)?;                // (N,)
+/// let (x_i, y_j, b_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&y)?, LazyTensor::vj(&b)?);
+/// let k_ij = (-x_i.sqdist(&y_j)?).exp();                      // exp(-|x_i - y_j|^2)
+/// let out = (k_ij * b_j).sum(Axis::J)?;                       // (M, 1)
+/// let v = out.to_vec2::<f32>()?;
+/// let expected = 1.0 + 2.0 * (-1f32).exp() + 3.0 * (-18f32).exp();
+/// assert!((v[0][0] - expected).abs() < 1e-6);
+/// let nn = x_i.sqdist(&y_j)?.argkmin(2, Axis::J)?;            // (M, 2) i64 indices
+/// assert_eq!(nn.to_vec2::<i64>()?, vec![vec![0, 1], vec![0, 1]]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LazyTensor {
+    expr: Result<Expr, Error>,
+    bindings: Arc<Vec<Binding>>,
+}
+
+/// Identifiers of bound tensors while formulas are built (replaced by positions when a
+/// reduction runs, so they never reach a printed formula or a cache key).
+static NEXT_BINDING: AtomicUsize = AtomicUsize::new(0);
+
+fn merge(a: &[Binding], b: &[Binding]) -> Arc<Vec<Binding>> {
+    let mut out = a.to_vec();
+    for x in b {
+        if !out.iter().any(|y| y.id == x.id) {
+            out.push(x.clone());
+        }
+    }
+    Arc::new(out)
+}
+
+impl LazyTensor {
+    fn bind(t: &Tensor, cat: VarCat, op: &'static str) -> candle_core::Result<LazyTensor> {
+        let dim = check_bindable(t, cat, op)?;
+        let id = NEXT_BINDING.fetch_add(1, Ordering::Relaxed);
+        let expr = Expr::var(Var { cat, pos: id, dim })?;
+        Ok(LazyTensor {
+            expr: Ok(expr),
+            bindings: Arc::new(vec![Binding {
+                id,
+                cat,
+                dim,
+                tensor: t.clone(),
+            }]),
+        })
+    }
+
+    /// An `i`-indexed variable from a `(M, D)` tensor (or `(M,)`, taken as `D = 1`).
+    pub fn vi(t: &Tensor) -> candle_core::Result<LazyTensor> {
+        LazyTensor::bind(t, VarCat::I, "LazyTensor::vi")
+    }
+
+    /// A `j`-indexed variable from a `(N, D)` tensor (or `(N,)`, taken as `D = 1`).
+    pub fn vj(t: &Tensor) -> candle_core::Result<LazyTensor> {
+        LazyTensor::bind(t, VarCat::J, "LazyTensor::vj")
+    }
+
+    /// A parameter: a vector shared by every pair `(i, j)`, from a tensor of any shape (its
+    /// values in row-major order), for example a lengthscale of shape `(1,)` or `(D,)`.
+    pub fn param(t: &Tensor) -> candle_core::Result<LazyTensor> {
+        LazyTensor::bind(t, VarCat::P, "LazyTensor::param")
+    }
+
+    /// A scalar constant (must be finite).
+    pub fn constant(c: f64) -> LazyTensor {
+        LazyTensor {
+            expr: Expr::constant(c),
+            bindings: Arc::new(Vec::new()),
+        }
+    }
+
+    /// Parses a formula string whose names are bound to lazy tensors.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Axis, LazyTensor};
+    /// let x = Tensor::new(&[[0f64], [1.]], &Device::Cpu)?;
+    /// let (x_i, y_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&x)?);
+    /// let b_j = LazyTensor::vj(&Tensor::new(&[1f64, 1.], &Device::Cpu)?)?;
+    /// let f = LazyTensor::parse("Exp(-SqDist(x,y)) * b", &[("x", &x_i), ("y", &y_j), ("b", &b_j)])?;
+    /// let out = f.sum(Axis::J)?.to_vec2::<f64>()?;
+    /// assert!((out[0][0] - (1.0 + (-1f64).exp())).abs() < 1e-12);
+    /// // Errors point at the offending column:
+    /// let err = LazyTensor::parse("Exp(x) + Foo(y)", &[("x", &x_i), ("y", &y_j)]).unwrap_err();
+    /// assert!(err.to_string().contains("column 10"));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn parse(src: &str, names: &[(&str, &LazyTensor)]) -> candle_core::Result<LazyTensor> {
+        let mut bound: Vec<(&str, Expr)> = Vec::with_capacity(names.len());
+        let mut bindings: Arc<Vec<Binding>> = Arc::new(Vec::new());
+        for (name, lt) in names {
+            bound.push((name, lt.expr()?.clone()));
+            bindings = merge(&bindings, &lt.bindings);
+        }
+        let expr = parse(src, &bound).map_err(Error::from)?;
+        Ok(LazyTensor {
+            expr: Ok(expr),
+            bindings,
+        })
+    }
+
+    /// The formula, or the error of the operation that failed while building it.
+    pub fn expr(&self) -> candle_core::Result<&Expr> {
+        self.expr.as_ref().map_err(|e| e.clone().into())
+    }
+
+    /// Number of components of the formula (1 for scalar formulas).
+    pub fn dim(&self) -> candle_core::Result<usize> {
+        Ok(self.expr()?.dim())
+    }
+
+    fn map(&self, f: impl FnOnce(&Expr) -> crate::error::Result<Expr>) -> LazyTensor {
+        LazyTensor {
+            expr: self.expr.clone().and_then(|e| f(&e)),
+            bindings: self.bindings.clone(),
+        }
+    }
+
+    fn zip(
+        &self,
+        other: &LazyTensor,
+        f: impl FnOnce(&Expr, &Expr) -> crate::error::Result<Expr>,
+    ) -> LazyTensor {
+        let expr = match (&self.expr, &other.expr) {
+            (Ok(a), Ok(b)) => f(a, b),
+            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+        };
+        LazyTensor {
+            expr,
+            bindings: merge(&self.bindings, &other.bindings),
+        }
+    }
+
+    fn zip3(
+        &self,
+        b: &LazyTensor,
+        c: &LazyTensor,
+        f: impl FnOnce(&Expr, &Expr, &Expr) -> crate::error::Result<Expr>,
+    ) -> LazyTensor {
+        let expr = match (&self.expr, &b.expr, &c.expr) {
+            (Ok(x), Ok(y), Ok(z)) => f(x, y, z),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.clone()),
+        };
+        LazyTensor {
+            expr,
+            bindings: merge(&merge(&self.bindings, &b.bindings), &c.bindings),
+        }
+    }
+
+    fn checked(self) -> candle_core::Result<LazyTensor> {
+        self.expr()?;
+        Ok(self)
+    }
+
+    fn unary(&self, op: UnaryOp) -> LazyTensor {
+        self.map(|e| Ok(Expr::unary(op, e)))
+    }
+
+    fn binary(&self, op: BinaryOp, other: &LazyTensor) -> LazyTensor {
+        self.zip(other, |a, b| Expr::binary(op, a, b))
+    }
+
+    /// `exp(self)`, component-wise.
+    pub fn exp(&self) -> LazyTensor {
+        self.unary(UnaryOp::Exp)
+    }
+    /// Natural logarithm, component-wise.
+    pub fn log(&self) -> LazyTensor {
+        self.unary(UnaryOp::Log)
+    }
+    /// Square root, component-wise.
+    pub fn sqrt(&self) -> LazyTensor {
+        self.unary(UnaryOp::Sqrt)
+    }
+    /// `1 / sqrt(self)`, component-wise.
+    pub fn rsqrt(&self) -> LazyTensor {
+        self.unary(UnaryOp::Rsqrt)
+    }
+    /// `self * self`, component-wise.
+    pub fn square(&self) -> LazyTensor {
+        self.unary(UnaryOp::Square)
+    }
+    /// `1 / self`, component-wise.
+    pub fn inv(&self) -> LazyTensor {
+        self.unary(UnaryOp::Inv)
+    }
+    /// Absolute value, component-wise.
+    pub fn abs(&self) -> LazyTensor {
+        self.unary(UnaryOp::Abs)
+    }
+    /// Sign (`-1`, `0`, `1`), component-wise.
+    pub fn sign(&self) -> LazyTensor {
+        self.unary(UnaryOp::Sign)
+    }
+    /// `1` where `self >= 0`, else `0`.
+    pub fn step(&self) -> LazyTensor {
+        self.unary(UnaryOp::Step)
+    }
+    /// `max(self, 0)`, component-wise.
+    pub fn relu(&self) -> LazyTensor {
+        self.unary(UnaryOp::Relu)
+    }
+    /// Sine, component-wise.
+    pub fn sin(&self) -> LazyTensor {
+        self.unary(UnaryOp::Sin)
+    }
+    /// Cosine, component-wise.
+    pub fn cos(&self) -> LazyTensor {
+        self.unary(UnaryOp::Cos)
+    }
+    /// `self^n` for an integer `n`, by multiplications.
+    pub fn powi(&self, n: i32) -> LazyTensor {
+        self.unary(UnaryOp::Pow(n))
+    }
+    /// `self^p = exp(p log self)` (`NaN` for negative `self`); `p` has 1 or `dim` components.
+    pub fn powf(&self, p: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.binary(BinaryOp::Powf, p).checked()
+    }
+    /// `min(self, other)`, component-wise (`NaN` propagates).
+    pub fn minimum(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.binary(BinaryOp::Min, other).checked()
+    }
+    /// `max(self, other)`, component-wise (`NaN` propagates).
+    pub fn maximum(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.binary(BinaryOp::Max, other).checked()
+    }
+    /// `1` where `self < other`, else `0`.
+    pub fn lt(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.binary(BinaryOp::Lt, other).checked()
+    }
+    /// `1` where `self <= other`, else `0`.
+    pub fn le(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.binary(BinaryOp::Le, other).checked()
+    }
+    /// `1` where `self > other`, else `0`.
+    pub fn gt(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.binary(BinaryOp::Gt, other).checked()
+    }
+    /// `1` where `self >= other`, else `0`.
+    pub fn ge(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.binary(BinaryOp::Ge, other).checked()
+    }
+    /// `1` where `self == other`, else `0`.
+    pub fn eq(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.binary(BinaryOp::Eq, other).checked()
+    }
+    /// `1` where `self != other`, else `0`.
+    pub fn ne(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.binary(BinaryOp::Ne, other).checked()
+    }
+    /// `min(max(self, lo), hi)`, component-wise.
+    pub fn clamp(&self, lo: &LazyTensor, hi: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.zip3(lo, hi, |x, a, b| Expr::ternary(TernaryOp::Clamp, x, a, b))
+            .checked()
+    }
+    /// `if_true` where `self >= 0`, else `if_false`, component-wise.
+    pub fn if_else(
+        &self,
+        if_true: &LazyTensor,
+        if_false: &LazyTensor,
+    ) -> candle_core::Result<LazyTensor> {
+        self.zip3(if_true, if_false, |c, a, b| {
+            Expr::ternary(TernaryOp::IfElse, c, a, b)
+        })
+        .checked()
+    }
+    /// Sum of the components (a 1-component formula); not a reduction over `i` or `j`.
+    pub fn component_sum(&self) -> LazyTensor {
+        self.map(|e| Ok(e.sum()))
+    }
+    /// Squared Euclidean norm of the components.
+    pub fn sqnorm2(&self) -> LazyTensor {
+        self.map(|e| Ok(Expr::sqnorm2(e)))
+    }
+    /// Euclidean norm of the components.
+    pub fn norm2(&self) -> LazyTensor {
+        self.map(|e| Ok(Expr::norm2(e)))
+    }
+    /// `self / |self|`.
+    pub fn normalize(&self) -> LazyTensor {
+        self.map(|e| Ok(Expr::normalize(e)))
+    }
+    /// Squared Euclidean distance `|self - other|^2`.
+    pub fn sqdist(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.zip(other, Expr::sqdist).checked()
+    }
+    /// Weighted squared distance `sum_d w_d (self_d - other_d)^2`, with `w` of 1 component
+    /// (scalar weight) or `dim` components (diagonal weights).
+    pub fn weighted_sqdist(
+        &self,
+        other: &LazyTensor,
+        w: &LazyTensor,
+    ) -> candle_core::Result<LazyTensor> {
+        self.zip3(other, w, |a, b, w| Expr::weighted_sqdist(w, a, b))
+            .checked()
+    }
+    /// Weighted squared norm `sum_d w_d self_d^2` (scalar or diagonal `w`).
+    pub fn weighted_sqnorm(&self, w: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.zip(w, |a, w| Expr::weighted_sqnorm(w, a)).checked()
+    }
+    /// Scalar product of the components of `self` and `other` (same dimension).
+    pub fn dot(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.zip(other, Expr::dot).checked()
+    }
+    /// Component `m`.
+    pub fn elem(&self, m: usize) -> candle_core::Result<LazyTensor> {
+        self.map(|e| Expr::new(Op::Elem(m), vec![e.clone()]))
+            .checked()
+    }
+    /// Components `start .. start + len`.
+    pub fn extract(&self, start: usize, len: usize) -> candle_core::Result<LazyTensor> {
+        self.map(|e| Expr::new(Op::Extract { start, len }, vec![e.clone()]))
+            .checked()
+    }
+    /// The components of `self` followed by those of `other`.
+    pub fn concat(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.zip(other, |a, b| {
+            Expr::new(Op::Concat, vec![a.clone(), b.clone()])
+        })
+        .checked()
+    }
+    /// Matrix-vector product: `self` is an `n x m` matrix (row-major, `n * m` components) and
+    /// `v` an `m`-vector.
+    pub fn matvecmult(&self, v: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        self.zip(v, |a, b| {
+            Expr::new(Op::MatVecMult, vec![a.clone(), b.clone()])
+        })
+        .checked()
+    }
+
+    /// Runs any reduction; [`ReductionOutput`] holds values and/or indices.
+    pub fn reduce(&self, kind: ReductionKind, axis: Axis) -> candle_core::Result<ReductionOutput> {
+        reduce(self.expr()?, &self.bindings, Reduction::new(kind, axis))
+    }
+
+    fn values(&self, kind: ReductionKind, axis: Axis) -> candle_core::Result<Tensor> {
+        self.reduce(kind, axis)?
+            .values
+            .ok_or_else(|| missing(kind, "values"))
+    }
+
+    fn indices(&self, kind: ReductionKind, axis: Axis) -> candle_core::Result<Tensor> {
+        self.reduce(kind, axis)?
+            .indices
+            .ok_or_else(|| missing(kind, "indices"))
+    }
+
+    fn both(&self, kind: ReductionKind, axis: Axis) -> candle_core::Result<(Tensor, Tensor)> {
+        let out = self.reduce(kind, axis)?;
+        match (out.values, out.indices) {
+            (Some(v), Some(i)) => Ok((v, i)),
+            _ => Err(missing(kind, "values and indices")),
+        }
+    }
+
+    /// `sum` over `axis`: a `(M, E)` tensor for an `E`-component formula reduced over `j`.
+    pub fn sum(&self, axis: Axis) -> candle_core::Result<Tensor> {
+        self.values(ReductionKind::Sum, axis)
+    }
+    /// `log sum exp` over `axis`, computed stably, component by component.
+    pub fn logsumexp(&self, axis: Axis) -> candle_core::Result<Tensor> {
+        self.values(ReductionKind::LogSumExp, axis)
+    }
+    /// `sum exp(self) * weights / sum exp(self)` over `axis`, for a 1-component `self`.
+    pub fn sum_softmax_weight(
+        &self,
+        weights: &LazyTensor,
+        axis: Axis,
+    ) -> candle_core::Result<Tensor> {
+        if self.dim()? != 1 {
+            return Err(Error::DimMismatch {
+                op: "SumSoftMaxWeight",
+                detail: format!(
+                    "the softmax formula must have 1 component, got {}",
+                    self.dim()?
+                ),
+            }
+            .into());
+        }
+        self.concat(weights)?
+            .values(ReductionKind::SumSoftMaxWeight, axis)
+    }
+    /// Minimum over `axis`, component by component.
+    pub fn min(&self, axis: Axis) -> candle_core::Result<Tensor> {
+        self.values(ReductionKind::Min, axis)
+    }
+    /// Maximum over `axis`, component by component.
+    pub fn max(&self, axis: Axis) -> candle_core::Result<Tensor> {
+        self.values(ReductionKind::Max, axis)
+    }
+    /// Index (`i64`) of the minimum over `axis`; ties give the smallest index.
+    pub fn argmin(&self, axis: Axis) -> candle_core::Result<Tensor> {
+        self.indices(ReductionKind::ArgMin, axis)
+    }
+    /// Index (`i64`) of the maximum over `axis`; ties give the smallest index.
+    pub fn argmax(&self, axis: Axis) -> candle_core::Result<Tensor> {
+        self.indices(ReductionKind::ArgMax, axis)
+    }
+    /// Minimum and its index, in one pass.
+    pub fn min_argmin(&self, axis: Axis) -> candle_core::Result<(Tensor, Tensor)> {
+        self.both(ReductionKind::MinArgMin, axis)
+    }
+    /// Maximum and its index, in one pass.
+    pub fn max_argmax(&self, axis: Axis) -> candle_core::Result<(Tensor, Tensor)> {
+        self.both(ReductionKind::MaxArgMax, axis)
+    }
+    /// The `k` smallest values in increasing order: `(M, k)` for a 1-component formula, else
+    /// `(M, k, E)`; slots beyond the number of terms hold `+inf`.
+    pub fn kmin(&self, k: usize, axis: Axis) -> candle_core::Result<Tensor> {
+        self.values(ReductionKind::KMin(k), axis)
+    }
+    /// Indices (`i64`) of the `k` smallest values (k-nearest neighbours with `sqdist`); slots
+    /// beyond the number of terms hold `-1`.
+    pub fn argkmin(&self, k: usize, axis: Axis) -> candle_core::Result<Tensor> {
+        self.indices(ReductionKind::ArgKMin(k), axis)
+    }
+    /// The `k` smallest values and their indices, in one pass.
+    pub fn kmin_argkmin(&self, k: usize, axis: Axis) -> candle_core::Result<(Tensor, Tensor)> {
+        self.both(ReductionKind::KMinArgKMin(k), axis)
+    }
+}
+
+fn missing(kind: ReductionKind, what: &str) -> candle_core::Error {
+    Error::InvalidArgument {
+        op: kind.name(),
+        detail: format!("the reduction did not produce {what}"),
+    }
+    .into()
+}
+
+macro_rules! impl_binop {
+    ($trait:ident, $method:ident, $op:expr) => {
+        impl $trait<&LazyTensor> for &LazyTensor {
+            type Output = LazyTensor;
+            fn $method(self, rhs: &LazyTensor) -> LazyTensor {
+                self.binary($op, rhs)
+            }
+        }
+        impl $trait<LazyTensor> for LazyTensor {
+            type Output = LazyTensor;
+            fn $method(self, rhs: LazyTensor) -> LazyTensor {
+                self.binary($op, &rhs)
+            }
+        }
+        impl $trait<&LazyTensor> for LazyTensor {
+            type Output = LazyTensor;
+            fn $method(self, rhs: &LazyTensor) -> LazyTensor {
+                self.binary($op, rhs)
+            }
+        }
+        impl $trait<LazyTensor> for &LazyTensor {
+            type Output = LazyTensor;
+            fn $method(self, rhs: LazyTensor) -> LazyTensor {
+                self.binary($op, &rhs)
+            }
+        }
+        impl $trait<f64> for &LazyTensor {
+            type Output = LazyTensor;
+            fn $method(self, rhs: f64) -> LazyTensor {
+                self.binary($op, &LazyTensor::constant(rhs))
+            }
+        }
+        impl $trait<f64> for LazyTensor {
+            type Output = LazyTensor;
+            fn $method(self, rhs: f64) -> LazyTensor {
+                self.binary($op, &LazyTensor::constant(rhs))
+            }
+        }
+        impl $trait<&LazyTensor> for f64 {
+            type Output = LazyTensor;
+            fn $method(self, rhs: &LazyTensor) -> LazyTensor {
+                LazyTensor::constant(self).binary($op, rhs)
+            }
+        }
+        impl $trait<LazyTensor> for f64 {
+            type Output = LazyTensor;
+            fn $method(self, rhs: LazyTensor) -> LazyTensor {
+                LazyTensor::constant(self).binary($op, &rhs)
+            }
+        }
+    };
+}
+
+impl_binop!(Add, add, BinaryOp::Add);
+impl_binop!(Sub, sub, BinaryOp::Sub);
+impl_binop!(Mul, mul, BinaryOp::Mul);
+impl_binop!(Div, div, BinaryOp::Div);
+
+impl Neg for &LazyTensor {
+    type Output = LazyTensor;
+    fn neg(self) -> LazyTensor {
+        self.unary(UnaryOp::Neg)
+    }
+}
+
+impl Neg for LazyTensor {
+    type Output = LazyTensor;
+    fn neg(self) -> LazyTensor {
+        self.unary(UnaryOp::Neg)
+    }
+}

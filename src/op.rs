@@ -1,0 +1,365 @@
+//! The Candle glue: validation of bound tensors, packing, and the custom op that runs a
+//! reduction on the tensors' device.
+//!
+//! All bound tensors are flattened and concatenated into one packed tensor (`Tensor::cat`, so
+//! the autodiff graph can later split a gradient back per input), and one [`ReductionOp`]
+//! (`CustomOp1`) runs the plan on it. Checks of dtype, device, shapes and sizes happen here,
+//! before any backend sees the data, each with an error naming the problem.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+
+use crate::backend::{cpu, cuda, ReductionPlan, VarSpec};
+use crate::error::Error;
+use crate::formula::{simplify, Expr, Var, VarCat};
+use crate::reduction::{Axis, Reduction};
+
+/// A tensor bound into a formula, with the identifier its variable carries while the formula
+/// is being built.
+#[derive(Clone, Debug)]
+pub(crate) struct Binding {
+    pub id: usize,
+    pub cat: VarCat,
+    pub dim: usize,
+    pub tensor: Tensor,
+}
+
+/// The outputs of a reduction.
+#[derive(Clone, Debug)]
+pub struct ReductionOutput {
+    /// Values, in the dtype of the inputs (absent for `ArgMin`, `ArgMax`, `ArgKMin`).
+    pub values: Option<Tensor>,
+    /// Indices as `i64` (present for the arg-reductions).
+    pub indices: Option<Tensor>,
+}
+
+/// The custom op running one plan; a second output (indices next to values) is handed back
+/// through `side`.
+struct ReductionOp {
+    plan: Arc<ReductionPlan>,
+    side: Arc<Mutex<Option<Tensor>>>,
+}
+
+fn to_f32(v: &[impl Copy + Into<f32>]) -> Vec<f32> {
+    v.iter().map(|&x| x.into()).collect()
+}
+
+impl ReductionOp {
+    fn out_shape(&self, cols: usize) -> Shape {
+        let p = &self.plan;
+        match p.reduction.kind.k() {
+            Some(k) if p.out.components == 1 => Shape::from((p.rows, k)),
+            Some(k) => Shape::from((p.rows, k, p.out.components)),
+            None => Shape::from((p.rows, cols)),
+        }
+    }
+}
+
+impl CustomOp1 for ReductionOp {
+    fn name(&self) -> &'static str {
+        "lazy-kernels-reduction"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| Error::InvalidArgument {
+                op: "reduction",
+                detail: "packed input is not contiguous".into(),
+            })?;
+        let plan = &self.plan;
+        let (vals, idx) = match storage {
+            CpuStorage::F32(v) => cpu::reduce::<f32>(plan, &v[start..end]),
+            CpuStorage::F64(v) => cpu::reduce::<f64>(plan, &v[start..end]),
+            CpuStorage::F16(v) => cpu::reduce::<f32>(plan, &to_f32(&v[start..end])),
+            CpuStorage::BF16(v) => cpu::reduce::<f32>(plan, &to_f32(&v[start..end])),
+            other => {
+                return Err(Error::DType {
+                    op: "reduction",
+                    detail: format!(
+                        "unsupported dtype {:?}",
+                        candle_core::backend::BackendStorage::dtype(other)
+                    ),
+                }
+                .into())
+            }
+        };
+        let values = match storage {
+            CpuStorage::F32(_) => CpuStorage::F32(vals.iter().map(|&x| x as f32).collect()),
+            CpuStorage::F64(_) => CpuStorage::F64(vals),
+            CpuStorage::F16(_) => {
+                CpuStorage::F16(vals.iter().map(|&x| half::f16::from_f64(x)).collect())
+            }
+            _ => CpuStorage::BF16(vals.iter().map(|&x| half::bf16::from_f64(x)).collect()),
+        };
+        let out = plan.out;
+        if out.values > 0 {
+            if out.indices > 0 {
+                let t = Tensor::from_vec(idx, self.out_shape(out.indices), &Device::Cpu)?;
+                *self.side.lock().map_err(|_| Error::InvalidArgument {
+                    op: "reduction",
+                    detail: "a previous reduction panicked".into(),
+                })? = Some(t);
+            }
+            Ok((values, self.out_shape(out.values)))
+        } else {
+            Ok((CpuStorage::I64(idx), self.out_shape(out.indices)))
+        }
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        _grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Err(Error::NotImplemented {
+            what: "gradients of lazy-kernels reductions",
+            detail: format!(
+                "backward through {} comes with the autodiff issue; detach the inputs or use a dense formula",
+                self.plan.key()
+            ),
+        }
+        .into())
+    }
+}
+
+fn dtype_ok(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
+}
+
+/// Checks that `t` can be bound as a variable of category `cat`; returns its number of
+/// components per row.
+pub(crate) fn check_bindable(
+    t: &Tensor,
+    cat: VarCat,
+    op: &'static str,
+) -> crate::error::Result<usize> {
+    if !dtype_ok(t.dtype()) {
+        return Err(Error::DType {
+            op,
+            detail: format!(
+                "{:?} is not a float dtype (expected f32, f64, f16 or bf16)",
+                t.dtype()
+            ),
+        });
+    }
+    let dims = t.dims();
+    match cat {
+        VarCat::P => {
+            if t.elem_count() == 0 {
+                return Err(Error::Shape {
+                    op,
+                    detail: format!("a parameter needs at least one value, got shape {dims:?}"),
+                });
+            }
+            Ok(t.elem_count())
+        }
+        VarCat::I | VarCat::J => match dims {
+            [_] => Ok(1),
+            [_, d] if *d > 0 => Ok(*d),
+            _ => Err(Error::Shape {
+                op,
+                detail: format!(
+                    "expected a (rows, dim) or (rows,) tensor with dim >= 1, got shape {dims:?}"
+                ),
+            }),
+        },
+    }
+}
+
+/// Runs `reduction` of `formula` over the tensors in `bindings`.
+pub(crate) fn reduce(
+    formula: &Expr,
+    bindings: &[Binding],
+    reduction: Reduction,
+) -> candle_core::Result<ReductionOutput> {
+    let name = reduction.kind.name();
+    // Bound tensors actually used, in order of first appearance: their positions.
+    let used: Vec<Var> = formula.vars();
+    let mut tensors: Vec<&Binding> = Vec::with_capacity(used.len());
+    for v in &used {
+        let b = bindings
+            .iter()
+            .find(|b| b.id == v.pos)
+            .ok_or_else(|| Error::InvalidArgument {
+                op: name,
+                detail: format!("variable {v:?} is not bound to a tensor"),
+            })?;
+        tensors.push(b);
+    }
+    let mut pos_of = |v: Var| Var {
+        pos: used.iter().position(|u| *u == v).unwrap_or(0),
+        ..v
+    };
+    let mut f = formula.map_vars(&mut pos_of);
+    if reduction.axis == Axis::I {
+        f = f.swap_ij();
+    }
+    let f = simplify(&f);
+    let out = reduction.output_spec(f.dim())?;
+
+    // Dtype and device: all the same.
+    let first = tensors.first().ok_or_else(|| Error::InvalidArgument {
+        op: name,
+        detail: "the formula has no variables: bind an i-variable and a j-variable".into(),
+    })?;
+    let (dtype, device) = (first.tensor.dtype(), first.tensor.device().clone());
+    for b in &tensors {
+        if b.tensor.dtype() != dtype {
+            return Err(Error::DType {
+                op: name,
+                detail: format!(
+                    "all bound tensors must have one dtype: found {dtype:?} and {:?}",
+                    b.tensor.dtype()
+                ),
+            }
+            .into());
+        }
+        if !b.tensor.device().same_device(&device) {
+            return Err(Error::Device {
+                op: name,
+                detail: format!(
+                    "all bound tensors must be on one device: found {:?} and {:?}",
+                    device.location(),
+                    b.tensor.device().location()
+                ),
+            }
+            .into());
+        }
+    }
+
+    // Sizes: rows of the output axis and terms of the reduced axis (after the swap, I and J).
+    let (out_name, red_name) = match reduction.axis {
+        Axis::J => ("i", "j"),
+        Axis::I => ("j", "i"),
+    };
+    let mut rows: Option<usize> = None;
+    let mut terms: Option<usize> = None;
+    let mut vars = Vec::with_capacity(tensors.len());
+    let mut offset = 0;
+    for b in &tensors {
+        let cat = match (b.cat, reduction.axis) {
+            (VarCat::I, Axis::I) => VarCat::J,
+            (VarCat::J, Axis::I) => VarCat::I,
+            (c, _) => c,
+        };
+        let n = b.tensor.elem_count() / b.dim;
+        let slot = match cat {
+            VarCat::I => Some((&mut rows, out_name)),
+            VarCat::J => Some((&mut terms, red_name)),
+            VarCat::P => None,
+        };
+        if let Some((slot, axis_name)) = slot {
+            match *slot {
+                None => *slot = Some(n),
+                Some(m) if m != n => {
+                    return Err(Error::Shape {
+                        op: name,
+                        detail: format!(
+                            "the {axis_name}-variables have different numbers of rows: {m} and {n} (shape {:?})",
+                            b.tensor.dims()
+                        ),
+                    }
+.into())
+                }
+                Some(_) => {}
+            }
+        }
+        vars.push(VarSpec {
+            cat,
+            dim: b.dim,
+            rows: if cat == VarCat::P { 1 } else { n },
+            offset,
+        });
+        offset += b.tensor.elem_count();
+    }
+    let rows = rows.ok_or_else(|| Error::InvalidArgument {
+        op: name,
+        detail: format!(
+            "the formula has no {out_name}-variable, so the number of output rows is unknown"
+        ),
+    })?;
+    let terms = terms.ok_or_else(|| Error::InvalidArgument {
+        op: name,
+        detail: format!(
+            "the formula has no {red_name}-variable, so the number of reduced terms is unknown"
+        ),
+    })?;
+    if rows == 0 || terms == 0 {
+        return Err(Error::Shape {
+            op: name,
+            detail: format!(
+                "empty input: {rows} {out_name}-rows and {terms} {red_name}-rows (both must be at least 1)"
+            ),
+        }
+.into());
+    }
+    if device.is_cuda() || device.is_metal() {
+        let plan = ReductionPlan {
+            formula: f,
+            reduction,
+            vars,
+            rows,
+            terms,
+            out,
+        };
+        return Err(if device.is_cuda() {
+            cuda::unavailable(&plan)
+        } else {
+            Error::NotImplemented {
+                what: "the Metal backend",
+                detail: format!("cannot run {} on a Metal tensor", plan.key()),
+            }
+        }
+        .into());
+    }
+    let plan = Arc::new(ReductionPlan {
+        formula: f,
+        reduction,
+        vars,
+        rows,
+        terms,
+        out,
+    });
+    let packed = pack(&tensors)?;
+    let side = Arc::new(Mutex::new(None));
+    let op = ReductionOp {
+        plan: plan.clone(),
+        side: side.clone(),
+    };
+    let primary = if out.values > 0 {
+        packed.apply_op1(op)?
+    } else {
+        packed.apply_op1_no_bwd(&op)?
+    };
+    let secondary = side.lock().ok().and_then(|mut s| s.take());
+    Ok(if out.values > 0 {
+        ReductionOutput {
+            values: Some(primary),
+            indices: secondary,
+        }
+    } else {
+        ReductionOutput {
+            values: None,
+            indices: Some(primary),
+        }
+    })
+}
+
+/// Flattens and concatenates the bound tensors (contiguous copies where needed).
+fn pack(tensors: &[&Binding]) -> candle_core::Result<Tensor> {
+    let flat: Vec<Tensor> = tensors
+        .iter()
+        .map(|b| b.tensor.flatten_all())
+        .collect::<candle_core::Result<_>>()?;
+    if flat.len() == 1 {
+        return flat[0].contiguous();
+    }
+    Tensor::cat(&flat, 0)
+}
