@@ -97,6 +97,61 @@ impl LazyTensor {
         }
     }
 
+    /// A lazy tensor from a formula whose variable at position `p` is bound to `args[p]` (the
+    /// category and dimension come from the formula; KeOps' `Genred`).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{formula::parse, Axis, LazyTensor};
+    /// let x = Tensor::new(&[[1f64, 2.], [3., 4.]], &Device::Cpu)?;
+    /// let y = Tensor::new(&[[0f64, 0.]], &Device::Cpu)?;
+    /// let f = parse("SqDist(Vi(0,2), Vj(1,2))", &[])?;
+    /// let d = LazyTensor::from_formula(&f, &[&x, &y])?.sum(Axis::J)?;
+    /// assert_eq!(d.to_vec2::<f64>()?, vec![vec![5.0], vec![25.0]]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn from_formula(formula: &Expr, args: &[&Tensor]) -> candle_core::Result<LazyTensor> {
+        let mut bindings = Vec::new();
+        let mut ids = Vec::new();
+        for v in formula.vars() {
+            let t = args.get(v.pos).ok_or_else(|| Error::InvalidArgument {
+                op: "LazyTensor::from_formula",
+                detail: format!(
+                    "the formula uses argument {} but {} tensors were given",
+                    v.pos,
+                    args.len()
+                ),
+            })?;
+            let dim = check_bindable(t, v.cat, "LazyTensor::from_formula")?;
+            if dim != v.dim {
+                return Err(Error::Shape {
+                    op: "LazyTensor::from_formula",
+                    detail: format!(
+                        "argument {} has {dim} components per row, the formula expects {}",
+                        v.pos, v.dim
+                    ),
+                }
+                .into());
+            }
+            let id = NEXT_BINDING.fetch_add(1, Ordering::Relaxed);
+            ids.push((v, id));
+            bindings.push(Binding {
+                id,
+                cat: v.cat,
+                dim,
+                tensor: (*t).clone(),
+            });
+        }
+        let expr = formula.map_vars(&mut |v| {
+            let id = ids.iter().find(|(u, _)| *u == v).map_or(0, |(_, id)| *id);
+            Var { pos: id, ..v }
+        });
+        Ok(LazyTensor {
+            expr: Ok(expr),
+            bindings: Arc::new(bindings),
+        })
+    }
+
     /// Parses a formula string whose names are bound to lazy tensors.
     ///
     /// ```

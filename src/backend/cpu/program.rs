@@ -446,7 +446,9 @@ impl Program {
             }
             _ => Root::Value(b.lower(formula)),
         };
-        // The reduction reads tile registers: a formula that does not depend on j is broadcast.
+        // The reduction reads tile registers. Every runnable formula depends on j (a formula
+        // without a j-variable is rejected earlier), but a row root is broadcast rather than
+        // trusted, so the executor never reads a row register as a tile.
         let root = match root {
             Root::Value(r) if b.level(r) == Level::Row => {
                 let dim = b.regs[r].dim;
