@@ -1,0 +1,281 @@
+//! Every reduction against plain-loop references over dense Candle values: f32 and f64, both
+//! axes, 1 and 3 components, sizes that cross tile and block boundaries, ties, k > N.
+
+mod common;
+
+use candle_core::{DType, Tensor};
+use common::*;
+use lazy_kernels::formula::{parse, Expr, VarCat};
+use lazy_kernels::{Axis, LazyTensor, ReductionKind};
+
+fn inputs(m: usize, n: usize, seed: u64) -> Vec<(VarCat, Tensor)> {
+    let mut r = Rng(seed);
+    vec![
+        (VarCat::I, r.tensor(&[m, 3], -1., 1.)),
+        (VarCat::J, r.tensor(&[n, 3], -1., 1.)),
+    ]
+}
+
+const FORMULAS: [&str; 4] = [
+    "SqDist(Vi(0,3), Vj(1,3))",
+    "(Vi(0,3) - Vj(1,3)) * 3.0",
+    "-SqDist(Vi(0,3), Vj(1,3)) * 5.0",
+    "Concat(Sin(Dot(Vi(0,3), Vj(1,3))), Vj(1,3) * Elem(Vi(0,3), 0))",
+];
+
+fn run(
+    f: &Expr,
+    ins: &[(VarCat, Tensor)],
+    dtype: DType,
+    kind: ReductionKind,
+    axis: Axis,
+) -> lazy_kernels::ReductionOutput {
+    let ts: Vec<Tensor> = ins
+        .iter()
+        .map(|(_, t)| t.to_dtype(dtype).unwrap())
+        .collect();
+    let refs: Vec<&Tensor> = ts.iter().collect();
+    LazyTensor::from_formula(f, &refs)
+        .unwrap()
+        .reduce(kind, axis)
+        .unwrap_or_else(|e| panic!("{f} {kind:?}: {e}"))
+}
+
+fn tol(dtype: DType) -> f64 {
+    if dtype == DType::F64 {
+        1e-12
+    } else {
+        3e-6
+    }
+}
+
+/// Checks one reduction of one formula on one problem, in both dtypes and both axes.
+fn check(src: &str, kind: ReductionKind, m: usize, n: usize) {
+    let f = parse(src, &[]).unwrap();
+    let ins = inputs(m, n, 5 + m as u64);
+    for axis in [Axis::J, Axis::I] {
+        let dense = dense_eval(&f, &ins, m, n).unwrap();
+        let dv = dense_values(&dense, axis == Axis::J).unwrap();
+        let rows = dv.len();
+        let e = f.dim();
+        for dtype in [DType::F64, DType::F32] {
+            let what = format!("{src} {kind:?} {axis:?} {dtype:?}");
+            let out = run(&f, &ins, dtype, kind, axis);
+            let t = tol(dtype);
+            match kind {
+                ReductionKind::Sum | ReductionKind::LogSumExp | ReductionKind::SumSoftMaxWeight => {
+                    let v = out.values.unwrap();
+                    let want = match kind {
+                        ReductionKind::Sum => ref_sum(&dv),
+                        ReductionKind::LogSumExp => ref_lse(&dv),
+                        _ => ref_softmax_weight(&dv),
+                    };
+                    assert_eq!(v.dims(), &[rows, want[0].len()], "{what}");
+                    assert_eq!(v.dtype(), dtype);
+                    let scale = (n.max(m)) as f64;
+                    assert_close(&flat(&v), &want.concat(), t * 10.0, t * scale, &what);
+                }
+                ReductionKind::Min
+                | ReductionKind::Max
+                | ReductionKind::ArgMin
+                | ReductionKind::ArgMax
+                | ReductionKind::MinArgMin
+                | ReductionKind::MaxArgMax
+                | ReductionKind::KMin(_)
+                | ReductionKind::ArgKMin(_)
+                | ReductionKind::KMinArgKMin(_) => {
+                    let desc = matches!(
+                        kind,
+                        ReductionKind::Max | ReductionKind::ArgMax | ReductionKind::MaxArgMax
+                    );
+                    let k = kind_k(kind);
+                    let sorted = ref_sorted(&dv, desc);
+                    let shape: Vec<usize> = match (kind.k(), e) {
+                        (Some(k), 1) => vec![rows, k],
+                        (Some(k), _) => vec![rows, k, e],
+                        (None, _) => vec![rows, e],
+                    };
+                    // Expected (value, index) at [row][rank][component]; +inf / -1 beyond N.
+                    let expect = |r: usize, rank: usize, c: usize| -> (f64, i64) {
+                        sorted[r][c]
+                            .get(rank)
+                            .copied()
+                            .unwrap_or((f64::INFINITY, -1))
+                    };
+                    if let Some(v) = &out.values {
+                        assert_eq!(v.dims(), shape.as_slice(), "{what}");
+                        let got = flat(v);
+                        for r in 0..rows {
+                            for rank in 0..k {
+                                for c in 0..e {
+                                    let g = got[(r * k + rank) * e + c];
+                                    let w = expect(r, rank, c).0;
+                                    assert!(
+                                        g == w || (g - w).abs() <= t * 10.0 * w.abs().max(1.0),
+                                        "{what} row {r} rank {rank} comp {c}: got {g}, want {w}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    if let Some(i) = &out.indices {
+                        assert_eq!(i.dims(), shape.as_slice(), "{what}");
+                        assert_eq!(i.dtype(), DType::I64);
+                        let got = flat_i64(i);
+                        for r in 0..rows {
+                            for rank in 0..k {
+                                for c in 0..e {
+                                    let g = got[(r * k + rank) * e + c];
+                                    let (wv, wi) = expect(r, rank, c);
+                                    if dtype == DType::F64 || wi < 0 {
+                                        assert_eq!(g, wi, "{what} row {r} rank {rank} comp {c}");
+                                    } else {
+                                        // In f32, near-ties may swap: the chosen term's exact
+                                        // value must be (nearly) the expected one.
+                                        let gv = dv[r][g as usize][c];
+                                        assert!(
+                                            (gv - wv).abs() <= 1e-5 * wv.abs().max(1.0),
+                                            "{what} row {r} rank {rank}: index {g} has {gv}, want {wv}"
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+}
+
+fn kind_k(kind: ReductionKind) -> usize {
+    kind.k().unwrap_or(1)
+}
+
+const SIZES: [(usize, usize); 3] = [(37, 1100), (70, 13), (1, 1)];
+
+#[test]
+fn sum_and_logsumexp() {
+    for (m, n) in SIZES {
+        for src in FORMULAS {
+            check(src, ReductionKind::Sum, m, n);
+            check(src, ReductionKind::LogSumExp, m, n);
+        }
+    }
+}
+
+#[test]
+fn sum_softmax_weight() {
+    for (m, n) in SIZES {
+        check(FORMULAS[3], ReductionKind::SumSoftMaxWeight, m, n);
+        check(
+            "Concat(-SqDist(Vi(0,3), Vj(1,3)) * 30.0, Vj(1,3))",
+            ReductionKind::SumSoftMaxWeight,
+            m,
+            n,
+        );
+    }
+}
+
+#[test]
+fn min_max_and_arg() {
+    for (m, n) in SIZES {
+        for src in &FORMULAS[..3] {
+            for kind in [
+                ReductionKind::Min,
+                ReductionKind::Max,
+                ReductionKind::ArgMin,
+                ReductionKind::ArgMax,
+                ReductionKind::MinArgMin,
+                ReductionKind::MaxArgMax,
+            ] {
+                check(src, kind, m, n);
+            }
+        }
+    }
+}
+
+#[test]
+fn kmin_family_including_k_above_n() {
+    for (m, n) in SIZES {
+        for src in &FORMULAS[..2] {
+            for k in [1, 5] {
+                check(src, ReductionKind::KMin(k), m, n);
+                check(src, ReductionKind::ArgKMin(k), m, n);
+                check(src, ReductionKind::KMinArgKMin(k), m, n);
+            }
+        }
+    }
+    // k far above N: padded with +inf and -1.
+    check(FORMULAS[0], ReductionKind::KMinArgKMin(20), 5, 3);
+}
+
+#[test]
+fn ties_resolve_to_the_smallest_index() {
+    // Step and Sign produce many exact ties.
+    for src in ["Step(Vi(0,3) - Vj(1,3))", "Sign(Vi(0,3) - Vj(1,3)) * 2.0"] {
+        for kind in [
+            ReductionKind::ArgMin,
+            ReductionKind::ArgMax,
+            ReductionKind::MinArgMin,
+            ReductionKind::KMinArgKMin(4),
+        ] {
+            check(src, kind, 40, 700);
+        }
+    }
+}
+
+#[test]
+fn half_precision_is_computed_in_f32() {
+    let f = parse("Exp(-SqDist(Vi(0,3), Vj(1,3))) * Elem(Vj(1,3), 0)", &[]).unwrap();
+    let ins = inputs(20, 300, 3);
+    let dense = dense_eval(&f, &ins, 20, 300).unwrap();
+    let want = ref_sum(&dense_values(&dense, true).unwrap()).concat();
+    for dtype in [DType::F16, DType::BF16] {
+        // Reference on the rounded inputs, so only the computation is compared.
+        let rounded: Vec<(VarCat, Tensor)> = ins
+            .iter()
+            .map(|(c, t)| (*c, t.to_dtype(dtype).unwrap().to_dtype(DType::F64).unwrap()))
+            .collect();
+        let dense_r = dense_eval(&f, &rounded, 20, 300).unwrap();
+        let want_r = ref_sum(&dense_values(&dense_r, true).unwrap()).concat();
+        let out = run(&f, &ins, dtype, ReductionKind::Sum, Axis::J)
+            .values
+            .unwrap();
+        assert_eq!(out.dtype(), dtype);
+        // One rounding of the f32 result to the half type.
+        let eps = if dtype == DType::F16 { 1e-3 } else { 8e-3 };
+        assert_close(&flat(&out), &want_r, eps, 1e-3, &format!("{dtype:?}"));
+        assert_close(
+            &flat(&out),
+            &want,
+            0.05,
+            0.05,
+            &format!("{dtype:?} vs exact inputs"),
+        );
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_number_of_threads() {
+    let f = parse("Exp(-SqDist(Vi(0,3), Vj(1,3))) * Sum(Vj(1,3))", &[]).unwrap();
+    let ins = inputs(300, 2000, 9);
+    let a = flat(
+        &run(&f, &ins, DType::F32, ReductionKind::Sum, Axis::J)
+            .values
+            .unwrap(),
+    );
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let b = pool.install(|| {
+        flat(
+            &run(&f, &ins, DType::F32, ReductionKind::Sum, Axis::J)
+                .values
+                .unwrap(),
+        )
+    });
+    assert_eq!(a, b);
+}
