@@ -140,3 +140,48 @@ unsafe fn run_avx2<T: Real>(
     // SAFETY: forwarded from `run_block_on`.
     unsafe { exec::run_block::<T, true>(ctx, rows, ov, oi) }
 }
+
+/// `x = exp(x)` over a slice with the vectorised exponential of the instruction set reductions
+/// use ([`isa::detect`]): the reference throughput that benchmarks compare kernels against.
+///
+/// ```
+/// let mut v = vec![0f32, 1.0, -1.0];
+/// lazy_kernels::backend::cpu::exp_in_place_f32(&mut v);
+/// assert!((v[1] - std::f32::consts::E).abs() < 1e-6);
+/// ```
+pub fn exp_in_place_f32(x: &mut [f32]) {
+    exp_in_place(x)
+}
+
+/// `x = exp(x)` over a slice of `f64`, as [`exp_in_place_f32`].
+pub fn exp_in_place_f64(x: &mut [f64]) {
+    exp_in_place(x)
+}
+
+fn exp_in_place<T: Real>(x: &mut [T]) {
+    #[inline(always)]
+    fn body<T: Real, const FMA: bool>(x: &mut [T]) {
+        for v in x.iter_mut() {
+            *v = v.exp::<FMA>();
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn avx512<T: Real>(x: &mut [T]) {
+        body::<T, true>(x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2<T: Real>(x: &mut [T]) {
+        body::<T, true>(x)
+    }
+    match isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: chosen only when the CPU reports these features.
+        Isa::Avx512 => unsafe { avx512(x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: chosen only when the CPU reports these features.
+        Isa::Avx2 => unsafe { avx2(x) },
+        _ => body::<T, BASELINE_FMA>(x),
+    }
+}
