@@ -300,6 +300,20 @@ pub(crate) fn reduce(
         }
 .into());
     }
+    let cells = |cols: usize| {
+        rows.checked_mul(cols)
+            .filter(|&c| c <= (isize::MAX as usize) / 16)
+    };
+    if cells(out.values.max(out.indices)).is_none() {
+        return Err(Error::InvalidArgument {
+            op: name,
+            detail: format!(
+                "the output ({rows} rows x {} columns) is too large",
+                out.values.max(out.indices)
+            ),
+        }
+        .into());
+    }
     if device.is_cuda() || device.is_metal() {
         let plan = ReductionPlan {
             formula: f,

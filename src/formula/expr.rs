@@ -254,23 +254,24 @@ impl Expr {
         })
     }
 
-    /// Every node reachable from `self`, each once, arguments before their users.
+    /// Every distinct node reachable from `self` (structurally equal subtrees count once),
+    /// arguments before their users.
     pub fn topo_order(&self) -> Vec<Expr> {
-        let mut seen: HashSet<*const Node> = HashSet::new();
+        let mut seen: HashSet<Expr> = HashSet::new();
         let mut order = Vec::new();
         // Iterative post-order, so deep formulas cannot overflow the stack.
         let mut stack: Vec<(Expr, usize)> = vec![(self.clone(), 0)];
         while let Some((e, next)) = stack.pop() {
-            if next == 0 && seen.contains(&Arc::as_ptr(&e.0)) {
+            if next == 0 && seen.contains(&e) {
                 continue;
             }
             if next < e.args().len() {
                 let child = e.args()[next].clone();
                 stack.push((e, next + 1));
-                if !seen.contains(&Arc::as_ptr(&child.0)) {
+                if !seen.contains(&child) {
                     stack.push((child, 0));
                 }
-            } else if seen.insert(Arc::as_ptr(&e.0)) {
+            } else if seen.insert(e.clone()) {
                 order.push(e);
             }
         }

@@ -1,0 +1,282 @@
+//! Misuse returns an error that names the problem; nothing panics. NaN propagates.
+
+use candle_core::{DType, Device, Tensor};
+use lazy_kernels::formula::parse;
+use lazy_kernels::{Axis, LazyTensor};
+
+fn t(shape: &[usize], dtype: DType) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|k| (k as f64 * 0.37).sin()).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn err_text<T: std::fmt::Debug>(r: candle_core::Result<T>) -> String {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_mentions(text: &str, words: &[&str]) {
+    for w in words {
+        assert!(text.contains(w), "error {text:?} does not mention {w:?}");
+    }
+}
+
+#[test]
+fn mismatched_dimensions() {
+    let x = LazyTensor::vi(&t(&[4, 3], DType::F32)).unwrap();
+    let y = LazyTensor::vj(&t(&[5, 2], DType::F32)).unwrap();
+    assert_mentions(&err_text(x.sqdist(&y)), &["SqDist", "dimension", "3", "2"]);
+    assert_mentions(&err_text(x.dot(&y)), &["Dot", "3", "2"]);
+    // Operators defer the error to the first fallible call, naming the op.
+    let bad = (&x + &y).exp() * 2.0;
+    assert_mentions(&err_text(bad.sum(Axis::J)), &["Add", "dimension", "[3, 2]"]);
+    assert_mentions(&err_text(bad.dim()), &["Add"]);
+    assert_mentions(&err_text(x.elem(3)), &["Elem", "component 3"]);
+    assert_mentions(&err_text(x.extract(2, 5)), &["Extract"]);
+    assert_mentions(&err_text(x.matvecmult(&y)), &["MatVecMult"]);
+    let w = LazyTensor::param(&t(&[2], DType::F32)).unwrap();
+    assert_mentions(
+        &err_text(x.weighted_sqdist(&x, &w)),
+        &["WeightedSqDist", "2 components"],
+    );
+    let s = LazyTensor::vj(&t(&[5, 3], DType::F32)).unwrap();
+    assert_mentions(
+        &err_text(
+            x.sqdist(&s)
+                .unwrap()
+                .sum_softmax_weight(&s, Axis::J)
+                .map(|_| ())
+                .and(s.sum_softmax_weight(&s, Axis::J)),
+        ),
+        &["SumSoftMaxWeight", "1 component"],
+    );
+}
+
+#[test]
+fn mismatched_rows_dtypes_and_missing_axes() {
+    let x = LazyTensor::vi(&t(&[4, 3], DType::F32)).unwrap();
+    let x2 = LazyTensor::vi(&t(&[6, 3], DType::F32)).unwrap();
+    let y = LazyTensor::vj(&t(&[5, 3], DType::F32)).unwrap();
+    let y64 = LazyTensor::vj(&t(&[5, 3], DType::F64)).unwrap();
+    let f = (x.sqdist(&y).unwrap() + x2.sqdist(&y).unwrap()).exp();
+    assert_mentions(
+        &err_text(f.sum(Axis::J)),
+        &[
+            "Sum",
+            "i-variables have different numbers of rows",
+            "4",
+            "6",
+        ],
+    );
+    assert_mentions(
+        &err_text(f.sum(Axis::I)),
+        &["i-variables have different numbers of rows"],
+    );
+    assert_mentions(
+        &err_text(x.sqdist(&y64).unwrap().sum(Axis::J)),
+        &["dtype", "F32", "F64"],
+    );
+    assert_mentions(&err_text(x.exp().sum(Axis::J)), &["no j-variable"]);
+    assert_mentions(&err_text(y.exp().sum(Axis::J)), &["no i-variable"]);
+    assert_mentions(
+        &err_text(y.exp().min(Axis::I)),
+        &["no i-variable", "reduced terms"],
+    );
+    assert_mentions(
+        &err_text(LazyTensor::constant(1.0).sum(Axis::J)),
+        &["no variables"],
+    );
+}
+
+#[test]
+fn bad_tensors_are_rejected_when_bound() {
+    assert_mentions(
+        &err_text(LazyTensor::vi(&t(&[2, 3, 4], DType::F32))),
+        &["vi", "shape", "[2, 3, 4]"],
+    );
+    assert_mentions(
+        &err_text(LazyTensor::vj(&t(&[4, 0], DType::F32))),
+        &["vj", "[4, 0]"],
+    );
+    assert_mentions(
+        &err_text(LazyTensor::vj(&Tensor::new(3f32, &Device::Cpu).unwrap())),
+        &["vj", "shape"],
+    );
+    let ints = Tensor::new(&[[1u32, 2]], &Device::Cpu).unwrap();
+    assert_mentions(
+        &err_text(LazyTensor::vi(&ints)),
+        &["vi", "U32", "not a float dtype"],
+    );
+    assert_mentions(
+        &err_text(LazyTensor::param(&t(&[0], DType::F32))),
+        &["param", "at least one value"],
+    );
+    let f = parse("SqDist(Vi(0,3), Vj(1,3))", &[]).unwrap();
+    let x = t(&[4, 3], DType::F32);
+    assert_mentions(
+        &err_text(LazyTensor::from_formula(&f, &[&x])),
+        &["argument 1", "1 tensors"],
+    );
+    let y2 = t(&[4, 2], DType::F32);
+    assert_mentions(
+        &err_text(LazyTensor::from_formula(&f, &[&x, &y2])),
+        &["2 components", "expects 3"],
+    );
+}
+
+#[test]
+fn empty_inputs() {
+    let x = LazyTensor::vi(&t(&[0, 3], DType::F32)).unwrap();
+    let y = LazyTensor::vj(&t(&[5, 3], DType::F32)).unwrap();
+    let y0 = LazyTensor::vj(&t(&[0, 3], DType::F32)).unwrap();
+    let x4 = LazyTensor::vi(&t(&[4, 3], DType::F32)).unwrap();
+    assert_mentions(
+        &err_text(x.sqdist(&y).unwrap().sum(Axis::J)),
+        &["empty input", "0 i-rows"],
+    );
+    assert_mentions(
+        &err_text(x4.sqdist(&y0).unwrap().argkmin(3, Axis::J)),
+        &["empty input", "0 j-rows"],
+    );
+    assert_mentions(
+        &err_text(x4.sqdist(&y0).unwrap().min(Axis::I)),
+        &["empty input"],
+    );
+}
+
+#[test]
+fn bad_reduction_arguments() {
+    let x = LazyTensor::vi(&t(&[4, 3], DType::F32)).unwrap();
+    let y = LazyTensor::vj(&t(&[5, 3], DType::F32)).unwrap();
+    let d = x.sqdist(&y).unwrap();
+    assert_mentions(
+        &err_text(d.argkmin(0, Axis::J)),
+        &["ArgKMin", "k must be at least 1"],
+    );
+    assert_mentions(
+        &err_text(d.kmin(usize::MAX, Axis::J)),
+        &["KMin", "too large"],
+    );
+}
+
+#[test]
+fn gradients_are_not_silently_zero() {
+    let x = candle_core::Var::from_tensor(&t(&[4, 3], DType::F64)).unwrap();
+    let y = t(&[5, 3], DType::F64);
+    let out = LazyTensor::vi(x.as_tensor())
+        .unwrap()
+        .sqdist(&LazyTensor::vj(&y).unwrap())
+        .unwrap()
+        .sum(Axis::J)
+        .unwrap();
+    let loss = out.sum_all().unwrap();
+    assert_mentions(
+        &err_text(loss.backward().map(|_| ())),
+        &["not implemented yet", "gradients"],
+    );
+}
+
+#[test]
+fn nan_inputs_propagate_without_crashing() {
+    let mut xv: Vec<f32> = (0..12).map(|k| k as f32 * 0.1).collect();
+    xv[4] = f32::NAN; // row 1
+    let x = Tensor::from_vec(xv, (4, 3), &Device::Cpu).unwrap();
+    let y = t(&[700, 3], DType::F32);
+    let (xi, yj) = (LazyTensor::vi(&x).unwrap(), LazyTensor::vj(&y).unwrap());
+    let d = xi.sqdist(&yj).unwrap();
+    let s = d.exp().sum(Axis::J).unwrap().to_vec2::<f32>().unwrap();
+    assert!(s[1][0].is_nan() && s[0][0].is_finite() && s[2][0].is_finite());
+    let l = (-d.clone())
+        .logsumexp(Axis::J)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert!(l[1][0].is_nan() && l[0][0].is_finite());
+    let (m, i) = d.min_argmin(Axis::J).unwrap();
+    let (m, i) = (m.to_vec2::<f32>().unwrap(), i.to_vec2::<i64>().unwrap());
+    assert!(m[1][0].is_nan() && m[0][0].is_finite());
+    assert_eq!(i[1][0], 0);
+    // Over i, every j-row sees the NaN row.
+    let (mi, ii) = d.min_argmin(Axis::I).unwrap();
+    assert!(mi.to_vec2::<f32>().unwrap().iter().all(|r| r[0].is_nan()));
+    assert!(ii.to_vec2::<i64>().unwrap().iter().all(|r| r[0] == 1));
+    let k = d.kmin_argkmin(3, Axis::J).unwrap();
+    assert!(k.0.to_vec2::<f32>().unwrap()[1][0].is_nan());
+    let w = (-d.clone())
+        .sum_softmax_weight(&yj, Axis::J)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert!(w[1][0].is_nan() && w[0][0].is_finite());
+    // Infinite inputs give infinities or NaN, not a crash.
+    let xinf = Tensor::new(&[[f32::INFINITY, 0., 0.]], &Device::Cpu).unwrap();
+    let di = LazyTensor::vi(&xinf).unwrap().sqdist(&yj).unwrap();
+    assert_eq!(
+        di.min(Axis::J).unwrap().to_vec2::<f32>().unwrap()[0][0],
+        f32::INFINITY
+    );
+    assert_eq!(
+        (-di.clone())
+            .exp()
+            .sum(Axis::J)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()[0][0],
+        0.0
+    );
+    assert_eq!(
+        (-di).logsumexp(Axis::J).unwrap().to_vec2::<f32>().unwrap()[0][0],
+        f32::NEG_INFINITY
+    );
+}
+
+#[test]
+fn cuda_tensors_get_a_clear_error_or_are_skipped() {
+    match Device::new_cuda(0) {
+        Ok(dev) => {
+            let x = t(&[4, 3], DType::F32).to_device(&dev).unwrap();
+            let f = LazyTensor::vi(&x)
+                .unwrap()
+                .sqdist(&LazyTensor::vj(&x).unwrap())
+                .unwrap();
+            assert_mentions(
+                &err_text(f.sum(Axis::J)),
+                &["CUDA backend", "not implemented yet"],
+            );
+            let y = t(&[4, 3], DType::F32);
+            let g = LazyTensor::vi(&x)
+                .unwrap()
+                .sqdist(&LazyTensor::vj(&y).unwrap())
+                .unwrap();
+            assert_mentions(&err_text(g.sum(Axis::J)), &["device mismatch"]);
+        }
+        Err(_) => eprintln!("skipped: no CUDA device (or not built with --features cuda)"),
+    }
+}
+
+#[test]
+fn malformed_strings_name_the_column() {
+    let x = LazyTensor::vi(&t(&[4, 3], DType::F32)).unwrap();
+    let y = LazyTensor::vj(&t(&[5, 3], DType::F32)).unwrap();
+    let text = err_text(LazyTensor::parse(
+        "Exp(-SqDist(x, y) * Foo(y))",
+        &[("x", &x), ("y", &y)],
+    ));
+    assert_mentions(&text, &["column 21", "unknown function 'Foo'"]);
+    let text = err_text(LazyTensor::parse(
+        "Exp(-SqDist(x, y)",
+        &[("x", &x), ("y", &y)],
+    ));
+    assert_mentions(&text, &["column 18", "expected ')'"]);
+    // A deferred error in a bound lazy tensor is reported by parse.
+    let bad = &x + &LazyTensor::vj(&t(&[5, 2], DType::F32)).unwrap();
+    assert_mentions(
+        &err_text(LazyTensor::parse("Exp(b)", &[("b", &bad)])),
+        &["Add"],
+    );
+}
