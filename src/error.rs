@@ -89,3 +89,9 @@ pub(crate) fn invalid(op: &'static str, detail: impl Into<String>) -> Error {
         detail: detail.into(),
     }
 }
+
+impl From<ParseError> for candle_core::Error {
+    fn from(e: ParseError) -> Self {
+        candle_core::Error::wrap(Error::Parse(e))
+    }
+}

@@ -6,10 +6,8 @@
 //! `#[inline(always)]` so that it is compiled inside the `#[target_feature]` wrappers of
 //! [`super::dispatch`], once per instruction set.
 
-use super::kernels::{
-    dot_slice, map1, map2, map3, max_slice, reduce_components, sum_exp_shifted, sum_slice, OutView,
-    View,
-};
+use super::isa::Arch;
+use super::kernels::{map1, map2, map3, reduce_components, OutView, View};
 use super::program::{Instr, Level, Program, Root, Storage};
 use super::real::Real;
 use crate::formula::{BinaryOp, UnaryOp};
@@ -17,6 +15,8 @@ use crate::reduction::{kahan_add, kmin_insert, lse_merge, Reduction, ReductionKi
 
 /// Terms per tile: the inputs and registers of a tile stay in the L1/L2 cache.
 pub(crate) const TILE: usize = 512;
+/// Terms tested at once by the vectorised filter of the min/max-type reductions.
+const FILTER: usize = 64;
 /// The `j` inputs are padded to a multiple of this, so that tile loops need no remainder.
 pub(crate) const PAD: usize = 32;
 
@@ -129,7 +129,7 @@ macro_rules! binary_dispatch {
 /// `views` and `outs` must describe live registers of at least `len` terms (tile registers)
 /// or one value (row registers) per component, and `out` registers must not overlap inputs.
 #[inline(always)]
-unsafe fn exec_instr<T: Real, const FMA: bool>(
+unsafe fn exec_instr<T: Real, A: Arch, const FMA: bool>(
     ins: &Instr,
     prog: &Program,
     views: &[View<T>],
@@ -310,19 +310,20 @@ fn make_views<T: Real>(
     }
 }
 
-/// Runs the reduction for output rows `rows`, writing `out_vals` (`rows.len() x out_vals`
+/// Runs the reduction for output rows `rows` (`FMA` must be `A::FMA`), writing `out_vals` (`rows.len() x out_vals`
 /// values, as `f64` to be converted by the caller) and `out_idx`.
 ///
 /// # Safety
 /// `ctx` must be consistent: inputs sized for the program's registers (`i`-variables with at
 /// least `rows.end` rows, `j`-variables padded to a multiple of [`PAD`] at least `terms`).
 #[inline(always)]
-pub(crate) unsafe fn run_block<T: Real, const FMA: bool>(
+pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
     ctx: &Context<'_, T>,
     rows: std::ops::Range<usize>,
     out_vals: &mut [f64],
     out_idx: &mut [i64],
 ) {
+    debug_assert_eq!(A::FMA, FMA);
     let prog = ctx.prog;
     let nr = rows.len();
     let mut scratch = Scratch {
@@ -347,7 +348,7 @@ pub(crate) unsafe fn run_block<T: Real, const FMA: bool>(
         for ins in &prog.row_code {
             // SAFETY: row registers have `dim` values in the row scratch; inputs are sized by
             // the caller.
-            unsafe { exec_instr::<T, FMA>(ins, prog, &views, &outs, 1) };
+            unsafe { exec_instr::<T, A, FMA>(ins, prog, &views, &outs, 1) };
         }
     }
     let mut j0 = 0;
@@ -359,11 +360,11 @@ pub(crate) unsafe fn run_block<T: Real, const FMA: bool>(
             for ins in &prog.tile_code {
                 // SAFETY: tile registers hold TILE >= len terms; j-inputs are padded to a
                 // multiple of PAD covering j0 + len.
-                unsafe { exec_instr::<T, FMA>(ins, prog, &views, &outs, len) };
+                unsafe { exec_instr::<T, A, FMA>(ins, prog, &views, &outs, len) };
             }
             // SAFETY: as above.
             unsafe {
-                accumulate_tile::<T, FMA>(
+                accumulate_tile::<T, A, FMA>(
                     ctx,
                     &views,
                     scratch.weights.as_mut_slice(),
@@ -393,7 +394,7 @@ pub(crate) unsafe fn run_block<T: Real, const FMA: bool>(
 /// # Safety
 /// As for [`run_block`]; `views` describe the current row and tile.
 #[inline(always)]
-unsafe fn accumulate_tile<T: Real, const FMA: bool>(
+unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
     ctx: &Context<'_, T>,
     views: &[View<T>],
     weights: &mut [T],
@@ -413,9 +414,9 @@ unsafe fn accumulate_tile<T: Real, const FMA: bool>(
             for c in 0..dim {
                 let part = unsafe {
                     match (x.tile, y.tile) {
-                        (true, true) => dot_slice::<T, FMA>(x.slice(c, valid), y.slice(c, valid)),
-                        (true, false) => sum_slice(x.slice(c, valid)) * y.scalar(c),
-                        (false, _) => x.scalar(c) * sum_slice(y.slice(c, valid)),
+                        (true, true) => A::dot(x.slice(c, valid), y.slice(c, valid)),
+                        (true, false) => A::sum(x.slice(c, valid)) * y.scalar(c),
+                        (false, _) => x.scalar(c) * A::sum(y.slice(c, valid)),
                     }
                 };
                 kahan_add(&mut sums[c], &mut comps[c], part.to_f64());
@@ -427,7 +428,7 @@ unsafe fn accumulate_tile<T: Real, const FMA: bool>(
         ReductionKind::Sum => {
             let (sums, comps) = vals.split_at_mut(dim);
             for c in 0..dim {
-                let part = sum_slice(unsafe { root.slice(c, valid) });
+                let part = unsafe { A::sum(root.slice(c, valid)) };
                 kahan_add(&mut sums[c], &mut comps[c], part.to_f64());
             }
         }
@@ -435,7 +436,7 @@ unsafe fn accumulate_tile<T: Real, const FMA: bool>(
             let (ms, ss) = vals.split_at_mut(dim);
             for c in 0..dim {
                 let xs = unsafe { root.slice(c, valid) };
-                let m = max_slice(xs);
+                let m = unsafe { A::max(xs) };
                 let (mf, s) = if m == T::NEG_INFINITY {
                     continue;
                 } else if m == T::INFINITY {
@@ -443,14 +444,14 @@ unsafe fn accumulate_tile<T: Real, const FMA: bool>(
                 } else if m.partial_cmp(&m).is_none() {
                     (f64::NAN, f64::NAN)
                 } else {
-                    (m.to_f64(), sum_exp_shifted::<T, FMA>(xs, m).to_f64())
+                    (m.to_f64(), unsafe { A::sum_exp(xs, m) }.to_f64())
                 };
                 lse_merge(&mut ms[c], &mut ss[c], mf, s);
             }
         }
         ReductionKind::SumSoftMaxWeight => {
             let f = unsafe { root.slice(0, valid) };
-            let m = max_slice(f);
+            let m = unsafe { A::max(f) };
             if m == T::NEG_INFINITY {
                 return;
             }
@@ -474,9 +475,9 @@ unsafe fn accumulate_tile<T: Real, const FMA: bool>(
                 *w = (x - m).exp::<FMA>();
             }
             part[0] = m.to_f64();
-            part[1] = sum_slice(w).to_f64();
+            part[1] = unsafe { A::sum(w) }.to_f64();
             for c in 1..dim {
-                part[c + 1] = dot_slice::<T, FMA>(w, unsafe { root.slice(c, valid) }).to_f64();
+                part[c + 1] = unsafe { A::dot(w, root.slice(c, valid)) }.to_f64();
             }
             red.combine(dim, vals, idx, &part, &[]);
         }
@@ -494,13 +495,19 @@ unsafe fn accumulate_tile<T: Real, const FMA: bool>(
                 let xs = unsafe { root.slice(c, valid) };
                 let mut best = T::from_f64(vals[c]);
                 let mut bi = idx[c];
-                for (l, &v) in xs.iter().enumerate() {
-                    let nan_v = v.partial_cmp(&v).is_none();
-                    let nan_best = best.partial_cmp(&best).is_none();
-                    let better = if max { v > best } else { v < best } || (nan_v && !nan_best);
-                    if better || bi < 0 {
-                        best = v;
-                        bi = (j0 + l) as i64;
+                // Most chunks hold no better term: a vectorised test skips them.
+                for (q, chunk) in xs.chunks(FILTER).enumerate() {
+                    if bi >= 0 && !unsafe { A::any_before(chunk, best, max) } {
+                        continue;
+                    }
+                    for (l, &v) in chunk.iter().enumerate() {
+                        let nan_v = v.partial_cmp(&v).is_none();
+                        let nan_best = best.partial_cmp(&best).is_none();
+                        let better = if max { v > best } else { v < best } || (nan_v && !nan_best);
+                        if better || bi < 0 {
+                            best = v;
+                            bi = (j0 + q * FILTER + l) as i64;
+                        }
                     }
                 }
                 vals[c] = best.to_f64();
@@ -511,11 +518,17 @@ unsafe fn accumulate_tile<T: Real, const FMA: bool>(
             for c in 0..dim {
                 let xs = unsafe { root.slice(c, valid) };
                 let (kv, ki) = (&mut vals[c * k..(c + 1) * k], &mut idx[c * k..(c + 1) * k]);
-                for (l, &v) in xs.iter().enumerate() {
-                    let v = v.to_f64();
-                    let full = ki[k - 1] >= 0;
-                    if !full || v < kv[k - 1] || (v.is_nan() && !kv[k - 1].is_nan()) {
-                        kmin_insert(kv, ki, v, (j0 + l) as i64);
+                for (q, chunk) in xs.chunks(FILTER).enumerate() {
+                    // The k-th value seen so far, in the compute type (exact: it came from it).
+                    if ki[k - 1] >= 0 && !unsafe { A::any_before(chunk, T::from_f64(kv[k - 1]), false) } {
+                        continue;
+                    }
+                    for (l, &v) in chunk.iter().enumerate() {
+                        let v = v.to_f64();
+                        let full = ki[k - 1] >= 0;
+                        if !full || v < kv[k - 1] || (v.is_nan() && !kv[k - 1].is_nan()) {
+                            kmin_insert(kv, ki, v, (j0 + q * FILTER + l) as i64);
+                        }
                     }
                 }
             }

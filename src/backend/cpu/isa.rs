@@ -68,3 +68,119 @@ pub fn detect() -> Isa {
         }
     })
 }
+
+use super::kernels;
+use super::real::Real;
+
+/// An instruction set as a type: the executor is generic over it. Elementwise loops are
+/// inlined into the executor (compiled with the caller's target features); the horizontal
+/// reductions over a tile are separate `#[target_feature]` functions, because inside the
+/// large inlined executor LLVM vectorised them poorly (two-lane pieces and spills, seen in
+/// the disassembly), while on their own they become clean multi-accumulator loops.
+pub(crate) trait Arch: Copy + Send + Sync + 'static {
+    /// Whether `a * b + c` is fused.
+    const FMA: bool;
+    /// Sum of a slice.
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set.
+    unsafe fn sum<T: Real>(x: &[T]) -> T;
+    /// Dot product of two slices of equal length.
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set.
+    unsafe fn dot<T: Real>(x: &[T], y: &[T]) -> T;
+    /// Maximum of a slice (`NaN` if any element is `NaN`).
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set.
+    unsafe fn max<T: Real>(x: &[T]) -> T;
+    /// `sum exp(x - m)`.
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set.
+    unsafe fn sum_exp<T: Real>(x: &[T], m: T) -> T;
+    /// Whether some element comes strictly before `thr` in the order of a minimum (`max`
+    /// false) or maximum (`max` true) reduction, `NaN` counting as first.
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set.
+    unsafe fn any_before<T: Real>(x: &[T], thr: T, max: bool) -> bool;
+}
+
+macro_rules! arch {
+    ($name:ident, $module:ident, $features:literal, $fma:expr) => {
+        /// Marker type of an instruction set.
+        #[derive(Clone, Copy, Debug)]
+        pub(crate) struct $name;
+
+        mod $module {
+            use super::kernels;
+            use super::Real;
+
+            #[target_feature(enable = $features)]
+            #[inline(never)]
+            pub(super) unsafe fn sum<T: Real>(x: &[T]) -> T {
+                kernels::sum_slice(x)
+            }
+            #[target_feature(enable = $features)]
+            #[inline(never)]
+            pub(super) unsafe fn dot<T: Real>(x: &[T], y: &[T]) -> T {
+                kernels::dot_slice::<T, $fma>(x, y)
+            }
+            #[target_feature(enable = $features)]
+            #[inline(never)]
+            pub(super) unsafe fn max<T: Real>(x: &[T]) -> T {
+                kernels::max_slice(x)
+            }
+            #[target_feature(enable = $features)]
+            #[inline(never)]
+            pub(super) unsafe fn sum_exp<T: Real>(x: &[T], m: T) -> T {
+                kernels::sum_exp_shifted::<T, $fma>(x, m)
+            }
+            #[target_feature(enable = $features)]
+            #[inline(never)]
+            pub(super) unsafe fn any_before<T: Real>(x: &[T], thr: T, max: bool) -> bool {
+                kernels::any_before(x, thr, max)
+            }
+        }
+
+        impl Arch for $name {
+            const FMA: bool = $fma;
+            #[inline(always)]
+            unsafe fn sum<T: Real>(x: &[T]) -> T {
+                // SAFETY: forwarded from the caller.
+                unsafe { $module::sum(x) }
+            }
+            #[inline(always)]
+            unsafe fn dot<T: Real>(x: &[T], y: &[T]) -> T {
+                // SAFETY: forwarded from the caller.
+                unsafe { $module::dot(x, y) }
+            }
+            #[inline(always)]
+            unsafe fn max<T: Real>(x: &[T]) -> T {
+                // SAFETY: forwarded from the caller.
+                unsafe { $module::max(x) }
+            }
+            #[inline(always)]
+            unsafe fn sum_exp<T: Real>(x: &[T], m: T) -> T {
+                // SAFETY: forwarded from the caller.
+                unsafe { $module::sum_exp(x, m) }
+            }
+            #[inline(always)]
+            unsafe fn any_before<T: Real>(x: &[T], thr: T, max: bool) -> bool {
+                // SAFETY: forwarded from the caller.
+                unsafe { $module::any_before(x, thr, max) }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+arch!(Avx512, avx512_kernels, "avx512f,avx2,fma", true);
+#[cfg(target_arch = "x86_64")]
+arch!(Avx2, avx2_kernels, "avx2,fma", true);
+#[cfg(target_arch = "x86_64")]
+arch!(Baseline, baseline_kernels, "sse2", false);
+#[cfg(target_arch = "aarch64")]
+arch!(Baseline, baseline_kernels, "neon", true);

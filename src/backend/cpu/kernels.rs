@@ -180,6 +180,17 @@ pub(crate) unsafe fn reduce_components<T: Real, const FMA: bool>(
     len: usize,
     sub: bool,
 ) {
+    // Few components: one pass over the tile, the component loop unrolled.
+    // SAFETY (all calls below): forwarded from the caller.
+    unsafe {
+        match dim {
+            1 => return reduce_fixed::<T, FMA, 1>(a, b, out, len, sub),
+            2 => return reduce_fixed::<T, FMA, 2>(a, b, out, len, sub),
+            3 => return reduce_fixed::<T, FMA, 3>(a, b, out, len, sub),
+            4 => return reduce_fixed::<T, FMA, 4>(a, b, out, len, sub),
+            _ => {}
+        }
+    }
     // SAFETY (all blocks below): forwarded from the caller.
     let o = unsafe { out.slice(0, len) };
     o.fill(T::ZERO);
@@ -213,6 +224,55 @@ pub(crate) unsafe fn reduce_components<T: Real, const FMA: bool>(
     }
 }
 
+/// [`reduce_components`] for `D` components in one pass over the tile.
+///
+/// # Safety
+/// See [`View::slice`] and [`OutView::slice`].
+#[inline(always)]
+unsafe fn reduce_fixed<T: Real, const FMA: bool, const D: usize>(
+    a: View<T>,
+    b: View<T>,
+    out: OutView<T>,
+    len: usize,
+    sub: bool,
+) {
+    // SAFETY (all blocks below): forwarded from the caller.
+    let o = unsafe { out.slice(0, len) };
+    match (a.tile, b.tile) {
+        (false, true) | (true, false) => {
+            let (row, tile) = if a.tile { (b, a) } else { (a, b) };
+            let s: [T; D] = std::array::from_fn(|c| unsafe { row.scalar(c) });
+            let t: [&[T]; D] = std::array::from_fn(|c| unsafe { tile.slice(c, len) });
+            for (l, o) in o.iter_mut().enumerate() {
+                let mut acc = T::ZERO;
+                for c in 0..D {
+                    // Operand order does not matter: (s - t)^2 = (t - s)^2 and s t = t s.
+                    acc = term::<T, FMA>(acc, s[c], t[c][l], sub);
+                }
+                *o = acc;
+            }
+        }
+        (true, true) => {
+            let x: [&[T]; D] = std::array::from_fn(|c| unsafe { a.slice(c, len) });
+            let y: [&[T]; D] = std::array::from_fn(|c| unsafe { b.slice(c, len) });
+            for (l, o) in o.iter_mut().enumerate() {
+                let mut acc = T::ZERO;
+                for c in 0..D {
+                    acc = term::<T, FMA>(acc, x[c][l], y[c][l], sub);
+                }
+                *o = acc;
+            }
+        }
+        (false, false) => {
+            let mut acc = T::ZERO;
+            for c in 0..D {
+                acc = term::<T, FMA>(acc, unsafe { a.scalar(c) }, unsafe { b.scalar(c) }, sub);
+            }
+            o.fill(acc);
+        }
+    }
+}
+
 /// `acc + (x - y)^2` or `acc + x * y`.
 #[inline(always)]
 fn term<T: Real, const FMA: bool>(acc: T, x: T, y: T, sub: bool) -> T {
@@ -242,7 +302,7 @@ pub(crate) fn sum_slice<T: Real>(x: &[T]) -> T {
     for &v in chunks.remainder() {
         tail += v;
     }
-    pairwise(acc) + tail
+    fold_acc(acc) + tail
 }
 
 /// Dot product of two slices, with `ACC` independent accumulators.
@@ -260,7 +320,7 @@ pub(crate) fn dot_slice<T: Real, const FMA: bool>(x: &[T], y: &[T]) -> T {
     for (&a, &b) in cx.remainder().iter().zip(cy.remainder()) {
         tail = T::fma::<FMA>(a, b, tail);
     }
-    pairwise(acc) + tail
+    fold_acc(acc) + tail
 }
 
 /// Maximum of a slice; `NaN` if any element is `NaN`; `-inf` if empty.
@@ -311,17 +371,29 @@ pub(crate) fn sum_exp_shifted<T: Real, const FMA: bool>(x: &[T], m: T) -> T {
     for &v in chunks.remainder() {
         tail += (v - m).exp::<FMA>();
     }
-    pairwise(acc) + tail
+    fold_acc(acc) + tail
 }
 
+/// Sum of the accumulators, in order. (A pairwise tree here made LLVM vectorise the main
+/// loop two lanes at a time: keep this a plain fold.)
 #[inline(always)]
-fn pairwise<T: Real>(mut acc: [T; ACC]) -> T {
-    let mut w = ACC / 2;
-    while w > 0 {
-        for k in 0..w {
-            acc[k] = acc[k] + acc[k + w];
+fn fold_acc<T: Real>(acc: [T; ACC]) -> T {
+    acc.iter().fold(T::ZERO, |s, &v| s + v)
+}
+
+/// Whether some element of `x` comes strictly before `thr` in a minimum (`max` false) or
+/// maximum (`max` true) order, `NaN` counting as first: `!(v >= thr)` is also true for NaN.
+#[inline(always)]
+pub(crate) fn any_before<T: Real>(x: &[T], thr: T, max: bool) -> bool {
+    let mut any = false;
+    if max {
+        for &v in x {
+            any |= !(v <= thr);
         }
-        w /= 2;
+    } else {
+        for &v in x {
+            any |= !(v >= thr);
+        }
     }
-    acc[0]
+    any
 }

@@ -110,7 +110,7 @@ fn run_block_on<T: Real>(
         // SAFETY: `Isa::Avx2` is only chosen when the CPU reports AVX2 and FMA; as above.
         Isa::Avx2 => unsafe { run_avx2(ctx, rows, ov, oi) },
         // SAFETY: the context was built by `reduce` (see above).
-        _ => unsafe { exec::run_block::<T, BASELINE_FMA>(ctx, rows, ov, oi) },
+        _ => unsafe { exec::run_block::<T, isa::Baseline, BASELINE_FMA>(ctx, rows, ov, oi) },
     }
 }
 
@@ -126,7 +126,7 @@ unsafe fn run_avx512<T: Real>(
     oi: &mut [i64],
 ) {
     // SAFETY: forwarded from `run_block_on`.
-    unsafe { exec::run_block::<T, true>(ctx, rows, ov, oi) }
+    unsafe { exec::run_block::<T, isa::Avx512, true>(ctx, rows, ov, oi) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -138,7 +138,7 @@ unsafe fn run_avx2<T: Real>(
     oi: &mut [i64],
 ) {
     // SAFETY: forwarded from `run_block_on`.
-    unsafe { exec::run_block::<T, true>(ctx, rows, ov, oi) }
+    unsafe { exec::run_block::<T, isa::Avx2, true>(ctx, rows, ov, oi) }
 }
 
 /// `x = exp(x)` over a slice with the vectorised exponential of the instruction set reductions

@@ -214,27 +214,49 @@ impl Builder {
         r
     }
 
+    /// `a * r` for a row register `r`: a negation of a single-use tile `a` moves onto `r`.
+    fn mul_by_row(&mut self, a: &Expr, r: Reg) -> (Reg, Reg) {
+        if let Op::Unary(UnaryOp::Neg) = a.op() {
+            if self.single_use(a) && !self.memo.contains_key(a) {
+                let inner = self.lower(&a.args()[0]);
+                if self.level(inner) == Level::Tile {
+                    return (inner, self.derived_row(r, UnaryOp::Neg));
+                }
+            }
+        }
+        (self.lower(a), r)
+    }
+
     /// `a * b`, with a negation of a single-use tile operand moved onto a row operand.
     fn lower_mul(&mut self, a: &Expr, b: &Expr) -> (Reg, Reg) {
-        let neg_inner = |x: &Expr| match x.op() {
-            Op::Unary(UnaryOp::Neg) => Some(x.args()[0].clone()),
-            _ => None,
-        };
         for (x, y, swap) in [(a, b, false), (b, a, true)] {
-            if let Some(inner) = neg_inner(x) {
-                if self.single_use(x) && !self.memo.contains_key(x) {
-                    let ry = self.lower(y);
-                    if self.level(ry) == Level::Row {
-                        let ri = self.lower(&inner);
-                        if self.level(ri) == Level::Tile {
-                            let ny = self.derived_row(ry, UnaryOp::Neg);
-                            return if swap { (ny, ri) } else { (ri, ny) };
-                        }
-                    }
+            if matches!(x.op(), Op::Unary(UnaryOp::Neg)) && !self.memo.contains_key(x) {
+                let ry = self.lower(y);
+                if self.level(ry) == Level::Row {
+                    let (rx, ry) = self.mul_by_row(x, ry);
+                    return if swap { (ry, rx) } else { (rx, ry) };
                 }
             }
         }
         (self.lower(a), self.lower(b))
+    }
+
+    /// Registers `(x, y)` whose product is `e`, when `e` is a product or a division by a row
+    /// value (`a / r = a * (1 / r)`, with `1 / r` hoisted out of the `j` loop).
+    fn lower_as_product(&mut self, e: &Expr) -> Option<(Reg, Reg)> {
+        let args = e.args();
+        match e.op() {
+            Op::Binary(BinaryOp::Mul) => Some(self.lower_mul(&args[0], &args[1])),
+            Op::Binary(BinaryOp::Div) => {
+                let r = self.lower(&args[1]);
+                if self.level(r) != Level::Row {
+                    return None;
+                }
+                let inv = self.derived_row(r, UnaryOp::Inv);
+                Some(self.mul_by_row(&args[0], inv))
+            }
+            _ => None,
+        }
     }
 
     fn lower_new(&mut self, e: &Expr) -> Reg {
@@ -245,9 +267,8 @@ impl Builder {
             Op::Const(value) => self.emit(1, Level::Row, |out| Instr::Const { value, out }),
             Op::Unary(UnaryOp::Exp) => {
                 let x = &args[0];
-                if let (Op::Binary(BinaryOp::Mul), true) = (x.op(), self.single_use(x)) {
-                    if !self.memo.contains_key(x) {
-                        let (a, b) = self.lower_mul(&x.args()[0], &x.args()[1]);
+                if self.single_use(x) && !self.memo.contains_key(x) {
+                    if let Some((a, b)) = self.lower_as_product(x) {
                         let level = self.join(&[a, b]);
                         if level == Level::Tile {
                             return self.emit(dim, level, |out| Instr::ExpMul { a, b, out });
@@ -279,32 +300,18 @@ impl Builder {
                 let level = self.level(a);
                 self.emit(dim, level, |out| Instr::Unary { op, a, out })
             }
-            Op::Binary(BinaryOp::Mul) => {
-                let (a, b) = self.lower_mul(&args[0], &args[1]);
-                let level = self.join(&[a, b]);
-                self.emit(dim, level, |out| Instr::Binary {
-                    op: BinaryOp::Mul,
-                    a,
-                    b,
-                    out,
-                })
-            }
-            Op::Binary(BinaryOp::Div) => {
-                let b = self.lower(&args[1]);
-                if self.level(b) == Level::Row {
-                    // x / r = x * (1 / r), with 1 / r hoisted out of the j loop.
-                    let a = self.lower(&args[0]);
-                    if self.level(a) == Level::Tile {
-                        let inv = self.derived_row(b, UnaryOp::Inv);
-                        return self.emit(dim, Level::Tile, |out| Instr::Binary {
-                            op: BinaryOp::Mul,
-                            a,
-                            b: inv,
-                            out,
-                        });
-                    }
+            Op::Binary(BinaryOp::Mul | BinaryOp::Div) => {
+                if let Some((a, b)) = self.lower_as_product(e) {
+                    let level = self.join(&[a, b]);
+                    return self.emit(dim, level, |out| Instr::Binary {
+                        op: BinaryOp::Mul,
+                        a,
+                        b,
+                        out,
+                    });
                 }
                 let a = self.lower(&args[0]);
+                let b = self.lower(&args[1]);
                 let level = self.join(&[a, b]);
                 self.emit(dim, level, |out| Instr::Binary {
                     op: BinaryOp::Div,
@@ -429,9 +436,13 @@ impl Program {
             let e = Expr::var(v).expect("variables of a valid formula are valid");
             b.memo.insert(e, v.pos);
         }
-        let root = match formula.op() {
-            Op::Binary(BinaryOp::Mul) if sum_of_product => {
-                let (x, y) = b.lower_mul(&formula.args()[0], &formula.args()[1]);
+        let product = if sum_of_product {
+            b.lower_as_product(formula)
+        } else {
+            None
+        };
+        let root = match product {
+            Some((x, y)) => {
                 if b.join(&[x, y]) == Level::Tile {
                     Root::Product(x, y)
                 } else {
@@ -444,7 +455,7 @@ impl Program {
                     Root::Value(out)
                 }
             }
-            _ => Root::Value(b.lower(formula)),
+            None => Root::Value(b.lower(formula)),
         };
         // The reduction reads tile registers. Every runnable formula depends on j (a formula
         // without a j-variable is rejected earlier), but a row root is broadcast rather than
