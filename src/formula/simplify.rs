@@ -36,6 +36,10 @@ fn fold_constants(e: &Expr) -> Option<Expr> {
     }
 }
 
+fn is(c: f64, v: f64) -> bool {
+    c == v
+}
+
 /// Neutral elements: `x + 0 = 0 + x = x - 0 = x`, `x * 1 = 1 * x = x / 1 = x`, `--x = x`,
 /// and `Sum(x) = x` for a 1-component `x`. Only applied when `x` already has the result's
 /// dimension (a neutral scalar must not be what broadcasts `x`).
@@ -44,14 +48,14 @@ fn neutral(e: &Expr) -> Option<Expr> {
     let keep = |x: &Expr| (x.dim() == e.dim()).then(|| x.clone());
     match *e.op() {
         Op::Binary(BinaryOp::Add) => match (const_of(&a[0]), const_of(&a[1])) {
-            (_, Some(c)) if c == 0.0 => keep(&a[0]),
-            (Some(c), _) if c == 0.0 => keep(&a[1]),
+            (_, Some(c)) if is(c, 0.0) => keep(&a[0]),
+            (Some(c), _) if is(c, 0.0) => keep(&a[1]),
             _ => None,
         },
         Op::Binary(BinaryOp::Sub) if const_of(&a[1]) == Some(0.0) => keep(&a[0]),
         Op::Binary(BinaryOp::Mul) => match (const_of(&a[0]), const_of(&a[1])) {
-            (_, Some(c)) if c == 1.0 => keep(&a[0]),
-            (Some(c), _) if c == 1.0 => keep(&a[1]),
+            (_, Some(c)) if is(c, 1.0) => keep(&a[0]),
+            (Some(c), _) if is(c, 1.0) => keep(&a[1]),
             _ => None,
         },
         Op::Binary(BinaryOp::Div) if const_of(&a[1]) == Some(1.0) => keep(&a[0]),

@@ -270,19 +270,26 @@ struct Scratch<T> {
     weights: Vec<T>,
 }
 
-/// Views of every register for row `r` (local index in the block, global index `i`) and the
-/// tile starting at `j0`; `row_code` selects the layout used while computing row registers.
-#[inline(always)]
-fn make_views<T: Real>(
-    ctx: &Context<'_, T>,
-    scratch: &mut Scratch<T>,
+/// Where the executor is: row `r` of the block (global row `i`), the tile starting at `j0`,
+/// and whether row registers are being computed (`row_code`) or read by the tile code.
+#[derive(Clone, Copy)]
+struct At {
     r: usize,
     i: usize,
     j0: usize,
     row_code: bool,
+}
+
+/// Views of every register at position `at`.
+#[inline(always)]
+fn make_views<T: Real>(
+    ctx: &Context<'_, T>,
+    scratch: &mut Scratch<T>,
+    at: At,
     views: &mut Vec<View<T>>,
     outs: &mut Vec<OutView<T>>,
 ) {
+    let At { r, i, j0, row_code } = at;
     views.clear();
     outs.clear();
     let prog = ctx.prog;
@@ -344,7 +351,18 @@ pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
     let mut views = Vec::with_capacity(prog.regs.len());
     let mut outs = Vec::with_capacity(prog.regs.len());
     for (r, i) in rows.clone().enumerate() {
-        make_views(ctx, &mut scratch, r, i, 0, true, &mut views, &mut outs);
+        make_views(
+            ctx,
+            &mut scratch,
+            At {
+                r,
+                i,
+                j0: 0,
+                row_code: true,
+            },
+            &mut views,
+            &mut outs,
+        );
         for ins in &prog.row_code {
             // SAFETY: row registers have `dim` values in the row scratch; inputs are sized by
             // the caller.
@@ -356,7 +374,18 @@ pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
         let valid = TILE.min(ctx.terms - j0);
         let len = valid.div_ceil(PAD) * PAD;
         for (r, i) in rows.clone().enumerate() {
-            make_views(ctx, &mut scratch, r, i, j0, false, &mut views, &mut outs);
+            make_views(
+                ctx,
+                &mut scratch,
+                At {
+                    r,
+                    i,
+                    j0,
+                    row_code: false,
+                },
+                &mut views,
+                &mut outs,
+            );
             for ins in &prog.tile_code {
                 // SAFETY: tile registers hold TILE >= len terms; j-inputs are padded to a
                 // multiple of PAD covering j0 + len.
@@ -520,7 +549,9 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
                 let (kv, ki) = (&mut vals[c * k..(c + 1) * k], &mut idx[c * k..(c + 1) * k]);
                 for (q, chunk) in xs.chunks(FILTER).enumerate() {
                     // The k-th value seen so far, in the compute type (exact: it came from it).
-                    if ki[k - 1] >= 0 && !unsafe { A::any_before(chunk, T::from_f64(kv[k - 1]), false) } {
+                    if ki[k - 1] >= 0
+                        && !unsafe { A::any_before(chunk, T::from_f64(kv[k - 1]), false) }
+                    {
                         continue;
                     }
                     for (l, &v) in chunk.iter().enumerate() {

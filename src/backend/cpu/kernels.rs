@@ -325,6 +325,7 @@ pub(crate) fn dot_slice<T: Real, const FMA: bool>(x: &[T], y: &[T]) -> T {
 
 /// Maximum of a slice; `NaN` if any element is `NaN`; `-inf` if empty.
 #[inline(always)]
+#[allow(clippy::eq_op)] // `x - x` is the vectorisable NaN test.
 pub(crate) fn max_slice<T: Real>(x: &[T]) -> T {
     let mut acc = [T::NEG_INFINITY; ACC];
     let mut nan = [T::ZERO; ACC];
@@ -384,6 +385,7 @@ fn fold_acc<T: Real>(acc: [T; ACC]) -> T {
 /// Whether some element of `x` comes strictly before `thr` in a minimum (`max` false) or
 /// maximum (`max` true) order, `NaN` counting as first: `!(v >= thr)` is also true for NaN.
 #[inline(always)]
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // The negation is what makes NaN count.
 pub(crate) fn any_before<T: Real>(x: &[T], thr: T, max: bool) -> bool {
     let mut any = false;
     if max {
