@@ -5,6 +5,7 @@
 //! supports (cached, like gemm's function pointer). `LAZY_KERNELS_ISA=avx2|baseline` forces a
 //! lower level, for benchmarks and for testing every path on one machine.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 /// An instruction-set level of the CPU backend.
@@ -54,9 +55,39 @@ fn hardware_best() -> Isa {
     Isa::Baseline
 }
 
-/// The level used by reductions: the best the CPU supports, or lower if
-/// `LAZY_KERNELS_ISA` asks for it (a request above the hardware is ignored).
+/// A process-wide override set by [`force`] (0: none).
+static FORCED: AtomicU8 = AtomicU8::new(0);
+
+/// Forces every later reduction of this process to run with `isa` (clamped to what the CPU
+/// supports), or restores the automatic choice with `None`. For tests and benchmarks that
+/// compare instruction sets in one process; it affects all threads.
+///
+/// ```
+/// use lazy_kernels::backend::cpu::isa::{self, Isa};
+/// isa::force(Some(Isa::Baseline));
+/// assert_eq!(isa::detect(), Isa::Baseline);
+/// isa::force(None);
+/// ```
+pub fn force(isa: Option<Isa>) {
+    let code = match isa.map(|i| i.min(hardware_best())) {
+        None => 0,
+        Some(Isa::Baseline) => 1,
+        Some(Isa::Avx2) => 2,
+        Some(Isa::Avx512) => 3,
+    };
+    FORCED.store(code, Ordering::Relaxed);
+}
+
+/// The level used by reductions: the one set by [`force`], else the best the CPU supports, or
+/// lower if the environment variable `LAZY_KERNELS_ISA` asks for it (a request above the
+/// hardware is ignored).
 pub fn detect() -> Isa {
+    match FORCED.load(Ordering::Relaxed) {
+        1 => return Isa::Baseline,
+        2 => return Isa::Avx2,
+        3 => return Isa::Avx512,
+        _ => {}
+    }
     static CHOICE: OnceLock<Isa> = OnceLock::new();
     *CHOICE.get_or_init(|| {
         let best = hardware_best();
