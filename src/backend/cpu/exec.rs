@@ -437,6 +437,18 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
     // SAFETY (every block below): forwarded from the caller.
     let root = match ctx.prog.root {
         Root::Value(r) => views[r],
+        Root::ExpProduct { a, s, y } => {
+            let part = unsafe {
+                A::dot_exp(
+                    views[a].slice(0, valid),
+                    views[s].scalar(0),
+                    views[y].slice(0, valid),
+                )
+            };
+            let (sum, comp) = vals.split_at_mut(1);
+            kahan_add(&mut sum[0], &mut comp[0], part.to_f64());
+            return;
+        }
         Root::Product(a, b) => {
             let (x, y) = (views[a], views[b]);
             let (sums, comps) = vals.split_at_mut(dim);

@@ -137,6 +137,11 @@ pub(crate) trait Arch: Copy + Send + Sync + 'static {
     /// # Safety
     /// The CPU must support the instruction set.
     unsafe fn any_before<T: Real>(x: &[T], thr: T, max: bool) -> bool;
+    /// `sum exp(a * s) * y` over slices of equal length.
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set.
+    unsafe fn dot_exp<T: Real>(a: &[T], s: T, y: &[T]) -> T;
 }
 
 macro_rules! arch {
@@ -174,6 +179,11 @@ macro_rules! arch {
             pub(super) unsafe fn any_before<T: Real>(x: &[T], thr: T, max: bool) -> bool {
                 kernels::any_before(x, thr, max)
             }
+            #[target_feature(enable = $features)]
+            #[inline(never)]
+            pub(super) unsafe fn dot_exp<T: Real>(a: &[T], s: T, y: &[T]) -> T {
+                kernels::dot_exp::<T, $fma>(a, s, y)
+            }
         }
 
         impl Arch for $name {
@@ -202,6 +212,11 @@ macro_rules! arch {
             unsafe fn any_before<T: Real>(x: &[T], thr: T, max: bool) -> bool {
                 // SAFETY: forwarded from the caller.
                 unsafe { $module::any_before(x, thr, max) }
+            }
+            #[inline(always)]
+            unsafe fn dot_exp<T: Real>(a: &[T], s: T, y: &[T]) -> T {
+                // SAFETY: forwarded from the caller.
+                unsafe { $module::dot_exp(a, s, y) }
             }
         }
     };

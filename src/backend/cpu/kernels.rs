@@ -358,6 +358,24 @@ pub(crate) fn max_slice<T: Real>(x: &[T]) -> T {
     m
 }
 
+/// `sum_l exp(a_l * s) * y_l`, with `ACC` independent accumulators.
+#[inline(always)]
+pub(crate) fn dot_exp<T: Real, const FMA: bool>(a: &[T], s: T, y: &[T]) -> T {
+    let mut acc = [T::ZERO; ACC];
+    let mut ca = a.chunks_exact(ACC);
+    let mut cy = y.chunks_exact(ACC);
+    for (a, y) in (&mut ca).zip(&mut cy) {
+        for k in 0..ACC {
+            acc[k] = T::fma::<FMA>((a[k] * s).exp::<FMA>(), y[k], acc[k]);
+        }
+    }
+    let mut tail = T::ZERO;
+    for (&a, &y) in ca.remainder().iter().zip(cy.remainder()) {
+        tail = T::fma::<FMA>((a * s).exp::<FMA>(), y, tail);
+    }
+    fold_acc(acc) + tail
+}
+
 /// `sum_l exp(x_l - m)`, with `ACC` independent accumulators.
 #[inline(always)]
 pub(crate) fn sum_exp_shifted<T: Real, const FMA: bool>(x: &[T], m: T) -> T {

@@ -117,6 +117,10 @@ pub(crate) enum Root {
     Value(Reg),
     /// The product of two registers (only for `Sum`, which multiplies and accumulates).
     Product(Reg, Reg),
+    /// `exp(a * s) * y` with every register of one component, `a` and `y` tile registers and
+    /// `s` a row register (only for `Sum`: the Gaussian-type kernel times weights, summed in
+    /// one pass without storing the exponentials).
+    ExpProduct { a: Reg, s: Reg, y: Reg },
 }
 
 /// A compiled formula.
@@ -390,6 +394,55 @@ impl Builder {
     }
 }
 
+/// `Product(e, y)` where `e = exp(a * s)` is the last tile instruction and used nowhere else
+/// becomes [`Root::ExpProduct`] (one component everywhere, `s` a row register).
+fn fuse_exp_product(b: &mut Builder, root: Root) -> Root {
+    let Root::Product(x, y) = root else {
+        return root;
+    };
+    for (e, y) in [(x, y), (y, x)] {
+        let Some(&Instr::ExpMul { a, b: m, out }) = b.tile_code.last() else {
+            continue;
+        };
+        if out != e {
+            continue;
+        }
+        let (a, s) = match (b.level(a), b.level(m)) {
+            (Level::Tile, Level::Row) => (a, m),
+            (Level::Row, Level::Tile) => (m, a),
+            _ => continue,
+        };
+        let used_elsewhere = b.tile_code[..b.tile_code.len() - 1]
+            .iter()
+            .any(|ins| reads(ins).contains(&e));
+        let one = |r: Reg| b.regs[r].dim == 1;
+        if used_elsewhere || !(one(a) && one(s) && one(y) && one(e)) || b.level(y) != Level::Tile {
+            continue;
+        }
+        b.tile_code.pop();
+        return Root::ExpProduct { a, s, y };
+    }
+    root
+}
+
+/// Registers an instruction reads.
+fn reads(ins: &Instr) -> Vec<Reg> {
+    match *ins {
+        Instr::Const { .. } => vec![],
+        Instr::Unary { a, .. }
+        | Instr::Sum { a, .. }
+        | Instr::Extract { a, .. }
+        | Instr::Broadcast { a, .. } => vec![a],
+        Instr::ExpMul { a, b, .. }
+        | Instr::Binary { a, b, .. }
+        | Instr::SqDist { a, b, .. }
+        | Instr::Dot { a, b, .. }
+        | Instr::Concat { a, b, .. } => vec![a, b],
+        Instr::MatVec { a, v, .. } => vec![a, v],
+        Instr::Ternary { a, b, c, .. } => vec![a, b, c],
+    }
+}
+
 /// Number of parents of each node (plus one for the root).
 fn use_counts(root: &Expr) -> HashMap<Expr, usize> {
     let mut uses: HashMap<Expr, usize> = HashMap::new();
@@ -457,6 +510,7 @@ impl Program {
             }
             None => Root::Value(b.lower(formula)),
         };
+        let root = fuse_exp_product(&mut b, root);
         // The reduction reads tile registers. Every runnable formula depends on j (a formula
         // without a j-variable is rejected earlier), but a row root is broadcast rather than
         // trusted, so the executor never reads a row register as a tile.
