@@ -279,3 +279,46 @@ fn results_do_not_depend_on_the_number_of_threads() {
     });
     assert_eq!(a, b);
 }
+
+/// The fused Gaussian path (one pass, long tiles) for 1 to 5 dimensions, across tile
+/// boundaries, both axes, f32 and f64; and the same kernel unfused (weights of 2 columns).
+#[test]
+fn gaussian_kernel_sums_across_dimensions_and_tiles() {
+    for d in 1..=5 {
+        for (m, n) in [(70, 5000), (3, 2049)] {
+            let mut r = Rng(100 + d as u64);
+            let ins = vec![
+                (VarCat::I, r.tensor(&[m, d], 0., 1.)),
+                (VarCat::J, r.tensor(&[n, d], 0., 1.)),
+                (VarCat::P, r.tensor(&[1], 0.2, 0.5)),
+                (VarCat::J, r.tensor(&[n, 1], -1., 1.)),
+                (VarCat::J, r.tensor(&[n, 2], -1., 1.)),
+            ];
+            for w in ["Vj(3,1)", "Vj(4,2)"] {
+                let src =
+                    format!("Exp(-SqDist(Vi(0,{d}), Vj(1,{d})) / (2.0 * Square(Pm(2,1)))) * {w}");
+                let f = parse(&src, &[]).unwrap();
+                for axis in [Axis::J, Axis::I] {
+                    let dense = dense_eval(&f, &ins, m, n).unwrap();
+                    let dv = dense_values(&dense, axis == Axis::J).unwrap();
+                    let want = ref_sum(&dv).concat();
+                    for dtype in [DType::F64, DType::F32] {
+                        let got = flat(
+                            &run(&f, &ins, dtype, ReductionKind::Sum, axis)
+                                .values
+                                .unwrap(),
+                        );
+                        let t = tol(dtype);
+                        assert_close(
+                            &got,
+                            &want,
+                            t * 10.0,
+                            t * 10.0 * n as f64,
+                            &format!("{src} {axis:?} {dtype:?}"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -142,6 +142,11 @@ pub(crate) trait Arch: Copy + Send + Sync + 'static {
     /// # Safety
     /// The CPU must support the instruction set.
     unsafe fn dot_exp<T: Real>(a: &[T], s: T, y: &[T]) -> T;
+    /// `sum_l exp(s * sum_c (x_c - t_c[l])^2) * y_l`.
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set.
+    unsafe fn sqdist_exp_dot<T: Real, const D: usize>(x: [T; D], t: [&[T]; D], s: T, y: &[T]) -> T;
 }
 
 macro_rules! arch {
@@ -184,6 +189,16 @@ macro_rules! arch {
             pub(super) unsafe fn dot_exp<T: Real>(a: &[T], s: T, y: &[T]) -> T {
                 kernels::dot_exp::<T, $fma>(a, s, y)
             }
+            #[target_feature(enable = $features)]
+            #[inline(never)]
+            pub(super) unsafe fn sqdist_exp_dot<T: Real, const D: usize>(
+                x: [T; D],
+                t: [&[T]; D],
+                s: T,
+                y: &[T],
+            ) -> T {
+                kernels::sqdist_exp_dot::<T, $fma, D>(x, t, s, y)
+            }
         }
 
         impl Arch for $name {
@@ -217,6 +232,16 @@ macro_rules! arch {
             unsafe fn dot_exp<T: Real>(a: &[T], s: T, y: &[T]) -> T {
                 // SAFETY: forwarded from the caller.
                 unsafe { $module::dot_exp(a, s, y) }
+            }
+            #[inline(always)]
+            unsafe fn sqdist_exp_dot<T: Real, const D: usize>(
+                x: [T; D],
+                t: [&[T]; D],
+                s: T,
+                y: &[T],
+            ) -> T {
+                // SAFETY: forwarded from the caller.
+                unsafe { $module::sqdist_exp_dot(x, t, s, y) }
             }
         }
     };

@@ -121,6 +121,10 @@ pub(crate) enum Root {
     /// `s` a row register (only for `Sum`: the Gaussian-type kernel times weights, summed in
     /// one pass without storing the exponentials).
     ExpProduct { a: Reg, s: Reg, y: Reg },
+    /// `exp(s * |x - t|^2) * y`: [`Root::ExpProduct`] whose `a` is the squared distance
+    /// between a row register `x` and a tile register `t` of the same 1 to 4 components (the
+    /// Gaussian kernel times weights, in one pass over the tile).
+    SqDistExpProduct { x: Reg, t: Reg, s: Reg, y: Reg },
 }
 
 /// A compiled formula.
@@ -420,9 +424,35 @@ fn fuse_exp_product(b: &mut Builder, root: Root) -> Root {
             continue;
         }
         b.tile_code.pop();
-        return Root::ExpProduct { a, s, y };
+        return fuse_sqdist(b, Root::ExpProduct { a, s, y });
     }
     root
+}
+
+/// [`Root::ExpProduct`] whose `a` comes from the last tile instruction, a squared distance
+/// used nowhere else between a row and a tile register of equal small dimension, becomes
+/// [`Root::SqDistExpProduct`].
+fn fuse_sqdist(b: &mut Builder, root: Root) -> Root {
+    let Root::ExpProduct { a, s, y } = root else {
+        return root;
+    };
+    let Some(&Instr::SqDist { a: p, b: q, out }) = b.tile_code.last() else {
+        return root;
+    };
+    let (x, t) = match (b.level(p), b.level(q)) {
+        (Level::Row, Level::Tile) => (p, q),
+        (Level::Tile, Level::Row) => (q, p),
+        _ => return root,
+    };
+    let used_elsewhere = b.tile_code[..b.tile_code.len() - 1]
+        .iter()
+        .any(|ins| reads(ins).contains(&out));
+    let d = b.regs[x].dim;
+    if out != a || used_elsewhere || d != b.regs[t].dim || !(1..=4).contains(&d) {
+        return root;
+    }
+    b.tile_code.pop();
+    Root::SqDistExpProduct { x, t, s, y }
 }
 
 /// Registers an instruction reads.
