@@ -412,6 +412,18 @@ impl LazyTensor {
     }
 
     /// Runs any reduction; [`ReductionOutput`] holds values and/or indices.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Axis, LazyTensor, ReductionKind};
+    /// let x = Tensor::new(&[[0f32], [10.]], &Device::Cpu)?;
+    /// let y = Tensor::new(&[[9f32], [1.], [2.]], &Device::Cpu)?;
+    /// let d = LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&y)?)?;
+    /// let out = d.reduce(ReductionKind::KMinArgKMin(2), Axis::J)?;
+    /// assert_eq!(out.values.unwrap().to_vec2::<f32>()?, vec![vec![1., 4.], vec![1., 64.]]);
+    /// assert_eq!(out.indices.unwrap().to_vec2::<i64>()?, vec![vec![1, 2], vec![0, 2]]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
     pub fn reduce(&self, kind: ReductionKind, axis: Axis) -> candle_core::Result<ReductionOutput> {
         reduce(self.expr()?, &self.bindings, Reduction::new(kind, axis))
     }
@@ -441,10 +453,33 @@ impl LazyTensor {
         self.values(ReductionKind::Sum, axis)
     }
     /// `log sum exp` over `axis`, computed stably, component by component.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Axis, LazyTensor};
+    /// let x = Tensor::new(&[[1000f64]], &Device::Cpu)?;
+    /// let y = Tensor::new(&[[0f64], [0.]], &Device::Cpu)?;
+    /// let f = LazyTensor::vi(&x)? + LazyTensor::vj(&y)?;      // 1000 for both j
+    /// let lse = f.logsumexp(Axis::J)?.to_vec2::<f64>()?;     // no overflow
+    /// assert!((lse[0][0] - (1000.0 + 2f64.ln())).abs() < 1e-12);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
     pub fn logsumexp(&self, axis: Axis) -> candle_core::Result<Tensor> {
         self.values(ReductionKind::LogSumExp, axis)
     }
-    /// `sum exp(self) * weights / sum exp(self)` over `axis`, for a 1-component `self`.
+    /// `sum exp(self) * weights / sum exp(self)` over `axis`, for a 1-component `self`
+    /// (attention-like averaging), computed stably.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Axis, LazyTensor};
+    /// let q = LazyTensor::vi(&Tensor::new(&[[0f64]], &Device::Cpu)?)?;
+    /// let k = LazyTensor::vj(&Tensor::new(&[[0f64], [2f64.ln()]], &Device::Cpu)?)?;
+    /// let v = LazyTensor::vj(&Tensor::new(&[[3f64], [6.]], &Device::Cpu)?)?;
+    /// let out = (q + k).sum_softmax_weight(&v, Axis::J)?;    // weights 1/3 and 2/3
+    /// assert!((out.to_vec2::<f64>()?[0][0] - 5.0).abs() < 1e-12);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
     pub fn sum_softmax_weight(
         &self,
         weights: &LazyTensor,
@@ -480,6 +515,17 @@ impl LazyTensor {
         self.indices(ReductionKind::ArgMax, axis)
     }
     /// Minimum and its index, in one pass.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Axis, LazyTensor};
+    /// let x = LazyTensor::vi(&Tensor::new(&[[0f32], [5.]], &Device::Cpu)?)?;
+    /// let y = LazyTensor::vj(&Tensor::new(&[[4f32], [1.], [4.]], &Device::Cpu)?)?;
+    /// let (v, i) = x.sqdist(&y)?.min_argmin(Axis::I)?;      // for each j, the nearest i
+    /// assert_eq!(v.to_vec2::<f32>()?, vec![vec![1.], vec![1.], vec![1.]]);
+    /// assert_eq!(i.to_vec2::<i64>()?, vec![vec![1], vec![0], vec![1]]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
     pub fn min_argmin(&self, axis: Axis) -> candle_core::Result<(Tensor, Tensor)> {
         self.both(ReductionKind::MinArgMin, axis)
     }

@@ -66,11 +66,11 @@ fn every_instruction_set_matches_the_reference() {
                     .unwrap();
                 let (v, i) = (flat(&v), flat_i64(&i));
                 let e = f.dim();
-                for row in 0..m {
+                for (row, per_comp) in sorted.iter().enumerate() {
                     for rank in 0..3 {
-                        for c in 0..e {
+                        for (c, ranked) in per_comp.iter().enumerate() {
                             let k = (row * 3 + rank) * e + c;
-                            let (wv, _) = sorted[row][c][rank];
+                            let (wv, _) = ranked[rank];
                             assert!((v[k] - wv).abs() <= tol * wv.abs().max(1.0), "{what}");
                             let chosen = dv[row][i[k] as usize][c];
                             assert!(

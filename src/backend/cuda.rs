@@ -8,7 +8,7 @@ use super::ReductionPlan;
 use crate::error::Error;
 
 /// Runs `plan` on a CUDA device: not available yet.
-pub fn unavailable(plan: &ReductionPlan) -> Error {
+pub(crate) fn unavailable(plan: &ReductionPlan) -> Error {
     Error::NotImplemented {
         what: "the CUDA backend",
         detail: format!(

@@ -5,7 +5,7 @@
 //! the roles of `i` and `j` exchanged.
 
 pub mod cpu;
-pub mod cuda;
+pub(crate) mod cuda;
 
 use crate::formula::{Expr, VarCat};
 use crate::reduction::{OutputSpec, Reduction};
@@ -13,37 +13,37 @@ use crate::reduction::{OutputSpec, Reduction};
 /// One bound tensor of a plan: its category, components per row, number of rows and where
 /// its values start in the packed input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VarSpec {
+pub(crate) struct VarSpec {
     /// `I`, `J` or `P` (after the axis swap, so the reduction is over `J`).
-    pub cat: VarCat,
+    pub(crate) cat: VarCat,
     /// Components per row.
-    pub dim: usize,
+    pub(crate) dim: usize,
     /// Rows (1 for a parameter).
-    pub rows: usize,
+    pub(crate) rows: usize,
     /// Offset of the first value in the packed input.
-    pub offset: usize,
+    pub(crate) offset: usize,
 }
 
 /// A reduction ready to run: formula (over `j`), kind, inputs and sizes.
 #[derive(Clone, Debug)]
-pub struct ReductionPlan {
+pub(crate) struct ReductionPlan {
     /// The formula, with variable positions `0..vars.len()`, reduced over `j`.
-    pub formula: Expr,
+    pub(crate) formula: Expr,
     /// The reduction (its `axis` is the user's; the plan itself always reduces over `j`).
-    pub reduction: Reduction,
+    pub(crate) reduction: Reduction,
     /// The bound tensors, by position.
-    pub vars: Vec<VarSpec>,
+    pub(crate) vars: Vec<VarSpec>,
     /// Number of output rows.
-    pub rows: usize,
+    pub(crate) rows: usize,
     /// Number of reduced terms.
-    pub terms: usize,
+    pub(crate) terms: usize,
     /// Output columns.
-    pub out: OutputSpec,
+    pub(crate) out: OutputSpec,
 }
 
 impl ReductionPlan {
     /// The canonical text of the reduction: the key of compiled-kernel caches.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         format!("{}:{}", self.reduction, self.formula)
     }
 }
