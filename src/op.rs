@@ -259,14 +259,12 @@ pub(crate) fn reduce(
             match *slot {
                 None => *slot = Some(n),
                 Some(m) if m != n => {
-                    return Err(Error::Shape {
-                        op: name,
-                        detail: format!(
-                            "the {axis_name}-variables have different numbers of rows: {m} and {n} (shape {:?})",
-                            b.tensor.dims()
-                        ),
-                    }
-.into())
+                    let detail = format!(
+                        "the {axis_name}-variables have different numbers of rows: {m} and {n} \
+                         (shape {:?})",
+                        b.tensor.dims()
+                    );
+                    return Err(Error::Shape { op: name, detail }.into());
                 }
                 Some(_) => {}
             }
@@ -292,13 +290,11 @@ pub(crate) fn reduce(
         ),
     })?;
     if rows == 0 || terms == 0 {
-        return Err(Error::Shape {
-            op: name,
-            detail: format!(
-                "empty input: {rows} {out_name}-rows and {terms} {red_name}-rows (both must be at least 1)"
-            ),
-        }
-.into());
+        let detail = format!(
+            "empty input: {rows} {out_name}-rows and {terms} {red_name}-rows \
+             (both must be at least 1)"
+        );
+        return Err(Error::Shape { op: name, detail }.into());
     }
     let cells = |cols: usize| {
         rows.checked_mul(cols)

@@ -280,11 +280,12 @@ fn results_do_not_depend_on_the_number_of_threads() {
     assert_eq!(a, b);
 }
 
-/// The fused Gaussian path (one pass, long tiles) for 1 to 5 dimensions, across tile
-/// boundaries, both axes, f32 and f64; and the same kernel unfused (weights of 2 columns).
+/// The fused Gaussian path (one pass, long tiles) for 1 to 16 dimensions and the unfused one
+/// beyond, across tile boundaries, both axes, f32 and f64; weights of 1 column (fused), 2 and 5
+/// columns (four columns per pass plus a remainder).
 #[test]
 fn gaussian_kernel_sums_across_dimensions_and_tiles() {
-    for d in 1..=5 {
+    for d in [1, 2, 3, 4, 5, 12, 17] {
         for (m, n) in [(70, 5000), (3, 2049)] {
             let mut r = Rng(100 + d as u64);
             let ins = vec![
@@ -293,8 +294,9 @@ fn gaussian_kernel_sums_across_dimensions_and_tiles() {
                 (VarCat::P, r.tensor(&[1], 0.2, 0.5)),
                 (VarCat::J, r.tensor(&[n, 1], -1., 1.)),
                 (VarCat::J, r.tensor(&[n, 2], -1., 1.)),
+                (VarCat::J, r.tensor(&[n, 5], -1., 1.)),
             ];
-            for w in ["Vj(3,1)", "Vj(4,2)"] {
+            for w in ["Vj(3,1)", "Vj(4,2)", "Vj(5,5)"] {
                 let src =
                     format!("Exp(-SqDist(Vi(0,{d}), Vj(1,{d})) / (2.0 * Square(Pm(2,1)))) * {w}");
                 let f = parse(&src, &[]).unwrap();

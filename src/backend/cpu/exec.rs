@@ -3,11 +3,11 @@
 //! For a block of rows, the row code runs once per row (hoisted values); then for each tile of
 //! `j` (so the tile's inputs stay in cache across the rows of the block), the tile code runs
 //! for each row and the reduction consumes the root register. Everything here is
-//! `#[inline(always)]` so that it is compiled inside the `#[target_feature]` wrappers of
-//! [`super::dispatch`], once per instruction set.
+//! `#[inline(always)]` so that it is compiled inside the `#[target_feature]` wrappers in
+//! `backend/cpu/mod.rs`, once per instruction set.
 
 use super::isa::Arch;
-use super::kernels::{map1, map2, map3, reduce_components, OutView, View};
+use super::kernels::{map1, map2, map3, reduce_components, OutView, View, MAX_ONE_PASS_DIM};
 use super::program::{Instr, Level, Program, Root, Storage};
 use super::real::Real;
 use crate::formula::{BinaryOp, UnaryOp};
@@ -21,9 +21,12 @@ pub(crate) const TILE: usize = 512;
 /// 25% faster than 512 for the Gaussian kernel sum).
 pub(crate) const FUSED_TILE: usize = 2048;
 /// Distance between consecutive tile registers (and components): a tile plus 64 to 128 bytes,
-/// so that loads and stores of different registers are never a multiple of 4 KiB apart (x86
-/// store forwarding's "4K aliasing").
+/// so that loads and stores of different registers are never a multiple of 4 KiB apart (a
+/// precaution against x86 store forwarding's "4K aliasing"; no difference was measured with
+/// the current kernels).
 const TILE_STRIDE: usize = TILE + 16;
+/// Columns of a multi-column `Sum` of products accumulated in one pass.
+const GROUP: usize = 4;
 /// Terms tested at once by the vectorised filter of the min/max-type reductions.
 const FILTER: usize = 64;
 /// The `j` inputs are padded to a multiple of this, so that tile loops need no remainder.
@@ -436,26 +439,6 @@ pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
     }
 }
 
-/// The `D` values of a row register.
-///
-/// # Safety
-/// `v` must be a row view of `D` components.
-#[inline(always)]
-unsafe fn row_values<T: Real, const D: usize>(v: View<T>) -> [T; D] {
-    // SAFETY: forwarded from the caller.
-    std::array::from_fn(|c| unsafe { v.scalar(c) })
-}
-
-/// The `D` component slices of a tile register.
-///
-/// # Safety
-/// `v` must be a tile view of `D` components with at least `len` terms.
-#[inline(always)]
-unsafe fn tile_slices<'a, T: Real, const D: usize>(v: View<T>, len: usize) -> [&'a [T]; D] {
-    // SAFETY: forwarded from the caller.
-    std::array::from_fn(|c| unsafe { v.slice(c, len) })
-}
-
 /// Consumes the root register of one row over `valid` terms starting at `j0`.
 ///
 /// # Safety
@@ -489,16 +472,15 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
         }
         Root::SqDistExpProduct { x, t, s, y } => {
             let (x, t, s, y) = (views[x], views[t], views[s], views[y]);
-            let w = unsafe { y.slice(0, valid) };
-            let sc = unsafe { s.scalar(0) };
-            let part = unsafe {
-                match x.dim {
-                    1 => A::sqdist_exp_dot::<T, 1>(row_values(x), tile_slices(t, valid), sc, w),
-                    2 => A::sqdist_exp_dot::<T, 2>(row_values(x), tile_slices(t, valid), sc, w),
-                    3 => A::sqdist_exp_dot::<T, 3>(row_values(x), tile_slices(t, valid), sc, w),
-                    _ => A::sqdist_exp_dot::<T, 4>(row_values(x), tile_slices(t, valid), sc, w),
-                }
-            };
+            let d = x.dim;
+            let mut xs = [T::ZERO; MAX_ONE_PASS_DIM];
+            let mut ts: [&[T]; MAX_ONE_PASS_DIM] = [&[]; MAX_ONE_PASS_DIM];
+            for c in 0..d {
+                xs[c] = unsafe { x.scalar(c) };
+                ts[c] = unsafe { t.slice(c, valid) };
+            }
+            let part =
+                unsafe { A::sqdist_exp_dot(&xs[..d], &ts[..d], s.scalar(0), y.slice(0, valid)) };
             let (sum, comp) = vals.split_at_mut(1);
             kahan_add(&mut sum[0], &mut comp[0], part.to_f64());
             return;
@@ -506,7 +488,27 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
         Root::Product(a, b) => {
             let (x, y) = (views[a], views[b]);
             let (sums, comps) = vals.split_at_mut(dim);
-            for c in 0..dim {
+            // One tile factor shared by several columns of the other (kernel times a
+            // multi-column weight matrix): four columns per pass, the shared factor loaded once.
+            let (shared, multi) = if x.dim == 1 && y.dim > 1 {
+                (x, y)
+            } else {
+                (y, x)
+            };
+            let mut c0 = 0;
+            if shared.dim == 1 && multi.dim >= GROUP && shared.tile && multi.tile {
+                let w = unsafe { shared.slice(0, valid) };
+                while c0 + GROUP <= dim {
+                    let cols: [&[T]; GROUP] =
+                        std::array::from_fn(|k| unsafe { multi.slice(c0 + k, valid) });
+                    let parts = unsafe { A::dot4(w, cols) };
+                    for (k, part) in parts.iter().enumerate() {
+                        kahan_add(&mut sums[c0 + k], &mut comps[c0 + k], part.to_f64());
+                    }
+                    c0 += GROUP;
+                }
+            }
+            for c in c0..dim {
                 let part = unsafe {
                     match (x.tile, y.tile) {
                         (true, true) => A::dot(x.slice(c, valid), y.slice(c, valid)),

@@ -146,7 +146,25 @@ pub(crate) trait Arch: Copy + Send + Sync + 'static {
     ///
     /// # Safety
     /// The CPU must support the instruction set.
-    unsafe fn sqdist_exp_dot<T: Real, const D: usize>(x: [T; D], t: [&[T]; D], s: T, y: &[T]) -> T;
+    unsafe fn sqdist_exp_dot<T: Real>(x: &[T], t: &[&[T]], s: T, y: &[T]) -> T;
+    /// `[sum_l w_l y_k[l] for k in 0..4]`: four dot products sharing one factor.
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set.
+    unsafe fn dot4<T: Real>(w: &[T], y: [&[T]; 4]) -> [T; 4];
+}
+
+/// Calls `kernels::sqdist_exp_dot` instantiated for the number of components of `x`.
+macro_rules! sqdist_exp_dot_by_dim {
+    ($fma:expr, $x:expr, $t:expr, $s:expr, $y:expr; $($d:literal)*) => {
+        match $x.len() {
+            $($d => match (<[T; $d]>::try_from($x), <[&[T]; $d]>::try_from($t)) {
+                (Ok(x), Ok(t)) => kernels::sqdist_exp_dot::<T, $fma, $d>(x, t, $s, $y),
+                _ => unreachable!("x and t have one length"),
+            },)*
+            _ => unreachable!("the planner fuses 1 to 16 components"),
+        }
+    };
 }
 
 macro_rules! arch {
@@ -191,13 +209,14 @@ macro_rules! arch {
             }
             #[target_feature(enable = $features)]
             #[inline(never)]
-            pub(super) unsafe fn sqdist_exp_dot<T: Real, const D: usize>(
-                x: [T; D],
-                t: [&[T]; D],
-                s: T,
-                y: &[T],
-            ) -> T {
-                kernels::sqdist_exp_dot::<T, $fma, D>(x, t, s, y)
+            pub(super) unsafe fn sqdist_exp_dot<T: Real>(x: &[T], t: &[&[T]], s: T, y: &[T]) -> T {
+                // One instantiation per dimension (see `kernels::sqdist_exp_dot`).
+                sqdist_exp_dot_by_dim!($fma, x, t, s, y; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+            }
+            #[target_feature(enable = $features)]
+            #[inline(never)]
+            pub(super) unsafe fn dot4<T: Real>(w: &[T], y: [&[T]; 4]) -> [T; 4] {
+                kernels::dot4::<T, $fma>(w, y)
             }
         }
 
@@ -234,14 +253,14 @@ macro_rules! arch {
                 unsafe { $module::dot_exp(a, s, y) }
             }
             #[inline(always)]
-            unsafe fn sqdist_exp_dot<T: Real, const D: usize>(
-                x: [T; D],
-                t: [&[T]; D],
-                s: T,
-                y: &[T],
-            ) -> T {
+            unsafe fn sqdist_exp_dot<T: Real>(x: &[T], t: &[&[T]], s: T, y: &[T]) -> T {
                 // SAFETY: forwarded from the caller.
                 unsafe { $module::sqdist_exp_dot(x, t, s, y) }
+            }
+            #[inline(always)]
+            unsafe fn dot4<T: Real>(w: &[T], y: [&[T]; 4]) -> [T; 4] {
+                // SAFETY: forwarded from the caller.
+                unsafe { $module::dot4(w, y) }
             }
         }
     };

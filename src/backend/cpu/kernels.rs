@@ -180,15 +180,11 @@ pub(crate) unsafe fn reduce_components<T: Real, const FMA: bool>(
     len: usize,
     sub: bool,
 ) {
-    // Few components: one pass over the tile, the component loop unrolled.
+    // Up to MAX_ONE_PASS_DIM components: one pass over the tile.
     // SAFETY (all calls below): forwarded from the caller.
     unsafe {
-        match dim {
-            1 => return reduce_fixed::<T, FMA, 1>(a, b, out, len, sub),
-            2 => return reduce_fixed::<T, FMA, 2>(a, b, out, len, sub),
-            3 => return reduce_fixed::<T, FMA, 3>(a, b, out, len, sub),
-            4 => return reduce_fixed::<T, FMA, 4>(a, b, out, len, sub),
-            _ => {}
+        if dim <= MAX_ONE_PASS_DIM {
+            return reduce_one_pass::<T, FMA>(a, b, out, dim, len, sub);
         }
     }
     // SAFETY (all blocks below): forwarded from the caller.
@@ -224,15 +220,20 @@ pub(crate) unsafe fn reduce_components<T: Real, const FMA: bool>(
     }
 }
 
-/// [`reduce_components`] for `D` components in one pass over the tile.
+/// Largest dimension handled by the one-pass distance and dot-product loops.
+pub(crate) const MAX_ONE_PASS_DIM: usize = 16;
+
+/// [`reduce_components`] for at most [`MAX_ONE_PASS_DIM`] components, in one pass over the
+/// tile.
 ///
 /// # Safety
 /// See [`View::slice`] and [`OutView::slice`].
 #[inline(always)]
-unsafe fn reduce_fixed<T: Real, const FMA: bool, const D: usize>(
+unsafe fn reduce_one_pass<T: Real, const FMA: bool>(
     a: View<T>,
     b: View<T>,
     out: OutView<T>,
+    dim: usize,
     len: usize,
     sub: bool,
 ) {
@@ -241,20 +242,34 @@ unsafe fn reduce_fixed<T: Real, const FMA: bool, const D: usize>(
     match (a.tile, b.tile) {
         (false, true) | (true, false) => {
             let (row, tile) = if a.tile { (b, a) } else { (a, b) };
-            let s: [T; D] = std::array::from_fn(|c| unsafe { row.scalar(c) });
-            let t: [&[T]; D] = std::array::from_fn(|c| unsafe { tile.slice(c, len) });
-            // Fixed-size chunks: each is computed in registers and stored once, which LLVM
-            // vectorises without the runtime alias checks (and their scalar fallback, seen
-            // taking a fifth of the time) of a plain indexed loop.
+            let mut s = [T::ZERO; MAX_ONE_PASS_DIM];
+            let mut t: [&[T]; MAX_ONE_PASS_DIM] = [&[]; MAX_ONE_PASS_DIM];
+            for c in 0..dim {
+                s[c] = unsafe { row.scalar(c) };
+                t[c] = unsafe { tile.slice(c, len) };
+            }
+            // (s - t)^2 = (t - s)^2 and s t = t s: operand order does not matter.
+            one_pass(&s[..dim], &t[..dim], o, |acc, s, t| {
+                term::<T, FMA>(acc, s, t, sub)
+            });
+        }
+        (true, true) => {
+            let mut x: [&[T]; MAX_ONE_PASS_DIM] = [&[]; MAX_ONE_PASS_DIM];
+            let mut y: [&[T]; MAX_ONE_PASS_DIM] = [&[]; MAX_ONE_PASS_DIM];
+            for c in 0..dim {
+                x[c] = unsafe { a.slice(c, len) };
+                y[c] = unsafe { b.slice(c, len) };
+            }
+            let (x, y) = (&x[..dim], &y[..dim]);
             let mut o_chunks = o.chunks_exact_mut(CHUNK);
             for (q, och) in (&mut o_chunks).enumerate() {
                 let base = q * CHUNK;
                 let mut acc = [T::ZERO; CHUNK];
-                for c in 0..D {
-                    let tc: &[T; CHUNK] = (&t[c][base..base + CHUNK]).try_into().expect("chunk");
+                for (xc, yc) in x.iter().zip(y) {
+                    let xc: &[T; CHUNK] = (&xc[base..base + CHUNK]).try_into().expect("chunk");
+                    let yc: &[T; CHUNK] = (&yc[base..base + CHUNK]).try_into().expect("chunk");
                     for k in 0..CHUNK {
-                        // (s - t)^2 = (t - s)^2 and s t = t s: operand order does not matter.
-                        acc[k] = term::<T, FMA>(acc[k], s[c], tc[k], sub);
+                        acc[k] = term::<T, FMA>(acc[k], xc[k], yc[k], sub);
                     }
                 }
                 och.copy_from_slice(&acc);
@@ -262,30 +277,49 @@ unsafe fn reduce_fixed<T: Real, const FMA: bool, const D: usize>(
             let done = len - o_chunks.into_remainder().len();
             for l in done..len {
                 let mut acc = T::ZERO;
-                for c in 0..D {
-                    acc = term::<T, FMA>(acc, s[c], t[c][l], sub);
+                for (xc, yc) in x.iter().zip(y) {
+                    acc = term::<T, FMA>(acc, xc[l], yc[l], sub);
                 }
                 o[l] = acc;
             }
         }
-        (true, true) => {
-            let x: [&[T]; D] = std::array::from_fn(|c| unsafe { a.slice(c, len) });
-            let y: [&[T]; D] = std::array::from_fn(|c| unsafe { b.slice(c, len) });
-            for (l, o) in o.iter_mut().enumerate() {
-                let mut acc = T::ZERO;
-                for c in 0..D {
-                    acc = term::<T, FMA>(acc, x[c][l], y[c][l], sub);
-                }
-                *o = acc;
-            }
-        }
         (false, false) => {
             let mut acc = T::ZERO;
-            for c in 0..D {
+            for c in 0..dim {
                 acc = term::<T, FMA>(acc, unsafe { a.scalar(c) }, unsafe { b.scalar(c) }, sub);
             }
             o.fill(acc);
         }
+    }
+}
+
+/// `o[l] = sum_c f(s[c], t[c][l])` (as a fold from 0) in chunks of [`CHUNK`] terms.
+///
+/// Each chunk is computed in registers and stored once, which LLVM vectorises without the
+/// runtime alias checks (and their scalar fallback, seen taking a fifth of the time) of a
+/// plain indexed loop.
+#[inline(always)]
+fn one_pass<T: Real>(s: &[T], t: &[&[T]], o: &mut [T], f: impl Fn(T, T, T) -> T) {
+    let len = o.len();
+    let mut o_chunks = o.chunks_exact_mut(CHUNK);
+    for (q, och) in (&mut o_chunks).enumerate() {
+        let base = q * CHUNK;
+        let mut acc = [T::ZERO; CHUNK];
+        for (&sc, tc) in s.iter().zip(t) {
+            let tc: &[T; CHUNK] = (&tc[base..base + CHUNK]).try_into().expect("chunk");
+            for k in 0..CHUNK {
+                acc[k] = f(acc[k], sc, tc[k]);
+            }
+        }
+        och.copy_from_slice(&acc);
+    }
+    let done = len - o_chunks.into_remainder().len();
+    for l in done..len {
+        let mut acc = T::ZERO;
+        for (&sc, tc) in s.iter().zip(t) {
+            acc = f(acc, sc, tc[l]);
+        }
+        o[l] = acc;
     }
 }
 
@@ -397,6 +431,10 @@ pub(crate) fn dot_exp<T: Real, const FMA: bool>(a: &[T], s: T, y: &[T]) -> T {
 
 /// `sum_l exp(s * sum_c (x_c - t_c[l])^2) * y_l`: the Gaussian kernel times weights in one
 /// pass, with `ACC` independent accumulators. All slices have the length of `y`.
+///
+/// The number of components is a const generic: with a run-time count LLVM split the
+/// squared-distance chunk into odd-sized stores and a wide reload (a store-forwarding stall
+/// that made the kernel three times slower).
 #[inline(always)]
 pub(crate) fn sqdist_exp_dot<T: Real, const FMA: bool, const D: usize>(
     x: [T; D],
@@ -433,6 +471,41 @@ pub(crate) fn sqdist_exp_dot<T: Real, const FMA: bool, const D: usize>(
         tail = T::fma::<FMA>((d2 * s).exp::<FMA>(), y[l], tail);
     }
     fold_acc(acc) + tail
+}
+
+/// `[sum_l w_l y_k[l] for k in 0..4]`: four dot products with the shared factor loaded once
+/// per chunk, 16 independent accumulators per column (named arrays: an array of arrays was
+/// vectorised into odd pieces). All slices have the length of `w`.
+#[inline(always)]
+pub(crate) fn dot4<T: Real, const FMA: bool>(w: &[T], y: [&[T]; 4]) -> [T; 4] {
+    const LANES: usize = 16;
+    let n = w.len();
+    let full = n / LANES * LANES;
+    let (mut a0, mut a1, mut a2, mut a3) = (
+        [T::ZERO; LANES],
+        [T::ZERO; LANES],
+        [T::ZERO; LANES],
+        [T::ZERO; LANES],
+    );
+    let mut base = 0;
+    while base < full {
+        let chunk = |v: &[T]| -> [T; LANES] { (&v[base..base + LANES]).try_into().expect("chunk") };
+        let (wc, y0, y1, y2, y3) = (chunk(w), chunk(y[0]), chunk(y[1]), chunk(y[2]), chunk(y[3]));
+        for l in 0..LANES {
+            a0[l] = T::fma::<FMA>(wc[l], y0[l], a0[l]);
+            a1[l] = T::fma::<FMA>(wc[l], y1[l], a1[l]);
+            a2[l] = T::fma::<FMA>(wc[l], y2[l], a2[l]);
+            a3[l] = T::fma::<FMA>(wc[l], y3[l], a3[l]);
+        }
+        base += LANES;
+    }
+    let mut out = [a0, a1, a2, a3].map(|a| a.iter().fold(T::ZERO, |s, &v| s + v));
+    for (k, o) in out.iter_mut().enumerate() {
+        for l in full..n {
+            *o = T::fma::<FMA>(w[l], y[k][l], *o);
+        }
+    }
+    out
 }
 
 /// `sum_l exp(x_l - m)`, with `ACC` independent accumulators.

@@ -8,10 +8,14 @@
 //! `Sum(Square(a - b))` (squared distances), `Sum(a * b)` (dot products), `Exp(a * b)`
 //! (scaled exponentials), division by a row value (multiplication by its hoisted inverse),
 //! negation moved onto the row side of a product, and a `Sum` reduction of a product that
-//! multiplies and accumulates without storing the product.
+//! multiplies and accumulates without storing the product; when that product is
+//! `exp(s * a) * y` (and `a` a small squared distance), the whole formula runs in the
+//! reduction's single pass ([`Root::ExpProduct`], [`Root::SqDistExpProduct`]): the Gaussian
+//! kernel sum, reached by general rules rather than a hand-written special case.
 
 use std::collections::HashMap;
 
+use super::kernels::MAX_ONE_PASS_DIM;
 use crate::formula::{BinaryOp, Expr, Op, TernaryOp, UnaryOp, VarCat};
 
 /// Index of a register.
@@ -122,8 +126,8 @@ pub(crate) enum Root {
     /// one pass without storing the exponentials).
     ExpProduct { a: Reg, s: Reg, y: Reg },
     /// `exp(s * |x - t|^2) * y`: [`Root::ExpProduct`] whose `a` is the squared distance
-    /// between a row register `x` and a tile register `t` of the same 1 to 4 components (the
-    /// Gaussian kernel times weights, in one pass over the tile).
+    /// between a row register `x` and a tile register `t` of the same dimension, at most
+    /// `MAX_ONE_PASS_DIM` (the Gaussian kernel times weights, in one pass over the tile).
     SqDistExpProduct { x: Reg, t: Reg, s: Reg, y: Reg },
 }
 
@@ -303,6 +307,18 @@ impl Builder {
                     out,
                 })
             }
+            Op::Unary(UnaryOp::Square)
+                if dim == 1
+                    && matches!(args[0].op(), Op::Binary(BinaryOp::Sub))
+                    && self.single_use(&args[0])
+                    && !self.memo.contains_key(&args[0]) =>
+            {
+                // A one-component squared distance (`Sum` of one component is simplified away).
+                let a = self.lower(&args[0].args()[0]);
+                let b = self.lower(&args[0].args()[1]);
+                let level = self.join(&[a, b]);
+                self.emit(1, level, |out| Instr::SqDist { a, b, out })
+            }
             Op::Unary(op) => {
                 let a = self.lower(&args[0]);
                 let level = self.level(a);
@@ -448,7 +464,7 @@ fn fuse_sqdist(b: &mut Builder, root: Root) -> Root {
         .iter()
         .any(|ins| reads(ins).contains(&out));
     let d = b.regs[x].dim;
-    if out != a || used_elsewhere || d != b.regs[t].dim || !(1..=4).contains(&d) {
+    if out != a || used_elsewhere || d != b.regs[t].dim || !(1..=MAX_ONE_PASS_DIM).contains(&d) {
         return root;
     }
     b.tile_code.pop();
