@@ -321,6 +321,25 @@ fn gaussian_kernel_sums_across_dimensions_and_tiles() {
                     }
                 }
             }
+            // The fused log-sum-exp of a scaled squared distance.
+            let src = format!("-SqDist(Vi(0,{d}), Vj(1,{d})) / (2.0 * Square(Pm(2,1)))");
+            let f = parse(&src, &[]).unwrap();
+            for axis in [Axis::J, Axis::I] {
+                let dense = dense_eval(&f, &ins, m, n).unwrap();
+                let want = ref_lse(&dense_values(&dense, axis == Axis::J).unwrap()).concat();
+                for dtype in [DType::F64, DType::F32] {
+                    let out = run(&f, &ins, dtype, ReductionKind::LogSumExp, axis);
+                    let t = tol(dtype);
+                    let what = format!("{src} {axis:?} {dtype:?}");
+                    assert_close(
+                        &flat(&out.values.unwrap()),
+                        &want,
+                        t * 10.0,
+                        t * 10.0,
+                        &what,
+                    );
+                }
+            }
         }
     }
 }

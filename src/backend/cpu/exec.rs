@@ -439,6 +439,26 @@ pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
     }
 }
 
+/// Merges the terms `xs` of one tile, whose maximum is `m`, into the log-sum-exp state
+/// `(ms, ss)`.
+///
+/// # Safety
+/// The CPU must support the instruction set `A`.
+#[inline(always)]
+unsafe fn lse_merge_tile<T: Real, A: Arch>(ms: &mut f64, ss: &mut f64, xs: &[T], m: T) {
+    let (mf, s) = if m == T::NEG_INFINITY {
+        return;
+    } else if m == T::INFINITY {
+        (f64::INFINITY, 1.0)
+    } else if m.partial_cmp(&m).is_none() {
+        (f64::NAN, f64::NAN)
+    } else {
+        // SAFETY: forwarded from the caller.
+        (m.to_f64(), unsafe { A::sum_exp(xs, m) }.to_f64())
+    };
+    lse_merge(ms, ss, mf, s);
+}
+
 /// Consumes the root register of one row over `valid` terms starting at `j0`.
 ///
 /// # Safety
@@ -483,6 +503,21 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
                 unsafe { A::sqdist_exp_dot(&xs[..d], &ts[..d], s.scalar(0), y.slice(0, valid)) };
             let (sum, comp) = vals.split_at_mut(1);
             kahan_add(&mut sum[0], &mut comp[0], part.to_f64());
+            return;
+        }
+        Root::SqDistScaled { x, t, s } => {
+            let (x, t, s) = (views[x], views[t], views[s]);
+            let d = x.dim;
+            let mut xs = [T::ZERO; MAX_ONE_PASS_DIM];
+            let mut ts: [&[T]; MAX_ONE_PASS_DIM] = [&[]; MAX_ONE_PASS_DIM];
+            for c in 0..d {
+                xs[c] = unsafe { x.scalar(c) };
+                ts[c] = unsafe { t.slice(c, valid) };
+            }
+            let v = &mut weights[..valid];
+            let m = unsafe { A::sqdist_scaled_max(&xs[..d], &ts[..d], s.scalar(0), v) };
+            let (ms, ss) = vals.split_at_mut(1);
+            unsafe { lse_merge_tile::<T, A>(&mut ms[0], &mut ss[0], v, m) };
             return;
         }
         Root::Product(a, b) => {
@@ -534,16 +569,7 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
             for c in 0..dim {
                 let xs = unsafe { root.slice(c, valid) };
                 let m = unsafe { A::max(xs) };
-                let (mf, s) = if m == T::NEG_INFINITY {
-                    continue;
-                } else if m == T::INFINITY {
-                    (f64::INFINITY, 1.0)
-                } else if m.partial_cmp(&m).is_none() {
-                    (f64::NAN, f64::NAN)
-                } else {
-                    (m.to_f64(), unsafe { A::sum_exp(xs, m) }.to_f64())
-                };
-                lse_merge(&mut ms[c], &mut ss[c], mf, s);
+                unsafe { lse_merge_tile::<T, A>(&mut ms[c], &mut ss[c], xs, m) };
             }
         }
         ReductionKind::SumSoftMaxWeight => {

@@ -147,6 +147,11 @@ pub(crate) trait Arch: Copy + Send + Sync + 'static {
     /// # Safety
     /// The CPU must support the instruction set.
     unsafe fn sqdist_exp_dot<T: Real>(x: &[T], t: &[&[T]], s: T, y: &[T]) -> T;
+    /// `out[l] = s * sum_c (x_c - t_c[l])^2`; returns the maximum of `out`.
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set.
+    unsafe fn sqdist_scaled_max<T: Real>(x: &[T], t: &[&[T]], s: T, out: &mut [T]) -> T;
     /// `[sum_l w_l y_k[l] for k in 0..4]`: four dot products sharing one factor.
     ///
     /// # Safety
@@ -154,12 +159,12 @@ pub(crate) trait Arch: Copy + Send + Sync + 'static {
     unsafe fn dot4<T: Real>(w: &[T], y: [&[T]; 4]) -> [T; 4];
 }
 
-/// Calls `kernels::sqdist_exp_dot` instantiated for the number of components of `x`.
-macro_rules! sqdist_exp_dot_by_dim {
-    ($fma:expr, $x:expr, $t:expr, $s:expr, $y:expr; $($d:literal)*) => {
+/// Calls a `kernels` function instantiated for the number of components of `x`.
+macro_rules! by_dim {
+    ($kernel:ident, $fma:expr, $x:expr, $t:expr, $s:expr, $y:expr; $($d:literal)*) => {
         match $x.len() {
             $($d => match (<[T; $d]>::try_from($x), <[&[T]; $d]>::try_from($t)) {
-                (Ok(x), Ok(t)) => kernels::sqdist_exp_dot::<T, $fma, $d>(x, t, $s, $y),
+                (Ok(x), Ok(t)) => kernels::$kernel::<T, $fma, $d>(x, t, $s, $y),
                 _ => unreachable!("x and t have one length"),
             },)*
             _ => unreachable!("the planner fuses 1 to 16 components"),
@@ -211,7 +216,17 @@ macro_rules! arch {
             #[inline(never)]
             pub(super) unsafe fn sqdist_exp_dot<T: Real>(x: &[T], t: &[&[T]], s: T, y: &[T]) -> T {
                 // One instantiation per dimension (see `kernels::sqdist_exp_dot`).
-                sqdist_exp_dot_by_dim!($fma, x, t, s, y; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+                by_dim!(sqdist_exp_dot, $fma, x, t, s, y; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+            }
+            #[target_feature(enable = $features)]
+            #[inline(never)]
+            pub(super) unsafe fn sqdist_scaled_max<T: Real>(
+                x: &[T],
+                t: &[&[T]],
+                s: T,
+                out: &mut [T],
+            ) -> T {
+                by_dim!(sqdist_scaled_max, $fma, x, t, s, out; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
             }
             #[target_feature(enable = $features)]
             #[inline(never)]
@@ -256,6 +271,11 @@ macro_rules! arch {
             unsafe fn sqdist_exp_dot<T: Real>(x: &[T], t: &[&[T]], s: T, y: &[T]) -> T {
                 // SAFETY: forwarded from the caller.
                 unsafe { $module::sqdist_exp_dot(x, t, s, y) }
+            }
+            #[inline(always)]
+            unsafe fn sqdist_scaled_max<T: Real>(x: &[T], t: &[&[T]], s: T, out: &mut [T]) -> T {
+                // SAFETY: forwarded from the caller.
+                unsafe { $module::sqdist_scaled_max(x, t, s, out) }
             }
             #[inline(always)]
             unsafe fn dot4<T: Real>(w: &[T], y: [&[T]; 4]) -> [T; 4] {

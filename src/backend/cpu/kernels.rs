@@ -451,6 +451,66 @@ pub(crate) fn max_slice<T: Real>(x: &[T]) -> T {
     m
 }
 
+/// Writes `out[l] = s * sum_c (x_c - t_c[l])^2` and returns the maximum of `out` (as
+/// [`max_slice`]): the first pass of a fused log-sum-exp of a scaled squared distance. All
+/// slices have the length of `out`; `D` is a const generic for the reason given at
+/// [`sqdist_exp_dot`].
+#[inline(always)]
+#[allow(clippy::eq_op)] // `x - x` is the vectorisable NaN test.
+pub(crate) fn sqdist_scaled_max<T: Real, const FMA: bool, const D: usize>(
+    x: [T; D],
+    t: [&[T]; D],
+    s: T,
+    out: &mut [T],
+) -> T {
+    let n = out.len();
+    let full = n / ACC * ACC;
+    let mut mx = [T::NEG_INFINITY; ACC];
+    let mut nan = [T::ZERO; ACC];
+    let mut base = 0;
+    while base < full {
+        let mut v = [T::ZERO; ACC];
+        for c in 0..D {
+            let tc: &[T; ACC] = (&t[c][base..base + ACC]).try_into().expect("chunk");
+            for k in 0..ACC {
+                let d = x[c] - tc[k];
+                v[k] = T::fma::<FMA>(d, d, v[k]);
+            }
+        }
+        for k in 0..ACC {
+            v[k] = v[k] * s;
+            mx[k] = if v[k] > mx[k] { v[k] } else { mx[k] };
+            nan[k] += v[k] - v[k];
+        }
+        out[base..base + ACC].copy_from_slice(&v);
+        base += ACC;
+    }
+    let mut m = T::NEG_INFINITY;
+    let mut flag = T::ZERO;
+    for k in 0..ACC {
+        m = if mx[k] > m { mx[k] } else { m };
+        flag += nan[k];
+    }
+    for l in full..n {
+        let mut d2 = T::ZERO;
+        for c in 0..D {
+            let d = x[c] - t[c][l];
+            d2 = T::fma::<FMA>(d, d, d2);
+        }
+        let v = d2 * s;
+        out[l] = v;
+        m = if v > m { v } else { m };
+        flag += v - v;
+    }
+    if flag != flag {
+        // A NaN term, or inf - inf: only a real NaN makes the maximum NaN.
+        if let Some(&v) = out.iter().find(|v| v.partial_cmp(v).is_none()) {
+            return v;
+        }
+    }
+    m
+}
+
 /// `sum_l exp(a_l * s) * y_l`, with `ACC` independent accumulators.
 #[inline(always)]
 pub(crate) fn dot_exp<T: Real, const FMA: bool>(a: &[T], s: T, y: &[T]) -> T {

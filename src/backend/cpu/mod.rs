@@ -20,7 +20,6 @@ use self::program::Program;
 use self::real::Real;
 use super::ReductionPlan;
 use crate::formula::VarCat;
-use crate::reduction::ReductionKind;
 
 /// Output rows per rayon task: enough to reuse each tile of `j` data across rows.
 const BLOCK_ROWS: usize = 32;
@@ -30,11 +29,7 @@ const BLOCK_ROWS: usize = 32;
 /// convert) and the indices (`rows x out.indices`).
 pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Vec<i64>) {
     let cats: Vec<(VarCat, usize)> = plan.vars.iter().map(|v| (v.cat, v.dim)).collect();
-    let prog = Program::compile(
-        &plan.formula,
-        &cats,
-        plan.reduction.kind == ReductionKind::Sum,
-    );
+    let prog = Program::compile(&plan.formula, &cats, plan.reduction.kind);
     let padded = plan.terms.div_ceil(PAD) * PAD;
     let inputs: Vec<InputData<'_, T>> = plan
         .vars

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 
 use super::kernels::MAX_ONE_PASS_DIM;
 use crate::formula::{BinaryOp, Expr, Op, TernaryOp, UnaryOp, VarCat};
+use crate::reduction::ReductionKind;
 
 /// Index of a register.
 pub(crate) type Reg = usize;
@@ -129,6 +130,10 @@ pub(crate) enum Root {
     /// between a row register `x` and a tile register `t` of the same dimension, at most
     /// `MAX_ONE_PASS_DIM` (the Gaussian kernel times weights, in one pass over the tile).
     SqDistExpProduct { x: Reg, t: Reg, s: Reg, y: Reg },
+    /// `s * |x - t|^2` for a `LogSumExp`, with `x` a row register, `t` a tile register of the
+    /// same dimension (at most `MAX_ONE_PASS_DIM`) and `s` a row register of one component: the
+    /// distances, their scaling and their maximum in one pass, then the sum of exponentials.
+    SqDistScaled { x: Reg, t: Reg, s: Reg },
 }
 
 /// A compiled formula.
@@ -471,6 +476,57 @@ fn fuse_sqdist(b: &mut Builder, root: Root) -> Root {
     Root::SqDistExpProduct { x, t, s, y }
 }
 
+/// A `LogSumExp` root `r = a * s` (the last tile instruction, `s` a one-component row
+/// register) where `a` is a squared distance (the instruction before it) between a row and a
+/// tile register of equal small dimension, both used nowhere else, becomes
+/// [`Root::SqDistScaled`].
+fn fuse_scaled_sqdist(b: &mut Builder, root: Root) -> Root {
+    let Root::Value(r) = root else {
+        return root;
+    };
+    let n = b.tile_code.len();
+    if n < 2 {
+        return root;
+    }
+    let (
+        Instr::Binary {
+            op: BinaryOp::Mul,
+            a: m0,
+            b: m1,
+            out,
+        },
+        Instr::SqDist { a: p, b: q, out: d },
+    ) = (b.tile_code[n - 1].clone(), b.tile_code[n - 2].clone())
+    else {
+        return root;
+    };
+    let s = match (m0 == d, m1 == d) {
+        (true, false) => m1,
+        (false, true) => m0,
+        _ => return root,
+    };
+    let (x, t) = match (b.level(p), b.level(q)) {
+        (Level::Row, Level::Tile) => (p, q),
+        (Level::Tile, Level::Row) => (q, p),
+        _ => return root,
+    };
+    let dim = b.regs[x].dim;
+    let used_elsewhere = b.tile_code[..n - 2]
+        .iter()
+        .any(|ins| reads(ins).contains(&d) || reads(ins).contains(&out));
+    if out != r
+        || used_elsewhere
+        || b.level(s) != Level::Row
+        || b.regs[s].dim != 1
+        || dim != b.regs[t].dim
+        || !(1..=MAX_ONE_PASS_DIM).contains(&dim)
+    {
+        return root;
+    }
+    b.tile_code.truncate(n - 2);
+    Root::SqDistScaled { x, t, s }
+}
+
 /// Registers an instruction reads.
 fn reads(ins: &Instr) -> Vec<Reg> {
     match *ins {
@@ -503,12 +559,13 @@ fn use_counts(root: &Expr) -> HashMap<Expr, usize> {
 
 impl Program {
     /// Compiles `formula` (whose variables have positions `0..n_inputs`, categories and dims
-    /// as in `inputs`). `sum_of_product` lets a top-level product be multiplied and
-    /// accumulated by a `Sum` reduction without being stored.
+    /// as in `inputs`) for a reduction of `kind`: a `Sum` multiplies and accumulates a
+    /// top-level product without storing it, and Gaussian-type roots of `Sum` and
+    /// `LogSumExp` are fused into the reduction.
     pub(crate) fn compile(
         formula: &Expr,
         inputs: &[(VarCat, usize)],
-        sum_of_product: bool,
+        kind: ReductionKind,
     ) -> Program {
         let mut b = Builder {
             regs: Vec::new(),
@@ -535,7 +592,7 @@ impl Program {
             let e = Expr::var(v).expect("variables of a valid formula are valid");
             b.memo.insert(e, v.pos);
         }
-        let product = if sum_of_product {
+        let product = if kind == ReductionKind::Sum {
             b.lower_as_product(formula)
         } else {
             None
@@ -557,6 +614,11 @@ impl Program {
             None => Root::Value(b.lower(formula)),
         };
         let root = fuse_exp_product(&mut b, root);
+        let root = if kind == ReductionKind::LogSumExp {
+            fuse_scaled_sqdist(&mut b, root)
+        } else {
+            root
+        };
         // The reduction reads tile registers. Every runnable formula depends on j (a formula
         // without a j-variable is rejected earlier), but a row root is broadcast rather than
         // trusted, so the executor never reads a row register as a tile.
