@@ -197,6 +197,10 @@ fn nan_inputs_propagate_without_crashing() {
         .to_vec2::<f32>()
         .unwrap();
     assert!(l[1][0].is_nan() && l[0][0].is_finite());
+    // The fused path (a scaled distance) too.
+    let l = (d.clone() * -2.0).logsumexp(Axis::J).unwrap();
+    let l = l.to_vec2::<f32>().unwrap();
+    assert!(l[1][0].is_nan() && l[0][0].is_finite());
     let (m, i) = d.min_argmin(Axis::J).unwrap();
     let (m, i) = (m.to_vec2::<f32>().unwrap(), i.to_vec2::<i64>().unwrap());
     assert!(m[1][0].is_nan() && m[0][0].is_finite());
@@ -230,9 +234,15 @@ fn nan_inputs_propagate_without_crashing() {
         0.0
     );
     assert_eq!(
-        (-di).logsumexp(Axis::J).unwrap().to_vec2::<f32>().unwrap()[0][0],
+        (-di.clone())
+            .logsumexp(Axis::J)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()[0][0],
         f32::NEG_INFINITY
     );
+    let fused = (di * -0.5).logsumexp(Axis::J).unwrap();
+    assert_eq!(fused.to_vec2::<f32>().unwrap()[0][0], f32::NEG_INFINITY);
 }
 
 #[test]
