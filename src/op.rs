@@ -310,25 +310,6 @@ pub(crate) fn reduce(
         }
         .into());
     }
-    if device.is_cuda() || device.is_metal() {
-        let plan = ReductionPlan {
-            formula: f,
-            reduction,
-            vars,
-            rows,
-            terms,
-            out,
-        };
-        return Err(if device.is_cuda() {
-            cuda::unavailable(&plan)
-        } else {
-            Error::NotImplemented {
-                what: "the Metal backend",
-                detail: format!("cannot run {} on a Metal tensor", plan.key()),
-            }
-        }
-        .into());
-    }
     let plan = Arc::new(ReductionPlan {
         formula: f,
         reduction,
@@ -337,6 +318,16 @@ pub(crate) fn reduce(
         terms,
         out,
     });
+    if device.is_cuda() {
+        return Err(cuda::unavailable(&plan).into());
+    }
+    if device.is_metal() {
+        return Err(Error::NotImplemented {
+            what: "the Metal backend",
+            detail: format!("cannot run {} on a Metal tensor", plan.key()),
+        }
+        .into());
+    }
     let packed = pack(&tensors)?;
     let side = Arc::new(Mutex::new(None));
     let op = ReductionOp {

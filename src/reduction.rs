@@ -114,6 +114,22 @@ fn before_max(a: f64, b: f64) -> bool {
     a > b || (a.is_nan() && !b.is_nan())
 }
 
+/// Replaces the (value, index) pair of a minimum or maximum state by `(v, j)` when `v` comes
+/// first in the reduction's order or the state is empty; `j` comes after the state's terms,
+/// so ties keep the smaller index.
+#[inline]
+fn take_if_first(max: bool, val: &mut f64, idx: &mut i64, v: f64, j: i64) {
+    let first = if max {
+        before_max(v, *val)
+    } else {
+        before_min(v, *val)
+    };
+    if first || *idx < 0 {
+        *val = v;
+        *idx = j;
+    }
+}
+
 /// Adds `v` to a Kahan (Neumaier) compensated sum held in `(sum, comp)`.
 #[inline]
 pub(crate) fn kahan_add(sum: &mut f64, comp: &mut f64, v: f64) {
@@ -341,15 +357,7 @@ impl Reduction {
             | ReductionKind::MaxArgMax => {
                 let max = self.kind.is_max();
                 for (c, &v) in f.iter().enumerate() {
-                    let better = if max {
-                        before_max(v, vals[c])
-                    } else {
-                        before_min(v, vals[c])
-                    };
-                    if better || idx[c] < 0 {
-                        vals[c] = v;
-                        idx[c] = j;
-                    }
+                    take_if_first(max, &mut vals[c], &mut idx[c], v, j);
                 }
             }
             ReductionKind::KMin(k) | ReductionKind::ArgKMin(k) | ReductionKind::KMinArgKMin(k) => {
@@ -418,17 +426,8 @@ impl Reduction {
             | ReductionKind::MaxArgMax => {
                 let max = self.kind.is_max();
                 for c in 0..dim {
-                    if idx2[c] < 0 {
-                        continue;
-                    }
-                    let better = if max {
-                        before_max(vals2[c], vals[c])
-                    } else {
-                        before_min(vals2[c], vals[c])
-                    };
-                    if better || idx[c] < 0 {
-                        vals[c] = vals2[c];
-                        idx[c] = idx2[c];
+                    if idx2[c] >= 0 {
+                        take_if_first(max, &mut vals[c], &mut idx[c], vals2[c], idx2[c]);
                     }
                 }
             }

@@ -439,6 +439,29 @@ pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
     }
 }
 
+/// The values of a row register `x` and the component slices of a tile register `t` of the
+/// same dimension (at most [`MAX_ONE_PASS_DIM`]): the two point sets of a fused distance.
+///
+/// # Safety
+/// `x` must be a row view and `t` a tile view with at least `len` terms, both of `x.dim`
+/// components.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+unsafe fn point_pair<'a, T: Real>(
+    x: View<T>,
+    t: View<T>,
+    len: usize,
+) -> (usize, [T; MAX_ONE_PASS_DIM], [&'a [T]; MAX_ONE_PASS_DIM]) {
+    let mut xs = [T::ZERO; MAX_ONE_PASS_DIM];
+    let mut ts: [&[T]; MAX_ONE_PASS_DIM] = [&[]; MAX_ONE_PASS_DIM];
+    for c in 0..x.dim {
+        // SAFETY: forwarded from the caller.
+        xs[c] = unsafe { x.scalar(c) };
+        ts[c] = unsafe { t.slice(c, len) };
+    }
+    (x.dim, xs, ts)
+}
+
 /// Merges the terms `xs` of one tile, whose maximum is `m`, into the log-sum-exp state
 /// `(ms, ss)`.
 ///
@@ -491,14 +514,8 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
             return;
         }
         Root::SqDistExpProduct { x, t, s, y } => {
-            let (x, t, s, y) = (views[x], views[t], views[s], views[y]);
-            let d = x.dim;
-            let mut xs = [T::ZERO; MAX_ONE_PASS_DIM];
-            let mut ts: [&[T]; MAX_ONE_PASS_DIM] = [&[]; MAX_ONE_PASS_DIM];
-            for c in 0..d {
-                xs[c] = unsafe { x.scalar(c) };
-                ts[c] = unsafe { t.slice(c, valid) };
-            }
+            let (s, y) = (views[s], views[y]);
+            let (d, xs, ts) = unsafe { point_pair(views[x], views[t], valid) };
             let part =
                 unsafe { A::sqdist_exp_dot(&xs[..d], &ts[..d], s.scalar(0), y.slice(0, valid)) };
             let (sum, comp) = vals.split_at_mut(1);
@@ -506,14 +523,8 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
             return;
         }
         Root::SqDistScaled { x, t, s } => {
-            let (x, t, s) = (views[x], views[t], views[s]);
-            let d = x.dim;
-            let mut xs = [T::ZERO; MAX_ONE_PASS_DIM];
-            let mut ts: [&[T]; MAX_ONE_PASS_DIM] = [&[]; MAX_ONE_PASS_DIM];
-            for c in 0..d {
-                xs[c] = unsafe { x.scalar(c) };
-                ts[c] = unsafe { t.slice(c, valid) };
-            }
+            let s = views[s];
+            let (d, xs, ts) = unsafe { point_pair(views[x], views[t], valid) };
             let v = &mut weights[..valid];
             let m = unsafe { A::sqdist_scaled_max(&xs[..d], &ts[..d], s.scalar(0), v) };
             let (ms, ss) = vals.split_at_mut(1);

@@ -100,6 +100,49 @@ pub(crate) unsafe fn map1<T: Real>(
     }
 }
 
+/// `f(&mut o[l], a_c[l], b_c[l])` for every term of component `c`, with either argument
+/// broadcast: one loop per layout, so each is a plain slice loop that vectorises.
+///
+/// # Safety
+/// See [`View::slice`].
+#[inline(always)]
+unsafe fn for_each_pair<T: Real>(
+    a: View<T>,
+    b: View<T>,
+    c: usize,
+    o: &mut [T],
+    f: impl Fn(&mut T, T, T),
+) {
+    let len = o.len();
+    // SAFETY (all blocks below): forwarded from the caller.
+    match (a.tile, b.tile) {
+        (true, true) => {
+            let (x, y) = unsafe { (a.slice(c, len), b.slice(c, len)) };
+            for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                f(o, x, y);
+            }
+        }
+        (true, false) => {
+            let (x, y) = unsafe { (a.slice(c, len), b.scalar(c)) };
+            for (o, &x) in o.iter_mut().zip(x) {
+                f(o, x, y);
+            }
+        }
+        (false, true) => {
+            let (x, y) = unsafe { (a.scalar(c), b.slice(c, len)) };
+            for (o, &y) in o.iter_mut().zip(y) {
+                f(o, x, y);
+            }
+        }
+        (false, false) => {
+            let (x, y) = unsafe { (a.scalar(c), b.scalar(c)) };
+            for o in o.iter_mut() {
+                f(o, x, y);
+            }
+        }
+    }
+}
+
 /// `out = f(a, b)`, component-wise, with either argument broadcast.
 ///
 /// # Safety
@@ -114,29 +157,8 @@ pub(crate) unsafe fn map2<T: Real>(
     f: impl Fn(T, T) -> T,
 ) {
     for c in 0..dim {
-        // SAFETY (all blocks below): forwarded from the caller.
-        let o = unsafe { out.slice(c, len) };
-        match (a.tile, b.tile) {
-            (true, true) => {
-                let (x, y) = unsafe { (a.slice(c, len), b.slice(c, len)) };
-                for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-                    *o = f(x, y);
-                }
-            }
-            (true, false) => {
-                let (x, y) = unsafe { (a.slice(c, len), b.scalar(c)) };
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = f(x, y);
-                }
-            }
-            (false, true) => {
-                let (x, y) = unsafe { (a.scalar(c), b.slice(c, len)) };
-                for (o, &y) in o.iter_mut().zip(y) {
-                    *o = f(x, y);
-                }
-            }
-            (false, false) => o.fill(f(unsafe { a.scalar(c) }, unsafe { b.scalar(c) })),
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { for_each_pair(a, b, c, out.slice(c, len), |o, x, y| *o = f(x, y)) };
     }
 }
 
@@ -187,36 +209,17 @@ pub(crate) unsafe fn reduce_components<T: Real, const FMA: bool>(
             return reduce_one_pass::<T, FMA>(a, b, out, dim, len, sub);
         }
     }
-    // SAFETY (all blocks below): forwarded from the caller.
+    // Many components: one pass per component.
+    // SAFETY: forwarded from the caller.
     let o = unsafe { out.slice(0, len) };
     o.fill(T::ZERO);
     for c in 0..dim {
-        match (a.tile, b.tile) {
-            (true, true) => {
-                let (x, y) = unsafe { (a.slice(c, len), b.slice(c, len)) };
-                for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-                    *o = term::<T, FMA>(*o, x, y, sub);
-                }
-            }
-            (true, false) => {
-                let (x, y) = unsafe { (a.slice(c, len), b.scalar(c)) };
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = term::<T, FMA>(*o, x, y, sub);
-                }
-            }
-            (false, true) => {
-                let (x, y) = unsafe { (a.scalar(c), b.slice(c, len)) };
-                for (o, &y) in o.iter_mut().zip(y) {
-                    *o = term::<T, FMA>(*o, x, y, sub);
-                }
-            }
-            (false, false) => {
-                let (x, y) = unsafe { (a.scalar(c), b.scalar(c)) };
-                for o in o.iter_mut() {
-                    *o = term::<T, FMA>(*o, x, y, sub);
-                }
-            }
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            for_each_pair(a, b, c, &mut *o, |o, x, y| {
+                *o = term::<T, FMA>(*o, x, y, sub)
+            })
+        };
     }
 }
 
