@@ -343,3 +343,24 @@ fn gaussian_kernel_sums_across_dimensions_and_tiles() {
         }
     }
 }
+
+/// Inputs of any layout (transposed, narrowed) give the results of contiguous copies.
+#[test]
+fn strided_inputs_are_accepted() {
+    let mut r = Rng(31);
+    let xt = r.tensor(&[3, 40], -1., 1.).to_dtype(DType::F32).unwrap(); // (D, M)
+    let y = r.tensor(&[90, 5], -1., 1.).to_dtype(DType::F32).unwrap(); // columns 1..4 used
+    let x = xt.t().unwrap(); // (M, D), not contiguous
+    let yn = y.narrow(1, 1, 3).unwrap(); // (N, D), not contiguous
+    assert!(!x.is_contiguous() && !yn.is_contiguous());
+    let run = |x: &Tensor, y: &Tensor| {
+        let f = (-LazyTensor::vi(x)
+            .unwrap()
+            .sqdist(&LazyTensor::vj(y).unwrap())
+            .unwrap())
+        .exp();
+        flat(&f.sum(Axis::J).unwrap())
+    };
+    let want = run(&x.contiguous().unwrap(), &yn.contiguous().unwrap());
+    assert_eq!(run(&x, &yn), want);
+}
