@@ -364,3 +364,73 @@ fn strided_inputs_are_accepted() {
     let want = run(&x.contiguous().unwrap(), &yn.contiguous().unwrap());
     assert_eq!(run(&x, &yn), want);
 }
+
+/// Few output rows and many terms: the terms are split across threads and the partial states
+/// combined; results match the dense reference and do not depend on the number of threads.
+#[test]
+fn few_rows_many_terms_split_the_terms() {
+    let (m, n) = (3, 140_000);
+    let mut r = Rng(57);
+    let ins = vec![
+        (VarCat::I, r.tensor(&[m, 2], 0., 1.)),
+        (VarCat::J, r.tensor(&[n, 2], 0., 1.)),
+    ];
+    let f = parse(
+        "Exp(-SqDist(Vi(0,2), Vj(1,2)) * 3.0) * Elem(Vj(1,2), 0)",
+        &[],
+    )
+    .unwrap();
+    let g = parse("SqDist(Vi(0,2), Vj(1,2))", &[]).unwrap();
+    let dv_f = dense_values(&dense_eval(&f, &ins, m, n).unwrap(), true).unwrap();
+    let dv_g = dense_values(&dense_eval(&g, &ins, m, n).unwrap(), true).unwrap();
+    let sum = flat(
+        &run(&f, &ins, DType::F64, ReductionKind::Sum, Axis::J)
+            .values
+            .unwrap(),
+    );
+    assert_close(&sum, &ref_sum(&dv_f).concat(), 1e-12, 1e-9, "split Sum");
+    let lse = flat(
+        &run(&f, &ins, DType::F64, ReductionKind::LogSumExp, Axis::J)
+            .values
+            .unwrap(),
+    );
+    assert_close(
+        &lse,
+        &ref_lse(&dv_f).concat(),
+        1e-12,
+        1e-12,
+        "split LogSumExp",
+    );
+    let out = run(&g, &ins, DType::F64, ReductionKind::KMinArgKMin(4), Axis::J);
+    let sorted = ref_sorted(&dv_g, false);
+    let want_i: Vec<i64> = sorted
+        .iter()
+        .flat_map(|r| r[0][..4].iter().map(|p| p.1))
+        .collect();
+    assert_eq!(flat_i64(&out.indices.unwrap()), want_i);
+    let (mv, mi) = {
+        let o = run(&g, &ins, DType::F64, ReductionKind::MinArgMin, Axis::J);
+        (flat(&o.values.unwrap()), flat_i64(&o.indices.unwrap()))
+    };
+    let want_m: Vec<f64> = sorted.iter().map(|r| r[0][0].0).collect();
+    assert_close(&mv, &want_m, 0.0, 1e-15, "split Min");
+    assert_eq!(mi, sorted.iter().map(|r| r[0][0].1).collect::<Vec<_>>());
+    // Same bits with one thread.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let one = pool.install(|| {
+        flat(
+            &run(&f, &ins, DType::F32, ReductionKind::Sum, Axis::J)
+                .values
+                .unwrap(),
+        )
+    });
+    let many = flat(
+        &run(&f, &ins, DType::F32, ReductionKind::Sum, Axis::J)
+            .values
+            .unwrap(),
+    );
+    assert_eq!(one, many);
+}

@@ -47,8 +47,6 @@ pub(crate) struct Context<'a, T> {
     pub prog: &'a Program,
     pub inputs: Vec<InputData<'a, T>>,
     pub reduction: Reduction,
-    /// Number of terms of the reduced index.
-    pub terms: usize,
     /// Components of the formula.
     pub dim: usize,
     pub state_vals: usize,
@@ -331,19 +329,26 @@ fn make_views<T: Real>(
     }
 }
 
-/// Runs the reduction for output rows `rows` (`FMA` must be `A::FMA`), writing `out_vals` (`rows.len() x out_vals`
-/// values, as `f64` to be converted by the caller) and `out_idx`.
+/// The reduction states of a block of rows (`rows x state_vals` values and
+/// `rows x state_idx` indices), before finalisation.
+pub(crate) struct States {
+    pub vals: Vec<f64>,
+    pub idx: Vec<i64>,
+}
+
+/// Runs the reduction for output rows `rows` over the terms `terms` (`FMA` must be
+/// `A::FMA`) and returns the rows' reduction states.
 ///
 /// # Safety
 /// `ctx` must be consistent: inputs sized for the program's registers (`i`-variables with at
-/// least `rows.end` rows, `j`-variables padded to a multiple of [`PAD`] at least `terms`).
+/// least `rows.end` rows, `j`-variables padded to a multiple of [`PAD`] at least
+/// `ctx.terms`); `terms` must lie in `0..ctx.terms` and start at a multiple of [`PAD`].
 #[inline(always)]
 pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
     ctx: &Context<'_, T>,
     rows: std::ops::Range<usize>,
-    out_vals: &mut [f64],
-    out_idx: &mut [i64],
-) {
+    terms: std::ops::Range<usize>,
+) -> States {
     debug_assert_eq!(A::FMA, FMA);
     let prog = ctx.prog;
     let nr = rows.len();
@@ -390,9 +395,9 @@ pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
             unsafe { exec_instr::<T, A, FMA>(ins, prog, &views, &outs, 1) };
         }
     }
-    let mut j0 = 0;
-    while j0 < ctx.terms {
-        let valid = tile.min(ctx.terms - j0);
+    let mut j0 = terms.start;
+    while j0 < terms.end {
+        let valid = tile.min(terms.end - j0);
         let len = valid.div_ceil(PAD) * PAD;
         for (r, i) in rows.clone().enumerate() {
             make_views(
@@ -427,16 +432,7 @@ pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
         }
         j0 += tile;
     }
-    let (ov, oi) = (ctx.out_vals, ctx.out_idx);
-    for r in 0..nr {
-        ctx.reduction.finalize(
-            ctx.dim,
-            &vals[r * sv..(r + 1) * sv],
-            &idx[r * si..(r + 1) * si],
-            &mut out_vals[r * ov..(r + 1) * ov],
-            &mut out_idx[r * oi..(r + 1) * oi],
-        );
-    }
+    States { vals, idx }
 }
 
 /// The values of a row register `x` and the component slices of a tile register `t` of the

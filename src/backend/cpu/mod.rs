@@ -14,7 +14,9 @@ pub mod real;
 
 use rayon::prelude::*;
 
-use self::exec::{Context, InputData, PAD};
+use std::ops::Range;
+
+use self::exec::{Context, InputData, States, PAD};
 use self::isa::Isa;
 use self::program::Program;
 use self::real::Real;
@@ -23,6 +25,11 @@ use crate::formula::VarCat;
 
 /// Output rows per rayon task: enough to reuse each tile of `j` data across rows.
 const BLOCK_ROWS: usize = 32;
+/// With fewer row blocks than this, the terms are split too ...
+const SPLIT_BELOW_BLOCKS: usize = 8;
+/// ... in chunks of this many terms (a multiple of every tile length), when there are at
+/// least two chunks.
+const SPLIT_TERMS: usize = 1 << 16;
 
 /// Runs `plan` on CPU data: `data` is the packed input (every bound tensor flattened, at the
 /// offsets of `plan.vars`). Returns the values (`rows x out.values`, in `f64` for the caller to
@@ -60,7 +67,6 @@ pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Ve
         prog: &prog,
         inputs,
         reduction: plan.reduction,
-        terms: plan.terms,
         dim,
         state_vals: st.vals,
         state_idx: st.idx,
@@ -68,22 +74,59 @@ pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Ve
         out_idx: plan.out.indices,
     };
     let isa = isa::detect();
-    let starts: Vec<usize> = (0..plan.rows).step_by(BLOCK_ROWS).collect();
-    let parts: Vec<(Vec<f64>, Vec<i64>)> = starts
-        .par_iter()
-        .map(|&r0| {
-            let rows = r0..(r0 + BLOCK_ROWS).min(plan.rows);
-            let mut ov = vec![0.0f64; rows.len() * ctx.out_vals];
-            let mut oi = vec![0i64; rows.len() * ctx.out_idx];
-            run_block_on(isa, &ctx, rows, &mut ov, &mut oi);
-            (ov, oi)
-        })
+    let blocks: Vec<Range<usize>> = (0..plan.rows)
+        .step_by(BLOCK_ROWS)
+        .map(|r0| r0..(r0 + BLOCK_ROWS).min(plan.rows))
         .collect();
-    let mut vals = Vec::with_capacity(plan.rows * ctx.out_vals);
-    let mut idx = Vec::with_capacity(plan.rows * ctx.out_idx);
-    for (v, i) in parts {
-        vals.extend_from_slice(&v);
-        idx.extend_from_slice(&i);
+    // Few output rows and many terms: split the terms too, so that every core works, and
+    // combine the partial states in order. The split depends on the sizes only (never on the
+    // number of threads), so results stay deterministic.
+    let chunks: Vec<Range<usize>> =
+        if blocks.len() < SPLIT_BELOW_BLOCKS && plan.terms >= 2 * SPLIT_TERMS {
+            (0..plan.terms)
+                .step_by(SPLIT_TERMS)
+                .map(|j0| j0..(j0 + SPLIT_TERMS).min(plan.terms))
+                .collect()
+        } else {
+            std::iter::once(0..plan.terms).collect()
+        };
+    let tasks: Vec<(usize, Range<usize>)> = (0..blocks.len())
+        .flat_map(|b| chunks.iter().map(move |c| (b, c.clone())))
+        .collect();
+    let states: Vec<States> = tasks
+        .par_iter()
+        .map(|(b, terms)| run_block_on(isa, &ctx, blocks[*b].clone(), terms.clone()))
+        .collect();
+    let (sv, si) = (st.vals, st.idx);
+    let (ov, oi) = (ctx.out_vals, ctx.out_idx);
+    let mut vals = vec![0.0f64; plan.rows * ov];
+    let mut idx = vec![0i64; plan.rows * oi];
+    for (b, parts) in blocks.iter().zip(states.chunks(chunks.len())) {
+        let (first, rest) = parts.split_first().expect("every block has a chunk");
+        let mut acc = States {
+            vals: first.vals.clone(),
+            idx: first.idx.clone(),
+        };
+        for part in rest {
+            for r in 0..b.len() {
+                plan.reduction.combine(
+                    dim,
+                    &mut acc.vals[r * sv..(r + 1) * sv],
+                    &mut acc.idx[r * si..(r + 1) * si],
+                    &part.vals[r * sv..(r + 1) * sv],
+                    &part.idx[r * si..(r + 1) * si],
+                );
+            }
+        }
+        for (r, i) in b.clone().enumerate() {
+            plan.reduction.finalize(
+                dim,
+                &acc.vals[r * sv..(r + 1) * sv],
+                &acc.idx[r * si..(r + 1) * si],
+                &mut vals[i * ov..(i + 1) * ov],
+                &mut idx[i * oi..(i + 1) * oi],
+            );
+        }
     }
     (vals, idx)
 }
@@ -92,20 +135,20 @@ pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Ve
 fn run_block_on<T: Real>(
     isa: Isa,
     ctx: &Context<'_, T>,
-    rows: std::ops::Range<usize>,
-    ov: &mut [f64],
-    oi: &mut [i64],
-) {
+    rows: Range<usize>,
+    terms: Range<usize>,
+) -> States {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only chosen when the CPU reports AVX-512F, AVX2 and FMA;
-        // the context was built by `reduce`, which sizes every input as `run_block` requires.
-        Isa::Avx512 => unsafe { run_avx512(ctx, rows, ov, oi) },
+        // the context was built by `reduce`, which sizes every input as `run_block` requires
+        // and splits the terms at multiples of `PAD` (SPLIT_TERMS is one).
+        Isa::Avx512 => unsafe { run_avx512(ctx, rows, terms) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only chosen when the CPU reports AVX2 and FMA; as above.
-        Isa::Avx2 => unsafe { run_avx2(ctx, rows, ov, oi) },
+        Isa::Avx2 => unsafe { run_avx2(ctx, rows, terms) },
         // SAFETY: the context was built by `reduce` (see above).
-        _ => unsafe { exec::run_block::<T, isa::Baseline, BASELINE_FMA>(ctx, rows, ov, oi) },
+        _ => unsafe { exec::run_block::<T, isa::Baseline, BASELINE_FMA>(ctx, rows, terms) },
     }
 }
 
@@ -116,24 +159,22 @@ const BASELINE_FMA: bool = cfg!(target_arch = "aarch64");
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn run_avx512<T: Real>(
     ctx: &Context<'_, T>,
-    rows: std::ops::Range<usize>,
-    ov: &mut [f64],
-    oi: &mut [i64],
-) {
+    rows: Range<usize>,
+    terms: Range<usize>,
+) -> States {
     // SAFETY: forwarded from `run_block_on`.
-    unsafe { exec::run_block::<T, isa::Avx512, true>(ctx, rows, ov, oi) }
+    unsafe { exec::run_block::<T, isa::Avx512, true>(ctx, rows, terms) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2<T: Real>(
     ctx: &Context<'_, T>,
-    rows: std::ops::Range<usize>,
-    ov: &mut [f64],
-    oi: &mut [i64],
-) {
+    rows: Range<usize>,
+    terms: Range<usize>,
+) -> States {
     // SAFETY: forwarded from `run_block_on`.
-    unsafe { exec::run_block::<T, isa::Avx2, true>(ctx, rows, ov, oi) }
+    unsafe { exec::run_block::<T, isa::Avx2, true>(ctx, rows, terms) }
 }
 
 /// `x = exp(x)` over a slice with the vectorised exponential of the instruction set reductions
