@@ -101,13 +101,12 @@ pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Ve
     let (ov, oi) = (ctx.out_vals, ctx.out_idx);
     let mut vals = vec![0.0f64; plan.rows * ov];
     let mut idx = vec![0i64; plan.rows * oi];
-    for (b, parts) in blocks.iter().zip(states.chunks(chunks.len())) {
-        let (first, rest) = parts.split_first().expect("every block has a chunk");
-        let mut acc = States {
-            vals: first.vals.clone(),
-            idx: first.idx.clone(),
-        };
-        for part in rest {
+    // `states` holds, block after block, the states of each chunk of terms in order.
+    let mut states = states.into_iter();
+    for b in &blocks {
+        let mut acc = states.next().expect("one state per block and chunk");
+        for _ in 1..chunks.len() {
+            let part = states.next().expect("one state per block and chunk");
             for r in 0..b.len() {
                 plan.reduction.combine(
                     dim,
