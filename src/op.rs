@@ -2,7 +2,7 @@
 //! reduction on the tensors' device.
 //!
 //! All bound tensors are flattened and concatenated into one packed tensor (`Tensor::cat`, so
-//! the autodiff graph can later split a gradient back per input), and one [`ReductionOp`]
+//! the autodiff graph can later split a gradient back per input), and one `ReductionOp`
 //! (`CustomOp1`) runs the plan on it. Checks of dtype, device, shapes and sizes happen here,
 //! before any backend sees the data, each with an error naming the problem.
 

@@ -1,4 +1,4 @@
-//! Device backends: each runs a [`ReductionPlan`] on its device's memory.
+//! Device backends: each runs a reduction plan (`ReductionPlan`) on its device's memory.
 //!
 //! Backends receive validated, contiguous inputs (the checks live in [`crate::op`]) and know
 //! nothing of autodiff. The plan always reduces over `j`: a reduction over `i` is planned with

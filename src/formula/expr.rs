@@ -6,7 +6,7 @@
 //! once. The backends hash-cons an `Expr` into a graph of distinct nodes (common
 //! subexpressions are evaluated once) when they compile it. There is no global interner and no
 //! counter: the printed form depends only on the structure, so it doubles as a cache key and
-//! round-trips through [`super::parse`].
+//! round-trips through [`super::parse()`].
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};

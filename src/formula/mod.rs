@@ -1,7 +1,7 @@
 //! The pure symbolic layer: formulas over `i`-variables, `j`-variables and parameters.
 //!
 //! Nothing here knows about tensors or devices. A formula is an [`Expr`] DAG of [`Op`] nodes;
-//! [`parse`] reads the string syntax, [`simplify`] folds constants, and the canonical printed
+//! [`parse()`] reads the string syntax, [`simplify()`] folds constants, and the canonical printed
 //! form (`Display`) is the cache key of compiled kernels.
 
 pub mod expr;
