@@ -454,6 +454,35 @@ pub(crate) fn max_slice<T: Real>(x: &[T]) -> T {
     m
 }
 
+/// `sum_c (x_c - t_c[base + k])^2` for the `ACC` terms of the chunk at `base`.
+#[inline(always)]
+fn sqdist_chunk<T: Real, const FMA: bool, const D: usize>(
+    x: &[T; D],
+    t: &[&[T]; D],
+    base: usize,
+) -> [T; ACC] {
+    let mut d2 = [T::ZERO; ACC];
+    for c in 0..D {
+        let tc: &[T; ACC] = (&t[c][base..base + ACC]).try_into().expect("chunk");
+        for k in 0..ACC {
+            let d = x[c] - tc[k];
+            d2[k] = T::fma::<FMA>(d, d, d2[k]);
+        }
+    }
+    d2
+}
+
+/// `sum_c (x_c - t_c[l])^2` for one term.
+#[inline(always)]
+fn sqdist_term<T: Real, const FMA: bool, const D: usize>(x: &[T; D], t: &[&[T]; D], l: usize) -> T {
+    let mut d2 = T::ZERO;
+    for c in 0..D {
+        let d = x[c] - t[c][l];
+        d2 = T::fma::<FMA>(d, d, d2);
+    }
+    d2
+}
+
 /// Writes `out[l] = s * sum_c (x_c - t_c[l])^2` and returns the maximum of `out` (as
 /// [`max_slice`]): the first pass of a fused log-sum-exp of a scaled squared distance. All
 /// slices have the length of `out`; `D` is a const generic for the reason given at
@@ -472,14 +501,7 @@ pub(crate) fn sqdist_scaled_max<T: Real, const FMA: bool, const D: usize>(
     let mut nan = [T::ZERO; ACC];
     let mut base = 0;
     while base < full {
-        let mut v = [T::ZERO; ACC];
-        for c in 0..D {
-            let tc: &[T; ACC] = (&t[c][base..base + ACC]).try_into().expect("chunk");
-            for k in 0..ACC {
-                let d = x[c] - tc[k];
-                v[k] = T::fma::<FMA>(d, d, v[k]);
-            }
-        }
+        let mut v = sqdist_chunk::<T, FMA, D>(&x, &t, base);
         for k in 0..ACC {
             v[k] = v[k] * s;
             mx[k] = if v[k] > mx[k] { v[k] } else { mx[k] };
@@ -495,12 +517,7 @@ pub(crate) fn sqdist_scaled_max<T: Real, const FMA: bool, const D: usize>(
         flag += nan[k];
     }
     for l in full..n {
-        let mut d2 = T::ZERO;
-        for c in 0..D {
-            let d = x[c] - t[c][l];
-            d2 = T::fma::<FMA>(d, d, d2);
-        }
-        let v = d2 * s;
+        let v = sqdist_term::<T, FMA, D>(&x, &t, l) * s;
         out[l] = v;
         m = if v > m { v } else { m };
         flag += v - v;
@@ -551,14 +568,7 @@ pub(crate) fn sqdist_exp_dot<T: Real, const FMA: bool, const D: usize>(
     let mut base = 0;
     while base < full {
         let w: &[T; ACC] = (&y[base..base + ACC]).try_into().expect("chunk");
-        let mut d2 = [T::ZERO; ACC];
-        for c in 0..D {
-            let tc: &[T; ACC] = (&t[c][base..base + ACC]).try_into().expect("chunk");
-            for k in 0..ACC {
-                let d = x[c] - tc[k];
-                d2[k] = T::fma::<FMA>(d, d, d2[k]);
-            }
-        }
+        let d2 = sqdist_chunk::<T, FMA, D>(&x, &t, base);
         for k in 0..ACC {
             acc[k] = T::fma::<FMA>((d2[k] * s).exp::<FMA>(), w[k], acc[k]);
         }
@@ -566,11 +576,7 @@ pub(crate) fn sqdist_exp_dot<T: Real, const FMA: bool, const D: usize>(
     }
     let mut tail = T::ZERO;
     for l in full..n {
-        let mut d2 = T::ZERO;
-        for c in 0..D {
-            let d = x[c] - t[c][l];
-            d2 = T::fma::<FMA>(d, d, d2);
-        }
+        let d2 = sqdist_term::<T, FMA, D>(&x, &t, l);
         tail = T::fma::<FMA>((d2 * s).exp::<FMA>(), y[l], tail);
     }
     fold_acc(acc) + tail
