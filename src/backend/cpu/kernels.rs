@@ -516,9 +516,9 @@ pub(crate) fn sqdist_scaled_max<T: Real, const FMA: bool, const D: usize>(
         m = if mx[k] > m { mx[k] } else { m };
         flag += nan[k];
     }
-    for l in full..n {
+    for (l, o) in out.iter_mut().enumerate().skip(full) {
         let v = sqdist_term::<T, FMA, D>(&x, &t, l) * s;
-        out[l] = v;
+        *o = v;
         m = if v > m { v } else { m };
         flag += v - v;
     }
@@ -575,9 +575,9 @@ pub(crate) fn sqdist_exp_dot<T: Real, const FMA: bool, const D: usize>(
         base += ACC;
     }
     let mut tail = T::ZERO;
-    for l in full..n {
+    for (l, &w) in y.iter().enumerate().skip(full) {
         let d2 = sqdist_term::<T, FMA, D>(&x, &t, l);
-        tail = T::fma::<FMA>((d2 * s).exp::<FMA>(), y[l], tail);
+        tail = T::fma::<FMA>((d2 * s).exp::<FMA>(), w, tail);
     }
     fold_acc(acc) + tail
 }
