@@ -455,3 +455,132 @@ impl Op {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Derivatives: the vector-Jacobian product of each component-wise op.
+//
+// `a` is the adjoint of the op's result (its dimension is the result's, or 1 when it is the same
+// for every component); each rule returns the contribution to the adjoint of each argument, at
+// the result's dimension or 1 (the sweep in `super::grad` sums the components back onto
+// arguments that were broadcast). `None` is an exact zero: no term is built for it.
+// ---------------------------------------------------------------------------------------------
+
+use super::expr::Expr;
+
+fn k(c: f64) -> Expr {
+    Expr::constant(c).expect("derivative constants are finite")
+}
+
+fn mul(a: &Expr, b: &Expr) -> Expr {
+    Expr::binary(BinaryOp::Mul, a, b).expect("derivative factors broadcast")
+}
+
+fn bin(op: BinaryOp, a: &Expr, b: &Expr) -> Expr {
+    Expr::binary(op, a, b).expect("derivative terms broadcast")
+}
+
+impl UnaryOp {
+    /// The adjoint of `x` given the adjoint `a` of `out = self(x)`. Non-differentiable points
+    /// take the usual subgradient: `Abs'(0) = 0`, `ReLU'(0) = 0`; `Sign` and `Step` have a zero
+    /// derivative everywhere (`None`).
+    pub(crate) fn vjp(self, x: &Expr, out: &Expr, a: &Expr) -> Option<Expr> {
+        Some(match self {
+            UnaryOp::Neg => a.neg(),
+            // d exp(x) = exp(x): reuse the forward node, so the exponential is computed once.
+            UnaryOp::Exp => mul(a, out),
+            UnaryOp::Log => bin(BinaryOp::Div, a, x),
+            // d sqrt(x) = 1 / (2 sqrt(x)).
+            UnaryOp::Sqrt => mul(&bin(BinaryOp::Div, a, out), &k(0.5)),
+            // d x^(-1/2) = -x^(-3/2) / 2.
+            UnaryOp::Rsqrt => mul(&mul(a, &Expr::unary(UnaryOp::Pow(3), out)), &k(-0.5)),
+            UnaryOp::Square => mul(&mul(a, x), &k(2.0)),
+            // d (1/x) = -(1/x)^2.
+            UnaryOp::Inv => mul(a, &Expr::unary(UnaryOp::Square, out)).neg(),
+            UnaryOp::Abs => mul(a, &Expr::unary(UnaryOp::Sign, x)),
+            UnaryOp::Sign | UnaryOp::Step => return None,
+            UnaryOp::Relu => mul(a, &bin(BinaryOp::Gt, x, &k(0.0))),
+            UnaryOp::Sin => mul(a, &Expr::unary(UnaryOp::Cos, x)),
+            UnaryOp::Cos => mul(a, &Expr::unary(UnaryOp::Sin, x)).neg(),
+            UnaryOp::Pow(0) => return None,
+            UnaryOp::Pow(1) => a.clone(),
+            UnaryOp::Pow(n) => mul(&mul(a, &Expr::unary(UnaryOp::Pow(n - 1), x)), &k(n as f64)),
+        })
+    }
+}
+
+impl BinaryOp {
+    /// The adjoints of `x` and `y` given the adjoint `a` of `out = self(x, y)`. `Min` and `Max`
+    /// route the whole adjoint to the argument they select (the first on ties, as the forward
+    /// op does); comparisons have a zero derivative. `Powf`'s derivative in its exponent is
+    /// `out * log(x)`, defined for `x > 0`.
+    pub(crate) fn vjp(
+        self,
+        x: &Expr,
+        y: &Expr,
+        out: &Expr,
+        a: &Expr,
+    ) -> (Option<Expr>, Option<Expr>) {
+        match self {
+            BinaryOp::Add => (Some(a.clone()), Some(a.clone())),
+            BinaryOp::Sub => (Some(a.clone()), Some(a.neg())),
+            BinaryOp::Mul => (Some(mul(a, y)), Some(mul(a, x))),
+            BinaryOp::Div => {
+                // d(x/y) = dx / y - (x/y) dy / y.
+                let t = bin(BinaryOp::Div, a, y);
+                let dy = mul(&t, out).neg();
+                (Some(t), Some(dy))
+            }
+            BinaryOp::Powf => {
+                // x^y = exp(y log x): d/dx = y x^(y-1), d/dy = x^y log x.
+                let ym1 = bin(BinaryOp::Sub, y, &k(1.0));
+                let dx = mul(&mul(a, y), &bin(BinaryOp::Powf, x, &ym1));
+                let dy = mul(&mul(a, out), &Expr::unary(UnaryOp::Log, x));
+                (Some(dx), Some(dy))
+            }
+            // Min picks x unless y < x; Max picks x unless y > x.
+            BinaryOp::Min => (
+                Some(mul(a, &bin(BinaryOp::Le, x, y))),
+                Some(mul(a, &bin(BinaryOp::Gt, x, y))),
+            ),
+            BinaryOp::Max => (
+                Some(mul(a, &bin(BinaryOp::Ge, x, y))),
+                Some(mul(a, &bin(BinaryOp::Lt, x, y))),
+            ),
+            BinaryOp::Lt
+            | BinaryOp::Le
+            | BinaryOp::Gt
+            | BinaryOp::Ge
+            | BinaryOp::Eq
+            | BinaryOp::Ne => (None, None),
+        }
+    }
+}
+
+impl TernaryOp {
+    /// The adjoints of the three arguments given the adjoint `a` of `out = self(x, y, z)`:
+    /// `Clamp(x, lo, hi)` routes `a` to whichever of the three it returns (`x` on the
+    /// boundaries); `IfElse(c, p, q)` routes it to the branch taken, and `c` gets none.
+    pub(crate) fn vjp(self, args: [&Expr; 3], a: &Expr) -> [Option<Expr>; 3] {
+        let [x, y, z] = args;
+        match self {
+            TernaryOp::Clamp => {
+                let (lo, hi) = (y, z);
+                let low = bin(BinaryOp::Max, x, lo);
+                let takes_hi = bin(BinaryOp::Gt, &low, hi);
+                let takes_lo = mul(&bin(BinaryOp::Lt, x, lo), &bin(BinaryOp::Le, lo, hi));
+                let takes_x = mul(&bin(BinaryOp::Ge, x, lo), &bin(BinaryOp::Le, x, hi));
+                [
+                    Some(mul(a, &takes_x)),
+                    Some(mul(a, &takes_lo)),
+                    Some(mul(a, &takes_hi)),
+                ]
+            }
+            TernaryOp::IfElse => {
+                // KeOps' IfElse takes `p` when `c >= 0`, and `q` otherwise (NaN included).
+                let takes_p = bin(BinaryOp::Ge, x, &k(0.0));
+                let takes_q = bin(BinaryOp::Sub, &k(1.0), &takes_p);
+                [None, Some(mul(a, &takes_p)), Some(mul(a, &takes_q))]
+            }
+        }
+    }
+}

@@ -13,7 +13,9 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use crate::backend::{cpu, cuda, ReductionPlan, VarSpec};
 use crate::error::Error;
 use crate::formula::{simplify, Expr, Var, VarCat};
-use crate::reduction::{Axis, Reduction};
+use crate::reduction::{Axis, Reduction, ReductionKind};
+
+mod backward;
 
 /// A tensor bound into a formula, with the identifier its variable carries while the formula
 /// is being built.
@@ -39,6 +41,10 @@ pub struct ReductionOutput {
 struct ReductionOp {
     plan: Arc<ReductionPlan>,
     side: Arc<Mutex<Option<Tensor>>>,
+    /// Per bound tensor (in plan order): whether it needs a gradient (`track_op` at forward).
+    needs_grad: Vec<bool>,
+    /// Indices of the selected terms, kept for the backward pass of Min, Max and KMin.
+    saved: Arc<Mutex<Option<Tensor>>>,
 }
 
 fn to_f32(v: &[impl Copy + Into<f32>]) -> Vec<f32> {
@@ -114,18 +120,18 @@ impl CustomOp1 for ReductionOp {
 
     fn bwd(
         &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        _grad_res: &Tensor,
+        arg: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Err(Error::NotImplemented {
-            what: "gradients of lazy-kernels reductions",
-            detail: format!(
-                "backward through {} comes with the autodiff issue; detach the inputs or use a dense formula",
-                self.plan.key()
-            ),
+        let saved = self.saved.lock().ok().and_then(|s| s.clone());
+        let grads = backward::Backward {
+            plan: &self.plan,
+            needs_grad: &self.needs_grad,
+            indices: saved.as_ref(),
         }
-        .into())
+        .run(arg, res, grad_res)?;
+        Ok(Some(grads))
     }
 }
 
@@ -179,6 +185,17 @@ pub(crate) fn reduce(
     bindings: &[Binding],
     reduction: Reduction,
 ) -> candle_core::Result<ReductionOutput> {
+    reduce_sized(formula, bindings, reduction, None)
+}
+
+/// As [`reduce`]; `sizes` gives the numbers of rows of `i` and of `j` for formulas that have
+/// no variable of one category (the backward pass evaluates such formulas).
+pub(crate) fn reduce_sized(
+    formula: &Expr,
+    bindings: &[Binding],
+    reduction: Reduction,
+    sizes: Option<(usize, usize)>,
+) -> candle_core::Result<ReductionOutput> {
     let name = reduction.kind.name();
     // Bound tensors actually used, in order of first appearance: their positions.
     let used: Vec<Var> = formula.vars();
@@ -202,7 +219,26 @@ pub(crate) fn reduce(
         f = f.swap_ij();
     }
     let f = simplify(&f);
-    let out = reduction.output_spec(f.dim())?;
+    let user_out = reduction.output_spec(f.dim())?;
+    // Min, Max and KMin route their gradient to the selected terms: when a gradient may be
+    // needed, the forward pass also finds their indices (at the same cost) and keeps them.
+    let needs_grad: Vec<bool> = used
+        .iter()
+        .map(|v| {
+            bindings
+                .iter()
+                .find(|b| b.id == v.pos)
+                .is_some_and(|b| b.tensor.track_op())
+        })
+        .collect();
+    let run = match reduction.kind {
+        ReductionKind::Min if needs_grad.contains(&true) => ReductionKind::MinArgMin,
+        ReductionKind::Max if needs_grad.contains(&true) => ReductionKind::MaxArgMax,
+        ReductionKind::KMin(k) if needs_grad.contains(&true) => ReductionKind::KMinArgKMin(k),
+        other => other,
+    };
+    let run = Reduction::new(run, reduction.axis);
+    let out = run.output_spec(f.dim())?;
 
     // Dtype and device: all the same.
     let first = tensors.first().ok_or_else(|| Error::InvalidArgument {
@@ -277,6 +313,13 @@ pub(crate) fn reduce(
         });
         offset += b.tensor.elem_count();
     }
+    // `sizes` is (i-rows, j-rows); `rows` and `terms` are per output and reduced axis.
+    let sizes = sizes.map(|(ni, nj)| match reduction.axis {
+        Axis::J => (ni, nj),
+        Axis::I => (nj, ni),
+    });
+    let rows = rows.or(sizes.map(|s| s.0));
+    let terms = terms.or(sizes.map(|s| s.1));
     let rows = rows.ok_or_else(|| Error::InvalidArgument {
         op: name,
         detail: format!(
@@ -312,7 +355,7 @@ pub(crate) fn reduce(
     }
     let plan = Arc::new(ReductionPlan {
         formula: f,
-        reduction,
+        reduction: run,
         vars,
         rows,
         terms,
@@ -330,9 +373,12 @@ pub(crate) fn reduce(
     }
     let packed = pack(&tensors)?;
     let side = Arc::new(Mutex::new(None));
+    let saved = Arc::new(Mutex::new(None));
     let op = ReductionOp {
         plan: plan.clone(),
         side: side.clone(),
+        needs_grad,
+        saved: saved.clone(),
     };
     let primary = if out.values > 0 {
         packed.apply_op1(op)?
@@ -340,10 +386,18 @@ pub(crate) fn reduce(
         packed.apply_op1_no_bwd(&op)?
     };
     let secondary = side.lock().ok().and_then(|mut s| s.take());
+    if let (Some(idx), Ok(mut slot)) = (&secondary, saved.lock()) {
+        *slot = Some(idx.clone());
+    }
     Ok(if out.values > 0 {
         ReductionOutput {
             values: Some(primary),
-            indices: secondary,
+            // Indices found only for the backward pass are not part of the user's result.
+            indices: if user_out.indices > 0 {
+                secondary
+            } else {
+                None
+            },
         }
     } else {
         ReductionOutput {
