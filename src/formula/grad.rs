@@ -215,6 +215,49 @@ pub fn grad(f: &Expr, wrt: &[Var], eta: &Expr) -> Result<Vec<Option<Expr>>> {
         .collect())
 }
 
+/// Splits a product into the factors that do not depend on variables of category `reduced`
+/// and those that do: `e = outer * inner` (component-wise, with broadcasting). A reduction over
+/// `reduced` of `e` is then `outer * (reduction of inner)`, by linearity, which takes the
+/// `outer` factors out of the per-pair loop.
+///
+/// Returns `None` when there is nothing to take out (no outer factor, or no inner one). The
+/// factors are those of a tree of `Mul`, `Neg` and divisions by outer values.
+pub(crate) fn factor_out(e: &Expr, reduced: super::VarCat) -> Option<(Expr, Expr)> {
+    let depends = |x: &Expr| x.vars().iter().any(|v| v.cat == reduced);
+    let mut outer: Vec<Expr> = Vec::new();
+    let mut inner: Vec<Expr> = Vec::new();
+    let mut negate = false;
+    let mut stack = vec![e.clone()];
+    while let Some(x) = stack.pop() {
+        match x.op() {
+            Op::Binary(BinaryOp::Mul) => {
+                stack.push(x.args()[1].clone());
+                stack.push(x.args()[0].clone());
+            }
+            Op::Unary(super::UnaryOp::Neg) => {
+                negate = !negate;
+                stack.push(x.args()[0].clone());
+            }
+            Op::Binary(BinaryOp::Div) if !depends(&x.args()[1]) => {
+                outer.push(Expr::unary(super::UnaryOp::Inv, &x.args()[1]));
+                stack.push(x.args()[0].clone());
+            }
+            _ if depends(&x) => inner.push(x),
+            _ => outer.push(x),
+        }
+    }
+    if inner.is_empty() || (outer.is_empty() && !negate) {
+        return None;
+    }
+    let product = |fs: Vec<Expr>| fs.into_iter().reduce(|a, b| mul(&a, &b));
+    let mut outer = product(outer).unwrap_or_else(|| Expr::constant(1.0).expect("finite"));
+    if negate {
+        outer = outer.neg();
+    }
+    let inner = product(inner).expect("not empty");
+    Some((simplify(&outer), inner))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +306,21 @@ mod tests {
         let gs = grad(&f, &[v(VarCat::P, 0, 1), v(VarCat::I, 1, 3)], &eta).unwrap();
         assert_eq!(gs[0].as_ref().unwrap().to_string(), "Vi(2,1) * 3.0");
         assert_eq!(gs[1].as_ref().unwrap().dim(), 3);
+    }
+
+    #[test]
+    fn outer_factors_come_out_of_products() {
+        let f = parse(
+            "-(Vi(0,1) * Vj(1,1) * Exp(Vi(2,3) - Vj(3,3)) / (2.0 * Pm(4,1))) * 3.0",
+            &[],
+        )
+        .unwrap();
+        let (outer, inner) = factor_out(&f, VarCat::J).unwrap();
+        assert_eq!(inner.to_string(), "Vj(1,1) * Exp(Vi(2,3) - Vj(3,3))");
+        assert!(!outer.depends_on(VarCat::J));
+        assert_eq!(outer.dim(), 1);
+        // Nothing to take out.
+        assert!(factor_out(&parse("Exp(Vj(1,1) * Vi(0,1))", &[]).unwrap(), VarCat::J).is_none());
     }
 
     #[test]

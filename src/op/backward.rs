@@ -28,6 +28,7 @@ use candle_core::Tensor;
 use super::{reduce_sized, Binding};
 use crate::backend::ReductionPlan;
 use crate::error::Error;
+use crate::formula::grad::factor_out;
 use crate::formula::{grad, BinaryOp, Expr, Op, UnaryOp, Var, VarCat};
 use crate::reduction::{Axis, Reduction, ReductionKind};
 
@@ -233,25 +234,70 @@ impl Backward<'_> {
                         }
                 })
                 .collect();
-            let Some(first) = members.first() else {
+            if members.is_empty() {
                 continue;
-            };
-            let mut formula = gs[*first].clone().expect("member");
-            for &k in &members[1..] {
-                let g = gs[k].as_ref().expect("member");
-                formula = Expr::new(Op::Concat, vec![formula, g.clone()])?;
             }
-            let sums = reduce_sized(
-                &formula,
-                &bindings,
-                Reduction::new(ReductionKind::Sum, axis),
-                Some((plan.rows, plan.terms)),
-            )?
-            .values
-            .ok_or_else(|| Error::InvalidArgument {
-                op: "Sum",
-                detail: "a gradient reduction returned no values".into(),
-            })?;
+            // By linearity, factors that do not depend on the reduced index are applied after
+            // the reduction, once per output row, instead of once per pair.
+            let reduced = match axis {
+                Axis::J => VarCat::J,
+                Axis::I => VarCat::I,
+            };
+            let split: Vec<(Option<Expr>, Expr)> = members
+                .iter()
+                .map(|&k| {
+                    let g = gs[k].clone().expect("member");
+                    match factor_out(&g, reduced) {
+                        Some((outer, inner)) => (Some(outer), inner),
+                        None => (None, g),
+                    }
+                })
+                .collect();
+            let formula = concat(split.iter().map(|(_, inner)| inner.clone()))?;
+            let sizes = Some((plan.rows, plan.terms));
+            let reduction = Reduction::new(ReductionKind::Sum, axis);
+            let mut sums = reduce_sized(&formula, &bindings, reduction, sizes)?
+                .values
+                .ok_or_else(|| Error::InvalidArgument {
+                    op: "Sum",
+                    detail: "a gradient reduction returned no values".into(),
+                })?;
+            if split.iter().any(|(outer, _)| outer.is_some()) {
+                // outer_k * sums_k, row by row: a pointwise evaluation over the output rows.
+                let out_cat = match axis {
+                    Axis::J => VarCat::I,
+                    Axis::I => VarCat::J,
+                };
+                let pos = bindings.len();
+                let s = var(out_cat, pos, formula.dim())?;
+                let mut col = 0;
+                let mut parts = Vec::with_capacity(split.len());
+                for (outer, inner) in &split {
+                    let d = inner.dim();
+                    let part = Expr::new(Op::Extract { start: col, len: d }, vec![s.clone()])?;
+                    col += d;
+                    parts.push(match outer {
+                        Some(o) => bin(BinaryOp::Mul, o, &part)?,
+                        None => part,
+                    });
+                }
+                let scaled = concat(parts.into_iter())?;
+                let pointwise = match axis {
+                    Axis::J => (plan.rows, 1),
+                    Axis::I => (1, plan.terms),
+                };
+                sums = reduce_sized(
+                    &scaled,
+                    &with(&bindings, [binding(pos, out_cat, sums)]),
+                    reduction,
+                    Some(pointwise),
+                )?
+                .values
+                .ok_or_else(|| Error::InvalidArgument {
+                    op: "Sum",
+                    detail: "a gradient evaluation returned no values".into(),
+                })?;
+            }
             let mut col = 0;
             for k in members {
                 let d = wrt[k].dim;
@@ -342,14 +388,10 @@ impl Backward<'_> {
             .collect();
         let members: Vec<usize> = (0..gs.len()).filter(|&m| gs[m].is_some()).collect();
         let mut out: Vec<Option<Tensor>> = vec![None; gs.len()];
-        let Some(first) = members.first() else {
+        if members.is_empty() {
             return Ok(out);
-        };
-        let mut formula = gs[*first].clone().expect("member");
-        for &m in &members[1..] {
-            let g = gs[m].as_ref().expect("member");
-            formula = Expr::new(Op::Concat, vec![formula, g.clone()])?;
         }
+        let formula = concat(members.iter().map(|&m| gs[m].clone().expect("member")))?;
         // One "term" per pair: a pointwise evaluation.
         let per_pair = reduce_sized(
             &formula,
@@ -400,6 +442,24 @@ fn binding(id: usize, cat: VarCat, tensor: Tensor) -> Binding {
         dim,
         tensor,
     }
+}
+
+/// The parts side by side.
+fn concat(parts: impl Iterator<Item = Expr>) -> candle_core::Result<Expr> {
+    let mut out: Option<Expr> = None;
+    for p in parts {
+        out = Some(match out {
+            None => p,
+            Some(acc) => Expr::new(Op::Concat, vec![acc, p])?,
+        });
+    }
+    out.ok_or_else(|| {
+        Error::InvalidArgument {
+            op: "Concat",
+            detail: "no parts".into(),
+        }
+        .into()
+    })
 }
 
 fn with(bindings: &[Binding], extra: impl IntoIterator<Item = Binding>) -> Vec<Binding> {
