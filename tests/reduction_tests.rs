@@ -321,6 +321,39 @@ fn gaussian_kernel_sums_across_dimensions_and_tiles() {
                     }
                 }
             }
+            // The Gaussian kernel with its moments (the shape of its gradients), with and
+            // without a weight, with both signs of the difference.
+            let k = format!("Exp(-SqDist(Vi(0,{d}), Vj(1,{d})) / (2.0 * Square(Pm(2,1))))");
+            let sq = format!("SqDist(Vi(0,{d}), Vj(1,{d}))");
+            let moments = if [1, 3, 17].contains(&d) { 3 } else { 1 };
+            for src in [
+                format!(
+                    "Concat(Concat(Vj(3,1) * {k} * (Vi(0,{d}) - Vj(1,{d})), Vj(3,1) * {k} * {sq}), Vj(3,1) * {k})"
+                ),
+                format!("Concat(-({k} * (Vj(1,{d}) - Vi(0,{d}))), {k})"),
+                format!("{k} * {sq}"),
+            ]
+            .into_iter()
+            .take(moments)
+            {
+                let f = parse(&src, &[]).unwrap();
+                for axis in [Axis::J, Axis::I] {
+                    let dense = dense_eval(&f, &ins, m, n).unwrap();
+                    let want = ref_sum(&dense_values(&dense, axis == Axis::J).unwrap()).concat();
+                    for dtype in [DType::F64, DType::F32] {
+                        let out = run(&f, &ins, dtype, ReductionKind::Sum, axis);
+                        let t = tol(dtype);
+                        let what = format!("{src} {axis:?} {dtype:?}");
+                        assert_close(
+                            &flat(&out.values.unwrap()),
+                            &want,
+                            t * 10.0,
+                            t * 10.0 * n as f64,
+                            &what,
+                        );
+                    }
+                }
+            }
             // The fused log-sum-exp of a scaled squared distance.
             let src = format!("-SqDist(Vi(0,{d}), Vj(1,{d})) / (2.0 * Square(Pm(2,1)))");
             let f = parse(&src, &[]).unwrap();

@@ -8,7 +8,7 @@
 
 use super::isa::Arch;
 use super::kernels::{map1, map2, map3, reduce_components, OutView, View, MAX_ONE_PASS_DIM};
-use super::program::{Instr, Level, Program, Root, Storage};
+use super::program::{Instr, Level, Moment, Program, Root, Storage};
 use super::real::Real;
 use crate::formula::{BinaryOp, UnaryOp};
 use crate::reduction::{kahan_add, kmin_insert, lse_merge, Reduction, ReductionKind};
@@ -363,7 +363,11 @@ pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
     } else {
         TILE
     };
-    scratch.weights = vec![T::ZERO; tile];
+    scratch.weights = match prog.root {
+        // A scratch tile for the exponentials, then ones for a root without weights.
+        Root::SqDistExpMoments { .. } => [vec![T::ZERO; tile], vec![T::ONE; tile]].concat(),
+        _ => vec![T::ZERO; tile],
+    };
     let (sv, si) = (ctx.state_vals, ctx.state_idx);
     let mut vals = vec![0.0f64; nr * sv];
     let mut idx = vec![0i64; nr * si];
@@ -516,6 +520,33 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
                 unsafe { A::sqdist_exp_dot(&xs[..d], &ts[..d], s.scalar(0), y.slice(0, valid)) };
             let (sum, comp) = vals.split_at_mut(1);
             kahan_add(&mut sum[0], &mut comp[0], part.to_f64());
+            return;
+        }
+        Root::SqDistExpMoments { x, t, s, w } => {
+            let (d, xs, ts) = unsafe { point_pair(views[x], views[t], valid) };
+            // `weights` holds a scratch tile, then a tile of ones (see `run_block`).
+            let (e, ones) = weights.split_at_mut(weights.len() / 2);
+            let y = match w {
+                Some(w) => unsafe { views[w].slice(0, valid) },
+                None => &ones[..valid],
+            };
+            let m = unsafe {
+                A::sqdist_exp_moments(&xs[..d], &ts[..d], views[s].scalar(0), y, &mut e[..valid])
+            };
+            let (sums, comps) = vals.split_at_mut(dim);
+            let mut c = 0;
+            for &(moment, negate) in &ctx.prog.moments {
+                let sign = if negate { -1.0 } else { 1.0 };
+                let from = match moment {
+                    Moment::One => 0..1,
+                    Moment::Diff => 1..1 + d,
+                    Moment::SqDist => 1 + d..2 + d,
+                };
+                for v in &m[from] {
+                    kahan_add(&mut sums[c], &mut comps[c], sign * v.to_f64());
+                    c += 1;
+                }
+            }
             return;
         }
         Root::SqDistScaled { x, t, s } => {

@@ -152,6 +152,17 @@ pub(crate) trait Arch: Copy + Send + Sync + 'static {
     /// # Safety
     /// The CPU must support the instruction set.
     unsafe fn sqdist_scaled_max<T: Real>(x: &[T], t: &[&[T]], s: T, out: &mut [T]) -> T;
+    /// The Gaussian kernel sum and its first moments ([`kernels::sqdist_exp_moments`]).
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set.
+    unsafe fn sqdist_exp_moments<T: Real>(
+        x: &[T],
+        t: &[&[T]],
+        s: T,
+        y: &[T],
+        e: &mut [T],
+    ) -> [T; kernels::MOMENTS];
     /// `[sum_l w_l y_k[l] for k in 0..4]`: four dot products sharing one factor.
     ///
     /// # Safety
@@ -230,6 +241,17 @@ macro_rules! arch {
             }
             #[target_feature(enable = $features)]
             #[inline(never)]
+            pub(super) unsafe fn sqdist_exp_moments<T: Real>(
+                x: &[T],
+                t: &[&[T]],
+                s: T,
+                y: &[T],
+                e: &mut [T],
+            ) -> [T; kernels::MOMENTS] {
+                by_dim!(sqdist_exp_moments, $fma, x, t, s, (y, e); 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+            }
+            #[target_feature(enable = $features)]
+            #[inline(never)]
             pub(super) unsafe fn dot4<T: Real>(w: &[T], y: [&[T]; 4]) -> [T; 4] {
                 kernels::dot4::<T, $fma>(w, y)
             }
@@ -276,6 +298,17 @@ macro_rules! arch {
             unsafe fn sqdist_scaled_max<T: Real>(x: &[T], t: &[&[T]], s: T, out: &mut [T]) -> T {
                 // SAFETY: forwarded from the caller.
                 unsafe { $module::sqdist_scaled_max(x, t, s, out) }
+            }
+            #[inline(always)]
+            unsafe fn sqdist_exp_moments<T: Real>(
+                x: &[T],
+                t: &[&[T]],
+                s: T,
+                y: &[T],
+                e: &mut [T],
+            ) -> [T; kernels::MOMENTS] {
+                // SAFETY: forwarded from the caller.
+                unsafe { $module::sqdist_exp_moments(x, t, s, y, e) }
             }
             #[inline(always)]
             unsafe fn dot4<T: Real>(w: &[T], y: [&[T]; 4]) -> [T; 4] {

@@ -582,6 +582,99 @@ pub(crate) fn sqdist_exp_dot<T: Real, const FMA: bool, const D: usize>(
     fold_acc(acc) + tail
 }
 
+/// Number of values [`sqdist_exp_moments`] returns.
+pub(crate) const MOMENTS: usize = MAX_ONE_PASS_DIM + 2;
+
+/// With `e_l = exp(s * |x - t_l|^2) * y_l`: `[sum_l e_l, sum_l e_l (x - t_l) (D values),
+/// sum_l e_l |x - t_l|^2]` (then zeros): the Gaussian kernel sum with its first moments, which
+/// is what the gradients of a Gaussian kernel sum reduce. `e` (scratch, the length of `y`)
+/// receives the `e_l` in a first pass (which also sums the scalar moments); a short pass per
+/// component then sums `e_l (x_c - t_c[l])` from L1, each term computed directly from the
+/// difference (never as `x sum e - sum e t`, which would cancel). `D` is a const generic for
+/// the reason given at [`sqdist_exp_dot`].
+#[inline(always)]
+pub(crate) fn sqdist_exp_moments<T: Real, const FMA: bool, const D: usize>(
+    x: [T; D],
+    t: [&[T]; D],
+    s: T,
+    (y, e): (&[T], &mut [T]),
+) -> [T; MOMENTS] {
+    let n = y.len();
+    let e = &mut e[..n];
+    let full = n / ACC * ACC;
+    let mut a0 = [T::ZERO; ACC];
+    let mut a2 = [T::ZERO; ACC];
+    let mut base = 0;
+    while base < full {
+        let w: &[T; ACC] = (&y[base..base + ACC]).try_into().expect("chunk");
+        let d2 = sqdist_chunk::<T, FMA, D>(&x, &t, base);
+        let ec: &mut [T; ACC] = (&mut e[base..base + ACC]).try_into().expect("chunk");
+        for k in 0..ACC {
+            let v = (d2[k] * s).exp::<FMA>() * w[k];
+            ec[k] = v;
+            a0[k] += v;
+            a2[k] = T::fma::<FMA>(v, d2[k], a2[k]);
+        }
+        base += ACC;
+    }
+    let mut out = [T::ZERO; MOMENTS];
+    let (mut t0, mut t2) = (T::ZERO, T::ZERO);
+    for l in full..n {
+        let d2 = sqdist_term::<T, FMA, D>(&x, &t, l);
+        let v = (d2 * s).exp::<FMA>() * y[l];
+        e[l] = v;
+        t0 += v;
+        t2 = T::fma::<FMA>(v, d2, t2);
+    }
+    out[0] = fold_acc(a0) + t0;
+    out[1 + D] = fold_acc(a2) + t2;
+    let mut c = 0;
+    while c < D {
+        // Up to four components per pass over `e`.
+        let k = (D - c).min(4);
+        let xs: [T; 4] = std::array::from_fn(|m| x[c + m.min(k - 1)]);
+        let ts: [&[T]; 4] = std::array::from_fn(|m| t[c + m.min(k - 1)]);
+        let sums = dot_diff4::<T, FMA>(e, xs, ts);
+        out[1 + c..1 + c + k].copy_from_slice(&sums[..k]);
+        c += k;
+    }
+    out
+}
+
+/// `[sum_l e_l (x_k - t_k[l]) for k in 0..4]` in one pass over `e` (named accumulator
+/// arrays, as in [`dot4`]).
+#[inline(always)]
+fn dot_diff4<T: Real, const FMA: bool>(e: &[T], x: [T; 4], t: [&[T]; 4]) -> [T; 4] {
+    const LANES: usize = 16;
+    let n = e.len();
+    let full = n / LANES * LANES;
+    let (mut a0, mut a1, mut a2, mut a3) = (
+        [T::ZERO; LANES],
+        [T::ZERO; LANES],
+        [T::ZERO; LANES],
+        [T::ZERO; LANES],
+    );
+    let mut base = 0;
+    while base < full {
+        let chunk = |v: &[T]| -> [T; LANES] { (&v[base..base + LANES]).try_into().expect("chunk") };
+        let (ec, t0, t1, t2, t3) = (chunk(e), chunk(t[0]), chunk(t[1]), chunk(t[2]), chunk(t[3]));
+        for l in 0..LANES {
+            a0[l] = T::fma::<FMA>(ec[l], x[0] - t0[l], a0[l]);
+            a1[l] = T::fma::<FMA>(ec[l], x[1] - t1[l], a1[l]);
+            a2[l] = T::fma::<FMA>(ec[l], x[2] - t2[l], a2[l]);
+            a3[l] = T::fma::<FMA>(ec[l], x[3] - t3[l], a3[l]);
+        }
+        base += LANES;
+    }
+    let mut out = [a0, a1, a2, a3].map(|a| a.iter().fold(T::ZERO, |s, &v| s + v));
+    for (k, o) in out.iter_mut().enumerate() {
+        for l in full..n {
+            *o = T::fma::<FMA>(e[l], x[k] - t[k][l], *o);
+        }
+    }
+    out
+}
+
 /// `[sum_l w_l y_k[l] for k in 0..4]`: four dot products with the shared factor loaded once
 /// per chunk, 16 independent accumulators per column (named arrays: an array of arrays was
 /// vectorised into odd pieces). All slices have the length of `w`.

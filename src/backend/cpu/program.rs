@@ -134,6 +134,27 @@ pub(crate) enum Root {
     /// same dimension (at most `MAX_ONE_PASS_DIM`) and `s` a row register of one component: the
     /// distances, their scaling and their maximum in one pass, then the sum of exponentials.
     SqDistScaled { x: Reg, t: Reg, s: Reg },
+    /// For `Sum`: a concatenation of parts `± exp(s * |x - t|^2) * w * m` with one shared
+    /// exponential and weight `w` (a one-component tile register, or 1 when absent) and
+    /// per-part moments `m` ([`Program::moments`]): 1, `x - t` or `|x - t|^2`. The gradients
+    /// of a Gaussian kernel sum have this form; they run in one pass over the tile.
+    SqDistExpMoments {
+        x: Reg,
+        t: Reg,
+        s: Reg,
+        w: Option<Reg>,
+    },
+}
+
+/// The factor that multiplies one part of [`Root::SqDistExpMoments`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Moment {
+    /// 1 (one component).
+    One,
+    /// `x - t` (the points' dimension).
+    Diff,
+    /// `|x - t|^2` (one component).
+    SqDist,
 }
 
 /// A compiled formula.
@@ -145,6 +166,9 @@ pub(crate) struct Program {
     /// Instructions writing tile registers, in order.
     pub tile_code: Vec<Instr>,
     pub root: Root,
+    /// The parts of a [`Root::SqDistExpMoments`] root, in order, each with its sign (`true`:
+    /// negated); empty for other roots.
+    pub moments: Vec<(Moment, bool)>,
     /// Size of the row scratch, in elements per row.
     pub row_len: usize,
     /// Size of the tile scratch, in units of the tile length (components of tile registers).
@@ -469,7 +493,15 @@ fn fuse_sqdist(b: &mut Builder, root: Root) -> Root {
         .iter()
         .any(|ins| reads(ins).contains(&out));
     let d = b.regs[x].dim;
-    if out != a || used_elsewhere || d != b.regs[t].dim || !(1..=MAX_ONE_PASS_DIM).contains(&d) {
+    // The root's other operands must not be the distance itself (`exp(s d) * d`), which
+    // would then never be computed.
+    if out != a
+        || used_elsewhere
+        || y == out
+        || s == out
+        || d != b.regs[t].dim
+        || !(1..=MAX_ONE_PASS_DIM).contains(&d)
+    {
         return root;
     }
     b.tile_code.pop();
@@ -567,31 +599,14 @@ impl Program {
         inputs: &[(VarCat, usize)],
         kind: ReductionKind,
     ) -> Program {
-        let mut b = Builder {
-            regs: Vec::new(),
-            row_code: Vec::new(),
-            tile_code: Vec::new(),
-            memo: HashMap::new(),
-            uses: use_counts(formula),
-            row_len: 0,
-            tile_components: 0,
-            derived: HashMap::new(),
-        };
-        for (pos, &(cat, dim)) in inputs.iter().enumerate() {
-            b.regs.push(RegInfo {
-                dim,
-                level: if cat == VarCat::J {
-                    Level::Tile
-                } else {
-                    Level::Row
-                },
-                storage: Storage::Input(pos),
-            });
+        if kind == ReductionKind::Sum {
+            if let Some(m) = match_moments(formula) {
+                if let Some(prog) = Builder::new(formula, inputs).lower_moments(m) {
+                    return prog;
+                }
+            }
         }
-        for v in formula.vars() {
-            let e = Expr::var(v).expect("variables of a valid formula are valid");
-            b.memo.insert(e, v.pos);
-        }
+        let mut b = Builder::new(formula, inputs);
         let product = if kind == ReductionKind::Sum {
             b.lower_as_product(formula)
         } else {
@@ -629,13 +644,284 @@ impl Program {
             }
             other => other,
         };
-        Program {
-            regs: b.regs,
-            row_code: b.row_code,
-            tile_code: b.tile_code,
-            root,
-            row_len: b.row_len,
-            tile_components: b.tile_components,
+        b.finish(root, Vec::new())
+    }
+}
+
+impl Builder {
+    /// A builder with the formula's inputs registered.
+    fn new(formula: &Expr, inputs: &[(VarCat, usize)]) -> Builder {
+        let mut b = Builder {
+            regs: Vec::new(),
+            row_code: Vec::new(),
+            tile_code: Vec::new(),
+            memo: HashMap::new(),
+            uses: use_counts(formula),
+            row_len: 0,
+            tile_components: 0,
+            derived: HashMap::new(),
+        };
+        for (pos, &(cat, dim)) in inputs.iter().enumerate() {
+            b.regs.push(RegInfo {
+                dim,
+                level: if cat == VarCat::J {
+                    Level::Tile
+                } else {
+                    Level::Row
+                },
+                storage: Storage::Input(pos),
+            });
         }
+        for v in formula.vars() {
+            let e = Expr::var(v).expect("variables of a valid formula are valid");
+            b.memo.insert(e, v.pos);
+        }
+        b
+    }
+
+    /// The program, once its root is chosen.
+    fn finish(self, root: Root, moments: Vec<(Moment, bool)>) -> Program {
+        Program {
+            regs: self.regs,
+            row_code: self.row_code,
+            tile_code: self.tile_code,
+            root,
+            moments,
+            row_len: self.row_len,
+            tile_components: self.tile_components,
+        }
+    }
+
+    /// Lowers a matched [`MomentsMatch`] into a [`Root::SqDistExpMoments`] program, if its
+    /// operands land at the levels and dimensions the fused kernel needs.
+    fn lower_moments(mut self, m: MomentsMatch) -> Option<Program> {
+        let x = self.lower(&m.x);
+        let t = self.lower(&m.t);
+        let s = self.lower(&m.s);
+        let w = m.w.as_ref().map(|w| self.lower(w));
+        let d = self.regs[x].dim;
+        let ok = self.level(x) == Level::Row
+            && self.level(t) == Level::Tile
+            && self.level(s) == Level::Row
+            && self.regs[s].dim == 1
+            && self.regs[t].dim == d
+            && (1..=MAX_ONE_PASS_DIM).contains(&d)
+            && w.is_none_or(|w| self.level(w) == Level::Tile && self.regs[w].dim == 1);
+        ok.then(|| self.finish(Root::SqDistExpMoments { x, t, s, w }, m.parts))
+    }
+}
+
+/// A formula of the [`Root::SqDistExpMoments`] form, as expressions.
+struct MomentsMatch {
+    x: Expr,
+    t: Expr,
+    s: Expr,
+    w: Option<Expr>,
+    parts: Vec<(Moment, bool)>,
+}
+
+fn depends_on_j(e: &Expr) -> bool {
+    e.depends_on(VarCat::J)
+}
+
+/// The factors of a product tree (`Mul`, `Neg`, and divisions by row values, which become
+/// `Inv` factors), and whether their product is negated.
+fn product_factors(e: &Expr) -> (Vec<Expr>, bool) {
+    let mut out = Vec::new();
+    let mut neg = false;
+    let mut stack = vec![e.clone()];
+    while let Some(x) = stack.pop() {
+        match x.op() {
+            Op::Binary(BinaryOp::Mul) => {
+                stack.push(x.args()[1].clone());
+                stack.push(x.args()[0].clone());
+            }
+            Op::Unary(UnaryOp::Neg) => {
+                neg = !neg;
+                stack.push(x.args()[0].clone());
+            }
+            Op::Binary(BinaryOp::Div) if !depends_on_j(&x.args()[1]) => {
+                out.push(Expr::unary(UnaryOp::Inv, &x.args()[1]));
+                stack.push(x.args()[0].clone());
+            }
+            _ => out.push(x),
+        }
+    }
+    (out, neg)
+}
+
+/// The parts of a `Concat` tree, left to right.
+fn concat_parts(e: &Expr, out: &mut Vec<Expr>) {
+    if let Op::Concat = e.op() {
+        concat_parts(&e.args()[0], out);
+        concat_parts(&e.args()[1], out);
+    } else {
+        out.push(e.clone());
+    }
+}
+
+/// `(sqdist, a, b, s)` when `e = exp(s * |a - b|^2)`, with `s` a product of row factors and
+/// exactly one of `a` and `b` depending on `j`.
+fn match_gaussian(e: &Expr) -> Option<(Expr, Expr, Expr, Expr)> {
+    let Op::Unary(UnaryOp::Exp) = e.op() else {
+        return None;
+    };
+    let (factors, neg) = product_factors(&e.args()[0]);
+    let mut sq = None;
+    let mut scale: Vec<Expr> = Vec::new();
+    for f in factors {
+        if !depends_on_j(&f) {
+            scale.push(f);
+            continue;
+        }
+        // `Sum(Square(a - b))`, or `Square(a - b)` for one component (whose `Sum` is
+        // simplified away).
+        let square = match f.op() {
+            Op::Sum => &f.args()[0],
+            Op::Unary(UnaryOp::Square) if f.dim() == 1 => &f,
+            _ => return None,
+        };
+        let Op::Unary(UnaryOp::Square) = square.op() else {
+            return None;
+        };
+        let diff = &square.args()[0];
+        let Op::Binary(BinaryOp::Sub) = diff.op() else {
+            return None;
+        };
+        if sq.is_some() || depends_on_j(&diff.args()[0]) == depends_on_j(&diff.args()[1]) {
+            return None;
+        }
+        sq = Some((f.clone(), diff.args()[0].clone(), diff.args()[1].clone()));
+    }
+    let (sq, a, b) = sq?;
+    let mut s = scale
+        .into_iter()
+        .reduce(|p, q| Expr::binary(BinaryOp::Mul, &p, &q).expect("one-component factors"))
+        .unwrap_or_else(|| Expr::constant(1.0).expect("finite"));
+    if neg {
+        s = s.neg();
+    }
+    (s.dim() == 1).then_some((sq, a, b, s))
+}
+
+/// Recognises the [`Root::SqDistExpMoments`] form (see there). Plain `exp(..) * w` parts alone
+/// are left to [`Root::SqDistExpProduct`].
+fn match_moments(f: &Expr) -> Option<MomentsMatch> {
+    let mut parts = Vec::new();
+    concat_parts(f, &mut parts);
+    let mut kernel: Option<(Expr, Expr, Expr, Expr, Expr)> = None; // (exp, sq, a, b, s)
+    let mut weight: Option<Option<Expr>> = None;
+    let mut out = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (factors, neg) = product_factors(part);
+        if kernel.is_none() {
+            kernel = factors
+                .iter()
+                .find_map(|f| match_gaussian(f).map(|(sq, a, b, s)| (f.clone(), sq, a, b, s)));
+        }
+        let (exp, sq, a, b, _) = kernel.as_ref()?;
+        let mut moment = None;
+        let mut found = false;
+        let mut rest: Vec<Expr> = Vec::new();
+        for fac in factors {
+            if !found && fac == *exp {
+                found = true;
+            } else if moment.is_none() && fac == *sq {
+                moment = Some((Moment::SqDist, false));
+            } else if moment.is_none() && matches!(fac.op(), Op::Binary(BinaryOp::Sub)) {
+                let (p, q) = (&fac.args()[0], &fac.args()[1]);
+                if p == a && q == b {
+                    moment = Some((Moment::Diff, false));
+                } else if p == b && q == a {
+                    moment = Some((Moment::Diff, true));
+                } else {
+                    rest.push(fac);
+                }
+            } else {
+                rest.push(fac);
+            }
+        }
+        if !found {
+            return None;
+        }
+        // Every other factor must be the part's weight: one component, depending on j.
+        if rest.iter().any(|r| r.dim() != 1 || !depends_on_j(r)) {
+            return None;
+        }
+        let w = rest
+            .into_iter()
+            .reduce(|p, q| Expr::binary(BinaryOp::Mul, &p, &q).expect("one component"));
+        match &weight {
+            None => weight = Some(w),
+            Some(prev) if *prev == w => {}
+            Some(_) => return None,
+        }
+        let (m, flip) = moment.unwrap_or((Moment::One, false));
+        out.push((m, neg != flip));
+    }
+    let (_, _, a, b, s) = kernel?;
+    if out.iter().all(|(m, _)| *m == Moment::One) {
+        return None;
+    }
+    // The kernel computes `x - t` with `x` the row side.
+    let (x, t, swap) = if depends_on_j(&a) {
+        (b, a, true)
+    } else {
+        (a, b, false)
+    };
+    for (m, neg) in &mut out {
+        if *m == Moment::Diff && swap {
+            *neg = !*neg;
+        }
+    }
+    Some(MomentsMatch {
+        x,
+        t,
+        s,
+        w: weight.flatten(),
+        parts: out,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formula::parse;
+
+    fn inputs(f: &Expr) -> Vec<(VarCat, usize)> {
+        let mut v = f.vars();
+        v.sort_by_key(|v| v.pos);
+        v.iter().map(|v| (v.cat, v.dim)).collect()
+    }
+
+    #[test]
+    fn gaussian_gradients_compile_to_the_moments_root() {
+        let k = "Exp(-SqDist(Vi(0,3), Vj(1,3)) / (2.0 * Square(Pm(2,1))))";
+        let src = format!(
+            "Concat(Vj(3,1) * {k} * (Vj(1,3) - Vi(0,3)), Concat(-(Vj(3,1) * {k} * SqDist(Vi(0,3), Vj(1,3))), Vj(3,1) * {k}))"
+        );
+        let f = parse(&src, &[]).unwrap();
+        let p = Program::compile(&f, &inputs(&f), ReductionKind::Sum);
+        assert!(
+            matches!(p.root, Root::SqDistExpMoments { w: Some(_), .. }),
+            "{p:?}"
+        );
+        assert_eq!(
+            p.moments,
+            vec![
+                (Moment::Diff, true),
+                (Moment::SqDist, true),
+                (Moment::One, false)
+            ]
+        );
+        assert!(p.tile_code.is_empty());
+        // Two different kernels, or a factor that is not a weight, keep the general path.
+        let other = format!("Concat({k} * (Vi(0,3) - Vj(1,3)), Exp(-SqDist(Vi(0,3), Vj(1,3))))");
+        let f = parse(&other, &[]).unwrap();
+        let p = Program::compile(&f, &inputs(&f), ReductionKind::Sum);
+        assert!(matches!(p.root, Root::Value(_)));
+        let f = parse(&format!("{k} * Vi(4,3) * (Vi(0,3) - Vj(1,3))"), &[]).unwrap();
+        let p = Program::compile(&f, &inputs(&f), ReductionKind::Sum);
+        assert!(!matches!(p.root, Root::SqDistExpMoments { .. }));
     }
 }
