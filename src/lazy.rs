@@ -5,6 +5,10 @@
 //! and returns a Candle tensor. Operator overloads cannot return `Result`, so a failing `+`
 //! (mismatched dimensions) yields a `LazyTensor` carrying the error, which the first fallible
 //! call returns, naming the failing op.
+//!
+//! Reductions are differentiable: for every bound tensor that tracks gradients (a Candle `Var`
+//! or a tensor computed from one), `backward()` on a loss built from the result gives its
+//! gradient, with the tensor's shape (see [`crate::op`]).
 
 use std::ops::{Add, Div, Mul, Neg, Sub};
 use std::sync::atomic::{AtomicUsize, Ordering};

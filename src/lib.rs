@@ -23,11 +23,33 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 //!
+//! Gradients flow through Candle's autodiff: bind a `Var` and call `backward()`. The gradient
+//! reductions are built symbolically and run by the same backend, so they are lazy too.
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! use lazy_kernels::{Axis, LazyTensor};
+//! let dev = Device::Cpu;
+//! let x = Var::new(&[[0f64], [1.0]], &dev)?;                   // (M, D) = (2, 1), learnable
+//! let y = Tensor::new(&[[0f64], [2.0], [3.0]], &dev)?;         // (N, D) = (3, 1)
+//! let sigma = Var::new(&[0.5f64], &dev)?;                      // a learnable bandwidth
+//! let (x_i, y_j) = (LazyTensor::vi(x.as_tensor())?, LazyTensor::vj(&y)?);
+//! let s = LazyTensor::param(sigma.as_tensor())?;
+//! let out = (-x_i.sqdist(&y_j)? / (2.0 * s.square())).exp().sum(Axis::J)?; // (2, 1)
+//! let grads = out.sum_all()?.backward()?;
+//! let gx = grads.get(&x).expect("x is a Var").to_vec2::<f64>()?;      // (2, 1), like x
+//! // d/dx_0 of sum_j exp(-(x_0 - y_j)^2 / 0.5) = sum_j -4 (x_0 - y_j) exp(..)
+//! let want: f64 = [0.0f64, 2.0, 3.0].iter().map(|y| -4.0 * (0.0 - y) * (-(0.0 - y) * (0.0 - y) / 0.5).exp()).sum();
+//! assert!((gx[0][0] - want).abs() < 1e-12);
+//! assert_eq!(grads.get(&sigma).expect("sigma is a Var").dims(), &[1]);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+//!
 //! Layers, from the bottom: [`formula`] (pure symbolic formulas: expressions, parser,
 //! simplifier), [`reduction`] (what is reduced and how partial results combine), [`backend`]
 //! (the CPU tile executor; CUDA later), [`op`] (the Candle custom op and input checks) and
-//! [`lazy`] (the [`LazyTensor`] builder). Gradients (`bwd`) are not implemented yet: a
-//! backward pass through a reduction returns an error saying so.
+//! [`lazy`] (the [`LazyTensor`] builder). [`formula::grad()`] differentiates formulas and
+//! `op`'s backward pass turns the gradient of each reduction into new reductions.
 
 #![deny(missing_docs)]
 #![warn(rustdoc::broken_intra_doc_links)]

@@ -5,6 +5,11 @@
 //! the autodiff graph can later split a gradient back per input), and one `ReductionOp`
 //! (`CustomOp1`) runs the plan on it. Checks of dtype, device, shapes and sizes happen here,
 //! before any backend sees the data, each with an error naming the problem.
+//!
+//! The op's backward pass (`backward.rs`) builds the gradient of each reduction kind as new
+//! reductions of symbolically differentiated formulas, run by the same backend; they are
+//! themselves differentiable. `Min`, `Max` and `KMin` are run with their indices when a bound
+//! tensor needs a gradient, so that the backward pass knows which terms were selected.
 
 use std::sync::{Arc, Mutex};
 
@@ -407,11 +412,19 @@ pub(crate) fn reduce_sized(
     })
 }
 
-/// Flattens and concatenates the bound tensors (contiguous copies where needed).
+/// Flattens and concatenates the bound tensors (contiguous copies where needed). Tensors that
+/// need no gradient are detached first, so that the backward pass of `cat` does not record a
+/// (zero) gradient for them.
 fn pack(tensors: &[&Binding]) -> candle_core::Result<Tensor> {
     let flat: Vec<Tensor> = tensors
         .iter()
-        .map(|b| b.tensor.flatten_all())
+        .map(|b| {
+            if b.tensor.track_op() {
+                b.tensor.flatten_all()
+            } else {
+                b.tensor.detach().flatten_all()
+            }
+        })
         .collect::<candle_core::Result<_>>()?;
     if flat.len() == 1 {
         return flat[0].contiguous();

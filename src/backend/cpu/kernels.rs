@@ -628,23 +628,28 @@ pub(crate) fn sqdist_exp_moments<T: Real, const FMA: bool, const D: usize>(
     }
     out[0] = fold_acc(a0) + t0;
     out[1 + D] = fold_acc(a2) + t2;
+    // Up to four components per pass over `e`.
     let mut c = 0;
     while c < D {
-        // Up to four components per pass over `e`.
         let k = (D - c).min(4);
         let xs: [T; 4] = std::array::from_fn(|m| x[c + m.min(k - 1)]);
         let ts: [&[T]; 4] = std::array::from_fn(|m| t[c + m.min(k - 1)]);
-        let sums = dot_diff4::<T, FMA>(e, xs, ts);
+        let sums = match k {
+            1 => dot_diff4::<T, FMA, 1>(e, xs, ts),
+            2 => dot_diff4::<T, FMA, 2>(e, xs, ts),
+            3 => dot_diff4::<T, FMA, 3>(e, xs, ts),
+            _ => dot_diff4::<T, FMA, 4>(e, xs, ts),
+        };
         out[1 + c..1 + c + k].copy_from_slice(&sums[..k]);
         c += k;
     }
     out
 }
 
-/// `[sum_l e_l (x_k - t_k[l]) for k in 0..4]` in one pass over `e` (named accumulator
-/// arrays, as in [`dot4`]).
+/// `[sum_l e_l (x_k - t_k[l]) for k in 0..K]` (`K <= 4`, then zeros) in one pass over `e`
+/// (named accumulator arrays, as in [`dot4`]; the unused ones are compiled away).
 #[inline(always)]
-fn dot_diff4<T: Real, const FMA: bool>(e: &[T], x: [T; 4], t: [&[T]; 4]) -> [T; 4] {
+fn dot_diff4<T: Real, const FMA: bool, const K: usize>(e: &[T], x: [T; 4], t: [&[T]; 4]) -> [T; 4] {
     const LANES: usize = 16;
     let n = e.len();
     let full = n / LANES * LANES;
@@ -660,14 +665,20 @@ fn dot_diff4<T: Real, const FMA: bool>(e: &[T], x: [T; 4], t: [&[T]; 4]) -> [T; 
         let (ec, t0, t1, t2, t3) = (chunk(e), chunk(t[0]), chunk(t[1]), chunk(t[2]), chunk(t[3]));
         for l in 0..LANES {
             a0[l] = T::fma::<FMA>(ec[l], x[0] - t0[l], a0[l]);
-            a1[l] = T::fma::<FMA>(ec[l], x[1] - t1[l], a1[l]);
-            a2[l] = T::fma::<FMA>(ec[l], x[2] - t2[l], a2[l]);
-            a3[l] = T::fma::<FMA>(ec[l], x[3] - t3[l], a3[l]);
+            if K > 1 {
+                a1[l] = T::fma::<FMA>(ec[l], x[1] - t1[l], a1[l]);
+            }
+            if K > 2 {
+                a2[l] = T::fma::<FMA>(ec[l], x[2] - t2[l], a2[l]);
+            }
+            if K > 3 {
+                a3[l] = T::fma::<FMA>(ec[l], x[3] - t3[l], a3[l]);
+            }
         }
         base += LANES;
     }
     let mut out = [a0, a1, a2, a3].map(|a| a.iter().fold(T::ZERO, |s, &v| s + v));
-    for (k, o) in out.iter_mut().enumerate() {
+    for (k, o) in out.iter_mut().enumerate().take(K) {
         for l in full..n {
             *o = T::fma::<FMA>(e[l], x[k] - t[k][l], *o);
         }

@@ -1,0 +1,108 @@
+//! Benchmark of the backward pass: the gradients of a Gaussian kernel sum
+//! `out_i = sum_j exp(-|x_i - y_j|^2 / (2 sigma^2)) b_j` (D = 3, f32) with respect to the
+//! points `x` and `y`, the weights `b` and the bandwidth `sigma` together, against the forward
+//! pass, measured in one run. Prints a markdown table.
+//!
+//! Run with `cargo run --release --example bench_grad [-- N ...]` (default N = 10^4 and 10^5,
+//! M = N). Each time is the best of a few repetitions (the machines are shared and noisy).
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use lazy_kernels::{backend::cpu::isa, Axis, LazyTensor};
+
+/// Gradients to compute: which of x, y, b, sigma are `Var`s.
+struct Case {
+    name: &'static str,
+    track: [bool; 4],
+}
+
+fn best_of(
+    reps: usize,
+    mut f: impl FnMut() -> candle_core::Result<()>,
+) -> candle_core::Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+fn main() -> candle_core::Result<()> {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![10_000, 100_000]
+    } else {
+        sizes
+    };
+    let dev = Device::Cpu;
+    println!(
+        "Gaussian kernel sum, D = 3, f32, M = N, CPU ({}, {} threads); best of 3 runs\n",
+        isa::detect().name(),
+        rayon::current_num_threads()
+    );
+    let cases = [
+        Case {
+            name: "x, y, b, sigma",
+            track: [true; 4],
+        },
+        Case {
+            name: "x",
+            track: [true, false, false, false],
+        },
+        Case {
+            name: "sigma",
+            track: [false, false, false, true],
+        },
+    ];
+    println!("| N | gradients of | forward | backward | backward / forward |");
+    println!("|---|---|---|---|---|");
+    for &n in &sizes {
+        let x = Tensor::rand(0f32, 1., (n, 3), &dev)?;
+        let y = Tensor::rand(0f32, 1., (n, 3), &dev)?;
+        let b = Tensor::rand(0f32, 1., (n, 1), &dev)?;
+        let sigma = Tensor::new(&[0.1f32], &dev)?;
+        for case in &cases {
+            let bind = |t: &Tensor, k: usize| -> candle_core::Result<Tensor> {
+                Ok(if case.track[k] {
+                    Var::from_tensor(t)?.as_tensor().clone()
+                } else {
+                    t.clone()
+                })
+            };
+            let (xv, yv, bv, sv) = (bind(&x, 0)?, bind(&y, 1)?, bind(&b, 2)?, bind(&sigma, 3)?);
+            let forward = || -> candle_core::Result<Tensor> {
+                let x_i = LazyTensor::vi(&xv)?;
+                let y_j = LazyTensor::vj(&yv)?;
+                let b_j = LazyTensor::vj(&bv)?;
+                let s = LazyTensor::param(&sv)?;
+                let k = (-x_i.sqdist(&y_j)? / (2.0 * s.square())).exp();
+                (k * b_j).sum(Axis::J)
+            };
+            let tf = best_of(3, || forward().map(|_| ()))?;
+            let out = forward()?;
+            let loss = out.sum_all()?;
+            let tb = best_of(3, || {
+                let g = loss.backward()?;
+                // Every requested gradient exists.
+                for (k, t) in [&xv, &yv, &bv, &sv].into_iter().enumerate() {
+                    if case.track[k] && g.get(t).is_none() {
+                        return Err(candle_core::Error::Msg("missing gradient".into()));
+                    }
+                }
+                Ok(())
+            })?;
+            println!(
+                "| {n} | {} | {tf:.4} s | {tb:.4} s | **{:.2}** |",
+                case.name,
+                tb / tf
+            );
+        }
+    }
+    Ok(())
+}
