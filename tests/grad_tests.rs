@@ -1044,6 +1044,42 @@ fn many_terms_and_many_rows() {
     }
 }
 
+/// Gradients of `sum(out * W)` for three reductions of a Gaussian-type formula, with the
+/// inputs `values` cast to `dtype`.
+fn gaussian_grads_in(
+    values: &[Tensor; 4],
+    dtype: DType,
+    kind: ReductionKind,
+    axis: Axis,
+) -> Vec<Vec<f64>> {
+    let vars: Vec<Var> = values
+        .iter()
+        .map(|v| Var::from_tensor(&v.to_dtype(dtype).unwrap()).unwrap())
+        .collect();
+    let x = LazyTensor::vi(vars[0].as_tensor()).unwrap();
+    let y = LazyTensor::vj(vars[1].as_tensor()).unwrap();
+    let b = LazyTensor::vj(vars[2].as_tensor()).unwrap();
+    let s = LazyTensor::param(vars[3].as_tensor()).unwrap();
+    let g = -x.sqdist(&y).unwrap() / (2.0 * s.square());
+    let out = match kind {
+        ReductionKind::Sum => (g.exp() * b).sum(axis),
+        ReductionKind::LogSumExp => (g + b.elem(0).unwrap()).logsumexp(axis),
+        _ => (g * b).min(axis),
+    }
+    .unwrap();
+    assert_eq!(out.dtype(), dtype);
+    let w = Rng(27).tensor(out.dims(), -1., 1.).to_dtype(dtype).unwrap();
+    let grads = (out * w).unwrap().sum_all().unwrap().backward().unwrap();
+    vars.iter()
+        .map(|v| {
+            let g = grads.get(v.as_tensor()).expect("a gradient");
+            assert_eq!(g.dtype(), dtype);
+            assert_eq!(g.dims(), v.dims());
+            flat(g)
+        })
+        .collect()
+}
+
 #[test]
 fn f32_gradients_match_f64() {
     let mut r = Rng(26);
@@ -1054,42 +1090,14 @@ fn f32_gradients_match_f64() {
         r.tensor(&[n, 2], -1., 1.),
         r.tensor(&[1], 0.2, 0.4),
     ];
-    let grads_in = |dtype: DType, kind: ReductionKind, axis: Axis| -> Vec<Vec<f64>> {
-        let vars: Vec<Var> = values
-            .iter()
-            .map(|v| Var::from_tensor(&v.to_dtype(dtype).unwrap()).unwrap())
-            .collect();
-        let x = LazyTensor::vi(vars[0].as_tensor()).unwrap();
-        let y = LazyTensor::vj(vars[1].as_tensor()).unwrap();
-        let b = LazyTensor::vj(vars[2].as_tensor()).unwrap();
-        let s = LazyTensor::param(vars[3].as_tensor()).unwrap();
-        let g = -x.sqdist(&y).unwrap() / (2.0 * s.square());
-        let out = match kind {
-            ReductionKind::Sum => (g.exp() * b).sum(axis),
-            ReductionKind::LogSumExp => (g + b.elem(0).unwrap()).logsumexp(axis),
-            _ => (g * b).min(axis),
-        }
-        .unwrap();
-        assert_eq!(out.dtype(), dtype);
-        let w = Rng(27).tensor(out.dims(), -1., 1.).to_dtype(dtype).unwrap();
-        let grads = (out * w).unwrap().sum_all().unwrap().backward().unwrap();
-        vars.iter()
-            .map(|v| {
-                let g = grads.get(v.as_tensor()).expect("a gradient");
-                assert_eq!(g.dtype(), dtype);
-                assert_eq!(g.dims(), v.dims());
-                flat(g)
-            })
-            .collect()
-    };
     for kind in [
         ReductionKind::Sum,
         ReductionKind::LogSumExp,
         ReductionKind::Min,
     ] {
         for axis in [Axis::J, Axis::I] {
-            let g64 = grads_in(DType::F64, kind, axis);
-            let g32 = grads_in(DType::F32, kind, axis);
+            let g64 = gaussian_grads_in(&values, DType::F64, kind, axis);
+            let g32 = gaussian_grads_in(&values, DType::F32, kind, axis);
             for (k, (a, b)) in g32.iter().zip(&g64).enumerate() {
                 let big = b.iter().fold(1e-3f64, |m, x| m.max(x.abs()));
                 assert_close(
@@ -1099,6 +1107,45 @@ fn f32_gradients_match_f64() {
                     1e-4 * big,
                     &format!("{kind:?} {axis:?} input {k}"),
                 );
+            }
+        }
+    }
+}
+
+/// f16 and bf16 gradients (computed in f32, rounded at the end) against f64 gradients of the
+/// same rounded inputs.
+#[test]
+fn half_precision_gradients_match_f64() {
+    let mut r = Rng(28);
+    let (m, n) = (19, 27);
+    let raw = [
+        r.tensor(&[m, 2], 0., 1.),
+        r.tensor(&[n, 2], 0., 1.),
+        r.tensor(&[n, 2], -1., 1.),
+        r.tensor(&[1], 0.2, 0.4),
+    ];
+    for (dtype, rtol) in [(DType::F16, 1e-2), (DType::BF16, 6e-2)] {
+        let values = raw
+            .clone()
+            .map(|t| t.to_dtype(dtype).unwrap().to_dtype(DType::F64).unwrap());
+        for kind in [
+            ReductionKind::Sum,
+            ReductionKind::LogSumExp,
+            ReductionKind::Min,
+        ] {
+            for axis in [Axis::J, Axis::I] {
+                let g64 = gaussian_grads_in(&values, DType::F64, kind, axis);
+                let gh = gaussian_grads_in(&values, dtype, kind, axis);
+                for (k, (a, b)) in gh.iter().zip(&g64).enumerate() {
+                    let big = b.iter().fold(1e-3f64, |m, x| m.max(x.abs()));
+                    assert_close(
+                        a,
+                        b,
+                        rtol,
+                        rtol * big,
+                        &format!("{dtype:?} {kind:?} {axis:?} input {k}"),
+                    );
+                }
             }
         }
     }
