@@ -415,6 +415,53 @@ impl LazyTensor {
         .checked()
     }
 
+    /// The symbolic gradient `(d self / d wrt)^T eta` (KeOps' `Grad`): a new lazy tensor with
+    /// `wrt`'s dimension, built by [`crate::formula::grad()`]. `wrt` must be a variable made by
+    /// [`LazyTensor::vi`], [`LazyTensor::vj`] or [`LazyTensor::param`]; `eta` has the
+    /// dimension of `self` (or 1). A formula that does not depend on `wrt` has a zero gradient,
+    /// a formula of constants (which cannot be reduced on its own: it has no variable).
+    ///
+    /// Reducing the result gives gradients by hand, without Candle's autodiff: for example
+    /// `sum_j (d F_ij / d x_i)^T eta_i` is `f.grad(&x_i, &eta_i)?.sum(Axis::J)`.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Axis, LazyTensor};
+    /// let x = Tensor::new(&[[1f64], [2.0]], &Device::Cpu)?;
+    /// let y = Tensor::new(&[[0f64], [3.0]], &Device::Cpu)?;
+    /// let ones = Tensor::ones((2, 1), candle_core::DType::F64, &Device::Cpu)?;
+    /// let (x_i, y_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&y)?);
+    /// let f = x_i.sqdist(&y_j)?;                                  // (x_i - y_j)^2
+    /// let g = f.grad(&x_i, &LazyTensor::vi(&ones)?)?.sum(Axis::J)?; // sum_j 2 (x_i - y_j)
+    /// assert_eq!(g.to_vec2::<f64>()?, vec![vec![2.0 * (1.0 + -2.0)], vec![2.0 * (2.0 + -1.0)]]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn grad(&self, wrt: &LazyTensor, eta: &LazyTensor) -> candle_core::Result<LazyTensor> {
+        let v = match wrt.expr()?.op() {
+            Op::Var(v) => *v,
+            _ => {
+                return Err(Error::InvalidArgument {
+                    op: "LazyTensor::grad",
+                    detail: format!(
+                        "can only differentiate with respect to a variable (vi, vj or param), \
+                         not the formula {}",
+                        wrt.expr()?
+                    ),
+                }
+                .into())
+            }
+        };
+        let out = self.zip(eta, |f, e| {
+            let g = crate::formula::grad(f, &[v], e)?.pop().flatten();
+            Ok(g.unwrap_or_else(|| crate::formula::grad::zeros(v.dim)))
+        });
+        LazyTensor {
+            expr: out.expr,
+            bindings: merge(&out.bindings, &wrt.bindings),
+        }
+        .checked()
+    }
+
     /// Runs any reduction; [`ReductionOutput`] holds values and/or indices.
     ///
     /// ```

@@ -1291,3 +1291,40 @@ fn random_formulas_against_finite_differences() {
         case.check(&src, kind, axis);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Symbolic gradients as lazy tensors
+// ---------------------------------------------------------------------------------------------
+
+/// `LazyTensor::grad` reduced by hand gives the gradients `backward()` gives.
+#[test]
+fn lazy_grad_matches_backward() {
+    let mut r = Rng(41);
+    let (m, n) = (17, 23);
+    let x = Var::from_tensor(&r.tensor(&[m, 3], 0., 1.)).unwrap();
+    let y = Var::from_tensor(&r.tensor(&[n, 3], 0., 1.)).unwrap();
+    let b = r.tensor(&[n, 2], -1., 1.);
+    let w = r.tensor(&[m, 2], -1., 1.);
+    let (x_i, y_j, b_j) = (
+        LazyTensor::vi(x.as_tensor()).unwrap(),
+        LazyTensor::vj(y.as_tensor()).unwrap(),
+        LazyTensor::vj(&b).unwrap(),
+    );
+    let f = (-x_i.sqdist(&y_j).unwrap() * 2.0).exp() * &b_j; // 2 components
+    let auto = (f.sum(Axis::J).unwrap() * &w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let eta = LazyTensor::vi(&w).unwrap();
+    let gx = f.grad(&x_i, &eta).unwrap().sum(Axis::J).unwrap();
+    let gy = f.grad(&y_j, &eta).unwrap().sum(Axis::I).unwrap();
+    assert_eq!(gx.dims(), &[m, 3]);
+    assert_eq!(gy.dims(), &[n, 3]);
+    assert_close(&flat(&gx), &flat(auto.get(&x).unwrap()), 1e-12, 1e-12, "x");
+    assert_close(&flat(&gy), &flat(auto.get(&y).unwrap()), 1e-12, 1e-12, "y");
+    // Only variables can be differentiated against.
+    let err = f.grad(&(&x_i * 2.0), &eta).unwrap_err().to_string();
+    assert!(err.contains("variable"), "{err}");
+}

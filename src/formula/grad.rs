@@ -23,7 +23,7 @@ use super::simplify::simplify;
 use crate::error::{dim_mismatch, Result};
 
 /// `n` zero components.
-fn zeros(n: usize) -> Expr {
+pub(crate) fn zeros(n: usize) -> Expr {
     let z = Expr::constant(0.0).expect("0 is finite");
     repeat(&z, n)
 }
