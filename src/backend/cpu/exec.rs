@@ -439,6 +439,69 @@ pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
     States { vals, idx }
 }
 
+/// Evaluates the formula (no reduction) for the terms `terms`: component `c` of term `l` goes
+/// to `out[(l - terms.start) * dim + c]`. The program must have a [`Root::Value`] root and
+/// no `i`-variable: its terms are the points the formula is evaluated at, vectorised like the
+/// terms of a reduction.
+///
+/// # Safety
+/// As for [`run_block`] (`terms` starts at a multiple of [`PAD`]); `out` holds
+/// `terms.len() * dim` values.
+#[inline(always)]
+pub(crate) unsafe fn run_map<T: Real, A: Arch, const FMA: bool>(
+    ctx: &Context<'_, T>,
+    terms: std::ops::Range<usize>,
+    out: &mut [f64],
+) {
+    let prog = ctx.prog;
+    let Root::Value(root) = prog.root else {
+        unreachable!("map programs are compiled with a value root")
+    };
+    let mut scratch = Scratch {
+        rows: vec![T::ZERO; prog.row_len],
+        tile: vec![T::ZERO; prog.tile_components * TILE_STRIDE],
+        weights: Vec::new(),
+    };
+    let mut views = Vec::with_capacity(prog.regs.len());
+    let mut outs = Vec::with_capacity(prog.regs.len());
+    let at = At {
+        r: 0,
+        i: 0,
+        j0: 0,
+        row_code: true,
+    };
+    make_views(ctx, &mut scratch, at, &mut views, &mut outs);
+    for ins in &prog.row_code {
+        // SAFETY: as in `run_block`.
+        unsafe { exec_instr::<T, A, FMA>(ins, prog, &views, &outs, 1) };
+    }
+    let dim = ctx.dim;
+    let mut j0 = terms.start;
+    while j0 < terms.end {
+        let valid = TILE.min(terms.end - j0);
+        let len = valid.div_ceil(PAD) * PAD;
+        let at = At {
+            j0,
+            row_code: false,
+            ..at
+        };
+        make_views(ctx, &mut scratch, at, &mut views, &mut outs);
+        for ins in &prog.tile_code {
+            // SAFETY: as in `run_block`.
+            unsafe { exec_instr::<T, A, FMA>(ins, prog, &views, &outs, len) };
+        }
+        let base = (j0 - terms.start) * dim;
+        for c in 0..dim {
+            // SAFETY: the root is a tile register of `dim` components holding `len` terms.
+            let vals = unsafe { views[root].slice(c, valid) };
+            for (l, v) in vals.iter().enumerate() {
+                out[base + l * dim + c] = v.to_f64();
+            }
+        }
+        j0 += TILE;
+    }
+}
+
 /// The values of a row register `x` and the component slices of a tile register `t` of the
 /// same dimension (at most [`MAX_ONE_PASS_DIM`]): the two point sets of a fused distance.
 ///

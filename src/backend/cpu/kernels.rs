@@ -628,20 +628,30 @@ pub(crate) fn sqdist_exp_moments<T: Real, const FMA: bool, const D: usize>(
     }
     out[0] = fold_acc(a0) + t0;
     out[1 + D] = fold_acc(a2) + t2;
-    // Up to four components per pass over `e`.
-    let mut c = 0;
-    while c < D {
-        let k = (D - c).min(4);
-        let xs: [T; 4] = std::array::from_fn(|m| x[c + m.min(k - 1)]);
-        let ts: [&[T]; 4] = std::array::from_fn(|m| t[c + m.min(k - 1)]);
-        let sums = match k {
+    // Four components per pass over `e`, then the remaining ones (`D` is a constant, so
+    // every group size is known at compile time).
+    let group = |c: usize| -> ([T; 4], [&[T]; 4]) {
+        // Components c.. c + 3, the last one repeated past D.
+        let at = |m: usize| (c + m).min(D - 1);
+        (
+            [x[at(0)], x[at(1)], x[at(2)], x[at(3)]],
+            [t[at(0)], t[at(1)], t[at(2)], t[at(3)]],
+        )
+    };
+    for g in 0..D / 4 {
+        let (xs, ts) = group(4 * g);
+        let sums = dot_diff4::<T, FMA, 4>(e, xs, ts);
+        out[1 + 4 * g..5 + 4 * g].copy_from_slice(&sums);
+    }
+    let c = D / 4 * 4;
+    if D % 4 != 0 {
+        let (xs, ts) = group(c);
+        let sums = match D % 4 {
             1 => dot_diff4::<T, FMA, 1>(e, xs, ts),
             2 => dot_diff4::<T, FMA, 2>(e, xs, ts),
-            3 => dot_diff4::<T, FMA, 3>(e, xs, ts),
-            _ => dot_diff4::<T, FMA, 4>(e, xs, ts),
+            _ => dot_diff4::<T, FMA, 3>(e, xs, ts),
         };
-        out[1 + c..1 + c + k].copy_from_slice(&sums[..k]);
-        c += k;
+        out[1 + c..1 + D].copy_from_slice(&sums[..D - c]);
     }
     out
 }

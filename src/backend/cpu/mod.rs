@@ -22,6 +22,7 @@ use self::program::Program;
 use self::real::Real;
 use super::ReductionPlan;
 use crate::formula::VarCat;
+use crate::reduction::ReductionKind;
 
 /// Output rows per rayon task: enough to reuse each tile of `j` data across rows.
 const BLOCK_ROWS: usize = 32;
@@ -35,6 +36,14 @@ const SPLIT_TERMS: usize = 1 << 16;
 /// offsets of `plan.vars`). Returns the values (`rows x out.values`, in `f64` for the caller to
 /// convert) and the indices (`rows x out.indices`).
 pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Vec<i64>) {
+    // A sum of one term of a formula without j-variables is the formula itself, row by row:
+    // evaluated vectorised over the rows (the backward pass asks for such evaluations).
+    if plan.terms == 1
+        && plan.reduction.kind == ReductionKind::Sum
+        && plan.vars.iter().all(|v| v.cat != VarCat::J)
+    {
+        return (map_rows(plan, data), Vec::new());
+    }
     let cats: Vec<(VarCat, usize)> = plan.vars.iter().map(|v| (v.cat, v.dim)).collect();
     let prog = Program::compile(&plan.formula, &cats, plan.reduction.kind);
     let padded = plan.terms.div_ceil(PAD) * PAD;
@@ -46,18 +55,7 @@ pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Ve
             match v.cat {
                 VarCat::I => InputData::Rows(src),
                 VarCat::P => InputData::Param(src),
-                VarCat::J => {
-                    let mut cols = vec![T::ZERO; v.dim * padded];
-                    for (j, row) in src.chunks_exact(v.dim).enumerate() {
-                        for (c, &x) in row.iter().enumerate() {
-                            cols[c * padded + j] = x;
-                        }
-                    }
-                    InputData::Cols {
-                        data: cols,
-                        stride: padded,
-                    }
-                }
+                VarCat::J => columns(src, v.dim, padded),
             }
         })
         .collect();
@@ -128,6 +126,101 @@ pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Ve
         }
     }
     (vals, idx)
+}
+
+/// `rows x dim` values, component-major with `padded` values per component (zeros after the
+/// last row): the layout of the terms of a tile.
+fn columns<T: Real>(src: &[T], dim: usize, padded: usize) -> InputData<'_, T> {
+    let mut cols = vec![T::ZERO; dim * padded];
+    for (j, row) in src.chunks_exact(dim).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            cols[c * padded + j] = x;
+        }
+    }
+    InputData::Cols {
+        data: cols,
+        stride: padded,
+    }
+}
+
+/// Rows per rayon task of a pointwise evaluation.
+const MAP_ROWS: usize = 8 * exec::TILE;
+
+/// The formula of `plan` (no j-variable) at each of its rows, as `rows x dim` values: the rows
+/// take the place of the terms of a reduction, so the evaluation is vectorised over them.
+fn map_rows<T: Real>(plan: &ReductionPlan, data: &[T]) -> Vec<f64> {
+    let formula = plan.formula.swap_ij();
+    let cats: Vec<(VarCat, usize)> = plan
+        .vars
+        .iter()
+        .map(|v| match v.cat {
+            VarCat::I => (VarCat::J, v.dim),
+            other => (other, v.dim),
+        })
+        .collect();
+    // Compiled as for a `Max`: its root is the formula's value, never a fused product.
+    let prog = Program::compile(&formula, &cats, ReductionKind::Max);
+    let padded = plan.rows.div_ceil(PAD) * PAD;
+    let inputs: Vec<InputData<'_, T>> = plan
+        .vars
+        .iter()
+        .map(|v| {
+            let src = &data[v.offset..v.offset + v.rows * v.dim];
+            match v.cat {
+                VarCat::P => InputData::Param(src),
+                VarCat::I | VarCat::J => columns(src, v.dim, padded),
+            }
+        })
+        .collect();
+    let dim = formula.dim();
+    let ctx = Context {
+        prog: &prog,
+        inputs,
+        reduction: plan.reduction,
+        dim,
+        state_vals: 0,
+        state_idx: 0,
+        out_vals: dim,
+        out_idx: 0,
+    };
+    let isa = isa::detect();
+    let mut out = vec![0.0f64; plan.rows * dim];
+    out.par_chunks_mut(MAP_ROWS * dim)
+        .enumerate()
+        .for_each(|(k, chunk)| {
+            let start = k * MAP_ROWS;
+            map_on(isa, &ctx, start..start + chunk.len() / dim, chunk);
+        });
+    out
+}
+
+/// Runs a pointwise evaluation with the executor compiled for `isa`.
+fn map_on<T: Real>(isa: Isa, ctx: &Context<'_, T>, terms: Range<usize>, out: &mut [f64]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only chosen when the CPU reports AVX-512F, AVX2 and FMA;
+        // `map_rows` sizes every input and starts chunks at multiples of `PAD`.
+        Isa::Avx512 => unsafe { map_avx512(ctx, terms, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only chosen when the CPU reports AVX2 and FMA; as above.
+        Isa::Avx2 => unsafe { map_avx2(ctx, terms, out) },
+        // SAFETY: as above.
+        _ => unsafe { exec::run_map::<T, isa::Baseline, BASELINE_FMA>(ctx, terms, out) },
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn map_avx512<T: Real>(ctx: &Context<'_, T>, terms: Range<usize>, out: &mut [f64]) {
+    // SAFETY: forwarded from `map_on`.
+    unsafe { exec::run_map::<T, isa::Avx512, true>(ctx, terms, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn map_avx2<T: Real>(ctx: &Context<'_, T>, terms: Range<usize>, out: &mut [f64]) {
+    // SAFETY: forwarded from `map_on`.
+    unsafe { exec::run_map::<T, isa::Avx2, true>(ctx, terms, out) }
 }
 
 /// Runs one block with the executor compiled for `isa`.
@@ -218,5 +311,59 @@ fn exp_in_place<T: Real>(x: &mut [T]) {
         // SAFETY: chosen only when the CPU reports these features.
         Isa::Avx2 => unsafe { avx2(x) },
         _ => body::<T, BASELINE_FMA>(x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::VarSpec;
+    use crate::formula::parse;
+    use crate::reduction::Reduction;
+
+    /// A one-term sum of a formula without j-variables (the backward pass's pointwise
+    /// evaluations) is the formula at each row, across the chunks of the parallel evaluation.
+    #[test]
+    fn pointwise_evaluation_is_the_formula_at_each_row() {
+        let rows = MAP_ROWS + 77;
+        let formula = parse("Concat(Exp(Vi(0,2)) * Pm(1,1), Sum(Vi(0,2)))", &[]).unwrap();
+        let x: Vec<f64> = (0..2 * rows).map(|k| (k as f64 * 0.37).sin()).collect();
+        let mut data = x.clone();
+        data.push(1.5);
+        let plan = ReductionPlan {
+            formula: formula.clone(),
+            reduction: Reduction::new(ReductionKind::Sum, crate::reduction::Axis::J),
+            vars: vec![
+                VarSpec {
+                    cat: VarCat::I,
+                    dim: 2,
+                    rows,
+                    offset: 0,
+                },
+                VarSpec {
+                    cat: VarCat::P,
+                    dim: 1,
+                    rows: 1,
+                    offset: 2 * rows,
+                },
+            ],
+            rows,
+            terms: 1,
+            out: Reduction::new(ReductionKind::Sum, crate::reduction::Axis::J)
+                .output_spec(3)
+                .unwrap(),
+        };
+        let (vals, idx) = reduce::<f64>(&plan, &data);
+        assert!(idx.is_empty());
+        assert_eq!(vals.len(), rows * 3);
+        for (i, (p, row)) in x.chunks(2).zip(vals.chunks(3)).enumerate() {
+            let want = [p[0].exp() * 1.5, p[1].exp() * 1.5, p[0] + p[1]];
+            for (g, w) in row.iter().zip(want) {
+                assert!(
+                    (g - w).abs() <= 1e-14 * w.abs().max(1.0),
+                    "row {i}: {row:?} vs {want:?}"
+                );
+            }
+        }
     }
 }
