@@ -644,7 +644,7 @@ pub(crate) fn sqdist_exp_moments<T: Real, const FMA: bool, const D: usize>(
         out[1 + 4 * g..5 + 4 * g].copy_from_slice(&sums);
     }
     let c = D / 4 * 4;
-    if D % 4 != 0 {
+    if !D.is_multiple_of(4) {
         let (xs, ts) = group(c);
         let sums = match D % 4 {
             1 => dot_diff4::<T, FMA, 1>(e, xs, ts),
