@@ -329,6 +329,33 @@ impl Expr {
         })
     }
 
+    /// The factors of `self` as a product tree, and whether their product is negated: `Mul`
+    /// nodes are opened, `Neg` flips the sign, and `a / b` where `invert(b)` holds becomes the
+    /// factors of `a` and `Inv(b)`. Any other node is one factor.
+    pub(crate) fn product_factors(&self, invert: impl Fn(&Expr) -> bool) -> (Vec<Expr>, bool) {
+        let mut factors = Vec::new();
+        let mut negated = false;
+        let mut stack = vec![self.clone()];
+        while let Some(x) = stack.pop() {
+            match x.op() {
+                Op::Binary(BinaryOp::Mul) => {
+                    stack.push(x.args()[1].clone());
+                    stack.push(x.args()[0].clone());
+                }
+                Op::Unary(UnaryOp::Neg) => {
+                    negated = !negated;
+                    stack.push(x.args()[0].clone());
+                }
+                Op::Binary(BinaryOp::Div) if invert(&x.args()[1]) => {
+                    factors.push(Expr::unary(UnaryOp::Inv, &x.args()[1]));
+                    stack.push(x.args()[0].clone());
+                }
+                _ => factors.push(x),
+            }
+        }
+        (factors, negated)
+    }
+
     /// Whether any variable of category `cat` occurs in the formula.
     pub fn depends_on(&self, cat: VarCat) -> bool {
         self.vars().iter().any(|v| v.cat == cat)

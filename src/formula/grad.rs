@@ -223,29 +223,9 @@ pub fn grad(f: &Expr, wrt: &[Var], eta: &Expr) -> Result<Vec<Option<Expr>>> {
 /// Returns `None` when there is nothing to take out (no outer factor, or no inner one). The
 /// factors are those of a tree of `Mul`, `Neg` and divisions by outer values.
 pub(crate) fn factor_out(e: &Expr, reduced: super::VarCat) -> Option<(Expr, Expr)> {
-    let depends = |x: &Expr| x.vars().iter().any(|v| v.cat == reduced);
-    let mut outer: Vec<Expr> = Vec::new();
-    let mut inner: Vec<Expr> = Vec::new();
-    let mut negate = false;
-    let mut stack = vec![e.clone()];
-    while let Some(x) = stack.pop() {
-        match x.op() {
-            Op::Binary(BinaryOp::Mul) => {
-                stack.push(x.args()[1].clone());
-                stack.push(x.args()[0].clone());
-            }
-            Op::Unary(super::UnaryOp::Neg) => {
-                negate = !negate;
-                stack.push(x.args()[0].clone());
-            }
-            Op::Binary(BinaryOp::Div) if !depends(&x.args()[1]) => {
-                outer.push(Expr::unary(super::UnaryOp::Inv, &x.args()[1]));
-                stack.push(x.args()[0].clone());
-            }
-            _ if depends(&x) => inner.push(x),
-            _ => outer.push(x),
-        }
-    }
+    let depends = |x: &Expr| x.depends_on(reduced);
+    let (factors, negate) = e.product_factors(|b| !depends(b));
+    let (inner, outer): (Vec<Expr>, Vec<Expr>) = factors.into_iter().partition(depends);
     if inner.is_empty() || (outer.is_empty() && !negate) {
         return None;
     }

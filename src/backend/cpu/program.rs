@@ -724,30 +724,9 @@ fn depends_on_j(e: &Expr) -> bool {
     e.depends_on(VarCat::J)
 }
 
-/// The factors of a product tree (`Mul`, `Neg`, and divisions by row values, which become
-/// `Inv` factors), and whether their product is negated.
+/// The factors of a product tree, divisions by row values becoming `Inv` factors.
 fn product_factors(e: &Expr) -> (Vec<Expr>, bool) {
-    let mut out = Vec::new();
-    let mut neg = false;
-    let mut stack = vec![e.clone()];
-    while let Some(x) = stack.pop() {
-        match x.op() {
-            Op::Binary(BinaryOp::Mul) => {
-                stack.push(x.args()[1].clone());
-                stack.push(x.args()[0].clone());
-            }
-            Op::Unary(UnaryOp::Neg) => {
-                neg = !neg;
-                stack.push(x.args()[0].clone());
-            }
-            Op::Binary(BinaryOp::Div) if !depends_on_j(&x.args()[1]) => {
-                out.push(Expr::unary(UnaryOp::Inv, &x.args()[1]));
-                stack.push(x.args()[0].clone());
-            }
-            _ => out.push(x),
-        }
-    }
-    (out, neg)
+    e.product_factors(|b| !depends_on_j(b))
 }
 
 /// The parts of a `Concat` tree, left to right.
