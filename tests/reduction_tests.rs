@@ -354,6 +354,35 @@ fn gaussian_kernel_sums_across_dimensions_and_tiles() {
                     }
                 }
             }
+            // Radial-kernel gradient shapes: coefficients times `x - y` (or `y - x`), summed
+            // without storing the products.
+            let r = format!("Sqrt({sq})");
+            for src in [
+                format!(
+                    "Concat(Vj(3,1) * Exp(-{r}) / {r} * (Vi(0,{d}) - Vj(1,{d})), Vj(3,1) * Exp(-{r}))"
+                ),
+                format!("-(Inv(1.0 + {sq}) * (Vj(1,{d}) - Vi(0,{d})) * Pm(2,1))"),
+            ]
+            .into_iter()
+            .take(if d > 1 { 2 } else { 0 })
+            {
+                let f = parse(&src, &[]).unwrap();
+                for axis in [Axis::J, Axis::I] {
+                    let dense = dense_eval(&f, &ins, m, n).unwrap();
+                    let want = ref_sum(&dense_values(&dense, axis == Axis::J).unwrap()).concat();
+                    for dtype in [DType::F64, DType::F32] {
+                        let out = run(&f, &ins, dtype, ReductionKind::Sum, axis);
+                        let t = tol(dtype);
+                        assert_close(
+                            &flat(&out.values.unwrap()),
+                            &want,
+                            t * 10.0,
+                            t * 10.0 * n as f64,
+                            &format!("{src} {axis:?} {dtype:?}"),
+                        );
+                    }
+                }
+            }
             // The fused log-sum-exp of a scaled squared distance.
             let src = format!("-SqDist(Vi(0,{d}), Vj(1,{d})) / (2.0 * Square(Pm(2,1)))");
             let f = parse(&src, &[]).unwrap();

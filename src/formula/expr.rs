@@ -330,9 +330,9 @@ impl Expr {
     }
 
     /// The factors of `self` as a product tree, and whether their product is negated: `Mul`
-    /// nodes are opened, `Neg` flips the sign, and `a / b` where `invert(b)` holds becomes the
-    /// factors of `a` and `Inv(b)`. Any other node is one factor.
-    pub(crate) fn product_factors(&self, invert: impl Fn(&Expr) -> bool) -> (Vec<Expr>, bool) {
+    /// nodes are opened, `Neg` flips the sign, and `a / b` becomes the factors of `a` and
+    /// `Inv(b)`. Any other node is one factor.
+    pub(crate) fn product_factors(&self) -> (Vec<Expr>, bool) {
         let mut factors = Vec::new();
         let mut negated = false;
         let mut stack = vec![self.clone()];
@@ -346,7 +346,7 @@ impl Expr {
                     negated = !negated;
                     stack.push(x.args()[0].clone());
                 }
-                Op::Binary(BinaryOp::Div) if invert(&x.args()[1]) => {
+                Op::Binary(BinaryOp::Div) => {
                     factors.push(Expr::unary(UnaryOp::Inv, &x.args()[1]));
                     stack.push(x.args()[0].clone());
                 }

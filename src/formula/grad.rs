@@ -224,7 +224,7 @@ pub fn grad(f: &Expr, wrt: &[Var], eta: &Expr) -> Result<Vec<Option<Expr>>> {
 /// factors are those of a tree of `Mul`, `Neg` and divisions by outer values.
 pub(crate) fn factor_out(e: &Expr, reduced: super::VarCat) -> Option<(Expr, Expr)> {
     let depends = |x: &Expr| x.depends_on(reduced);
-    let (factors, negate) = e.product_factors(|b| !depends(b));
+    let (factors, negate) = e.product_factors();
     let (inner, outer): (Vec<Expr>, Vec<Expr>) = factors.into_iter().partition(depends);
     if inner.is_empty() || (outer.is_empty() && !negate) {
         return None;

@@ -612,6 +612,26 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
             }
             return;
         }
+        Root::DiffMoments { x, t } => {
+            let (d, xs, ts) = unsafe { point_pair(views[x], views[t], valid) };
+            let (sums, comps) = vals.split_at_mut(dim);
+            let mut c = 0;
+            for part in &ctx.prog.diff_parts {
+                let coef = unsafe { views[part.coef].slice(0, valid) };
+                if part.diff {
+                    let m = unsafe { A::diff_dots(&xs[..d], &ts[..d], coef) };
+                    for v in &m[..d] {
+                        kahan_add(&mut sums[c], &mut comps[c], v.to_f64());
+                        c += 1;
+                    }
+                } else {
+                    let v = unsafe { A::sum(coef) };
+                    kahan_add(&mut sums[c], &mut comps[c], v.to_f64());
+                    c += 1;
+                }
+            }
+            return;
+        }
         Root::SqDistScaled { x, t, s } => {
             let s = views[s];
             let (d, xs, ts) = unsafe { point_pair(views[x], views[t], valid) };

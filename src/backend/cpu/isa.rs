@@ -163,6 +163,11 @@ pub(crate) trait Arch: Copy + Send + Sync + 'static {
         y: &[T],
         e: &mut [T],
     ) -> [T; kernels::MOMENTS];
+    /// `[sum_l e_l (x_c - t_c[l]) for c]` ([`kernels::diff_dots`]).
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set.
+    unsafe fn diff_dots<T: Real>(x: &[T], t: &[&[T]], e: &[T]) -> [T; kernels::MOMENTS];
     /// `[sum_l w_l y_k[l] for k in 0..4]`: four dot products sharing one factor.
     ///
     /// # Safety
@@ -252,6 +257,15 @@ macro_rules! arch {
             }
             #[target_feature(enable = $features)]
             #[inline(never)]
+            pub(super) unsafe fn diff_dots<T: Real>(
+                x: &[T],
+                t: &[&[T]],
+                e: &[T],
+            ) -> [T; kernels::MOMENTS] {
+                by_dim!(diff_dots, $fma, x, t, e, (); 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+            }
+            #[target_feature(enable = $features)]
+            #[inline(never)]
             pub(super) unsafe fn dot4<T: Real>(w: &[T], y: [&[T]; 4]) -> [T; 4] {
                 kernels::dot4::<T, $fma>(w, y)
             }
@@ -309,6 +323,11 @@ macro_rules! arch {
             ) -> [T; kernels::MOMENTS] {
                 // SAFETY: forwarded from the caller.
                 unsafe { $module::sqdist_exp_moments(x, t, s, y, e) }
+            }
+            #[inline(always)]
+            unsafe fn diff_dots<T: Real>(x: &[T], t: &[&[T]], e: &[T]) -> [T; kernels::MOMENTS] {
+                // SAFETY: forwarded from the caller.
+                unsafe { $module::diff_dots(x, t, e) }
             }
             #[inline(always)]
             unsafe fn dot4<T: Real>(w: &[T], y: [&[T]; 4]) -> [T; 4] {

@@ -628,10 +628,25 @@ pub(crate) fn sqdist_exp_moments<T: Real, const FMA: bool, const D: usize>(
     }
     out[0] = fold_acc(a0) + t0;
     out[1 + D] = fold_acc(a2) + t2;
-    // Four components per pass over `e`, then the remaining ones (`D` is a constant, so
-    // every group size is known at compile time).
+    let dots = diff_dots::<T, FMA, D>(x, t, e, ());
+    out[1..1 + D].copy_from_slice(&dots[..D]);
+    out
+}
+
+/// `[sum_l e_l (x_c - t_c[l]) for c in 0..D]` (then zeros; `t` has `D` component slices, each
+/// at least as long as `e`): four components per pass over `e`, then the remaining ones, every
+/// group size known at compile time. Each term is formed from its own difference, so nothing
+/// cancels. (The unit argument fits the signature `isa`'s dispatch by dimension expects.)
+#[inline(always)]
+pub(crate) fn diff_dots<T: Real, const FMA: bool, const D: usize>(
+    x: [T; D],
+    t: [&[T]; D],
+    e: &[T],
+    (): (),
+) -> [T; MOMENTS] {
+    let mut out = [T::ZERO; MOMENTS];
     let group = |c: usize| -> ([T; 4], [&[T]; 4]) {
-        // Components c.. c + 3, the last one repeated past D.
+        // Components c..c + 3, the last one repeated past D.
         let at = |m: usize| (c + m).min(D - 1);
         (
             [x[at(0)], x[at(1)], x[at(2)], x[at(3)]],
@@ -641,17 +656,17 @@ pub(crate) fn sqdist_exp_moments<T: Real, const FMA: bool, const D: usize>(
     for g in 0..D / 4 {
         let (xs, ts) = group(4 * g);
         let sums = dot_diff4::<T, FMA, 4>(e, xs, ts);
-        out[1 + 4 * g..5 + 4 * g].copy_from_slice(&sums);
+        out[4 * g..4 * g + 4].copy_from_slice(&sums);
     }
     let c = D / 4 * 4;
-    if !D.is_multiple_of(4) {
+    if c < D {
         let (xs, ts) = group(c);
-        let sums = match D % 4 {
+        let sums = match D - c {
             1 => dot_diff4::<T, FMA, 1>(e, xs, ts),
             2 => dot_diff4::<T, FMA, 2>(e, xs, ts),
             _ => dot_diff4::<T, FMA, 3>(e, xs, ts),
         };
-        out[1 + c..1 + D].copy_from_slice(&sums[..D - c]);
+        out[c..D].copy_from_slice(&sums[..D - c]);
     }
     out
 }

@@ -144,6 +144,21 @@ pub(crate) enum Root {
         s: Reg,
         w: Option<Reg>,
     },
+    /// For `Sum`: a concatenation of parts `c_k` or `c_k * (x - t)` ([`Program::diff_parts`]),
+    /// with one-component tile coefficients `c_k` computed by the tile code, `x` a row and
+    /// `t` a tile register: the shape of the gradients of radial kernels with respect to the
+    /// points. The `D`-component products are never stored: each `sum_l c_l (x - t_l)` is
+    /// accumulated directly from the differences.
+    DiffMoments { x: Reg, t: Reg },
+}
+
+/// One part of a [`Root::DiffMoments`] root: `coef * 1` or `coef * (x - t)`, with `coef` a
+/// one-component tile register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DiffPart {
+    pub coef: Reg,
+    /// Whether the part is `coef * (x - t)` (else `coef`).
+    pub diff: bool,
 }
 
 /// The factor that multiplies one part of [`Root::SqDistExpMoments`].
@@ -169,6 +184,8 @@ pub(crate) struct Program {
     /// The parts of a [`Root::SqDistExpMoments`] root, in order, each with its sign (`true`:
     /// negated); empty for other roots.
     pub moments: Vec<(Moment, bool)>,
+    /// The parts of a [`Root::DiffMoments`] root, in order; empty for other roots.
+    pub diff_parts: Vec<DiffPart>,
     /// Size of the row scratch, in elements per row.
     pub row_len: usize,
     /// Size of the tile scratch, in units of the tile length (components of tile registers).
@@ -606,6 +623,13 @@ impl Program {
                 }
             }
         }
+        if kind == ReductionKind::Sum {
+            if let Some(m) = match_diff_moments(formula) {
+                if let Some(prog) = Builder::new(formula, inputs).lower_diff_moments(m) {
+                    return prog;
+                }
+            }
+        }
         let mut b = Builder::new(formula, inputs);
         let product = if kind == ReductionKind::Sum {
             b.lower_as_product(formula)
@@ -681,12 +705,22 @@ impl Builder {
 
     /// The program, once its root is chosen.
     fn finish(self, root: Root, moments: Vec<(Moment, bool)>) -> Program {
+        self.finish_with(root, moments, Vec::new())
+    }
+
+    fn finish_with(
+        self,
+        root: Root,
+        moments: Vec<(Moment, bool)>,
+        diff_parts: Vec<DiffPart>,
+    ) -> Program {
         Program {
             regs: self.regs,
             row_code: self.row_code,
             tile_code: self.tile_code,
             root,
             moments,
+            diff_parts,
             row_len: self.row_len,
             tile_components: self.tile_components,
         }
@@ -711,6 +745,108 @@ impl Builder {
     }
 }
 
+impl Builder {
+    /// Lowers a matched [`DiffMatch`] into a [`Root::DiffMoments`] program, if `x` and `t`
+    /// land on a row and a tile register of equal small dimension.
+    fn lower_diff_moments(mut self, m: DiffMatch) -> Option<Program> {
+        // Only the points and the coefficients are lowered (the differences are the root's):
+        // count uses among them, so that fusions see the distance as used once.
+        let lowered = m
+            .parts
+            .iter()
+            .map(|(c, _)| c.clone())
+            .chain([m.x.clone(), m.t.clone()])
+            .reduce(|a, b| Expr::new(Op::Concat, vec![a, b]).expect("Concat accepts any dims"))
+            .expect("at least the points");
+        self.uses = use_counts(&lowered);
+        let x = self.lower(&m.x);
+        let t = self.lower(&m.t);
+        let d = self.regs[x].dim;
+        if self.level(x) != Level::Row
+            || self.level(t) != Level::Tile
+            || self.regs[t].dim != d
+            || !(1..=MAX_ONE_PASS_DIM).contains(&d)
+        {
+            return None;
+        }
+        let mut parts = Vec::with_capacity(m.parts.len());
+        for (coef, diff) in &m.parts {
+            let mut c = self.lower(coef);
+            if self.level(c) == Level::Row {
+                c = self.emit(1, Level::Tile, |out| Instr::Broadcast { a: c, out });
+            }
+            parts.push(DiffPart {
+                coef: c,
+                diff: *diff,
+            });
+        }
+        Some(self.finish_with(Root::DiffMoments { x, t }, Vec::new(), parts))
+    }
+}
+
+/// A formula of the [`Root::DiffMoments`] form, as expressions: the row and tile points and,
+/// per part, its coefficient and whether it multiplies `x - t`.
+struct DiffMatch {
+    x: Expr,
+    t: Expr,
+    parts: Vec<(Expr, bool)>,
+}
+
+/// Recognises the [`Root::DiffMoments`] form: every part is a product of one-component
+/// factors, times at most one difference `x - t` (or `t - x`) of a row and a tile expression,
+/// the same pair in every part, and at least one part has it.
+fn match_diff_moments(f: &Expr) -> Option<DiffMatch> {
+    let mut parts = Vec::new();
+    concat_parts(f, &mut parts);
+    let mut pair: Option<(Expr, Expr)> = None; // (row side, tile side)
+    let mut out = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (factors, mut negated) = part.product_factors();
+        let mut diff = false;
+        let mut coef: Vec<Expr> = Vec::new();
+        for fac in factors {
+            if !diff && fac.dim() > 1 {
+                let Op::Binary(BinaryOp::Sub) = fac.op() else {
+                    return None;
+                };
+                let (a, b) = (&fac.args()[0], &fac.args()[1]);
+                let (row, tile, flip) = match (depends_on_j(a), depends_on_j(b)) {
+                    (false, true) => (a, b, false),
+                    (true, false) => (b, a, true),
+                    _ => return None,
+                };
+                if a.dim() != b.dim() {
+                    return None;
+                }
+                match &pair {
+                    None => pair = Some((row.clone(), tile.clone())),
+                    Some((r, t)) if r == row && t == tile => {}
+                    Some(_) => return None,
+                }
+                diff = true;
+                negated ^= flip;
+            } else if fac.dim() == 1 {
+                coef.push(fac);
+            } else {
+                return None;
+            }
+        }
+        if !diff && part.dim() != 1 {
+            return None;
+        }
+        let mut c = coef
+            .into_iter()
+            .reduce(|p, q| Expr::binary(BinaryOp::Mul, &p, &q).expect("one component"))
+            .unwrap_or_else(|| Expr::constant(1.0).expect("finite"));
+        if negated {
+            c = c.neg();
+        }
+        out.push((c, diff));
+    }
+    let (x, t) = pair?;
+    Some(DiffMatch { x, t, parts: out })
+}
+
 /// A formula of the [`Root::SqDistExpMoments`] form, as expressions.
 struct MomentsMatch {
     x: Expr,
@@ -722,11 +858,6 @@ struct MomentsMatch {
 
 fn depends_on_j(e: &Expr) -> bool {
     e.depends_on(VarCat::J)
-}
-
-/// The factors of a product tree, divisions by row values becoming `Inv` factors.
-fn product_factors(e: &Expr) -> (Vec<Expr>, bool) {
-    e.product_factors(|b| !depends_on_j(b))
 }
 
 /// The parts of a `Concat` tree, left to right.
@@ -745,7 +876,7 @@ fn match_gaussian(e: &Expr) -> Option<(Expr, Expr, Expr, Expr)> {
     let Op::Unary(UnaryOp::Exp) = e.op() else {
         return None;
     };
-    let (factors, neg) = product_factors(&e.args()[0]);
+    let (factors, neg) = e.args()[0].product_factors();
     let mut sq = None;
     let mut scale: Vec<Expr> = Vec::new();
     for f in factors {
@@ -792,7 +923,7 @@ fn match_moments(f: &Expr) -> Option<MomentsMatch> {
     let mut weight: Option<Option<Expr>> = None;
     let mut out = Vec::with_capacity(parts.len());
     for part in &parts {
-        let (factors, neg) = product_factors(part);
+        let (factors, neg) = part.product_factors();
         if kernel.is_none() {
             kernel = factors
                 .iter()
@@ -894,13 +1025,39 @@ mod tests {
             ]
         );
         assert!(p.tile_code.is_empty());
-        // Two different kernels, or a factor that is not a weight, keep the general path.
+        // Two different kernels, or a factor that is not a weight, are not this root (the
+        // first is a `DiffMoments` one).
         let other = format!("Concat({k} * (Vi(0,3) - Vj(1,3)), Exp(-SqDist(Vi(0,3), Vj(1,3))))");
         let f = parse(&other, &[]).unwrap();
         let p = Program::compile(&f, &inputs(&f), ReductionKind::Sum);
-        assert!(matches!(p.root, Root::Value(_)));
+        assert!(matches!(p.root, Root::DiffMoments { .. }));
         let f = parse(&format!("{k} * Vi(4,3) * (Vi(0,3) - Vj(1,3))"), &[]).unwrap();
         let p = Program::compile(&f, &inputs(&f), ReductionKind::Sum);
         assert!(!matches!(p.root, Root::SqDistExpMoments { .. }));
+    }
+
+    #[test]
+    fn radial_gradients_compile_to_the_diff_moments_root() {
+        let r = "Sqrt(SqDist(Vi(0,3), Vj(1,3)))";
+        let src =
+            format!("Concat(Vj(2,1) * Exp(-{r}) / {r} * (Vj(1,3) - Vi(0,3)), Vj(2,1) * Exp(-{r}))");
+        let f = parse(&src, &[]).unwrap();
+        let p = Program::compile(&f, &inputs(&f), ReductionKind::Sum);
+        assert!(matches!(p.root, Root::DiffMoments { x: 0, t: 1 }), "{p:?}");
+        assert_eq!(p.diff_parts.len(), 2);
+        assert!(p.diff_parts[0].diff && !p.diff_parts[1].diff);
+        // The distance is computed in one fused pass: `x - y` is never stored.
+        assert!(p.tile_code.iter().all(|i| !matches!(
+            i,
+            Instr::Binary {
+                op: BinaryOp::Sub,
+                ..
+            }
+        )));
+        // Two different differences keep the general path.
+        let other = format!("Concat({r} * (Vi(0,3) - Vj(1,3)), {r} * (Vi(0,3) - Vj(4,3)))");
+        let f = parse(&other, &[]).unwrap();
+        let p = Program::compile(&f, &inputs(&f), ReductionKind::Sum);
+        assert!(matches!(p.root, Root::Value(_)));
     }
 }
