@@ -1,7 +1,8 @@
 //! Benchmark of the backward pass: the gradients of a Gaussian kernel sum
 //! `out_i = sum_j exp(-|x_i - y_j|^2 / (2 sigma^2)) b_j` (D = 3, f32) with respect to the
-//! points `x` and `y`, the weights `b` and the bandwidth `sigma` together, against the forward
-//! pass, measured in one run. Prints a markdown table.
+//! points `x` and `y`, the weights `b` and the bandwidth `sigma` together (and separately),
+//! against the forward pass, measured in one run; and the same for a Laplacian kernel
+//! `exp(-|x_i - y_j| / sigma)`. Prints a markdown table.
 //!
 //! Run with `cargo run --release --example bench_grad [-- N ...]` (default N = 10^4 and 10^5,
 //! M = N). Each time is the best of a few repetitions (the machines are shared and noisy).
@@ -11,10 +12,11 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 use lazy_kernels::{backend::cpu::isa, Axis, LazyTensor};
 
-/// Gradients to compute: which of x, y, b, sigma are `Var`s.
+/// Gradients to compute: which of x, y, b, sigma are `Var`s, for which kernel.
 struct Case {
     name: &'static str,
     track: [bool; 4],
+    laplacian: bool,
 }
 
 fn best_of(
@@ -50,18 +52,26 @@ fn main() -> candle_core::Result<()> {
         Case {
             name: "x, y, b, sigma",
             track: [true; 4],
+            laplacian: false,
         },
         Case {
             name: "x",
             track: [true, false, false, false],
+            laplacian: false,
         },
         Case {
             name: "sigma",
             track: [false, false, false, true],
+            laplacian: false,
+        },
+        Case {
+            name: "x, y, b, sigma",
+            track: [true; 4],
+            laplacian: true,
         },
     ];
-    println!("| N | gradients of | forward | backward | backward / forward |");
-    println!("|---|---|---|---|---|");
+    println!("| N | kernel | gradients of | forward | backward | backward / forward |");
+    println!("|---|---|---|---|---|---|");
     for &n in &sizes {
         let x = Tensor::rand(0f32, 1., (n, 3), &dev)?;
         let y = Tensor::rand(0f32, 1., (n, 3), &dev)?;
@@ -81,7 +91,11 @@ fn main() -> candle_core::Result<()> {
                 let y_j = LazyTensor::vj(&yv)?;
                 let b_j = LazyTensor::vj(&bv)?;
                 let s = LazyTensor::param(&sv)?;
-                let k = (-x_i.sqdist(&y_j)? / (2.0 * s.square())).exp();
+                let k = if case.laplacian {
+                    (-x_i.sqdist(&y_j)?.sqrt() / s).exp()
+                } else {
+                    (-x_i.sqdist(&y_j)? / (2.0 * s.square())).exp()
+                };
                 (k * b_j).sum(Axis::J)
             };
             let tf = best_of(3, || forward().map(|_| ()))?;
@@ -97,8 +111,13 @@ fn main() -> candle_core::Result<()> {
                 }
                 Ok(())
             })?;
+            let kernel = if case.laplacian {
+                "Laplacian"
+            } else {
+                "Gaussian"
+            };
             println!(
-                "| {n} | {} | {tf:.4} s | {tb:.4} s | **{:.2}** |",
+                "| {n} | {kernel} | {} | {tf:.4} s | {tb:.4} s | **{:.2}** |",
                 case.name,
                 tb / tf
             );
