@@ -283,6 +283,26 @@ fn results_do_not_depend_on_the_number_of_threads() {
 /// The fused Gaussian path (one pass, long tiles) for 1 to 16 dimensions and the unfused one
 /// beyond, across tile boundaries, both axes, f32 and f64; weights of 1 column (fused), 2 and 5
 /// columns (four columns per pass plus a remainder).
+/// `Sum` of the formula `src` over both axes, in f64 and f32, against the dense reference.
+fn check_sum_against_dense(src: &str, ins: &[(VarCat, Tensor)], m: usize, n: usize) {
+    let f = parse(src, &[]).unwrap();
+    for axis in [Axis::J, Axis::I] {
+        let dense = dense_eval(&f, ins, m, n).unwrap();
+        let want = ref_sum(&dense_values(&dense, axis == Axis::J).unwrap()).concat();
+        for dtype in [DType::F64, DType::F32] {
+            let out = run(&f, ins, dtype, ReductionKind::Sum, axis);
+            let t = tol(dtype);
+            assert_close(
+                &flat(&out.values.unwrap()),
+                &want,
+                t * 10.0,
+                t * 10.0 * n as f64,
+                &format!("{src} {axis:?} {dtype:?}"),
+            );
+        }
+    }
+}
+
 #[test]
 fn gaussian_kernel_sums_across_dimensions_and_tiles() {
     for d in [1, 2, 3, 4, 5, 12, 17] {
@@ -299,27 +319,7 @@ fn gaussian_kernel_sums_across_dimensions_and_tiles() {
             for w in ["Vj(3,1)", "Vj(4,2)", "Vj(5,5)"] {
                 let src =
                     format!("Exp(-SqDist(Vi(0,{d}), Vj(1,{d})) / (2.0 * Square(Pm(2,1)))) * {w}");
-                let f = parse(&src, &[]).unwrap();
-                for axis in [Axis::J, Axis::I] {
-                    let dense = dense_eval(&f, &ins, m, n).unwrap();
-                    let dv = dense_values(&dense, axis == Axis::J).unwrap();
-                    let want = ref_sum(&dv).concat();
-                    for dtype in [DType::F64, DType::F32] {
-                        let got = flat(
-                            &run(&f, &ins, dtype, ReductionKind::Sum, axis)
-                                .values
-                                .unwrap(),
-                        );
-                        let t = tol(dtype);
-                        assert_close(
-                            &got,
-                            &want,
-                            t * 10.0,
-                            t * 10.0 * n as f64,
-                            &format!("{src} {axis:?} {dtype:?}"),
-                        );
-                    }
-                }
+                check_sum_against_dense(&src, &ins, m, n);
             }
             // The Gaussian kernel with its moments (the shape of its gradients), with and
             // without a weight, with both signs of the difference.
@@ -336,23 +336,7 @@ fn gaussian_kernel_sums_across_dimensions_and_tiles() {
             .into_iter()
             .take(moments)
             {
-                let f = parse(&src, &[]).unwrap();
-                for axis in [Axis::J, Axis::I] {
-                    let dense = dense_eval(&f, &ins, m, n).unwrap();
-                    let want = ref_sum(&dense_values(&dense, axis == Axis::J).unwrap()).concat();
-                    for dtype in [DType::F64, DType::F32] {
-                        let out = run(&f, &ins, dtype, ReductionKind::Sum, axis);
-                        let t = tol(dtype);
-                        let what = format!("{src} {axis:?} {dtype:?}");
-                        assert_close(
-                            &flat(&out.values.unwrap()),
-                            &want,
-                            t * 10.0,
-                            t * 10.0 * n as f64,
-                            &what,
-                        );
-                    }
-                }
+                check_sum_against_dense(&src, &ins, m, n);
             }
             // Radial-kernel gradient shapes: coefficients times `x - y` (or `y - x`), summed
             // without storing the products.
@@ -366,22 +350,7 @@ fn gaussian_kernel_sums_across_dimensions_and_tiles() {
             .into_iter()
             .take(if d > 1 { 2 } else { 0 })
             {
-                let f = parse(&src, &[]).unwrap();
-                for axis in [Axis::J, Axis::I] {
-                    let dense = dense_eval(&f, &ins, m, n).unwrap();
-                    let want = ref_sum(&dense_values(&dense, axis == Axis::J).unwrap()).concat();
-                    for dtype in [DType::F64, DType::F32] {
-                        let out = run(&f, &ins, dtype, ReductionKind::Sum, axis);
-                        let t = tol(dtype);
-                        assert_close(
-                            &flat(&out.values.unwrap()),
-                            &want,
-                            t * 10.0,
-                            t * 10.0 * n as f64,
-                            &format!("{src} {axis:?} {dtype:?}"),
-                        );
-                    }
-                }
+                check_sum_against_dense(&src, &ins, m, n);
             }
             // The fused log-sum-exp of a scaled squared distance.
             let src = format!("-SqDist(Vi(0,{d}), Vj(1,{d})) / (2.0 * Square(Pm(2,1)))");

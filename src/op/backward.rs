@@ -156,17 +156,12 @@ impl Backward<'_> {
             ),
         };
         // lse_i of the scores, by one more (differentiable) reduction.
-        let lse = reduce_sized(
+        let lse = reduce_values(
             &s,
             bindings,
             Reduction::new(ReductionKind::LogSumExp, Axis::J),
             Some((plan.rows, plan.terms)),
-        )?
-        .values
-        .ok_or_else(|| Error::InvalidArgument {
-            op: "SumSoftMaxWeight",
-            detail: "log-sum-exp of the scores has no values".into(),
-        })?;
+        )?;
         let n = bindings.len();
         let (g, g_bind) = self.incoming(grad_res)?;
         let out = var(VarCat::I, n + 1, e)?;
@@ -256,12 +251,7 @@ impl Backward<'_> {
             let formula = concat(split.iter().map(|(_, inner)| inner.clone()))?;
             let sizes = Some((plan.rows, plan.terms));
             let reduction = Reduction::new(ReductionKind::Sum, axis);
-            let mut sums = reduce_sized(&formula, &bindings, reduction, sizes)?
-                .values
-                .ok_or_else(|| Error::InvalidArgument {
-                    op: "Sum",
-                    detail: "a gradient reduction returned no values".into(),
-                })?;
+            let mut sums = reduce_values(&formula, &bindings, reduction, sizes)?;
             if split.iter().any(|(outer, _)| outer.is_some()) {
                 // outer_k * sums_k, row by row: a pointwise evaluation over the output rows.
                 let out_cat = match axis {
@@ -286,17 +276,12 @@ impl Backward<'_> {
                     Axis::J => (plan.rows, 1),
                     Axis::I => (1, plan.terms),
                 };
-                sums = reduce_sized(
+                sums = reduce_values(
                     &scaled,
                     &with(&bindings, [binding(pos, out_cat, sums)]),
                     reduction,
                     Some(pointwise),
-                )?
-                .values
-                .ok_or_else(|| Error::InvalidArgument {
-                    op: "Sum",
-                    detail: "a gradient evaluation returned no values".into(),
-                })?;
+                )?;
             }
             let mut col = 0;
             for k in members {
@@ -393,17 +378,12 @@ impl Backward<'_> {
         }
         let formula = concat(members.iter().map(|&m| gs[m].clone().expect("member")))?;
         // One "term" per pair: a pointwise evaluation.
-        let per_pair = reduce_sized(
+        let per_pair = reduce_values(
             &formula,
             &bindings,
             Reduction::new(ReductionKind::Sum, Axis::J),
             Some((pairs, 1)),
-        )?
-        .values
-        .ok_or_else(|| Error::InvalidArgument {
-            op: "Sum",
-            detail: "a gradient evaluation returned no values".into(),
-        })?;
+        )?;
         let mut col = 0;
         for m in members {
             let v = plan.vars[m];
@@ -442,6 +422,25 @@ fn binding(id: usize, cat: VarCat, tensor: Tensor) -> Binding {
         dim,
         tensor,
     }
+}
+
+/// The values of a reduction run by [`reduce_sized`] (every reduction the backward pass runs
+/// returns values).
+fn reduce_values(
+    formula: &Expr,
+    bindings: &[Binding],
+    reduction: Reduction,
+    sizes: Option<(usize, usize)>,
+) -> candle_core::Result<Tensor> {
+    reduce_sized(formula, bindings, reduction, sizes)?
+        .values
+        .ok_or_else(|| {
+            Error::InvalidArgument {
+                op: reduction.kind.name(),
+                detail: format!("the backward pass's reduction of {formula} returned no values"),
+            }
+            .into()
+        })
 }
 
 /// The parts side by side.
