@@ -259,7 +259,7 @@ impl LazyTensor {
     pub fn sqrt(&self) -> LazyTensor {
         self.unary(UnaryOp::Sqrt)
     }
-    /// `1 / sqrt(self)`, component-wise.
+    /// `1 / sqrt(self)`, component-wise, with `Rsqrt(0) = 0` (as in KeOps).
     pub fn rsqrt(&self) -> LazyTensor {
         self.unary(UnaryOp::Rsqrt)
     }

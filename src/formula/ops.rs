@@ -45,9 +45,10 @@ pub enum UnaryOp {
     Exp,
     /// Natural logarithm; `NaN` for negative `x`, `-inf` at 0.
     Log,
-    /// Square root; `NaN` for negative `x`.
+    /// Square root; `NaN` for negative `x`. Its derivative at 0 is taken as 0 (see `Rsqrt`).
     Sqrt,
-    /// `1 / sqrt(x)`.
+    /// `1 / sqrt(x)`, and 0 at `x = 0` (KeOps' convention, which makes the gradient of a
+    /// distance at zero distance 0 instead of NaN).
     Rsqrt,
     /// `x * x`.
     Square,
@@ -187,7 +188,16 @@ impl UnaryOp {
             UnaryOp::Exp => x.exp::<FMA>(),
             UnaryOp::Log => x.ln::<FMA>(),
             UnaryOp::Sqrt => x.sqrt(),
-            UnaryOp::Rsqrt => T::ONE / x.sqrt(),
+            // KeOps' convention: Rsqrt(0) = 0, so that the derivative of a norm at the origin is
+            // 0 instead of NaN (a select, so loops still vectorise).
+            UnaryOp::Rsqrt => {
+                let r = T::ONE / x.sqrt();
+                if x == T::ZERO {
+                    T::ZERO
+                } else {
+                    r
+                }
+            }
             UnaryOp::Square => x * x,
             UnaryOp::Inv => T::ONE / x,
             UnaryOp::Abs => x.abs(),
@@ -489,8 +499,9 @@ impl UnaryOp {
             // d exp(x) = exp(x): reuse the forward node, so the exponential is computed once.
             UnaryOp::Exp => mul(a, out),
             UnaryOp::Log => bin(BinaryOp::Div, a, x),
-            // d sqrt(x) = 1 / (2 sqrt(x)).
-            UnaryOp::Sqrt => mul(&bin(BinaryOp::Div, a, out), &k(0.5)),
+            // d sqrt(x) = Rsqrt(x) / 2, taken as 0 at x = 0 (Rsqrt(0) = 0): the gradient of
+            // |x - y| at x = y is the zero subgradient, not NaN, as in KeOps.
+            UnaryOp::Sqrt => mul(&mul(a, &Expr::unary(UnaryOp::Rsqrt, x)), &k(0.5)),
             // d x^(-1/2) = -x^(-3/2) / 2.
             UnaryOp::Rsqrt => mul(&mul(a, &Expr::unary(UnaryOp::Pow(3), out)), &k(-0.5)),
             UnaryOp::Square => mul(&mul(a, x), &k(2.0)),
