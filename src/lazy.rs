@@ -462,6 +462,68 @@ impl LazyTensor {
         .checked()
     }
 
+    /// Evaluates a formula that has no `j`-variable row by row: a `(M, E)` tensor whose row `i`
+    /// is `F(x_i, p)` (all its variables are `i`-variables or parameters). Differentiable like
+    /// the reductions; used for diagonals of kernel matrices.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::LazyTensor;
+    /// let x = Tensor::new(&[[3f64, 4.], [0., 1.]], &Device::Cpu)?;
+    /// let y = Tensor::new(&[[0f64, 0.], [0., 0.]], &Device::Cpu)?;
+    /// let d = LazyTensor::vi(&x)?.sqdist(&LazyTensor::vi(&y)?)?.pointwise()?;
+    /// assert_eq!(d.to_vec2::<f64>()?, vec![vec![25.0], vec![1.0]]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn pointwise(&self) -> candle_core::Result<Tensor> {
+        let f = self.expr()?;
+        if f.depends_on(VarCat::J) {
+            return Err(Error::InvalidArgument {
+                op: "LazyTensor::pointwise",
+                detail: format!("the formula {f} has j-variables: reduce it instead"),
+            }
+            .into());
+        }
+        let rows = self
+            .bindings
+            .iter()
+            .find(|b| b.cat == VarCat::I)
+            .map(|b| b.tensor.elem_count() / b.dim)
+            .ok_or_else(|| Error::InvalidArgument {
+                op: "LazyTensor::pointwise",
+                detail: format!("the formula {f} has no i-variable, so no rows"),
+            })?;
+        crate::op::reduce_sized(
+            f,
+            &self.bindings,
+            Reduction::new(ReductionKind::Sum, Axis::J),
+            Some((rows, 1)),
+        )?
+        .values
+        .ok_or_else(|| missing(ReductionKind::Sum, "values"))
+    }
+
+    /// Whether a bound tensor tracks gradients (Candle's `track_op`).
+    pub(crate) fn tracks_grad(&self) -> bool {
+        self.bindings.iter().any(|b| b.tensor.track_op())
+    }
+
+    /// The same formula with every bound tensor detached from the autodiff graph.
+    pub(crate) fn detach(&self) -> LazyTensor {
+        let bindings = self
+            .bindings
+            .iter()
+            .map(|b| Binding {
+                tensor: b.tensor.detach(),
+                ..b.clone()
+            })
+            .collect();
+        LazyTensor {
+            expr: self.expr.clone(),
+            bindings: Arc::new(bindings),
+        }
+    }
+
     /// Runs any reduction; [`ReductionOutput`] holds values and/or indices.
     ///
     /// ```

@@ -59,9 +59,13 @@ pub mod error;
 pub mod formula;
 pub mod lazy;
 pub mod op;
+pub mod operator;
 pub mod reduction;
+pub mod solve;
 
 pub use error::Error;
 pub use lazy::LazyTensor;
 pub use op::ReductionOutput;
+pub use operator::{Kernel, KernelOperator, Nu};
 pub use reduction::{Axis, Reduction, ReductionKind};
+pub use solve::{Preconditioner, Rank, Ridge, SolveInfo, SolveOptions};

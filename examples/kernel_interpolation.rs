@@ -1,0 +1,178 @@
+//! Kernel interpolation (kriging), ported from KeOps' "Kernel interpolation - NumPy API"
+//! example (../shared/seed/): solve `(K_xx + alpha I) a = b` for a Gaussian kernel in 1D and a
+//! Laplacian kernel in 2D, with a kernel matrix that is never built, then evaluate the fitted
+//! model on a grid and draw it.
+//!
+//! ```text
+//! cargo run --release --example kernel_interpolation -- [N] [--out DIR] [--f32]
+//! ```
+//!
+//! N defaults to 10,000 (the seed's GPU setting); the figures go to `figures/` by default.
+
+#[path = "plot/mod.rs"]
+mod plot;
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use lazy_kernels::{Kernel, KernelOperator, SolveInfo, SolveOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A standard normal sample (Box-Muller).
+fn randn(rng: &mut StdRng) -> f64 {
+    let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let v: f64 = rng.random();
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+/// `1,234,567`.
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (k, c) in s.chars().enumerate() {
+        if k > 0 && (s.len() - k) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn report(info: &SolveInfo) {
+    println!(
+        "  CG: {} iterations, relative residual {:.2e} ({}), preconditioner rank {} \
+         (setup {:.3}s, iterations {:.3}s)",
+        info.iterations,
+        info.max_residual(),
+        if info.all_converged() {
+            "converged"
+        } else {
+            "NOT converged"
+        },
+        info.preconditioner_rank,
+        info.setup_seconds,
+        info.solve_seconds
+    );
+}
+
+fn main() -> candle_core::Result<()> {
+    let mut n = 10_000usize;
+    let mut out_dir = std::path::PathBuf::from("figures");
+    let mut dtype = DType::F64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--out" => out_dir = args.next().expect("--out DIR").into(),
+            "--f32" => dtype = DType::F32,
+            s => n = s.replace(['_', ','], "").parse().expect("N must be a number"),
+        }
+    }
+    std::fs::create_dir_all(&out_dir)?;
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(0);
+    let opts = SolveOptions::default();
+
+    // ---------------------------------------------------------------- 1D, Gaussian kernel
+    let xs: Vec<f64> = (0..n).map(|_| rng.random()).collect();
+    let bs: Vec<f64> = xs
+        .iter()
+        .map(|&x| {
+            x + 0.5 * (6.0 * x).sin() + 0.1 * (20.0 * x).sin() + 0.05 * randn(&mut rng)
+        })
+        .collect();
+    let x = Tensor::from_vec(xs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
+    let b = Tensor::from_vec(bs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
+    let sigma = Tensor::new(&[0.1f64], &dev)?.to_dtype(dtype)?;
+    let alpha = 1.0; // ridge regularization
+
+    let start = Instant::now();
+    let k_xx = KernelOperator::new(Kernel::gaussian(&sigma), &x, &x)?;
+    let (a, info) = k_xx.solve(&b, alpha, &opts)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "Time to perform an RBF interpolation with {} samples in 1D: {:.5}s",
+        thousands(n),
+        elapsed
+    );
+    report(&info);
+
+    // Extrapolate on a uniform sample and draw the fit over the noisy samples.
+    let t: Vec<f64> = (0..1001).map(|k| k as f64 / 1000.0).collect();
+    let t_tensor = Tensor::from_vec(t.clone(), (1001, 1), &dev)?.to_dtype(dtype)?;
+    let k_tx = KernelOperator::new(Kernel::gaussian(&sigma), &t_tensor, &x)?;
+    let mean_t = k_tx
+        .matmul(&a)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let mut fig = plot::Canvas::new(800, 600, (0.0, 1.0), (0.0, 1.0));
+    fig.scatter(&xs, &bs, &[plot::BLUE], (100.0 / n as f64).sqrt().max(0.5));
+    fig.line(&t, &mean_t, plot::RED, 2.0);
+    fig.axes();
+    let path = out_dir.join("kernel_interpolation_1d.png");
+    fig.save_png(&path)?;
+    println!("  wrote {}", path.display());
+
+    // ---------------------------------------------------------------- 2D, Laplacian kernel
+    let pts: Vec<[f64; 2]> = (0..n).map(|_| [rng.random(), rng.random()]).collect();
+    let mut bs: Vec<f64> = pts
+        .iter()
+        .map(|p| {
+            let r2 = (p[0] - 0.5).powi(2) + (p[1] - 0.5).powi(2);
+            let ring = if (0.3f64.powi(2)..=0.4f64.powi(2)).contains(&r2) {
+                1.0
+            } else {
+                0.0
+            };
+            ring + 0.05 * randn(&mut rng)
+        })
+        .collect();
+    // 25% of outliers.
+    let n_out = n / 4;
+    for v in bs.iter_mut().skip(n - n_out) {
+        *v = rng.random();
+    }
+    let flat: Vec<f64> = pts.iter().flatten().cloned().collect();
+    let x = Tensor::from_vec(flat, (n, 2), &dev)?.to_dtype(dtype)?;
+    let b = Tensor::from_vec(bs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
+    let alpha = 10.0;
+
+    let start = Instant::now();
+    let k_xx = KernelOperator::new(Kernel::laplacian(&sigma), &x, &x)?;
+    let (a, info) = k_xx.solve(&b, alpha, &opts)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "Time to perform an RBF interpolation with {} samples in 2D: {:.5}s",
+        thousands(n),
+        elapsed
+    );
+    report(&info);
+
+    // The model on a 101 x 101 grid (row 0 at y = 0), under the samples.
+    let g = 101;
+    let grid: Vec<f64> = (0..g * g)
+        .flat_map(|k| [(k % g) as f64 / 100.0, (k / g) as f64 / 100.0])
+        .collect();
+    let t_tensor = Tensor::from_vec(grid, (g * g, 2), &dev)?.to_dtype(dtype)?;
+    let k_tx = KernelOperator::new(Kernel::laplacian(&sigma), &t_tensor, &x)?;
+    let mean_t = k_tx
+        .matmul(&a)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let mut fig = plot::Canvas::new(800, 800, (0.0, 1.0), (0.0, 1.0));
+    let (lo, hi) = mean_t
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    fig.image(&mean_t, g, g, lo, hi, plot::coolwarm, true);
+    let colors: Vec<plot::Rgb> = bs.iter().map(|&v| plot::bwr(v.clamp(0.0, 1.0))).collect();
+    let px: Vec<f64> = pts.iter().map(|p| p[0]).collect();
+    let py: Vec<f64> = pts.iter().map(|p| p[1]).collect();
+    fig.scatter(&px, &py, &colors, (25000.0 / n as f64).sqrt() * 0.3);
+    fig.axes();
+    let path = out_dir.join("kernel_interpolation_2d.png");
+    fig.save_png(&path)?;
+    println!("  wrote {}", path.display());
+    Ok(())
+}

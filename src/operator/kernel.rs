@@ -1,0 +1,408 @@
+//! Covariance kernels as symbolic formulas: the stationary families, the linear kernel, and
+//! sums, products and positive scalings of kernels.
+//!
+//! A [`Kernel`] is a description; [`Kernel::formula`] turns it into a [`LazyTensor`] over the
+//! pairs of two point sets. Every hyperparameter is a Candle tensor, bound into the formula,
+//! so a `Var` there is learned by `backward()`. Lengthscales (and periods) are applied to the
+//! points by Candle ops before the formula (`x / l`), so that the formula itself is the plain
+//! radial shape the backends fuse (`exp(-|x - y|^2 / 2)`), and the gradient with respect to
+//! `l` flows through those ops.
+
+use std::fmt;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::Error;
+use crate::formula::VarCat;
+use crate::LazyTensor;
+
+/// A user formula `k(x_i, y_j)`, given the two points as lazy variables.
+pub type KernelFn =
+    dyn Fn(&LazyTensor, &LazyTensor) -> candle_core::Result<LazyTensor> + Send + Sync;
+
+/// The smoothness of a Matern kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nu {
+    /// `nu = 1/2`: `exp(-r)` (the Laplacian or exponential kernel).
+    Half,
+    /// `nu = 3/2`: `(1 + sqrt(3) r) exp(-sqrt(3) r)`.
+    ThreeHalves,
+    /// `nu = 5/2`: `(1 + sqrt(5) r + 5 r^2 / 3) exp(-sqrt(5) r)`.
+    FiveHalves,
+}
+
+#[derive(Clone)]
+enum Node {
+    Gaussian { lengthscale: Tensor },
+    Matern { nu: Nu, lengthscale: Tensor },
+    RationalQuadratic { lengthscale: Tensor, alpha: Tensor },
+    Periodic { lengthscale: Tensor, period: Tensor },
+    Linear,
+    Scale { scale: Tensor, kernel: Box<Kernel> },
+    Sum(Box<Kernel>, Box<Kernel>),
+    Product(Box<Kernel>, Box<Kernel>),
+    Formula(Arc<KernelFn>),
+}
+
+/// A covariance kernel `k(x, y)` between points of `R^D`.
+///
+/// `r` below is the scaled distance `|(x - y) / l|`, with a lengthscale `l` of shape `(1,)`
+/// (isotropic; a scalar tensor is accepted too) or `(D,)` (one per dimension).
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// use lazy_kernels::{Kernel, KernelOperator};
+/// let dev = Device::Cpu;
+/// let l = Var::new(&[0.5f64], &dev)?;                    // learnable lengthscale
+/// let c = Tensor::new(&[2.0f64], &dev)?;                 // output scale
+/// let k = Kernel::gaussian(l.as_tensor()).scale(&c) + Kernel::linear();
+/// let x = Tensor::new(&[[0f64], [1.0]], &dev)?;
+/// let dense = KernelOperator::new(k, &x, &x)?.to_dense()?.to_vec2::<f64>()?;
+/// let want = 2.0 * (-0.5f64 / 0.25).exp();               // 2 exp(-r^2/2) + x y at (0, 1)
+/// assert!((dense[0][1] - want).abs() < 1e-12);
+/// assert!((dense[1][1] - 3.0).abs() < 1e-12);            // 2 + 1 * 1
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Kernel {
+    node: Node,
+}
+
+impl fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.node {
+            Node::Gaussian { lengthscale } => write!(f, "Gaussian(l{:?})", lengthscale.dims()),
+            Node::Matern { nu, lengthscale } => {
+                write!(f, "Matern({nu:?}, l{:?})", lengthscale.dims())
+            }
+            Node::RationalQuadratic { lengthscale, .. } => {
+                write!(f, "RationalQuadratic(l{:?})", lengthscale.dims())
+            }
+            Node::Periodic { lengthscale, period } => write!(
+                f,
+                "Periodic(l{:?}, p{:?})",
+                lengthscale.dims(),
+                period.dims()
+            ),
+            Node::Linear => write!(f, "Linear"),
+            Node::Scale { kernel, .. } => write!(f, "c * {kernel:?}"),
+            Node::Sum(a, b) => write!(f, "({a:?} + {b:?})"),
+            Node::Product(a, b) => write!(f, "({a:?} * {b:?})"),
+            Node::Formula(_) => write!(f, "Formula"),
+        }
+    }
+}
+
+fn boxed(node: Node) -> Kernel {
+    Kernel { node }
+}
+
+impl Kernel {
+    /// The Gaussian (squared-exponential, RBF) kernel `exp(-r^2 / 2)`.
+    pub fn gaussian(lengthscale: &Tensor) -> Kernel {
+        boxed(Node::Gaussian {
+            lengthscale: lengthscale.clone(),
+        })
+    }
+
+    /// The Laplacian (exponential) kernel `exp(-r)`, which is [`Kernel::matern12`].
+    pub fn laplacian(lengthscale: &Tensor) -> Kernel {
+        Kernel::matern(Nu::Half, lengthscale)
+    }
+
+    /// The Matern kernel of smoothness `nu`.
+    pub fn matern(nu: Nu, lengthscale: &Tensor) -> Kernel {
+        boxed(Node::Matern {
+            nu,
+            lengthscale: lengthscale.clone(),
+        })
+    }
+
+    /// Matern 1/2: `exp(-r)`.
+    pub fn matern12(lengthscale: &Tensor) -> Kernel {
+        Kernel::matern(Nu::Half, lengthscale)
+    }
+
+    /// Matern 3/2: `(1 + sqrt(3) r) exp(-sqrt(3) r)`.
+    pub fn matern32(lengthscale: &Tensor) -> Kernel {
+        Kernel::matern(Nu::ThreeHalves, lengthscale)
+    }
+
+    /// Matern 5/2: `(1 + sqrt(5) r + 5 r^2 / 3) exp(-sqrt(5) r)`.
+    pub fn matern52(lengthscale: &Tensor) -> Kernel {
+        Kernel::matern(Nu::FiveHalves, lengthscale)
+    }
+
+    /// The rational quadratic kernel `(1 + r^2 / (2 alpha))^(-alpha)`, `alpha` of shape `(1,)`.
+    pub fn rational_quadratic(lengthscale: &Tensor, alpha: &Tensor) -> Kernel {
+        boxed(Node::RationalQuadratic {
+            lengthscale: lengthscale.clone(),
+            alpha: alpha.clone(),
+        })
+    }
+
+    /// The periodic kernel `exp(-2 sum_d sin^2(pi (x_d - y_d) / p_d) / l_d^2)` (MacKay's; the
+    /// form of GPyTorch and of Rasmussen & Williams eq. 5.16 in 1D). Lengthscale and period
+    /// each have shape `(1,)` or `(D,)`.
+    pub fn periodic(lengthscale: &Tensor, period: &Tensor) -> Kernel {
+        boxed(Node::Periodic {
+            lengthscale: lengthscale.clone(),
+            period: period.clone(),
+        })
+    }
+
+    /// The linear kernel `x . y` (scale it with [`Kernel::scale`]).
+    pub fn linear() -> Kernel {
+        boxed(Node::Linear)
+    }
+
+    /// A kernel from any formula `k(x_i, y_j)` of one component. It should be symmetric and
+    /// positive semi-definite for [`crate::KernelOperator::solve`]; nothing can check that.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Kernel, KernelOperator};
+    /// // The inverse multiquadric kernel 1 / sqrt(1 + |x - y|^2).
+    /// let k = Kernel::from_formula(|x, y| Ok((x.sqdist(y)? + 1.0).rsqrt()));
+    /// let x = Tensor::new(&[[0f64], [1.0]], &Device::Cpu)?;
+    /// let d = KernelOperator::new(k, &x, &x)?.to_dense()?.to_vec2::<f64>()?;
+    /// assert!((d[0][1] - 0.5f64.sqrt()).abs() < 1e-12);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn from_formula<F>(f: F) -> Kernel
+    where
+        F: Fn(&LazyTensor, &LazyTensor) -> candle_core::Result<LazyTensor> + Send + Sync + 'static,
+    {
+        boxed(Node::Formula(Arc::new(f)))
+    }
+
+    /// `scale * k`, with `scale` a positive tensor of shape `(1,)` (or a scalar tensor).
+    pub fn scale(&self, scale: &Tensor) -> Kernel {
+        boxed(Node::Scale {
+            scale: scale.clone(),
+            kernel: Box::new(self.clone()),
+        })
+    }
+
+    /// The hyperparameter tensors, in a fixed order (for checks; a formula kernel's captured
+    /// tensors are not listed).
+    pub fn parameters(&self) -> Vec<Tensor> {
+        let mut out = Vec::new();
+        self.collect(&mut out);
+        out
+    }
+
+    fn collect(&self, out: &mut Vec<Tensor>) {
+        match &self.node {
+            Node::Gaussian { lengthscale } | Node::Matern { lengthscale, .. } => {
+                out.push(lengthscale.clone())
+            }
+            Node::RationalQuadratic { lengthscale, alpha } => {
+                out.push(lengthscale.clone());
+                out.push(alpha.clone());
+            }
+            Node::Periodic { lengthscale, period } => {
+                out.push(lengthscale.clone());
+                out.push(period.clone());
+            }
+            Node::Linear | Node::Formula(_) => {}
+            Node::Scale { scale, kernel } => {
+                out.push(scale.clone());
+                kernel.collect(out);
+            }
+            Node::Sum(a, b) | Node::Product(a, b) => {
+                a.collect(out);
+                b.collect(out);
+            }
+        }
+    }
+
+    /// Checks every hyperparameter against points of dimension `d`, of `dtype` on `device`:
+    /// shapes, dtypes, devices, and values (finite; positive where the kernel needs it).
+    pub(crate) fn check(&self, d: usize, dtype: DType, device: &Device) -> candle_core::Result<()> {
+        let op = "Kernel";
+        let check = |t: &Tensor, name: &str, per_dim: bool| -> candle_core::Result<()> {
+            if t.dtype() != dtype {
+                return Err(Error::DType {
+                    op,
+                    detail: format!(
+                        "the {name} is {:?} but the points are {dtype:?}",
+                        t.dtype()
+                    ),
+                }
+                .into());
+            }
+            if !t.device().same_device(device) {
+                return Err(Error::Device {
+                    op,
+                    detail: format!(
+                        "the {name} is on {:?} but the points are on {:?}",
+                        t.device().location(),
+                        device.location()
+                    ),
+                }
+                .into());
+            }
+            let n = t.elem_count();
+            let ok = n == 1 || (per_dim && n == d);
+            if !ok || t.rank() > 1 {
+                let want = if per_dim {
+                    format!("(1,) or (D,) = ({d},)")
+                } else {
+                    "(1,)".to_string()
+                };
+                return Err(Error::Shape {
+                    op,
+                    detail: format!("the {name} has shape {:?}, expected {want}", t.dims()),
+                }
+                .into());
+            }
+            let v = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            if let Some(bad) = v.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                return Err(Error::InvalidArgument {
+                    op,
+                    detail: format!("the {name} must be finite and positive, got {bad}"),
+                }
+                .into());
+            }
+            Ok(())
+        };
+        match &self.node {
+            Node::Gaussian { lengthscale } | Node::Matern { lengthscale, .. } => {
+                check(lengthscale, "lengthscale", true)
+            }
+            Node::RationalQuadratic { lengthscale, alpha } => {
+                check(lengthscale, "lengthscale", true)?;
+                check(alpha, "rational quadratic alpha", false)
+            }
+            Node::Periodic { lengthscale, period } => {
+                check(lengthscale, "lengthscale", true)?;
+                check(period, "period", true)
+            }
+            Node::Linear | Node::Formula(_) => Ok(()),
+            Node::Scale { scale, kernel } => {
+                check(scale, "scale", false)?;
+                kernel.check(d, dtype, device)
+            }
+            Node::Sum(a, b) | Node::Product(a, b) => {
+                a.check(d, dtype, device)?;
+                b.check(d, dtype, device)
+            }
+        }
+    }
+
+    /// The formula `k(x, y)` with `x` bound as a variable of category `xc` and `y` of `yc`
+    /// (`(I, J)` for a kernel matrix, `(I, I)` for its values at paired rows). Both tensors are
+    /// `(rows, D)`.
+    pub(crate) fn formula(
+        &self,
+        x: &Tensor,
+        xc: VarCat,
+        y: &Tensor,
+        yc: VarCat,
+    ) -> candle_core::Result<LazyTensor> {
+        let bind = |t: &Tensor, c: VarCat| match c {
+            VarCat::I => LazyTensor::vi(t),
+            VarCat::J => LazyTensor::vj(t),
+            VarCat::P => LazyTensor::param(t),
+        };
+        let same = x.id() == y.id();
+        // The points divided by the lengthscale (times a constant), bound as x_i and y_j.
+        let scaled = |l: &Tensor, c: f64| -> candle_core::Result<(LazyTensor, LazyTensor)> {
+            let inv = (l.flatten_all()?.recip()? * c)?.unsqueeze(0)?;
+            let xs = x.broadcast_mul(&inv)?;
+            let ys = if same { xs.clone() } else { y.broadcast_mul(&inv)? };
+            Ok((bind(&xs, xc)?, bind(&ys, yc)?))
+        };
+        Ok(match &self.node {
+            Node::Gaussian { lengthscale } => {
+                let (a, b) = scaled(lengthscale, 1.0)?;
+                (a.sqdist(&b)? * -0.5).exp()
+            }
+            Node::Matern { nu, lengthscale } => {
+                let c = match nu {
+                    Nu::Half => 1.0,
+                    Nu::ThreeHalves => 3f64.sqrt(),
+                    Nu::FiveHalves => 5f64.sqrt(),
+                };
+                let (a, b) = scaled(lengthscale, c)?;
+                let d2 = a.sqdist(&b)?;
+                let r = d2.sqrt();
+                let e = (-r.clone()).exp();
+                match nu {
+                    Nu::Half => e,
+                    Nu::ThreeHalves => (r + 1.0) * e,
+                    Nu::FiveHalves => (r + d2 * (1.0 / 3.0) + 1.0) * e,
+                }
+            }
+            Node::RationalQuadratic { lengthscale, alpha } => {
+                let (a, b) = scaled(lengthscale, 1.0)?;
+                let alpha = alpha.flatten_all()?;
+                let half_inv = LazyTensor::param(&(alpha.recip()? * 0.5)?)?;
+                let neg = LazyTensor::param(&alpha.neg()?)?;
+                (a.sqdist(&b)? * half_inv + 1.0).powf(&neg)?
+            }
+            Node::Periodic {
+                lengthscale,
+                period,
+            } => {
+                let (a, b) = scaled(period, std::f64::consts::PI)?;
+                let w = LazyTensor::param(&(lengthscale.flatten_all()?.sqr()?.recip()? * -2.0)?)?;
+                ((a - b).sin().square() * w).component_sum().exp()
+            }
+            Node::Linear => bind(x, xc)?.dot(&bind(y, yc)?)?,
+            Node::Scale { scale, kernel } => {
+                LazyTensor::param(&scale.flatten_all()?)? * kernel.formula(x, xc, y, yc)?
+            }
+            Node::Sum(a, b) => a.formula(x, xc, y, yc)? + b.formula(x, xc, y, yc)?,
+            Node::Product(a, b) => a.formula(x, xc, y, yc)? * b.formula(x, xc, y, yc)?,
+            Node::Formula(f) => {
+                let k = f(&bind(x, xc)?, &bind(y, yc)?)?;
+                let dim = k.dim()?;
+                if dim != 1 {
+                    return Err(Error::Shape {
+                        op: "Kernel::from_formula",
+                        detail: format!(
+                            "a kernel formula must have one component, this one has {dim}"
+                        ),
+                    }
+                    .into());
+                }
+                k
+            }
+        })
+    }
+}
+
+impl std::ops::Add for Kernel {
+    type Output = Kernel;
+    /// The sum of two kernels.
+    fn add(self, rhs: Kernel) -> Kernel {
+        boxed(Node::Sum(Box::new(self), Box::new(rhs)))
+    }
+}
+
+impl std::ops::Mul for Kernel {
+    type Output = Kernel;
+    /// The product of two kernels.
+    fn mul(self, rhs: Kernel) -> Kernel {
+        boxed(Node::Product(Box::new(self), Box::new(rhs)))
+    }
+}
+
+impl std::ops::Add for &Kernel {
+    type Output = Kernel;
+    /// The sum of two kernels.
+    fn add(self, rhs: &Kernel) -> Kernel {
+        self.clone() + rhs.clone()
+    }
+}
+
+impl std::ops::Mul for &Kernel {
+    type Output = Kernel;
+    /// The product of two kernels.
+    fn mul(self, rhs: &Kernel) -> Kernel {
+        self.clone() * rhs.clone()
+    }
+}

@@ -1,0 +1,254 @@
+//! Kernel matrices as linear operators: [`KernelOperator`] (`K_ij = k(x_i, y_j)`) with a lazy,
+//! differentiable matrix product, its transpose, diagonal and rows, and [`Kernel`], the
+//! covariance functions it is built from. The solve lives in [`crate::solve`].
+
+mod kernel;
+
+pub use kernel::{Kernel, KernelFn, Nu};
+
+use candle_core::{DType, Tensor};
+
+use crate::error::Error;
+use crate::formula::VarCat;
+use crate::{Axis, LazyTensor};
+
+/// The `M x N` matrix `K_ij = k(x_i, y_j)` of a kernel between two point sets, never built:
+/// products with it are reductions over the pairs.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use lazy_kernels::{Kernel, KernelOperator};
+/// let dev = Device::Cpu;
+/// let x = Tensor::rand(0f64, 1., (500, 2), &dev)?;
+/// let y = Tensor::rand(0f64, 1., (300, 2), &dev)?;
+/// let b = Tensor::rand(0f64, 1., (300, 3), &dev)?;
+/// let l = Tensor::new(&[0.2f64], &dev)?;
+/// let k = KernelOperator::new(Kernel::laplacian(&l), &x, &y)?;
+/// assert_eq!(k.shape(), (500, 300));
+/// let kb = k.matmul(&b)?;                                   // (500, 3), lazily
+/// let dense = k.to_dense()?.matmul(&b)?;                    // the same, densely
+/// let err = (kb - dense)?.abs()?.max_all()?.to_scalar::<f64>()?;
+/// assert!(err < 1e-10);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct KernelOperator {
+    kernel: Kernel,
+    /// The points of the rows, `(M, D)`.
+    rows: Tensor,
+    /// The points of the columns, `(N, D)`.
+    cols: Tensor,
+    /// Whether the kernel's first argument is the column point (after [`KernelOperator::t`]).
+    swapped: bool,
+}
+
+/// Points as `(rows, D)`: a `(rows,)` tensor is one-dimensional points.
+fn points(t: &Tensor, name: &str) -> candle_core::Result<Tensor> {
+    let op = "KernelOperator::new";
+    match t.dims() {
+        [n] if *n > 0 => t.reshape((*n, 1)),
+        [n, d] if *n > 0 && *d > 0 => Ok(t.clone()),
+        dims => Err(Error::Shape {
+            op,
+            detail: format!("{name} must be (rows, D) or (rows,) with rows, D >= 1, got {dims:?}"),
+        }
+        .into()),
+    }
+}
+
+impl KernelOperator {
+    /// The kernel matrix of `kernel` between the rows of `x` `(M, D)` and of `y` `(N, D)`
+    /// (`(M,)` and `(N,)` are one-dimensional points). Checks dtypes, devices and the shapes of
+    /// the kernel's hyperparameters.
+    pub fn new(kernel: Kernel, x: &Tensor, y: &Tensor) -> candle_core::Result<KernelOperator> {
+        let op = "KernelOperator::new";
+        let rows = points(x, "x")?;
+        let cols = points(y, "y")?;
+        let (d, dy) = (rows.dim(1)?, cols.dim(1)?);
+        if d != dy {
+            return Err(Error::Shape {
+                op,
+                detail: format!("x has {d} dimensions per point and y has {dy}"),
+            }
+            .into());
+        }
+        if !matches!(x.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+            return Err(Error::DType {
+                op,
+                detail: format!("points must be float, got {:?}", x.dtype()),
+            }
+            .into());
+        }
+        if x.dtype() != y.dtype() {
+            return Err(Error::DType {
+                op,
+                detail: format!("x is {:?} and y is {:?}", x.dtype(), y.dtype()),
+            }
+            .into());
+        }
+        if !x.device().same_device(y.device()) {
+            return Err(Error::Device {
+                op,
+                detail: format!(
+                    "x is on {:?} and y on {:?}",
+                    x.device().location(),
+                    y.device().location()
+                ),
+            }
+            .into());
+        }
+        kernel.check(d, x.dtype(), x.device())?;
+        let k = KernelOperator {
+            kernel,
+            rows,
+            cols,
+            swapped: false,
+        };
+        // Build the formula once, so that a bad user formula fails here.
+        k.lazy()?;
+        Ok(k)
+    }
+
+    /// `(M, N)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows.dims()[0], self.cols.dims()[0])
+    }
+
+    /// The kernel.
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    /// The points of the rows `(M, D)` and of the columns `(N, D)`.
+    pub fn points(&self) -> (&Tensor, &Tensor) {
+        (&self.rows, &self.cols)
+    }
+
+    /// The dtype of the points.
+    pub fn dtype(&self) -> DType {
+        self.rows.dtype()
+    }
+
+    /// `K_ij` as a lazy tensor (an `(M, N)` symbolic matrix), for any reduction.
+    pub fn lazy(&self) -> candle_core::Result<LazyTensor> {
+        self.formula_of(&self.rows, VarCat::I, &self.cols, VarCat::J)
+    }
+
+    /// The formula with the row points bound as `rc` and the column points as `cc`.
+    fn formula_of(
+        &self,
+        rows: &Tensor,
+        rc: VarCat,
+        cols: &Tensor,
+        cc: VarCat,
+    ) -> candle_core::Result<LazyTensor> {
+        if self.swapped {
+            self.kernel.formula(cols, cc, rows, rc)
+        } else {
+            self.kernel.formula(rows, rc, cols, cc)
+        }
+    }
+
+    /// `K b`, lazily and differentiably (with respect to `b`, the points and every
+    /// hyperparameter): `b` is `(N,)` (giving `(M,)`) or `(N, E)` (giving `(M, E)`).
+    pub fn matmul(&self, b: &Tensor) -> candle_core::Result<Tensor> {
+        matmul_lazy(&self.lazy()?, b, self.shape(), "KernelOperator::matmul")
+    }
+
+    /// The transpose `K^T`, `(N, M)`: `K^T_ji = k(x_i, y_j)` (for a symmetric kernel, the
+    /// operator of `k` between `y` and `x`).
+    pub fn t(&self) -> KernelOperator {
+        KernelOperator {
+            kernel: self.kernel.clone(),
+            rows: self.cols.clone(),
+            cols: self.rows.clone(),
+            swapped: !self.swapped,
+        }
+    }
+
+    /// The diagonal `K_kk`, `(min(M, N),)`, evaluated pointwise (differentiable).
+    pub fn diag(&self) -> candle_core::Result<Tensor> {
+        let n = self.shape().0.min(self.shape().1);
+        let r = self.rows.narrow(0, 0, n)?;
+        let c = self.cols.narrow(0, 0, n)?;
+        self.formula_of(&r, VarCat::I, &c, VarCat::I)?
+            .pointwise()?
+            .reshape(n)
+    }
+
+    /// The rows `K[idx, :]` as a dense `(idx.len(), N)` tensor (what a preconditioner needs).
+    /// Each row is one pointwise evaluation over the column points, with the row's point
+    /// bound as a parameter: `O(N)` memory per row, nothing of size `M x N`.
+    pub fn rows(&self, idx: &[usize]) -> candle_core::Result<Tensor> {
+        let (m, n) = self.shape();
+        if let Some(bad) = idx.iter().find(|&&i| i >= m) {
+            return Err(Error::InvalidArgument {
+                op: "KernelOperator::rows",
+                detail: format!("row index {bad} is out of range for {m} rows"),
+            }
+            .into());
+        }
+        if idx.is_empty() {
+            return Tensor::zeros((0, n), self.dtype(), self.rows.device());
+        }
+        let out = idx
+            .iter()
+            .map(|&i| {
+                let point = self.rows.get(i)?;
+                self.formula_of(&point, VarCat::P, &self.cols, VarCat::I)?
+                    .pointwise()?
+                    .reshape((1, n))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&out, 0)
+    }
+
+    /// The dense `(M, N)` matrix, for small blocks and tests (`O(M N)` memory, as asked).
+    pub fn to_dense(&self) -> candle_core::Result<Tensor> {
+        let idx: Vec<usize> = (0..self.shape().0).collect();
+        self.rows(&idx)
+    }
+
+    /// The same operator with every bound tensor detached from the autodiff graph (for the
+    /// iterations of a solve, which are not differentiated step by step).
+    pub(crate) fn detached_lazy(&self) -> candle_core::Result<LazyTensor> {
+        Ok(self.lazy()?.detach())
+    }
+}
+
+/// `K b` for a lazy `K` of `shape`, with `b` `(N,)` or `(N, E)`: the checks and the reshapes.
+pub(crate) fn matmul_lazy(
+    k: &LazyTensor,
+    b: &Tensor,
+    shape: (usize, usize),
+    op: &'static str,
+) -> candle_core::Result<Tensor> {
+    let (m, n) = shape;
+    let (b2, vector) = match b.dims() {
+        [r] => (b.reshape((*r, 1))?, true),
+        [_, e] if *e > 0 => (b.clone(), false),
+        dims => {
+            return Err(Error::Shape {
+                op,
+                detail: format!("b must be (N,) or (N, E) with E >= 1, got {dims:?}"),
+            }
+            .into())
+        }
+    };
+    if b2.dim(0)? != n {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "b has {} rows but the operator is {m} x {n} (b needs N = {n} rows)",
+                b2.dim(0)?
+            ),
+        }
+        .into());
+    }
+    let out = (k * LazyTensor::vj(&b2)?).sum(Axis::J)?;
+    if vector {
+        out.reshape(m)
+    } else {
+        Ok(out)
+    }
+}

@@ -1,0 +1,207 @@
+//! Batched preconditioned conjugate gradients with one step size and one convergence test per
+//! column of the right-hand side.
+//!
+//! The iterates live in `f64` tensors on the operator's device whatever the operator's dtype
+//! (an `f32` kernel product is rounded once per product, not accumulated into the iterates);
+//! the per-column scalars (`<r, z>`, `<p, A p>`, residual norms) come to the host, a few numbers
+//! per iteration. Converged columns stop moving and leave the products: the operator is applied
+//! to the active columns only.
+
+use candle_core::{DType, Tensor};
+
+/// A symmetric positive definite operator on `(N, E)` `f64` tensors.
+pub(crate) trait SpdOperator {
+    /// `A v`.
+    fn apply(&self, v: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+/// A preconditioner: `M^-1 v` for an SPD `M` close to `A`.
+pub(crate) trait Preconditioner {
+    /// `M^-1 v`.
+    fn apply(&self, v: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+/// What CG did, per column.
+#[derive(Clone, Debug)]
+pub(crate) struct CgOutcome {
+    pub iterations: Vec<usize>,
+    pub residuals: Vec<f64>,
+    pub converged: Vec<bool>,
+    /// Operator products, counted in columns-blocks (one per call to `A`).
+    pub products: usize,
+}
+
+/// Stopping rules.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CgSettings {
+    pub tol: f64,
+    pub max_iters: usize,
+    /// Recompute `b - A x` when a column's recurrence says it has converged, and go on from
+    /// the true residual if it has not (one product more, residuals that are never optimistic).
+    pub check_residual: bool,
+}
+
+/// `<a_c, b_c>` for every column `c`.
+fn col_dots(a: &Tensor, b: &Tensor) -> candle_core::Result<Vec<f64>> {
+    (a * b)?.sum(0)?.to_vec1::<f64>()
+}
+
+/// A `(1, E)` row of per-column coefficients.
+fn row(v: &[f64], like: &Tensor) -> candle_core::Result<Tensor> {
+    Tensor::from_slice(v, (1, v.len()), like.device())
+}
+
+/// `A v` on the columns flagged in `active` (the others are zero in the result).
+fn apply_active(
+    a: &dyn SpdOperator,
+    v: &Tensor,
+    active: &[bool],
+    products: &mut usize,
+) -> candle_core::Result<Tensor> {
+    *products += 1;
+    if active.iter().all(|&x| x) {
+        return a.apply(v);
+    }
+    let ids: Vec<u32> = (0..active.len() as u32)
+        .filter(|&c| active[c as usize])
+        .collect();
+    let ids = Tensor::new(ids.as_slice(), v.device())?;
+    let av = a.apply(&v.index_select(&ids, 1)?.contiguous()?)?;
+    v.zeros_like()?.index_add(&ids, &av, 1)
+}
+
+/// Solves `A x = b` (`b`: `(N, E)` `f64`) from `x0`, column by column in lockstep.
+pub(crate) fn cg(
+    a: &dyn SpdOperator,
+    m: Option<&dyn Preconditioner>,
+    b: &Tensor,
+    x0: Option<&Tensor>,
+    s: CgSettings,
+) -> candle_core::Result<(Tensor, CgOutcome)> {
+    debug_assert_eq!(b.dtype(), DType::F64);
+    let e = b.dim(1)?;
+    let precondition = |r: &Tensor| match m {
+        Some(m) => m.apply(r),
+        None => Ok(r.clone()),
+    };
+    let bnorm: Vec<f64> = col_dots(b, b)?.into_iter().map(f64::sqrt).collect();
+    let mut products = 0;
+    let mut x = match x0 {
+        Some(x0) => x0.clone(),
+        None => b.zeros_like()?,
+    };
+    let mut r = match x0 {
+        Some(_) => (b - apply_active(a, &x, &vec![true; e], &mut products)?)?,
+        None => b.clone(),
+    };
+    let rel = |r: &Tensor| -> candle_core::Result<Vec<f64>> {
+        Ok(col_dots(r, r)?
+            .into_iter()
+            .zip(&bnorm)
+            .map(|(rr, bn)| if *bn > 0.0 { rr.sqrt() / bn } else { 0.0 })
+            .collect())
+    };
+    let mut res = rel(&r)?;
+    // A zero right-hand side has the solution 0, whatever the start.
+    if bnorm.contains(&0.0) {
+        let keep: Vec<f64> = bnorm.iter().map(|&n| f64::from(n > 0.0)).collect();
+        let keep = row(&keep, b)?;
+        x = x.broadcast_mul(&keep)?;
+        r = r.broadcast_mul(&keep)?;
+    }
+    let mut converged: Vec<bool> = res.iter().map(|&v| v <= s.tol).collect();
+    let mut iterations = vec![0usize; e];
+    let mut z = precondition(&r)?;
+    let mut p = z.clone();
+    let mut rz = col_dots(&r, &z)?;
+    let mut broken = vec![false; e];
+    let mut it = 0;
+    while it < s.max_iters {
+        let active: Vec<bool> = (0..e).map(|c| !converged[c] && !broken[c]).collect();
+        if !active.contains(&true) {
+            break;
+        }
+        it += 1;
+        let ap = apply_active(a, &p, &active, &mut products)?;
+        let pap = col_dots(&p, &ap)?;
+        let mut step = vec![0.0; e];
+        for c in 0..e {
+            if !active[c] {
+                continue;
+            }
+            // A non-positive curvature means the operator is not positive definite (or the
+            // column has reached round-off): stop that column, reported as not converged.
+            if !(pap[c] > 0.0 && pap[c].is_finite() && rz[c].is_finite()) {
+                broken[c] = true;
+                continue;
+            }
+            step[c] = rz[c] / pap[c];
+            iterations[c] += 1;
+        }
+        let step_t = row(&step, b)?;
+        x = (x + p.broadcast_mul(&step_t)?)?;
+        r = (r - ap.broadcast_mul(&step_t)?)?;
+        res = rel(&r)?;
+        let newly: Vec<usize> = (0..e)
+            .filter(|&c| active[c] && !broken[c] && res[c] <= s.tol)
+            .collect();
+        let mut restart = vec![false; e];
+        if !newly.is_empty() && s.check_residual {
+            // Residual replacement: the recurrence may have drifted from b - A x.
+            let mask: Vec<bool> = (0..e).map(|c| newly.contains(&c)).collect();
+            let true_r = (b - apply_active(a, &x, &mask, &mut products)?)?;
+            let true_res = rel(&true_r)?;
+            let keep: Vec<f64> = mask.iter().map(|&f| f64::from(!f)).collect();
+            let take: Vec<f64> = mask.iter().map(|&f| f64::from(f)).collect();
+            r = (r.broadcast_mul(&row(&keep, b)?)? + true_r.broadcast_mul(&row(&take, b)?)?)?;
+            for &c in &newly {
+                res[c] = true_res[c];
+                if true_res[c] <= s.tol {
+                    converged[c] = true;
+                } else {
+                    restart[c] = true;
+                }
+            }
+        } else {
+            for &c in &newly {
+                converged[c] = true;
+            }
+        }
+        z = precondition(&r)?;
+        let rz_new = col_dots(&r, &z)?;
+        let beta: Vec<f64> = (0..e)
+            .map(|c| {
+                if active[c] && !broken[c] && !restart[c] && rz[c] != 0.0 {
+                    rz_new[c] / rz[c]
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        p = (&z + p.broadcast_mul(&row(&beta, b)?)?)?;
+        rz = rz_new;
+    }
+    if s.check_residual && it > 0 {
+        // Columns stopped by the cap: report their true residual too.
+        let unsure: Vec<bool> = (0..e).map(|c| !converged[c] && bnorm[c] > 0.0).collect();
+        if unsure.contains(&true) {
+            let true_r = (b - apply_active(a, &x, &unsure, &mut products)?)?;
+            let true_res = rel(&true_r)?;
+            for c in 0..e {
+                if unsure[c] {
+                    res[c] = true_res[c];
+                    converged[c] = true_res[c] <= s.tol;
+                }
+            }
+        }
+    }
+    Ok((
+        x,
+        CgOutcome {
+            iterations,
+            residuals: res,
+            converged,
+            products,
+        },
+    ))
+}

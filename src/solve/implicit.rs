@@ -1,0 +1,67 @@
+//! The solve's gradient, by implicit differentiation.
+//!
+//! For `a = (K + alpha I)^-1 b` and an upstream gradient `g`, one adjoint solve gives
+//! `lambda = (K + alpha I)^-1 g` (the matrix is symmetric), and then `db = lambda`,
+//! `dalpha = -<lambda, a>`, `dtheta = -lambda^T (dK/dtheta) a` for every point and
+//! hyperparameter `theta`.
+//!
+//! In Candle's graph: `z = b + (u.detach() - u)` with `u = K a + alpha a` built from the
+//! differentiable operator and the (detached) solution `a`. `z` equals `b` exactly (the
+//! bracket is an exact zero) and its gradient reaches `b` with `+` and everything in `K` and
+//! `alpha` through `-u`. The custom op below returns the already computed `a` for `z` and, in
+//! its backward pass, runs the adjoint solve with the forward pass's preconditioner.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+
+use super::System;
+use crate::error::Error;
+
+/// The identity on values that answers `bwd` with an adjoint solve.
+pub(crate) struct SolveOp {
+    /// The solution, in the dtype and shape of `b`, contiguous.
+    pub solution: Tensor,
+    pub system: Arc<System>,
+}
+
+impl CustomOp1 for SolveOp {
+    fn name(&self) -> &'static str {
+        "lazy-kernels-solve"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let a = self.solution.flatten_all()?;
+        let storage = match a.dtype() {
+            DType::F64 => CpuStorage::F64(a.to_vec1()?),
+            DType::F32 => CpuStorage::F32(a.to_vec1()?),
+            DType::F16 => CpuStorage::F16(a.to_vec1()?),
+            DType::BF16 => CpuStorage::BF16(a.to_vec1()?),
+            other => {
+                return Err(Error::DType {
+                    op: "KernelOperator::solve",
+                    detail: format!("{other:?} is not a float dtype"),
+                }
+                .into())
+            }
+        };
+        Ok((storage, self.solution.shape().clone()))
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (lambda, out) = self.system.solve_detached(&g.detach(), None)?;
+        if let Some(c) = out.converged.iter().position(|&c| !c) {
+            return Err(Error::InvalidArgument {
+                op: "KernelOperator::solve (backward)",
+                detail: format!(
+                    "the adjoint solve did not converge: column {c} stopped at relative \
+                     residual {:.3e} after {} iterations (tolerance {:.1e}); raise \
+                     SolveOptions::max_iters or the preconditioner's rank",
+                    out.residuals[c], out.iterations[c], self.system.settings.tol
+                ),
+            }
+            .into());
+        }
+        Ok(Some(lambda.to_dtype(g.dtype())?))
+    }
+}

@@ -1,0 +1,398 @@
+//! `(K + alpha I) a = b` for a kernel matrix that is never built: batched preconditioned
+//! conjugate gradients ([`cg`](self)), a pivoted-Cholesky preconditioner, and gradients by
+//! implicit differentiation.
+//!
+//! The entry point is [`KernelOperator::solve`].
+
+mod cg;
+mod implicit;
+mod pivoted_cholesky;
+
+pub use pivoted_cholesky::Rank;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use crate::error::Error;
+use crate::operator::matmul_lazy;
+use crate::{KernelOperator, LazyTensor};
+use cg::{CgOutcome, CgSettings, SpdOperator};
+use pivoted_cholesky::PivotedCholesky;
+
+/// The preconditioner of a solve.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Preconditioner {
+    /// Plain conjugate gradients.
+    None,
+    /// A pivoted-Cholesky factor `L^T L` of `K` of the given rank; `(L^T L + alpha I)^-1` is
+    /// applied by the Woodbury identity (with `alpha = 0`, the largest remaining diagonal of
+    /// `K - L^T L` stands in for `alpha`).
+    PivotedCholesky(Rank),
+}
+
+impl Default for Preconditioner {
+    /// Pivoted Cholesky of automatic rank, at most 400.
+    fn default() -> Self {
+        Preconditioner::PivotedCholesky(Rank::default())
+    }
+}
+
+/// Settings of [`KernelOperator::solve`].
+///
+/// ```
+/// use lazy_kernels::{Preconditioner, Rank, SolveOptions};
+/// let opts = SolveOptions {
+///     tol: 1e-8,
+///     max_iters: 200,
+///     preconditioner: Preconditioner::PivotedCholesky(Rank::Fixed(50)),
+///     ..SolveOptions::default()
+/// };
+/// assert!(opts.x0.is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct SolveOptions {
+    /// Relative residual `|b - (K + alpha I) a| / |b|` at which a column has converged
+    /// (default `1e-6`).
+    pub tol: f64,
+    /// The most iterations (default 1000). A column that has not converged by then is reported
+    /// in [`SolveInfo`], never hidden.
+    pub max_iters: usize,
+    /// The preconditioner (default: pivoted Cholesky of automatic rank, at most 400).
+    pub preconditioner: Preconditioner,
+    /// A warm start, of the shape of `b` (default: zeros).
+    pub x0: Option<Tensor>,
+    /// Confirm convergence on the true residual `b - (K + alpha I) a`, recomputed with one more
+    /// product when the recurrence says a column has converged; iterations go on from the true
+    /// residual if it is above `tol` (default `true`). With `false`, the reported residuals are
+    /// those of the recurrence, which can be optimistic in low precision.
+    pub check_residual: bool,
+}
+
+impl Default for SolveOptions {
+    fn default() -> Self {
+        SolveOptions {
+            tol: 1e-6,
+            max_iters: 1000,
+            preconditioner: Preconditioner::default(),
+            x0: None,
+            check_residual: true,
+        }
+    }
+}
+
+/// What a solve did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SolveInfo {
+    /// Iterations run (the most over the columns).
+    pub iterations: usize,
+    /// Iterations per column of `b`.
+    pub column_iterations: Vec<usize>,
+    /// Final relative residual `|b - (K + alpha I) a| / |b|` per column (0 for a zero column).
+    pub residuals: Vec<f64>,
+    /// Whether each column reached the tolerance.
+    pub converged: Vec<bool>,
+    /// Products with `K` (one per iteration, plus the residual checks and the warm start).
+    pub products: usize,
+    /// Rank of the preconditioner (0 without one).
+    pub preconditioner_rank: usize,
+    /// Trace of `K - L^T L`, what the preconditioner leaves out of `K` (NaN without one).
+    pub preconditioner_remainder: f64,
+    /// Seconds spent building the preconditioner.
+    pub setup_seconds: f64,
+    /// Seconds spent iterating.
+    pub solve_seconds: f64,
+}
+
+impl SolveInfo {
+    /// Whether every column converged.
+    pub fn all_converged(&self) -> bool {
+        self.converged.iter().all(|&c| c)
+    }
+
+    /// The largest final relative residual.
+    pub fn max_residual(&self) -> f64 {
+        self.residuals.iter().cloned().fold(0.0, f64::max)
+    }
+}
+
+/// The ridge `alpha` of a solve: a number, or a one-element tensor to differentiate.
+#[derive(Clone, Debug)]
+pub enum Ridge {
+    /// A fixed value.
+    Value(f64),
+    /// A tensor of one element (a `Var` to learn it).
+    Tensor(Tensor),
+}
+
+impl From<f64> for Ridge {
+    fn from(v: f64) -> Ridge {
+        Ridge::Value(v)
+    }
+}
+
+impl From<&Tensor> for Ridge {
+    fn from(t: &Tensor) -> Ridge {
+        Ridge::Tensor(t.clone())
+    }
+}
+
+impl From<Tensor> for Ridge {
+    fn from(t: Tensor) -> Ridge {
+        Ridge::Tensor(t)
+    }
+}
+
+const OP: &str = "KernelOperator::solve";
+
+fn bad(detail: String) -> candle_core::Error {
+    Error::InvalidArgument { op: OP, detail }.into()
+}
+
+/// `K + alpha I` with `K` detached, on `(N, E)` `f64` tensors, with its preconditioner: what
+/// the forward solve and the adjoint solve share.
+pub(crate) struct System {
+    k: LazyTensor,
+    n: usize,
+    dtype: DType,
+    alpha: f64,
+    pre: Option<PivotedCholesky>,
+    settings: CgSettings,
+}
+
+impl SpdOperator for System {
+    fn apply(&self, v: &Tensor) -> candle_core::Result<Tensor> {
+        let kv = matmul_lazy(&self.k, &v.to_dtype(self.dtype)?, (self.n, self.n), OP)?;
+        kv.to_dtype(DType::F64)? + (v * self.alpha)?
+    }
+}
+
+impl System {
+    /// Solves for `b` (`(N, E)`, any float dtype) without gradients; the result is `f64`.
+    pub(crate) fn solve_detached(
+        &self,
+        b: &Tensor,
+        x0: Option<&Tensor>,
+    ) -> candle_core::Result<(Tensor, CgOutcome)> {
+        let b = b.to_dtype(DType::F64)?;
+        let x0 = x0.map(|x| x.to_dtype(DType::F64)).transpose()?;
+        let pre = self.pre.as_ref().map(|p| p as &dyn cg::Preconditioner);
+        cg::cg(self, pre, &b, x0.as_ref(), self.settings)
+    }
+}
+
+impl KernelOperator {
+    /// Solves `(K + alpha I) a = b` by conjugate gradients, column by column (each column of
+    /// `b` has its own step sizes and its own convergence test), and returns `a` (the shape and
+    /// dtype of `b`) with a [`SolveInfo`].
+    ///
+    /// `K` must be square and symmetric: built on one point set (`KernelOperator::new(k, &x,
+    /// &x)`). `alpha >= 0` is a number or a one-element tensor. The result is differentiable
+    /// with respect to `b`, the points, every kernel hyperparameter and a tensor `alpha`, by
+    /// implicit differentiation: the backward pass runs one more solve (with the same
+    /// preconditioner), and fails with an error if that solve does not converge.
+    ///
+    /// Not converging is not an error: look at `info.converged` (or `info.all_converged()`).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Kernel, KernelOperator, SolveOptions};
+    /// let dev = Device::Cpu;
+    /// let x = Tensor::rand(0f64, 1., (1000, 1), &dev)?;
+    /// let b = (x.clone() * 6.0)?.sin()?;                          // (1000, 1)
+    /// let l = Tensor::new(&[0.1f64], &dev)?;
+    /// let k = KernelOperator::new(Kernel::gaussian(&l), &x, &x)?;
+    /// let (a, info) = k.solve(&b, 1.0, &SolveOptions::default())?;
+    /// assert!(info.all_converged() && info.max_residual() <= 1e-6);
+    /// let r = ((k.matmul(&a)? + &a)? - &b)?;                       // (K + I) a - b
+    /// let rel = r.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?
+    ///     / b.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+    /// assert!(rel <= 1e-6);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn solve(
+        &self,
+        b: &Tensor,
+        alpha: impl Into<Ridge>,
+        opts: &SolveOptions,
+    ) -> candle_core::Result<(Tensor, SolveInfo)> {
+        let alpha = alpha.into();
+        let (m, n) = self.shape();
+        if m != n {
+            return Err(Error::Shape {
+                op: OP,
+                detail: format!("the operator is {m} x {n}: a solve needs a square operator"),
+            }
+            .into());
+        }
+        let (rows, cols) = self.points();
+        if rows.id() != cols.id() {
+            let same = rows
+                .eq(cols)?
+                .to_dtype(DType::F64)?
+                .min_all()?
+                .to_scalar::<f64>()?;
+            if same != 1.0 {
+                return Err(bad("the operator's row and column points differ, so K is not \
+                     symmetric: build it as KernelOperator::new(kernel, &x, &x)"
+                    .into()));
+            }
+        }
+        let alpha_value = match &alpha {
+            Ridge::Value(v) => *v,
+            Ridge::Tensor(t) => {
+                if t.elem_count() != 1 {
+                    return Err(Error::Shape {
+                        op: OP,
+                        detail: format!("alpha must have one element, got shape {:?}", t.dims()),
+                    }
+                    .into());
+                }
+                t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0]
+            }
+        };
+        if !(alpha_value.is_finite() && alpha_value >= 0.0) {
+            return Err(bad(format!("alpha must be finite and >= 0, got {alpha_value}")));
+        }
+        if !(opts.tol.is_finite() && opts.tol > 0.0) {
+            return Err(bad(format!("tol must be finite and > 0, got {}", opts.tol)));
+        }
+        let dtype = self.dtype();
+        if b.dtype() != dtype {
+            return Err(Error::DType {
+                op: OP,
+                detail: format!("b is {:?} but the points are {dtype:?}", b.dtype()),
+            }
+            .into());
+        }
+        if !b.device().same_device(rows.device()) {
+            return Err(Error::Device {
+                op: OP,
+                detail: format!(
+                    "b is on {:?} but the points are on {:?}",
+                    b.device().location(),
+                    rows.device().location()
+                ),
+            }
+            .into());
+        }
+        let (b2, vector) = match b.dims() {
+            [r] if *r == n => (b.reshape((n, 1))?, true),
+            [r, e] if *r == n && *e > 0 => (b.clone(), false),
+            dims => {
+                return Err(Error::Shape {
+                    op: OP,
+                    detail: format!("b must be ({n},) or ({n}, E) with E >= 1, got {dims:?}"),
+                }
+                .into())
+            }
+        };
+        let b64 = b2.detach().to_dtype(DType::F64)?;
+        let total = b64.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        if !total.is_finite() {
+            return Err(bad("b contains NaN or infinite values".into()));
+        }
+        let x0 = match &opts.x0 {
+            None => None,
+            Some(x0) => {
+                if x0.elem_count() != b2.elem_count() {
+                    return Err(Error::Shape {
+                        op: OP,
+                        detail: format!(
+                            "the warm start x0 has shape {:?}, b has {:?}",
+                            x0.dims(),
+                            b.dims()
+                        ),
+                    }
+                    .into());
+                }
+                let x0 = x0.detach().reshape(b2.shape())?.to_dtype(DType::F64)?;
+                let s = x0.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                if !s.is_finite() {
+                    return Err(bad("the warm start x0 contains NaN or infinite values".into()));
+                }
+                Some(x0)
+            }
+        };
+
+        // The preconditioner, from the detached operator.
+        let start = Instant::now();
+        let rank = match opts.preconditioner {
+            Preconditioner::None => None,
+            Preconditioner::PivotedCholesky(r) => Some(r),
+        };
+        let pre = match rank {
+            None => None,
+            Some(rank) => {
+                let diag = self.diag()?.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                let mut row = |i: usize| -> candle_core::Result<Vec<f64>> {
+                    self.rows(&[i])?
+                        .detach()
+                        .to_dtype(DType::F64)?
+                        .flatten_all()?
+                        .to_vec1::<f64>()
+                };
+                Some(PivotedCholesky::new(
+                    diag,
+                    &mut row,
+                    alpha_value,
+                    rank,
+                    rows.device(),
+                )?)
+            }
+        };
+        let setup_seconds = start.elapsed().as_secs_f64();
+        let system = System {
+            k: self.detached_lazy()?,
+            n,
+            dtype,
+            alpha: alpha_value,
+            pre,
+            settings: CgSettings {
+                tol: opts.tol,
+                max_iters: opts.max_iters,
+                check_residual: opts.check_residual,
+            },
+        };
+        let start = Instant::now();
+        let (a64, out) = system.solve_detached(&b64, x0.as_ref())?;
+        let info = SolveInfo {
+            iterations: out.iterations.iter().cloned().max().unwrap_or(0),
+            column_iterations: out.iterations,
+            residuals: out.residuals,
+            converged: out.converged,
+            products: out.products,
+            preconditioner_rank: system.pre.as_ref().map_or(0, |p| p.rank()),
+            preconditioner_remainder: system.pre.as_ref().map_or(f64::NAN, |p| p.remainder_trace),
+            setup_seconds,
+            solve_seconds: start.elapsed().as_secs_f64(),
+        };
+        let a = a64.to_dtype(dtype)?.contiguous()?;
+
+        // Gradients: only if something upstream of the solution tracks them.
+        let k = self.lazy()?;
+        let alpha_tracks = matches!(&alpha, Ridge::Tensor(t) if t.track_op());
+        let a = if b2.track_op() || k.tracks_grad() || alpha_tracks {
+            let z = if k.tracks_grad() || alpha_tracks {
+                let ka = matmul_lazy(&k, &a, (n, n), OP)?;
+                let aa = match &alpha {
+                    Ridge::Tensor(t) => a.broadcast_mul(&t.flatten_all()?.reshape((1, 1))?)?,
+                    Ridge::Value(v) => (&a * *v)?,
+                };
+                let u = (ka + aa)?;
+                (&b2 + (u.detach() - u)?)?
+            } else {
+                b2.clone()
+            };
+            z.apply_op1(implicit::SolveOp {
+                solution: a,
+                system: Arc::new(system),
+            })?
+        } else {
+            a
+        };
+        let a = if vector { a.reshape(n)? } else { a };
+        Ok((a, info))
+    }
+}
