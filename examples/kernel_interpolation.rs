@@ -11,20 +11,15 @@
 
 #[path = "plot/mod.rs"]
 mod plot;
+#[path = "seed/mod.rs"]
+mod seed;
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use lazy_kernels::{Kernel, KernelOperator, SolveInfo, SolveOptions};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
-/// A standard normal sample (Box-Muller).
-fn randn(rng: &mut StdRng) -> f64 {
-    let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-    let v: f64 = rng.random();
-    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-}
+use rand::SeedableRng;
 
 /// `1,234,567`.
 fn thousands(n: usize) -> String {
@@ -74,13 +69,7 @@ fn main() -> candle_core::Result<()> {
     let opts = SolveOptions::default();
 
     // ---------------------------------------------------------------- 1D, Gaussian kernel
-    let xs: Vec<f64> = (0..n).map(|_| rng.random()).collect();
-    let bs: Vec<f64> = xs
-        .iter()
-        .map(|&x| {
-            x + 0.5 * (6.0 * x).sin() + 0.1 * (20.0 * x).sin() + 0.05 * randn(&mut rng)
-        })
-        .collect();
+    let (xs, bs) = seed::data_1d(n, &mut rng);
     let x = Tensor::from_vec(xs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
     let b = Tensor::from_vec(bs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
     let sigma = Tensor::new(&[0.1f64], &dev)?.to_dtype(dtype)?;
@@ -115,26 +104,8 @@ fn main() -> candle_core::Result<()> {
     println!("  wrote {}", path.display());
 
     // ---------------------------------------------------------------- 2D, Laplacian kernel
-    let pts: Vec<[f64; 2]> = (0..n).map(|_| [rng.random(), rng.random()]).collect();
-    let mut bs: Vec<f64> = pts
-        .iter()
-        .map(|p| {
-            let r2 = (p[0] - 0.5).powi(2) + (p[1] - 0.5).powi(2);
-            let ring = if (0.3f64.powi(2)..=0.4f64.powi(2)).contains(&r2) {
-                1.0
-            } else {
-                0.0
-            };
-            ring + 0.05 * randn(&mut rng)
-        })
-        .collect();
-    // 25% of outliers.
-    let n_out = n / 4;
-    for v in bs.iter_mut().skip(n - n_out) {
-        *v = rng.random();
-    }
-    let flat: Vec<f64> = pts.iter().flatten().cloned().collect();
-    let x = Tensor::from_vec(flat, (n, 2), &dev)?.to_dtype(dtype)?;
+    let (pts, bs) = seed::data_2d(n, &mut rng);
+    let x = Tensor::from_vec(pts.clone(), (n, 2), &dev)?.to_dtype(dtype)?;
     let b = Tensor::from_vec(bs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
     let alpha = 10.0;
 
@@ -167,8 +138,8 @@ fn main() -> candle_core::Result<()> {
         .fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
     fig.image(&mean_t, g, g, lo, hi, plot::coolwarm, true);
     let colors: Vec<plot::Rgb> = bs.iter().map(|&v| plot::bwr(v.clamp(0.0, 1.0))).collect();
-    let px: Vec<f64> = pts.iter().map(|p| p[0]).collect();
-    let py: Vec<f64> = pts.iter().map(|p| p[1]).collect();
+    let px: Vec<f64> = pts.iter().step_by(2).cloned().collect();
+    let py: Vec<f64> = pts.iter().skip(1).step_by(2).cloned().collect();
     fig.scatter(&px, &py, &colors, (25000.0 / n as f64).sqrt() * 0.3);
     fig.axes();
     let path = out_dir.join("kernel_interpolation_2d.png");

@@ -115,6 +115,11 @@ pub(crate) fn cg(
     let mut p = z.clone();
     let mut rz = col_dots(&r, &z)?;
     let mut broken = vec![false; e];
+    // The true residual at each column's last check: a restart that does not halve it means
+    // the residual has reached the floor of the operator's rounding, and the column stops.
+    let mut last_true = vec![f64::INFINITY; e];
+    // Whether `res[c]` was computed from `b - A x` (not from the recurrence).
+    let mut exact = vec![true; e];
     let mut it = 0;
     while it < s.max_iters {
         let active: Vec<bool> = (0..e).map(|c| !converged[c] && !broken[c]).collect();
@@ -142,6 +147,9 @@ pub(crate) fn cg(
         x = (x + p.broadcast_mul(&step_t)?)?;
         r = (r - ap.broadcast_mul(&step_t)?)?;
         res = rel(&r)?;
+        for c in 0..e {
+            exact[c] &= !active[c];
+        }
         let newly: Vec<usize> = (0..e)
             .filter(|&c| active[c] && !broken[c] && res[c] <= s.tol)
             .collect();
@@ -156,9 +164,13 @@ pub(crate) fn cg(
             r = (r.broadcast_mul(&row(&keep, b)?)? + true_r.broadcast_mul(&row(&take, b)?)?)?;
             for &c in &newly {
                 res[c] = true_res[c];
+                exact[c] = true;
                 if true_res[c] <= s.tol {
                     converged[c] = true;
+                } else if true_res[c] > 0.5 * last_true[c] {
+                    broken[c] = true;
                 } else {
+                    last_true[c] = true_res[c];
                     restart[c] = true;
                 }
             }
@@ -182,8 +194,10 @@ pub(crate) fn cg(
         rz = rz_new;
     }
     if s.check_residual && it > 0 {
-        // Columns stopped by the cap: report their true residual too.
-        let unsure: Vec<bool> = (0..e).map(|c| !converged[c] && bnorm[c] > 0.0).collect();
+        // Columns stopped by the cap or a breakdown: report their true residual too.
+        let unsure: Vec<bool> = (0..e)
+            .map(|c| !converged[c] && bnorm[c] > 0.0 && !exact[c])
+            .collect();
         if unsure.contains(&true) {
             let true_r = (b - apply_active(a, &x, &unsure, &mut products)?)?;
             let true_res = rel(&true_r)?;

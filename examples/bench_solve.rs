@@ -1,0 +1,115 @@
+//! Benchmark of `KernelOperator::solve` on the two problems of the seed example (1D Gaussian
+//! kernel, sigma 0.1; 2D Laplacian kernel, sigma 0.1), to relative residual 1e-6: time to
+//! build the preconditioner, time to iterate, iterations, for f64 and f32, the seed's ridge
+//! and 1e-2, with and without the pivoted-Cholesky preconditioner (automatic rank, at most
+//! 400). Prints a Markdown table.
+//!
+//! ```text
+//! cargo run --release --example bench_solve -- [--n 10000,100000] [--budget SECONDS]
+//! ```
+//!
+//! `--budget` caps the iterations of each cell at about that many seconds of products (one
+//! product is timed first); a capped cell is reported as not converged, with its residual.
+
+#[path = "seed/mod.rs"]
+mod seed;
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use lazy_kernels::{Kernel, KernelOperator, Preconditioner, Rank, SolveOptions};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+fn main() -> candle_core::Result<()> {
+    let mut sizes = vec![10_000usize];
+    let mut budget = 120.0f64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--n" => {
+                sizes = args
+                    .next()
+                    .expect("--n N1,N2")
+                    .split(',')
+                    .map(|s| s.parse().expect("a size"))
+                    .collect()
+            }
+            "--budget" => budget = args.next().expect("--budget S").parse().expect("seconds"),
+            "--bench" => {} // passed by `cargo bench`
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let dev = Device::Cpu;
+    println!(
+        "| problem | N | dtype | alpha | preconditioner | rank | setup (s) | iterations (s) \
+         | total (s) | iterations | products | residual |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for &n in &sizes {
+        for problem in ["1D Gaussian", "2D Laplacian"] {
+            let mut rng = StdRng::seed_from_u64(0);
+            let (pts, bs, d, seed_alpha) = if problem.starts_with("1D") {
+                let (x, b) = seed::data_1d(n, &mut rng);
+                (x, b, 1, 1.0)
+            } else {
+                let (x, b) = seed::data_2d(n, &mut rng);
+                (x, b, 2, 10.0)
+            };
+            for dtype in [DType::F64, DType::F32] {
+                let x = Tensor::from_vec(pts.clone(), (n, d), &dev)?.to_dtype(dtype)?;
+                let b = Tensor::from_vec(bs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
+                let sigma = Tensor::new(&[0.1f64], &dev)?.to_dtype(dtype)?;
+                let kernel = if d == 1 {
+                    Kernel::gaussian(&sigma)
+                } else {
+                    Kernel::laplacian(&sigma)
+                };
+                let k = KernelOperator::new(kernel, &x, &x)?;
+                // One product, to turn the time budget into an iteration cap.
+                let start = Instant::now();
+                k.matmul(&b)?.sum_all()?.to_scalar::<f64>().ok();
+                let t_product = start.elapsed().as_secs_f64();
+                let cap = ((budget / t_product) as usize).clamp(5, 5000);
+                for alpha in [seed_alpha, 1e-2] {
+                    for pre in [
+                        Preconditioner::None,
+                        Preconditioner::PivotedCholesky(Rank::Auto { max: 400 }),
+                    ] {
+                        let opts = SolveOptions {
+                            tol: 1e-6,
+                            max_iters: cap,
+                            preconditioner: pre,
+                            ..SolveOptions::default()
+                        };
+                        let start = Instant::now();
+                        let (_, info) = k.solve(&b, alpha, &opts)?;
+                        let total = start.elapsed().as_secs_f64();
+                        println!(
+                            "| {problem} | {n} | {dtype:?} | {alpha} | {} | {} | {:.3} | {:.3} \
+                             | {:.3} | {}{} | {} | {:.1e} |",
+                            if pre == Preconditioner::None {
+                                "none"
+                            } else {
+                                "pivoted Cholesky"
+                            },
+                            info.preconditioner_rank,
+                            info.setup_seconds,
+                            info.solve_seconds,
+                            total,
+                            info.iterations,
+                            if info.all_converged() {
+                                String::new()
+                            } else {
+                                format!(" (capped at {cap}: NOT converged)")
+                            },
+                            info.products,
+                            info.max_residual(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
