@@ -508,6 +508,24 @@ impl LazyTensor {
         self.bindings.iter().any(|b| b.tensor.track_op())
     }
 
+    /// The same formula with every bound tensor converted to `dtype`.
+    pub(crate) fn to_dtype(&self, dtype: candle_core::DType) -> candle_core::Result<LazyTensor> {
+        let bindings = self
+            .bindings
+            .iter()
+            .map(|b| {
+                Ok(Binding {
+                    tensor: b.tensor.to_dtype(dtype)?,
+                    ..b.clone()
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(LazyTensor {
+            expr: self.expr.clone(),
+            bindings: Arc::new(bindings),
+        })
+    }
+
     /// The same formula with every bound tensor detached from the autodiff graph.
     pub(crate) fn detach(&self) -> LazyTensor {
         let bindings = self

@@ -130,7 +130,9 @@ fn ref_rq(x: &Tensor, y: &Tensor, l: &Tensor, alpha: &Tensor) -> Result<Tensor> 
 }
 
 fn ref_periodic(x: &Tensor, y: &Tensor, l: &Tensor, p: &Tensor) -> Result<Tensor> {
-    let s = (pair_diff(x, y)?.broadcast_div(&b3(p)?)? * PI)?.sin()?.sqr()?;
+    let s = (pair_diff(x, y)?.broadcast_div(&b3(p)?)? * PI)?
+        .sin()?
+        .sqr()?;
     (s.broadcast_div(&b3(l)?.sqr()?)?.sum(2)? * -2.0)?.exp()
 }
 
@@ -239,15 +241,31 @@ fn check_operator(
     let (m, n) = want.dims2()?;
     assert_eq!(op.shape(), (m, n), "{what}: shape");
     let dense = op.to_dense()?;
-    assert_t(&dense, want, 1e-12, &format!("{what}: to_dense vs Candle reference"));
+    assert_t(
+        &dense,
+        want,
+        1e-12,
+        &format!("{what}: to_dense vs Candle reference"),
+    );
     if let Some(s) = scalar {
         let scale = max_abs(s);
-        assert_close(&flat(&dense), s, 1e-12, 1e-12 * scale, &format!("{what}: to_dense vs f64 loops"));
+        assert_close(
+            &flat(&dense),
+            s,
+            1e-12,
+            1e-12 * scale,
+            &format!("{what}: to_dense vs f64 loops"),
+        );
     }
     for b in [rng.tensor(&[n], -1.0, 1.0), rng.tensor(&[n, 3], -1.0, 1.0)] {
         let got = op.matmul(&b)?;
         let exp = dense_mm(want, &b)?;
-        assert_t(&got, &exp, 1e-12, &format!("{what}: matmul b{:?}", b.dims()));
+        assert_t(
+            &got,
+            &exp,
+            1e-12,
+            &format!("{what}: matmul b{:?}", b.dims()),
+        );
     }
     Ok(())
 }
@@ -338,7 +356,9 @@ fn hand_computed_values() -> Result<()> {
     let l = t1(&[2.0]); // r = 2.5
     let r: f64 = 2.5;
     let val = |k: Kernel| -> Result<f64> {
-        Ok(KernelOperator::new(k, &x, &y)?.to_dense()?.to_vec2::<f64>()?[0][0])
+        Ok(KernelOperator::new(k, &x, &y)?
+            .to_dense()?
+            .to_vec2::<f64>()?[0][0])
     };
     let s3 = 3f64.sqrt() * r;
     let s5 = 5f64.sqrt() * r;
@@ -352,7 +372,7 @@ fn hand_computed_values() -> Result<()> {
         ),
         (
             val(Kernel::rational_quadratic(&l, &t1(&[0.5])))?,
-            1.0 / (1.0 + r * r),
+            1.0 / (1.0 + r * r).sqrt(), // alpha = 1/2: (1 + r^2)^(-1/2)
         ),
         // sin(pi * 3 / 2) = -1, sin(pi * 4 / 2) = 0: exp(-2 * 1 / l^2)
         (
@@ -362,7 +382,10 @@ fn hand_computed_values() -> Result<()> {
         (val(Kernel::linear())?, 0.0),
     ];
     for (k, (got, want)) in cases.iter().enumerate() {
-        assert!((got - want).abs() < 1e-14, "case {k}: got {got}, want {want}");
+        assert!(
+            (got - want).abs() < 1e-14,
+            "case {k}: got {got}, want {want}"
+        );
     }
     Ok(())
 }
@@ -415,23 +438,35 @@ fn reference_operators_add_and_mul() -> Result<()> {
     let rg = ref_gaussian(&x, &y, &l)?;
     let want_sum = (&rg + ref_linear(&x, &y)?)?;
     let want_prod = (&rg * ref_matern(5, &x, &y, &t1(&[1.3, 0.4, 0.8]))?)?;
-    check_operator(&KernelOperator::new(sum, &x, &y)?, &want_sum, None, &mut rng, "&G + &Lin")?;
-    check_operator(&KernelOperator::new(prod, &x, &y)?, &want_prod, None, &mut rng, "&G * &M52")?;
+    check_operator(
+        &KernelOperator::new(sum, &x, &y)?,
+        &want_sum,
+        None,
+        &mut rng,
+        "&G + &Lin",
+    )?;
+    check_operator(
+        &KernelOperator::new(prod, &x, &y)?,
+        &want_prod,
+        None,
+        &mut rng,
+        "&G * &M52",
+    )?;
     // The operands are still usable (borrowed, not moved).
-    check_operator(&KernelOperator::new(g, &x, &y)?, &rg, None, &mut rng, "G after &")?;
+    check_operator(
+        &KernelOperator::new(g, &x, &y)?,
+        &rg,
+        None,
+        &mut rng,
+        "G after &",
+    )?;
     Ok(())
 }
 
 /// `parameters()` lists every hyperparameter (scale, then the kernel's; sums left to right).
 #[test]
 fn parameters_are_listed() -> Result<()> {
-    let (c, l1, l2, a, p) = (
-        t1(&[2.0]),
-        t1(&[0.5]),
-        t1(&[0.6]),
-        t1(&[0.7]),
-        t1(&[0.8]),
-    );
+    let (c, l1, l2, a, p) = (t1(&[2.0]), t1(&[0.5]), t1(&[0.6]), t1(&[0.7]), t1(&[0.8]));
     let k = (Kernel::gaussian(&l1).scale(&c) + Kernel::rational_quadratic(&l2, &a))
         * (Kernel::periodic(&l1, &p) + Kernel::linear());
     let got: Vec<f64> = k.parameters().iter().map(|t| flat(t)[0]).collect();
@@ -460,7 +495,8 @@ fn transpose_of_nonsymmetric_formula() -> Result<()> {
     let y = rng.tensor(&[n, 3], -1.0, 1.0);
     let op = KernelOperator::new(nonsymmetric(), &x, &y)?;
     let want = ref_nonsymmetric(&x, &y)?; // (M, N)
-    let want_t = want.t()?.contiguous()?; // (N, M)
+                                          // (N, M) transpose.
+    let want_t = want.t()?.contiguous()?;
     // Sanity: the operator of k between y and x is NOT the transpose here.
     let swapped = ref_nonsymmetric(&y, &x)?;
     assert!(
@@ -471,11 +507,18 @@ fn transpose_of_nonsymmetric_formula() -> Result<()> {
     let tr = op.t();
     assert_eq!(tr.shape(), (n, m));
     assert_t(&tr.to_dense()?, &want_t, 1e-12, "t().to_dense()");
-    assert_t(&tr.to_dense()?, &op.to_dense()?.t()?, 1e-12, "t().to_dense() vs to_dense().t()");
+    assert_t(
+        &tr.to_dense()?,
+        &op.to_dense()?.t()?,
+        1e-12,
+        "t().to_dense() vs to_dense().t()",
+    );
     check_operator(&tr, &want_t, None, &mut rng, "K^T")?;
     check_operator(&tr.t(), &want, None, &mut rng, "(K^T)^T")?;
     // diag and rows of the transpose.
-    let d: Vec<f64> = (0..n).map(|k| want.to_vec2::<f64>().unwrap()[k][k]).collect();
+    let d: Vec<f64> = (0..n)
+        .map(|k| want.to_vec2::<f64>().unwrap()[k][k])
+        .collect();
     assert_close(&flat(&tr.diag()?), &d, 1e-12, 1e-12, "t().diag()");
     assert_t(
         &tr.rows(&[6, 0, 6])?,
@@ -492,7 +535,12 @@ fn transpose_of_stationary_non_square() -> Result<()> {
     let x = rng.tensor(&[40, 3], -1.0, 1.0);
     let y = rng.tensor(&[9, 3], -1.0, 1.0);
     let h = hyp("per_dim");
-    for f in [Fam::Gaussian, Fam::Matern52, Fam::RationalQuadratic, Fam::Periodic] {
+    for f in [
+        Fam::Gaussian,
+        Fam::Matern52,
+        Fam::RationalQuadratic,
+        Fam::Periodic,
+    ] {
         let op = KernelOperator::new(build(f, &h), &x, &y)?;
         let want_t = reference(f, &h, &x, &y)?.t()?.contiguous()?;
         check_operator(&op.t(), &want_t, None, &mut rng, &format!("{f:?}^T"))?;
@@ -546,7 +594,13 @@ fn diag_non_square_has_min_length() -> Result<()> {
             assert_eq!(d.dims(), &[5], "{f:?} ({m}, {n})");
             let s = scalar_dense(f, &h, &x, &y);
             let want: Vec<f64> = (0..5).map(|k| s[k * n + k]).collect();
-            assert_close(&flat(&d), &want, 1e-12, 1e-14, &format!("{f:?} diag ({m},{n})"));
+            assert_close(
+                &flat(&d),
+                &want,
+                1e-12,
+                1e-14,
+                &format!("{f:?} diag ({m},{n})"),
+            );
         }
     }
     Ok(())
@@ -559,12 +613,20 @@ fn rows_selects_repeated_rows_in_order() -> Result<()> {
     let y = rng.tensor(&[8, 3], -1.0, 1.0);
     let h = hyp("iso");
     let idx = [3usize, 0, 3, 9, 9, 5];
-    for f in [Fam::Gaussian, Fam::Laplacian, Fam::RationalQuadratic, Fam::Linear] {
+    for f in [
+        Fam::Gaussian,
+        Fam::Laplacian,
+        Fam::RationalQuadratic,
+        Fam::Linear,
+    ] {
         let op = KernelOperator::new(build(f, &h), &x, &y)?;
         let got = op.rows(&idx)?;
         assert_eq!(got.dims(), &[6, 8]);
         let s = scalar_dense(f, &h, &x, &y);
-        let want: Vec<f64> = idx.iter().flat_map(|&i| s[i * 8..(i + 1) * 8].to_vec()).collect();
+        let want: Vec<f64> = idx
+            .iter()
+            .flat_map(|&i| s[i * 8..(i + 1) * 8].to_vec())
+            .collect();
         assert_close(&flat(&got), &want, 1e-12, 1e-14, &format!("{f:?} rows"));
     }
     Ok(())
@@ -618,9 +680,15 @@ fn f32_matches_f64() -> Result<()> {
         assert_eq!(op.dtype(), DType::F32);
         let got = op.matmul(&f32of(&b))?;
         assert_eq!(got.dtype(), DType::F32);
-        let err = (got.to_dtype(DType::F64)? - &want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        let err = (got.to_dtype(DType::F64)? - &want)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
         let scale = want.abs()?.max_all()?.to_scalar::<f64>()?;
-        assert!(err <= 1e-5 * scale, "{f:?}: f32 error {err} vs scale {scale}");
+        assert!(
+            err <= 1e-5 * scale,
+            "{f:?}: f32 error {err} vs scale {scale}"
+        );
         let d = op.to_dense()?;
         assert_eq!(d.dtype(), DType::F32);
     }
@@ -633,7 +701,10 @@ fn one_dimensional_points_as_vectors() -> Result<()> {
     let x = rng.tensor(&[33], -2.0, 2.0);
     let y = rng.tensor(&[21], -2.0, 2.0);
     let (x2, y2) = (x.unsqueeze(1)?, y.unsqueeze(1)?);
-    for (l, p) in [(t1(&[0.6]), t1(&[1.1])), (Tensor::new(0.6f64, &cpu())?, t1(&[1.1]))] {
+    for (l, p) in [
+        (t1(&[0.6]), t1(&[1.1])),
+        (Tensor::new(0.6f64, &cpu())?, t1(&[1.1])),
+    ] {
         let h = Hyp {
             l,
             alpha: t1(&[2.5]),
@@ -663,7 +734,12 @@ fn large_operator_matmul_and_transpose() -> Result<()> {
     let b = rng.tensor(&[n, 2], -1.0, 1.0);
     assert_t(&op.matmul(&b)?, &want.matmul(&b)?, 1e-12, "large K b");
     let c = rng.tensor(&[m, 2], -1.0, 1.0);
-    assert_t(&op.t().matmul(&c)?, &want.t()?.matmul(&c)?, 1e-12, "large K^T c");
+    assert_t(
+        &op.t().matmul(&c)?,
+        &want.t()?.matmul(&c)?,
+        1e-12,
+        "large K^T c",
+    );
     let idx = [0usize, 1234, 2499];
     assert_t(
         &op.rows(&idx)?,
@@ -683,25 +759,49 @@ type Loss<'a> = &'a dyn Fn(&[Tensor]) -> Result<Tensor>;
 
 /// Gradients of `lazy` (the crate) with respect to every input, against central finite
 /// differences of `lazy` and against Candle's autodiff of `dense` (the dense reference).
-fn check_grads(what: &str, names: &[&str], inputs: &[Tensor], lazy: Loss, dense: Loss) -> Result<()> {
+fn check_grads(
+    what: &str,
+    names: &[&str],
+    inputs: &[Tensor],
+    lazy: Loss,
+    dense: Loss,
+) -> Result<()> {
     assert_eq!(names.len(), inputs.len());
     let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<Result<_>>()?;
     let vt: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let loss = lazy(&vt)?;
     let dloss = dense(&vt)?;
     let (lv, dv) = (loss.to_scalar::<f64>()?, dloss.to_scalar::<f64>()?);
-    assert!((lv - dv).abs() <= 1e-11 * dv.abs().max(1.0), "{what}: loss {lv} vs dense {dv}");
+    assert!(
+        (lv - dv).abs() <= 1e-11 * dv.abs().max(1.0),
+        "{what}: loss {lv} vs dense {dv}"
+    );
     let grads = loss.backward()?;
     let dgrads = dloss.backward()?;
     for (i, v) in vars.iter().enumerate() {
         let name = format!("{what}: d/d{}", names[i]);
-        let g = grads.get(v).unwrap_or_else(|| panic!("{name}: no gradient"));
+        let g = grads
+            .get(v)
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
         assert_eq!(g.dims(), inputs[i].dims(), "{name}: gradient shape");
         let g = flat(g);
-        assert!(g.iter().all(|v| v.is_finite()), "{name}: non-finite gradient {g:?}");
-        let gd = flat(dgrads.get(v).unwrap_or_else(|| panic!("{name}: no dense gradient")));
+        assert!(
+            g.iter().all(|v| v.is_finite()),
+            "{name}: non-finite gradient {g:?}"
+        );
+        let gd = flat(
+            dgrads
+                .get(v)
+                .unwrap_or_else(|| panic!("{name}: no dense gradient")),
+        );
         let scale = max_abs(&gd).max(1.0);
-        assert_close(&g, &gd, 1e-9, 1e-11 * scale, &format!("{name} vs dense autodiff"));
+        assert_close(
+            &g,
+            &gd,
+            1e-9,
+            1e-11 * scale,
+            &format!("{name} vs dense autodiff"),
+        );
         // Central finite differences of the crate's forward pass.
         let base = flat(&inputs[i]);
         let mut fd = Vec::with_capacity(base.len());
@@ -716,7 +816,13 @@ fn check_grads(what: &str, names: &[&str], inputs: &[Tensor], lazy: Loss, dense:
             };
             fd.push((eval(h)? - eval(-h)?) / (2.0 * h));
         }
-        assert_close(&g, &fd, 1e-5, 1e-7 * scale, &format!("{name} vs finite differences"));
+        assert_close(
+            &g,
+            &fd,
+            1e-5,
+            1e-7 * scale,
+            &format!("{name} vs finite differences"),
+        );
     }
     Ok(())
 }
@@ -766,7 +872,10 @@ fn grad_family(f: Fam, h: &Hyp, seed: u64) -> Result<()> {
         op.matmul(&t[2])?.sqr()?.sum_all()
     };
     let dense = |t: &[Tensor]| -> Result<Tensor> {
-        reference(f, &hyp_of(t), &t[0], &t[1])?.matmul(&t[2])?.sqr()?.sum_all()
+        reference(f, &hyp_of(t), &t[0], &t[1])?
+            .matmul(&t[2])?
+            .sqr()?
+            .sum_all()
     };
     check_grads(&format!("{f:?}"), &names, &inputs, &lazy, &dense)
 }
@@ -820,7 +929,10 @@ fn grad_combination_with_scale() -> Result<()> {
     let lazy = |t: &[Tensor]| -> Result<Tensor> {
         let k = (Kernel::gaussian(&t[4]).scale(&t[3]) + Kernel::matern32(&t[5]))
             * Kernel::periodic(&t[6], &t[7]);
-        KernelOperator::new(k, &t[0], &t[1])?.matmul(&t[2])?.sqr()?.sum_all()
+        KernelOperator::new(k, &t[0], &t[1])?
+            .matmul(&t[2])?
+            .sqr()?
+            .sum_all()
     };
     let dense = |t: &[Tensor]| -> Result<Tensor> {
         let g = ref_gaussian(&t[0], &t[1], &t[4])?.broadcast_mul(&t[3].reshape((1, 1))?)?;
@@ -875,9 +987,18 @@ fn grad_same_points(f: Fam, h: &Hyp, seed: u64) -> Result<()> {
         op.matmul(&t[1])?.sqr()?.sum_all()
     };
     let dense = |t: &[Tensor]| -> Result<Tensor> {
-        reference(f, &hyp_of(t), &t[0], &t[0])?.matmul(&t[1])?.sqr()?.sum_all()
+        reference(f, &hyp_of(t), &t[0], &t[0])?
+            .matmul(&t[1])?
+            .sqr()?
+            .sum_all()
     };
-    check_grads(&format!("{f:?} K(x, x)"), &["x", "b", "l"], &inputs, &lazy, &dense)
+    check_grads(
+        &format!("{f:?} K(x, x)"),
+        &["x", "b", "l"],
+        &inputs,
+        &lazy,
+        &dense,
+    )
 }
 
 #[test]
@@ -1026,17 +1147,17 @@ fn error_b_with_wrong_rows_or_rank() -> Result<()> {
     let x = rng.tensor(&[6, 3], -1.0, 1.0);
     let y = rng.tensor(&[4, 3], -1.0, 1.0);
     let op = KernelOperator::new(Kernel::gaussian(&t1(&[1.0])), &x, &y)?;
-    for b in [
-        rng.tensor(&[6], -1.0, 1.0),
-        rng.tensor(&[5, 2], -1.0, 1.0),
-    ] {
+    for b in [rng.tensor(&[6], -1.0, 1.0), rng.tensor(&[5, 2], -1.0, 1.0)] {
         let msg = op.matmul(&b).unwrap_err().to_string();
         assert_err_contains(&msg, &["KernelOperator::matmul", "rows"]);
     }
     // The transpose needs M = 6 rows.
     assert!(op.t().matmul(&rng.tensor(&[4], -1.0, 1.0)).is_err());
     assert_eq!(op.t().matmul(&rng.tensor(&[6], -1.0, 1.0))?.dims(), &[4]);
-    let msg = op.matmul(&rng.tensor(&[4, 2, 1], -1.0, 1.0)).unwrap_err().to_string();
+    let msg = op
+        .matmul(&rng.tensor(&[4, 2, 1], -1.0, 1.0))
+        .unwrap_err()
+        .to_string();
     assert_err_contains(&msg, &["shape"]);
     Ok(())
 }

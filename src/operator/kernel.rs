@@ -218,6 +218,43 @@ impl Kernel {
         }
     }
 
+    /// The same kernel with every hyperparameter converted to `dtype` (a formula kernel's
+    /// captured tensors are not reached: convert its bindings afterwards).
+    pub(crate) fn to_dtype(&self, dtype: DType) -> candle_core::Result<Kernel> {
+        let c = |t: &Tensor| t.detach().to_dtype(dtype);
+        let node = match &self.node {
+            Node::Gaussian { lengthscale } => Node::Gaussian {
+                lengthscale: c(lengthscale)?,
+            },
+            Node::Matern { nu, lengthscale } => Node::Matern {
+                nu: *nu,
+                lengthscale: c(lengthscale)?,
+            },
+            Node::RationalQuadratic { lengthscale, alpha } => Node::RationalQuadratic {
+                lengthscale: c(lengthscale)?,
+                alpha: c(alpha)?,
+            },
+            Node::Periodic {
+                lengthscale,
+                period,
+            } => Node::Periodic {
+                lengthscale: c(lengthscale)?,
+                period: c(period)?,
+            },
+            Node::Linear => Node::Linear,
+            Node::Formula(f) => Node::Formula(f.clone()),
+            Node::Scale { scale, kernel } => Node::Scale {
+                scale: c(scale)?,
+                kernel: Box::new(kernel.to_dtype(dtype)?),
+            },
+            Node::Sum(a, b) => Node::Sum(Box::new(a.to_dtype(dtype)?), Box::new(b.to_dtype(dtype)?)),
+            Node::Product(a, b) => {
+                Node::Product(Box::new(a.to_dtype(dtype)?), Box::new(b.to_dtype(dtype)?))
+            }
+        };
+        Ok(boxed(node))
+    }
+
     /// Checks every hyperparameter against points of dimension `d`, of `dtype` on `device`:
     /// shapes, dtypes, devices, and values (finite; positive where the kernel needs it).
     pub(crate) fn check(&self, d: usize, dtype: DType, device: &Device) -> candle_core::Result<()> {

@@ -214,6 +214,26 @@ impl KernelOperator {
     pub(crate) fn detached_lazy(&self) -> candle_core::Result<LazyTensor> {
         Ok(self.lazy()?.detach())
     }
+
+    /// `K_ij` computed in `dtype` from the points and hyperparameters converted first (so
+    /// that the lengthscale scaling is done in `dtype` too), detached.
+    pub(crate) fn detached_lazy_in(&self, dtype: DType) -> candle_core::Result<LazyTensor> {
+        let rows = self.rows.detach().to_dtype(dtype)?;
+        // One tensor for both sides when the operator has one point set, so that the kernel
+        // scales it once.
+        let cols = if self.rows.id() == self.cols.id() {
+            rows.clone()
+        } else {
+            self.cols.detach().to_dtype(dtype)?
+        };
+        let op = KernelOperator {
+            kernel: self.kernel.to_dtype(dtype)?,
+            rows,
+            cols,
+            swapped: self.swapped,
+        };
+        Ok(op.lazy()?.to_dtype(dtype)?.detach())
+    }
 }
 
 /// `K b` for a lazy `K` of `shape`, with `b` `(N,)` or `(N, E)`: the checks and the reshapes.

@@ -11,8 +11,16 @@ use candle_core::{DType, Tensor};
 
 /// A symmetric positive definite operator on `(N, E)` `f64` tensors.
 pub(crate) trait SpdOperator {
-    /// `A v`.
+    /// `A v`, as fast as the operator's dtype allows (the iterations).
     fn apply(&self, v: &Tensor) -> candle_core::Result<Tensor>;
+    /// `A v` in `f64` (the residual checks): the same as `apply` for an `f64` operator.
+    fn apply_exact(&self, v: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(v)
+    }
+    /// `v` rounded to the dtype the solution is returned in.
+    fn round(&self, v: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(v.clone())
+    }
 }
 
 /// A preconditioner: `M^-1 v` for an SPD `M` close to `A`.
@@ -51,23 +59,30 @@ fn row(v: &[f64], like: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_slice(v, (1, v.len()), like.device())
 }
 
-/// `A v` on the columns flagged in `active` (the others are zero in the result).
+/// `f(v)` on the columns flagged in `active` (the others are zero in the result).
 fn apply_active(
-    a: &dyn SpdOperator,
+    f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
     v: &Tensor,
     active: &[bool],
     products: &mut usize,
 ) -> candle_core::Result<Tensor> {
     *products += 1;
     if active.iter().all(|&x| x) {
-        return a.apply(v);
+        return f(v);
     }
     let ids: Vec<u32> = (0..active.len() as u32)
         .filter(|&c| active[c as usize])
         .collect();
     let ids = Tensor::new(ids.as_slice(), v.device())?;
-    let av = a.apply(&v.index_select(&ids, 1)?.contiguous()?)?;
+    let av = f(&v.index_select(&ids, 1)?.contiguous()?)?;
     v.zeros_like()?.index_add(&ids, &av, 1)
+}
+
+/// `old` with the columns flagged in `mask` taken from `new`.
+fn merge_columns(old: &Tensor, new: &Tensor, mask: &[bool]) -> candle_core::Result<Tensor> {
+    let keep: Vec<f64> = mask.iter().map(|&f| f64::from(!f)).collect();
+    let take: Vec<f64> = mask.iter().map(|&f| f64::from(f)).collect();
+    old.broadcast_mul(&row(&keep, old)?)? + new.broadcast_mul(&row(&take, old)?)?
 }
 
 /// Solves `A x = b` (`b`: `(N, E)` `f64`) from `x0`, column by column in lockstep.
@@ -90,8 +105,10 @@ pub(crate) fn cg(
         Some(x0) => x0.clone(),
         None => b.zeros_like()?,
     };
+    let fast = |v: &Tensor| a.apply(v);
+    let exact_op = |v: &Tensor| a.apply_exact(v);
     let mut r = match x0 {
-        Some(_) => (b - apply_active(a, &x, &vec![true; e], &mut products)?)?,
+        Some(_) => (b - apply_active(&exact_op, &x, &vec![true; e], &mut products)?)?,
         None => b.clone(),
     };
     let rel = |r: &Tensor| -> candle_core::Result<Vec<f64>> {
@@ -127,7 +144,7 @@ pub(crate) fn cg(
             break;
         }
         it += 1;
-        let ap = apply_active(a, &p, &active, &mut products)?;
+        let ap = apply_active(&fast, &p, &active, &mut products)?;
         let pap = col_dots(&p, &ap)?;
         let mut step = vec![0.0; e];
         for c in 0..e {
@@ -155,13 +172,14 @@ pub(crate) fn cg(
             .collect();
         let mut restart = vec![false; e];
         if !newly.is_empty() && s.check_residual {
-            // Residual replacement: the recurrence may have drifted from b - A x.
+            // Residual replacement: the recurrence may have drifted from b - A x. The check
+            // is on the solution as it will be returned (rounded to its dtype), with an `f64`
+            // product, so that low-precision products are refined like iterative refinement.
             let mask: Vec<bool> = (0..e).map(|c| newly.contains(&c)).collect();
-            let true_r = (b - apply_active(a, &x, &mask, &mut products)?)?;
+            x = merge_columns(&x, &a.round(&x)?, &mask)?;
+            let true_r = (b - apply_active(&exact_op, &x, &mask, &mut products)?)?;
             let true_res = rel(&true_r)?;
-            let keep: Vec<f64> = mask.iter().map(|&f| f64::from(!f)).collect();
-            let take: Vec<f64> = mask.iter().map(|&f| f64::from(f)).collect();
-            r = (r.broadcast_mul(&row(&keep, b)?)? + true_r.broadcast_mul(&row(&take, b)?)?)?;
+            r = merge_columns(&r, &true_r, &mask)?;
             for &c in &newly {
                 res[c] = true_res[c];
                 exact[c] = true;
@@ -199,7 +217,8 @@ pub(crate) fn cg(
             .map(|c| !converged[c] && bnorm[c] > 0.0 && !exact[c])
             .collect();
         if unsure.contains(&true) {
-            let true_r = (b - apply_active(a, &x, &unsure, &mut products)?)?;
+            x = merge_columns(&x, &a.round(&x)?, &unsure)?;
+            let true_r = (b - apply_active(&exact_op, &x, &unsure, &mut products)?)?;
             let true_res = rel(&true_r)?;
             for c in 0..e {
                 if unsure[c] {

@@ -154,6 +154,8 @@ fn bad(detail: String) -> candle_core::Error {
 /// the forward solve and the adjoint solve share.
 pub(crate) struct System {
     k: LazyTensor,
+    /// `K` in `f64` for the residual checks, when `k` is not `f64` already.
+    k64: Option<LazyTensor>,
     n: usize,
     dtype: DType,
     alpha: f64,
@@ -165,6 +167,17 @@ impl SpdOperator for System {
     fn apply(&self, v: &Tensor) -> candle_core::Result<Tensor> {
         let kv = matmul_lazy(&self.k, &v.to_dtype(self.dtype)?, (self.n, self.n), OP)?;
         kv.to_dtype(DType::F64)? + (v * self.alpha)?
+    }
+
+    fn apply_exact(&self, v: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.k64 {
+            Some(k64) => matmul_lazy(k64, v, (self.n, self.n), OP)? + (v * self.alpha)?,
+            None => self.apply(v),
+        }
+    }
+
+    fn round(&self, v: &Tensor) -> candle_core::Result<Tensor> {
+        v.to_dtype(self.dtype)?.to_dtype(DType::F64)
     }
 }
 
@@ -343,8 +356,15 @@ impl KernelOperator {
             }
         };
         let setup_seconds = start.elapsed().as_secs_f64();
+        let k_det = self.detached_lazy()?;
+        let k64 = if dtype == DType::F64 {
+            None
+        } else {
+            Some(self.detached_lazy_in(DType::F64)?)
+        };
         let system = System {
-            k: self.detached_lazy()?,
+            k: k_det,
+            k64,
             n,
             dtype,
             alpha: alpha_value,
