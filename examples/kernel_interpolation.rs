@@ -26,7 +26,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (k, c) in s.chars().enumerate() {
-        if k > 0 && (s.len() - k) % 3 == 0 {
+        if k > 0 && (s.len() - k).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -60,7 +60,12 @@ fn main() -> candle_core::Result<()> {
         match a.as_str() {
             "--out" => out_dir = args.next().expect("--out DIR").into(),
             "--f32" => dtype = DType::F32,
-            s => n = s.replace(['_', ','], "").parse().expect("N must be a number"),
+            s => {
+                n = s
+                    .replace(['_', ','], "")
+                    .parse()
+                    .expect("N must be a number")
+            }
         }
     }
     std::fs::create_dir_all(&out_dir)?;

@@ -79,7 +79,10 @@ impl fmt::Debug for Kernel {
             Node::RationalQuadratic { lengthscale, .. } => {
                 write!(f, "RationalQuadratic(l{:?})", lengthscale.dims())
             }
-            Node::Periodic { lengthscale, period } => write!(
+            Node::Periodic {
+                lengthscale,
+                period,
+            } => write!(
                 f,
                 "Periodic(l{:?}, p{:?})",
                 lengthscale.dims(),
@@ -202,7 +205,10 @@ impl Kernel {
                 out.push(lengthscale.clone());
                 out.push(alpha.clone());
             }
-            Node::Periodic { lengthscale, period } => {
+            Node::Periodic {
+                lengthscale,
+                period,
+            } => {
                 out.push(lengthscale.clone());
                 out.push(period.clone());
             }
@@ -247,7 +253,9 @@ impl Kernel {
                 scale: c(scale)?,
                 kernel: Box::new(kernel.to_dtype(dtype)?),
             },
-            Node::Sum(a, b) => Node::Sum(Box::new(a.to_dtype(dtype)?), Box::new(b.to_dtype(dtype)?)),
+            Node::Sum(a, b) => {
+                Node::Sum(Box::new(a.to_dtype(dtype)?), Box::new(b.to_dtype(dtype)?))
+            }
             Node::Product(a, b) => {
                 Node::Product(Box::new(a.to_dtype(dtype)?), Box::new(b.to_dtype(dtype)?))
             }
@@ -263,10 +271,7 @@ impl Kernel {
             if t.dtype() != dtype {
                 return Err(Error::DType {
                     op,
-                    detail: format!(
-                        "the {name} is {:?} but the points are {dtype:?}",
-                        t.dtype()
-                    ),
+                    detail: format!("the {name} is {:?} but the points are {dtype:?}", t.dtype()),
                 }
                 .into());
             }
@@ -313,7 +318,10 @@ impl Kernel {
                 check(lengthscale, "lengthscale", true)?;
                 check(alpha, "rational quadratic alpha", false)
             }
-            Node::Periodic { lengthscale, period } => {
+            Node::Periodic {
+                lengthscale,
+                period,
+            } => {
                 check(lengthscale, "lengthscale", true)?;
                 check(period, "period", true)
             }
@@ -349,7 +357,11 @@ impl Kernel {
         let scaled = |l: &Tensor, c: f64| -> candle_core::Result<(LazyTensor, LazyTensor)> {
             let inv = (l.flatten_all()?.recip()? * c)?.unsqueeze(0)?;
             let xs = x.broadcast_mul(&inv)?;
-            let ys = if same { xs.clone() } else { y.broadcast_mul(&inv)? };
+            let ys = if same {
+                xs.clone()
+            } else {
+                y.broadcast_mul(&inv)?
+            };
             Ok((bind(&xs, xc)?, bind(&ys, yc)?))
         };
         Ok(match &self.node {

@@ -72,7 +72,10 @@ impl KernelOperator {
             }
             .into());
         }
-        if !matches!(x.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+        if !matches!(
+            x.dtype(),
+            DType::F32 | DType::F64 | DType::F16 | DType::BF16
+        ) {
             return Err(Error::DType {
                 op,
                 detail: format!("points must be float, got {:?}", x.dtype()),
@@ -179,6 +182,19 @@ impl KernelOperator {
     /// The rows `K[idx, :]` as a dense `(idx.len(), N)` tensor (what a preconditioner needs).
     /// Each row is one pointwise evaluation over the column points, with the row's point
     /// bound as a parameter: `O(N)` memory per row, nothing of size `M x N`.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Kernel, KernelOperator};
+    /// let x = Tensor::new(&[[0f64], [1.0], [3.0]], &Device::Cpu)?;
+    /// let y = Tensor::new(&[[0f64], [2.0]], &Device::Cpu)?;
+    /// let k = KernelOperator::new(Kernel::laplacian(&Tensor::new(&[1f64], &Device::Cpu)?), &x, &y)?;
+    /// let r = k.rows(&[2, 0])?.to_vec2::<f64>()?;             // K[2, :] and K[0, :]
+    /// assert!((r[0][1] - (-1f64).exp()).abs() < 1e-15 && r[1][0] == 1.0);
+    /// assert_eq!(k.t().shape(), (2, 3));                      // K^T
+    /// assert_eq!(k.diag()?.to_vec1::<f64>()?, vec![1.0, (-1f64).exp()]); // K_00, K_11
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
     pub fn rows(&self, idx: &[usize]) -> candle_core::Result<Tensor> {
         let (m, n) = self.shape();
         if let Some(bad) = idx.iter().find(|&&i| i >= m) {

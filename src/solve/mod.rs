@@ -247,9 +247,11 @@ impl KernelOperator {
                 .min_all()?
                 .to_scalar::<f64>()?;
             if same != 1.0 {
-                return Err(bad("the operator's row and column points differ, so K is not \
+                return Err(bad(
+                    "the operator's row and column points differ, so K is not \
                      symmetric: build it as KernelOperator::new(kernel, &x, &x)"
-                    .into()));
+                        .into(),
+                ));
             }
         }
         let alpha_value = match &alpha {
@@ -266,7 +268,9 @@ impl KernelOperator {
             }
         };
         if !(alpha_value.is_finite() && alpha_value >= 0.0) {
-            return Err(bad(format!("alpha must be finite and >= 0, got {alpha_value}")));
+            return Err(bad(format!(
+                "alpha must be finite and >= 0, got {alpha_value}"
+            )));
         }
         if !(opts.tol.is_finite() && opts.tol > 0.0) {
             return Err(bad(format!("tol must be finite and > 0, got {}", opts.tol)));
@@ -323,7 +327,9 @@ impl KernelOperator {
                 let x0 = x0.detach().reshape(b2.shape())?.to_dtype(DType::F64)?;
                 let s = x0.sqr()?.sum_all()?.to_scalar::<f64>()?;
                 if !s.is_finite() {
-                    return Err(bad("the warm start x0 contains NaN or infinite values".into()));
+                    return Err(bad(
+                        "the warm start x0 contains NaN or infinite values".into()
+                    ));
                 }
                 Some(x0)
             }
@@ -338,7 +344,11 @@ impl KernelOperator {
         let pre = match rank {
             None => None,
             Some(rank) => {
-                let diag = self.diag()?.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                let diag = self
+                    .diag()?
+                    .detach()
+                    .to_dtype(DType::F64)?
+                    .to_vec1::<f64>()?;
                 let mut row = |i: usize| -> candle_core::Result<Vec<f64>> {
                     self.rows(&[i])?
                         .detach()
