@@ -313,7 +313,7 @@ impl KernelOperator {
         let x0 = match &opts.x0 {
             None => None,
             Some(x0) => {
-                if x0.elem_count() != b2.elem_count() {
+                if x0.dims() != b.dims() {
                     return Err(Error::Shape {
                         op: OP,
                         detail: format!(
