@@ -17,7 +17,7 @@ mod seed;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use lazy_kernels::{Kernel, KernelOperator, Preconditioner, Rank, SolveOptions};
+use lazy_kernels::{Kernel, KernelOperator, Preconditioner, Rank, SolveOptions, Stop};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -98,10 +98,11 @@ fn main() -> candle_core::Result<()> {
                             info.solve_seconds,
                             total,
                             info.iterations,
-                            if info.all_converged() {
-                                String::new()
-                            } else {
-                                format!(" (capped at {cap}: NOT converged)")
+                            match info.stops[0] {
+                                Stop::Converged => String::new(),
+                                Stop::MaxIters => format!(" (NOT converged: capped at {cap})"),
+                                Stop::Stalled => " (NOT converged: stalled)".to_string(),
+                                Stop::Breakdown => " (NOT converged: breakdown)".to_string(),
                             },
                             info.products,
                             info.max_residual(),

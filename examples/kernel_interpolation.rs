@@ -41,9 +41,9 @@ fn report(info: &SolveInfo) {
         info.iterations,
         info.max_residual(),
         if info.all_converged() {
-            "converged"
+            "converged".to_string()
         } else {
-            "NOT converged"
+            format!("NOT converged: {:?}", info.stops[0])
         },
         info.preconditioner_rank,
         info.setup_seconds,

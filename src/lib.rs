@@ -68,4 +68,4 @@ pub use lazy::LazyTensor;
 pub use op::ReductionOutput;
 pub use operator::{Kernel, KernelOperator, Nu};
 pub use reduction::{Axis, Reduction, ReductionKind};
-pub use solve::{Preconditioner, Rank, Ridge, SolveInfo, SolveOptions};
+pub use solve::{Preconditioner, Rank, Ridge, SolveInfo, SolveOptions, Stop};

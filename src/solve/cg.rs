@@ -29,12 +29,28 @@ pub(crate) trait Preconditioner {
     fn apply(&self, v: &Tensor) -> candle_core::Result<Tensor>;
 }
 
+/// Why a column stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Its true relative residual reached the tolerance.
+    Converged,
+    /// The iteration cap came first.
+    MaxIters,
+    /// Its true residual stopped decreasing between two checks: the rounding floor of the
+    /// operator's dtype is above the tolerance.
+    Stalled,
+    /// A non-positive curvature `<p, A p>`: the operator is not positive definite (a kernel
+    /// that is not, or rounding at a very small ridge).
+    Breakdown,
+}
+
 /// What CG did, per column.
 #[derive(Clone, Debug)]
 pub(crate) struct CgOutcome {
     pub iterations: Vec<usize>,
     pub residuals: Vec<f64>,
     pub converged: Vec<bool>,
+    pub stops: Vec<Stop>,
     /// Operator products, counted in columns-blocks (one per call to `A`).
     pub products: usize,
 }
@@ -132,9 +148,14 @@ pub(crate) fn cg(
     let mut p = z.clone();
     let mut rz = col_dots(&r, &z)?;
     let mut broken = vec![false; e];
-    // The true residual at each column's last check: a restart that does not halve it means
-    // the residual has reached the floor of the operator's rounding, and the column stops.
+    let mut stops = vec![Stop::MaxIters; e];
+    // The true residual at each column's last check: a restart that does not reduce it by a
+    // good factor means the residual has reached the floor of the operator's rounding, and
+    // the column stops.
     let mut last_true = vec![f64::INFINITY; e];
+    // The threshold of the recurrence: `tol` at first, lowered after a check finds the true
+    // residual above `tol` by as much as it was off (so the next check is likely to pass).
+    let mut target = vec![s.tol; e];
     // Whether `res[c]` was computed from `b - A x` (not from the recurrence).
     let mut exact = vec![true; e];
     let mut it = 0;
@@ -155,6 +176,7 @@ pub(crate) fn cg(
             // column has reached round-off): stop that column, reported as not converged.
             if !(pap[c] > 0.0 && pap[c].is_finite() && rz[c].is_finite()) {
                 broken[c] = true;
+                stops[c] = Stop::Breakdown;
                 continue;
             }
             step[c] = rz[c] / pap[c];
@@ -168,7 +190,7 @@ pub(crate) fn cg(
             exact[c] &= !active[c];
         }
         let newly: Vec<usize> = (0..e)
-            .filter(|&c| active[c] && !broken[c] && res[c] <= s.tol)
+            .filter(|&c| active[c] && !broken[c] && res[c] <= target[c])
             .collect();
         let mut restart = vec![false; e];
         if !newly.is_empty() && s.check_residual {
@@ -185,10 +207,12 @@ pub(crate) fn cg(
                 exact[c] = true;
                 if true_res[c] <= s.tol {
                     converged[c] = true;
-                } else if true_res[c] > 0.5 * last_true[c] {
+                } else if true_res[c] > 0.7 * last_true[c] {
                     broken[c] = true;
+                    stops[c] = Stop::Stalled;
                 } else {
                     last_true[c] = true_res[c];
+                    target[c] *= 0.5 * s.tol / true_res[c];
                     restart[c] = true;
                 }
             }
@@ -228,12 +252,18 @@ pub(crate) fn cg(
             }
         }
     }
+    for c in 0..e {
+        if converged[c] {
+            stops[c] = Stop::Converged;
+        }
+    }
     Ok((
         x,
         CgOutcome {
             iterations,
             residuals: res,
             converged,
+            stops,
             products,
         },
     ))
