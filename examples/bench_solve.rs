@@ -10,6 +10,8 @@
 //!
 //! `--budget` caps the iterations of each cell at about that many seconds of products (one
 //! product is timed first); a capped cell is reported as not converged, with its residual.
+//! `--only WORDS` keeps the cells whose description contains every comma-separated word, out
+//! of `1D`, `2D`, `F64`, `F32`, `seed`, `small` (alpha 1e-2), `none`, `pivoted`.
 
 #[path = "seed/mod.rs"]
 mod seed;
@@ -24,6 +26,7 @@ use rand::SeedableRng;
 fn main() -> candle_core::Result<()> {
     let mut sizes = vec![10_000usize];
     let mut budget = 120.0f64;
+    let mut only: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -36,6 +39,14 @@ fn main() -> candle_core::Result<()> {
                     .collect()
             }
             "--budget" => budget = args.next().expect("--budget S").parse().expect("seconds"),
+            "--only" => {
+                only = args
+                    .next()
+                    .expect("--only WORDS")
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown argument {other}"),
         }
@@ -76,6 +87,18 @@ fn main() -> candle_core::Result<()> {
                         Preconditioner::None,
                         Preconditioner::PivotedCholesky(Rank::Auto { max: 400 }),
                     ] {
+                        let tags = format!(
+                            "{problem} {dtype:?} {} {}",
+                            if alpha == seed_alpha { "seed" } else { "small" },
+                            if pre == Preconditioner::None {
+                                "none"
+                            } else {
+                                "pivoted"
+                            }
+                        );
+                        if !only.iter().all(|w| tags.contains(w.as_str())) {
+                            continue;
+                        }
                         let opts = SolveOptions {
                             tol: 1e-6,
                             max_iters: cap,
