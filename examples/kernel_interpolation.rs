@@ -51,6 +51,35 @@ fn report(info: &SolveInfo) {
     );
 }
 
+/// Solves `(K_xx + alpha I) a = b`, timed and printed like the seed, and reports the solve.
+fn interpolate(
+    kernel: &Kernel,
+    x: &Tensor,
+    b: &Tensor,
+    alpha: f64,
+    label: &str,
+) -> candle_core::Result<Tensor> {
+    let start = Instant::now();
+    let k_xx = KernelOperator::new(kernel.clone(), x, x)?;
+    let (a, info) = k_xx.solve(b, alpha, &SolveOptions::default())?;
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "Time to perform an RBF interpolation with {} samples in {label}: {elapsed:.5}s",
+        thousands(x.dim(0)?),
+    );
+    report(&info);
+    Ok(a)
+}
+
+/// The fitted model `K_tx a` at the points `t`.
+fn predict(kernel: &Kernel, t: &Tensor, x: &Tensor, a: &Tensor) -> candle_core::Result<Vec<f64>> {
+    KernelOperator::new(kernel.clone(), t, x)?
+        .matmul(a)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()
+}
+
 fn main() -> candle_core::Result<()> {
     let mut n = 10_000usize;
     let mut out_dir = std::path::PathBuf::from("figures");
@@ -71,35 +100,19 @@ fn main() -> candle_core::Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(0);
-    let opts = SolveOptions::default();
 
     // ---------------------------------------------------------------- 1D, Gaussian kernel
     let (xs, bs) = seed::data_1d(n, &mut rng);
     let x = Tensor::from_vec(xs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
     let b = Tensor::from_vec(bs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
     let sigma = Tensor::new(&[0.1f64], &dev)?.to_dtype(dtype)?;
-    let alpha = 1.0; // ridge regularization
-
-    let start = Instant::now();
-    let k_xx = KernelOperator::new(Kernel::gaussian(&sigma), &x, &x)?;
-    let (a, info) = k_xx.solve(&b, alpha, &opts)?;
-    let elapsed = start.elapsed().as_secs_f64();
-    println!(
-        "Time to perform an RBF interpolation with {} samples in 1D: {:.5}s",
-        thousands(n),
-        elapsed
-    );
-    report(&info);
+    let gaussian = Kernel::gaussian(&sigma);
+    let a = interpolate(&gaussian, &x, &b, 1.0, "1D")?; // ridge regularization alpha = 1
 
     // Extrapolate on a uniform sample and draw the fit over the noisy samples.
     let t: Vec<f64> = (0..1001).map(|k| k as f64 / 1000.0).collect();
     let t_tensor = Tensor::from_vec(t.clone(), (1001, 1), &dev)?.to_dtype(dtype)?;
-    let k_tx = KernelOperator::new(Kernel::gaussian(&sigma), &t_tensor, &x)?;
-    let mean_t = k_tx
-        .matmul(&a)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?;
+    let mean_t = predict(&gaussian, &t_tensor, &x, &a)?;
     let mut fig = plot::Canvas::new(800, 600, (0.0, 1.0), (0.0, 1.0));
     fig.scatter(&xs, &bs, &[plot::BLUE], (100.0 / n as f64).sqrt().max(0.5));
     fig.line(&t, &mean_t, plot::RED, 2.0);
@@ -112,18 +125,8 @@ fn main() -> candle_core::Result<()> {
     let (pts, bs) = seed::data_2d(n, &mut rng);
     let x = Tensor::from_vec(pts.clone(), (n, 2), &dev)?.to_dtype(dtype)?;
     let b = Tensor::from_vec(bs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
-    let alpha = 10.0;
-
-    let start = Instant::now();
-    let k_xx = KernelOperator::new(Kernel::laplacian(&sigma), &x, &x)?;
-    let (a, info) = k_xx.solve(&b, alpha, &opts)?;
-    let elapsed = start.elapsed().as_secs_f64();
-    println!(
-        "Time to perform an RBF interpolation with {} samples in 2D: {:.5}s",
-        thousands(n),
-        elapsed
-    );
-    report(&info);
+    let laplacian = Kernel::laplacian(&sigma);
+    let a = interpolate(&laplacian, &x, &b, 10.0, "2D")?;
 
     // The model on a 101 x 101 grid (row 0 at y = 0), under the samples.
     let g = 101;
@@ -131,12 +134,7 @@ fn main() -> candle_core::Result<()> {
         .flat_map(|k| [(k % g) as f64 / 100.0, (k / g) as f64 / 100.0])
         .collect();
     let t_tensor = Tensor::from_vec(grid, (g * g, 2), &dev)?.to_dtype(dtype)?;
-    let k_tx = KernelOperator::new(Kernel::laplacian(&sigma), &t_tensor, &x)?;
-    let mean_t = k_tx
-        .matmul(&a)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?;
+    let mean_t = predict(&laplacian, &t_tensor, &x, &a)?;
     let mut fig = plot::Canvas::new(800, 800, (0.0, 1.0), (0.0, 1.0));
     let (lo, hi) = mean_t
         .iter()
