@@ -508,14 +508,17 @@ impl LazyTensor {
         self.bindings.iter().any(|b| b.tensor.track_op())
     }
 
-    /// The same formula with every bound tensor converted to `dtype`.
-    pub(crate) fn to_dtype(&self, dtype: candle_core::DType) -> candle_core::Result<LazyTensor> {
+    /// The same formula with every bound tensor replaced by `f(tensor)`.
+    fn map_tensors(
+        &self,
+        f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<LazyTensor> {
         let bindings = self
             .bindings
             .iter()
             .map(|b| {
                 Ok(Binding {
-                    tensor: b.tensor.to_dtype(dtype)?,
+                    tensor: f(&b.tensor)?,
                     ..b.clone()
                 })
             })
@@ -526,20 +529,14 @@ impl LazyTensor {
         })
     }
 
+    /// The same formula with every bound tensor converted to `dtype`.
+    pub(crate) fn to_dtype(&self, dtype: candle_core::DType) -> candle_core::Result<LazyTensor> {
+        self.map_tensors(|t| t.to_dtype(dtype))
+    }
+
     /// The same formula with every bound tensor detached from the autodiff graph.
-    pub(crate) fn detach(&self) -> LazyTensor {
-        let bindings = self
-            .bindings
-            .iter()
-            .map(|b| Binding {
-                tensor: b.tensor.detach(),
-                ..b.clone()
-            })
-            .collect();
-        LazyTensor {
-            expr: self.expr.clone(),
-            bindings: Arc::new(bindings),
-        }
+    pub(crate) fn detach(&self) -> candle_core::Result<LazyTensor> {
+        self.map_tensors(|t| Ok(t.detach()))
     }
 
     /// Runs any reduction; [`ReductionOutput`] holds values and/or indices.

@@ -97,14 +97,14 @@ impl fmt::Debug for Kernel {
     }
 }
 
-fn boxed(node: Node) -> Kernel {
+fn kernel(node: Node) -> Kernel {
     Kernel { node }
 }
 
 impl Kernel {
     /// The Gaussian (squared-exponential, RBF) kernel `exp(-r^2 / 2)`.
     pub fn gaussian(lengthscale: &Tensor) -> Kernel {
-        boxed(Node::Gaussian {
+        kernel(Node::Gaussian {
             lengthscale: lengthscale.clone(),
         })
     }
@@ -116,7 +116,7 @@ impl Kernel {
 
     /// The Matern kernel of smoothness `nu`.
     pub fn matern(nu: Nu, lengthscale: &Tensor) -> Kernel {
-        boxed(Node::Matern {
+        kernel(Node::Matern {
             nu,
             lengthscale: lengthscale.clone(),
         })
@@ -139,7 +139,7 @@ impl Kernel {
 
     /// The rational quadratic kernel `(1 + r^2 / (2 alpha))^(-alpha)`, `alpha` of shape `(1,)`.
     pub fn rational_quadratic(lengthscale: &Tensor, alpha: &Tensor) -> Kernel {
-        boxed(Node::RationalQuadratic {
+        kernel(Node::RationalQuadratic {
             lengthscale: lengthscale.clone(),
             alpha: alpha.clone(),
         })
@@ -149,7 +149,7 @@ impl Kernel {
     /// form of GPyTorch and of Rasmussen & Williams eq. 5.16 in 1D). Lengthscale and period
     /// each have shape `(1,)` or `(D,)`.
     pub fn periodic(lengthscale: &Tensor, period: &Tensor) -> Kernel {
-        boxed(Node::Periodic {
+        kernel(Node::Periodic {
             lengthscale: lengthscale.clone(),
             period: period.clone(),
         })
@@ -157,7 +157,7 @@ impl Kernel {
 
     /// The linear kernel `x . y` (scale it with [`Kernel::scale`]).
     pub fn linear() -> Kernel {
-        boxed(Node::Linear)
+        kernel(Node::Linear)
     }
 
     /// A kernel from any formula `k(x_i, y_j)` of one component. It should be symmetric and
@@ -177,12 +177,12 @@ impl Kernel {
     where
         F: Fn(&LazyTensor, &LazyTensor) -> candle_core::Result<LazyTensor> + Send + Sync + 'static,
     {
-        boxed(Node::Formula(Arc::new(f)))
+        kernel(Node::Formula(Arc::new(f)))
     }
 
     /// `scale * k`, with `scale` a positive tensor of shape `(1,)` (or a scalar tensor).
     pub fn scale(&self, scale: &Tensor) -> Kernel {
-        boxed(Node::Scale {
+        kernel(Node::Scale {
             scale: scale.clone(),
             kernel: Box::new(self.clone()),
         })
@@ -192,82 +192,93 @@ impl Kernel {
     /// tensors are not listed).
     pub fn parameters(&self) -> Vec<Tensor> {
         let mut out = Vec::new();
-        self.collect(&mut out);
+        let _ = self.visit(&mut |_, _, t| {
+            out.push(t.clone());
+            Ok(())
+        });
         out
     }
 
-    fn collect(&self, out: &mut Vec<Tensor>) {
+    /// Calls `f(name, per_dim, tensor)` on every hyperparameter, depth first (`per_dim`: it may
+    /// have one value per dimension).
+    fn visit(
+        &self,
+        f: &mut dyn FnMut(&'static str, bool, &Tensor) -> candle_core::Result<()>,
+    ) -> candle_core::Result<()> {
         match &self.node {
             Node::Gaussian { lengthscale } | Node::Matern { lengthscale, .. } => {
-                out.push(lengthscale.clone())
+                f("lengthscale", true, lengthscale)
             }
             Node::RationalQuadratic { lengthscale, alpha } => {
-                out.push(lengthscale.clone());
-                out.push(alpha.clone());
+                f("lengthscale", true, lengthscale)?;
+                f("rational quadratic alpha", false, alpha)
             }
             Node::Periodic {
                 lengthscale,
                 period,
             } => {
-                out.push(lengthscale.clone());
-                out.push(period.clone());
+                f("lengthscale", true, lengthscale)?;
+                f("period", true, period)
             }
-            Node::Linear | Node::Formula(_) => {}
+            Node::Linear | Node::Formula(_) => Ok(()),
             Node::Scale { scale, kernel } => {
-                out.push(scale.clone());
-                kernel.collect(out);
+                f("scale", false, scale)?;
+                kernel.visit(f)
             }
             Node::Sum(a, b) | Node::Product(a, b) => {
-                a.collect(out);
-                b.collect(out);
+                a.visit(f)?;
+                b.visit(f)
             }
         }
     }
 
-    /// The same kernel with every hyperparameter converted to `dtype` (a formula kernel's
-    /// captured tensors are not reached: convert its bindings afterwards).
-    pub(crate) fn to_dtype(&self, dtype: DType) -> candle_core::Result<Kernel> {
-        let c = |t: &Tensor| t.detach().to_dtype(dtype);
+    /// The same kernel with every hyperparameter replaced by `f(hyperparameter)`.
+    fn map(
+        &self,
+        f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Kernel> {
         let node = match &self.node {
             Node::Gaussian { lengthscale } => Node::Gaussian {
-                lengthscale: c(lengthscale)?,
+                lengthscale: f(lengthscale)?,
             },
             Node::Matern { nu, lengthscale } => Node::Matern {
                 nu: *nu,
-                lengthscale: c(lengthscale)?,
+                lengthscale: f(lengthscale)?,
             },
             Node::RationalQuadratic { lengthscale, alpha } => Node::RationalQuadratic {
-                lengthscale: c(lengthscale)?,
-                alpha: c(alpha)?,
+                lengthscale: f(lengthscale)?,
+                alpha: f(alpha)?,
             },
             Node::Periodic {
                 lengthscale,
                 period,
             } => Node::Periodic {
-                lengthscale: c(lengthscale)?,
-                period: c(period)?,
+                lengthscale: f(lengthscale)?,
+                period: f(period)?,
             },
             Node::Linear => Node::Linear,
-            Node::Formula(f) => Node::Formula(f.clone()),
+            Node::Formula(k) => Node::Formula(k.clone()),
             Node::Scale { scale, kernel } => Node::Scale {
-                scale: c(scale)?,
-                kernel: Box::new(kernel.to_dtype(dtype)?),
+                scale: f(scale)?,
+                kernel: Box::new(kernel.map(f)?),
             },
-            Node::Sum(a, b) => {
-                Node::Sum(Box::new(a.to_dtype(dtype)?), Box::new(b.to_dtype(dtype)?))
-            }
-            Node::Product(a, b) => {
-                Node::Product(Box::new(a.to_dtype(dtype)?), Box::new(b.to_dtype(dtype)?))
-            }
+            Node::Sum(a, b) => Node::Sum(Box::new(a.map(f)?), Box::new(b.map(f)?)),
+            Node::Product(a, b) => Node::Product(Box::new(a.map(f)?), Box::new(b.map(f)?)),
         };
-        Ok(boxed(node))
+        Ok(Kernel { node })
+    }
+
+    /// The same kernel with every hyperparameter detached and converted to `dtype` (a formula
+    /// kernel's captured tensors are not reached: convert its bindings afterwards).
+    pub(crate) fn to_dtype(&self, dtype: DType) -> candle_core::Result<Kernel> {
+        self.map(&|t| t.detach().to_dtype(dtype))
     }
 
     /// Checks every hyperparameter against points of dimension `d`, of `dtype` on `device`:
-    /// shapes, dtypes, devices, and values (finite; positive where the kernel needs it).
+    /// shapes, dtypes, devices, and values (finite and positive).
     pub(crate) fn check(&self, d: usize, dtype: DType, device: &Device) -> candle_core::Result<()> {
         let op = "Kernel";
-        let check = |t: &Tensor, name: &str, per_dim: bool| -> candle_core::Result<()> {
+        self.visit(&mut |name, per_dim, t| {
             if t.dtype() != dtype {
                 return Err(Error::DType {
                     op,
@@ -309,32 +320,7 @@ impl Kernel {
                 .into());
             }
             Ok(())
-        };
-        match &self.node {
-            Node::Gaussian { lengthscale } | Node::Matern { lengthscale, .. } => {
-                check(lengthscale, "lengthscale", true)
-            }
-            Node::RationalQuadratic { lengthscale, alpha } => {
-                check(lengthscale, "lengthscale", true)?;
-                check(alpha, "rational quadratic alpha", false)
-            }
-            Node::Periodic {
-                lengthscale,
-                period,
-            } => {
-                check(lengthscale, "lengthscale", true)?;
-                check(period, "period", true)
-            }
-            Node::Linear | Node::Formula(_) => Ok(()),
-            Node::Scale { scale, kernel } => {
-                check(scale, "scale", false)?;
-                kernel.check(d, dtype, device)
-            }
-            Node::Sum(a, b) | Node::Product(a, b) => {
-                a.check(d, dtype, device)?;
-                b.check(d, dtype, device)
-            }
-        }
+        })
     }
 
     /// The formula `k(x, y)` with `x` bound as a variable of category `xc` and `y` of `yc`
@@ -428,7 +414,7 @@ impl std::ops::Add for Kernel {
     type Output = Kernel;
     /// The sum of two kernels.
     fn add(self, rhs: Kernel) -> Kernel {
-        boxed(Node::Sum(Box::new(self), Box::new(rhs)))
+        kernel(Node::Sum(Box::new(self), Box::new(rhs)))
     }
 }
 
@@ -436,7 +422,7 @@ impl std::ops::Mul for Kernel {
     type Output = Kernel;
     /// The product of two kernels.
     fn mul(self, rhs: Kernel) -> Kernel {
-        boxed(Node::Product(Box::new(self), Box::new(rhs)))
+        kernel(Node::Product(Box::new(self), Box::new(rhs)))
     }
 }
 

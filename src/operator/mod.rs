@@ -228,7 +228,7 @@ impl KernelOperator {
     /// The same operator with every bound tensor detached from the autodiff graph (for the
     /// iterations of a solve, which are not differentiated step by step).
     pub(crate) fn detached_lazy(&self) -> candle_core::Result<LazyTensor> {
-        Ok(self.lazy()?.detach())
+        self.lazy()?.detach()
     }
 
     /// `K_ij` computed in `dtype` from the points and hyperparameters converted first (so
@@ -248,7 +248,7 @@ impl KernelOperator {
             cols,
             swapped: self.swapped,
         };
-        Ok(op.lazy()?.to_dtype(dtype)?.detach())
+        op.lazy()?.to_dtype(dtype)?.detach()
     }
 }
 
