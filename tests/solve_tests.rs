@@ -1107,3 +1107,54 @@ fn grad_backward_errors_when_adjoint_solve_does_not_converge() {
     );
     assert!(msg.contains("adjoint"), "{msg}");
 }
+
+/// An f32 solve whose answer cannot reach the tolerance (the f32 rounding of the solution
+/// alone puts its residual above it) stops as stalled, and its backward pass still works: the
+/// adjoint solution satisfies its own system about as well as the forward one does.
+#[test]
+fn f32_stalled_solve_still_has_a_gradient() {
+    let n = 300;
+    let mut rng = Rng(91);
+    let x = rand_points(&mut rng, n, 1);
+    let pts = host_points(&x);
+    let rk = RefK::Gauss(vec![0.2]);
+    let alpha = 1e-5;
+    let b = rng.tensor(&[n, 1], 0.0, 1.0);
+    let w = rng.tensor(&[n, 1], -1.0, 1.0);
+    let bv = Var::from_tensor(&b.to_dtype(DType::F32).unwrap()).unwrap();
+    let op = KernelOperator::new(
+        rk.kernel(DType::F32),
+        &x.to_dtype(DType::F32).unwrap(),
+        &x.to_dtype(DType::F32).unwrap(),
+    )
+    .unwrap();
+    let o = SolveOptions {
+        tol: 1e-9,
+        ..SolveOptions::default()
+    };
+    let (a, info) = op.solve(bv.as_tensor(), alpha, &o).unwrap();
+    assert_eq!(info.stops, vec![lazy_kernels::Stop::Stalled], "{info:?}");
+    // The reported residual is the true one of the returned f32 answer (computed here in f64
+    // from the f32 points).
+    let k = rk.matrix(&host_points(&x.to_dtype(DType::F32).unwrap()));
+    let mine = residuals(
+        &k,
+        alpha,
+        &host_cols(&a),
+        &host_cols(&bv.as_tensor().to_dtype(DType::F64).unwrap()),
+    );
+    check_reported_residuals(&info, &mine, "f32 stalled");
+    let loss = (a.to_dtype(DType::F64).unwrap() * &w)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().expect("a stalled f32 solve has a gradient");
+    let lambda = host_cols(grads.get(&bv).expect("b is a Var"));
+    let adj = residuals(&k, alpha, &lambda, &host_cols(&w));
+    assert!(
+        adj[0] <= 10.0 * info.max_residual(),
+        "adjoint residual {} vs forward {}",
+        adj[0],
+        info.max_residual()
+    );
+}

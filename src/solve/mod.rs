@@ -207,7 +207,9 @@ impl KernelOperator {
     /// &x)`). `alpha >= 0` is a number or a one-element tensor. The result is differentiable
     /// with respect to `b`, the points, every kernel hyperparameter and a tensor `alpha`, by
     /// implicit differentiation: the backward pass runs one more solve (with the same
-    /// preconditioner), and fails with an error if that solve does not converge.
+    /// preconditioner), and fails with an error if that solve hits the iteration cap or breaks
+    /// down (one that stalls at the `f32` rounding floor is accepted within 10 times the
+    /// forward solve's residual or the tolerance).
     ///
     /// Not converging is not an error: look at `info.converged` (or `info.all_converged()`)
     /// and `info.stops` (why each column stopped). In `f32`, the solution's own rounding puts a
@@ -426,6 +428,7 @@ impl KernelOperator {
             z.apply_op1(implicit::SolveOp {
                 solution: a,
                 system: Arc::new(system),
+                forward_residual: info.max_residual(),
             })?
         } else {
             a
