@@ -1116,7 +1116,6 @@ fn f32_stalled_solve_still_has_a_gradient() {
     let n = 300;
     let mut rng = Rng(91);
     let x = rand_points(&mut rng, n, 1);
-    let pts = host_points(&x);
     let rk = RefK::Gauss(vec![0.2]);
     let alpha = 1e-5;
     let b = rng.tensor(&[n, 1], 0.0, 1.0);
