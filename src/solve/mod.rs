@@ -9,7 +9,7 @@ mod implicit;
 mod pivoted_cholesky;
 
 pub use cg::Stop;
-pub use pivoted_cholesky::Rank;
+pub use pivoted_cholesky::{Rank, AUTO_MEMORY};
 
 use std::sync::Arc;
 use std::time::Instant;
