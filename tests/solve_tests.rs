@@ -1157,3 +1157,25 @@ fn f32_stalled_solve_still_has_a_gradient() {
         info.max_residual()
     );
 }
+
+/// A hyperparameter `Var` updated to an invalid value after the operator was built is caught
+/// by the solve.
+#[test]
+fn solve_rechecks_hyperparameters_updated_after_construction() {
+    let mut rng = Rng(5);
+    let x = rand_points(&mut rng, 40, 2);
+    let b = rng.tensor(&[40, 1], -1.0, 1.0);
+    let l = Var::new(&[0.3f64], &Device::Cpu).unwrap();
+    let op = KernelOperator::new(Kernel::matern32(l.as_tensor()), &x, &x).unwrap();
+    assert!(op.solve(&b, 0.1, &SolveOptions::default()).is_ok());
+    l.set(&Tensor::new(&[-0.3f64], &Device::Cpu).unwrap())
+        .unwrap();
+    let msg = err_msg(
+        op.solve(&b, 0.1, &SolveOptions::default()),
+        "negative lengthscale set after construction",
+    );
+    assert!(
+        msg.contains("lengthscale") && msg.contains("positive"),
+        "{msg}"
+    );
+}

@@ -249,6 +249,9 @@ impl KernelOperator {
             .into());
         }
         let (rows, cols) = self.points();
+        // The hyperparameters again: a `Var` may have been updated since the operator was built.
+        self.kernel()
+            .check(rows.dim(1)?, rows.dtype(), rows.device())?;
         if rows.id() != cols.id() {
             let same = rows
                 .eq(cols)?
