@@ -1179,3 +1179,32 @@ fn solve_rechecks_hyperparameters_updated_after_construction() {
         "{msg}"
     );
 }
+
+/// With f16 products the recurrence stagnates far above the tolerance and never asks for a
+/// residual check: the periodic look at the true residual stops the column as stalled well
+/// before the cap, its reported residual is the true one of the returned f16 answer, and the
+/// backward pass accepts the equally stalled adjoint solve.
+#[test]
+fn f16_stagnating_solve_stops_as_stalled_before_the_cap() {
+    let n = 300;
+    let mut rng = Rng(23);
+    let x = rand_points(&mut rng, n, 2).to_dtype(DType::F16).unwrap();
+    let rk = RefK::Matern(3, vec![0.1]);
+    let b = rng.tensor(&[n, 1], 0.0, 1.0).to_dtype(DType::F16).unwrap();
+    let bv = Var::from_tensor(&b).unwrap();
+    let op = KernelOperator::new(rk.kernel(DType::F16), &x, &x).unwrap();
+    let o = SolveOptions {
+        max_iters: 5000,
+        preconditioner: Preconditioner::None,
+        ..SolveOptions::default()
+    };
+    let (a, info) = op.solve(bv.as_tensor(), 1e-2, &o).unwrap();
+    assert_eq!(info.stops, vec![lazy_kernels::Stop::Stalled], "{info:?}");
+    assert!(info.iterations < 1000, "{info:?}");
+    let k = rk.matrix(&host_points(&x));
+    let mine = residuals(&k, 1e-2, &host_cols(&a), &host_cols(&b));
+    check_reported_residuals(&info, &mine, "f16 stalled");
+    let loss = a.to_dtype(DType::F64).unwrap().sum_all().unwrap();
+    let grads = loss.backward().expect("a stalled f16 solve has a gradient");
+    assert_eq!(grads.get(&bv).expect("b is a Var").dims(), &[n, 1]);
+}

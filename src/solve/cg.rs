@@ -65,6 +65,10 @@ pub(crate) struct CgSettings {
     pub check_residual: bool,
 }
 
+/// Iterations between two looks at the true residual of columns whose recurrence has not
+/// reached its threshold (one product each: 1% of the work).
+const MONITOR_EVERY: usize = 100;
+
 /// `<a_c, b_c>` for every column `c`.
 fn col_dots(a: &Tensor, b: &Tensor) -> candle_core::Result<Vec<f64>> {
     (a * b)?.sum(0)?.to_vec1::<f64>()
@@ -219,6 +223,32 @@ pub(crate) fn cg(
         } else {
             for &c in &newly {
                 converged[c] = true;
+            }
+        }
+        if s.check_residual && it % MONITOR_EVERY == 0 {
+            // A recurrence that stagnates above its threshold (low-precision products) never
+            // triggers the checks above: look at the true residual of the answer as returned
+            // (which is `x` rounded to its dtype) now and then, without disturbing the
+            // iteration, and stop a column that has stopped improving.
+            let due: Vec<bool> = (0..e)
+                .map(|c| active[c] && !broken[c] && !converged[c] && !newly.contains(&c))
+                .collect();
+            if due.contains(&true) {
+                let true_r = (b - apply_active(&exact_op, &a.round(&x)?, &due, &mut products)?)?;
+                let true_res = rel(&true_r)?;
+                for c in (0..e).filter(|&c| due[c]) {
+                    if true_res[c] <= s.tol {
+                        converged[c] = true;
+                    } else if true_res[c] > 0.7 * last_true[c] {
+                        broken[c] = true;
+                        stops[c] = Stop::Stalled;
+                    } else {
+                        last_true[c] = true_res[c];
+                        continue;
+                    }
+                    res[c] = true_res[c];
+                    exact[c] = true;
+                }
             }
         }
         z = precondition(&r)?;
