@@ -69,6 +69,11 @@ pub(crate) struct CgSettings {
 /// reached its threshold (one product each: 1% of the work).
 const MONITOR_EVERY: usize = 100;
 
+/// Looks in a row without a 10% improvement of the best true residual after which a column
+/// is stalled (true residuals of low-precision iterations fluctuate: one bad look is not
+/// enough).
+const IDLE_LOOKS: usize = 3;
+
 /// `<a_c, b_c>` for every column `c`.
 fn col_dots(a: &Tensor, b: &Tensor) -> candle_core::Result<Vec<f64>> {
     (a * b)?.sum(0)?.to_vec1::<f64>()
@@ -157,6 +162,10 @@ pub(crate) fn cg(
     // good factor means the residual has reached the floor of the operator's rounding, and
     // the column stops.
     let mut last_true = vec![f64::INFINITY; e];
+    // The best true residual seen at the periodic looks (see `MONITOR_EVERY`), and the number
+    // of looks since it last improved by 10%.
+    let mut best_seen = vec![f64::INFINITY; e];
+    let mut idle_looks = vec![0usize; e];
     // The threshold of the recurrence: `tol` at first, lowered after a check finds the true
     // residual above `tol` by as much as it was off (so the next check is likely to pass).
     let mut target = vec![s.tol; e];
@@ -239,12 +248,16 @@ pub(crate) fn cg(
                 for c in (0..e).filter(|&c| due[c]) {
                     if true_res[c] <= s.tol {
                         converged[c] = true;
-                    } else if true_res[c] > 0.7 * last_true[c] {
+                    } else if true_res[c] <= 0.9 * best_seen[c] {
+                        best_seen[c] = true_res[c];
+                        idle_looks[c] = 0;
+                        continue;
+                    } else if idle_looks[c] + 1 < IDLE_LOOKS {
+                        idle_looks[c] += 1;
+                        continue;
+                    } else {
                         broken[c] = true;
                         stops[c] = Stop::Stalled;
-                    } else {
-                        last_true[c] = true_res[c];
-                        continue;
                     }
                     res[c] = true_res[c];
                     exact[c] = true;
