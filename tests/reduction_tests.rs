@@ -321,6 +321,18 @@ fn gaussian_kernel_sums_across_dimensions_and_tiles() {
                     format!("Exp(-SqDist(Vi(0,{d}), Vj(1,{d})) / (2.0 * Square(Pm(2,1)))) * {w}");
                 check_sum_against_dense(&src, &ins, m, n);
             }
+            // `exp(-y)` as `exp(y * -1)`, the fused Laplacian (`exp(s |x - y|) * w`, the square
+            // root inside the pass), and a distance the root's weight reads too (which must
+            // not be fused away).
+            let sq = format!("SqDist(Vi(0,{d}), Vj(1,{d}))");
+            for src in [
+                format!("Exp(-{sq}) * Vj(3,1)"),
+                format!("Exp(-Sqrt({sq})) * Vj(3,1)"),
+                format!("Exp(-Sqrt({sq}) / Pm(2,1)) * Vj(3,1)"),
+                format!("Exp(-Sqrt({sq})) * Sqrt({sq})"),
+            ] {
+                check_sum_against_dense(&src, &ins, m, n);
+            }
             // The Gaussian kernel with its moments (the shape of its gradients), with and
             // without a weight, with both signs of the difference.
             let k = format!("Exp(-SqDist(Vi(0,{d}), Vj(1,{d})) / (2.0 * Square(Pm(2,1))))");

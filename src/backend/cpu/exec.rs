@@ -576,11 +576,15 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
             kahan_add(&mut sum[0], &mut comp[0], part.to_f64());
             return;
         }
-        Root::SqDistExpProduct { x, t, s, y } => {
+        Root::SqDistExpProduct { x, t, s, y, sqrt } => {
             let (s, y) = (views[s], views[y]);
             let (d, xs, ts) = unsafe { point_pair(views[x], views[t], valid) };
-            let part =
-                unsafe { A::sqdist_exp_dot(&xs[..d], &ts[..d], s.scalar(0), y.slice(0, valid)) };
+            let (s, y) = unsafe { (s.scalar(0), y.slice(0, valid)) };
+            let part = if sqrt {
+                unsafe { A::dist_exp_dot(&xs[..d], &ts[..d], s, y) }
+            } else {
+                unsafe { A::sqdist_exp_dot(&xs[..d], &ts[..d], s, y) }
+            };
             let (sum, comp) = vals.split_at_mut(1);
             kahan_add(&mut sum[0], &mut comp[0], part.to_f64());
             return;

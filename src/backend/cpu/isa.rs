@@ -147,6 +147,11 @@ pub(crate) trait Arch: Copy + Send + Sync + 'static {
     /// # Safety
     /// The CPU must support the instruction set.
     unsafe fn sqdist_exp_dot<T: Real>(x: &[T], t: &[&[T]], s: T, y: &[T]) -> T;
+    /// `sum_l exp(s * |x - t_l|) * y_l` ([`kernels::dist_exp_dot`]).
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set.
+    unsafe fn dist_exp_dot<T: Real>(x: &[T], t: &[&[T]], s: T, y: &[T]) -> T;
     /// `out[l] = s * sum_c (x_c - t_c[l])^2`; returns the maximum of `out`.
     ///
     /// # Safety
@@ -236,6 +241,11 @@ macro_rules! arch {
             }
             #[target_feature(enable = $features)]
             #[inline(never)]
+            pub(super) unsafe fn dist_exp_dot<T: Real>(x: &[T], t: &[&[T]], s: T, y: &[T]) -> T {
+                by_dim!(dist_exp_dot, $fma, x, t, s, y; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+            }
+            #[target_feature(enable = $features)]
+            #[inline(never)]
             pub(super) unsafe fn sqdist_scaled_max<T: Real>(
                 x: &[T],
                 t: &[&[T]],
@@ -307,6 +317,11 @@ macro_rules! arch {
             unsafe fn sqdist_exp_dot<T: Real>(x: &[T], t: &[&[T]], s: T, y: &[T]) -> T {
                 // SAFETY: forwarded from the caller.
                 unsafe { $module::sqdist_exp_dot(x, t, s, y) }
+            }
+            #[inline(always)]
+            unsafe fn dist_exp_dot<T: Real>(x: &[T], t: &[&[T]], s: T, y: &[T]) -> T {
+                // SAFETY: forwarded from the caller.
+                unsafe { $module::dist_exp_dot(x, t, s, y) }
             }
             #[inline(always)]
             unsafe fn sqdist_scaled_max<T: Real>(x: &[T], t: &[&[T]], s: T, out: &mut [T]) -> T {

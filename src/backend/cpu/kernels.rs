@@ -574,6 +574,30 @@ pub(crate) fn sqdist_exp_dot<T: Real, const FMA: bool, const D: usize>(
     s: T,
     y: &[T],
 ) -> T {
+    radial_exp_dot::<T, FMA, D, false>(x, t, s, y)
+}
+
+/// `sum_l exp(s * |x - t_l|) * y_l`: the Laplacian kernel times weights in one pass, as
+/// [`sqdist_exp_dot`] with a square root of the squared distance.
+#[inline(always)]
+pub(crate) fn dist_exp_dot<T: Real, const FMA: bool, const D: usize>(
+    x: [T; D],
+    t: [&[T]; D],
+    s: T,
+    y: &[T],
+) -> T {
+    radial_exp_dot::<T, FMA, D, true>(x, t, s, y)
+}
+
+/// [`sqdist_exp_dot`] (`SQRT = false`) and [`dist_exp_dot`] (`SQRT = true`).
+#[inline(always)]
+fn radial_exp_dot<T: Real, const FMA: bool, const D: usize, const SQRT: bool>(
+    x: [T; D],
+    t: [&[T]; D],
+    s: T,
+    y: &[T],
+) -> T {
+    let r = |d2: T| if SQRT { d2.sqrt() } else { d2 };
     let n = y.len();
     let full = n / ACC * ACC;
     let mut acc = [T::ZERO; ACC];
@@ -582,14 +606,14 @@ pub(crate) fn sqdist_exp_dot<T: Real, const FMA: bool, const D: usize>(
         let w: &[T; ACC] = (&y[base..base + ACC]).try_into().expect("chunk");
         let d2 = sqdist_chunk::<T, FMA, D>(&x, &t, base);
         for k in 0..ACC {
-            acc[k] = T::fma::<FMA>((d2[k] * s).exp::<FMA>(), w[k], acc[k]);
+            acc[k] = T::fma::<FMA>((r(d2[k]) * s).exp::<FMA>(), w[k], acc[k]);
         }
         base += ACC;
     }
     let mut tail = T::ZERO;
     for (l, &w) in y.iter().enumerate().skip(full) {
         let d2 = sqdist_term::<T, FMA, D>(&x, &t, l);
-        tail = T::fma::<FMA>((d2 * s).exp::<FMA>(), w, tail);
+        tail = T::fma::<FMA>((r(d2) * s).exp::<FMA>(), w, tail);
     }
     fold_acc(acc) + tail
 }

@@ -128,8 +128,15 @@ pub(crate) enum Root {
     ExpProduct { a: Reg, s: Reg, y: Reg },
     /// `exp(s * |x - t|^2) * y`: [`Root::ExpProduct`] whose `a` is the squared distance
     /// between a row register `x` and a tile register `t` of the same dimension, at most
-    /// `MAX_ONE_PASS_DIM` (the Gaussian kernel times weights, in one pass over the tile).
-    SqDistExpProduct { x: Reg, t: Reg, s: Reg, y: Reg },
+    /// `MAX_ONE_PASS_DIM` (the Gaussian kernel times weights, in one pass over the tile). With
+    /// `sqrt`, `a` is the distance `|x - t|` instead (the Laplacian kernel).
+    SqDistExpProduct {
+        x: Reg,
+        t: Reg,
+        s: Reg,
+        y: Reg,
+        sqrt: bool,
+    },
     /// `s * |x - t|^2` for a `LogSumExp`, with `x` a row register, `t` a tile register of the
     /// same dimension (at most `MAX_ONE_PASS_DIM`) and `s` a row register of one component: the
     /// distances, their scaling and their maximum in one pass, then the sum of exponentials.
@@ -325,6 +332,23 @@ impl Builder {
             Op::Const(value) => self.emit(1, Level::Row, |out| Instr::Const { value, out }),
             Op::Unary(UnaryOp::Exp) => {
                 let x = &args[0];
+                // `exp(-y)` of a one-component tile value is `exp(y * -1)`, which the kernel
+                // fusions recognise (`Exp(-SqDist(x, y))`, the Laplacian's `exp(-|x - y|)`).
+                if let (Op::Unary(UnaryOp::Neg), 1) = (x.op(), x.dim()) {
+                    let y = &x.args()[0];
+                    if self.single_use(x) && !self.memo.contains_key(x) {
+                        let a = self.lower(y);
+                        if self.level(a) == Level::Tile {
+                            let m =
+                                self.emit(1, Level::Row, |out| Instr::Const { value: -1.0, out });
+                            return self.emit(dim, Level::Tile, |out| Instr::ExpMul {
+                                a,
+                                b: m,
+                                out,
+                            });
+                        }
+                    }
+                }
                 if self.single_use(x) && !self.memo.contains_key(x) {
                     if let Some((a, b)) = self.lower_as_product(x) {
                         let level = self.join(&[a, b]);
@@ -492,13 +516,27 @@ fn fuse_exp_product(b: &mut Builder, root: Root) -> Root {
 }
 
 /// [`Root::ExpProduct`] whose `a` comes from the last tile instruction, a squared distance
-/// used nowhere else between a row and a tile register of equal small dimension, becomes
-/// [`Root::SqDistExpProduct`].
+/// (or the square root of one, computed by the instruction before) used nowhere else between a
+/// row and a tile register of equal small dimension, becomes [`Root::SqDistExpProduct`].
 fn fuse_sqdist(b: &mut Builder, root: Root) -> Root {
     let Root::ExpProduct { a, s, y } = root else {
         return root;
     };
-    let Some(&Instr::SqDist { a: p, b: q, out }) = b.tile_code.last() else {
+    let n = b.tile_code.len();
+    // The instructions to fuse: `[SqDist]` or `[SqDist, Sqrt]`, ending in `a`.
+    let (fused, sqrt) = match b.tile_code.last() {
+        Some(&Instr::SqDist { out, .. }) if out == a => (1, false),
+        Some(&Instr::Unary {
+            op: UnaryOp::Sqrt,
+            a: d,
+            out,
+        }) if out == a && n >= 2 => match b.tile_code[n - 2] {
+            Instr::SqDist { out: d2, .. } if d2 == d => (2, true),
+            _ => return root,
+        },
+        _ => return root,
+    };
+    let Instr::SqDist { a: p, b: q, out: d } = b.tile_code[n - fused] else {
         return root;
     };
     let (x, t) = match (b.level(p), b.level(q)) {
@@ -506,23 +544,21 @@ fn fuse_sqdist(b: &mut Builder, root: Root) -> Root {
         (Level::Tile, Level::Row) => (q, p),
         _ => return root,
     };
-    let used_elsewhere = b.tile_code[..b.tile_code.len() - 1]
+    let used_elsewhere = b.tile_code[..n - fused]
         .iter()
-        .any(|ins| reads(ins).contains(&out));
-    let d = b.regs[x].dim;
-    // The root's other operands must not be the distance itself (`exp(s d) * d`), which
-    // would then never be computed.
-    if out != a
-        || used_elsewhere
-        || y == out
-        || s == out
-        || d != b.regs[t].dim
-        || !(1..=MAX_ONE_PASS_DIM).contains(&d)
+        .any(|ins| reads(ins).contains(&d) || reads(ins).contains(&a));
+    let dim = b.regs[x].dim;
+    // The root's other operands must not be the fused values (`exp(s d) * d`), which would
+    // then never be computed.
+    if used_elsewhere
+        || [y, s].iter().any(|&r| r == d || r == a)
+        || dim != b.regs[t].dim
+        || !(1..=MAX_ONE_PASS_DIM).contains(&dim)
     {
         return root;
     }
-    b.tile_code.pop();
-    Root::SqDistExpProduct { x, t, s, y }
+    b.tile_code.truncate(n - fused);
+    Root::SqDistExpProduct { x, t, s, y, sqrt }
 }
 
 /// A `LogSumExp` root `r = a * s` (the last tile instruction, `s` a one-component row
