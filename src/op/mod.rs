@@ -140,7 +140,8 @@ impl CustomOp1 for ReductionOp {
     }
 }
 
-fn dtype_ok(d: DType) -> bool {
+/// Whether `d` is a dtype the reductions accept (f32, f64, f16, bf16).
+pub(crate) fn dtype_ok(d: DType) -> bool {
     matches!(d, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
 }
 

@@ -72,10 +72,7 @@ impl KernelOperator {
             }
             .into());
         }
-        if !matches!(
-            x.dtype(),
-            DType::F32 | DType::F64 | DType::F16 | DType::BF16
-        ) {
+        if !crate::op::dtype_ok(x.dtype()) {
             return Err(Error::DType {
                 op,
                 detail: format!("points must be float, got {:?}", x.dtype()),
@@ -223,12 +220,6 @@ impl KernelOperator {
     pub fn to_dense(&self) -> candle_core::Result<Tensor> {
         let idx: Vec<usize> = (0..self.shape().0).collect();
         self.rows(&idx)
-    }
-
-    /// The same operator with every bound tensor detached from the autodiff graph (for the
-    /// iterations of a solve, which are not differentiated step by step).
-    pub(crate) fn detached_lazy(&self) -> candle_core::Result<LazyTensor> {
-        self.lazy()?.detach()
     }
 
     /// `K_ij` computed in `dtype` from the points and hyperparameters converted first (so

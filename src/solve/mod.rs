@@ -379,7 +379,9 @@ impl KernelOperator {
             }
         };
         let setup_seconds = start.elapsed().as_secs_f64();
-        let k_det = self.detached_lazy()?;
+        // The formula once: detached for the iterations, tracked for the gradient below.
+        let k = self.lazy()?;
+        let k_det = k.detach()?;
         let k64 = if dtype == DType::F64 {
             None
         } else {
@@ -415,7 +417,6 @@ impl KernelOperator {
         let a = a64.to_dtype(dtype)?.contiguous()?;
 
         // Gradients: only if something upstream of the solution tracks them.
-        let k = self.lazy()?;
         let alpha_tracks = matches!(&alpha, Ridge::Tensor(t) if t.track_op());
         let a = if b2.track_op() || k.tracks_grad() || alpha_tracks {
             let z = if k.tracks_grad() || alpha_tracks {
