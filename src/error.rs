@@ -65,6 +65,14 @@ pub enum Error {
         /// Where it is planned, or what to use instead.
         detail: String,
     },
+    /// A device backend failed: compiling a generated kernel, or launching it.
+    #[error("{what} failed: {detail}")]
+    Backend {
+        /// The failing step (e.g. `NVRTC`).
+        what: &'static str,
+        /// What happened, with the compiler's log where there is one.
+        detail: String,
+    },
 }
 
 impl From<Error> for candle_core::Error {

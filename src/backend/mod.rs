@@ -5,7 +5,7 @@
 //! the roles of `i` and `j` exchanged.
 
 pub mod cpu;
-pub(crate) mod cuda;
+pub mod cuda;
 
 use crate::formula::{Expr, VarCat};
 use crate::reduction::{OutputSpec, Reduction};

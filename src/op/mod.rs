@@ -123,6 +123,34 @@ impl CustomOp1 for ReductionOp {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let out = self.plan.out;
+        let r = cuda::launch::reduce(&self.plan, storage, layout)?;
+        if let Some(idx) = r.indices {
+            let t = Tensor::from_storage(
+                candle_core::Storage::Cuda(idx),
+                self.out_shape(out.indices),
+                candle_core::op::BackpropOp::none(),
+                false,
+            );
+            *self.side.lock().map_err(|_| Error::InvalidArgument {
+                op: "reduction",
+                detail: "a previous reduction panicked".into(),
+            })? = Some(t);
+        }
+        let cols = if out.values > 0 {
+            out.values
+        } else {
+            out.indices
+        };
+        Ok((r.primary, self.out_shape(cols)))
+    }
+
     fn bwd(
         &self,
         arg: &Tensor,
@@ -367,6 +395,7 @@ pub(crate) fn reduce_sized(
         terms,
         out,
     });
+    #[cfg(not(feature = "cuda"))]
     if device.is_cuda() {
         return Err(cuda::unavailable(&plan).into());
     }

@@ -1,0 +1,686 @@
+//! Formula -> CUDA C: one self-contained source per (formula, reduction, dimensions, dtype).
+//!
+//! The source holds the fixed skeleton (`cuda/lk_math.cuh`, `cuda/lk_reduce.cuh`, inlined so
+//! that NVRTC needs no include path), the formula as a function whose components are unrolled
+//! into scalars (common subexpressions once), and two kernels:
+//!
+//! - `<name>_main`: one thread per output row, the `j`-variables of a tile of `block` terms
+//!   staged in shared memory, the tile accumulated in registers in the compute type and merged
+//!   into the row's `f64` state (for `Sum`, a compensated sum of tile partials). With
+//!   `gridDim.y == 1` it writes the outputs; otherwise block `y` reduces one chunk of the terms
+//!   and writes its state (the 2D scheme, for few rows and many terms);
+//! - `<name>_combine`: merges the chunk states of each row in order and writes the outputs.
+//!
+//! The states, tie and NaN rules are those of [`crate::reduction`], so both backends return
+//! the same numbers. f16 and bf16 are read and written as such and computed in f32.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use candle_core::DType;
+
+use crate::error::{invalid, Error, Result};
+use crate::formula::{BinaryOp, Expr, Op, TernaryOp, UnaryOp, VarCat};
+use crate::reduction::{Axis, Reduction, ReductionKind};
+
+/// The scalar semantics of the ops (host and device).
+pub const MATH_CUH: &str = include_str!("../../../cuda/lk_math.cuh");
+/// Storage conversions and reduction states (device only).
+pub const REDUCE_CUH: &str = include_str!("../../../cuda/lk_reduce.cuh");
+
+/// Most threads per block of the main kernel.
+const MAX_BLOCK: usize = 256;
+/// Shared memory a tile may use (the static limit is 48 KiB).
+const SHARED_BYTES: usize = 40 * 1024;
+
+/// The element type of a kernel's inputs and value outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Storage {
+    /// `float`.
+    F32,
+    /// `double`.
+    F64,
+    /// IEEE half precision, computed in `float`.
+    F16,
+    /// bfloat16, computed in `float`.
+    BF16,
+}
+
+impl Storage {
+    /// Every storage type.
+    pub const ALL: [Storage; 4] = [Storage::F32, Storage::F64, Storage::F16, Storage::BF16];
+
+    /// The storage type of a Candle dtype, or an error naming the dtype.
+    pub fn from_dtype(d: DType) -> Result<Storage> {
+        match d {
+            DType::F32 => Ok(Storage::F32),
+            DType::F64 => Ok(Storage::F64),
+            DType::F16 => Ok(Storage::F16),
+            DType::BF16 => Ok(Storage::BF16),
+            other => Err(Error::DType {
+                op: "CUDA reduction",
+                detail: format!("{other:?} is not a float dtype (expected f32, f64, f16 or bf16)"),
+            }),
+        }
+    }
+
+    fn c_type(self) -> &'static str {
+        match self {
+            Storage::F32 => "float",
+            Storage::F64 => "double",
+            Storage::F16 => "lk_f16_t",
+            Storage::BF16 => "lk_bf16_t",
+        }
+    }
+
+    /// The C type the formula is computed in.
+    pub fn compute(self) -> &'static str {
+        match self {
+            Storage::F64 => "double",
+            Storage::F32 | Storage::F16 | Storage::BF16 => "float",
+        }
+    }
+
+    fn compute_bytes(self) -> usize {
+        match self {
+            Storage::F64 => 8,
+            Storage::F32 | Storage::F16 | Storage::BF16 => 4,
+        }
+    }
+}
+
+/// A generated module: its source and what the launcher needs to know about it.
+#[derive(Clone, Debug)]
+pub struct CudaKernel {
+    /// `lk_` and a hash of the source: the module name, and the prefix of its functions
+    /// (`<name>_main`, `<name>_combine`).
+    pub name: String,
+    /// The complete CUDA C source.
+    pub source: String,
+    /// Threads per block of the main kernel (also the tile length).
+    pub block: usize,
+    /// Whether tiles are staged in shared memory (not when the `j`-variables are too wide).
+    pub shared: bool,
+    /// `f64` slots of a row's state.
+    pub state_vals: usize,
+    /// `i64` slots of a row's state.
+    pub state_idx: usize,
+    /// Value columns of the output.
+    pub out_vals: usize,
+    /// Index columns of the output.
+    pub out_idx: usize,
+}
+
+/// FNV-1a, 64 bits: a hash that is the same in every build and process (cache keys).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A C literal of `c` in the compute type.
+fn literal(c: f64, tc: &str) -> String {
+    format!("(({tc})({c:e}))")
+}
+
+/// Checks that the formula's variables are those of `vars` (position, category, dimension).
+fn check_vars(formula: &Expr, vars: &[(VarCat, usize)]) -> Result<()> {
+    for v in formula.vars() {
+        match vars.get(v.pos) {
+            Some(&(cat, dim)) if cat == v.cat && dim == v.dim => {}
+            other => {
+                return Err(invalid(
+                    "CUDA codegen",
+                    format!("variable {v:?} does not match the bound inputs ({other:?})"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The formula as a C function `void fname(const TC* a0, .., const TC* a{n-1}, TC* out)`:
+/// `ak` points at the components of the variable at position `k`, `out` receives the
+/// formula's components. Valid as CUDA device code and as host C++ (after `lk_math.cuh`).
+pub fn formula_function(
+    formula: &Expr,
+    nvars: usize,
+    storage: Storage,
+    fname: &str,
+) -> Result<String> {
+    let tc = storage.compute();
+    let mut s = String::new();
+    let params: Vec<String> = (0..nvars)
+        .map(|k| format!("const {tc}* __restrict__ a{k}"))
+        .chain(std::iter::once(format!("{tc}* __restrict__ out")))
+        .collect();
+    let _ = writeln!(s, "// {formula}");
+    let _ = writeln!(s, "LK_FN void {fname}({}) {{", params.join(", "));
+    let order = formula.topo_order();
+    let needed = demand(formula, &order);
+    let mut comps: HashMap<Expr, Vec<String>> = Default::default();
+    for (n, e) in order.iter().enumerate() {
+        let want = &needed[e];
+        let arg = |k: usize| -> &Vec<String> { &comps[&e.args()[k]] };
+        // Component c of argument k, broadcast when it has one component.
+        let at = |k: usize, c: usize| -> String {
+            let a = arg(k);
+            if a.len() == 1 {
+                a[0].clone()
+            } else {
+                a[c].clone()
+            }
+        };
+        let dim = e.dim();
+        // Components no user reads are not computed (their name is never printed).
+        let mut emit = |c: usize, expr: String| -> String {
+            let id = format!("n{n}_{c}");
+            if want[c.min(want.len() - 1)] {
+                let _ = writeln!(s, "    const {tc} {id} = {expr};");
+            }
+            id
+        };
+        let out: Vec<String> = match *e.op() {
+            Op::Var(v) => {
+                if v.pos >= nvars {
+                    return Err(invalid(
+                        "CUDA codegen",
+                        format!("variable at position {} of {nvars}", v.pos),
+                    ));
+                }
+                (0..v.dim).map(|c| format!("a{}[{c}]", v.pos)).collect()
+            }
+            Op::Const(c) => vec![literal(c, tc)],
+            Op::Unary(u) => (0..dim).map(|c| emit(c, unary(u, &at(0, c)))).collect(),
+            Op::Binary(b) => (0..dim)
+                .map(|c| emit(c, binary(b, &at(0, c), &at(1, c))))
+                .collect(),
+            Op::Ternary(t) => (0..dim)
+                .map(|c| {
+                    let name = match t {
+                        TernaryOp::Clamp => "lk_clamp",
+                        TernaryOp::IfElse => "lk_ifelse",
+                    };
+                    emit(
+                        c,
+                        format!("{name}({}, {}, {})", at(0, c), at(1, c), at(2, c)),
+                    )
+                })
+                .collect(),
+            Op::Sum => {
+                // A left-to-right chain, each partial sum named.
+                let a = arg(0).clone();
+                let mut acc = a[0].clone();
+                for (t, x) in a[1..].iter().enumerate() {
+                    acc = emit(t, format!("{acc} + {x}"));
+                }
+                vec![acc]
+            }
+            Op::Elem(m) => vec![arg(0)[m].clone()],
+            Op::Extract { start, len } => arg(0)[start..start + len].to_vec(),
+            Op::Concat => arg(0).iter().chain(arg(1)).cloned().collect(),
+            Op::MatVecMult => {
+                let (a, v) = (arg(0).clone(), arg(1).clone());
+                let m = v.len();
+                (0..dim)
+                    .map(|r| {
+                        let terms: Vec<String> = (0..m)
+                            .map(|c| format!("{} * {}", a[r * m + c], v[c]))
+                            .collect();
+                        emit(r, terms.join(" + "))
+                    })
+                    .collect()
+            }
+        };
+        comps.insert(e.clone(), out);
+    }
+    for (c, x) in comps[formula].iter().enumerate() {
+        let _ = writeln!(s, "    out[{c}] = {x};");
+    }
+    s.push_str("}\n");
+    Ok(s)
+}
+
+/// For each node, which of its components the root needs (walking from the root down).
+fn demand(root: &Expr, order: &[Expr]) -> HashMap<Expr, Vec<bool>> {
+    let mut need: HashMap<Expr, Vec<bool>> = order
+        .iter()
+        .map(|e| (e.clone(), vec![false; e.dim()]))
+        .collect();
+    need.insert(root.clone(), vec![true; root.dim()]);
+    for e in order.iter().rev() {
+        let mine = need[e].clone();
+        let mut mark = |a: &Expr, c: usize| {
+            let v = need.get_mut(a).expect("arguments come before their users");
+            let n = v.len();
+            v[if n == 1 { 0 } else { c }] = true;
+        };
+        let args = e.args();
+        for (c, _) in mine.iter().enumerate().filter(|x| *x.1) {
+            match *e.op() {
+                Op::Var(_) | Op::Const(_) => {}
+                Op::Unary(_) | Op::Binary(_) | Op::Ternary(_) => {
+                    args.iter().for_each(|a| mark(a, c));
+                }
+                Op::Sum => (0..args[0].dim()).for_each(|k| mark(&args[0], k)),
+                Op::Elem(m) => mark(&args[0], m),
+                Op::Extract { start, .. } => mark(&args[0], start + c),
+                Op::Concat => {
+                    let d0 = args[0].dim();
+                    if c < d0 {
+                        mark(&args[0], c)
+                    } else {
+                        mark(&args[1], c - d0)
+                    }
+                }
+                Op::MatVecMult => {
+                    let m = args[1].dim();
+                    for k in 0..m {
+                        mark(&args[0], c * m + k);
+                        mark(&args[1], k);
+                    }
+                }
+            }
+        }
+    }
+    need
+}
+
+fn unary(u: UnaryOp, a: &str) -> String {
+    match u {
+        UnaryOp::Neg => format!("(-({a}))"),
+        UnaryOp::Exp => format!("lk_exp({a})"),
+        UnaryOp::Log => format!("lk_log({a})"),
+        UnaryOp::Sqrt => format!("lk_sqrt({a})"),
+        UnaryOp::Rsqrt => format!("lk_rsqrt({a})"),
+        UnaryOp::Square => format!("({a} * {a})"),
+        UnaryOp::Inv => format!("lk_inv({a})"),
+        UnaryOp::Abs => format!("lk_abs({a})"),
+        UnaryOp::Sign => format!("lk_sign({a})"),
+        UnaryOp::Step => format!("lk_step({a})"),
+        UnaryOp::Relu => format!("lk_relu({a})"),
+        UnaryOp::Sin => format!("lk_sin({a})"),
+        UnaryOp::Cos => format!("lk_cos({a})"),
+        UnaryOp::Pow(n) => format!("lk_powi({a}, {n})"),
+    }
+}
+
+fn binary(b: BinaryOp, x: &str, y: &str) -> String {
+    let call = |f: &str| format!("{f}({x}, {y})");
+    match b {
+        BinaryOp::Add => format!("({x} + {y})"),
+        BinaryOp::Sub => format!("({x} - {y})"),
+        BinaryOp::Mul => format!("({x} * {y})"),
+        BinaryOp::Div => format!("({x} / {y})"),
+        BinaryOp::Powf => call("lk_powf"),
+        BinaryOp::Min => call("lk_min"),
+        BinaryOp::Max => call("lk_max"),
+        BinaryOp::Lt => call("lk_lt"),
+        BinaryOp::Le => call("lk_le"),
+        BinaryOp::Gt => call("lk_gt"),
+        BinaryOp::Ge => call("lk_ge"),
+        BinaryOp::Eq => call("lk_eq"),
+        BinaryOp::Ne => call("lk_ne"),
+    }
+}
+
+/// The per-kind pieces of a kernel (C statements; `f[c]` is the term's formula value, `j` its
+/// index; `sv`/`si` the row's state, `sv2`/`si2` a later state to merge).
+struct KindCode {
+    init: String,
+    tile_init: String,
+    term: String,
+    tile_end: String,
+    combine: String,
+    finalize: String,
+}
+
+fn kind_code(kind: ReductionKind, f: usize, tc: &str, nv: usize) -> KindCode {
+    let mut k = KindCode {
+        init: String::new(),
+        tile_init: String::new(),
+        term: String::new(),
+        tile_end: String::new(),
+        combine: String::new(),
+        finalize: String::new(),
+    };
+    let ninf = "(-lk_inf())";
+    let store =
+        |i: String, v: String| format!("lk_store(out_vals + (long long)i * {nv} + {i}, {v});\n");
+    match kind {
+        ReductionKind::Sum => {
+            let _ = writeln!(k.tile_init, "{tc} tp[{f}];");
+            for c in 0..f {
+                let _ = writeln!(k.init, "sv[{c}] = 0.0; sv[{}] = 0.0;", f + c);
+                let _ = writeln!(k.tile_init, "tp[{c}] = 0;");
+                let _ = writeln!(k.term, "tp[{c}] += f[{c}];");
+                let _ = writeln!(
+                    k.tile_end,
+                    "lk_kahan_add(sv[{c}], sv[{}], (double)tp[{c}]);",
+                    f + c
+                );
+                let _ = writeln!(
+                    k.combine,
+                    "lk_kahan_add(sv[{c}], sv[{0}], sv2[{c}]); sv[{0}] += sv2[{0}];",
+                    f + c
+                );
+                k.finalize += &store(c.to_string(), format!("sv[{c}] + sv[{}]", f + c));
+            }
+        }
+        ReductionKind::LogSumExp => {
+            let _ = writeln!(k.tile_init, "{tc} tm[{f}], ts[{f}];");
+            for c in 0..f {
+                let d = f + c;
+                let _ = writeln!(k.init, "sv[{c}] = {ninf}; sv[{d}] = 0.0;");
+                let _ = writeln!(k.tile_init, "tm[{c}] = lk_neg_inf<{tc}>(); ts[{c}] = 0;");
+                let _ = writeln!(
+                    k.term,
+                    "lk_lse_merge<{tc}>(tm[{c}], ts[{c}], f[{c}], ({tc})1);"
+                );
+                let _ = writeln!(
+                    k.tile_end,
+                    "lk_lse_merge<double>(sv[{c}], sv[{d}], (double)tm[{c}], (double)ts[{c}]);"
+                );
+                let _ = writeln!(
+                    k.combine,
+                    "lk_lse_merge<double>(sv[{c}], sv[{d}], sv2[{c}], sv2[{d}]);"
+                );
+                let _ = writeln!(
+                    k.finalize,
+                    "{{ double r = sv[{c}] + log(sv[{d}]); \
+                     if (sv[{c}] == {ninf} && !(sv[{d}] != sv[{d}])) r = {ninf}; {}}}",
+                    store(c.to_string(), "r".into()).trim_end()
+                );
+            }
+        }
+        ReductionKind::SumSoftMaxWeight => {
+            // State: [max, sum of exp(F - max), sums of G weighted by exp(F - max)].
+            let _ = writeln!(k.init, "sv[0] = {ninf};");
+            let _ = writeln!(k.tile_init, "{tc} tm = lk_neg_inf<{tc}>(); {tc} tsg[{f}];");
+            for c in 0..f {
+                let _ = writeln!(k.init, "sv[{}] = 0.0;", c + 1);
+                let _ = writeln!(k.tile_init, "tsg[{c}] = 0;");
+            }
+            let _ = writeln!(k.term, "{{ {tc} p[{f}]; p[0] = 1;");
+            for c in 1..f {
+                let _ = writeln!(k.term, "p[{c}] = f[{c}];");
+            }
+            let _ = writeln!(k.term, "lk_ssmw_merge<{f}, {tc}>(tm, tsg, f[0], p); }}");
+            let _ = writeln!(k.tile_end, "{{ double p[{f}];");
+            for c in 0..f {
+                let _ = writeln!(k.tile_end, "p[{c}] = (double)tsg[{c}];");
+            }
+            let _ = writeln!(
+                k.tile_end,
+                "lk_ssmw_merge<{f}, double>(sv[0], sv + 1, (double)tm, p); }}"
+            );
+            let _ = writeln!(
+                k.combine,
+                "lk_ssmw_merge<{f}, double>(sv[0], sv + 1, sv2[0], sv2 + 1);"
+            );
+            for c in 0..f - 1 {
+                k.finalize += &store(c.to_string(), format!("sv[{}] / sv[1]", c + 2));
+            }
+        }
+        ReductionKind::Min
+        | ReductionKind::Max
+        | ReductionKind::ArgMin
+        | ReductionKind::ArgMax
+        | ReductionKind::MinArgMin
+        | ReductionKind::MaxArgMax => {
+            let max = matches!(
+                kind,
+                ReductionKind::Max | ReductionKind::ArgMax | ReductionKind::MaxArgMax
+            );
+            let start = if max { ninf } else { "lk_inf()" };
+            let with_vals = !matches!(kind, ReductionKind::ArgMin | ReductionKind::ArgMax);
+            let with_idx = !matches!(kind, ReductionKind::Min | ReductionKind::Max);
+            for c in 0..f {
+                let _ = writeln!(k.init, "sv[{c}] = {start}; si[{c}] = -1;");
+                let _ = writeln!(
+                    k.term,
+                    "lk_take_if_first<{max}>(sv[{c}], si[{c}], (double)f[{c}], j);"
+                );
+                let _ = writeln!(
+                    k.combine,
+                    "if (si2[{c}] >= 0) lk_take_if_first<{max}>(sv[{c}], si[{c}], sv2[{c}], si2[{c}]);"
+                );
+                if with_vals {
+                    k.finalize += &store(c.to_string(), format!("sv[{c}]"));
+                }
+                if with_idx {
+                    let _ = writeln!(k.finalize, "out_idx[(long long)i * {f} + {c}] = si[{c}];");
+                }
+            }
+        }
+        ReductionKind::KMin(kk) | ReductionKind::ArgKMin(kk) | ReductionKind::KMinArgKMin(kk) => {
+            let with_vals = !matches!(kind, ReductionKind::ArgKMin(_));
+            let with_idx = !matches!(kind, ReductionKind::KMin(_));
+            let ni = kk * f;
+            for c in 0..f {
+                let o = c * kk;
+                let _ = writeln!(
+                    k.init,
+                    "for (int r = 0; r < {kk}; ++r) {{ sv[{o} + r] = lk_inf(); si[{o} + r] = -1; }}"
+                );
+                let _ = writeln!(
+                    k.term,
+                    "lk_kmin_insert<{kk}>(sv + {o}, si + {o}, (double)f[{c}], j);"
+                );
+                let _ = writeln!(
+                    k.combine,
+                    "for (int t = 0; t < {kk}; ++t) {{ if (si2[{o} + t] < 0) break; \
+                     lk_kmin_insert<{kk}>(sv + {o}, si + {o}, sv2[{o} + t], si2[{o} + t]); }}"
+                );
+                for r in 0..kk {
+                    let at = r * f + c;
+                    if with_vals {
+                        k.finalize += &store(at.to_string(), format!("sv[{}]", o + r));
+                    }
+                    if with_idx {
+                        let _ = writeln!(
+                            k.finalize,
+                            "out_idx[(long long)i * {ni} + {at}] = si[{}];",
+                            o + r
+                        );
+                    }
+                }
+            }
+        }
+    }
+    k
+}
+
+/// Generates the module of a reduction of `formula` over `j` (the axis of `kind` is ignored:
+/// plans always reduce over `j`), whose variable at position `k` is `vars[k]` (category,
+/// components), for inputs of type `storage`.
+pub fn generate(
+    formula: &Expr,
+    kind: ReductionKind,
+    vars: &[(VarCat, usize)],
+    storage: Storage,
+) -> Result<CudaKernel> {
+    check_vars(formula, vars)?;
+    let red = Reduction::new(kind, Axis::J);
+    let f = formula.dim();
+    let out = red.output_spec(f)?;
+    let st = red.state_spec(f);
+    let tc = storage.compute();
+    let t = storage.c_type();
+
+    // Tile length: as many terms as fit the shared-memory budget, a multiple of 32.
+    let j_width: usize = vars.iter().filter(|v| v.0 == VarCat::J).map(|v| v.1).sum();
+    let per_term = j_width * storage.compute_bytes();
+    let mut block = MAX_BLOCK;
+    while block > 32 && block * per_term > SHARED_BYTES {
+        block /= 2;
+    }
+    let shared = block * per_term <= SHARED_BYTES;
+
+    let body = formula_function(formula, vars.len(), storage, "LKNAME_f")?;
+    let code = kind_code(kind, f, tc, out.values);
+    let (sv, si) = (st.vals, st.idx);
+    // Index states only where the reduction has indices.
+    let idx_decl = |v: &str| {
+        if si > 0 {
+            format!(" long long {v}[{si}];")
+        } else {
+            String::new()
+        }
+    };
+
+    let mut s = String::new();
+    let _ = writeln!(s, "// lazy-kernels generated kernel: {red} of {formula}");
+    let _ = writeln!(s, "// inputs {storage:?}, variables {vars:?}");
+    s.push_str(MATH_CUH);
+    s.push_str(REDUCE_CUH);
+    s.push_str(&body);
+
+    // The main kernel.
+    let offs: String = (0..vars.len())
+        .map(|k| format!("long long o{k}, "))
+        .collect();
+    let _ = writeln!(
+        s,
+        "extern \"C\" __global__ void __launch_bounds__({block}) LKNAME_main(\
+         const {t}* __restrict__ in, {offs}int rows, int terms, int chunk, \
+         {t}* __restrict__ out_vals, long long* __restrict__ out_idx, \
+         double* __restrict__ part_vals, long long* __restrict__ part_idx) {{"
+    );
+    let _ = writeln!(s, "const int i = blockIdx.x * {block} + threadIdx.x;");
+    let _ = writeln!(s, "const bool active = i < rows;");
+    let mut args = Vec::new();
+    let mut local_j = String::new();
+    for (k, &(cat, d)) in vars.iter().enumerate() {
+        match cat {
+            VarCat::P => {
+                let _ = writeln!(
+                    s,
+                    "{tc} a{k}[{d}];\n#pragma unroll\nfor (int c = 0; c < {d}; ++c) a{k}[c] = lk_load(in + o{k} + c);"
+                );
+                args.push(format!("a{k}"));
+            }
+            VarCat::I => {
+                let _ = writeln!(
+                    s,
+                    "{tc} a{k}[{d}];\n#pragma unroll\nfor (int c = 0; c < {d}; ++c) \
+                     a{k}[c] = active ? lk_load(in + o{k} + (long long)i * {d} + c) : ({tc})0;"
+                );
+                args.push(format!("a{k}"));
+            }
+            VarCat::J if shared => {
+                let _ = writeln!(s, "__shared__ {tc} s{k}[{}];", block * d);
+                args.push(format!("s{k} + jj * {d}"));
+            }
+            VarCat::J => {
+                let _ = writeln!(
+                    local_j,
+                    "{tc} a{k}[{d}];\nfor (int c = 0; c < {d}; ++c) \
+                     a{k}[c] = lk_load(in + o{k} + (long long)(j0 + jj) * {d} + c);"
+                );
+                args.push(format!("a{k}"));
+            }
+        }
+    }
+    let _ = writeln!(s, "double sv[{sv}];{}", idx_decl("si"));
+    s.push_str(&code.init);
+    let _ = writeln!(s, "const int jbeg = blockIdx.y * chunk;");
+    let _ = writeln!(s, "const int jend = min(terms, jbeg + chunk);");
+    let _ = writeln!(s, "for (int j0 = jbeg; j0 < jend; j0 += {block}) {{");
+    let _ = writeln!(s, "const int n = min({block}, jend - j0);");
+    if shared && j_width > 0 {
+        let _ = writeln!(s, "__syncthreads();");
+        for (k, &(cat, d)) in vars.iter().enumerate() {
+            if cat == VarCat::J {
+                let _ = writeln!(
+                    s,
+                    "for (int t = threadIdx.x; t < n * {d}; t += {block}) \
+                     s{k}[t] = lk_load(in + o{k} + (long long)j0 * {d} + t);"
+                );
+            }
+        }
+        let _ = writeln!(s, "__syncthreads();");
+    }
+    let _ = writeln!(s, "if (active) {{");
+    s.push_str(&code.tile_init);
+    let _ = writeln!(s, "for (int jj = 0; jj < n; ++jj) {{");
+    let _ = writeln!(s, "const long long j = (long long)(j0 + jj);\n(void)j;");
+    s.push_str(&local_j);
+    let _ = writeln!(s, "{tc} f[{f}];");
+    args.push("f".into());
+    let _ = writeln!(s, "LKNAME_f({});", args.join(", "));
+    s.push_str(&code.term);
+    let _ = writeln!(s, "}}");
+    s.push_str(&code.tile_end);
+    let _ = writeln!(s, "}}\n}}");
+    let _ = writeln!(s, "if (!active) return;");
+    let _ = writeln!(s, "if (gridDim.y == 1) {{");
+    s.push_str(&code.finalize);
+    let _ = writeln!(s, "}} else {{");
+    let _ = writeln!(s, "const long long at = (long long)blockIdx.y * rows + i;");
+    let _ = writeln!(
+        s,
+        "for (int c = 0; c < {sv}; ++c) part_vals[at * {sv} + c] = sv[c];"
+    );
+    if si > 0 {
+        let _ = writeln!(
+            s,
+            "for (int c = 0; c < {si}; ++c) part_idx[at * {si} + c] = si[c];"
+        );
+    }
+    let _ = writeln!(s, "}}\n}}");
+
+    // The combine kernel of the 2D scheme.
+    let _ = writeln!(
+        s,
+        "extern \"C\" __global__ void LKNAME_combine(int rows, int chunks, \
+         const double* __restrict__ part_vals, const long long* __restrict__ part_idx, \
+         {t}* __restrict__ out_vals, long long* __restrict__ out_idx) {{"
+    );
+    let _ = writeln!(s, "const int i = blockIdx.x * blockDim.x + threadIdx.x;");
+    let _ = writeln!(s, "if (i >= rows) return;");
+    let _ = writeln!(s, "double sv[{sv}];{}", idx_decl("si"));
+    let _ = writeln!(
+        s,
+        "for (int c = 0; c < {sv}; ++c) sv[c] = part_vals[(long long)i * {sv} + c];"
+    );
+    if si > 0 {
+        let _ = writeln!(
+            s,
+            "for (int c = 0; c < {si}; ++c) si[c] = part_idx[(long long)i * {si} + c];"
+        );
+    }
+    let _ = writeln!(s, "for (int ch = 1; ch < chunks; ++ch) {{");
+    let _ = writeln!(s, "const long long at = (long long)ch * rows + i;");
+    let _ = writeln!(s, "double sv2[{sv}];{}", idx_decl("si2"));
+    let _ = writeln!(
+        s,
+        "for (int c = 0; c < {sv}; ++c) sv2[c] = part_vals[at * {sv} + c];"
+    );
+    if si > 0 {
+        let _ = writeln!(
+            s,
+            "for (int c = 0; c < {si}; ++c) si2[c] = part_idx[at * {si} + c];"
+        );
+    }
+    s.push_str(&code.combine);
+    let _ = writeln!(s, "}}");
+    s.push_str(&code.finalize);
+    let _ = writeln!(s, "}}");
+
+    let name = format!("lk_{:016x}", fnv1a(s.as_bytes()));
+    let source = s.replace("LKNAME", &name);
+    Ok(CudaKernel {
+        name,
+        source,
+        block,
+        shared,
+        state_vals: st.vals,
+        state_idx: st.idx,
+        out_vals: out.values,
+        out_idx: out.indices,
+    })
+}
