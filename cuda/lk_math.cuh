@@ -11,7 +11,19 @@
 #define LK_FN static inline
 #endif
 
-LK_FN float lk_exp(float x) { return expf(x); }
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+// 2^x on the hardware exp2 unit (MUFU.EX2, results below 2^-126 flushed to 0). f32 kernel sums
+// are bound by exponentials: exp(x) = 2^(x log2 e) costs two instructions instead of about
+// ten, with a relative error of about 2^-22 (1 + |x|); f64 keeps the accurate exp.
+LK_FN float lk_ex2(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+#else
+LK_FN float lk_ex2(float x) { return exp2f(x); }
+#endif
+LK_FN float lk_exp(float x) { return lk_ex2(x * 1.44269504088896341f); }
 LK_FN double lk_exp(double x) { return exp(x); }
 LK_FN float lk_log(float x) { return logf(x); }
 LK_FN double lk_log(double x) { return log(x); }

@@ -160,7 +160,7 @@ pub fn formula_function(
     let _ = writeln!(s, "// {formula}");
     let _ = writeln!(s, "LK_FN void {fname}({}) {{", params.join(", "));
     let order = formula.topo_order();
-    let needed = demand(formula, &order);
+    let needed = demand(formula, &order, tc == "float");
     let mut comps: HashMap<Expr, Vec<String>> = Default::default();
     for (n, e) in order.iter().enumerate() {
         let want = &needed[e];
@@ -194,6 +194,18 @@ pub fn formula_function(
                 (0..v.dim).map(|c| format!("a{}[{c}]", v.pos)).collect()
             }
             Op::Const(c) => vec![literal(c, tc)],
+            // exp(c * a) in f32: one product by c log2(e), then the exp2 unit.
+            Op::Unary(UnaryOp::Exp) if tc == "float" => {
+                let (scale, base) = peel_scale(&e.args()[0]);
+                let b = &comps[&base];
+                (0..dim)
+                    .map(|c| {
+                        let x = if b.len() == 1 { &b[0] } else { &b[c] };
+                        let k = literal(scale * std::f64::consts::LOG2_E, tc);
+                        emit(c, format!("lk_ex2({x} * {k})"))
+                    })
+                    .collect()
+            }
             Op::Unary(u) => (0..dim).map(|c| emit(c, unary(u, &at(0, c)))).collect(),
             Op::Binary(b) => (0..dim)
                 .map(|c| emit(c, binary(b, &at(0, c), &at(1, c))))
@@ -244,8 +256,27 @@ pub fn formula_function(
     Ok(s)
 }
 
+/// `e` as `scale * base`, peeling negations and products by a constant.
+fn peel_scale(e: &Expr) -> (f64, Expr) {
+    let mut scale = 1.0;
+    let mut e = e.clone();
+    loop {
+        let next = match (e.op(), e.args()) {
+            (Op::Unary(UnaryOp::Neg), [a]) => (-1.0, a.clone()),
+            (Op::Binary(BinaryOp::Mul), [a, b]) => match (a.op(), b.op()) {
+                (Op::Const(c), _) if b.dim() == e.dim() => (*c, b.clone()),
+                (_, Op::Const(c)) if a.dim() == e.dim() => (*c, a.clone()),
+                _ => return (scale, e),
+            },
+            _ => return (scale, e),
+        };
+        scale *= next.0;
+        e = next.1;
+    }
+}
+
 /// For each node, which of its components the root needs (walking from the root down).
-fn demand(root: &Expr, order: &[Expr]) -> HashMap<Expr, Vec<bool>> {
+fn demand(root: &Expr, order: &[Expr], fast_exp: bool) -> HashMap<Expr, Vec<bool>> {
     let mut need: HashMap<Expr, Vec<bool>> = order
         .iter()
         .map(|e| (e.clone(), vec![false; e.dim()]))
@@ -262,6 +293,7 @@ fn demand(root: &Expr, order: &[Expr]) -> HashMap<Expr, Vec<bool>> {
         for (c, _) in mine.iter().enumerate().filter(|x| *x.1) {
             match *e.op() {
                 Op::Var(_) | Op::Const(_) => {}
+                Op::Unary(UnaryOp::Exp) if fast_exp => mark(&peel_scale(&args[0]).1, c),
                 Op::Unary(_) | Op::Binary(_) | Op::Ternary(_) => {
                     args.iter().for_each(|a| mark(a, c));
                 }
@@ -512,8 +544,13 @@ pub fn generate(
     let t = storage.c_type();
 
     // Tile length: as many terms as fit the shared-memory budget, a multiple of 32.
+    // The j-variables of a term are stored together in shared memory, padded to a multiple
+    // of 16 bytes, so that a term is read with 16-byte loads (one for a 3D point and its
+    // weight in f32).
+    let vec = 16 / storage.compute_bytes();
     let j_width: usize = vars.iter().filter(|v| v.0 == VarCat::J).map(|v| v.1).sum();
-    let per_term = j_width * storage.compute_bytes();
+    let stride = j_width.div_ceil(vec) * vec;
+    let per_term = stride * storage.compute_bytes();
     let mut block = MAX_BLOCK;
     while block > 32 && block * per_term > SHARED_BYTES {
         block /= 2;
@@ -554,6 +591,8 @@ pub fn generate(
     let _ = writeln!(s, "const bool active = i < rows;");
     let mut args = Vec::new();
     let mut local_j = String::new();
+    let mut tile_load = String::new();
+    let mut j_off = 0;
     for (k, &(cat, d)) in vars.iter().enumerate() {
         match cat {
             VarCat::P => {
@@ -572,8 +611,15 @@ pub fn generate(
                 args.push(format!("a{k}"));
             }
             VarCat::J if shared => {
-                let _ = writeln!(s, "__shared__ {tc} s{k}[{}];", block * d);
-                args.push(format!("s{k} + jj * {d}"));
+                let _ = writeln!(
+                    tile_load,
+                    "for (int t = threadIdx.x; t < n * {d}; t += {block}) {{ \
+                     const int r = t / {d}; \
+                     sj[r * {stride} + {j_off} + (t - r * {d})] = \
+                     lk_load(in + o{k} + (long long)j0 * {d} + t); }}"
+                );
+                args.push(format!("yj + {j_off}"));
+                j_off += d;
             }
             VarCat::J => {
                 let _ = writeln!(
@@ -585,6 +631,9 @@ pub fn generate(
             }
         }
     }
+    if shared && j_width > 0 {
+        let _ = writeln!(s, "__shared__ __align__(16) {tc} sj[{}];", block * stride);
+    }
     let _ = writeln!(s, "double sv[{sv}];{}", idx_decl("si"));
     s.push_str(&code.init);
     let _ = writeln!(s, "const int jbeg = blockIdx.y * chunk;");
@@ -593,20 +642,35 @@ pub fn generate(
     let _ = writeln!(s, "const int n = min({block}, jend - j0);");
     if shared && j_width > 0 {
         let _ = writeln!(s, "__syncthreads();");
-        for (k, &(cat, d)) in vars.iter().enumerate() {
-            if cat == VarCat::J {
-                let _ = writeln!(
-                    s,
-                    "for (int t = threadIdx.x; t < n * {d}; t += {block}) \
-                     s{k}[t] = lk_load(in + o{k} + (long long)j0 * {d} + t);"
-                );
-            }
-        }
+        s.push_str(&tile_load);
         let _ = writeln!(s, "__syncthreads();");
+        // The term's j-values, read with 16-byte loads.
+        let v4 = if storage == Storage::F64 {
+            "double2"
+        } else {
+            "float4"
+        };
+        let comps: &[&str] = if vec == 2 {
+            &["x", "y"]
+        } else {
+            &["x", "y", "z", "w"]
+        };
+        let _ = write!(
+            local_j,
+            "{tc} yj[{stride}];\n{{ const {v4}* __restrict__ q = reinterpret_cast<const {v4}*>(sj + jj * {stride});\n"
+        );
+        for w in 0..stride / vec {
+            let _ = write!(local_j, "{{ const {v4} v = q[{w}];");
+            for (c, name) in comps.iter().enumerate() {
+                let _ = write!(local_j, " yj[{}] = v.{name};", w * vec + c);
+            }
+            let _ = writeln!(local_j, " }}");
+        }
+        let _ = writeln!(local_j, "}}");
     }
     let _ = writeln!(s, "if (active) {{");
     s.push_str(&code.tile_init);
-    let _ = writeln!(s, "for (int jj = 0; jj < n; ++jj) {{");
+    let _ = writeln!(s, "#pragma unroll 4\nfor (int jj = 0; jj < n; ++jj) {{");
     let _ = writeln!(s, "const long long j = (long long)(j0 + jj);\n(void)j;");
     s.push_str(&local_j);
     let _ = writeln!(s, "{tc} f[{f}];");
