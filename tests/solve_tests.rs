@@ -271,8 +271,13 @@ fn check_against_cholesky(rk: &RefK, n: usize, d: usize, alpha: f64, seed: u64) 
             check_reported_residuals(&info, &mine, &what);
             match pre {
                 Preconditioner::None => assert_eq!(info.preconditioner_rank, 0, "{what}"),
+                // Fixed(r) takes r rows, fewer only when K is reproduced to round-off.
                 Preconditioner::PivotedCholesky(Rank::Fixed(r)) => {
-                    assert_eq!(info.preconditioner_rank, r, "{what}")
+                    let (k, rem) = (info.preconditioner_rank, info.preconditioner_remainder);
+                    assert!(
+                        k == r || (k < r && rem <= 1e-12 * n as f64),
+                        "{what}: rank {k}, remainder trace {rem:.3e}"
+                    )
                 }
                 _ => assert!(info.preconditioner_rank > 0, "{what}"),
             }

@@ -52,6 +52,26 @@ impl CustomOp1 for SolveOp {
         Ok((storage, self.solution.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        // A fresh contiguous copy on the device, whose storage is exactly the solution.
+        let a = self.solution.copy()?;
+        let (storage, layout) = a.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cuda(c) => Ok((c.try_clone(layout)?, a.shape().clone())),
+            _ => Err(Error::Device {
+                op: "KernelOperator::solve",
+                detail: "the solution is not on the CUDA device of the right-hand side".into(),
+            }
+            .into()),
+        }
+    }
+
     fn bwd(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let (lambda, out) = self.system.solve_detached(&g.detach(), None)?;
         // Stalling at the rounding floor (f32) is accepted when the floor is no worse than

@@ -357,25 +357,14 @@ impl KernelOperator {
         let pre = match rank {
             None => None,
             Some(rank) => {
-                let diag = self
-                    .diag()?
-                    .detach()
-                    .to_dtype(DType::F64)?
-                    .to_vec1::<f64>()?;
-                let mut row = |i: usize| -> candle_core::Result<Vec<f64>> {
+                let diag = self.diag()?.detach().to_dtype(DType::F64)?;
+                let mut row = |i: usize| -> candle_core::Result<Tensor> {
                     self.rows(&[i])?
                         .detach()
                         .to_dtype(DType::F64)?
-                        .flatten_all()?
-                        .to_vec1::<f64>()
+                        .flatten_all()
                 };
-                Some(PivotedCholesky::new(
-                    diag,
-                    &mut row,
-                    alpha_value,
-                    rank,
-                    rows.device(),
-                )?)
+                Some(PivotedCholesky::new(diag, &mut row, alpha_value, rank)?)
             }
         };
         let setup_seconds = start.elapsed().as_secs_f64();

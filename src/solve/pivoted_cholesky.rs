@@ -2,13 +2,12 @@
 //! (greedy on the largest remaining diagonal), and `(L^T L + alpha I)^-1` by the Woodbury
 //! identity.
 //!
-//! The factor is built on the host in `f64`: each step takes one row of `K` (`O(N)` kernel
-//! values) and subtracts the previous rows' contributions (`O(k N)`), in parallel over column
-//! chunks. Applying the inverse takes two `(r, N)` products on the operator's device:
+//! The factor is built in `f64` on the operator's device: each step takes one row of `K`
+//! (`O(N)` kernel values) and subtracts the previous rows' contributions (`O(k N)`, one
+//! matrix product per block of 64 rows). Applying the inverse takes two `(r, N)` products:
 //! `(v - L^T C^-1 L v) / alpha` with `C = alpha I + L L^T`.
 
-use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
+use candle_core::{DType, Tensor};
 
 use super::cg::Preconditioner;
 use crate::error::Error;
@@ -50,102 +49,100 @@ pub(crate) struct PivotedCholesky {
     pub remainder_trace: f64,
 }
 
-/// Columns per parallel task of the row update.
-const CHUNK: usize = 2048;
+/// The factor's rows are kept in blocks of this many (allocated as the rank grows).
+const BLOCK: usize = 64;
 
 impl PivotedCholesky {
-    /// Factors `K` from its diagonal and a source of its rows (one row index at a time, as
-    /// `f64` values on the host).
+    /// Factors `K` from its diagonal (`(N,)`, `f64`) and a source of its rows (one row index
+    /// at a time, `(N,)`, `f64`), all on the operator's device: the factor never leaves it;
+    /// only the pivot, the largest remaining diagonal and its trace are read back each step,
+    /// and the small `(r, r)` system is factored on the host.
     pub(crate) fn new(
-        diag: Vec<f64>,
-        row: &mut dyn FnMut(usize) -> candle_core::Result<Vec<f64>>,
+        diag: Tensor,
+        row: &mut dyn FnMut(usize) -> candle_core::Result<Tensor>,
         alpha: f64,
         rank: Rank,
-        device: &Device,
     ) -> candle_core::Result<PivotedCholesky> {
-        let n = diag.len();
+        let n = diag.elem_count();
+        let device = diag.device().clone();
         let max_rank = match rank {
             Rank::Fixed(r) => r.min(n),
             Rank::Auto { max } => max.min(n).min((AUTO_MEMORY / 8 / n).max(1)),
         };
-        let mut d = diag;
-        if let Some(bad) = d.iter().find(|v| !v.is_finite() || **v < 0.0) {
-            return Err(Error::InvalidArgument {
-                op: "solve (pivoted Cholesky)",
-                detail: format!(
-                    "the kernel's diagonal has the value {bad}: a kernel matrix must have a \
-                     finite, non-negative diagonal"
-                ),
-            }
-            .into());
+        let bad_diag = |v: f64| Error::InvalidArgument {
+            op: "solve (pivoted Cholesky)",
+            detail: format!(
+                "the kernel's diagonal has the value {v}: a kernel matrix must have a \
+                 finite, non-negative diagonal"
+            ),
+        };
+        let mut trace = diag.sum_all()?.to_scalar::<f64>()?;
+        let low = diag.min(0)?.to_scalar::<f64>()?;
+        if !trace.is_finite() {
+            return Err(bad_diag(trace).into());
         }
-        let scale = d.iter().cloned().fold(0.0, f64::max);
-        let mut rows: Vec<Vec<f64>> = Vec::with_capacity(max_rank);
-        let mut pivots: Vec<usize> = Vec::with_capacity(max_rank);
-        let mut trace: f64 = d.iter().sum();
-        while rows.len() < max_rank {
+        if low < 0.0 {
+            return Err(bad_diag(low).into());
+        }
+        let scale = diag.max(0)?.to_scalar::<f64>()?;
+        let zero = Tensor::zeros(1, DType::F64, &device)?;
+        let mut d = diag.contiguous()?;
+        let mut blocks: Vec<Tensor> = Vec::new();
+        let mut r = 0;
+        while r < max_rank {
             if let Rank::Auto { .. } = rank {
                 if trace <= alpha {
                     break;
                 }
             }
-            let (piv, &dmax) = d
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .expect("n >= 1");
+            let piv = d.argmax(0)?.to_scalar::<u32>()? as usize;
+            let dmax = d.get(piv)?.to_scalar::<f64>()?;
             // The remainder is round-off: K is reproduced.
             if dmax <= scale * 1e-13 || dmax <= 0.0 {
                 break;
             }
             let mut l = row(piv)?;
-            if l.len() != n {
+            if l.elem_count() != n {
                 return Err(Error::Shape {
                     op: "solve (pivoted Cholesky)",
-                    detail: format!("a kernel row has {} values, expected {n}", l.len()),
+                    detail: format!("a kernel row has {} values, expected {n}", l.elem_count()),
                 }
                 .into());
             }
-            let coef: Vec<f64> = rows.iter().map(|r| r[piv]).collect();
-            let inv = 1.0 / dmax.sqrt();
-            l.par_chunks_mut(CHUNK)
-                .zip(d.par_chunks_mut(CHUNK))
-                .enumerate()
-                .for_each(|(ci, (lc, dc))| {
-                    let off = ci * CHUNK;
-                    for (r, &c) in rows.iter().zip(&coef) {
-                        let rc = &r[off..off + lc.len()];
-                        for (v, &w) in lc.iter_mut().zip(rc) {
-                            *v -= c * w;
-                        }
-                    }
-                    for (v, dv) in lc.iter_mut().zip(dc.iter_mut()) {
-                        *v *= inv;
-                        *dv = (*dv - *v * *v).max(0.0);
-                    }
-                });
-            d[piv] = 0.0;
-            trace = d.iter().sum();
-            pivots.push(piv);
-            rows.push(l);
+            // l = (K[piv, :] - sum_k L[k, piv] L[k, :]) / sqrt(dmax), block by block.
+            for b in &blocks {
+                let coef = b.narrow(1, piv, 1)?.t()?;
+                l = (l - coef.matmul(b)?.squeeze(0)?)?;
+            }
+            let l = (l * (1.0 / dmax.sqrt()))?;
+            d = (d - l.sqr()?)?.relu()?;
+            d.slice_set(&zero, 0, piv)?;
+            trace = d.sum_all()?.to_scalar::<f64>()?;
+            if r % BLOCK == 0 {
+                blocks.push(Tensor::zeros((BLOCK, n), DType::F64, &device)?);
+            }
+            blocks[r / BLOCK].slice_set(&l.unsqueeze(0)?, 0, r % BLOCK)?;
+            r += 1;
         }
-        let r = rows.len();
         let delta = if alpha > 0.0 {
             alpha
         } else {
-            d.iter().cloned().fold(0.0, f64::max).max(scale * 1e-10)
+            d.max(0)?.to_scalar::<f64>()?.max(scale * 1e-10)
         };
-        let flat: Vec<f64> = rows.into_iter().flatten().collect();
-        let l = Tensor::from_vec(flat, (r, n), &Device::Cpu)?;
-        let c_inv = if r > 0 {
+        let (l, c_inv) = if r > 0 {
+            let l = Tensor::cat(&blocks, 0)?.narrow(0, 0, r)?.contiguous()?;
             let llt = l.matmul(&l.t()?)?.to_vec2::<f64>()?;
-            let w = Tensor::from_vec(inverse_factor(llt, delta)?, (r, r), &Device::Cpu)?;
-            w.t()?.matmul(&w)?.to_device(device)?
+            let w = Tensor::from_vec(inverse_factor(llt, delta)?, (r, r), &device)?;
+            let c_inv = w.t()?.matmul(&w)?;
+            (l, c_inv)
         } else {
-            Tensor::zeros((0, 0), DType::F64, device)?
+            (
+                Tensor::zeros((0, n), DType::F64, &device)?,
+                Tensor::zeros((0, 0), DType::F64, &device)?,
+            )
         };
         Ok(PivotedCholesky {
-            l: l.to_device(device)?,
+            l,
             c_inv,
             delta,
             remainder_trace: trace,
