@@ -285,3 +285,64 @@ where
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! NVRTC needs no GPU: these run wherever the `cuda` feature builds and links.
+
+    use super::*;
+    use crate::formula::{Expr, Var};
+    use crate::reduction::ReductionKind;
+
+    fn gaussian() -> (Expr, Vec<(VarCat, usize)>) {
+        let v = |cat, pos, dim| Expr::var(Var { cat, pos, dim }).unwrap();
+        let (x, y, b) = (v(VarCat::I, 0, 3), v(VarCat::J, 1, 3), v(VarCat::J, 2, 1));
+        let k = Expr::sqdist(&x, &y).unwrap().neg().exp();
+        let f = Expr::binary(crate::formula::BinaryOp::Mul, &k, &b).unwrap();
+        (f, vec![(VarCat::I, 3), (VarCat::J, 3), (VarCat::J, 1)])
+    }
+
+    #[test]
+    fn nvrtc_compiles_generated_kernels_for_sm80_and_sm90() {
+        let (f, vars) = gaussian();
+        let cases = [
+            (ReductionKind::Sum, Storage::F32),
+            (ReductionKind::Sum, Storage::F64),
+            (ReductionKind::LogSumExp, Storage::F16),
+            (ReductionKind::ArgKMin(10), Storage::BF16),
+            (ReductionKind::MinArgMin, Storage::F64),
+        ];
+        for (kind, storage) in cases {
+            let k = generate(&f, kind, &vars, storage).unwrap();
+            for arch in ["compute_80", "compute_90"] {
+                let ptx = compile(&k, arch, None)
+                    .unwrap_or_else(|e| panic!("{kind:?} {storage:?} {arch}: {e}"));
+                assert!(
+                    ptx.contains(&format!("{}_main", k.name)),
+                    "{kind:?} {storage:?}"
+                );
+                assert!(
+                    ptx.contains(&format!("{}_combine", k.name)),
+                    "{kind:?} {storage:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nvrtc_errors_carry_the_log_and_the_source_path() {
+        let (f, vars) = gaussian();
+        let mut k = generate(&f, ReductionKind::Sum, &vars, Storage::F32).unwrap();
+        k.source.push_str("\nthis is not CUDA;\n");
+        let dir = std::env::temp_dir().join(format!("lk-nvrtc-err-{}", std::process::id()));
+        let err = compile(&k, "compute_80", Some(&DiskCache::at(&dir)))
+            .unwrap_err()
+            .to_string();
+        let path = dir.join(format!("{}.cu", k.name));
+        assert!(err.contains("NVRTC failed"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("error"), "the log: {err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), k.source);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
