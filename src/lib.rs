@@ -57,6 +57,7 @@
 pub mod backend;
 pub mod error;
 pub mod formula;
+pub mod gp;
 pub mod lazy;
 pub mod op;
 pub mod operator;
@@ -68,4 +69,6 @@ pub use lazy::LazyTensor;
 pub use op::ReductionOutput;
 pub use operator::{Kernel, KernelOperator, Nu};
 pub use reduction::{Axis, Reduction, ReductionKind};
-pub use solve::{Preconditioner, Rank, Ridge, SolveInfo, SolveOptions, Stop};
+pub use solve::{
+    LogdetInfo, LogdetOptions, Preconditioner, Rank, Ridge, SolveInfo, SolveOptions, Stop,
+};

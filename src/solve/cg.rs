@@ -53,6 +53,21 @@ pub(crate) struct CgOutcome {
     pub stops: Vec<Stop>,
     /// Operator products, counted in columns-blocks (one per call to `A`).
     pub products: usize,
+    /// Per column, the CG coefficients of its first uninterrupted Krylov sequence: the step
+    /// sizes `alpha_k` and the ratios `beta_k` (the Lanczos tridiagonal of the preconditioned
+    /// operator, see [`super::lanczos`]). A residual replacement ends the sequence.
+    pub lanczos: Vec<Coefficients>,
+}
+
+/// The coefficients of one column's conjugate-gradient run.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Coefficients {
+    /// Step sizes `alpha_0, alpha_1, ...`.
+    pub steps: Vec<f64>,
+    /// `beta_k = <r_k+1, z_k+1> / <r_k, z_k>` after each step.
+    pub ratios: Vec<f64>,
+    /// Whether the sequence is still being recorded.
+    open: bool,
 }
 
 /// Stopping rules.
@@ -171,6 +186,12 @@ pub(crate) fn cg(
     let mut target = vec![s.tol; e];
     // Whether `res[c]` was computed from `b - A x` (not from the recurrence).
     let mut exact = vec![true; e];
+    let mut lanczos: Vec<Coefficients> = (0..e)
+        .map(|c| Coefficients {
+            open: !converged[c],
+            ..Default::default()
+        })
+        .collect();
     let mut it = 0;
     while it < s.max_iters {
         let active: Vec<bool> = (0..e).map(|c| !converged[c] && !broken[c]).collect();
@@ -194,6 +215,9 @@ pub(crate) fn cg(
             }
             step[c] = rz[c] / pap[c];
             iterations[c] += 1;
+            if lanczos[c].open {
+                lanczos[c].steps.push(step[c]);
+            }
         }
         let step_t = row(&step, b)?;
         x = (x + p.broadcast_mul(&step_t)?)?;
@@ -275,6 +299,15 @@ pub(crate) fn cg(
                 }
             })
             .collect();
+        for c in 0..e {
+            let l = &mut lanczos[c];
+            if restart[c] || broken[c] {
+                l.open = false;
+            }
+            if l.open && active[c] {
+                l.ratios.push(beta[c]);
+            }
+        }
         p = (&z + p.broadcast_mul(&row(&beta, b)?)?)?;
         rz = rz_new;
     }
@@ -308,6 +341,7 @@ pub(crate) fn cg(
             converged,
             stops,
             products,
+            lanczos,
         },
     ))
 }

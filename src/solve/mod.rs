@@ -6,9 +6,12 @@
 
 mod cg;
 mod implicit;
+mod lanczos;
+mod logdet;
 mod pivoted_cholesky;
 
 pub use cg::Stop;
+pub use logdet::{LogdetInfo, LogdetOptions};
 pub use pivoted_cholesky::{Rank, AUTO_MEMORY};
 
 use std::sync::Arc;
@@ -240,7 +243,14 @@ impl KernelOperator {
         alpha: impl Into<Ridge>,
         opts: &SolveOptions,
     ) -> candle_core::Result<(Tensor, SolveInfo)> {
-        let alpha = alpha.into();
+        let setup = self.setup(b, alpha.into(), opts)?;
+        let start = Instant::now();
+        let (a64, out) = setup.system.solve_detached(&setup.b64, setup.x0.as_ref())?;
+        setup.finish(a64, out, start.elapsed().as_secs_f64())
+    }
+
+    /// Checks the inputs of a solve and builds its system (with the preconditioner).
+    fn setup(&self, b: &Tensor, alpha: Ridge, opts: &SolveOptions) -> candle_core::Result<Setup> {
         let (m, n) = self.shape();
         if m != n {
             return Err(Error::Shape {
@@ -389,8 +399,60 @@ impl KernelOperator {
                 check_residual: opts.check_residual,
             },
         };
-        let start = Instant::now();
-        let (a64, out) = system.solve_detached(&b64, x0.as_ref())?;
+        Ok(Setup {
+            system,
+            k,
+            b2,
+            b64,
+            x0,
+            vector,
+            alpha,
+            n,
+            dtype,
+            setup_seconds,
+        })
+    }
+}
+
+/// A checked solve, ready to iterate: what [`KernelOperator::solve`] and
+/// [`KernelOperator::solve_logdet`] share.
+struct Setup {
+    system: System,
+    /// The tracked formula of `K` (for the gradients).
+    k: LazyTensor,
+    /// `b` as `(N, E)`, tracked.
+    b2: Tensor,
+    /// `b` as `(N, E)`, detached, `f64`.
+    b64: Tensor,
+    x0: Option<Tensor>,
+    /// Whether `b` was a vector.
+    vector: bool,
+    alpha: Ridge,
+    n: usize,
+    dtype: DType,
+    setup_seconds: f64,
+}
+
+impl Setup {
+    /// The solution in `b`'s shape and dtype, differentiable by implicit differentiation, and
+    /// the report.
+    fn finish(
+        self,
+        a64: Tensor,
+        out: CgOutcome,
+        solve_seconds: f64,
+    ) -> candle_core::Result<(Tensor, SolveInfo)> {
+        let Setup {
+            system,
+            k,
+            b2,
+            vector,
+            alpha,
+            n,
+            dtype,
+            setup_seconds,
+            ..
+        } = self;
         let info = SolveInfo {
             iterations: out.iterations.iter().cloned().max().unwrap_or(0),
             column_iterations: out.iterations,
@@ -401,7 +463,7 @@ impl KernelOperator {
             preconditioner_rank: system.pre.as_ref().map_or(0, |p| p.rank()),
             preconditioner_remainder: system.pre.as_ref().map_or(f64::NAN, |p| p.remainder_trace),
             setup_seconds,
-            solve_seconds: start.elapsed().as_secs_f64(),
+            solve_seconds,
         };
         let a = a64.to_dtype(dtype)?.contiguous()?;
 

@@ -47,6 +47,8 @@ pub(crate) struct PivotedCholesky {
     delta: f64,
     /// Trace of `K - L^T L` when the factor stopped.
     pub remainder_trace: f64,
+    /// `log det(delta I_r + L L^T)`, for the log-determinant of the preconditioner.
+    small_logdet: f64,
 }
 
 /// The factor's rows are kept in blocks of this many (allocated as the rank grows).
@@ -129,16 +131,18 @@ impl PivotedCholesky {
         } else {
             d.max(0)?.to_scalar::<f64>()?.max(scale * 1e-10)
         };
-        let (l, c_inv) = if r > 0 {
+        let (l, c_inv, small_logdet) = if r > 0 {
             let l = Tensor::cat(&blocks, 0)?.narrow(0, 0, r)?.contiguous()?;
             let llt = l.matmul(&l.t()?)?.to_vec2::<f64>()?;
-            let w = Tensor::from_vec(inverse_factor(llt, delta)?, (r, r), &device)?;
+            let (w, logdet) = inverse_factor(llt, delta)?;
+            let w = Tensor::from_vec(w, (r, r), &device)?;
             let c_inv = w.t()?.matmul(&w)?;
-            (l, c_inv)
+            (l, c_inv, logdet)
         } else {
             (
                 Tensor::zeros((0, n), DType::F64, &device)?,
                 Tensor::zeros((0, 0), DType::F64, &device)?,
+                0.0,
             )
         };
         Ok(PivotedCholesky {
@@ -146,7 +150,24 @@ impl PivotedCholesky {
             c_inv,
             delta,
             remainder_trace: trace,
+            small_logdet,
         })
+    }
+
+    /// `log det(L^T L + delta I_N) = (N - r) log delta + log det(delta I_r + L L^T)`.
+    pub(crate) fn logdet(&self) -> candle_core::Result<f64> {
+        let n = self.l.dim(1)?;
+        Ok((n - self.rank()) as f64 * self.delta.ln() + self.small_logdet)
+    }
+
+    /// Samples of `N(0, L^T L + delta I)` from standard normal `g1` (`(r, p)`) and `g2`
+    /// (`(N, p)`): `L^T g1 + sqrt(delta) g2`.
+    pub(crate) fn sample(&self, g1: &Tensor, g2: &Tensor) -> candle_core::Result<Tensor> {
+        let scaled = (g2 * self.delta.sqrt())?;
+        if self.rank() == 0 {
+            return Ok(scaled);
+        }
+        self.l.t()?.matmul(g1)? + scaled
     }
 
     /// The rank taken.
@@ -157,7 +178,8 @@ impl PivotedCholesky {
 
 /// `W = L^-1` for the Cholesky factor `L` of `delta I + G` (`G` symmetric positive
 /// semi-definite, row-major), so that `(delta I + G)^-1 = W^T W`.
-fn inverse_factor(g: Vec<Vec<f64>>, delta: f64) -> candle_core::Result<Vec<f64>> {
+/// Also returns `log det(delta I + G)`.
+fn inverse_factor(g: Vec<Vec<f64>>, delta: f64) -> candle_core::Result<(Vec<f64>, f64)> {
     let r = g.len();
     let mut a: Vec<f64> = g.into_iter().flatten().collect();
     for i in 0..r {
@@ -206,7 +228,8 @@ fn inverse_factor(g: Vec<Vec<f64>>, delta: f64) -> candle_core::Result<Vec<f64>>
             *v *= inv;
         }
     }
-    Ok(w)
+    let logdet = (0..r).map(|i| 2.0 * a[i * r + i].ln()).sum();
+    Ok((w, logdet))
 }
 
 impl Preconditioner for PivotedCholesky {

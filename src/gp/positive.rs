@@ -1,0 +1,110 @@
+//! Positive hyperparameters: a Candle `Var` holding `softplus^-1(value)`, so that any update
+//! by an optimiser keeps the value positive.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::error::Error;
+
+/// A positive hyperparameter (a lengthscale, an output scale, a noise variance), learned
+/// through its unconstrained `Var` `raw`: `value = softplus(raw) = log(1 + exp(raw))`.
+///
+/// Clones share the `Var`: a kernel built by a closure that captured a clone sees every
+/// update.
+///
+/// ```
+/// use candle_core::{DType, Device};
+/// use lazy_kernels::gp::Positive;
+/// let l = Positive::new("lengthscale", &[0.5, 2.0], DType::F64, &Device::Cpu)?;
+/// let v = l.value()?.to_vec1::<f64>()?;
+/// assert!((v[0] - 0.5).abs() < 1e-12 && (v[1] - 2.0).abs() < 1e-12);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Positive {
+    name: String,
+    raw: Var,
+}
+
+/// `log(1 + exp(x))`, stably, with Candle ops (differentiable).
+fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+/// The inverse of softplus: `log(exp(v) - 1)`, stably.
+fn softplus_inv(v: f64) -> f64 {
+    if v > 30.0 {
+        v + (-(-v).exp_m1()).ln()
+    } else {
+        v.exp_m1().ln()
+    }
+}
+
+impl Positive {
+    /// A hyperparameter named `name` (for reports and errors) with initial values `init`
+    /// (one, or one per dimension), each finite and `> 0`.
+    pub fn new(
+        name: &str,
+        init: &[f64],
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Positive> {
+        if init.is_empty() {
+            return Err(Error::InvalidArgument {
+                op: "Positive::new",
+                detail: format!("the hyperparameter {name} needs at least one value"),
+            }
+            .into());
+        }
+        if let Some(bad) = init.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            return Err(Error::InvalidArgument {
+                op: "Positive::new",
+                detail: format!("the hyperparameter {name} must be finite and > 0, got {bad}"),
+            }
+            .into());
+        }
+        let raw: Vec<f64> = init.iter().map(|&v| softplus_inv(v)).collect();
+        let raw = Tensor::from_vec(raw, init.len(), device)?.to_dtype(dtype)?;
+        Ok(Positive {
+            name: name.to_string(),
+            raw: Var::from_tensor(&raw)?,
+        })
+    }
+
+    /// The name given at creation.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The unconstrained `Var` an optimiser updates.
+    pub fn var(&self) -> &Var {
+        &self.raw
+    }
+
+    /// The current value, `softplus(raw)`, shape `(k,)`, tracked (gradients reach `raw`).
+    pub fn value(&self) -> candle_core::Result<Tensor> {
+        softplus(self.raw.as_tensor())
+    }
+
+    /// The current values as `f64` numbers.
+    pub fn values(&self) -> candle_core::Result<Vec<f64>> {
+        self.value()?.to_dtype(DType::F64)?.to_vec1::<f64>()
+    }
+
+    /// Sets the values (each finite and `> 0`).
+    pub fn set(&self, values: &[f64]) -> candle_core::Result<()> {
+        let fresh = Positive::new(&self.name, values, self.raw.dtype(), self.raw.device())?;
+        if fresh.raw.dims() != self.raw.dims() {
+            return Err(Error::Shape {
+                op: "Positive::set",
+                detail: format!(
+                    "the hyperparameter {} has {} values, got {}",
+                    self.name,
+                    self.raw.elem_count(),
+                    values.len()
+                ),
+            }
+            .into());
+        }
+        self.raw.set(fresh.raw.as_tensor())
+    }
+}
