@@ -34,7 +34,7 @@ pub(crate) fn log_quadrature(c: &Coefficients, max_steps: usize) -> Option<f64> 
     let (theta, tau) = tridiagonal_eigen(diag, &off);
     let mut q = 0.0;
     for (t, w) in theta.iter().zip(&tau) {
-        if !(*t > 0.0) {
+        if t.is_nan() || *t <= 0.0 {
             return None;
         }
         q += w * w * t.ln();
