@@ -25,9 +25,17 @@ pub struct Positive {
     raw: Var,
 }
 
-/// `log(1 + exp(x))`, stably, with Candle ops (differentiable).
+/// `log(1 + exp(x)) = relu(x) + log1p(exp(-|x|))`, with Candle ops (differentiable), in
+/// `f64` whatever the dtype: `log1p(u)` is `log(1 + u)` for `u >= 1e-4` (relative error
+/// below 1e-12) and its series `u (1 - u/2 + u^2/3 - u^3/4)` below, so that values down to
+/// the smallest `f64` stay accurate and positive; both branches are finite, so gradients are.
 fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+    let x64 = x.to_dtype(DType::F64)?;
+    let u = x64.abs()?.neg()?.exp()?;
+    let log = (&u + 1.0)?.log()?;
+    let series = (&u * (1.0 - (&u * (0.5 - (&u * (1.0 / 3.0 - (&u * 0.25)?)?)?)?)?)?)?;
+    let log1p = u.lt(1e-4)?.where_cond(&series, &log)?;
+    (x64.relu()? + log1p)?.to_dtype(x.dtype())
 }
 
 /// The inverse of softplus: `log(exp(v) - 1)`, stably.
