@@ -1,0 +1,256 @@
+//! Gaussian-process regression in 1D with every hyperparameter learned: the outputscale, the
+//! lengthscale and the noise variance of a Gaussian kernel, from a deliberately poor start, by
+//! maximising the marginal likelihood ([`ExactGp::fit`]), then the posterior mean and its 95%
+//! band on a grid.
+//!
+//! ```text
+//! cargo run --release --example gp_regression -- [--n N] [--steps S] [--out DIR]
+//! ```
+//!
+//! The data: `N` (default 1,000) uniform points on `[0, 3]` (seed 0),
+//! `y = sin(3x) + 0.3 sin(11x) + 0.1 eps`, `eps ~ N(0, 1)`. The start: lengthscale 2.0,
+//! outputscale 0.2, noise variance 1.0 (the truth: noise variance 0.01). The figure
+//! `DIR/gp_regression.png` (default `figures/`) shows the data (gray), the true function
+//! (black), the posterior mean (red) and the 95% interval of a new observation (blue band).
+
+#[path = "plot/mod.rs"]
+mod plot;
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, Positive};
+use lazy_kernels::Kernel;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A standard normal sample (Box-Muller).
+fn randn(rng: &mut StdRng) -> f64 {
+    let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let v: f64 = rng.random();
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+/// The function the data are drawn from.
+fn truth(x: f64) -> f64 {
+    (3.0 * x).sin() + 0.3 * (11.0 * x).sin()
+}
+
+const NOISE_SD: f64 = 0.1;
+const X_MAX: f64 = 3.0;
+
+/// `-log p(y)` of the GP with kernel matrix `k` (row-major `n x n`, the noise variance already
+/// on its diagonal) and residuals `r = y - m`, by a dense Cholesky factorisation: the exact
+/// value, to check the stochastic estimate of [`ExactGp::nll`] on a small problem.
+fn dense_nll(mut k: Vec<f64>, r: &[f64]) -> f64 {
+    let n = r.len();
+    for j in 0..n {
+        let (done, rest) = k.split_at_mut(j * n);
+        let row_j = &mut rest[..n];
+        for i in 0..j {
+            let row_i = &done[i * n..i * n + n];
+            let s: f64 = row_i[..i].iter().zip(&row_j[..i]).map(|(a, b)| a * b).sum();
+            row_j[i] = (row_j[i] - s) / row_i[i];
+        }
+        let s: f64 = row_j[..j].iter().map(|a| a * a).sum();
+        row_j[j] = (row_j[j] - s).sqrt();
+    }
+    // Solve L z = r: then r^T K^-1 r = |z|^2.
+    let mut z = r.to_vec();
+    for i in 0..n {
+        let s: f64 = k[i * n..i * n + i]
+            .iter()
+            .zip(&z[..i])
+            .map(|(a, b)| a * b)
+            .sum();
+        z[i] = (z[i] - s) / k[i * n + i];
+    }
+    let logdet: f64 = (0..n).map(|i| 2.0 * k[i * n + i].ln()).sum();
+    0.5 * z.iter().map(|v| v * v).sum::<f64>()
+        + 0.5 * logdet
+        + 0.5 * n as f64 * std::f64::consts::TAU.ln()
+}
+
+/// The value of the named entry of a fit step's `values`.
+fn value(values: &[(String, Vec<f64>)], name: &str) -> f64 {
+    values
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(f64::NAN, |(_, v)| v[0])
+}
+
+fn main() -> candle_core::Result<()> {
+    let mut n = 1000usize;
+    let mut steps = 200usize;
+    let mut out_dir = std::path::PathBuf::from("figures");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut number = |what: &str| -> usize {
+            args.next()
+                .and_then(|s| s.replace(['_', ','], "").parse().ok())
+                .unwrap_or_else(|| panic!("{what} needs a number"))
+        };
+        match a.as_str() {
+            "--n" => n = number("--n"),
+            "--steps" => steps = number("--steps"),
+            "--out" => out_dir = args.next().expect("--out DIR").into(),
+            s => panic!("unknown argument {s:?} (expected --n N, --steps S, --out DIR)"),
+        }
+    }
+    std::fs::create_dir_all(&out_dir)?;
+    let dev = Device::Cpu;
+    let dt = DType::F64;
+
+    // ---------------------------------------------------------------- data
+    let mut rng = StdRng::seed_from_u64(0);
+    let xs: Vec<f64> = (0..n).map(|_| X_MAX * rng.random::<f64>()).collect();
+    let ys: Vec<f64> = xs
+        .iter()
+        .map(|&x| truth(x) + NOISE_SD * randn(&mut rng))
+        .collect();
+    let x = Tensor::from_vec(xs.clone(), (n, 1), &dev)?;
+    let y = Tensor::from_vec(ys.clone(), n, &dev)?;
+    let y_mean = ys.iter().sum::<f64>() / n as f64;
+    let y_var = ys.iter().map(|v| (v - y_mean).powi(2)).sum::<f64>() / n as f64;
+    println!(
+        "{n} points on [0, {X_MAX}]: y = sin(3x) + 0.3 sin(11x) + {NOISE_SD} N(0, 1) \
+         (sample mean {y_mean:.3}, variance {y_var:.3})"
+    );
+
+    // ---------------------------------------------------------------- model, poor start
+    let lengthscale = Positive::new("lengthscale", &[2.0], dt, &dev)?;
+    let outputscale = Positive::new("outputscale", &[0.2], dt, &dev)?;
+    let noise = Positive::new("noise", &[1.0], dt, &dev)?;
+    let (l, s) = (lengthscale.clone(), outputscale.clone());
+    let mut gp = ExactGp::new(&x, &y, vec![lengthscale, outputscale], noise, move || {
+        Ok(Kernel::gaussian(&l.value()?).scale(&s.value()?))
+    })?
+    .with_settings(GpSettings {
+        train_tol: 1e-4,
+        probes: 16,
+        ..GpSettings::default()
+    });
+
+    // ---------------------------------------------------------------- fit
+    let opts = FitOptions {
+        steps,
+        lr: 0.1,
+        // No early stop: the NLL is a stochastic estimate (new probes every step) and the
+        // likelihood is flat along the outputscale, which is still moving when the NLL per
+        // point has changed by less than 1e-4 for five steps (FitOptions' default, reached at
+        // step 100 here).
+        tol: 0.0,
+        ..FitOptions::default()
+    };
+    println!("fitting: AdamW, lr {}, {steps} steps", opts.lr);
+    let report = gp.fit(&opts)?;
+    println!(
+        "{:>5} {:>10} {:>12} {:>12} {:>12} {:>9} {:>8}",
+        "step", "NLL/N", "lengthscale", "outputscale", "noise", "mean", "CG its"
+    );
+    let last = report.trajectory.len().saturating_sub(1);
+    for st in &report.trajectory {
+        if st.step % 10 != 0 && st.step != last {
+            continue;
+        }
+        let v = &st.values;
+        println!(
+            "{:>5} {:>10.5} {:>12.4} {:>12.4} {:>12.5} {:>9.4} {:>8}",
+            st.step,
+            st.report.nll / n as f64,
+            value(v, "lengthscale"),
+            value(v, "outputscale"),
+            value(v, "noise"),
+            value(v, "mean"),
+            format!("{}/{}", st.report.iterations.0, st.report.iterations.1),
+        );
+    }
+    println!(
+        "{} steps in {:.2}s ({:.3}s per step){}",
+        report.trajectory.len(),
+        report.seconds,
+        report.seconds / report.trajectory.len().max(1) as f64,
+        if report.stopped_early {
+            ", stopped early"
+        } else {
+            ""
+        }
+    );
+    let (nll, _) = gp.nll()?;
+    let vals = gp.values()?;
+    println!(
+        "final: NLL/N {:.5}, lengthscale {:.4}, outputscale {:.4}, noise variance {:.5} \
+         (noise sd {:.4}), mean {:.4}",
+        nll.to_scalar::<f64>()? / n as f64,
+        value(&vals, "lengthscale"),
+        value(&vals, "outputscale"),
+        value(&vals, "noise"),
+        value(&vals, "noise").sqrt(),
+        value(&vals, "mean"),
+    );
+    if n <= 4000 {
+        // The exact NLL at the same hyperparameters, from the dense kernel matrix.
+        let noise = gp.noise().values()?[0] + gp.settings.noise_floor;
+        let k = gp.operator()?.to_dense()?;
+        let k = (k + Tensor::eye(n, dt, &dev)?.affine(noise, 0.0)?)?;
+        let r: Vec<f64> = ys.iter().map(|v| v - value(&vals, "mean")).collect();
+        let exact = dense_nll(k.flatten_all()?.to_vec1::<f64>()?, &r);
+        println!(
+            "       exact NLL/N by a dense Cholesky factorisation at these values: {:.5}",
+            exact / n as f64
+        );
+    }
+    println!(
+        "data:  noise variance {:.5} (noise sd {NOISE_SD}); the function has no single \
+         lengthscale or outputscale (its variance on [0, {X_MAX}] is about {:.3})",
+        NOISE_SD * NOISE_SD,
+        y_var - NOISE_SD * NOISE_SD
+    );
+
+    // ---------------------------------------------------------------- predict on a grid
+    let g = 400;
+    let grid: Vec<f64> = (0..g)
+        .map(|k| -0.25 + (X_MAX + 0.5) * k as f64 / (g - 1) as f64)
+        .collect();
+    let start = Instant::now();
+    let pred = gp.predict(&Tensor::from_vec(grid.clone(), g, &dev)?)?;
+    let (lo, hi) = pred.interval()?;
+    let mean = pred.mean.to_vec1::<f64>()?;
+    let (lo, hi) = (lo.to_vec1::<f64>()?, hi.to_vec1::<f64>()?);
+    let rmse = (grid
+        .iter()
+        .zip(&mean)
+        .filter(|(x, _)| (0.0..=X_MAX).contains(*x))
+        .map(|(x, m)| (m - truth(*x)).powi(2))
+        .sum::<f64>()
+        / grid.iter().filter(|x| (0.0..=X_MAX).contains(*x)).count() as f64)
+        .sqrt();
+    let inside = xs
+        .iter()
+        .zip(&ys)
+        .filter(|(x, y)| {
+            let k = (((*x + 0.25) / (X_MAX + 0.5) * (g - 1) as f64).round() as usize).min(g - 1);
+            (lo[k]..=hi[k]).contains(*y)
+        })
+        .count();
+    println!(
+        "prediction on {g} grid points in {:.2}s: RMSE of the mean against the true function on \
+         [0, {X_MAX}] {rmse:.4}; {:.1}% of the data inside the 95% band (at the nearest grid \
+         point)",
+        start.elapsed().as_secs_f64(),
+        100.0 * inside as f64 / n as f64
+    );
+
+    // ---------------------------------------------------------------- figure
+    let true_f: Vec<f64> = grid.iter().map(|&x| truth(x)).collect();
+    let mut fig = plot::Canvas::new(900, 500, (grid[0], grid[g - 1]), (-2.0, 2.0));
+    fig.band(&grid, &lo, &hi, plot::BLUE, 0.25);
+    fig.scatter(&xs, &ys, &[plot::GRAY], 1.5);
+    fig.line(&grid, &true_f, plot::BLACK, 1.5);
+    fig.line(&grid, &mean, plot::RED, 2.0);
+    fig.axes();
+    let path = out_dir.join("gp_regression.png");
+    fig.save_png(&path)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
