@@ -30,11 +30,11 @@
 //! `k4 = gaussian(th10).scale(th9^2)`, and the GP's noise variance `th11^2`. The constant mean
 //! of the GP is learned too (it starts at the data mean).
 //!
-//! Each of `th1..th10` is learned as a multiple of its starting value,
-//! `th = start * softplus(raw)` (a [`Positive`] that starts at 1), so that every hyperparameter
-//! moves by a similar relative step whatever its units (on `th` itself, AdamW's steps of about
-//! `lr` would take hundreds of steps to move `th1 = 50 ppm`); the noise variance `th11^2` is a
-//! [`Positive`] of its own. The start is that of scikit-learn's Mauna Loa example.
+//! Each of `th1..th10` is a [`Positive`] with the [`Transform::Exp`] transform,
+//! `th = exp(raw)`, so that every hyperparameter moves by a similar relative step whatever its
+//! units (with softplus, AdamW's steps of about `lr` on `raw` would move `th1 = 50 ppm` by about
+//! `lr` ppm per step, and take hundreds of steps); the noise variance `th11^2` is a softplus
+//! [`Positive`]. The start is that of scikit-learn's Mauna Loa example.
 //!
 //! Defaults: 150 AdamW steps of learning rate 0.1, training CG tolerance `1e-3`, 16 probes, a
 //! pivoted-Cholesky preconditioner of rank `min(600, N/2)`. After the fit the NLL is also
@@ -49,7 +49,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, Positive};
+use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, Positive, Transform};
 use lazy_kernels::{Kernel, Preconditioner, Rank};
 
 /// A hyperparameter of eq. 5.15-5.18 (not the noise).
@@ -60,13 +60,13 @@ struct Hyper {
     published: f64,
     /// Where the fit starts.
     start: f64,
-    /// The learned multiple of `start`.
-    factor: Positive,
+    /// The learned value.
+    value: Positive,
 }
 
 impl Hyper {
     fn current(&self) -> candle_core::Result<f64> {
-        Ok(self.factor.values()?[0] * self.start)
+        Ok(self.value.values()?[0])
     }
 }
 
@@ -283,16 +283,16 @@ fn main() -> candle_core::Result<()> {
                 unit,
                 published,
                 start,
-                factor: Positive::new(name, &[1.0], dt, &dev)?,
+                value: Positive::with_transform(name, &[start], Transform::Exp, dt, &dev)?,
             })
         })
         .collect::<candle_core::Result<_>>()?;
     let noise = Positive::new("th11^2", &[START[10] * START[10]], dt, &dev)?;
-    let factors: Vec<Positive> = hypers.iter().map(|h| h.factor.clone()).collect();
-    let th: Vec<(Positive, f64)> = hypers.iter().map(|h| (h.factor.clone(), h.start)).collect();
+    let values: Vec<Positive> = hypers.iter().map(|h| h.value.clone()).collect();
+    let th = values.clone();
     let one_year = Tensor::new(&[1.0f64], &dev)?;
     let kernel = move || -> candle_core::Result<Kernel> {
-        let t = |i: usize| -> candle_core::Result<Tensor> { th[i - 1].0.value()? * th[i - 1].1 };
+        let t = |i: usize| -> candle_core::Result<Tensor> { th[i - 1].value() };
         let k1 = Kernel::gaussian(&t(2)?).scale(&t(1)?.sqr()?);
         let k2 =
             (Kernel::gaussian(&t(4)?) * Kernel::periodic(&t(5)?, &one_year)).scale(&t(3)?.sqr()?);
@@ -319,7 +319,7 @@ fn main() -> candle_core::Result<()> {
          pivoted-Cholesky preconditioner of rank {rank}, noise floor {:e}",
         settings.predict_tol, settings.noise_floor
     );
-    let mut gp = ExactGp::new(&x, &y, factors, noise, kernel)?.with_settings(settings);
+    let mut gp = ExactGp::new(&x, &y, values, noise, kernel)?.with_settings(settings);
 
     // ---------------------------------------------------------------- fit
     let opts = FitOptions {
@@ -348,8 +348,8 @@ fn main() -> candle_core::Result<()> {
             continue;
         }
         let mut row = String::new();
-        for (h, (_, v)) in hypers.iter().zip(&st.values) {
-            row += &format!("{:>8.3}", v[0] * h.start);
+        for (_, v) in st.values.iter().take(hypers.len()) {
+            row += &format!("{:>8.3}", v[0]);
         }
         let noise = st.values[10].1[0];
         row += &format!("{:>8.3}", noise.sqrt());
@@ -411,17 +411,17 @@ fn main() -> candle_core::Result<()> {
     let exact_learned = exact_nll(&gp, &ys)?;
     let learned: Vec<f64> = hypers
         .iter()
-        .map(|h| h.factor.values())
+        .map(|h| h.value.values())
         .collect::<candle_core::Result<Vec<_>>>()?
         .concat();
     let noise_learned = gp.noise().values()?;
     for h in &hypers {
-        h.factor.set(&[h.published / h.start])?;
+        h.value.set(&[h.published])?;
     }
     gp.noise().set(&[PUBLISHED[10].2 * PUBLISHED[10].2])?;
     let exact_published = exact_nll(&gp, &ys)?;
     for (h, v) in hypers.iter().zip(&learned) {
-        h.factor.set(&[*v])?;
+        h.value.set(&[*v])?;
     }
     gp.noise().set(&noise_learned)?;
     println!(

@@ -34,7 +34,7 @@ mod positive;
 mod predict;
 
 pub use fit::{FitOptions, FitReport, FitStep};
-pub use positive::Positive;
+pub use positive::{Positive, Transform};
 pub use predict::Prediction;
 
 use candle_core::{DType, Tensor, Var};
@@ -68,6 +68,9 @@ pub struct GpSettings {
     /// Test points per batched variance solve in [`ExactGp::predict`] (default 64): memory is
     /// `O(chunk N)`.
     pub predict_chunk: usize,
+    /// Whether [`ExactGp::fit`] learns the constant mean (default `true`; with `false` it
+    /// stays at its value, the mean of `y` unless set).
+    pub learn_mean: bool,
 }
 
 impl Default for GpSettings {
@@ -82,6 +85,7 @@ impl Default for GpSettings {
             seed: 0,
             noise_floor: 1e-6,
             predict_chunk: 64,
+            learn_mean: true,
         }
     }
 }
@@ -219,11 +223,14 @@ impl ExactGp {
         &self.mean
     }
 
-    /// Every `Var` the model learns: the hyperparameters' raw values, the noise's, the mean.
+    /// Every `Var` the model learns: the hyperparameters' raw values, the noise's, and the
+    /// mean unless `settings.learn_mean` is off.
     pub fn vars(&self) -> Vec<Var> {
         let mut v: Vec<Var> = self.hypers.iter().map(|h| h.var().clone()).collect();
         v.push(self.noise.var().clone());
-        v.push(self.mean.clone());
+        if self.settings.learn_mean {
+            v.push(self.mean.clone());
+        }
         v
     }
 

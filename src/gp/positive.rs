@@ -6,7 +6,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::error::Error;
 
 /// A positive hyperparameter (a lengthscale, an output scale, a noise variance), learned
-/// through its unconstrained `Var` `raw`: `value = softplus(raw) = log(1 + exp(raw))`.
+/// through its unconstrained `Var` `raw`: `value = softplus(raw) = log(1 + exp(raw))`
+/// ([`Positive::new`]), or `value = exp(raw)` ([`Positive::with_transform`] and
+/// [`Transform::Exp`]): an optimiser step then changes the value by a factor rather than by an
+/// amount, which suits values far from 1 (a trend's 50 ppm scale next to a 0.2 ppm noise).
 ///
 /// Clones share the `Var`: a kernel built by a closure that captured a clone sees every
 /// update.
@@ -23,6 +26,18 @@ use crate::error::Error;
 pub struct Positive {
     name: String,
     raw: Var,
+    transform: Transform,
+}
+
+/// How a [`Positive`] maps its unconstrained `Var` to its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Transform {
+    /// `log(1 + exp(raw))`: about `raw` for large values (steps change the value by an
+    /// amount), `exp(raw)` for small ones (the default, as in GPyTorch).
+    #[default]
+    Softplus,
+    /// `exp(raw)`: steps change the value by a factor.
+    Exp,
 }
 
 /// `log(1 + exp(x)) = relu(x) + log1p(exp(-|x|))`, with Candle ops (differentiable), in
@@ -56,6 +71,25 @@ impl Positive {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Positive> {
+        Positive::with_transform(name, init, Transform::Softplus, dtype, device)
+    }
+
+    /// As [`Positive::new`], with the given transform.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device};
+    /// use lazy_kernels::gp::{Positive, Transform};
+    /// let s = Positive::with_transform("scale", &[50.0], Transform::Exp, DType::F64, &Device::Cpu)?;
+    /// assert!((s.values()?[0] - 50.0).abs() < 1e-12);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn with_transform(
+        name: &str,
+        init: &[f64],
+        transform: Transform,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Positive> {
         if init.is_empty() {
             return Err(Error::InvalidArgument {
                 op: "Positive::new",
@@ -70,11 +104,16 @@ impl Positive {
             }
             .into());
         }
-        let raw: Vec<f64> = init.iter().map(|&v| softplus_inv(v)).collect();
+        let inverse = |v: f64| match transform {
+            Transform::Softplus => softplus_inv(v),
+            Transform::Exp => v.ln(),
+        };
+        let raw: Vec<f64> = init.iter().map(|&v| inverse(v)).collect();
         let raw = Tensor::from_vec(raw, init.len(), device)?.to_dtype(dtype)?;
         Ok(Positive {
             name: name.to_string(),
             raw: Var::from_tensor(&raw)?,
+            transform,
         })
     }
 
@@ -88,9 +127,17 @@ impl Positive {
         &self.raw
     }
 
-    /// The current value, `softplus(raw)`, shape `(k,)`, tracked (gradients reach `raw`).
+    /// The transform from `raw` to the value.
+    pub fn transform(&self) -> Transform {
+        self.transform
+    }
+
+    /// The current value, shape `(k,)`, tracked (gradients reach `raw`).
     pub fn value(&self) -> candle_core::Result<Tensor> {
-        softplus(self.raw.as_tensor())
+        match self.transform {
+            Transform::Softplus => softplus(self.raw.as_tensor()),
+            Transform::Exp => self.raw.as_tensor().exp(),
+        }
     }
 
     /// The current values as `f64` numbers.
@@ -100,7 +147,13 @@ impl Positive {
 
     /// Sets the values (each finite and `> 0`).
     pub fn set(&self, values: &[f64]) -> candle_core::Result<()> {
-        let fresh = Positive::new(&self.name, values, self.raw.dtype(), self.raw.device())?;
+        let fresh = Positive::with_transform(
+            &self.name,
+            values,
+            self.transform,
+            self.raw.dtype(),
+            self.raw.device(),
+        )?;
         if fresh.raw.dims() != self.raw.dims() {
             return Err(Error::Shape {
                 op: "Positive::set",
