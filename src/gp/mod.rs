@@ -105,6 +105,8 @@ pub struct NllReport {
     pub iterations: (usize, usize),
     /// Whether the data solve converged.
     pub converged: bool,
+    /// Rank of the pivoted-Cholesky preconditioner (0 without one).
+    pub preconditioner_rank: usize,
 }
 
 /// The kernel closure of an [`ExactGp`].
@@ -294,6 +296,7 @@ impl ExactGp {
                 ldinfo.probe_iterations.iter().cloned().max().unwrap_or(0),
             ),
             converged: info.all_converged(),
+            preconditioner_rank: info.preconditioner_rank,
         };
         Ok((nll, report))
     }
