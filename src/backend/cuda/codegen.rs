@@ -526,6 +526,25 @@ fn kind_code(kind: ReductionKind, f: usize, tc: &str, nv: usize) -> KindCode {
     k
 }
 
+/// Emits the copy of a state, `dst = src` for the values and, if there are any, the indices:
+/// `dst` and `src` are the value expressions (of `c`, with `{n}` for the number of slots); the
+/// index expressions are the same with `sv`/`part_vals` replaced by `si`/`part_idx`.
+fn copy_state(s: &mut String, (dst, src): (&str, &str), sv: usize, si: usize) {
+    let idx = |e: &str| e.replace("part_vals", "part_idx").replace("sv", "si");
+    for (n, d, r) in [
+        (sv, dst.to_string(), src.to_string()),
+        (si, idx(dst), idx(src)),
+    ] {
+        if n > 0 {
+            let (d, r) = (
+                d.replace("{n}", &n.to_string()),
+                r.replace("{n}", &n.to_string()),
+            );
+            let _ = writeln!(s, "for (int c = 0; c < {n}; ++c) {d} = {r};");
+        }
+    }
+}
+
 /// Generates the module of a reduction of `formula` over `j` (the axis of `kind` is ignored:
 /// plans always reduce over `j`), whose variable at position `k` is `vars[k]` (category,
 /// components), for inputs of type `storage`.
@@ -685,16 +704,7 @@ pub fn generate(
     s.push_str(&code.finalize);
     let _ = writeln!(s, "}} else {{");
     let _ = writeln!(s, "const long long at = (long long)blockIdx.y * rows + i;");
-    let _ = writeln!(
-        s,
-        "for (int c = 0; c < {sv}; ++c) part_vals[at * {sv} + c] = sv[c];"
-    );
-    if si > 0 {
-        let _ = writeln!(
-            s,
-            "for (int c = 0; c < {si}; ++c) part_idx[at * {si} + c] = si[c];"
-        );
-    }
+    copy_state(&mut s, ("part_vals[at * {n} + c]", "sv[c]"), sv, si);
     let _ = writeln!(s, "}}\n}}");
 
     // The combine kernel of the 2D scheme.
@@ -707,29 +717,16 @@ pub fn generate(
     let _ = writeln!(s, "const int i = blockIdx.x * blockDim.x + threadIdx.x;");
     let _ = writeln!(s, "if (i >= rows) return;");
     let _ = writeln!(s, "double sv[{sv}];{}", idx_decl("si"));
-    let _ = writeln!(
-        s,
-        "for (int c = 0; c < {sv}; ++c) sv[c] = part_vals[(long long)i * {sv} + c];"
+    copy_state(
+        &mut s,
+        ("sv[c]", "part_vals[(long long)i * {n} + c]"),
+        sv,
+        si,
     );
-    if si > 0 {
-        let _ = writeln!(
-            s,
-            "for (int c = 0; c < {si}; ++c) si[c] = part_idx[(long long)i * {si} + c];"
-        );
-    }
     let _ = writeln!(s, "for (int ch = 1; ch < chunks; ++ch) {{");
     let _ = writeln!(s, "const long long at = (long long)ch * rows + i;");
     let _ = writeln!(s, "double sv2[{sv}];{}", idx_decl("si2"));
-    let _ = writeln!(
-        s,
-        "for (int c = 0; c < {sv}; ++c) sv2[c] = part_vals[at * {sv} + c];"
-    );
-    if si > 0 {
-        let _ = writeln!(
-            s,
-            "for (int c = 0; c < {si}; ++c) si2[c] = part_idx[at * {si} + c];"
-        );
-    }
+    copy_state(&mut s, ("sv2[c]", "part_vals[at * {n} + c]"), sv, si);
     s.push_str(&code.combine);
     let _ = writeln!(s, "}}");
     s.push_str(&code.finalize);
