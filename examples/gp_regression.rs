@@ -13,6 +13,8 @@
 //! `DIR/gp_regression.png` (default `figures/`) shows the data (gray), the true function
 //! (black), the posterior mean (red) and the 95% interval of a new observation (blue band).
 
+#[path = "dense/mod.rs"]
+mod dense;
 #[path = "plot/mod.rs"]
 mod plot;
 
@@ -38,38 +40,6 @@ fn truth(x: f64) -> f64 {
 
 const NOISE_SD: f64 = 0.1;
 const X_MAX: f64 = 3.0;
-
-/// `-log p(y)` of the GP with kernel matrix `k` (row-major `n x n`, the noise variance already
-/// on its diagonal) and residuals `r = y - m`, by a dense Cholesky factorisation: the exact
-/// value, to check the stochastic estimate of [`ExactGp::nll`] on a small problem.
-fn dense_nll(mut k: Vec<f64>, r: &[f64]) -> f64 {
-    let n = r.len();
-    for j in 0..n {
-        let (done, rest) = k.split_at_mut(j * n);
-        let row_j = &mut rest[..n];
-        for i in 0..j {
-            let row_i = &done[i * n..i * n + n];
-            let s: f64 = row_i[..i].iter().zip(&row_j[..i]).map(|(a, b)| a * b).sum();
-            row_j[i] = (row_j[i] - s) / row_i[i];
-        }
-        let s: f64 = row_j[..j].iter().map(|a| a * a).sum();
-        row_j[j] = (row_j[j] - s).sqrt();
-    }
-    // Solve L z = r: then r^T K^-1 r = |z|^2.
-    let mut z = r.to_vec();
-    for i in 0..n {
-        let s: f64 = k[i * n..i * n + i]
-            .iter()
-            .zip(&z[..i])
-            .map(|(a, b)| a * b)
-            .sum();
-        z[i] = (z[i] - s) / k[i * n + i];
-    }
-    let logdet: f64 = (0..n).map(|i| 2.0 * k[i * n + i].ln()).sum();
-    0.5 * z.iter().map(|v| v * v).sum::<f64>()
-        + 0.5 * logdet
-        + 0.5 * n as f64 * std::f64::consts::TAU.ln()
-}
 
 /// The value of the named entry of a fit step's `values`.
 fn value(values: &[(String, Vec<f64>)], name: &str) -> f64 {
@@ -194,7 +164,7 @@ fn main() -> candle_core::Result<()> {
         let k = gp.operator()?.to_dense()?;
         let k = (k + Tensor::eye(n, dt, &dev)?.affine(noise, 0.0)?)?;
         let r: Vec<f64> = ys.iter().map(|v| v - value(&vals, "mean")).collect();
-        let exact = dense_nll(k.flatten_all()?.to_vec1::<f64>()?, &r);
+        let exact = dense::dense_nll(k.flatten_all()?.to_vec1::<f64>()?, &r);
         println!(
             "       exact NLL/N by a dense Cholesky factorisation at these values: {:.5}",
             exact / n as f64

@@ -42,6 +42,8 @@
 //! the published values. Figures: `DIR/mauna_loa.png` (1958-2025) and `DIR/mauna_loa_zoom.png`
 //! (1995-2025): data (black), posterior mean (red), 95% interval of a new observation (blue).
 
+#[path = "dense/mod.rs"]
+mod dense;
 #[path = "plot/mod.rs"]
 mod plot;
 
@@ -154,37 +156,6 @@ fn monthly_means(rows: &[Row]) -> Vec<(f64, f64)> {
     out
 }
 
-/// `-log p(y)` of the GP with kernel matrix `k` (row-major `n x n`, the noise variance already
-/// on its diagonal) and residuals `r = y - m`, by a dense Cholesky factorisation: the exact
-/// value, to check the stochastic estimate.
-fn dense_nll(mut k: Vec<f64>, r: &[f64]) -> f64 {
-    let n = r.len();
-    for j in 0..n {
-        let (done, rest) = k.split_at_mut(j * n);
-        let row_j = &mut rest[..n];
-        for i in 0..j {
-            let row_i = &done[i * n..i * n + n];
-            let s: f64 = row_i[..i].iter().zip(&row_j[..i]).map(|(a, b)| a * b).sum();
-            row_j[i] = (row_j[i] - s) / row_i[i];
-        }
-        let s: f64 = row_j[..j].iter().map(|a| a * a).sum();
-        row_j[j] = (row_j[j] - s).sqrt();
-    }
-    let mut z = r.to_vec();
-    for i in 0..n {
-        let s: f64 = k[i * n..i * n + i]
-            .iter()
-            .zip(&z[..i])
-            .map(|(a, b)| a * b)
-            .sum();
-        z[i] = (z[i] - s) / k[i * n + i];
-    }
-    let logdet: f64 = (0..n).map(|i| 2.0 * k[i * n + i].ln()).sum();
-    0.5 * z.iter().map(|v| v * v).sum::<f64>()
-        + 0.5 * logdet
-        + 0.5 * n as f64 * std::f64::consts::TAU.ln()
-}
-
 /// The exact NLL of the model at its current values (the dense kernel matrix, `O(N^2)` memory).
 fn exact_nll(gp: &ExactGp, ys: &[f64]) -> candle_core::Result<f64> {
     let n = ys.len();
@@ -193,7 +164,7 @@ fn exact_nll(gp: &ExactGp, ys: &[f64]) -> candle_core::Result<f64> {
     let k = (k + Tensor::eye(n, DType::F64, &Device::Cpu)?.affine(noise, 0.0)?)?;
     let mean = gp.mean().as_tensor().to_vec1::<f64>()?[0];
     let r: Vec<f64> = ys.iter().map(|v| v - mean).collect();
-    Ok(dense_nll(k.flatten_all()?.to_vec1::<f64>()?, &r))
+    Ok(dense::dense_nll(k.flatten_all()?.to_vec1::<f64>()?, &r))
 }
 
 fn main() -> candle_core::Result<()> {
