@@ -37,6 +37,8 @@
 //!   a fraction of the cost). The dense method runs where its matrix fits in half the
 //!   available memory, else the table says what it would need.
 
+#[path = "report/mod.rs"]
+mod report;
 use std::error::Error;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -708,27 +710,6 @@ fn run_child(method: &str, n: usize, runs: usize, device: &str, f32: bool) -> Re
 // ---------------------------------------------------------------------------------------------
 // The report.
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
-fn fmt_n(n: usize) -> String {
-    let e = (n as f64).log10().round() as u32;
-    if 10usize.pow(e) == n {
-        format!("10^{e}")
-    } else {
-        n.to_string()
-    }
-}
-
 fn fmt_bytes(b: f64) -> String {
     const GIB: f64 = (1u64 << 30) as f64;
     if b >= GIB {
@@ -823,7 +804,7 @@ fn main() -> Res<()> {
     println!();
     println!(
         "Machine: {nproc} CPUs (nproc), {}, {} RAM, rayon threads {}, ISA {}",
-        cpu_model(),
+        report::cpu_model(),
         mem_total,
         rayon::current_num_threads(),
         lazy_kernels::backend::cpu::isa::detect().name()
@@ -890,7 +871,7 @@ fn main() -> Res<()> {
                 notes.push(format!(
                     "dense N = {}: build {:.2} s, Cholesky {:.2} s ({:.1} GFLOP/s), solve {:.2} s, \
                      L^-1 {:.2} s, A^-1 tiles and gradient {:.2} s (last run)",
-                    fmt_n(n),
+                    report::fmt_n(n),
                     ph[0],
                     ph[1],
                     (n as f64).powi(3) / 3.0 / ph[1] / 1e9,
@@ -977,7 +958,7 @@ fn main() -> Res<()> {
             "| {} | {device} | {r} | {ours_t} | {dense_t} | {ratio} | {part_t} | {part_ratio} | \
              {ours_mem} | {dense_mem} | {} | {nll_o} | {nll_d} | {nll_rel} | {g_rel} | {iters} | \
              {rank} |",
-            fmt_n(*n),
+            report::fmt_n(*n),
             fmt_bytes(*dense_bytes),
         );
     }
@@ -1001,7 +982,7 @@ fn main() -> Res<()> {
                 "- ours N = {} on {device}: times {:?} s (last run: nll() {:.3} s, backward() \
                  {:.3} s); data fit {:.6e}, log det {:.6e} +- {:.2e} (probe std. error); \
                  baseline RSS {}",
-                fmt_n(*n),
+                report::fmt_n(*n),
                 o.times,
                 o.step.split.0,
                 o.step.split.1,
@@ -1015,7 +996,7 @@ fn main() -> Res<()> {
         if let (Ok(d), "cpu") = (dense_res, *device) {
             println!(
                 "- dense N = {}: times {:?} s; data fit {:.6e}, log det {:.6e}; baseline RSS {}",
-                fmt_n(*n),
+                report::fmt_n(*n),
                 d.times,
                 d.step.data_fit,
                 d.step.logdet,

@@ -21,6 +21,8 @@
 //! Every timed call ends with a copy of one scalar of the result to the host, so the time is
 //! the time until the result exists.
 
+#[path = "report/mod.rs"]
+mod report;
 use std::error::Error;
 use std::hint::black_box;
 use std::process::Command;
@@ -101,15 +103,6 @@ fn time_median(max_reps: usize, mut f: impl FnMut() -> Res<Tensor>) -> Res<f64> 
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
-}
-
-fn fmt_n(n: usize) -> String {
-    let e = (n as f64).log10().round() as u32;
-    if 10usize.pow(e) == n {
-        format!("10^{e}")
-    } else {
-        n.to_string()
-    }
 }
 
 fn fmt_s(s: f64) -> String {
@@ -227,7 +220,7 @@ fn main() -> Res<()> {
         let rate = (n as f64).powi(2) / t;
         println!(
             "| {} | {} | {rate:.3e} | {:.2} |",
-            fmt_n(n),
+            report::fmt_n(n),
             fmt_s(t),
             rate / EXP_LIMIT
         );
@@ -235,7 +228,10 @@ fn main() -> Res<()> {
     println!();
 
     let n = 100_000;
-    println!("Other reductions, M = N = {}, D = 3, f32:", fmt_n(n));
+    println!(
+        "Other reductions, M = N = {}, D = 3, f32:",
+        report::fmt_n(n)
+    );
     println!();
     println!("| reduction | time per call | pairs/s |");
     println!("|---|---|---|");
@@ -261,7 +257,7 @@ fn main() -> Res<()> {
     let second = time_once(&mut || inp.gauss(c))?;
     println!(
         "Latency, Gaussian kernel sum with a new constant ({c}), M = N = {}, f32:",
-        fmt_n(LATENCY_N)
+        report::fmt_n(LATENCY_N)
     );
     println!();
     println!("| call | time |");

@@ -10,6 +10,8 @@
 //! `--child ours|dense N` argument): the child builds the inputs, resets its peak RSS
 //! (`/proc/self/clear_refs`), runs one reduction and prints the growth of `VmHWM`.
 
+#[path = "report/mod.rs"]
+mod report;
 use std::error::Error;
 use std::hint::black_box;
 use std::process::Command;
@@ -252,18 +254,6 @@ fn run_child(what: &str, n: usize) -> Option<ChildResult> {
     })
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
 fn date() -> String {
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -314,7 +304,7 @@ fn main() -> Res<()> {
     );
     println!();
     println!("- date: {}", date());
-    println!("- CPU: {}", cpu_model());
+    println!("- CPU: {}", report::cpu_model());
     println!("- ISA: {isa}, rayon threads: {threads}");
     println!("- note: timings are noisy on shared machines (no core pinning or isolation).");
 
