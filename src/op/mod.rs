@@ -57,6 +57,15 @@ fn to_f32(v: &[impl Copy + Into<f32>]) -> Vec<f32> {
 }
 
 impl ReductionOp {
+    /// Hands the indices computed next to the values to the caller (through `side`).
+    fn keep_indices(&self, t: Tensor) -> candle_core::Result<()> {
+        *self.side.lock().map_err(|_| Error::InvalidArgument {
+            op: "reduction",
+            detail: "a previous reduction panicked".into(),
+        })? = Some(t);
+        Ok(())
+    }
+
     fn out_shape(&self, cols: usize) -> Shape {
         let p = &self.plan;
         match p.reduction.kind.k() {
@@ -112,10 +121,7 @@ impl CustomOp1 for ReductionOp {
         if out.values > 0 {
             if out.indices > 0 {
                 let t = Tensor::from_vec(idx, self.out_shape(out.indices), &Device::Cpu)?;
-                *self.side.lock().map_err(|_| Error::InvalidArgument {
-                    op: "reduction",
-                    detail: "a previous reduction panicked".into(),
-                })? = Some(t);
+                self.keep_indices(t)?;
             }
             Ok((values, self.out_shape(out.values)))
         } else {
@@ -138,10 +144,7 @@ impl CustomOp1 for ReductionOp {
                 candle_core::op::BackpropOp::none(),
                 false,
             );
-            *self.side.lock().map_err(|_| Error::InvalidArgument {
-                op: "reduction",
-                detail: "a previous reduction panicked".into(),
-            })? = Some(t);
+            self.keep_indices(t)?;
         }
         let cols = if out.values > 0 {
             out.values
