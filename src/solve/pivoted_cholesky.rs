@@ -4,7 +4,7 @@
 //!
 //! The factor is built in `f64` on the operator's device: each step takes one row of `K`
 //! (`O(N)` kernel values) and subtracts the previous rows' contributions (`O(k N)`, one
-//! matrix product per block of 64 rows). Applying the inverse takes two `(r, N)` products:
+//! matrix product). Applying the inverse takes two `(r, N)` products:
 //! `(v - L^T C^-1 L v) / alpha` with `C = alpha I + L L^T`.
 
 use candle_core::{DType, Tensor};
@@ -51,8 +51,8 @@ pub(crate) struct PivotedCholesky {
     small_logdet: f64,
 }
 
-/// The factor's rows are kept in blocks of this many (allocated as the rank grows).
-const BLOCK: usize = 64;
+/// Rows of the factor's first buffer; it doubles when full (up to the largest rank).
+const FIRST_ROWS: usize = 64;
 
 impl PivotedCholesky {
     /// Factors `K` from its diagonal (`(N,)`, `f64`) and a source of its rows (one row index
@@ -89,7 +89,8 @@ impl PivotedCholesky {
         let scale = diag.max(0)?.to_scalar::<f64>()?;
         let zero = Tensor::zeros(1, DType::F64, &device)?;
         let mut d = diag.contiguous()?;
-        let mut blocks: Vec<Tensor> = Vec::new();
+        // The factor's rows so far are the first `r` rows of `buf`.
+        let mut buf = Tensor::zeros((FIRST_ROWS.min(max_rank).max(1), n), DType::F64, &device)?;
         let mut r = 0;
         while r < max_rank {
             if let Rank::Auto { .. } = rank {
@@ -111,19 +112,22 @@ impl PivotedCholesky {
                 }
                 .into());
             }
-            // l = (K[piv, :] - sum_k L[k, piv] L[k, :]) / sqrt(dmax), block by block.
-            for b in &blocks {
-                let coef = b.narrow(1, piv, 1)?.t()?;
-                l = (l - coef.matmul(b)?.squeeze(0)?)?;
+            // l = (K[piv, :] - sum_k L[k, piv] L[k, :]) / sqrt(dmax): one product.
+            if r > 0 {
+                let done = buf.narrow(0, 0, r)?;
+                let coef = done.narrow(1, piv, 1)?.t()?;
+                l = (l - coef.matmul(&done)?.squeeze(0)?)?;
             }
             let l = (l * (1.0 / dmax.sqrt()))?;
             d = (d - l.sqr()?)?.relu()?;
             d.slice_set(&zero, 0, piv)?;
             trace = d.sum_all()?.to_scalar::<f64>()?;
-            if r % BLOCK == 0 {
-                blocks.push(Tensor::zeros((BLOCK, n), DType::F64, &device)?);
+            let cap = buf.dim(0)?;
+            if r == cap {
+                let more = Tensor::zeros((cap.min(max_rank - cap).max(1), n), DType::F64, &device)?;
+                buf = Tensor::cat(&[&buf, &more], 0)?;
             }
-            blocks[r / BLOCK].slice_set(&l.unsqueeze(0)?, 0, r % BLOCK)?;
+            buf.slice_set(&l.unsqueeze(0)?, 0, r)?;
             r += 1;
         }
         let delta = if alpha > 0.0 {
@@ -132,7 +136,7 @@ impl PivotedCholesky {
             d.max(0)?.to_scalar::<f64>()?.max(scale * 1e-10)
         };
         let (l, c_inv, small_logdet) = if r > 0 {
-            let l = Tensor::cat(&blocks, 0)?.narrow(0, 0, r)?.contiguous()?;
+            let l = buf.narrow(0, 0, r)?.contiguous()?;
             let llt = l.matmul(&l.t()?)?.to_vec2::<f64>()?;
             let (w, logdet) = inverse_factor(llt, delta)?;
             let w = Tensor::from_vec(w, (r, r), &device)?;
