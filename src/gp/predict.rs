@@ -94,9 +94,11 @@ impl ExactGp {
         let mean = self.mean.as_tensor().detach();
         let opts = self.solve_options(self.settings.predict_tol);
 
+        // One system and preconditioner for the mean's solve and every variance solve.
         let k = KernelOperator::new(kernel.clone(), &self.x, &self.x)?;
         let r = self.y.broadcast_sub(&mean)?;
-        let (a, info) = k.solve(&r, noise, &opts)?;
+        let solver = k.solver(&r, noise, &opts)?;
+        let (a, info) = solver.solve(&r)?;
         accept(&info, "the mean's solve")?;
         let cross = KernelOperator::new(kernel.clone(), &x_new, &self.x)?;
         let mu = cross.matmul(&a)?.broadcast_add(&mean)?;
@@ -108,7 +110,7 @@ impl ExactGp {
         for start in (0..m).step_by(chunk) {
             let idx: Vec<usize> = (start..(start + chunk).min(m)).collect();
             let b = cross.rows(&idx)?.t()?.contiguous()?; // (N, c)
-            let (v, info) = k.solve(&b, noise, &opts)?;
+            let (v, info) = solver.solve(&b)?;
             accept(&info, "a variance solve")?;
             parts.push((&b * &v)?.sum(0)?);
         }

@@ -414,6 +414,52 @@ impl KernelOperator {
     }
 }
 
+/// Solves without gradients that share one system, and so one preconditioner, across
+/// right-hand sides (a GP's predictive variance solves against many blocks of columns).
+pub(crate) struct Solver {
+    setup: Setup,
+}
+
+impl KernelOperator {
+    /// A [`Solver`] for `(K + alpha I)`; `b` is a first right-hand side, checked as
+    /// [`KernelOperator::solve`] checks it.
+    pub(crate) fn solver(
+        &self,
+        b: &Tensor,
+        alpha: f64,
+        opts: &SolveOptions,
+    ) -> candle_core::Result<Solver> {
+        Ok(Solver {
+            setup: self.setup(b, Ridge::Value(alpha), opts)?,
+        })
+    }
+}
+
+impl Solver {
+    /// The solution for `b` (`(N,)` or `(N, E)`, the operator's dtype), detached, and the
+    /// report (whose setup time is that of the shared preconditioner).
+    pub(crate) fn solve(&self, b: &Tensor) -> candle_core::Result<(Tensor, SolveInfo)> {
+        let s = &self.setup;
+        let (b2, vector) = match b.dims() {
+            [r] if *r == s.n => (b.reshape((s.n, 1))?, true),
+            [r, e] if *r == s.n && *e > 0 => (b.clone(), false),
+            dims => {
+                return Err(Error::Shape {
+                    op: OP,
+                    detail: format!("b must be ({0},) or ({0}, E), got {dims:?}", s.n),
+                }
+                .into())
+            }
+        };
+        let start = Instant::now();
+        let (a64, out) = s.system.solve_detached(&b2.detach(), None)?;
+        let info = s.report(out, start.elapsed().as_secs_f64());
+        let a = a64.to_dtype(s.dtype)?;
+        let a = if vector { a.reshape(s.n)? } else { a };
+        Ok((a, info))
+    }
+}
+
 /// A checked solve, ready to iterate: what [`KernelOperator::solve`] and
 /// [`KernelOperator::solve_logdet`] share.
 struct Setup {
@@ -434,6 +480,23 @@ struct Setup {
 }
 
 impl Setup {
+    /// The report of a CG run on this system.
+    fn report(&self, out: CgOutcome, solve_seconds: f64) -> SolveInfo {
+        let pre = self.system.pre.as_ref();
+        SolveInfo {
+            iterations: out.iterations.iter().cloned().max().unwrap_or(0),
+            column_iterations: out.iterations,
+            residuals: out.residuals,
+            converged: out.converged,
+            stops: out.stops,
+            products: out.products,
+            preconditioner_rank: pre.map_or(0, |p| p.rank()),
+            preconditioner_remainder: pre.map_or(f64::NAN, |p| p.remainder_trace),
+            setup_seconds: self.setup_seconds,
+            solve_seconds,
+        }
+    }
+
     /// The solution in `b`'s shape and dtype, differentiable by implicit differentiation, and
     /// the report.
     fn finish(
@@ -442,6 +505,7 @@ impl Setup {
         out: CgOutcome,
         solve_seconds: f64,
     ) -> candle_core::Result<(Tensor, SolveInfo)> {
+        let info = self.report(out, solve_seconds);
         let Setup {
             system,
             k,
@@ -450,21 +514,8 @@ impl Setup {
             alpha,
             n,
             dtype,
-            setup_seconds,
             ..
         } = self;
-        let info = SolveInfo {
-            iterations: out.iterations.iter().cloned().max().unwrap_or(0),
-            column_iterations: out.iterations,
-            residuals: out.residuals,
-            converged: out.converged,
-            stops: out.stops,
-            products: out.products,
-            preconditioner_rank: system.pre.as_ref().map_or(0, |p| p.rank()),
-            preconditioner_remainder: system.pre.as_ref().map_or(f64::NAN, |p| p.remainder_trace),
-            setup_seconds,
-            solve_seconds,
-        };
         let a = a64.to_dtype(dtype)?.contiguous()?;
 
         // Gradients: only if something upstream of the solution tracks them.
