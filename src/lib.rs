@@ -59,6 +59,7 @@ pub mod error;
 pub mod formula;
 pub mod gp;
 pub mod lazy;
+pub mod linalg;
 pub mod op;
 pub mod operator;
 pub mod reduction;

@@ -12,6 +12,9 @@ use crate::error::Error;
 use crate::formula::VarCat;
 use crate::{Axis, LazyTensor};
 
+/// The paired points [`KernelOperator::rows`] may hold at once: 64 MiB.
+const ROWS_MEMORY: usize = 1 << 26;
+
 /// The `M x N` matrix `K_ij = k(x_i, y_j)` of a kernel between two point sets, never built:
 /// products with it are reductions over the pairs.
 ///
@@ -46,8 +49,8 @@ pub struct KernelOperator {
 fn points(t: &Tensor, name: &str) -> candle_core::Result<Tensor> {
     let op = "KernelOperator::new";
     match t.dims() {
-        [n] if *n > 0 => t.reshape((*n, 1)),
-        [n, d] if *n > 0 && *d > 0 => Ok(t.clone()),
+        [n] if *n > 0 => t.contiguous()?.reshape((*n, 1)),
+        [n, d] if *n > 0 && *d > 0 => t.contiguous(),
         dims => Err(Error::Shape {
             op,
             detail: format!("{name} must be (rows, D) or (rows,) with rows, D >= 1, got {dims:?}"),
@@ -176,9 +179,11 @@ impl KernelOperator {
             .reshape(n)
     }
 
-    /// The rows `K[idx, :]` as a dense `(idx.len(), N)` tensor (what a preconditioner needs).
-    /// Each row is one pointwise evaluation over the column points, with the row's point
-    /// bound as a parameter: `O(N)` memory per row, nothing of size `M x N`.
+    /// The rows `K[idx, :]` as a dense `(idx.len(), N)` tensor (what a preconditioner needs),
+    /// differentiable. The rows' points are paired with the column points and the kernel is
+    /// evaluated pointwise over the pairs (the formula of [`KernelOperator::diag`], so one
+    /// compiled kernel serves both), in chunks of rows whose paired points take at most
+    /// 64 MiB: `O(idx.len() N)` memory, nothing of size `M x N`.
     ///
     /// ```
     /// use candle_core::{Device, Tensor};
@@ -201,18 +206,42 @@ impl KernelOperator {
             }
             .into());
         }
+        let device = self.rows.device();
         if idx.is_empty() {
-            return Tensor::zeros((0, n), self.dtype(), self.rows.device());
+            return Tensor::zeros((0, n), self.dtype(), device);
         }
-        let out = idx
-            .iter()
-            .map(|&i| {
-                let point = self.rows.get(i)?;
-                self.formula_of(&point, VarCat::P, &self.cols, VarCat::I)?
+        let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+        let points = self
+            .rows
+            .index_select(&Tensor::from_vec(ids, idx.len(), device)?, 0)?;
+        let d = self.rows.dim(1)?;
+        // Two paired copies of `chunk x N` points per chunk.
+        let bytes_per_row = 2 * n * d * self.dtype().size_in_bytes();
+        let chunk = (ROWS_MEMORY / bytes_per_row).clamp(1, idx.len());
+        let mut out = Vec::with_capacity(idx.len().div_ceil(chunk));
+        for start in (0..idx.len()).step_by(chunk) {
+            let c = chunk.min(idx.len() - start);
+            let left = points
+                .narrow(0, start, c)?
+                .unsqueeze(1)?
+                .broadcast_as((c, n, d))?
+                .contiguous()?
+                .reshape((c * n, d))?;
+            let right = self
+                .cols
+                .unsqueeze(0)?
+                .broadcast_as((c, n, d))?
+                .contiguous()?
+                .reshape((c * n, d))?;
+            out.push(
+                self.formula_of(&left, VarCat::I, &right, VarCat::I)?
                     .pointwise()?
-                    .reshape((1, n))
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+                    .reshape((c, n))?,
+            );
+        }
+        if out.len() == 1 {
+            return Ok(out.pop().expect("one chunk"));
+        }
         Tensor::cat(&out, 0)
     }
 

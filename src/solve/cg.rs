@@ -89,9 +89,14 @@ const MONITOR_EVERY: usize = 100;
 /// enough).
 const IDLE_LOOKS: usize = 3;
 
-/// `<a_c, b_c>` for every column `c`.
+/// `<a_c, b_c>` for every column `c`, on the host.
 fn col_dots(a: &Tensor, b: &Tensor) -> candle_core::Result<Vec<f64>> {
     (a * b)?.sum(0)?.to_vec1::<f64>()
+}
+
+/// `<a_c, b_c>` for every column `c`, as a `(1, E)` tensor on the device.
+fn col_dots_t(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    (a * b)?.sum_keepdim(0)
 }
 
 /// A `(1, E)` row of per-column coefficients.
@@ -170,7 +175,10 @@ pub(crate) fn cg(
     let mut iterations = vec![0usize; e];
     let mut z = precondition(&r)?;
     let mut p = z.clone();
-    let mut rz = col_dots(&r, &z)?;
+    // `<r, z>` per column lives on the device; the host sees it once per iteration, with the
+    // other per-column scalars, in one read.
+    let mut rz_t = col_dots_t(&r, &z)?;
+    let mut rz = rz_t.flatten_all()?.to_vec1::<f64>()?;
     let mut broken = vec![false; e];
     let mut stops = vec![Stop::MaxIters; e];
     // The true residual at each column's last check: a restart that does not reduce it by a
@@ -192,6 +200,8 @@ pub(crate) fn cg(
             ..Default::default()
         })
         .collect();
+    // The active columns as a `(1, E)` u8 mask on the device, rebuilt when they change.
+    let mut mask_of: Option<(Vec<bool>, Tensor)> = None;
     let mut it = 0;
     while it < s.max_iters {
         let active: Vec<bool> = (0..e).map(|c| !converged[c] && !broken[c]).collect();
@@ -199,37 +209,63 @@ pub(crate) fn cg(
             break;
         }
         it += 1;
+        let active_t = match &mask_of {
+            Some((m, t)) if *m == active => t.clone(),
+            _ => {
+                let v: Vec<u8> = active.iter().map(|&a| u8::from(a)).collect();
+                let t = Tensor::from_vec(v, (1, e), b.device())?;
+                mask_of = Some((active.clone(), t.clone()));
+                t
+            }
+        };
+        // One iteration on the device, its scalars read back once at the end. A column that
+        // is inactive, or whose curvature `<p, A p>` is not positive and finite (the operator
+        // is not positive definite there), takes no step.
         let ap = apply_active(&fast, &p, &active, &mut products)?;
-        let pap = col_dots(&p, &ap)?;
-        let mut step = vec![0.0; e];
+        let pap_t = col_dots_t(&p, &ap)?;
+        let good = pap_t
+            .gt(0.0)?
+            .mul(&pap_t.lt(f64::INFINITY)?)?
+            .mul(&rz_t.abs()?.lt(f64::INFINITY)?)?
+            .mul(&active_t)?;
+        let zeros = pap_t.zeros_like()?;
+        let step_t = good.where_cond(&(&rz_t / &pap_t)?, &zeros)?;
+        x = (x + p.broadcast_mul(&step_t)?)?;
+        r = (r - ap.broadcast_mul(&step_t)?)?;
+        z = precondition(&r)?;
+        let rz_new_t = col_dots_t(&r, &z)?;
+        let rr_t = col_dots_t(&r, &r)?;
+        let moving = good.mul(&rz_t.ne(0.0)?)?;
+        let beta_t = moving.where_cond(&(&rz_new_t / &rz_t)?, &zeros)?;
+        let p_next = (&z + p.broadcast_mul(&beta_t)?)?;
+        let read = Tensor::cat(&[&pap_t, &rz_new_t, &rr_t, &step_t, &beta_t], 0)?;
+        let read = read.to_vec2::<f64>()?;
+        let (pap, rz_new, rr, step, beta) = (&read[0], &read[1], &read[2], &read[3], &read[4]);
         for c in 0..e {
             if !active[c] {
                 continue;
             }
-            // A non-positive curvature means the operator is not positive definite (or the
-            // column has reached round-off): stop that column, reported as not converged.
             if !(pap[c] > 0.0 && pap[c].is_finite() && rz[c].is_finite()) {
                 broken[c] = true;
                 stops[c] = Stop::Breakdown;
                 continue;
             }
-            step[c] = rz[c] / pap[c];
             iterations[c] += 1;
             if lanczos[c].open {
                 lanczos[c].steps.push(step[c]);
             }
-        }
-        let step_t = row(&step, b)?;
-        x = (x + p.broadcast_mul(&step_t)?)?;
-        r = (r - ap.broadcast_mul(&step_t)?)?;
-        res = rel(&r)?;
-        for c in 0..e {
-            exact[c] &= !active[c];
+            res[c] = if bnorm[c] > 0.0 {
+                rr[c].sqrt() / bnorm[c]
+            } else {
+                0.0
+            };
+            exact[c] = false;
         }
         let newly: Vec<usize> = (0..e)
             .filter(|&c| active[c] && !broken[c] && res[c] <= target[c])
             .collect();
         let mut restart = vec![false; e];
+        let mut replaced = false;
         if !newly.is_empty() && s.check_residual {
             // Residual replacement: the recurrence may have drifted from b - A x. The check
             // is on the solution as it will be returned (rounded to its dtype), with an `f64`
@@ -239,6 +275,7 @@ pub(crate) fn cg(
             let true_r = (b - apply_active(&exact_op, &x, &mask, &mut products)?)?;
             let true_res = rel(&true_r)?;
             r = merge_columns(&r, &true_r, &mask)?;
+            replaced = true;
             for &c in &newly {
                 res[c] = true_res[c];
                 exact[c] = true;
@@ -288,17 +325,6 @@ pub(crate) fn cg(
                 }
             }
         }
-        z = precondition(&r)?;
-        let rz_new = col_dots(&r, &z)?;
-        let beta: Vec<f64> = (0..e)
-            .map(|c| {
-                if active[c] && !broken[c] && !restart[c] && rz[c] != 0.0 {
-                    rz_new[c] / rz[c]
-                } else {
-                    0.0
-                }
-            })
-            .collect();
         for c in 0..e {
             let l = &mut lanczos[c];
             if restart[c] || broken[c] {
@@ -308,8 +334,18 @@ pub(crate) fn cg(
                 l.ratios.push(beta[c]);
             }
         }
-        p = (&z + p.broadcast_mul(&row(&beta, b)?)?)?;
-        rz = rz_new;
+        if replaced {
+            // The residuals of the checked columns were replaced: precondition again, and
+            // restart the columns that go on from their true residual (`p = z`).
+            z = precondition(&r)?;
+            rz_t = col_dots_t(&r, &z)?;
+            rz = rz_t.flatten_all()?.to_vec1::<f64>()?;
+            p = merge_columns(&p_next, &z, &restart)?;
+        } else {
+            rz_t = rz_new_t;
+            rz = rz_new.clone();
+            p = p_next;
+        }
     }
     if s.check_residual && it > 0 {
         // Columns stopped by the cap or a breakdown: report their true residual too.

@@ -19,6 +19,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use super::cg::{CgOutcome, Preconditioner as _};
+use super::random::Normals;
 use super::{lanczos, Ridge, SolveInfo, SolveOptions, OP};
 use crate::error::Error;
 use crate::operator::matmul_lazy;
@@ -62,47 +63,6 @@ pub struct LogdetInfo {
     pub std_error: f64,
     /// CG iterations of each probe.
     pub probe_iterations: Vec<usize>,
-}
-
-/// SplitMix64 and Box-Muller: standard normal numbers from a seed.
-struct Normals {
-    state: u64,
-    spare: Option<f64>,
-}
-
-impl Normals {
-    fn new(seed: u64) -> Normals {
-        Normals {
-            state: seed ^ 0x6a09_e667_f3bc_c909,
-            spare: None,
-        }
-    }
-
-    fn uniform(&mut self) -> f64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        // In (0, 1]: never 0, so the logarithm below is finite.
-        ((z >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    fn next(&mut self) -> f64 {
-        if let Some(v) = self.spare.take() {
-            return v;
-        }
-        let (u, v) = (self.uniform(), self.uniform());
-        let r = (-2.0 * u.ln()).sqrt();
-        let t = 2.0 * std::f64::consts::PI * v;
-        self.spare = Some(r * t.sin());
-        r * t.cos()
-    }
-
-    fn tensor(&mut self, rows: usize, cols: usize, like: &Tensor) -> candle_core::Result<Tensor> {
-        let v: Vec<f64> = (0..rows * cols).map(|_| self.next()).collect();
-        Tensor::from_vec(v, (rows, cols), like.device())
-    }
 }
 
 /// The outcome of the columns `range` of a batched run.

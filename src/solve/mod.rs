@@ -9,6 +9,7 @@ mod implicit;
 mod lanczos;
 mod logdet;
 mod pivoted_cholesky;
+mod random;
 
 pub use cg::Stop;
 pub use logdet::{LogdetInfo, LogdetOptions};
@@ -368,13 +369,10 @@ impl KernelOperator {
             None => None,
             Some(rank) => {
                 let diag = self.diag()?.detach().to_dtype(DType::F64)?;
-                let mut row = |i: usize| -> candle_core::Result<Tensor> {
-                    self.rows(&[i])?
-                        .detach()
-                        .to_dtype(DType::F64)?
-                        .flatten_all()
+                let mut rows = |idx: &[usize]| -> candle_core::Result<Tensor> {
+                    self.rows(idx)?.detach().to_dtype(DType::F64)
                 };
-                Some(PivotedCholesky::new(diag, &mut row, alpha_value, rank)?)
+                Some(PivotedCholesky::new(diag, &mut rows, alpha_value, rank)?)
             }
         };
         let setup_seconds = start.elapsed().as_secs_f64();
