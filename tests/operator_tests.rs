@@ -15,7 +15,7 @@ use std::f64::consts::PI;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use common::{assert_close, flat, Rng};
-use lazy_kernels::{Kernel, KernelOperator, LazyTensor, Nu};
+use lazy_kernels::{linalg, Kernel, KernelOperator, LazyTensor, Nu};
 
 // ---------------------------------------------------------------------------------------------
 // Independent references
@@ -137,7 +137,7 @@ fn ref_periodic(x: &Tensor, y: &Tensor, l: &Tensor, p: &Tensor) -> Result<Tensor
 }
 
 fn ref_linear(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    x.matmul(&y.t()?)
+    linalg::matmul(x, &y.t()?)
 }
 
 /// The dense `(M, N)` kernel matrix with Candle ops (x, y are `(M, D)`, `(N, D)`).
@@ -223,9 +223,9 @@ fn assert_t(got: &Tensor, want: &Tensor, rtol: f64, what: &str) {
 /// `K b` with a `(N,)` or `(N, E)` `b`, densely.
 fn dense_mm(k: &Tensor, b: &Tensor) -> Result<Tensor> {
     if b.rank() == 1 {
-        k.matmul(&b.unsqueeze(1)?)?.squeeze(1)
+        linalg::matmul(k, &b.unsqueeze(1)?)?.squeeze(1)
     } else {
-        k.matmul(b)
+        linalg::matmul(k, b)
     }
 }
 
@@ -484,7 +484,7 @@ fn nonsymmetric() -> Kernel {
 }
 
 fn ref_nonsymmetric(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    (x.matmul(&y.t()?)? * 2.0)?.broadcast_add(&x.sum_keepdim(1)?)
+    (linalg::matmul(x, &y.t()?)? * 2.0)?.broadcast_add(&x.sum_keepdim(1)?)
 }
 
 #[test]
@@ -732,11 +732,16 @@ fn large_operator_matmul_and_transpose() -> Result<()> {
     let op = KernelOperator::new(Kernel::matern32(&l), &x, &y)?;
     let want = ref_matern(3, &x, &y, &l)?;
     let b = rng.tensor(&[n, 2], -1.0, 1.0);
-    assert_t(&op.matmul(&b)?, &want.matmul(&b)?, 1e-12, "large K b");
+    assert_t(
+        &op.matmul(&b)?,
+        &linalg::matmul(&want, &b)?,
+        1e-12,
+        "large K b",
+    );
     let c = rng.tensor(&[m, 2], -1.0, 1.0);
     assert_t(
         &op.t().matmul(&c)?,
-        &want.t()?.matmul(&c)?,
+        &linalg::matmul(&want.t()?, &c)?,
         1e-12,
         "large K^T c",
     );
@@ -872,8 +877,7 @@ fn grad_family(f: Fam, h: &Hyp, seed: u64) -> Result<()> {
         op.matmul(&t[2])?.sqr()?.sum_all()
     };
     let dense = |t: &[Tensor]| -> Result<Tensor> {
-        reference(f, &hyp_of(t), &t[0], &t[1])?
-            .matmul(&t[2])?
+        linalg::matmul(&reference(f, &hyp_of(t), &t[0], &t[1])?, &t[2])?
             .sqr()?
             .sum_all()
     };
@@ -938,7 +942,7 @@ fn grad_combination_with_scale() -> Result<()> {
         let g = ref_gaussian(&t[0], &t[1], &t[4])?.broadcast_mul(&t[3].reshape((1, 1))?)?;
         let k = ((g + ref_matern(3, &t[0], &t[1], &t[5])?)?
             * ref_periodic(&t[0], &t[1], &t[6], &t[7])?)?;
-        k.matmul(&t[2])?.sqr()?.sum_all()
+        linalg::matmul(&k, &t[2])?.sqr()?.sum_all()
     };
     check_grads("combination", &names, &inputs, &lazy, &dense)
 }
@@ -987,8 +991,7 @@ fn grad_same_points(f: Fam, h: &Hyp, seed: u64) -> Result<()> {
         op.matmul(&t[1])?.sqr()?.sum_all()
     };
     let dense = |t: &[Tensor]| -> Result<Tensor> {
-        reference(f, &hyp_of(t), &t[0], &t[0])?
-            .matmul(&t[1])?
+        linalg::matmul(&reference(f, &hyp_of(t), &t[0], &t[0])?, &t[1])?
             .sqr()?
             .sum_all()
     };

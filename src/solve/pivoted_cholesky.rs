@@ -305,7 +305,7 @@ fn accept(
         }
         let hi = h[i][i];
         // `uniform()` is in (0, 1]: 1 - u is in [0, 1), so `hi = d` is always accepted.
-        if !(hi > tiny) || (1.0 - rng.uniform()) * d[cand[i]] >= hi {
+        if hi.is_nan() || hi <= tiny || (1.0 - rng.uniform()) * d[cand[i]] >= hi {
             continue;
         }
         let c = hi.sqrt();
