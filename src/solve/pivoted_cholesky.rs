@@ -75,8 +75,14 @@ pub(crate) struct PivotedCholesky {
 /// Rows of the factor's first buffer; it doubles when full (up to the largest rank).
 const FIRST_ROWS: usize = 64;
 
-/// Candidates per round, at most.
-const ROUND: usize = 64;
+/// Candidates per round: the first round draws `FIRST_ROUND`, each later one twice as many
+/// as the round before accepted, between `MIN_ROUND` and `MAX_ROUND`. Where most candidates
+/// are accepted (a rough kernel, many pivots) rounds grow to `MAX_ROUND`; where few are (a
+/// smooth kernel whose remainder is concentrated) they stay small, so that few kernel rows
+/// are computed for nothing.
+const FIRST_ROUND: usize = 16;
+const MIN_ROUND: usize = 8;
+const MAX_ROUND: usize = 64;
 
 /// The memory a round's block of remainder rows `G` (`B x N` `f64`) may take: 256 MiB.
 const ROUND_MEMORY: usize = 1 << 28;
@@ -133,6 +139,7 @@ impl PivotedCholesky {
         let mut buf = Tensor::zeros((FIRST_ROWS.min(max_rank).max(1), n), DType::F64, &device)?;
         let mut r = 0;
         let mut idle = 0;
+        let mut round = FIRST_ROUND;
         let trace = |d: &[f64]| d.iter().sum::<f64>();
         while r < max_rank {
             let tr = trace(&d_host);
@@ -145,7 +152,7 @@ impl PivotedCholesky {
             }
             // Candidates: drawn with probability d_i / trace (pivots have d_i = 0).
             let wanted = max_rank - r;
-            let b = ROUND.min(2 * wanted + 8).min((ROUND_MEMORY / 8 / n).max(1));
+            let b = round.min(2 * wanted + 8).min((ROUND_MEMORY / 8 / n).max(1));
             let cumulative: Vec<f64> = d_host
                 .iter()
                 .scan(0.0, |s, &v| {
@@ -176,6 +183,7 @@ impl PivotedCholesky {
             };
             let h = g.index_select(&cand_t, 1)?.to_vec2::<f64>()?;
             let (accepted, c_inv) = accept(h, &cand, &d_host, tiny, wanted, &mut rng);
+            round = (2 * accepted.len()).clamp(MIN_ROUND, MAX_ROUND);
             if accepted.is_empty() {
                 idle += 1;
                 continue;
