@@ -1213,3 +1213,30 @@ fn f16_stagnating_solve_stops_as_stalled_before_the_cap() {
     let grads = loss.backward().expect("a stalled f16 solve has a gradient");
     assert_eq!(grads.get(&bv).expect("b is a Var").dims(), &[n, 1]);
 }
+
+/// A kernel close to `I` (lengthscale far below the spacing of the points): pivots cannot cut
+/// the remainder's trace to `alpha`, and plain CG needs a few iterations. The automatic rank
+/// stops after its first round instead of building 400 rows for nothing.
+#[test]
+fn preconditioner_auto_rank_stops_on_a_nearly_diagonal_kernel() {
+    let n = 2000;
+    let mut rng = Rng(55);
+    let x = rand_points(&mut rng, n, 2);
+    let b = rng.tensor(&[n], -1.0, 1.0);
+    let l = Tensor::new(&[1e-3f64], &Device::Cpu).unwrap();
+    let op = KernelOperator::new(Kernel::gaussian(&l), &x, &x).unwrap();
+    let (_, pc) = op
+        .solve(&b, 1.0, &opts(1e-8, Preconditioner::default()))
+        .unwrap();
+    let (_, plain) = op
+        .solve(&b, 1.0, &opts(1e-8, Preconditioner::None))
+        .unwrap();
+    assert!(pc.all_converged() && plain.all_converged());
+    assert!(
+        pc.preconditioner_rank > 0 && pc.preconditioner_rank <= 16,
+        "rank {}",
+        pc.preconditioner_rank
+    );
+    assert!(pc.preconditioner_remainder > 1.0, "{pc:?}");
+    assert!(pc.iterations <= plain.iterations, "{pc:?} vs {plain:?}");
+}

@@ -92,6 +92,10 @@ const ROUND_MEMORY: usize = 1 << 28;
 /// a remainder that is all rounding).
 const IDLE_ROUNDS: usize = 8;
 
+/// The automatic rank stops after a round whose rows removed less than this multiple of
+/// their pivots' own remainders from the trace.
+const FLAT_GAIN: f64 = 2.0;
+
 /// The seed of the pivots: one factor per kernel matrix, the same on every device.
 const PIVOT_SEED: u64 = 0x7069_766f_7473;
 
@@ -140,10 +144,11 @@ impl PivotedCholesky {
         let mut r = 0;
         let mut idle = 0;
         let mut round = FIRST_ROUND;
+        let mut flat = false;
         let trace = |d: &[f64]| d.iter().sum::<f64>();
         while r < max_rank {
             let tr = trace(&d_host);
-            if (auto && tr <= alpha) || idle >= IDLE_ROUNDS {
+            if (auto && tr <= alpha) || flat || idle >= IDLE_ROUNDS {
                 break;
             }
             let dmax = d_host.iter().cloned().fold(0.0, f64::max);
@@ -182,7 +187,7 @@ impl PivotedCholesky {
                 k_rows
             };
             let h = g.index_select(&cand_t, 1)?.to_vec2::<f64>()?;
-            let (accepted, c_inv) = accept(h, &cand, &d_host, tiny, wanted, &mut rng);
+            let (accepted, c_inv, pivot_values) = accept(h, &cand, &d_host, tiny, wanted, &mut rng);
             round = (2 * accepted.len()).clamp(MIN_ROUND, MAX_ROUND);
             if accepted.is_empty() {
                 idle += 1;
@@ -192,8 +197,13 @@ impl PivotedCholesky {
             let a = accepted.len();
             let acc_t = index_tensor(&accepted, &device)?;
             let c_inv = Tensor::from_vec(c_inv, (a, a), &device)?;
-            let new_rows = matmul(&c_inv, &g.index_select(&acc_t, 0)?)?; // (a, N)
-                                                                         // With the automatic rank, stop inside the round where the trace reaches alpha.
+            // The new rows of the factor, (a, N).
+            let new_rows = matmul(&c_inv, &g.index_select(&acc_t, 0)?)?;
+            // With the automatic rank, stop inside the round where the trace reaches alpha,
+            // or after a round whose rows removed little more than their pivots' own
+            // remainders: the remainder is then close to diagonal, and more rank would cost
+            // rounds without cutting iterations (a kernel close to `c I`, which plain CG
+            // solves in a few iterations anyway).
             let keep = if auto {
                 let norms = new_rows.sqr()?.sum(1)?.to_vec1::<f64>()?;
                 let mut left = tr;
@@ -205,6 +215,9 @@ impl PivotedCholesky {
                         break;
                     }
                 }
+                let removed: f64 = norms[..keep].iter().sum();
+                let own: f64 = pivot_values[..keep].iter().sum();
+                flat = removed < FLAT_GAIN * own;
                 keep
             } else {
                 a
@@ -294,7 +307,8 @@ fn index_tensor(idx: &[usize], device: &candle_core::Device) -> candle_core::Res
 /// the candidates `cand`, drawn from the remainder diagonal `d`. Candidate `i` is accepted
 /// with probability `h_i / d[cand_i]`, `h_i` its remainder after eliminating the candidates
 /// accepted before it, until `wanted` are. Returns the accepted positions (in `0..B`) and
-/// `C^-1` (row-major, `a x a`) for the Cholesky factor `C` of `h` at the accepted positions.
+/// `C^-1` (row-major, `a x a`) for the Cholesky factor `C` of `h` at the accepted positions,
+/// and the accepted candidates' remainders `h_i` when they were accepted.
 fn accept(
     mut h: Vec<Vec<f64>>,
     cand: &[usize],
@@ -302,7 +316,7 @@ fn accept(
     tiny: f64,
     wanted: usize,
     rng: &mut Normals,
-) -> (Vec<usize>, Vec<f64>) {
+) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
     let b = cand.len();
     let mut accepted = Vec::new();
     // The columns of C: for each accepted candidate, its eliminated column over 0..B.
@@ -350,7 +364,8 @@ fn accept(
             *v /= pivot;
         }
     }
-    (accepted, inv)
+    let values = (0..a).map(|t| c(t, t) * c(t, t)).collect();
+    (accepted, inv, values)
 }
 
 /// `sum_k a_k b_k`, in eight independent lanes so that it vectorises (the `(r, r)` system
