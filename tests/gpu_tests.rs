@@ -6,6 +6,7 @@
 //! ```text
 //! cargo test --release --features cuda --test gpu_tests             # every check
 //! cargo test --release --features cuda --test gpu_tests -- KMin     # names containing "KMin"
+//! LK_GPU_TESTS_DEVICE=cpu cargo test --release --test gpu_tests     # dry run, CPU against CPU
 //! ```
 //!
 //! Each check prints `ok` or `FAILED`, its name and the measured error; the program exits 1
@@ -13,14 +14,29 @@
 //! `max(1, |value|)` otherwise) with a tolerance per dtype; indices must be equal, except that
 //! where they differ the two terms' exact values (recomputed on the CPU in f64) must be a
 //! near tie. The data are random, so ties are rare.
+//!
+//! The checks of the rest of the public surface (preconditioned and plain solves and their
+//! gradients, `solve_logdet`, `gp::ExactGp`, every `Kernel` family, `rows`, `diag`,
+//! `to_dense`, `t`) live in `tests/gpu/surface.rs`; its header says how they compare.
+//!
+//! Dry run: `LK_GPU_TESTS_DEVICE=cpu` makes the CPU the device under test, so that every
+//! check's logic (its runs, comparisons, residuals and device checks) runs on a machine
+//! without a GPU, in the default build. The two sides then compute the same thing on the same
+//! backend, so the errors printed are 0 except where a check compares against another dtype
+//! or an independent computation; the checks that need two devices (bad input mixing CPU and
+//! CUDA tensors) are reported as `skip`. `LK_GPU_TESTS_DEVICE=cuda` (or unset) is the real
+//! run.
 
 mod common;
+#[path = "gpu/surface.rs"]
+mod surface;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -125,6 +141,30 @@ fn one_line(e: impl std::fmt::Display) -> String {
         .to_string()
 }
 
+/// Whether the device under test is a CUDA device (false in a dry run, where it is the CPU).
+static DEVICE_IS_CUDA: AtomicBool = AtomicBool::new(true);
+
+/// The error of a check that does not apply to this run (it needs two distinct devices).
+#[derive(Debug)]
+struct Skipped(&'static str);
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Error for Skipped {}
+
+/// Skips a check that mixes the CPU and the device when the device is the CPU.
+fn needs_two_devices() -> Res<()> {
+    if DEVICE_IS_CUDA.load(Ordering::Relaxed) {
+        Ok(())
+    } else {
+        Err(Skipped("needs a CUDA device besides the CPU (dry run)").into())
+    }
+}
+
 fn main() -> ExitCode {
     // Names to select (like libtest's filters); flags that `cargo test` passes are ignored.
     let mut filters = Vec::new();
@@ -142,24 +182,46 @@ fn main() -> ExitCode {
         .into_iter()
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
         .collect();
-    let dev = match Device::new_cuda(0) {
-        Ok(dev) => dev,
-        Err(e) => {
-            println!(
-                "gpu_tests: SKIPPED all {} GPU tests: no CUDA device ({})",
-                checks.len(),
-                one_line(e)
-            );
-            return ExitCode::SUCCESS;
+    let dry_run = match std::env::var("LK_GPU_TESTS_DEVICE").as_deref() {
+        Ok("cpu") => true,
+        Ok("cuda") | Ok("") | Err(_) => false,
+        Ok(other) => {
+            println!("gpu_tests: LK_GPU_TESTS_DEVICE={other:?}: expected \"cpu\" or \"cuda\"");
+            return ExitCode::FAILURE;
         }
     };
-    println!("gpu_tests: {} checks on {:?}", checks.len(), dev.location());
+    let dev = if dry_run {
+        Device::Cpu
+    } else {
+        match Device::new_cuda(0) {
+            Ok(dev) => dev,
+            Err(e) => {
+                println!(
+                    "gpu_tests: SKIPPED all {} GPU tests: no CUDA device ({})",
+                    checks.len(),
+                    one_line(e)
+                );
+                return ExitCode::SUCCESS;
+            }
+        }
+    };
+    DEVICE_IS_CUDA.store(dev.is_cuda(), Ordering::Relaxed);
+    if dry_run {
+        println!(
+            "gpu_tests: {} checks, DRY RUN (LK_GPU_TESTS_DEVICE=cpu): the CPU stands for the \
+             device, CPU against CPU",
+            checks.len()
+        );
+    } else {
+        println!("gpu_tests: {} checks on {:?}", checks.len(), dev.location());
+    }
     let ctx = Ctx {
         dev,
         problems: RefCell::new(HashMap::new()),
     };
     let start = Instant::now();
     let mut failed = Vec::new();
+    let mut skipped = 0;
     for c in &checks {
         let t0 = Instant::now();
         let res = catch_unwind(AssertUnwindSafe(|| (c.run)(&ctx))).unwrap_or_else(|p| {
@@ -172,6 +234,10 @@ fn main() -> ExitCode {
         let secs = t0.elapsed().as_secs_f64();
         match res {
             Ok(what) => println!("ok     {:<46} {what} [{secs:.2}s]", c.name),
+            Err(e) if e.downcast_ref::<Skipped>().is_some() => {
+                println!("skip   {:<46} {e}", c.name);
+                skipped += 1;
+            }
             Err(e) => {
                 println!("FAILED {:<46} {} [{secs:.2}s]", c.name, one_line(e));
                 failed.push(c.name.as_str());
@@ -179,8 +245,8 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "gpu_tests: {} passed, {} failed, {:.1} s",
-        checks.len() - failed.len(),
+        "gpu_tests: {} passed, {} failed, {skipped} skipped, {:.1} s",
+        checks.len() - failed.len() - skipped,
         failed.len(),
         start.elapsed().as_secs_f64()
     );
@@ -258,6 +324,7 @@ fn all_checks() -> Vec<Check> {
             move |ctx| operator(ctx, dtype),
         ));
     }
+    surface::checks(&mut v);
     bad_input(&mut v);
     v
 }
@@ -383,24 +450,27 @@ impl Problem {
 // Comparisons
 // ---------------------------------------------------------------------------------------------
 
-fn on_cuda(t: &Tensor, what: &str) -> Res<()> {
-    if t.device().is_cuda() {
+/// `t` is on the device under test: the CUDA device, or the CPU in a dry run.
+fn on_device(t: &Tensor, what: &str) -> Res<()> {
+    let cuda = DEVICE_IS_CUDA.load(Ordering::Relaxed);
+    if t.device().is_cuda() == cuda {
         Ok(())
     } else {
         Err(format!(
-            "{what} is on {:?}, not on the CUDA device",
-            t.device().location()
+            "{what} is on {:?}, not on the device under test ({})",
+            t.device().location(),
+            if cuda { "CUDA" } else { "the CPU, dry run" }
         )
         .into())
     }
 }
 
-/// Same shape and dtype, and the result on the CUDA device.
+/// Same shape and dtype, and the result on the device under test.
 fn same_kind(got: &Tensor, want: &Tensor, what: &str) -> Res<()> {
-    on_cuda(got, what)?;
+    on_device(got, what)?;
     if got.dims() != want.dims() || got.dtype() != want.dtype() {
         return Err(format!(
-            "{what}: {:?} {:?} on CUDA but {:?} {:?} on the CPU",
+            "{what}: {:?} {:?} on the device but {:?} {:?} on the CPU",
             got.dims(),
             got.dtype(),
             want.dims(),
@@ -633,8 +703,8 @@ fn operator(ctx: &Ctx, dtype: DType) -> Res<String> {
     };
     let ((kb_g, a_g, dl_g), (kb_c, a_c, dl_c)) = (run(&ctx.dev)?, run(&Device::Cpu)?);
     let kb_err = rel_err(&kb_g, &kb_c, tol(dtype), "K b")?;
-    on_cuda(&a_g, "the solution")?;
-    on_cuda(&dl_g, "d/dl")?;
+    on_device(&a_g, "the solution")?;
+    on_device(&dl_g, "d/dl")?;
     // True residuals of both solutions, with an f64 operator on the CPU.
     let k64 = KernelOperator::new(Kernel::gaussian(&l), &x, &x)?;
     let residual = |a: &Tensor| -> Res<f64> {
@@ -676,6 +746,7 @@ fn bad_input(v: &mut Vec<Check>) {
     v.push(check(
         "bad input/reduction: x on CPU, y on CUDA",
         move |ctx| {
+            needs_two_devices()?;
             let p = ctx.problem(50, 300, 3)?;
             let (x, y) = (
                 LazyTensor::vi(&p.x)?,
@@ -698,6 +769,7 @@ fn bad_input(v: &mut Vec<Check>) {
     v.push(check(
         "bad input/operator: lengthscale on CPU",
         move |ctx| {
+            needs_two_devices()?;
             let x = ctx.problem(50, 300, 3)?.x.to_device(&ctx.dev)?;
             let l = Tensor::new(&[0.5f64], &Device::Cpu)?;
             expect_err(KernelOperator::new(Kernel::gaussian(&l), &x, &x))
@@ -706,6 +778,7 @@ fn bad_input(v: &mut Vec<Check>) {
     v.push(check(
         "bad input/operator: CUDA K times CPU b",
         move |ctx| {
+            needs_two_devices()?;
             let p = ctx.problem(50, 300, 3)?;
             let l = Tensor::new(&[0.5f64], &ctx.dev)?;
             let x = p.x.to_device(&ctx.dev)?;
