@@ -5,8 +5,11 @@
 //! cargo run --release --example bench_gp                          # N = 10^4 and 10^5
 //! cargo run --release --example bench_gp -- --sizes 1e4 --runs 5
 //! cargo run --release --example bench_gp -- --no-dense --f32
-//! cargo run --release --features cuda --example bench_gp          # also on CUDA device 0
+//! cargo run --release --features cuda --example bench_gp -- --device cuda   # ours on CUDA
 //! ```
+//!
+//! `--device cpu|cuda|cuda:N` (default `cpu`): where ours runs (its child process gets the
+//! same `--device`); the dense reference always runs on the CPU.
 //!
 //! The problem: `N` points uniform in the unit cube (seed 0),
 //! `y = sin(2 pi x0) cos(pi x1) + 0.5 sin(3 x2) + 0.1 eps`, `eps ~ N(0, 1)`; a Gaussian kernel
@@ -37,6 +40,8 @@
 //!   a fraction of the cost). The dense method runs where its matrix fits in half the
 //!   available memory, else the table says what it would need.
 
+#[path = "device/mod.rs"]
+mod device;
 #[path = "report/mod.rs"]
 mod report;
 use std::error::Error;
@@ -45,7 +50,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use lazy_kernels::gp::{ExactGp, GpSettings, NllReport, Positive};
-use lazy_kernels::{Kernel, SolveOptions};
+use lazy_kernels::{linalg, Kernel, SolveOptions};
 use rayon::prelude::*;
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -160,9 +165,10 @@ fn build_gp(p: &Problem, dev: &Device, dtype: DType) -> Res<ExactGp> {
 
 /// One training step's work: the NLL, `backward()`, the gradients read back.
 fn ours_step(gp: &ExactGp) -> Res<Step> {
+    let dev = gp.data().0.device().clone();
     let t = Instant::now();
     let (loss, report): (Tensor, NllReport) = gp.nll()?;
-    let forward = t.elapsed().as_secs_f64();
+    let forward = device::elapsed(&dev, t)?;
     let grads = loss.backward()?;
     let mut g = Vec::with_capacity(GRAD_NAMES.len());
     // The hyperparameters' and the noise's raw `Var`s, then the mean (named one by one:
@@ -184,7 +190,7 @@ fn ours_step(gp: &ExactGp) -> Res<Step> {
         grads: g,
         iters: report.iterations,
         converged: report.converged,
-        split: (forward, t.elapsed().as_secs_f64() - forward),
+        split: (forward, device::elapsed(&dev, t)? - forward),
     })
 }
 
@@ -323,13 +329,14 @@ fn cholesky(a: &mut [f64], n: usize) -> Res<()> {
             break;
         }
         let inv_t = Tensor::from_vec(inverse_lower_small(&diag, b), (b, b), &Device::Cpu)?.t()?;
-        let panel = get_block(a, n, (k1, n), (k0, k1))?.matmul(&inv_t)?;
+        let panel = linalg::matmul(&get_block(a, n, (k1, n), (k0, k1))?, &inv_t)?;
         set_block(a, n, k1, k0, &panel)?;
         for r0 in (0..m).step_by(CHUNK) {
             let r1 = (r0 + CHUNK).min(m);
-            let upd = panel
-                .narrow(0, r0, r1 - r0)?
-                .matmul(&panel.narrow(0, 0, r1)?.t()?)?;
+            let upd = linalg::matmul(
+                &panel.narrow(0, r0, r1 - r0)?,
+                &panel.narrow(0, 0, r1)?.t()?,
+            )?;
             with_data(&upd, |v| {
                 a[(k1 + r0) * n..(k1 + r1) * n]
                     .par_chunks_mut(n)
@@ -368,9 +375,9 @@ fn inverse_lower(a: &mut [f64], n: usize) -> Res<()> {
         for r0 in (0..m).step_by(CHUNK) {
             let r1 = (r0 + CHUNK).min(m);
             let x22 = get_block(a, n, (j1 + r0, j1 + r1), (j1, j1 + r1))?;
-            parts.push(x22.matmul(&l21.narrow(0, 0, r1)?)?);
+            parts.push(linalg::matmul(&x22, &l21.narrow(0, 0, r1)?)?);
         }
-        let x21 = Tensor::cat(&parts, 0)?.matmul(&x11)?.neg()?;
+        let x21 = linalg::matmul(&Tensor::cat(&parts, 0)?, &x11)?.neg()?;
         set_block(a, n, j1, j0, &x21)?;
     }
     Ok(())
@@ -488,7 +495,7 @@ fn dense_step(p: &Problem) -> Res<(Step, Phases)> {
             } else {
                 get_block(&a, n, (i0, n), (j0, j1))?
             };
-            let tile = ci.t()?.matmul(&cj)?;
+            let tile = linalg::matmul(&ci.t()?, &cj)?;
             let part = with_data(&tile, |t| tile_sums(t, i0, j0, j1 - j0, &p.x, &alpha))?;
             let weight = if j0 == i0 { 1.0 } else { 2.0 };
             for (s, v) in sums.iter_mut().zip(part) {
@@ -561,21 +568,19 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// Child mode: one method at one size; prints a `RESULT` line.
-fn child(method: &str, n: usize, runs: usize, device: &str, dtype: DType) -> Res<()> {
-    let dev = match device {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0)?,
-        other => return Err(format!("unknown device {other}").into()),
-    };
+fn child(method: &str, n: usize, runs: usize, dev: &Device, dtype: DType) -> Res<()> {
+    if method == "dense" && !dev.is_cpu() {
+        return Err("the dense reference runs on the CPU only".into());
+    }
     let problem = Problem::new(n);
     let base_kib = read_status_kib("VmHWM:").unwrap_or(0);
     let large = n >= LARGE;
     let mut times = Vec::with_capacity(runs);
     let (step, extra) = match method {
         "ours" => {
-            let gp = build_gp(&problem, &dev, dtype)?;
+            let gp = build_gp(&problem, dev, dtype)?;
             if large {
-                ours_step(&build_gp(&Problem::new(WARMUP_N), &dev, dtype)?)?;
+                ours_step(&build_gp(&Problem::new(WARMUP_N), dev, dtype)?)?;
             } else {
                 ours_step(&gp)?;
             }
@@ -651,14 +656,21 @@ fn parse_list(v: &str) -> Vec<f64> {
     v.split(',').filter_map(|x| x.parse().ok()).collect()
 }
 
-fn run_child(method: &str, n: usize, runs: usize, device: &str, f32: bool) -> Res<ChildResult> {
+fn run_child(
+    method: &str,
+    n: usize,
+    runs: usize,
+    device: device::Choice,
+    f32: bool,
+) -> Res<ChildResult> {
     let exe = std::env::current_exe()?;
     let mut args = vec![
         "--child".to_string(),
         method.to_string(),
         n.to_string(),
         runs.to_string(),
-        device.to_string(),
+        "--device".to_string(),
+        device.spec(),
     ];
     if f32 {
         args.push("--f32".into());
@@ -743,12 +755,15 @@ fn grad_rel(g: &[f64], h: &[f64]) -> f64 {
 }
 
 fn main() -> Res<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let all_args: Vec<String> = std::env::args().skip(1).collect();
+    let (choice, args) = device::choice_from_args();
     let f32 = args.iter().any(|a| a == "--f32");
+    // Fails here, in one line, when the device cannot be used (the children open it again).
+    let dev = device::open_or_exit(choice);
     if args.first().map(String::as_str) == Some("--child") {
-        let get = |i: usize| args.get(i).ok_or("--child needs METHOD N RUNS DEVICE");
+        let get = |i: usize| args.get(i).ok_or("--child needs METHOD N RUNS");
         let dtype = if f32 { DType::F32 } else { DType::F64 };
-        return child(get(1)?, get(2)?.parse()?, get(3)?.parse()?, get(4)?, dtype);
+        return child(get(1)?, get(2)?.parse()?, get(3)?.parse()?, &dev, dtype);
     }
     let start = Instant::now();
     let mut sizes = vec![10_000, 100_000];
@@ -772,7 +787,8 @@ fn main() -> Res<()> {
             "--f32" => {}
             other => {
                 return Err(format!(
-                    "unknown argument {other} (options: --sizes 1e4,1e5 --runs R --no-dense --f32)"
+                    "unknown argument {other} (options: --sizes 1e4,1e5 --runs R --no-dense --f32 \
+                     --device cpu|cuda|cuda:N)"
                 )
                 .into())
             }
@@ -798,8 +814,8 @@ fn main() -> Res<()> {
         } else {
             ""
         },
-        if args.is_empty() { "" } else { " -- " },
-        args.join(" ")
+        if all_args.is_empty() { "" } else { " -- " },
+        all_args.join(" ")
     );
     println!();
     println!(
@@ -819,22 +835,10 @@ fn main() -> Res<()> {
     );
     println!();
 
-    let cuda = if cfg!(feature = "cuda") {
-        match Device::new_cuda(0) {
-            Ok(_) => true,
-            Err(e) => {
-                let e = e.to_string();
-                println!(
-                    "Note: CUDA skipped: no CUDA device 0 ({}).",
-                    e.lines().next().unwrap_or("")
-                );
-                false
-            }
-        }
-    } else {
-        println!("Note: CUDA skipped: built without `--features cuda`.");
-        false
-    };
+    println!(
+        "Device: ours on {} (`--device {choice}`), the dense reference on the CPU.",
+        device::describe(&dev)
+    );
     println!();
 
     let mut rows = Vec::new();
@@ -854,17 +858,11 @@ fn main() -> Res<()> {
             ))
         } else {
             eprintln!("bench_gp: dense N = {n}, runs: {r}...");
-            run_child("dense", n, r, "cpu", false).map_err(|e| format!("failed: {e}"))
+            run_child("dense", n, r, device::Choice::Cpu, false).map_err(|e| format!("failed: {e}"))
         };
-        let mut devices = vec!["cpu"];
-        if cuda {
-            devices.push("cuda");
-        }
-        for device in devices {
-            eprintln!("bench_gp: ours N = {n} on {device}, runs: {r}...");
-            let ours = run_child("ours", n, r, device, f32);
-            rows.push((n, device, r, ours, dense_res.clone(), dense_bytes));
-        }
+        eprintln!("bench_gp: ours N = {n} on {choice}, runs: {r}...");
+        let ours = run_child("ours", n, r, choice, f32);
+        rows.push((n, choice.spec(), r, ours, dense_res.clone(), dense_bytes));
         if let Ok(d) = &dense_res {
             let ph = &d.phases;
             if ph.len() == 5 {
@@ -993,7 +991,7 @@ fn main() -> Res<()> {
             );
             println!("  gradient ours:  {}", fmt_grads(&o.step.grads));
         }
-        if let (Ok(d), "cpu") = (dense_res, *device) {
+        if let Ok(d) = dense_res {
             println!(
                 "- dense N = {}: times {:?} s; data fit {:.6e}, log det {:.6e}; baseline RSS {}",
                 report::fmt_n(*n),

@@ -4,13 +4,18 @@
 //! against the forward pass, measured in one run; and the same for a Laplacian kernel
 //! `exp(-|x_i - y_j| / sigma)`. Prints a markdown table.
 //!
-//! Run with `cargo run --release --example bench_grad [-- N ...]` (default N = 10^4 and 10^5,
-//! M = N). Each time is the best of a few repetitions (the machines are shared and noisy).
+//! Run with `cargo run --release --example bench_grad [-- N ...] [--device D]` (default
+//! N = 10^4 and 10^5, M = N; `--device cpu|cuda|cuda:N`, default `cpu`). Each time is the best
+//! of a few repetitions (the machines are shared and noisy), read after the device has
+//! finished; on a GPU the first call of each formula (its compilation) is not among them.
+
+#[path = "device/mod.rs"]
+mod device;
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use lazy_kernels::{backend::cpu::isa, Axis, LazyTensor};
+use lazy_kernels::{Axis, LazyTensor};
 
 /// Gradients to compute: which of x, y, b, sigma are `Var`s, for which kernel.
 struct Case {
@@ -19,35 +24,38 @@ struct Case {
     laplacian: bool,
 }
 
+/// The best time of `reps` calls of `f` on `dev` (after one untimed call on a GPU).
 fn best_of(
+    dev: &Device,
     reps: usize,
     mut f: impl FnMut() -> candle_core::Result<()>,
 ) -> candle_core::Result<f64> {
+    if !dev.is_cpu() {
+        f()?;
+        device::sync(dev)?;
+    }
     let mut best = f64::INFINITY;
     for _ in 0..reps {
         let t = Instant::now();
         f()?;
-        best = best.min(t.elapsed().as_secs_f64());
+        best = best.min(device::elapsed(dev, t)?);
     }
     Ok(best)
 }
 
 fn main() -> candle_core::Result<()> {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|s| s.parse().ok())
-        .collect();
+    let (dev, args) = device::from_args();
+    let sizes: Vec<usize> = args.iter().filter_map(|s| s.parse().ok()).collect();
     let sizes = if sizes.is_empty() {
         vec![10_000, 100_000]
     } else {
         sizes
     };
-    let dev = Device::Cpu;
     println!(
-        "Gaussian kernel sum, D = 3, f32, M = N, CPU ({}, {} threads); best of 3 runs\n",
-        isa::detect().name(),
-        rayon::current_num_threads()
+        "Gaussian kernel sum, D = 3, f32, M = N, {}; best of 3 runs\n",
+        device::describe(&dev)
     );
+    let cpu = Device::Cpu;
     let cases = [
         Case {
             name: "x, y, b, sigma",
@@ -73,10 +81,10 @@ fn main() -> candle_core::Result<()> {
     println!("| N | kernel | gradients of | forward | backward | backward / forward |");
     println!("|---|---|---|---|---|---|");
     for &n in &sizes {
-        let x = Tensor::rand(0f32, 1., (n, 3), &dev)?;
-        let y = Tensor::rand(0f32, 1., (n, 3), &dev)?;
-        let b = Tensor::rand(0f32, 1., (n, 1), &dev)?;
-        let sigma = Tensor::new(&[0.1f32], &dev)?;
+        let x = Tensor::rand(0f32, 1., (n, 3), &cpu)?.to_device(&dev)?;
+        let y = Tensor::rand(0f32, 1., (n, 3), &cpu)?.to_device(&dev)?;
+        let b = Tensor::rand(0f32, 1., (n, 1), &cpu)?.to_device(&dev)?;
+        let sigma = Tensor::new(&[0.1f32], &cpu)?.to_device(&dev)?;
         for case in &cases {
             let bind = |t: &Tensor, k: usize| -> candle_core::Result<Tensor> {
                 Ok(if case.track[k] {
@@ -98,10 +106,10 @@ fn main() -> candle_core::Result<()> {
                 };
                 (k * b_j).sum(Axis::J)
             };
-            let tf = best_of(3, || forward().map(|_| ()))?;
+            let tf = best_of(&dev, 3, || forward().map(|_| ()))?;
             let out = forward()?;
             let loss = out.sum_all()?;
-            let tb = best_of(3, || {
+            let tb = best_of(&dev, 3, || {
                 let g = loss.backward()?;
                 // Every requested gradient exists.
                 for (k, t) in [&xv, &yv, &bv, &sv].into_iter().enumerate() {

@@ -5,14 +5,20 @@
 //! 400). Prints a Markdown table.
 //!
 //! ```text
-//! cargo run --release --example bench_solve -- [--n 10000,100000] [--budget SECONDS]
+//! cargo run --release --example bench_solve -- [--n 10000,100000] [--budget SECONDS] [--device D]
 //! ```
+//!
+//! `--device cpu|cuda|cuda:N` (default `cpu`): where the data live and the solves run; each
+//! time is read after the device has finished (on a GPU the first product also compiles the
+//! kernel, so it is run once before the one that is timed).
 //!
 //! `--budget` caps the iterations of each cell at about that many seconds of products (one
 //! product is timed first); a capped cell is reported as not converged, with its residual.
 //! `--only WORDS` keeps the cells whose description contains every comma-separated word, out
 //! of `1D`, `2D`, `F64`, `F32`, `seed`, `small` (alpha 1e-2), `none`, `pivoted`.
 
+#[path = "device/mod.rs"]
+mod device;
 #[path = "seed/mod.rs"]
 mod seed;
 
@@ -27,7 +33,8 @@ fn main() -> candle_core::Result<()> {
     let mut sizes = vec![10_000usize];
     let mut budget = 120.0f64;
     let mut only: Vec<String> = Vec::new();
-    let mut args = std::env::args().skip(1);
+    let (dev, args) = device::from_args();
+    let mut args = args.into_iter();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--n" => {
@@ -51,7 +58,10 @@ fn main() -> candle_core::Result<()> {
             other => panic!("unknown argument {other}"),
         }
     }
-    let dev = Device::Cpu;
+    let cpu = Device::Cpu;
+    if !dev.is_cpu() {
+        println!("Device: {}\n", device::describe(&dev));
+    }
     println!(
         "| problem | N | dtype | alpha | preconditioner | rank | setup (s) | iterations (s) \
          | total (s) | iterations | products | residual |"
@@ -68,19 +78,25 @@ fn main() -> candle_core::Result<()> {
                 (x, b, 2, 10.0)
             };
             for dtype in [DType::F64, DType::F32] {
-                let x = Tensor::from_vec(pts.clone(), (n, d), &dev)?.to_dtype(dtype)?;
-                let b = Tensor::from_vec(bs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
-                let sigma = Tensor::new(&[0.1f64], &dev)?.to_dtype(dtype)?;
+                let on_dev = |t: Tensor| t.to_dtype(dtype)?.to_device(&dev);
+                let x = on_dev(Tensor::from_vec(pts.clone(), (n, d), &cpu)?)?;
+                let b = on_dev(Tensor::from_vec(bs.clone(), (n, 1), &cpu)?)?;
+                let sigma = on_dev(Tensor::new(&[0.1f64], &cpu)?)?;
                 let kernel = if d == 1 {
                     Kernel::gaussian(&sigma)
                 } else {
                     Kernel::laplacian(&sigma)
                 };
                 let k = KernelOperator::new(kernel, &x, &x)?;
-                // One product, to turn the time budget into an iteration cap.
+                // One product, to turn the time budget into an iteration cap (after a first one
+                // on a GPU, where the first call compiles the kernel).
+                if !dev.is_cpu() {
+                    k.matmul(&b)?;
+                    device::sync(&dev)?;
+                }
                 let start = Instant::now();
-                k.matmul(&b)?.sum_all()?.to_scalar::<f64>().ok();
-                let t_product = start.elapsed().as_secs_f64();
+                k.matmul(&b)?;
+                let t_product = device::elapsed(&dev, start)?;
                 let cap = ((budget / t_product) as usize).clamp(5, 5000);
                 for alpha in [seed_alpha, 1e-2] {
                     for pre in [
@@ -107,7 +123,7 @@ fn main() -> candle_core::Result<()> {
                         };
                         let start = Instant::now();
                         let (_, info) = k.solve(&b, alpha, &opts)?;
-                        let total = start.elapsed().as_secs_f64();
+                        let total = device::elapsed(&dev, start)?;
                         println!(
                             "| {problem} | {n} | {dtype:?} | {alpha} | {} | {} | {:.3} | {:.3} \
                              | {:.3} | {}{} | {} | {:.1e} |",

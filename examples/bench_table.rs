@@ -4,12 +4,20 @@
 //! ```text
 //! cargo run --release --example bench_table            # M = N up to 10^6 (slow)
 //! cargo run --release --example bench_table -- --quick # M = N up to 10^5
+//! cargo run --release --features cuda --example bench_table -- --quick --device cuda
 //! ```
 //!
 //! Peak extra memory is measured in a child process (this program re-executed with a hidden
 //! `--child ours|dense N` argument): the child builds the inputs, resets its peak RSS
 //! (`/proc/self/clear_refs`), runs one reduction and prints the growth of `VmHWM`.
+//!
+//! `--device cpu|cuda|cuda:N` (default `cpu`): where the inputs live and both methods run
+//! (the children too). On a GPU every time is read after the device has finished, the first
+//! call of each formula (its compilation) is not timed, the per-core columns and the CPU's
+//! exponential reference are left out, and the memory columns are the host's RSS only.
 
+#[path = "device/mod.rs"]
+mod device;
 #[path = "report/mod.rs"]
 mod report;
 use std::error::Error;
@@ -18,7 +26,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use candle_core::{Device, Tensor};
-use lazy_kernels::{Axis, LazyTensor};
+use lazy_kernels::{linalg, Axis, LazyTensor};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -54,13 +62,14 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn new(m: usize, n: usize) -> candle_core::Result<Inputs> {
+    /// Drawn on the CPU (the same numbers whatever the device), then moved to `dev`.
+    fn new(m: usize, n: usize, dev: &Device) -> candle_core::Result<Inputs> {
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (m as u64) ^ ((n as u64) << 32));
         Ok(Inputs {
-            x: rng.tensor(m, D)?,
-            y: rng.tensor(n, D)?,
-            b: rng.tensor(n, 1)?,
-            sigma: Tensor::new(&[SIGMA], &Device::Cpu)?,
+            x: rng.tensor(m, D)?.to_device(dev)?,
+            y: rng.tensor(n, D)?.to_device(dev)?,
+            b: rng.tensor(n, 1)?.to_device(dev)?,
+            sigma: Tensor::new(&[SIGMA], &Device::Cpu)?.to_device(dev)?,
         })
     }
 }
@@ -101,7 +110,7 @@ fn dense_gauss_sum(inp: &Inputs) -> candle_core::Result<Tensor> {
         .sqr()?
         .sum(2)?;
     let c = -1.0 / (2.0 * (SIGMA as f64).powi(2));
-    (d * c)?.exp()?.matmul(&inp.b)
+    linalg::matmul(&(d * c)?.exp()?, &inp.b)
 }
 
 /// Bytes the dense implementation keeps alive at once: the (M, N, D) difference and its
@@ -114,18 +123,29 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Times `f` until `budget` is spent (at least `min_reps`, at most `max_reps` runs).
+/// Times `f` on `dev` until `budget` is spent (at least `min_reps`, at most `max_reps` runs;
+/// on a GPU after one untimed run, which compiles the kernel the first time).
 /// Returns the sorted run times.
-fn time_runs<F>(min_reps: usize, max_reps: usize, budget: Duration, mut f: F) -> Res<Vec<f64>>
+fn time_runs<F>(
+    dev: &Device,
+    min_reps: usize,
+    max_reps: usize,
+    budget: Duration,
+    mut f: F,
+) -> Res<Vec<f64>>
 where
     F: FnMut() -> candle_core::Result<Tensor>,
 {
+    if !dev.is_cpu() {
+        black_box(f()?);
+        device::sync(dev)?;
+    }
     let start = Instant::now();
     let mut times = Vec::new();
     while times.len() < min_reps || (times.len() < max_reps && start.elapsed() < budget) {
         let t0 = Instant::now();
         let out = f()?;
-        times.push(secs(t0.elapsed()));
+        times.push(device::elapsed(dev, t0)?);
         black_box(out);
     }
     times.sort_by(f64::total_cmp);
@@ -195,10 +215,22 @@ fn read_status_kib(field: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Child mode: build the inputs, reset the peak RSS, run one reduction, print the result.
-fn child(what: &str, n: usize) -> Res<()> {
-    let inp = Inputs::new(n, n)?;
+/// Child mode: build the inputs, reset the peak RSS, run one reduction, print the result (on a
+/// GPU after one untimed run of the same reduction).
+fn child(what: &str, n: usize, dev: &Device) -> Res<()> {
+    let inp = Inputs::new(n, n, dev)?;
     let lazy = Lazy::new(&inp)?;
+    let run = || -> Res<Tensor> {
+        Ok(match what {
+            "ours" => lazy.gauss_sum()?,
+            "dense" => dense_gauss_sum(&inp)?,
+            other => return Err(format!("unknown child mode {other}").into()),
+        })
+    };
+    if !dev.is_cpu() {
+        black_box(run()?);
+        device::sync(dev)?;
+    }
     // Resetting the high-water mark to the current RSS makes the difference exact; where
     // that is not possible, the difference of the high-water marks is a lower bound.
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
@@ -208,12 +240,8 @@ fn child(what: &str, n: usize) -> Res<()> {
         read_status_kib("VmHWM:")
     };
     let t0 = Instant::now();
-    let out = match what {
-        "ours" => lazy.gauss_sum()?,
-        "dense" => dense_gauss_sum(&inp)?,
-        other => return Err(format!("unknown child mode {other}").into()),
-    };
-    let t = secs(t0.elapsed());
+    let out = run()?;
+    let t = device::elapsed(dev, t0)?;
     let after = read_status_kib("VmHWM:");
     black_box(out);
     match (before, after) {
@@ -223,11 +251,11 @@ fn child(what: &str, n: usize) -> Res<()> {
     Ok(())
 }
 
-/// Runs this program as a child; `None` if that fails for any reason.
-fn run_child(what: &str, n: usize) -> Option<ChildResult> {
+/// Runs this program as a child on the device `choice`; `None` if that fails for any reason.
+fn run_child(what: &str, n: usize, choice: device::Choice) -> Option<ChildResult> {
     let exe = std::env::current_exe().ok()?;
     let out = Command::new(exe)
-        .args(["--child", what, &n.to_string()])
+        .args(["--child", what, &n.to_string(), "--device", &choice.spec()])
         .output()
         .ok()?;
     if !out.status.success() {
@@ -288,31 +316,53 @@ fn fmt_pow10(n: usize) -> String {
 }
 
 fn main() -> Res<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (choice, args) = device::choice_from_args();
+    let dev = device::open_or_exit(choice);
     if args.first().map(String::as_str) == Some("--child") {
         let what = args.get(1).ok_or("--child needs a mode")?;
         let n: usize = args.get(2).ok_or("--child needs a size")?.parse()?;
-        return child(what, n);
+        return child(what, n, &dev);
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let on_cpu = dev.is_cpu();
     let threads = rayon::current_num_threads();
     let isa = lazy_kernels::backend::cpu::isa::detect().name();
 
     println!(
-        "# lazy-kernels benchmark: `cargo run --release --example bench_table{}`",
-        if quick { " -- --quick" } else { "" }
+        "# lazy-kernels benchmark: `cargo run --release{} --example bench_table{}`",
+        if on_cpu { "" } else { " --features cuda" },
+        match (quick, on_cpu) {
+            (false, true) => String::new(),
+            (true, true) => " -- --quick".to_string(),
+            (false, false) => format!(" -- --device {choice}"),
+            (true, false) => format!(" -- --quick --device {choice}"),
+        }
     );
     println!();
     println!("- date: {}", date());
     println!("- CPU: {}", report::cpu_model());
     println!("- ISA: {isa}, rayon threads: {threads}");
+    if !on_cpu {
+        println!("- device: {}", device::describe(&dev));
+    }
     println!("- note: timings are noisy on shared machines (no core pinning or isolation).");
 
-    let exp_s = exp_per_second();
-    println!(
-        "- reference: `exp_in_place_f32` on one core, 4096 f32 in [-10, 0]: {exp_s:.3e} exp/s per core"
-    );
+    // The CPU's exponential, the limit of the CPU backend (no meaning for a GPU).
+    let exp_s = if on_cpu { exp_per_second() } else { f64::NAN };
+    if on_cpu {
+        println!(
+            "- reference: `exp_in_place_f32` on one core, 4096 f32 in [-10, 0]: {exp_s:.3e} exp/s per core"
+        );
+    }
     println!();
+    // The per-core columns, on the CPU only.
+    let per_core_cell = |v: f64, precision: usize| {
+        if on_cpu {
+            format!("{v:.precision$e}")
+        } else {
+            "-".to_string()
+        }
+    };
 
     let mut sizes = vec![1_000usize, 10_000, 100_000];
     if !quick {
@@ -329,15 +379,15 @@ fn main() -> Res<()> {
     for &n in &sizes {
         let pairs = (n as f64) * (n as f64);
         // Ours: one run in a child (time and memory), then more runs here if they are cheap.
-        let ours_child = run_child("ours", n);
+        let ours_child = run_child("ours", n, choice);
         let mut ours_times: Vec<f64> = ours_child.iter().map(|c| c.time_s).collect();
         let child_t = ours_times.first().copied().unwrap_or(f64::INFINITY);
         if child_t < 5.0 || ours_times.is_empty() {
-            let inp = Inputs::new(n, n)?;
+            let inp = Inputs::new(n, n, &dev)?;
             let lazy = Lazy::new(&inp)?;
             lazy.gauss_sum()?; // warm-up
             let max = if child_t < 0.5 { 20 } else { 3 };
-            ours_times.extend(time_runs(1, max, Duration::from_secs(3), || {
+            ours_times.extend(time_runs(&dev, 1, max, Duration::from_secs(3), || {
                 lazy.gauss_sum()
             })?);
         }
@@ -352,10 +402,10 @@ fn main() -> Res<()> {
 
         let need = dense_bytes(n);
         let (dense_t, dense_mem) = if need <= DENSE_LIMIT_BYTES {
-            let dense_child = run_child("dense", n);
-            let inp = Inputs::new(n, n)?;
+            let dense_child = run_child("dense", n, choice);
+            let inp = Inputs::new(n, n, &dev)?;
             let mut times: Vec<f64> = dense_child.iter().map(|c| c.time_s).collect();
-            times.extend(time_runs(1, 5, Duration::from_secs(3), || {
+            times.extend(time_runs(&dev, 1, 5, Duration::from_secs(3), || {
                 dense_gauss_sum(&inp)
             })?);
             let best = times.iter().copied().fold(f64::INFINITY, f64::min);
@@ -375,12 +425,16 @@ fn main() -> Res<()> {
             }
         };
         println!(
-            "| {} | {:.4} | {:.3e} | {:.3e} | {:.3} | {} | {} | {} | {} |",
+            "| {} | {:.4} | {:.3e} | {} | {} | {} | {} | {} | {} |",
             fmt_pow10(n),
             ours,
             rate,
-            per_core,
-            per_core / exp_s,
+            per_core_cell(per_core, 3),
+            if on_cpu {
+                format!("{:.3}", per_core / exp_s)
+            } else {
+                "-".to_string()
+            },
             dense_cell,
             speedup_cell,
             fmt_mib(ours_child.and_then(|c| c.extra_mib)),
@@ -399,14 +453,16 @@ fn main() -> Res<()> {
     // Second table: other reductions at M = N = 10^5.
     let n = 100_000;
     let pairs = (n as f64) * (n as f64);
-    let inp = Inputs::new(n, n)?;
+    let inp = Inputs::new(n, n, &dev)?;
     let lazy = Lazy::new(&inp)?;
     println!("## Other reductions, M = N = 10^5, D = {D}, f32 (ours only)");
     println!();
     println!("| reduction | time (s) | pairs/s | pairs/s per core |");
     println!("|---|---|---|---|");
-    let lse = time_runs(1, 2, Duration::from_secs(5), || lazy.lse.logsumexp(Axis::J))?;
-    let knn = time_runs(1, 2, Duration::from_secs(5), || {
+    let lse = time_runs(&dev, 1, 2, Duration::from_secs(5), || {
+        lazy.lse.logsumexp(Axis::J)
+    })?;
+    let knn = time_runs(&dev, 1, 2, Duration::from_secs(5), || {
         lazy.sqdist.argkmin(10, Axis::J)
     })?;
     for (name, times) in [
@@ -415,9 +471,9 @@ fn main() -> Res<()> {
     ] {
         let t = times[0];
         println!(
-            "| {name} | {t:.4} | {:.3e} | {:.3e} |",
+            "| {name} | {t:.4} | {:.3e} | {} |",
             pairs / t,
-            pairs / t / threads as f64
+            per_core_cell(pairs / t / threads as f64, 3)
         );
     }
     println!();

@@ -1,29 +1,32 @@
-//! A tour of lazy-kernels' reductions on the CPU: a Gaussian kernel sum, a log-sum-exp,
-//! k-nearest neighbours, a formula string and gradients, with timings and a check of values
-//! and gradients against a dense Candle computation.
+//! A tour of lazy-kernels' reductions: a Gaussian kernel sum, a log-sum-exp, k-nearest
+//! neighbours, a formula string and gradients, with timings and a check of values and
+//! gradients against a dense Candle computation (on the same device).
 //!
-//! Run with `cargo run --release --example demo [-- N]` (default N = 20000 points).
+//! Run with `cargo run --release --example demo [-- N] [--device D]` (default N = 20000
+//! points; `--device cpu|cuda|cuda:N`, default `cpu`). On a GPU the first call of each formula
+//! includes its compilation (NVRTC, cached on disk for the next run).
+
+#[path = "device/mod.rs"]
+mod device;
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use lazy_kernels::{backend::cpu::isa, Axis, LazyTensor};
+use lazy_kernels::{linalg, Axis, LazyTensor};
 
 fn main() -> candle_core::Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
-    let dev = Device::Cpu;
+    let (dev, args) = device::from_args();
+    let n: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(20_000);
     println!(
-        "lazy-kernels demo: M = N = {n}, D = 3, f32, CPU ({}, {} threads)\n",
-        isa::detect().name(),
-        rayon::current_num_threads()
+        "lazy-kernels demo: M = N = {n}, D = 3, f32, {}\n",
+        device::describe(&dev)
     );
-    let x = Tensor::rand(0f32, 1., (n, 3), &dev)?;
-    let y = Tensor::rand(0f32, 1., (n, 3), &dev)?;
-    let b = Tensor::rand(0f32, 1., (n, 1), &dev)?;
-    let sigma = Tensor::new(&[0.1f32], &dev)?;
+    // The data are drawn on the CPU (the same numbers whatever the device), then moved.
+    let cpu = Device::Cpu;
+    let x = Tensor::rand(0f32, 1., (n, 3), &cpu)?.to_device(&dev)?;
+    let y = Tensor::rand(0f32, 1., (n, 3), &cpu)?.to_device(&dev)?;
+    let b = Tensor::rand(0f32, 1., (n, 1), &cpu)?.to_device(&dev)?;
+    let sigma = Tensor::new(&[0.1f32], &cpu)?.to_device(&dev)?;
 
     let x_i = LazyTensor::vi(&x)?;
     let y_j = LazyTensor::vj(&y)?;
@@ -35,7 +38,7 @@ fn main() -> candle_core::Result<()> {
     // 1. Gaussian kernel matrix-vector product, never materialising the N x N matrix.
     let t = Instant::now();
     let kb = (&k_ij * &b_j).sum(Axis::J)?;
-    let secs = t.elapsed().as_secs_f64();
+    let secs = device::elapsed(&dev, t)?;
     println!(
         "Gaussian kernel sum  (K b)_i        {:>8.3} s  {:>6.2e} pairs/s   out[0..3] = {:?}",
         secs,
@@ -48,7 +51,7 @@ fn main() -> candle_core::Result<()> {
     let lse = (-&d_ij / (2.0 * s.square())).logsumexp(Axis::J)?;
     println!(
         "LogSumExp over j                    {:>8.3} s                      out[0..3] = {:?}",
-        t.elapsed().as_secs_f64(),
+        device::elapsed(&dev, t)?,
         &lse.flatten_all()?.to_vec1::<f32>()?[..3]
     );
 
@@ -57,7 +60,7 @@ fn main() -> candle_core::Result<()> {
     let (dist, knn) = d_ij.kmin_argkmin(5, Axis::J)?;
     println!(
         "5 nearest neighbours (KMinArgKMin)  {:>8.3} s                      row 0: {:?} at {:?}",
-        t.elapsed().as_secs_f64(),
+        device::elapsed(&dev, t)?,
         knn.get(0)?.to_vec1::<i64>()?,
         dist.get(0)?.to_vec1::<f32>()?
     );
@@ -76,7 +79,7 @@ fn main() -> candle_core::Result<()> {
     let ktb = f.sum(Axis::I)?;
     println!(
         "Parsed formula, reduced over i      {:>8.3} s                      {} -> {:?}",
-        t.elapsed().as_secs_f64(),
+        device::elapsed(&dev, t)?,
         f.expr()?,
         ktb.dims()
     );
@@ -92,10 +95,10 @@ fn main() -> candle_core::Result<()> {
     };
     let t = Instant::now();
     let out = gauss_sum(xv.as_tensor(), sv.as_tensor(), &y, &b)?;
-    let forward = t.elapsed().as_secs_f64();
+    let forward = device::elapsed(&dev, t)?;
     let t = Instant::now();
     let grads = out.sum_all()?.backward()?;
-    let backward = t.elapsed().as_secs_f64();
+    let backward = device::elapsed(&dev, t)?;
     let gx = grads.get(&xv).expect("x is a Var");
     let gs = grads.get(&sv).expect("sigma is a Var");
     println!(
@@ -115,13 +118,13 @@ fn main() -> candle_core::Result<()> {
         .broadcast_sub(&ys.unsqueeze(0)?)?
         .sqr()?
         .sum(D::Minus1)?;
-    let dense = (d * (-1.0 / (2.0 * 0.01)))?.exp()?.matmul(&bs)?;
-    let dense_secs = t.elapsed().as_secs_f64();
+    let dense = linalg::matmul(&(d * (-1.0 / (2.0 * 0.01)))?.exp()?, &bs)?;
+    let dense_secs = device::elapsed(&dev, t)?;
     let t = Instant::now();
     let lazy = (LazyTensor::vi(&xs)?.sqdist(&LazyTensor::vj(&ys)?)? * (-1.0 / (2.0 * 0.01)))
         .exp()
         .mul_sum(&LazyTensor::vj(&bs)?)?;
-    let lazy_secs = t.elapsed().as_secs_f64();
+    let lazy_secs = device::elapsed(&dev, t)?;
     let err = (lazy - &dense)?
         .abs()?
         .max_all()?
@@ -147,7 +150,7 @@ fn main() -> candle_core::Result<()> {
         .sqr()?
         .sum(D::Minus1)?;
     let two_s2 = (sv.as_tensor().sqr()? * 2.0)?;
-    let dense = d.broadcast_div(&two_s2)?.neg()?.exp()?.matmul(&bs)?;
+    let dense = linalg::matmul(&d.broadcast_div(&two_s2)?.neg()?.exp()?, &bs)?;
     let dense_grads = dense.sum_all()?.backward()?;
     let lazy_grads = gauss_sum(xv.as_tensor(), sv.as_tensor(), &ys, &bs)?
         .sum_all()?

@@ -4,8 +4,10 @@
 //! band on a grid.
 //!
 //! ```text
-//! cargo run --release --example gp_regression -- [--n N] [--steps S] [--out DIR]
+//! cargo run --release --example gp_regression -- [--n N] [--steps S] [--out DIR] [--device D]
 //! ```
+//!
+//! `--device cpu|cuda|cuda:N` (default `cpu`): where the data live and the fit runs.
 //!
 //! The data: `N` (default 1,000) uniform points on `[0, 3]` (seed 0),
 //! `y = sin(3x) + 0.3 sin(11x) + 0.1 eps`, `eps ~ N(0, 1)`. The start: lengthscale 2.0,
@@ -15,6 +17,8 @@
 
 #[path = "dense/mod.rs"]
 mod dense;
+#[path = "device/mod.rs"]
+mod device;
 #[path = "plot/mod.rs"]
 mod plot;
 
@@ -53,7 +57,8 @@ fn main() -> candle_core::Result<()> {
     let mut n = 1000usize;
     let mut steps = 200usize;
     let mut out_dir = std::path::PathBuf::from("figures");
-    let mut args = std::env::args().skip(1);
+    let (dev, args) = device::from_args();
+    let mut args = args.into_iter();
     while let Some(a) = args.next() {
         let mut number = |what: &str| -> usize {
             args.next()
@@ -64,12 +69,17 @@ fn main() -> candle_core::Result<()> {
             "--n" => n = number("--n"),
             "--steps" => steps = number("--steps"),
             "--out" => out_dir = args.next().expect("--out DIR").into(),
-            s => panic!("unknown argument {s:?} (expected --n N, --steps S, --out DIR)"),
+            s => {
+                panic!("unknown argument {s:?} (expected --n N, --steps S, --out DIR, --device D)")
+            }
         }
     }
     std::fs::create_dir_all(&out_dir)?;
-    let dev = Device::Cpu;
+    let cpu = Device::Cpu;
     let dt = DType::F64;
+    if !dev.is_cpu() {
+        println!("device: {}", device::describe(&dev));
+    }
 
     // ---------------------------------------------------------------- data
     let mut rng = StdRng::seed_from_u64(0);
@@ -78,8 +88,8 @@ fn main() -> candle_core::Result<()> {
         .iter()
         .map(|&x| truth(x) + NOISE_SD * randn(&mut rng))
         .collect();
-    let x = Tensor::from_vec(xs.clone(), (n, 1), &dev)?;
-    let y = Tensor::from_vec(ys.clone(), n, &dev)?;
+    let x = Tensor::from_vec(xs.clone(), (n, 1), &cpu)?.to_device(&dev)?;
+    let y = Tensor::from_vec(ys.clone(), n, &cpu)?.to_device(&dev)?;
     let y_mean = ys.iter().sum::<f64>() / n as f64;
     let y_var = ys.iter().map(|v| (v - y_mean).powi(2)).sum::<f64>() / n as f64;
     println!(
@@ -164,7 +174,8 @@ fn main() -> candle_core::Result<()> {
         let k = gp.operator()?.to_dense()?;
         let k = (k + Tensor::eye(n, dt, &dev)?.affine(noise, 0.0)?)?;
         let r: Vec<f64> = ys.iter().map(|v| v - value(&vals, "mean")).collect();
-        let exact = dense::dense_nll(k.flatten_all()?.to_vec1::<f64>()?, &r);
+        let k = k.flatten_all()?.to_device(&cpu)?.to_vec1::<f64>()?;
+        let exact = dense::dense_nll(k, &r);
         println!(
             "       exact NLL/N by a dense Cholesky factorisation at these values: {:.5}",
             exact / n as f64
@@ -183,10 +194,11 @@ fn main() -> candle_core::Result<()> {
         .map(|k| -0.25 + (X_MAX + 0.5) * k as f64 / (g - 1) as f64)
         .collect();
     let start = Instant::now();
-    let pred = gp.predict(&Tensor::from_vec(grid.clone(), g, &dev)?)?;
+    let pred = gp.predict(&Tensor::from_vec(grid.clone(), g, &cpu)?.to_device(&dev)?)?;
     let (lo, hi) = pred.interval()?;
-    let mean = pred.mean.to_vec1::<f64>()?;
-    let (lo, hi) = (lo.to_vec1::<f64>()?, hi.to_vec1::<f64>()?);
+    let host = |t: &Tensor| t.to_device(&cpu)?.to_vec1::<f64>();
+    let (mean, lo, hi) = (host(&pred.mean)?, host(&lo)?, host(&hi)?);
+    let predict_seconds = device::elapsed(&dev, start)?;
     let rmse = (grid
         .iter()
         .zip(&mean)
@@ -207,7 +219,7 @@ fn main() -> candle_core::Result<()> {
         "prediction on {g} grid points in {:.2}s: RMSE of the mean against the true function on \
          [0, {X_MAX}] {rmse:.4}; {:.1}% of the data inside the 95% band (at the nearest grid \
          point)",
-        start.elapsed().as_secs_f64(),
+        predict_seconds,
         100.0 * inside as f64 / n as f64
     );
 

@@ -4,11 +4,14 @@
 //! model on a grid and draw it.
 //!
 //! ```text
-//! cargo run --release --example kernel_interpolation -- [N] [--out DIR] [--f32]
+//! cargo run --release --example kernel_interpolation -- [N] [--out DIR] [--f32] [--device D]
 //! ```
 //!
-//! N defaults to 10,000 (the seed's GPU setting); the figures go to `figures/` by default.
+//! N defaults to 10,000 (the seed's GPU setting); the figures go to `figures/` by default;
+//! `--device cpu|cuda|cuda:N` (default `cpu`) is where the data live and everything runs.
 
+#[path = "device/mod.rs"]
+mod device;
 #[path = "plot/mod.rs"]
 mod plot;
 #[path = "seed/mod.rs"]
@@ -62,7 +65,7 @@ fn interpolate(
     let start = Instant::now();
     let k_xx = KernelOperator::new(kernel.clone(), x, x)?;
     let (a, info) = k_xx.solve(b, alpha, &SolveOptions::default())?;
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed = device::elapsed(x.device(), start)?;
     println!(
         "Time to perform an RBF interpolation with {} samples in {label}: {elapsed:.5}s",
         thousands(x.dim(0)?),
@@ -77,6 +80,7 @@ fn predict(kernel: &Kernel, t: &Tensor, x: &Tensor, a: &Tensor) -> candle_core::
         .matmul(a)?
         .to_dtype(DType::F64)?
         .flatten_all()?
+        .to_device(&Device::Cpu)?
         .to_vec1::<f64>()
 }
 
@@ -84,7 +88,8 @@ fn main() -> candle_core::Result<()> {
     let mut n = 10_000usize;
     let mut out_dir = std::path::PathBuf::from("figures");
     let mut dtype = DType::F64;
-    let mut args = std::env::args().skip(1);
+    let (dev, args) = device::from_args();
+    let mut args = args.into_iter();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => out_dir = args.next().expect("--out DIR").into(),
@@ -98,20 +103,31 @@ fn main() -> candle_core::Result<()> {
         }
     }
     std::fs::create_dir_all(&out_dir)?;
-    let dev = Device::Cpu;
+    let cpu = Device::Cpu;
+    if !dev.is_cpu() {
+        println!("device: {}", device::describe(&dev));
+    }
     let mut rng = StdRng::seed_from_u64(0);
 
     // ---------------------------------------------------------------- 1D, Gaussian kernel
     let (xs, bs) = seed::data_1d(n, &mut rng);
-    let x = Tensor::from_vec(xs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
-    let b = Tensor::from_vec(bs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
-    let sigma = Tensor::new(&[0.1f64], &dev)?.to_dtype(dtype)?;
+    let x = Tensor::from_vec(xs.clone(), (n, 1), &cpu)?
+        .to_dtype(dtype)?
+        .to_device(&dev)?;
+    let b = Tensor::from_vec(bs.clone(), (n, 1), &cpu)?
+        .to_dtype(dtype)?
+        .to_device(&dev)?;
+    let sigma = Tensor::new(&[0.1f64], &cpu)?
+        .to_dtype(dtype)?
+        .to_device(&dev)?;
     let gaussian = Kernel::gaussian(&sigma);
     let a = interpolate(&gaussian, &x, &b, 1.0, "1D")?; // ridge regularization alpha = 1
 
     // Extrapolate on a uniform sample and draw the fit over the noisy samples.
     let t: Vec<f64> = (0..1001).map(|k| k as f64 / 1000.0).collect();
-    let t_tensor = Tensor::from_vec(t.clone(), (1001, 1), &dev)?.to_dtype(dtype)?;
+    let t_tensor = Tensor::from_vec(t.clone(), (1001, 1), &cpu)?
+        .to_dtype(dtype)?
+        .to_device(&dev)?;
     let mean_t = predict(&gaussian, &t_tensor, &x, &a)?;
     let mut fig = plot::Canvas::new(800, 600, (0.0, 1.0), (0.0, 1.0));
     fig.scatter(&xs, &bs, &[plot::BLUE], (100.0 / n as f64).sqrt().max(0.5));
@@ -123,8 +139,12 @@ fn main() -> candle_core::Result<()> {
 
     // ---------------------------------------------------------------- 2D, Laplacian kernel
     let (pts, bs) = seed::data_2d(n, &mut rng);
-    let x = Tensor::from_vec(pts.clone(), (n, 2), &dev)?.to_dtype(dtype)?;
-    let b = Tensor::from_vec(bs.clone(), (n, 1), &dev)?.to_dtype(dtype)?;
+    let x = Tensor::from_vec(pts.clone(), (n, 2), &cpu)?
+        .to_dtype(dtype)?
+        .to_device(&dev)?;
+    let b = Tensor::from_vec(bs.clone(), (n, 1), &cpu)?
+        .to_dtype(dtype)?
+        .to_device(&dev)?;
     let laplacian = Kernel::laplacian(&sigma);
     let a = interpolate(&laplacian, &x, &b, 10.0, "2D")?;
 
@@ -133,7 +153,9 @@ fn main() -> candle_core::Result<()> {
     let grid: Vec<f64> = (0..g * g)
         .flat_map(|k| [(k % g) as f64 / 100.0, (k / g) as f64 / 100.0])
         .collect();
-    let t_tensor = Tensor::from_vec(grid, (g * g, 2), &dev)?.to_dtype(dtype)?;
+    let t_tensor = Tensor::from_vec(grid, (g * g, 2), &cpu)?
+        .to_dtype(dtype)?
+        .to_device(&dev)?;
     let mean_t = predict(&laplacian, &t_tensor, &x, &a)?;
     let mut fig = plot::Canvas::new(800, 800, (0.0, 1.0), (0.0, 1.0));
     let (lo, hi) = mean_t

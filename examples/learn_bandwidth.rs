@@ -9,7 +9,11 @@
 //! (no weight decay) optimises `log sigma`: each step runs one reduction forward and its
 //! backward pass (reductions too), and prints the loss and `sigma`.
 //!
-//! Run with `cargo run --release --example learn_bandwidth [-- N]` (default N = 2000; f32).
+//! Run with `cargo run --release --example learn_bandwidth [-- N] [--device D]` (default
+//! N = 2000; f32; `--device cpu|cuda|cuda:N`, default `cpu`).
+
+#[path = "device/mod.rs"]
+mod device;
 
 use std::time::Instant;
 
@@ -18,16 +22,15 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use lazy_kernels::{Axis, LazyTensor};
 
 fn main() -> candle_core::Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
-    let dev = Device::Cpu;
+    let (dev, args) = device::from_args();
+    let n: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(2000);
     let (true_sigma, start_sigma, steps) = (0.2f64, 0.5f64, 200);
 
-    let x = Tensor::rand(0f32, 1., (n, 2), &dev)?;
-    let c = Tensor::rand(0f32, 1., (n, 2), &dev)?;
-    let b = (Tensor::rand(0.5f32, 1.5, (n, 1), &dev)? / n as f64)?; // kernel sums of order 0.1
+    // The data are drawn on the CPU (the same numbers whatever the device), then moved.
+    let cpu = Device::Cpu;
+    let x = Tensor::rand(0f32, 1., (n, 2), &cpu)?.to_device(&dev)?;
+    let c = Tensor::rand(0f32, 1., (n, 2), &cpu)?.to_device(&dev)?;
+    let b = (Tensor::rand(0.5f32, 1.5, (n, 1), &cpu)? / n as f64)?.to_device(&dev)?; // sums of order 0.1
     let (x_i, c_j, b_j) = (
         LazyTensor::vi(&x)?,
         LazyTensor::vj(&c)?,
@@ -49,7 +52,12 @@ fn main() -> candle_core::Result<()> {
     let mut opt = AdamW::new(vec![log_sigma.clone()], params)?;
     println!(
         "Fitting a Gaussian bandwidth: {n} points, {n} centres, 2D, f32; true sigma = \
-         {true_sigma}, start at {start_sigma}\n"
+         {true_sigma}, start at {start_sigma}{}\n",
+        if dev.is_cpu() {
+            String::new()
+        } else {
+            format!("; on {}", device::describe(&dev))
+        }
     );
     println!("{:>5}  {:>12}  {:>10}", "step", "loss", "sigma");
     let start = Instant::now();
@@ -68,11 +76,12 @@ fn main() -> candle_core::Result<()> {
         opt.backward_step(&loss)?;
     }
     let sigma = log_sigma.as_tensor().exp()?.to_vec1::<f32>()?[0] as f64;
+    let seconds = device::elapsed(&dev, start)?;
     println!(
         "\nlearned sigma = {sigma:.6} (true {true_sigma}, relative error {:.2e}); {steps} steps \
          of {n} x {n} kernel sums and their gradients in {:.2} s",
         (sigma - true_sigma).abs() / true_sigma,
-        start.elapsed().as_secs_f64()
+        seconds
     );
     Ok(())
 }

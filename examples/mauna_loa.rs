@@ -5,10 +5,15 @@
 //!
 //! ```text
 //! cargo run --release --example mauna_loa -- [--every K] [--monthly] [--steps S] [--out DIR]
-//!     [--lr LR] [--rank R] [--probes P] [--tol T] [--data CSV]
+//!     [--lr LR] [--rank R] [--probes P] [--tol T] [--data CSV] [--device D]
 //! ```
 //!
-//! The data (`examples/data/mauna_loa_co2_weekly.csv`, see `examples/data/README.md`): weekly
+//! `--device cpu|cuda|cuda:N` (default `cpu`): where the data live and the fit runs.
+//!
+//! The data (`examples/data/mauna_loa_co2_weekly.csv`, see `examples/data/README.md`; without
+//! `--data` the file is looked for in `$LK_DATA_DIR`, then in `examples/data/` under the
+//! current directory, then in this crate's `examples/data/`, so that a binary copied to another
+//! host finds it too): weekly
 //! CO2 concentrations (ppm) from March 1958 to December 2001, 2,225 weeks with a value, dates
 //! converted to decimal years. By default every week is a training point; `--every K` keeps
 //! one point in K; `--monthly` trains on the monthly means instead (521 months, dated mid-month),
@@ -44,6 +49,8 @@
 
 #[path = "dense/mod.rs"]
 mod dense;
+#[path = "device/mod.rs"]
+mod device;
 #[path = "plot/mod.rs"]
 mod plot;
 
@@ -156,15 +163,49 @@ fn monthly_means(rows: &[Row]) -> Vec<(f64, f64)> {
     out
 }
 
-/// The exact NLL of the model at its current values (the dense kernel matrix, `O(N^2)` memory).
+/// The exact NLL of the model at its current values (the dense kernel matrix, `O(N^2)` memory,
+/// built on the model's device, factored on the CPU).
 fn exact_nll(gp: &ExactGp, ys: &[f64]) -> candle_core::Result<f64> {
     let n = ys.len();
     let noise = gp.noise().values()?[0] + gp.settings.noise_floor;
     let k = gp.operator()?.to_dense()?;
-    let k = (k + Tensor::eye(n, DType::F64, &Device::Cpu)?.affine(noise, 0.0)?)?;
+    let k = (&k + Tensor::eye(n, DType::F64, k.device())?.affine(noise, 0.0)?)?;
     let mean = gp.mean().as_tensor().to_vec1::<f64>()?[0];
     let r: Vec<f64> = ys.iter().map(|v| v - mean).collect();
-    Ok(dense::dense_nll(k.flatten_all()?.to_vec1::<f64>()?, &r))
+    let k = k.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f64>()?;
+    Ok(dense::dense_nll(k, &r))
+}
+
+/// The data file's name in `examples/data/`.
+const DATA_FILE: &str = "mauna_loa_co2_weekly.csv";
+
+/// Where the data file is when `--data` does not say: `$LK_DATA_DIR/FILE`, then
+/// `examples/data/FILE` under the current directory, then under this crate's directory (where
+/// it was built); an error naming every place tried if it is in none.
+fn find_data() -> std::io::Result<PathBuf> {
+    let mut tried = Vec::new();
+    if let Some(dir) = std::env::var_os("LK_DATA_DIR") {
+        tried.push(PathBuf::from(dir).join(DATA_FILE));
+    }
+    tried.push(PathBuf::from("examples").join("data").join(DATA_FILE));
+    tried.push(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join("data")
+            .join(DATA_FILE),
+    );
+    if let Some(found) = tried.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    let places: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!(
+            "the data file {DATA_FILE} is in none of: {} (set LK_DATA_DIR to its folder, or \
+             give --data CSV)",
+            places.join(", ")
+        ),
+    ))
 }
 
 fn main() -> candle_core::Result<()> {
@@ -176,11 +217,9 @@ fn main() -> candle_core::Result<()> {
     let mut rank: Option<usize> = None;
     let mut probes = 16usize;
     let mut tol = 1e-3;
-    let mut data = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join("data")
-        .join("mauna_loa_co2_weekly.csv");
-    let mut args = std::env::args().skip(1);
+    let mut data: Option<PathBuf> = None;
+    let (dev, args) = device::from_args();
+    let mut args = args.into_iter();
     while let Some(a) = args.next() {
         let mut next = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
         match a.as_str() {
@@ -192,17 +231,24 @@ fn main() -> candle_core::Result<()> {
             "--rank" => rank = Some(next().parse().expect("--rank R: a number")),
             "--probes" => probes = next().parse().expect("--probes P: a number"),
             "--tol" => tol = next().parse().expect("--tol T: a number"),
-            "--data" => data = next().into(),
+            "--data" => data = Some(next().into()),
             s => panic!(
                 "unknown argument {s:?} (expected --every K, --monthly, --steps S, --out DIR, \
-                 --lr LR, --rank R, --probes P, --tol T, --data CSV)"
+                 --lr LR, --rank R, --probes P, --tol T, --data CSV, --device D)"
             ),
         }
     }
     let every = every.max(1);
+    let data = match data {
+        Some(path) => path,
+        None => find_data().unwrap_or_else(|e| device::fail(&e.to_string(), 1)),
+    };
     std::fs::create_dir_all(&out_dir)?;
-    let dev = Device::Cpu;
+    let cpu = Device::Cpu;
     let dt = DType::F64;
+    if !dev.is_cpu() {
+        println!("device: {}", device::describe(&dev));
+    }
 
     // ---------------------------------------------------------------- data
     let rows = read_co2(&data)?;
@@ -241,8 +287,8 @@ fn main() -> candle_core::Result<()> {
         rows[0].2,
         rows[rows.len() - 1].2,
     );
-    let x = Tensor::from_vec(xs.clone(), (n, 1), &dev)?;
-    let y = Tensor::from_vec(ys.clone(), n, &dev)?;
+    let x = Tensor::from_vec(xs.clone(), (n, 1), &cpu)?.to_device(&dev)?;
+    let y = Tensor::from_vec(ys.clone(), n, &cpu)?.to_device(&dev)?;
 
     // ---------------------------------------------------------------- model
     let hypers: Vec<Hyper> = PUBLISHED[..10]
@@ -408,14 +454,15 @@ fn main() -> candle_core::Result<()> {
     let months = ((g1 - g0) * 12.0) as usize;
     let grid: Vec<f64> = (0..=months).map(|m| g0 + m as f64 / 12.0).collect();
     let start = Instant::now();
-    let pred = gp.predict(&Tensor::from_vec(grid.clone(), grid.len(), &dev)?)?;
+    let t_grid = Tensor::from_vec(grid.clone(), grid.len(), &cpu)?.to_device(&dev)?;
+    let pred = gp.predict(&t_grid)?;
     let (lo, hi) = pred.interval()?;
-    let mu = pred.mean.to_vec1::<f64>()?;
-    let (lo, hi) = (lo.to_vec1::<f64>()?, hi.to_vec1::<f64>()?);
+    let host = |t: &Tensor| t.to_device(&cpu)?.to_vec1::<f64>();
+    let (mu, lo, hi) = (host(&pred.mean)?, host(&lo)?, host(&hi)?);
     println!(
         "forecast on {} monthly points, {g0} to {g1}: {:.1}s",
         grid.len(),
-        start.elapsed().as_secs_f64()
+        device::elapsed(&dev, start)?
     );
     for year in [2002.0, 2010.0, 2020.0, 2025.0] {
         let k = (((year - g0) * 12.0) as usize).min(grid.len() - 1);
