@@ -4,11 +4,12 @@
 //! nothing of autodiff. The plan always reduces over `j`: a reduction over `i` is planned with
 //! the roles of `i` and `j` exchanged.
 
+pub mod census;
 pub mod cpu;
 pub mod cuda;
 
 use crate::formula::{Expr, VarCat};
-use crate::reduction::{OutputSpec, Reduction};
+use crate::reduction::{Axis, OutputSpec, Reduction};
 
 /// One bound tensor of a plan: its category, components per row, number of rows and where
 /// its values start in the packed input.
@@ -45,5 +46,27 @@ impl ReductionPlan {
     /// The canonical text of the reduction: the key of compiled-kernel caches.
     pub(crate) fn key(&self) -> String {
         format!("{}:{}", self.reduction, self.formula)
+    }
+
+    /// The reduction the generated module runs: the plan's kind over `j` (a reduction over
+    /// `i` is planned with `i` and `j` exchanged, so it runs the same module).
+    pub(crate) fn kernel_reduction(&self) -> Reduction {
+        Reduction::new(self.reduction.kind, Axis::J)
+    }
+
+    /// The variables as the code generator takes them: category and components by position.
+    pub(crate) fn kernel_vars(&self) -> Vec<(VarCat, usize)> {
+        self.vars.iter().map(|v| (v.cat, v.dim)).collect()
+    }
+
+    /// What determines the generated module besides the dtype: the reduction kind, the
+    /// formula and the variables (not the sizes, and not the user's axis).
+    pub(crate) fn kernel_key(&self) -> String {
+        format!(
+            "{}:{}:{:?}",
+            self.kernel_reduction(),
+            self.formula,
+            self.kernel_vars()
+        )
     }
 }

@@ -20,7 +20,11 @@ use crate::error::Error;
 use crate::formula::{simplify, Expr, Var, VarCat};
 use crate::reduction::{Axis, Reduction, ReductionKind};
 
+mod ahead;
 mod backward;
+
+#[allow(unused_imports)]
+pub(crate) use ahead::{plan, prepare, stand_in, Planned};
 
 /// A tensor bound into a formula, with the identifier its variable carries while the formula
 /// is being built.
@@ -67,12 +71,16 @@ impl ReductionOp {
     }
 
     fn out_shape(&self, cols: usize) -> Shape {
-        let p = &self.plan;
-        match p.reduction.kind.k() {
-            Some(k) if p.out.components == 1 => Shape::from((p.rows, k)),
-            Some(k) => Shape::from((p.rows, k, p.out.components)),
-            None => Shape::from((p.rows, cols)),
-        }
+        out_shape(&self.plan, cols)
+    }
+}
+
+/// The shape of an output of `plan` with `cols` columns (values or indices).
+fn out_shape(p: &ReductionPlan, cols: usize) -> Shape {
+    match p.reduction.kind.k() {
+        Some(k) if p.out.components == 1 => Shape::from((p.rows, k)),
+        Some(k) => Shape::from((p.rows, k, p.out.components)),
+        None => Shape::from((p.rows, cols)),
     }
 }
 
@@ -161,12 +169,14 @@ impl CustomOp1 for ReductionOp {
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let saved = self.saved.lock().ok().and_then(|s| s.clone());
-        let grads = backward::Backward {
-            plan: &self.plan,
-            needs_grad: &self.needs_grad,
-            indices: saved.as_ref(),
-        }
-        .run(arg, res, grad_res)?;
+        let grads = ahead::in_backward(|| {
+            backward::Backward {
+                plan: &self.plan,
+                needs_grad: &self.needs_grad,
+                indices: saved.as_ref(),
+            }
+            .run(arg, res, grad_res)
+        })?;
         Ok(Some(grads))
     }
 }
@@ -398,16 +408,39 @@ pub(crate) fn reduce_sized(
         terms,
         out,
     });
+    // The backward pass, planned ahead, records this plan instead of running it.
+    if let Some(stand_in) =
+        ahead::intercept(&plan, dtype, &needs_grad, user_out.indices > 0, &device)
+    {
+        return stand_in;
+    }
     #[cfg(not(feature = "cuda"))]
     if device.is_cuda() {
         return Err(cuda::unavailable(&plan).into());
     }
+    // The modules of this reduction's backward pass start compiling now, in the background.
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() && out.values > 0 && needs_grad.contains(&true) && !ahead::backward_active()
+    {
+        ahead::prepare_backward(&plan, &needs_grad, dtype, &device);
+    }
+
     if device.is_metal() {
         return Err(Error::NotImplemented {
             what: "the Metal backend",
             detail: format!("cannot run {} on a Metal tensor", plan.key()),
         }
         .into());
+    }
+    crate::backend::census::dispatched(&plan, dtype);
+    // Elsewhere, the census notes what CUDA would compile ahead here.
+    if crate::backend::census::is_on()
+        && !device.is_cuda()
+        && out.values > 0
+        && needs_grad.contains(&true)
+        && !ahead::backward_active()
+    {
+        ahead::census_backward(&plan, &needs_grad, dtype);
     }
     let packed = pack(&tensors)?;
     let side = Arc::new(Mutex::new(None));

@@ -284,6 +284,12 @@ impl KernelOperator {
     /// `K_ij` computed in `dtype` from the points and hyperparameters converted first (so
     /// that the lengthscale scaling is done in `dtype` too), detached.
     pub(crate) fn detached_lazy_in(&self, dtype: DType) -> candle_core::Result<LazyTensor> {
+        self.detached_in(dtype)?.lazy()?.to_dtype(dtype)?.detach()
+    }
+
+    /// The operator with its points and hyperparameters detached and converted to `dtype`
+    /// (what a preconditioner evaluates: no gradient, so no backward pass to prepare).
+    pub(crate) fn detached_in(&self, dtype: DType) -> candle_core::Result<KernelOperator> {
         let rows = self.rows.detach().to_dtype(dtype)?;
         // One tensor for both sides when the operator has one point set, so that the kernel
         // scales it once.
@@ -292,13 +298,12 @@ impl KernelOperator {
         } else {
             self.cols.detach().to_dtype(dtype)?
         };
-        let op = KernelOperator {
+        Ok(KernelOperator {
             kernel: self.kernel.to_dtype(dtype)?,
             rows,
             cols,
             swapped: self.swapped,
-        };
-        op.lazy()?.to_dtype(dtype)?.detach()
+        })
     }
 }
 
@@ -339,6 +344,49 @@ pub(crate) fn matmul_lazy(
     }
 }
 
+/// The number of columns a product is best computed with when `active` of `total` columns
+/// are needed: `total` when that is at most twice `active`, else the next power of two.
+/// A conjugate-gradient solve applies its operator to its unconverged columns only, and their
+/// number shrinks unpredictably; computed on these few sizes (with extra columns whose results
+/// are dropped), the products need few distinct kernels, and each distinct kernel is an NVRTC
+/// compile on CUDA. At most twice the columns (the pair's exponential, the bulk of the work,
+/// is shared by all columns), and about `log2(total)` kernels: 1, 2, 4, 8, 17 for 17.
+pub(crate) fn column_bucket(active: usize, total: usize) -> usize {
+    if total <= active.saturating_mul(2) {
+        total.max(active)
+    } else {
+        active.max(1).next_power_of_two()
+    }
+}
+
+/// Every value [`column_bucket`] takes for `total` columns, in increasing order.
+pub(crate) fn column_buckets(total: usize) -> Vec<usize> {
+    let mut out: Vec<usize> = (1..=total).map(|a| column_bucket(a, total)).collect();
+    out.dedup();
+    out
+}
+
+/// Starts compiling, on a CUDA device and on background threads, the modules of `k b` (`k`
+/// of `shape`) for `b` of each number of columns in `columns`, in `k`'s dtype `dtype`, and the
+/// modules of their backward passes when `k` tracks gradients; does nothing on other devices.
+/// A solve calls it with [`column_buckets`] before its first product, so that the kernels of
+/// all its products compile at once instead of one after the other.
+pub(crate) fn prepare_matmul(
+    k: &LazyTensor,
+    shape: (usize, usize),
+    columns: &[usize],
+    dtype: DType,
+    device: &candle_core::Device,
+) -> candle_core::Result<()> {
+    crate::op::prepare(device, || {
+        for &e in columns {
+            let b = crate::op::stand_in((shape.1, e), dtype, device)?;
+            matmul_lazy(k, &b, shape, "KernelOperator (prepare)")?;
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,5 +420,55 @@ mod tests {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::*;
+
+    #[test]
+    fn column_buckets_are_few_and_at_most_twice_the_active_columns() {
+        assert_eq!(column_buckets(17), vec![1, 2, 4, 8, 17]);
+        assert_eq!(column_buckets(16), vec![1, 2, 4, 8, 16]);
+        assert_eq!(column_buckets(1), vec![1]);
+        assert_eq!(column_buckets(3), vec![1, 3]);
+        for total in 1..70 {
+            let buckets = column_buckets(total);
+            for active in 1..=total {
+                let b = column_bucket(active, total);
+                assert!(
+                    b >= active && b <= total && b < 2 * active + 1,
+                    "{active}/{total}: {b}"
+                );
+                assert!(
+                    buckets.contains(&b),
+                    "{active}/{total}: {b} not in {buckets:?}"
+                );
+            }
+            assert_eq!(column_bucket(total, total), total);
+        }
+        // The variations seen in one GP step (17 columns): three kernels instead of five.
+        let seen: std::collections::BTreeSet<usize> = [17, 16, 9, 8, 1]
+            .iter()
+            .map(|&a| column_bucket(a, 17))
+            .collect();
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![1, 8, 17]);
+    }
+
+    #[test]
+    fn prepare_matmul_does_nothing_off_cuda() {
+        let x = Tensor::rand(0f32, 1., (10, 3), &candle_core::Device::Cpu).unwrap();
+        let l = Tensor::new(&[0.5f32], &candle_core::Device::Cpu).unwrap();
+        let k = KernelOperator::new(Kernel::gaussian(&l), &x, &x).unwrap();
+        let (dev, shape) = (candle_core::Device::Cpu, k.shape());
+        prepare_matmul(
+            &k.lazy().unwrap(),
+            shape,
+            &column_buckets(17),
+            DType::F32,
+            &dev,
+        )
+        .unwrap();
     }
 }

@@ -9,6 +9,8 @@
 
 use candle_core::{DType, Tensor};
 
+use crate::operator::{column_bucket, column_buckets};
+
 /// A symmetric positive definite operator on `(N, E)` `f64` tensors.
 pub(crate) trait SpdOperator {
     /// `A v`, as fast as the operator's dtype allows (the iterations).
@@ -20,6 +22,11 @@ pub(crate) trait SpdOperator {
     /// `v` rounded to the dtype the solution is returned in.
     fn round(&self, v: &Tensor) -> candle_core::Result<Tensor> {
         Ok(v.clone())
+    }
+    /// Starts compiling, where products are compiled (a GPU), the products of `v`s of each
+    /// number of columns in `columns`, for `apply` and `apply_exact` (nothing by default).
+    fn prepare(&self, _columns: &[usize]) -> candle_core::Result<()> {
+        Ok(())
     }
 }
 
@@ -105,6 +112,11 @@ fn row(v: &[f64], like: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// `f(v)` on the columns flagged in `active` (the others are zero in the result).
+///
+/// `f` runs on [`column_bucket`] columns: the active ones, and inactive ones to fill up (their
+/// results are dropped). The number of active columns shrinks unpredictably as columns
+/// converge, and each number of columns is a distinct kernel (an NVRTC compile on a GPU);
+/// buckets keep them to a few sizes, at most twice the work.
 fn apply_active(
     f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
     v: &Tensor,
@@ -112,14 +124,23 @@ fn apply_active(
     products: &mut usize,
 ) -> candle_core::Result<Tensor> {
     *products += 1;
-    if active.iter().all(|&x| x) {
+    let e = active.len();
+    let on: Vec<u32> = (0..e as u32).filter(|&c| active[c as usize]).collect();
+    if on.len() == e {
         return f(v);
     }
-    let ids: Vec<u32> = (0..active.len() as u32)
-        .filter(|&c| active[c as usize])
-        .collect();
-    let ids = Tensor::new(ids.as_slice(), v.device())?;
-    let av = f(&v.index_select(&ids, 1)?.contiguous()?)?;
+    let width = column_bucket(on.len(), e);
+    let ids = Tensor::new(on.as_slice(), v.device())?;
+    let av = if width == e {
+        f(v)?.index_select(&ids, 1)?
+    } else {
+        let fill = (0..e as u32).filter(|&c| !active[c as usize]);
+        let padded: Vec<u32> = on.iter().cloned().chain(fill).take(width).collect();
+        let padded = Tensor::new(padded.as_slice(), v.device())?;
+        f(&v.index_select(&padded, 1)?)?
+            .narrow(1, 0, on.len())?
+            .contiguous()?
+    };
     v.zeros_like()?.index_add(&ids, &av, 1)
 }
 
@@ -140,6 +161,8 @@ pub(crate) fn cg(
 ) -> candle_core::Result<(Tensor, CgOutcome)> {
     debug_assert_eq!(b.dtype(), DType::F64);
     let e = b.dim(1)?;
+    // The products this run may take, compiled at once rather than one after the other.
+    a.prepare(&column_buckets(e))?;
     let precondition = |r: &Tensor| match m {
         Some(m) => m.apply(r),
         None => Ok(r.clone()),

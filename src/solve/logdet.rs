@@ -22,7 +22,7 @@ use super::cg::{CgOutcome, Preconditioner as _};
 use super::random::Normals;
 use super::{lanczos, Ridge, SolveInfo, SolveOptions, OP};
 use crate::error::Error;
-use crate::operator::matmul_lazy;
+use crate::operator::{matmul_lazy, prepare_matmul};
 use crate::KernelOperator;
 
 /// Settings of the log-determinant estimate of [`KernelOperator::solve_logdet`].
@@ -124,6 +124,10 @@ impl KernelOperator {
         }
         let setup = self.setup(b, alpha.into(), opts)?;
         let (n, e, p) = (setup.n, setup.b64.dim(1)?, ld.probes);
+        if setup.k.tracks_grad() {
+            let device = setup.b64.device();
+            prepare_matmul(&setup.k, (n, n), &[p], setup.dtype, device)?;
+        }
         let mut normals = Normals::new(ld.seed);
         let (z, pre_logdet) = match &setup.system.pre {
             Some(pre) => {

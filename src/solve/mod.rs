@@ -21,7 +21,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 
 use crate::error::Error;
-use crate::operator::matmul_lazy;
+use crate::operator::{matmul_lazy, prepare_matmul};
 use crate::{KernelOperator, LazyTensor};
 use cg::{CgOutcome, CgSettings, SpdOperator};
 use pivoted_cholesky::PivotedCholesky;
@@ -161,6 +161,8 @@ fn bad(detail: String) -> candle_core::Error {
 /// the forward solve and the adjoint solve share.
 pub(crate) struct System {
     k: LazyTensor,
+    /// The device of the operator.
+    device: candle_core::Device,
     /// `K` in `f64` for the residual checks, when `k` is not `f64` already.
     k64: Option<LazyTensor>,
     n: usize,
@@ -185,6 +187,16 @@ impl SpdOperator for System {
 
     fn round(&self, v: &Tensor) -> candle_core::Result<Tensor> {
         v.to_dtype(self.dtype)?.to_dtype(DType::F64)
+    }
+
+    fn prepare(&self, columns: &[usize]) -> candle_core::Result<()> {
+        let device = self.device.clone();
+        let shape = (self.n, self.n);
+        prepare_matmul(&self.k, shape, columns, self.dtype, &device)?;
+        match &self.k64 {
+            Some(k64) => prepare_matmul(k64, shape, columns, DType::F64, &device),
+            None => Ok(()),
+        }
     }
 }
 
@@ -368,9 +380,10 @@ impl KernelOperator {
         let pre = match rank {
             None => None,
             Some(rank) => {
-                let diag = self.diag()?.detach().to_dtype(DType::F64)?;
+                let op = self.detached_in(dtype)?;
+                let diag = op.diag()?.to_dtype(DType::F64)?;
                 let mut rows = |idx: &[usize]| -> candle_core::Result<Tensor> {
-                    self.rows(idx)?.detach().to_dtype(DType::F64)
+                    op.rows(idx)?.to_dtype(DType::F64)
                 };
                 Some(PivotedCholesky::new(diag, &mut rows, alpha_value, rank)?)
             }
@@ -386,6 +399,7 @@ impl KernelOperator {
         };
         let system = System {
             k: k_det,
+            device: rows.device().clone(),
             k64,
             n,
             dtype,
@@ -397,6 +411,11 @@ impl KernelOperator {
                 check_residual: opts.check_residual,
             },
         };
+        // The tracked product of the gradient (and its backward pass) compiles now, beside
+        // the iterations' products, rather than after them.
+        if k.tracks_grad() {
+            prepare_matmul(&k, (n, n), &[b2.dim(1)?], dtype, rows.device())?;
+        }
         Ok(Setup {
             system,
             k,

@@ -75,14 +75,24 @@ pub(crate) struct PivotedCholesky {
 /// Rows of the factor's first buffer; it doubles when full (up to the largest rank).
 const FIRST_ROWS: usize = 64;
 
-/// Candidates per round: the first round draws `FIRST_ROUND`, each later one twice as many
-/// as the round before accepted, between `MIN_ROUND` and `MAX_ROUND`. Where most candidates
-/// are accepted (a rough kernel, many pivots) rounds grow to `MAX_ROUND`; where few are (a
-/// smooth kernel whose remainder is concentrated) they stay small, so that few kernel rows
-/// are computed for nothing.
-const FIRST_ROUND: usize = 16;
-const MIN_ROUND: usize = 8;
+/// Candidates of the first round.
+const FIRST_ROUND: usize = 8;
+/// Candidates per round, at most.
 const MAX_ROUND: usize = 64;
+
+/// The candidates of the next round, after `accepted` of `drawn` were accepted. Where most
+/// are accepted (a rough kernel, many pivots) rounds double up to [`MAX_ROUND`]: a GPU pays
+/// per round, not per row. Where many are rejected (a smooth kernel whose remainder is
+/// concentrated near few points) the next round draws as many as this one accepted, down to
+/// one: a CPU pays per row, and a round of one is a sequential RPCholesky step with nothing
+/// rejected. The rule depends on the draws only, so every device takes the same pivots.
+fn next_round(drawn: usize, accepted: usize) -> usize {
+    if 4 * accepted >= 3 * drawn {
+        (2 * drawn).min(MAX_ROUND)
+    } else {
+        accepted.max(1)
+    }
+}
 
 /// The memory a round's block of remainder rows `G` (`B x N` `f64`) may take: 256 MiB.
 const ROUND_MEMORY: usize = 1 << 28;
@@ -188,7 +198,7 @@ impl PivotedCholesky {
             };
             let h = g.index_select(&cand_t, 1)?.to_vec2::<f64>()?;
             let (accepted, c_inv, pivot_values) = accept(h, &cand, &d_host, tiny, wanted, &mut rng);
-            round = (2 * accepted.len()).clamp(MIN_ROUND, MAX_ROUND);
+            round = next_round(b, accepted.len());
             if accepted.is_empty() {
                 idle += 1;
                 continue;

@@ -1,44 +1,62 @@
 //! Compiling (NVRTC), caching and launching generated kernels on Candle's CUDA stream.
 //!
-//! A reduction looks for its module in memory (keyed by the plan's canonical text, the
-//! variables, the dtype and the architecture), then on disk ([`super::cache`]), and compiles
-//! it with NVRTC only when both miss. Candle's device keeps loaded modules by name, and the
-//! name is a hash of the source, so a module is loaded once per device.
+//! A reduction looks for its module in memory (keyed by the plan's kernel key, the dtype, the
+//! architecture and the device), then on disk ([`super::cache`]), and compiles it with NVRTC
+//! only when both miss; the PTX is then loaded into the device's context (the driver compiles
+//! it for the device) and its functions kept with it, so both steps happen once per device.
+//!
+//! The memory cache holds modules in flight too ([`super::inflight`]): [`prepare`] starts the
+//! compile and load of modules that will predictably be needed (the gradient reductions of a
+//! tracked forward reduction, see `crate::op`) on background threads, and a reduction that
+//! needs one of them waits for it (or takes it over if no thread has started it) instead of
+//! compiling it a second time. NVRTC and module loading are thread-safe, so independent
+//! modules compile in parallel.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
 use candle_core::cuda_backend::cudarc::driver::{
-    sys, CudaSlice, CudaView, LaunchConfig, PushKernelArg,
+    sys, CudaContext, CudaFunction, CudaSlice, CudaView, DriverError, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::{
-    compile_ptx_with_opts, CompileError, CompileOptions,
+    compile_ptx_with_opts, CompileError, CompileOptions, Ptx,
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout};
 
 use super::cache::DiskCache;
 use super::codegen::{generate, CudaKernel, Storage};
+use super::inflight::{Found, InFlight};
+use crate::backend::census::{self, Obtained};
 use crate::backend::ReductionPlan;
 use crate::error::Error;
-use crate::formula::VarCat;
 
-/// A compiled module.
+/// A compiled module, and its functions once loaded into a device's context.
 struct Compiled {
     kernel: CudaKernel,
-    ptx: String,
+    /// Loaded (`None` for a module compiled without a device, in tests).
+    loaded: Option<Loaded>,
 }
 
-type Key = (String, Storage, String);
+/// A module loaded into a context: the driver's JIT has turned its PTX into machine code.
+struct Loaded {
+    main: CudaFunction,
+    combine: CudaFunction,
+}
 
-fn memory() -> &'static Mutex<HashMap<Key, Arc<Compiled>>> {
-    static MEM: OnceLock<Mutex<HashMap<Key, Arc<Compiled>>>> = OnceLock::new();
+/// A module's identity: the plan's kernel key, the storage, the architecture and the device
+/// (the ordinal of the context it is loaded into; `None`: not loaded).
+type Key = (String, Storage, String, Option<usize>);
+
+/// Compiled modules of this process, and those being compiled (see [`super::inflight`]).
+fn memory() -> &'static Arc<InFlight<Key, Arc<Compiled>>> {
+    static MEM: OnceLock<Arc<InFlight<Key, Arc<Compiled>>>> = OnceLock::new();
     MEM.get_or_init(Default::default)
 }
 
-fn arch_of(dev: &CudaDevice) -> candle_core::Result<String> {
+pub(crate) fn arch_of(dev: &CudaDevice) -> candle_core::Result<String> {
     let (major, minor) = dev.cuda_stream().context().compute_capability().w()?;
     Ok(format!("compute_{major}{minor}"))
 }
@@ -51,18 +69,22 @@ fn multiprocessors(dev: &CudaDevice) -> usize {
         .unwrap_or(100)
 }
 
+/// The NVRTC options of every compile.
+fn nvrtc_options(arch: &str) -> CompileOptions {
+    CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+        ..Default::default()
+    }
+}
+
 /// Compiles a generated source for `arch` with NVRTC; a failure returns the NVRTC log and
 /// the path the source was written to.
-fn compile(
+pub(crate) fn compile(
     kernel: &CudaKernel,
     arch: &str,
     disk: Option<&DiskCache>,
-) -> candle_core::Result<String> {
-    let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
-        ..Default::default()
-    };
-    match compile_ptx_with_opts(&kernel.source, opts) {
+) -> Result<String, Error> {
+    match compile_ptx_with_opts(&kernel.source, nvrtc_options(arch)) {
         Ok(ptx) => Ok(ptx.to_src()),
         Err(e) => {
             let log = match &e {
@@ -82,48 +104,135 @@ fn compile(
                     "compiling kernel {} for {arch} failed; source written to {written}; log:\n{log}",
                     kernel.name
                 ),
-            }
-            .into())
+            })
         }
     }
 }
 
+/// Loads PTX into `ctx` (the driver compiles it for the device) and finds the functions.
+fn load(ctx: &Arc<CudaContext>, kernel: &CudaKernel, ptx: String) -> Result<Loaded, Error> {
+    let fail = |step: &str, e: DriverError| Error::Backend {
+        what: "CUDA module load",
+        detail: format!("{step} of kernel {}: {e:?}", kernel.name),
+    };
+    let module = ctx
+        .load_module(Ptx::from_src(ptx))
+        .map_err(|e| fail("loading the PTX", e))?;
+    let function = |suffix: &str| {
+        module
+            .load_function(&format!("{}_{suffix}", kernel.name))
+            .map_err(|e| fail("finding a function", e))
+    };
+    Ok(Loaded {
+        main: function("main")?,
+        combine: function("combine")?,
+    })
+}
+
+/// The module of `plan`: generated, then read from the disk cache or compiled (and stored
+/// there), then loaded into `ctx` when there is one. `ahead`: for a background job, run
+/// before the module is requested.
+fn obtain(
+    plan: &ReductionPlan,
+    storage: Storage,
+    arch: &str,
+    ctx: Option<&Arc<CudaContext>>,
+    ahead: bool,
+) -> Result<Arc<Compiled>, Error> {
+    let kernel = generate(
+        &plan.formula,
+        plan.reduction.kind,
+        &plan.kernel_vars(),
+        storage,
+    )?;
+    let disk = disk_cache();
+    let cached = disk
+        .as_ref()
+        .and_then(|d| d.load(&kernel.name, arch, &kernel.source));
+    let (ptx, how) = match cached {
+        Some(ptx) => (ptx, Obtained::Disk),
+        None => {
+            let t = Instant::now();
+            let ptx = compile(&kernel, arch, disk.as_ref())?;
+            let seconds = t.elapsed().as_secs_f64();
+            if let Some(d) = &disk {
+                // A cache that cannot be written only costs a compile next time.
+                let _ = d.store(&kernel.name, arch, &kernel.source, &ptx);
+            }
+            (ptx, Obtained::Compiled { seconds, ahead })
+        }
+    };
+    let t = Instant::now();
+    let loaded = ctx.map(|ctx| load(ctx, &kernel, ptx)).transpose()?;
+    let load_seconds = ctx.is_some().then(|| t.elapsed().as_secs_f64());
+    census::obtained(plan, storage, &kernel, how, load_seconds);
+    Ok(Arc::new(Compiled { kernel, loaded }))
+}
+
+/// The disk cache (unit tests: one of their own, so that they neither read nor fill the
+/// user's).
+fn disk_cache() -> Option<DiskCache> {
+    #[cfg(test)]
+    return Some(DiskCache::at(&tests::scratch_cache()));
+    #[cfg(not(test))]
+    DiskCache::from_env()
+}
+
+fn key_of(plan: &ReductionPlan, storage: Storage, arch: &str, ctx: Option<&CudaContext>) -> Key {
+    (
+        plan.kernel_key(),
+        storage,
+        arch.to_string(),
+        ctx.map(|c| c.ordinal()),
+    )
+}
+
+/// The module of `plan`, from memory, or obtained now, or waited for when a background
+/// thread is compiling it.
 fn compiled(
     plan: &ReductionPlan,
     storage: Storage,
     arch: &str,
-) -> candle_core::Result<Arc<Compiled>> {
-    let vars: Vec<(VarCat, usize)> = plan.vars.iter().map(|v| (v.cat, v.dim)).collect();
-    let key: Key = (
-        format!("{}:{vars:?}", plan.key()),
-        storage,
-        arch.to_string(),
-    );
+    ctx: Option<&Arc<CudaContext>>,
+) -> Result<Arc<Compiled>, Error> {
+    let t = Instant::now();
+    let key = key_of(plan, storage, arch, ctx.map(|c| &**c));
+    let (c, found) = memory().get(&key, || obtain(plan, storage, arch, ctx, false));
+    if found != Found::Ready {
+        census::waited(t.elapsed().as_secs_f64());
+    }
+    c
+}
+
+/// Starts compiling (and loading into `ctx`), on background threads, the modules of `plans`
+/// that are neither ready nor in flight, so that the reductions that ask for them find them
+/// ready, or in flight and wait instead of compiling again. Errors surface at those requests.
+pub(crate) fn prepare(
+    plans: impl IntoIterator<Item = ReductionPlan>,
+    storage: Storage,
+    arch: &str,
+    ctx: Option<&Arc<CudaContext>>,
+) {
     let mem = memory();
-    if let Some(c) = mem.lock().ok().and_then(|m| m.get(&key).cloned()) {
-        return Ok(c);
+    for plan in plans {
+        let key = key_of(&plan, storage, arch, ctx.map(|c| &**c));
+        let (arch, ctx) = (arch.to_string(), ctx.cloned());
+        mem.prefetch(
+            key,
+            Box::new(move || obtain(&plan, storage, &arch, ctx.as_ref(), true)),
+        );
     }
-    let kernel = generate(&plan.formula, plan.reduction.kind, &vars, storage)?;
-    let disk = DiskCache::from_env();
-    let cached = disk
-        .as_ref()
-        .and_then(|d| d.load(&kernel.name, arch, &kernel.source));
-    let ptx = match cached {
-        Some(p) => p,
-        None => {
-            let p = compile(&kernel, arch, disk.as_ref())?;
-            if let Some(d) = &disk {
-                // A cache that cannot be written only costs a compile next time.
-                let _ = d.store(&kernel.name, arch, &kernel.source, &p);
-            }
-            p
-        }
-    };
-    let c = Arc::new(Compiled { kernel, ptx });
-    if let Ok(mut m) = mem.lock() {
-        m.insert(key, c.clone());
+}
+
+/// [`prepare`] for the device of `dev`.
+pub(crate) fn prepare_on(
+    plans: impl IntoIterator<Item = ReductionPlan>,
+    storage: Storage,
+    dev: &CudaDevice,
+) {
+    if let Ok(arch) = arch_of(dev) {
+        prepare(plans, storage, &arch, Some(dev.cuda_stream().context()));
     }
-    Ok(c)
 }
 
 /// The outputs of a CUDA reduction: the primary output (values, or indices when the
@@ -202,8 +311,13 @@ where
     let rows = int("output rows", plan.rows)?;
     let terms = int("reduced terms", plan.terms)?;
     let arch = arch_of(dev)?;
-    let c = compiled(plan, storage, &arch)?;
+    let stream = dev.cuda_stream();
+    let c = compiled(plan, storage, &arch, Some(stream.context()))?;
     let k = &c.kernel;
+    let loaded = c.loaded.as_ref().ok_or_else(|| Error::Backend {
+        what: "CUDA reduction",
+        detail: format!("kernel {} was compiled but not loaded", k.name),
+    })?;
     let block = k.block;
 
     // The 2D scheme when the rows leave most of the GPU idle: the terms are split into
@@ -230,8 +344,7 @@ where
     let part_idx: CudaSlice<i64> = dev.alloc_zeros::<i64>((parts * k.state_idx).max(1))?;
     let offsets: Vec<i64> = plan.vars.iter().map(|v| v.offset as i64).collect();
 
-    let main = dev.get_or_load_custom_func(&format!("{}_main", k.name), &k.name, &c.ptx)?;
-    let mut b = main.builder();
+    let mut b = stream.launch_builder(&loaded.main);
     b.arg(&input);
     for o in &offsets {
         b.arg(o);
@@ -253,10 +366,8 @@ where
     // indexes, and all live until the launch is enqueued on the device's stream.
     unsafe { b.launch(cfg) }.w()?;
     if chunks > 1 {
-        let combine =
-            dev.get_or_load_custom_func(&format!("{}_combine", k.name), &k.name, &c.ptx)?;
         let chunks_i = int("chunks", chunks)?;
-        let mut b = combine.builder();
+        let mut b = stream.launch_builder(&loaded.combine);
         b.arg(&rows);
         b.arg(&chunks_i);
         b.arg(&part_vals);
@@ -291,7 +402,7 @@ mod tests {
     //! NVRTC needs no GPU: these run wherever the `cuda` feature builds and links.
 
     use super::*;
-    use crate::formula::{Expr, Var};
+    use crate::formula::{Expr, Var, VarCat};
     use crate::reduction::ReductionKind;
 
     fn gaussian() -> (Expr, Vec<(VarCat, usize)>) {
@@ -327,6 +438,115 @@ mod tests {
                 );
             }
         }
+    }
+
+    pub(super) fn scratch_cache() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("lk-unit-cache-{}", std::process::id()))
+    }
+
+    /// A Gaussian kernel sum `sum_j exp(-c |x_i - y_j|^2) b_j` with `e` columns, `c` unique to
+    /// this process (so that its module is in no cache).
+    fn plan_of(tag: f64, e: usize) -> ReductionPlan {
+        use crate::backend::VarSpec;
+        use crate::reduction::{Axis, Reduction};
+        let c = tag + f64::from(std::process::id() % 10_000) * 1e-9;
+        let v = |cat, pos, dim| Expr::var(Var { cat, pos, dim }).unwrap();
+        let (x, y, b) = (v(VarCat::I, 0, 3), v(VarCat::J, 1, 3), v(VarCat::J, 2, e));
+        let d = Expr::sqdist(&x, &y).unwrap();
+        let k = Expr::binary(
+            crate::formula::BinaryOp::Mul,
+            &Expr::constant(-c).unwrap(),
+            &d,
+        )
+        .unwrap()
+        .exp();
+        let formula = Expr::binary(crate::formula::BinaryOp::Mul, &k, &b).unwrap();
+        let reduction = Reduction::new(ReductionKind::Sum, Axis::J);
+        let spec = |cat, dim| VarSpec {
+            cat,
+            dim,
+            rows: 1,
+            offset: 0,
+        };
+        ReductionPlan {
+            out: reduction.output_spec(formula.dim()).unwrap(),
+            formula,
+            reduction,
+            vars: vec![spec(VarCat::I, 3), spec(VarCat::J, 3), spec(VarCat::J, e)],
+            rows: 1,
+            terms: 1,
+        }
+    }
+
+    #[test]
+    fn prepared_kernels_compile_once_in_the_background_and_requests_wait_for_them() {
+        let _lock = census::test_lock();
+        let plans: Vec<ReductionPlan> = (1..=4).map(|e| plan_of(0.271828, e)).collect();
+        census::start();
+        prepare(plans.clone(), Storage::F32, "compute_80", None);
+        // Asked for at once: each is ready, in flight (waited for) or queued (taken over).
+        for p in &plans {
+            let c = compiled(p, Storage::F32, "compute_80", None).unwrap();
+            let want = generate(&p.formula, p.reduction.kind, &p.kernel_vars(), Storage::F32);
+            assert_eq!(c.kernel.name, want.unwrap().name);
+            assert!(c.loaded.is_none(), "no device: compiled, not loaded");
+        }
+        // Asked for again: from memory.
+        for p in &plans {
+            compiled(p, Storage::F32, "compute_80", None).unwrap();
+        }
+        let c = census::stop();
+        assert_eq!(c.compiled, 4, "each module compiled once:\n{c}");
+        assert_eq!(c.prepared, 4, "by the prepared jobs:\n{c}");
+        assert!(c.nvrtc_seconds > 0.0 && c.wait_seconds > 0.0, "{c}");
+        for k in c.kernels.iter().filter(|k| k.formula.contains("0.271828")) {
+            assert!(k.prepared && k.nvrtc_seconds.is_some() && k.load_seconds.is_none());
+        }
+        // A new process would read them from the disk cache.
+        let disk = disk_cache().unwrap();
+        for p in &plans {
+            let k = generate(&p.formula, p.reduction.kind, &p.kernel_vars(), Storage::F32).unwrap();
+            assert!(disk.load(&k.name, "compute_80", &k.source).is_some());
+        }
+        let _ = std::fs::remove_dir_all(scratch_cache());
+    }
+
+    #[test]
+    fn a_failed_background_compile_reaches_the_request_that_needs_it() {
+        let (f, vars) = gaussian();
+        let mut k = generate(&f, ReductionKind::Sum, &vars, Storage::F32).unwrap();
+        k.source.push_str("\nthis is not CUDA either;\n");
+        let key: Key = (
+            format!("broken {}", k.name),
+            Storage::F32,
+            "compute_80".into(),
+            None,
+        );
+        let dir = std::env::temp_dir().join(format!("lk-nvrtc-bg-{}", std::process::id()));
+        let broken = {
+            let (k, dir) = (k.clone(), dir.clone());
+            move || -> Result<Arc<Compiled>, Error> {
+                compile(&k, "compute_80", Some(&DiskCache::at(&dir)))?;
+                Ok(Arc::new(Compiled {
+                    kernel: k,
+                    loaded: None,
+                }))
+            }
+        };
+        assert!(memory().prefetch(key.clone(), Box::new(broken.clone())));
+        let t = Instant::now();
+        let (r, _) = memory().get(&key, broken.clone());
+        let err = r.err().expect("the compile fails").to_string();
+        assert!(
+            err.contains("NVRTC failed") && err.contains(&k.name),
+            "{err}"
+        );
+        assert!(t.elapsed().as_secs() < 60);
+        // Forgotten after the failure: asked again, it is compiled (and fails) again.
+        let (r, found) = memory().get(&key, broken);
+        assert!(r.is_err());
+        assert_eq!(found, Found::Made);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -4,13 +4,43 @@
 //!
 //! The code generator and the disk cache are part of every build, so that they can be tested
 //! (and the generated sources compiled by `nvcc`) on machines without a GPU.
+//!
+//! Compiles that can be foreseen run ahead, in parallel, on background threads
+//! ([`compile_threads`] of them, `$LAZY_KERNELS_COMPILE_THREADS`, 0 to turn this off): a
+//! reduction whose inputs track gradients starts the compiles of its backward pass's modules
+//! (NVRTC, then the driver's compile of the PTX when the module is loaded), and a reduction
+//! that needs a module being compiled waits for it rather than compiling it again. The
+//! census ([`crate::backend::census`]) counts the modules, compiles and seconds.
 
 pub mod cache;
 pub mod codegen;
+pub(crate) mod inflight;
 #[cfg(feature = "cuda")]
 pub(crate) mod launch;
 
 pub use codegen::{generate, CudaKernel, Storage};
+pub use inflight::{worker_count as compile_threads, THREADS_VAR};
+
+/// Compiles a generated module with NVRTC for `arch` (`compute_XY`), with the options the
+/// backend uses, and returns its PTX. Needs NVRTC, not a GPU (feature `cuda`).
+///
+/// ```
+/// # #[cfg(feature = "cuda")] {
+/// use lazy_kernels::backend::cuda::{compile_ptx, generate, Storage};
+/// use lazy_kernels::formula::{Expr, Var, VarCat};
+/// use lazy_kernels::ReductionKind;
+/// let v = |cat, pos| Expr::var(Var { cat, pos, dim: 3 }).unwrap();
+/// let f = Expr::sqdist(&v(VarCat::I, 0), &v(VarCat::J, 1))?.neg().exp();
+/// let k = generate(&f, ReductionKind::Sum, &[(VarCat::I, 3), (VarCat::J, 3)], Storage::F32)?;
+/// let ptx = compile_ptx(&k, "compute_80")?;
+/// assert!(ptx.contains(&format!("{}_main", k.name)));
+/// # }
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[cfg(feature = "cuda")]
+pub fn compile_ptx(kernel: &CudaKernel, arch: &str) -> candle_core::Result<String> {
+    Ok(launch::compile(kernel, arch, None)?)
+}
 
 #[cfg(not(feature = "cuda"))]
 use super::ReductionPlan;

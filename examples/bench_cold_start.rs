@@ -1,0 +1,399 @@
+//! The cold start of an exact-GP training step: how many distinct CUDA kernels one step
+//! (`gp.nll()` then `backward()`) needs, and what compiling them costs.
+//!
+//! ```text
+//! cargo run --release --example bench_cold_start                    # the census, on the CPU
+//! cargo run --release --features cuda --example bench_cold_start    # + NVRTC times, here
+//! cargo run --release --features cuda --example bench_cold_start -- --device cuda
+//! cargo run --release --example bench_cold_start -- --n 2000 --dtype f32 --list
+//! ```
+//!
+//! The step is that of `bench_gp`: `N` points uniform in the unit cube (seed 0), a Gaussian
+//! kernel with three lengthscales times an outputscale, a learned noise and mean, default
+//! `GpSettings`.
+//!
+//! * On the CPU (default): one step runs with the kernel census on
+//!   ([`lazy_kernels::backend::census`]), which records the CUDA module each reduction would
+//!   compile (one more than on CUDA: the preconditioner's rows take another path on the CPU),
+//!   and those that CUDA would compile ahead for backward passes ("ahead" in `--list`). With `--features cuda` every recorded source is then compiled here by NVRTC
+//!   (no GPU needed) for `--arch` (default `compute_90`): one after the other, then on `k`
+//!   threads for each `k` of `--threads` (default 2,4,8,16; wall time of the whole set, the
+//!   kernels taken from a shared queue). This machine's cores set how far the concurrent
+//!   figures can go.
+//! * `--device cuda` (feature `cuda`): each dtype runs in a fresh child process (this program
+//!   re-executed) with `LAZY_KERNELS_CACHE_DIR` pointing at a new, empty directory: the first
+//!   step (cold: generate, NVRTC, load, run), then a warm step, and the census of the first
+//!   step; then a second child on the now filled disk cache (first step of a new process).
+//!
+//! Options: `--n N` (default 10000), `--dtype f32|f64|both` (default both), `--list` (print
+//! every kernel of the census), `--dump DIR` (write each kernel's source to `DIR/<name>.cu`),
+//! `--threads 2,4,8`, `--arch compute_XY`.
+
+use std::error::Error;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use lazy_kernels::backend::census::{self, Census};
+use lazy_kernels::gp::{ExactGp, GpSettings, Positive};
+use lazy_kernels::Kernel;
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+const D: usize = 3;
+const LENGTHSCALES: [f64; D] = [0.3, 0.4, 0.5];
+const OUTPUTSCALE: f64 = 1.0;
+const NOISE: f64 = 0.05;
+const NOISE_SD: f64 = 0.1;
+
+/// SplitMix64 uniforms and Box-Muller normals (the same problem as `bench_gp`).
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let u = self.uniform().max(f64::MIN_POSITIVE);
+        let v = self.uniform();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+fn build_gp(n: usize, dev: &Device, dtype: DType) -> Res<ExactGp> {
+    use std::f64::consts::PI;
+    let mut rng = Rng(0);
+    let x: Vec<f64> = (0..n * D).map(|_| rng.uniform()).collect();
+    let y: Vec<f64> = (0..n)
+        .map(|i| {
+            let p = &x[i * D..(i + 1) * D];
+            (2.0 * PI * p[0]).sin() * (PI * p[1]).cos()
+                + 0.5 * (3.0 * p[2]).sin()
+                + NOISE_SD * rng.normal()
+        })
+        .collect();
+    let x = Tensor::from_vec(x, (n, D), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(dev)?;
+    let y = Tensor::from_vec(y, n, &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(dev)?;
+    let l = Positive::new("lengthscale", &LENGTHSCALES, dtype, dev)?;
+    let s = Positive::new("outputscale", &[OUTPUTSCALE], dtype, dev)?;
+    let noise = Positive::new("noise", &[NOISE], dtype, dev)?;
+    let (lc, sc) = (l.clone(), s.clone());
+    let gp = ExactGp::new(&x, &y, vec![l, s], noise, move || {
+        Ok(Kernel::gaussian(&lc.value()?).scale(&sc.value()?))
+    })?;
+    Ok(gp.with_settings(GpSettings::default()))
+}
+
+/// One training step, ending with the gradients on the host: its seconds, the NLL and the
+/// gradient's norm.
+fn step(gp: &ExactGp) -> Res<(f64, f64, f64)> {
+    let t = Instant::now();
+    let (loss, report) = gp.nll()?;
+    let grads = loss.backward()?;
+    let mut norm = 0.0;
+    for v in gp.vars() {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            let g = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            norm += g.iter().map(|x| x * x).sum::<f64>();
+        }
+    }
+    Ok((t.elapsed().as_secs_f64(), report.nll, norm.sqrt()))
+}
+
+struct Args {
+    n: usize,
+    dtypes: Vec<DType>,
+    list: bool,
+    threads: Vec<usize>,
+    arch: String,
+    cuda: bool,
+    child: bool,
+    dump: Option<std::path::PathBuf>,
+}
+
+fn parse_args() -> Res<Args> {
+    let mut a = Args {
+        n: 10_000,
+        dtypes: vec![DType::F32, DType::F64],
+        list: false,
+        threads: vec![2, 4, 8, 16],
+        arch: "compute_90".into(),
+        cuda: false,
+        child: false,
+        dump: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--n" => a.n = value()?.parse::<f64>()? as usize,
+            "--dtype" => {
+                a.dtypes = match value()?.as_str() {
+                    "f32" => vec![DType::F32],
+                    "f64" => vec![DType::F64],
+                    "both" => vec![DType::F32, DType::F64],
+                    other => return Err(format!("--dtype {other}: f32, f64 or both").into()),
+                }
+            }
+            "--list" => a.list = true,
+            "--threads" => {
+                a.threads = value()?
+                    .split(',')
+                    .map(|t| t.trim().parse())
+                    .collect::<Result<_, _>>()?
+            }
+            "--arch" => a.arch = value()?,
+            "--device" => a.cuda = value()? == "cuda",
+            "--child" => a.child = true,
+            "--dump" => a.dump = Some(value()?.into()),
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    Ok(a)
+}
+
+fn name(d: DType) -> &'static str {
+    if d == DType::F32 {
+        "f32"
+    } else {
+        "f64"
+    }
+}
+
+/// What distinguishes the kernels of a census: per reduction and variable layout, the counts.
+fn summary(c: &Census) -> String {
+    let mut groups: Vec<(String, usize, usize)> = Vec::new();
+    for k in c.kernels.iter().filter(|k| k.dispatches > 0) {
+        let vars: Vec<String> = k.vars.iter().map(|(c, d)| format!("{c:?}{d}")).collect();
+        let shape = format!("{} [{}]", k.reduction, vars.join(" "));
+        match groups.iter_mut().find(|g| g.0 == shape) {
+            Some(g) => {
+                g.1 += 1;
+                g.2 += k.dispatches;
+            }
+            None => groups.push((shape, 1, k.dispatches)),
+        }
+    }
+    let mut s = String::new();
+    for (shape, kernels, calls) in groups {
+        s.push_str(&format!(
+            "    {kernels:>3} kernels, {calls:>5} calls: {shape}\n"
+        ));
+    }
+    s
+}
+
+fn cpu_census(a: &Args) -> Res<()> {
+    println!(
+        "# Kernels of one exact-GP step (N = {}, D = 3, Gaussian x scale, default GpSettings), \
+         counted on the CPU",
+        a.n
+    );
+    let mut sources: Vec<(DType, Census)> = Vec::new();
+    for &dtype in &a.dtypes {
+        let gp = build_gp(a.n, &Device::Cpu, dtype)?;
+        census::start();
+        let (secs, nll, grad) = step(&gp)?;
+        let c = census::stop();
+        println!(
+            "\n## {}: {} distinct kernels, {} reductions (the CPU step took {secs:.2} s; NLL \
+             {nll:.6}, gradient norm {grad:.6})",
+            name(dtype),
+            c.distinct(),
+            c.dispatches
+        );
+        print!("{}", summary(&c));
+        if a.list {
+            println!("{c}");
+        }
+        if let Some(dir) = &a.dump {
+            std::fs::create_dir_all(dir)?;
+            for k in c.kernels.iter().filter(|k| k.dispatches > 0) {
+                std::fs::write(dir.join(format!("{}.cu", k.name)), &k.source)?;
+            }
+        }
+        sources.push((dtype, c));
+    }
+    nvrtc_times(a, &sources)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn nvrtc_times(_: &Args, _: &[(DType, Census)]) -> Res<()> {
+    println!("\n(NVRTC times need `--features cuda`: NVRTC runs without a GPU.)");
+    Ok(())
+}
+
+/// Compiles every recorded kernel with NVRTC, one after the other and on `k` threads.
+#[cfg(feature = "cuda")]
+fn nvrtc_times(a: &Args, sets: &[(DType, Census)]) -> Res<()> {
+    use lazy_kernels::backend::cuda::{compile_ptx, CudaKernel};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "\n## NVRTC here ({}, {cores} cores), seconds to compile the kernels of one step",
+        a.arch
+    );
+    let mut head =
+        String::from("| dtype | kernels | sequential | per kernel (min / median / max) |");
+    let mut rule = String::from("|---|---|---|---|");
+    for t in &a.threads {
+        head.push_str(&format!(" {t} threads |"));
+        rule.push_str("---|");
+    }
+    println!("{head}\n{rule}");
+    for (dtype, c) in sets {
+        // The recorded sources, as modules (only the name and source matter to NVRTC).
+        let kernels: Vec<CudaKernel> = c
+            .kernels
+            .iter()
+            .filter(|k| k.dispatches > 0)
+            .map(|k| CudaKernel {
+                name: k.name.clone(),
+                source: k.source.clone(),
+                block: 0,
+                shared: false,
+                state_vals: 0,
+                state_idx: 0,
+                out_vals: 0,
+                out_idx: 0,
+            })
+            .collect();
+        let t = Instant::now();
+        let mut each = Vec::new();
+        for k in &kernels {
+            let t = Instant::now();
+            compile_ptx(k, &a.arch)?;
+            each.push(t.elapsed().as_secs_f64());
+        }
+        let seq = t.elapsed().as_secs_f64();
+        each.sort_by(f64::total_cmp);
+        let mut row = format!(
+            "| {} | {} | {seq:.2} | {:.3} / {:.3} / {:.3} |",
+            name(*dtype),
+            kernels.len(),
+            each.first().copied().unwrap_or(0.0),
+            each.get(each.len() / 2).copied().unwrap_or(0.0),
+            each.last().copied().unwrap_or(0.0)
+        );
+        for &threads in &a.threads {
+            let next = AtomicUsize::new(0);
+            let t = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(k) = kernels.get(i) else { break };
+                        compile_ptx(k, &a.arch).expect("compiled sequentially above");
+                    });
+                }
+            });
+            row.push_str(&format!(" {:.2} |", t.elapsed().as_secs_f64()));
+        }
+        println!("{row}");
+    }
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    let a = parse_args()?;
+    if a.child {
+        return child(&a);
+    }
+    if a.cuda {
+        return cuda_parent(&a);
+    }
+    cpu_census(&a)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_parent(_: &Args) -> Res<()> {
+    Err("--device cuda needs a build with `--features cuda`".into())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn child(_: &Args) -> Res<()> {
+    Err("--device cuda needs a build with `--features cuda`".into())
+}
+
+/// Runs the children: per dtype, a cold process on an empty disk cache, then a process on
+/// the cache the first one filled.
+#[cfg(feature = "cuda")]
+fn cuda_parent(a: &Args) -> Res<()> {
+    use lazy_kernels::backend::cuda::cache::CACHE_DIR_VAR;
+    if Device::new_cuda(0).is_err() {
+        println!("no CUDA device: nothing measured");
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    println!(
+        "# First exact-GP step on CUDA device 0 (N = {}, fresh processes), background compile \
+         threads: {}",
+        a.n,
+        lazy_kernels::backend::cuda::compile_threads()
+    );
+    for &dtype in &a.dtypes {
+        let dir = std::env::temp_dir().join(format!(
+            "lk-cold-{}-{}-{}",
+            std::process::id(),
+            name(dtype),
+            Instant::now().elapsed().as_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        for run in ["empty disk cache", "filled disk cache"] {
+            println!("\n## {} ({run})", name(dtype));
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.env(CACHE_DIR_VAR, &dir).args([
+                "--child",
+                "--n",
+                &a.n.to_string(),
+                "--dtype",
+                name(dtype),
+            ]);
+            if a.list {
+                cmd.arg("--list");
+            }
+            let status = cmd.status()?;
+            if !status.success() {
+                return Err(format!("the child ({}, {run}) failed: {status}", name(dtype)).into());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// In a fresh process: the first step with the census on, then a warm step.
+#[cfg(feature = "cuda")]
+fn child(a: &Args) -> Res<()> {
+    let dev = Device::new_cuda(0)?;
+    let dtype = a.dtypes[0];
+    let t = Instant::now();
+    let gp = build_gp(a.n, &dev, dtype)?;
+    dev.synchronize()?;
+    let setup = t.elapsed().as_secs_f64();
+    census::start();
+    let (first, nll, grad) = step(&gp)?;
+    let c = census::stop();
+    let (warm, _, _) = step(&gp)?;
+    println!(
+        "first step {first:.3} s, warm step {:.1} ms (setup {setup:.2} s); NLL {nll:.6}, \
+         gradient norm {grad:.6}",
+        warm * 1e3
+    );
+    println!("{}", c.to_string().lines().last().unwrap_or(""));
+    print!("{}", summary(&c));
+    if a.list {
+        println!("{c}");
+    }
+    Ok(())
+}
