@@ -9,6 +9,7 @@
 
 use candle_core::{DType, Tensor};
 
+use super::host_read;
 use crate::operator::{column_bucket, column_buckets};
 
 /// A symmetric positive definite operator on `(N, E)` `f64` tensors.
@@ -98,7 +99,7 @@ const IDLE_LOOKS: usize = 3;
 
 /// `<a_c, b_c>` for every column `c`, on the host.
 fn col_dots(a: &Tensor, b: &Tensor) -> candle_core::Result<Vec<f64>> {
-    (a * b)?.sum(0)?.to_vec1::<f64>()
+    host_read((a * b)?.sum(0)?.to_vec1::<f64>())
 }
 
 /// `<a_c, b_c>` for every column `c`, as a `(1, E)` tensor on the device.
@@ -201,7 +202,7 @@ pub(crate) fn cg(
     // `<r, z>` per column lives on the device; the host sees it once per iteration, with the
     // other per-column scalars, in one read.
     let mut rz_t = col_dots_t(&r, &z)?;
-    let mut rz = rz_t.flatten_all()?.to_vec1::<f64>()?;
+    let mut rz = host_read(rz_t.flatten_all()?.to_vec1::<f64>())?;
     let mut broken = vec![false; e];
     let mut stops = vec![Stop::MaxIters; e];
     // The true residual at each column's last check: a restart that does not reduce it by a
@@ -262,7 +263,7 @@ pub(crate) fn cg(
         let beta_t = moving.where_cond(&(&rz_new_t / &rz_t)?, &zeros)?;
         let p_next = (&z + p.broadcast_mul(&beta_t)?)?;
         let read = Tensor::cat(&[&pap_t, &rz_new_t, &rr_t, &step_t, &beta_t], 0)?;
-        let read = read.to_vec2::<f64>()?;
+        let read = host_read(read.to_vec2::<f64>())?;
         let (pap, rz_new, rr, step, beta) = (&read[0], &read[1], &read[2], &read[3], &read[4]);
         for c in 0..e {
             if !active[c] {
@@ -362,7 +363,7 @@ pub(crate) fn cg(
             // restart the columns that go on from their true residual (`p = z`).
             z = precondition(&r)?;
             rz_t = col_dots_t(&r, &z)?;
-            rz = rz_t.flatten_all()?.to_vec1::<f64>()?;
+            rz = host_read(rz_t.flatten_all()?.to_vec1::<f64>())?;
             p = merge_columns(&p_next, &z, &restart)?;
         } else {
             rz_t = rz_new_t;

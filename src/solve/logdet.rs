@@ -20,7 +20,7 @@ use candle_core::Tensor;
 
 use super::cg::{CgOutcome, Preconditioner as _};
 use super::random::Normals;
-use super::{lanczos, Ridge, SolveInfo, SolveOptions, OP};
+use super::{host_read, lanczos, Ridge, SolveInfo, SolveOptions, OP};
 use crate::error::Error;
 use crate::operator::{matmul_lazy, prepare_matmul};
 use crate::KernelOperator;
@@ -151,7 +151,7 @@ impl KernelOperator {
             Some(pre) => pre.apply(&z)?,
             None => z.clone(),
         };
-        let w2 = (&z * &v)?.sum(0)?.to_vec1::<f64>()?;
+        let w2 = host_read((&z * &v)?.sum(0)?.to_vec1::<f64>())?;
         let mut terms = Vec::with_capacity(p);
         for (i, w) in w2.iter().enumerate() {
             let q = lanczos::log_quadrature(&out.lanczos[e + i], ld.lanczos_iters).ok_or_else(

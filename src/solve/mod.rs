@@ -110,6 +110,11 @@ pub struct SolveInfo {
     pub setup_seconds: f64,
     /// Seconds spent iterating.
     pub solve_seconds: f64,
+    /// Reads of device values by the host, from the checks of the inputs to the last
+    /// iteration: on a GPU each one waits until the device has finished its queued work. The
+    /// preconditioner reads two or three blocks per round of pivots (not per pivot), and each
+    /// iteration reads its per-column scalars once.
+    pub host_reads: usize,
 }
 
 impl SolveInfo {
@@ -152,6 +157,25 @@ impl From<Tensor> for Ridge {
 }
 
 const OP: &str = "KernelOperator::solve";
+
+thread_local! {
+    /// Reads of device values by the host on this thread (see [`host_read`]).
+    static HOST_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one read of device values by the host: on a GPU, a wait until the device has done
+/// everything queued before it. A solve's reads are reported in [`SolveInfo::host_reads`], and
+/// every read of the solve's code is counted here, so that the CPU test suite sees a change
+/// that would make a GPU solve wait more.
+pub(crate) fn host_read<T>(value: candle_core::Result<T>) -> candle_core::Result<T> {
+    HOST_READS.with(|c| c.set(c.get() + 1));
+    value
+}
+
+/// The reads counted on this thread so far.
+fn host_reads() -> usize {
+    HOST_READS.with(|c| c.get())
+}
 
 fn bad(detail: String) -> candle_core::Error {
     Error::InvalidArgument { op: OP, detail }.into()
@@ -264,6 +288,7 @@ impl KernelOperator {
 
     /// Checks the inputs of a solve and builds its system (with the preconditioner).
     fn setup(&self, b: &Tensor, alpha: Ridge, opts: &SolveOptions) -> candle_core::Result<Setup> {
+        let reads_start = host_reads();
         let (m, n) = self.shape();
         if m != n {
             return Err(Error::Shape {
@@ -281,8 +306,8 @@ impl KernelOperator {
                 .eq(cols)?
                 .to_dtype(DType::F64)?
                 .min_all()?
-                .to_scalar::<f64>()?;
-            if same != 1.0 {
+                .to_scalar::<f64>();
+            if host_read(same)? != 1.0 {
                 return Err(bad(
                     "the operator's row and column points differ, so K is not \
                      symmetric: build it as KernelOperator::new(kernel, &x, &x)"
@@ -300,7 +325,7 @@ impl KernelOperator {
                     }
                     .into());
                 }
-                t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0]
+                host_read(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>())?[0]
             }
         };
         if !(alpha_value.is_finite() && alpha_value >= 0.0) {
@@ -342,7 +367,7 @@ impl KernelOperator {
             }
         };
         let b64 = b2.detach().to_dtype(DType::F64)?;
-        let total = b64.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        let total = host_read(b64.sqr()?.sum_all()?.to_scalar::<f64>())?;
         if !total.is_finite() {
             return Err(bad("b contains NaN or infinite values".into()));
         }
@@ -361,7 +386,7 @@ impl KernelOperator {
                     .into());
                 }
                 let x0 = x0.detach().reshape(b2.shape())?.to_dtype(DType::F64)?;
-                let s = x0.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                let s = host_read(x0.sqr()?.sum_all()?.to_scalar::<f64>())?;
                 if !s.is_finite() {
                     return Err(bad(
                         "the warm start x0 contains NaN or infinite values".into()
@@ -427,6 +452,7 @@ impl KernelOperator {
             n,
             dtype,
             setup_seconds,
+            reads_start,
         })
     }
 }
@@ -468,9 +494,9 @@ impl Solver {
                 .into())
             }
         };
-        let start = Instant::now();
+        let (start, reads_start) = (Instant::now(), host_reads());
         let (a64, out) = s.system.solve_detached(&b2.detach(), None)?;
-        let info = s.report(out, start.elapsed().as_secs_f64());
+        let info = s.report(out, start.elapsed().as_secs_f64(), reads_start);
         let a = a64.to_dtype(s.dtype)?;
         let a = if vector { a.reshape(s.n)? } else { a };
         Ok((a, info))
@@ -494,11 +520,13 @@ struct Setup {
     n: usize,
     dtype: DType,
     setup_seconds: f64,
+    /// The host reads counted when the checks began.
+    reads_start: usize,
 }
 
 impl Setup {
     /// The report of a CG run on this system.
-    fn report(&self, out: CgOutcome, solve_seconds: f64) -> SolveInfo {
+    fn report(&self, out: CgOutcome, solve_seconds: f64, reads_start: usize) -> SolveInfo {
         let pre = self.system.pre.as_ref();
         SolveInfo {
             iterations: out.iterations.iter().cloned().max().unwrap_or(0),
@@ -511,6 +539,7 @@ impl Setup {
             preconditioner_remainder: pre.map_or(f64::NAN, |p| p.remainder_trace),
             setup_seconds: self.setup_seconds,
             solve_seconds,
+            host_reads: host_reads() - reads_start,
         }
     }
 
@@ -522,7 +551,7 @@ impl Setup {
         out: CgOutcome,
         solve_seconds: f64,
     ) -> candle_core::Result<(Tensor, SolveInfo)> {
-        let info = self.report(out, solve_seconds);
+        let info = self.report(out, solve_seconds, self.reads_start);
         let Setup {
             system,
             k,

@@ -28,6 +28,7 @@
 use candle_core::{DType, Tensor};
 
 use super::cg::Preconditioner;
+use super::host_read;
 use super::random::Normals;
 use crate::error::Error;
 use crate::linalg::matmul;
@@ -81,14 +82,15 @@ const FIRST_ROUND: usize = 8;
 const MAX_ROUND: usize = 64;
 
 /// The candidates of the next round, after `accepted` of `drawn` were accepted. Where most
-/// are accepted (a rough kernel, many pivots) rounds double up to [`MAX_ROUND`]: a GPU pays
-/// per round, not per row. Where many are rejected (a smooth kernel whose remainder is
-/// concentrated near few points) the next round draws as many as this one accepted, down to
-/// one: a CPU pays per row, and a round of one is a sequential RPCholesky step with nothing
-/// rejected. The rule depends on the draws only, so every device takes the same pivots.
+/// are accepted (a rough kernel, many pivots) the next round draws twice as many as were
+/// accepted, up to [`MAX_ROUND`]: a GPU pays per round, not per row. Where many are rejected
+/// (a smooth kernel whose remainder is concentrated near few points) the next round draws as
+/// many as this one accepted, down to one: a CPU pays per row, and a round of one is a
+/// sequential RPCholesky step with nothing rejected. The rule depends on the draws only, so
+/// every device takes the same pivots.
 fn next_round(drawn: usize, accepted: usize) -> usize {
     if 4 * accepted >= 3 * drawn {
-        (2 * drawn).min(MAX_ROUND)
+        (2 * accepted).min(MAX_ROUND)
     } else {
         accepted.max(1)
     }
@@ -140,7 +142,7 @@ impl PivotedCholesky {
         let auto = matches!(rank, Rank::Auto { .. });
         let mut d = diag.flatten_all()?.contiguous()?;
         // The remainder's diagonal on the host: sampled from, and its trace is the stop rule.
-        let mut d_host = d.to_vec1::<f64>()?;
+        let mut d_host = host_read(d.to_vec1::<f64>())?;
         if let Some(v) = d_host.iter().find(|v| !v.is_finite() || **v < 0.0) {
             return Err(bad_diag(*v));
         }
@@ -196,7 +198,7 @@ impl PivotedCholesky {
             } else {
                 k_rows
             };
-            let h = g.index_select(&cand_t, 1)?.to_vec2::<f64>()?;
+            let h = host_read(g.index_select(&cand_t, 1)?.to_vec2::<f64>())?;
             let (accepted, c_inv, pivot_values) = accept(h, &cand, &d_host, tiny, wanted, &mut rng);
             round = next_round(b, accepted.len());
             if accepted.is_empty() {
@@ -215,7 +217,7 @@ impl PivotedCholesky {
             // rounds without cutting iterations (a kernel close to `c I`, which plain CG
             // solves in a few iterations anyway).
             let keep = if auto {
-                let norms = new_rows.sqr()?.sum(1)?.to_vec1::<f64>()?;
+                let norms = host_read(new_rows.sqr()?.sum(1)?.to_vec1::<f64>())?;
                 let mut left = tr;
                 let mut keep = a;
                 for (t, v) in norms.iter().enumerate() {
@@ -247,7 +249,7 @@ impl PivotedCholesky {
             buf.slice_set(&new_rows.contiguous()?, 0, r)?;
             r += keep;
             pivots.extend(accepted[..keep].iter().map(|&i| cand[i]));
-            d_host = d.to_vec1::<f64>()?;
+            d_host = host_read(d.to_vec1::<f64>())?;
             // A pivot's remainder is zero; the device copy keeps its rounding.
             for &p in &pivots {
                 d_host[p] = 0.0;
@@ -265,7 +267,7 @@ impl PivotedCholesky {
         };
         let (l, c_inv, small_logdet) = if r > 0 {
             let l = buf.narrow(0, 0, r)?.contiguous()?;
-            let llt = matmul(&l, &l.t()?)?.to_vec2::<f64>()?;
+            let llt = host_read(matmul(&l, &l.t()?)?.to_vec2::<f64>())?;
             let (w, logdet) = inverse_factor(llt, delta)?;
             let w = Tensor::from_vec(w, (r, r), &device)?;
             let c_inv = matmul(&w.t()?, &w)?;
