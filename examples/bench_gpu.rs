@@ -21,8 +21,11 @@
 //! Every timed call ends with a copy of one scalar of the result to the host, so the time is
 //! the time until the result exists.
 
+#[path = "device/mod.rs"]
+mod device;
 #[path = "report/mod.rs"]
 mod report;
+
 use std::error::Error;
 use std::hint::black_box;
 use std::process::Command;
@@ -177,18 +180,8 @@ fn main() -> Res<()> {
         None if quick => vec![10_000, 100_000],
         None => vec![10_000, 100_000, 1_000_000],
     };
-    let dev = match Device::new_cuda(0) {
-        Ok(dev) => dev,
-        Err(e) => {
-            let e = e.to_string();
-            println!(
-                "bench_gpu: no CUDA device ({}); nothing to measure. Build with `--features cuda` \
-                 and run on a machine with an NVIDIA GPU.",
-                e.lines().next().unwrap_or("")
-            );
-            return Ok(());
-        }
-    };
+    // CUDA only: without CUDA support or a device, one line saying which (exit 1).
+    let dev = device::open_or_exit(device::Choice::Cuda(0));
     let max_reps = if quick { 5 } else { 20 };
     let unix = SystemTime::now().duration_since(UNIX_EPOCH)?;
 

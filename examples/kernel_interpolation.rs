@@ -40,7 +40,7 @@ fn thousands(n: usize) -> String {
 fn report(info: &SolveInfo) {
     println!(
         "  CG: {} iterations, relative residual {:.2e} ({}), preconditioner rank {} \
-         (setup {:.3}s, iterations {:.3}s)",
+         (setup {:.3}s, iterations {:.3}s), {} device reads",
         info.iterations,
         info.max_residual(),
         if info.all_converged() {
@@ -50,7 +50,8 @@ fn report(info: &SolveInfo) {
         },
         info.preconditioner_rank,
         info.setup_seconds,
-        info.solve_seconds
+        info.solve_seconds,
+        info.host_reads
     );
 }
 

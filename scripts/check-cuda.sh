@@ -5,7 +5,9 @@
 #      kernels), and nvcc compiles each file to a cubin for sm_80 and sm_90, warnings as errors;
 #   2. `cargo clippy --features cuda --all-targets -- -D warnings` (the CUDA-side Rust code);
 #   3. `cargo test --features cuda`: NVRTC compiling generated kernels for compute_80/90 (no
-#      device needed), and the GPU suite, which says that it skipped when there is no device.
+#      device needed), and the GPU suite, which says that it skipped when there is no device;
+#   4. every example of the `cuda` build run with `--device cuda`: with the libcuda stub each
+#      stops with one line saying there is no CUDA device.
 # The toolchain (pinned CUDA 13 wheels, a libcuda stub) comes from scripts/cuda-toolchain.sh,
 # the `cuda` build goes to its own target directory outside the clone.
 set -euo pipefail
@@ -40,3 +42,10 @@ echo "== NVRTC compiles generated kernels (no device needed)"
 cargo test --features cuda --lib backend::cuda::launch
 echo "== GPU test suite (runs on device 0 when there is one)"
 cargo test --features cuda --test gpu_tests
+echo "== every example of the --features cuda build with --device cuda (libcuda stub): one clear line, exit 1"
+cargo build --features cuda --examples
+if ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1 '; then
+    echo "(a real libcuda is installed: the examples' no-device check is skipped, run them on the GPU)"
+else
+    scripts/check-example-devices.sh "$CARGO_TARGET_DIR/debug/examples" "no CUDA device"
+fi
