@@ -31,70 +31,18 @@
 
 #[path = "device/mod.rs"]
 mod device;
+#[path = "gp_problem/mod.rs"]
+mod gp_problem;
 
 use std::error::Error;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
+use gp_problem::{build_gp, Problem};
 use lazy_kernels::backend::census::{self, Census};
-use lazy_kernels::gp::{ExactGp, GpSettings, Positive};
-use lazy_kernels::Kernel;
+use lazy_kernels::gp::ExactGp;
 
 type Res<T> = Result<T, Box<dyn Error>>;
-
-const D: usize = 3;
-const LENGTHSCALES: [f64; D] = [0.3, 0.4, 0.5];
-const OUTPUTSCALE: f64 = 1.0;
-const NOISE: f64 = 0.05;
-const NOISE_SD: f64 = 0.1;
-
-/// SplitMix64 uniforms and Box-Muller normals (the same problem as `bench_gp`).
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let u = self.uniform().max(f64::MIN_POSITIVE);
-        let v = self.uniform();
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
-fn build_gp(n: usize, dev: &Device, dtype: DType) -> Res<ExactGp> {
-    use std::f64::consts::PI;
-    let mut rng = Rng(0);
-    let x: Vec<f64> = (0..n * D).map(|_| rng.uniform()).collect();
-    let y: Vec<f64> = (0..n)
-        .map(|i| {
-            let p = &x[i * D..(i + 1) * D];
-            (2.0 * PI * p[0]).sin() * (PI * p[1]).cos()
-                + 0.5 * (3.0 * p[2]).sin()
-                + NOISE_SD * rng.normal()
-        })
-        .collect();
-    let x = Tensor::from_vec(x, (n, D), &Device::Cpu)?
-        .to_dtype(dtype)?
-        .to_device(dev)?;
-    let y = Tensor::from_vec(y, n, &Device::Cpu)?
-        .to_dtype(dtype)?
-        .to_device(dev)?;
-    let l = Positive::new("lengthscale", &LENGTHSCALES, dtype, dev)?;
-    let s = Positive::new("outputscale", &[OUTPUTSCALE], dtype, dev)?;
-    let noise = Positive::new("noise", &[NOISE], dtype, dev)?;
-    let (lc, sc) = (l.clone(), s.clone());
-    let gp = ExactGp::new(&x, &y, vec![l, s], noise, move || {
-        Ok(Kernel::gaussian(&lc.value()?).scale(&sc.value()?))
-    })?;
-    Ok(gp.with_settings(GpSettings::default()))
-}
 
 /// One training step, ending with the gradients on the host: its seconds, the NLL and the
 /// gradient's norm.
@@ -208,7 +156,7 @@ fn cpu_census(a: &Args) -> Res<()> {
     );
     let mut sources: Vec<(DType, Census)> = Vec::new();
     for &dtype in &a.dtypes {
-        let gp = build_gp(a.n, &Device::Cpu, dtype)?;
+        let gp = build_gp(&Problem::new(a.n), &Device::Cpu, dtype)?;
         census::start();
         let (secs, nll, grad) = step(&gp)?;
         let c = census::stop();
@@ -381,7 +329,7 @@ fn child(a: &Args) -> Res<()> {
     let dev = Device::new_cuda(0)?;
     let dtype = a.dtypes[0];
     let t = Instant::now();
-    let gp = build_gp(a.n, &dev, dtype)?;
+    let gp = build_gp(&Problem::new(a.n), &dev, dtype)?;
     dev.synchronize()?;
     let setup = t.elapsed().as_secs_f64();
     census::start();

@@ -42,6 +42,8 @@
 
 #[path = "device/mod.rs"]
 mod device;
+#[path = "gp_problem/mod.rs"]
+mod gp_problem;
 #[path = "report/mod.rs"]
 mod report;
 use std::error::Error;
@@ -49,21 +51,14 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use lazy_kernels::gp::{ExactGp, GpSettings, NllReport, Positive};
-use lazy_kernels::{linalg, Kernel, SolveOptions};
+use lazy_kernels::gp::{ExactGp, GpSettings, NllReport};
+use lazy_kernels::{linalg, SolveOptions};
 use rayon::prelude::*;
+
+use gp_problem::{build_gp, Problem, D, LENGTHSCALES, NOISE, NOISE_SD, OUTPUTSCALE};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
-const D: usize = 3;
-/// The lengthscales at which the step is evaluated.
-const LENGTHSCALES: [f64; D] = [0.3, 0.4, 0.5];
-/// The outputscale.
-const OUTPUTSCALE: f64 = 1.0;
-/// The noise variance (the data's own is `0.1^2 = 0.01`).
-const NOISE: f64 = 0.05;
-/// The standard deviation of the noise in the data.
-const NOISE_SD: f64 = 0.1;
 /// Sizes from which the run count is `ceil(R / 3)` and the warm-up is a small problem.
 const LARGE: usize = 50_000;
 /// The warm-up problem's size for large `N`.
@@ -77,54 +72,6 @@ const TILE: usize = 1024;
 
 // ---------------------------------------------------------------------------------------------
 // The problem.
-
-/// SplitMix64, uniform numbers in [0, 1) and standard normals (Box-Muller).
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let u = self.uniform().max(f64::MIN_POSITIVE);
-        let v = self.uniform();
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
-/// `N` points in the unit cube, row-major `(N, D)`, and their targets.
-struct Problem {
-    n: usize,
-    x: Vec<f64>,
-    y: Vec<f64>,
-}
-
-fn truth(x: &[f64]) -> f64 {
-    use std::f64::consts::PI;
-    (2.0 * PI * x[0]).sin() * (PI * x[1]).cos() + 0.5 * (3.0 * x[2]).sin()
-}
-
-impl Problem {
-    fn new(n: usize) -> Problem {
-        let mut rng = Rng(0);
-        let x: Vec<f64> = (0..n * D).map(|_| rng.uniform()).collect();
-        let y = (0..n)
-            .map(|i| truth(&x[i * D..(i + 1) * D]) + NOISE_SD * rng.normal())
-            .collect();
-        Problem { n, x, y }
-    }
-
-    /// The constant mean the GP starts from: the mean of `y`.
-    fn mean(&self) -> f64 {
-        self.y.iter().sum::<f64>() / self.n as f64
-    }
-}
 
 /// What one step found: the NLL, its parts and the gradient with respect to the raw (softplus
 /// inverse) lengthscales, outputscale and noise, and the mean.
@@ -145,23 +92,6 @@ const GRAD_NAMES: [&str; 6] = ["raw l0", "raw l1", "raw l2", "raw s", "raw noise
 
 // ---------------------------------------------------------------------------------------------
 // Ours.
-
-fn build_gp(p: &Problem, dev: &Device, dtype: DType) -> Res<ExactGp> {
-    let x = Tensor::from_vec(p.x.clone(), (p.n, D), &Device::Cpu)?
-        .to_dtype(dtype)?
-        .to_device(dev)?;
-    let y = Tensor::from_vec(p.y.clone(), p.n, &Device::Cpu)?
-        .to_dtype(dtype)?
-        .to_device(dev)?;
-    let l = Positive::new("lengthscale", &LENGTHSCALES, dtype, dev)?;
-    let s = Positive::new("outputscale", &[OUTPUTSCALE], dtype, dev)?;
-    let noise = Positive::new("noise", &[NOISE], dtype, dev)?;
-    let (lc, sc) = (l.clone(), s.clone());
-    let gp = ExactGp::new(&x, &y, vec![l, s], noise, move || {
-        Ok(Kernel::gaussian(&lc.value()?).scale(&sc.value()?))
-    })?;
-    Ok(gp.with_settings(GpSettings::default()))
-}
 
 /// One training step's work: the NLL, `backward()`, the gradients read back.
 fn ours_step(gp: &ExactGp) -> Res<Step> {
