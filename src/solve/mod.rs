@@ -405,10 +405,12 @@ impl KernelOperator {
         let pre = match rank {
             None => None,
             Some(rank) => {
+                // Detached (a formula kernel's captured tensors are not reached by
+                // `detached_in`: its values are detached too).
                 let op = self.detached_in(dtype)?;
-                let diag = op.diag()?.to_dtype(DType::F64)?;
+                let diag = op.diag()?.detach().to_dtype(DType::F64)?;
                 let mut rows = |idx: &[usize]| -> candle_core::Result<Tensor> {
-                    op.rows(idx)?.to_dtype(DType::F64)
+                    op.rows(idx)?.detach().to_dtype(DType::F64)
                 };
                 Some(PivotedCholesky::new(diag, &mut rows, alpha_value, rank)?)
             }
