@@ -64,9 +64,9 @@ fn main() -> candle_core::Result<()> {
     }
     println!(
         "| problem | N | dtype | alpha | preconditioner | rank | setup (s) | iterations (s) \
-         | total (s) | iterations | products | residual |"
+         | total (s) | iterations | products | residual | device reads |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &sizes {
         for problem in ["1D Gaussian", "2D Laplacian"] {
             let mut rng = StdRng::seed_from_u64(0);
@@ -126,7 +126,7 @@ fn main() -> candle_core::Result<()> {
                         let total = device::elapsed(&dev, start)?;
                         println!(
                             "| {problem} | {n} | {dtype:?} | {alpha} | {} | {} | {:.3} | {:.3} \
-                             | {:.3} | {}{} | {} | {:.1e} |",
+                             | {:.3} | {}{} | {} | {:.1e} | {} |",
                             if pre == Preconditioner::None {
                                 "none"
                             } else {
@@ -145,6 +145,7 @@ fn main() -> candle_core::Result<()> {
                             },
                             info.products,
                             info.max_residual(),
+                            info.host_reads,
                         );
                     }
                 }
