@@ -220,6 +220,22 @@ impl KernelOperator {
         }
     }
 
+    /// The block `K[idx, idx]` (checked, non-empty indices `< min(M, N)`): one pointwise
+    /// evaluation over the `idx.len()^2` paired points, on every device (what the
+    /// preconditioner's acceptance test needs of its candidates).
+    pub(crate) fn block(&self, idx: &[usize]) -> candle_core::Result<Tensor> {
+        let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+        let ids = Tensor::from_vec(ids, idx.len(), self.rows.device())?;
+        let sub = KernelOperator {
+            kernel: self.kernel.clone(),
+            rows: self.rows.index_select(&ids, 0)?,
+            cols: self.cols.index_select(&ids, 0)?,
+            swapped: self.swapped,
+        };
+        let all: Vec<usize> = (0..idx.len()).collect();
+        sub.rows_paired(&all, ROWS_MEMORY)
+    }
+
     /// [`KernelOperator::rows`], one pointwise evaluation per row (checked indices).
     pub(crate) fn rows_one_by_one(&self, idx: &[usize]) -> candle_core::Result<Tensor> {
         let n = self.shape().1;
@@ -391,6 +407,24 @@ pub(crate) fn prepare_matmul(
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// A block is the dense matrix at the chosen rows and columns, repeated indices included.
+    #[test]
+    fn block_is_the_dense_matrix_at_the_indices() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::rand(-1f64, 1., (9, 2), &dev)?;
+        let l = Tensor::new(&[0.7f64, 1.3], &dev)?;
+        let op = KernelOperator::new(Kernel::matern32(&l) + Kernel::linear(), &x, &x)?;
+        let idx = [4usize, 0, 8, 4, 2];
+        let dense = op.to_dense()?.to_vec2::<f64>()?;
+        let got = op.block(&idx)?.to_vec2::<f64>()?;
+        for (a, &i) in idx.iter().enumerate() {
+            for (b, &j) in idx.iter().enumerate() {
+                assert!((got[a][b] - dense[i][j]).abs() <= 1e-14, "K[{i}, {j}]");
+            }
+        }
+        Ok(())
+    }
 
     /// The two ways of evaluating rows agree, for every family, transposed, in one chunk or
     /// in many.

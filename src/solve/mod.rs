@@ -412,7 +412,16 @@ impl KernelOperator {
                 let mut rows = |idx: &[usize]| -> candle_core::Result<Tensor> {
                     op.rows(idx)?.detach().to_dtype(DType::F64)
                 };
-                Some(PivotedCholesky::new(diag, &mut rows, alpha_value, rank)?)
+                let mut block = |idx: &[usize]| -> candle_core::Result<Tensor> {
+                    op.block(idx)?.detach().to_dtype(DType::F64)
+                };
+                Some(PivotedCholesky::new(
+                    diag,
+                    &mut rows,
+                    &mut block,
+                    alpha_value,
+                    rank,
+                )?)
             }
         };
         let setup_seconds = start.elapsed().as_secs_f64();

@@ -13,14 +13,16 @@
 //! needs the whole remainder diagonal on the host before each pivot, one round trip per row.
 //!
 //! A round draws `B` candidates `S` from the remainder diagonal `d` (on the host, seeded, so the
-//! same pivots on every device), computes their `B` rows of the remainder,
-//! `G = K[S, :] - L[:, S]^T L`, with one kernel evaluation and one matrix product on the
-//! operator's device, and brings the `B x B` block `G[:, S]` to the host. There candidate `i`
-//! is accepted with probability `h_i / d_i`, `h_i` its remainder after the candidates accepted
-//! before it (rejection sampling, which turns the draws from the stale `d` into draws from the
-//! current remainder), and the accepted block is factored, `G[A, A] = C C^T`. The new rows of
-//! the factor are `C^-1 G[A, :]` (one more product). A round costs two or three reads of `B`
-//! or `N` numbers, whatever the rank it adds, and the factor never leaves the device.
+//! same pivots on every device), computes their `B x B` block of the remainder,
+//! `H = K[S, S] - L[:, S]^T L[:, S]`, on the operator's device and brings it to the host. There
+//! candidate `i` is accepted with probability `h_i / d_i`, `h_i` its remainder after the
+//! candidates accepted before it (rejection sampling, which turns the draws from the stale `d`
+//! into draws from the current remainder), and the accepted block is factored,
+//! `H[A, A] = C C^T`. Only then are rows computed, for the accepted candidates `A` alone: the
+//! new rows of the factor are `C^-1 (K[A, :] - L[:, A]^T L)` (one kernel evaluation, two
+//! products). A round costs two or three reads of `B` or `N` numbers, whatever the rank it
+//! adds, no kernel row is computed for a rejected candidate, and the factor never leaves the
+//! device.
 //!
 //! Applying the inverse takes two `(r, N)` products: `(v - L^T C^-1 L v) / alpha` with
 //! `C = alpha I + L L^T`.
@@ -123,13 +125,14 @@ fn bad_diag(v: f64) -> candle_core::Error {
 }
 
 impl PivotedCholesky {
-    /// Factors `K` from its diagonal (`(N,)`, `f64`) and a source of its rows (`(B, N)`, `f64`,
-    /// for `B` row indices), all on the operator's device: the factor never leaves it; each
-    /// round of pivots reads the remainder's diagonal and a small block back, and the small
-    /// `(r, r)` system is factored on the host.
+    /// Factors `K` from its diagonal (`(N,)`, `f64`), a source of its rows (`K[idx, :]`,
+    /// `(B, N)`, `f64`) and one of its blocks (`K[idx, idx]`, `(B, B)`), all on the operator's
+    /// device: the factor never leaves it; each round of pivots reads the remainder's diagonal
+    /// and a small block back, and the small `(r, r)` system is factored on the host.
     pub(crate) fn new(
         diag: Tensor,
         rows: &mut dyn FnMut(&[usize]) -> candle_core::Result<Tensor>,
+        block: &mut dyn FnMut(&[usize]) -> candle_core::Result<Tensor>,
         alpha: f64,
         rank: Rank,
     ) -> candle_core::Result<PivotedCholesky> {
@@ -180,25 +183,18 @@ impl PivotedCholesky {
             let cand: Vec<usize> = (0..b).map(|_| rng.weighted_index(&cumulative)).collect();
             let cand_t = index_tensor(&cand, &device)?;
             // Their rows of the remainder K - L^T L.
-            let k_rows = rows(&cand)?;
-            if k_rows.dims() != [b, n] {
-                return Err(Error::Shape {
-                    op: "solve (pivoted Cholesky)",
-                    detail: format!(
-                        "kernel rows of shape {:?}, expected [{b}, {n}]",
-                        k_rows.dims()
-                    ),
-                }
-                .into());
-            }
-            let g = if r > 0 {
-                let l = buf.narrow(0, 0, r)?;
+            // Their block of the remainder K - L^T L, which is all the acceptance needs: rows
+            // are computed for the accepted candidates only.
+            let k_block = block(&cand)?;
+            expect_shape(&k_block, [b, b], "kernel block")?;
+            let l = buf.narrow(0, 0, r)?;
+            let h = if r > 0 {
                 let l_s = l.index_select(&cand_t, 1)?; // (r, B), contiguous
-                (k_rows - matmul(&l_s.t()?, &l)?)?
+                (k_block - matmul(&l_s.t()?, &l_s)?)?
             } else {
-                k_rows
+                k_block
             };
-            let h = host_read(g.index_select(&cand_t, 1)?.to_vec2::<f64>())?;
+            let h = host_read(h.to_vec2::<f64>())?;
             let (accepted, c_inv, pivot_values) = accept(h, &cand, &d_host, tiny, wanted, &mut rng);
             round = next_round(b, accepted.len());
             if accepted.is_empty() {
@@ -207,10 +203,18 @@ impl PivotedCholesky {
             }
             idle = 0;
             let a = accepted.len();
-            let acc_t = index_tensor(&accepted, &device)?;
+            let chosen: Vec<usize> = accepted.iter().map(|&i| cand[i]).collect();
+            let k_rows = rows(&chosen)?;
+            expect_shape(&k_rows, [a, n], "kernel rows")?;
+            // Their rows of the remainder, then of the factor: C^-1 G, (a, N).
+            let g = if r > 0 {
+                let l_a = l.index_select(&index_tensor(&chosen, &device)?, 1)?;
+                (k_rows - matmul(&l_a.t()?, &l)?)?
+            } else {
+                k_rows
+            };
             let c_inv = Tensor::from_vec(c_inv, (a, a), &device)?;
-            // The new rows of the factor, (a, N).
-            let new_rows = matmul(&c_inv, &g.index_select(&acc_t, 0)?)?;
+            let new_rows = matmul(&c_inv, &g)?;
             // With the automatic rank, stop inside the round where the trace reaches alpha,
             // or after a round whose rows removed little more than their pivots' own
             // remainders: the remainder is then close to diagonal, and more rank would cost
@@ -248,7 +252,7 @@ impl PivotedCholesky {
             }
             buf.slice_set(&new_rows.contiguous()?, 0, r)?;
             r += keep;
-            pivots.extend(accepted[..keep].iter().map(|&i| cand[i]));
+            pivots.extend(&chosen[..keep]);
             d_host = host_read(d.to_vec1::<f64>())?;
             // A pivot's remainder is zero; the device copy keeps its rounding.
             for &p in &pivots {
@@ -308,6 +312,19 @@ impl PivotedCholesky {
     pub(crate) fn rank(&self) -> usize {
         self.l.dims()[0]
     }
+}
+
+/// An error unless `t` has the shape `want` (a source of kernel values that does not keep its
+/// promise).
+fn expect_shape(t: &Tensor, want: [usize; 2], what: &str) -> candle_core::Result<()> {
+    if t.dims() == want {
+        return Ok(());
+    }
+    Err(Error::Shape {
+        op: "solve (pivoted Cholesky)",
+        detail: format!("{what} of shape {:?}, expected {want:?}", t.dims()),
+    }
+    .into())
 }
 
 fn index_tensor(idx: &[usize], device: &candle_core::Device) -> candle_core::Result<Tensor> {
