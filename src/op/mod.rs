@@ -23,8 +23,7 @@ use crate::reduction::{Axis, Reduction, ReductionKind};
 mod ahead;
 mod backward;
 
-#[allow(unused_imports)]
-pub(crate) use ahead::{plan, prepare, stand_in, Planned};
+pub(crate) use ahead::{prepare, stand_in};
 
 /// A tensor bound into a formula, with the identifier its variable carries while the formula
 /// is being built.
