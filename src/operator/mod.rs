@@ -216,7 +216,10 @@ impl KernelOperator {
         if self.rows.device().is_cpu() {
             self.rows_one_by_one(idx)
         } else {
-            self.rows_paired(idx, ROWS_MEMORY)
+            let points = self
+                .rows
+                .index_select(&index_tensor(idx, self.rows.device())?, 0)?;
+            self.rows_paired(&points, ROWS_MEMORY)
         }
     }
 
@@ -224,16 +227,14 @@ impl KernelOperator {
     /// evaluation over the `idx.len()^2` paired points, on every device (what the
     /// preconditioner's acceptance test needs of its candidates).
     pub(crate) fn block(&self, idx: &[usize]) -> candle_core::Result<Tensor> {
-        let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-        let ids = Tensor::from_vec(ids, idx.len(), self.rows.device())?;
+        let ids = index_tensor(idx, self.rows.device())?;
         let sub = KernelOperator {
             kernel: self.kernel.clone(),
             rows: self.rows.index_select(&ids, 0)?,
             cols: self.cols.index_select(&ids, 0)?,
             swapped: self.swapped,
         };
-        let all: Vec<usize> = (0..idx.len()).collect();
-        sub.rows_paired(&all, ROWS_MEMORY)
+        sub.rows_paired(&sub.rows, ROWS_MEMORY)
     }
 
     /// [`KernelOperator::rows`], one pointwise evaluation per row (checked indices).
@@ -251,22 +252,22 @@ impl KernelOperator {
         Tensor::cat(&out, 0)
     }
 
-    /// [`KernelOperator::rows`], one pointwise evaluation over the paired points per chunk of
-    /// rows whose paired points take at most `budget` bytes (checked, non-empty indices).
-    pub(crate) fn rows_paired(&self, idx: &[usize], budget: usize) -> candle_core::Result<Tensor> {
-        let n = self.shape().1;
-        let device = self.rows.device();
-        let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-        let points = self
-            .rows
-            .index_select(&Tensor::from_vec(ids, idx.len(), device)?, 0)?;
+    /// The rows of `K` at the row points `points` (`(B, D)`, non-empty): one pointwise
+    /// evaluation over the points paired with the column points per chunk of rows whose paired
+    /// points take at most `budget` bytes.
+    pub(crate) fn rows_paired(
+        &self,
+        points: &Tensor,
+        budget: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (b, n) = (points.dim(0)?, self.shape().1);
         let d = self.rows.dim(1)?;
         // Two paired copies of `chunk x N` points per chunk.
         let bytes_per_row = 2 * n * d * self.dtype().size_in_bytes();
-        let chunk = (budget / bytes_per_row).clamp(1, idx.len());
-        let mut out = Vec::with_capacity(idx.len().div_ceil(chunk));
-        for start in (0..idx.len()).step_by(chunk) {
-            let c = chunk.min(idx.len() - start);
+        let chunk = (budget / bytes_per_row).clamp(1, b);
+        let mut out = Vec::with_capacity(b.div_ceil(chunk));
+        for start in (0..b).step_by(chunk) {
+            let c = chunk.min(b - start);
             let left = points
                 .narrow(0, start, c)?
                 .unsqueeze(1)?
@@ -284,9 +285,6 @@ impl KernelOperator {
                     .pointwise()?
                     .reshape((c, n))?,
             );
-        }
-        if out.len() == 1 {
-            return Ok(out.pop().expect("one chunk"));
         }
         Tensor::cat(&out, 0)
     }
@@ -321,6 +319,15 @@ impl KernelOperator {
             swapped: self.swapped,
         })
     }
+}
+
+/// Indices as a `u32` tensor on `device` (what `index_select` takes on every device).
+pub(crate) fn index_tensor(
+    idx: &[usize],
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+    Tensor::from_vec(ids, idx.len(), device)
 }
 
 /// `K b` for a lazy `K` of `shape`, with `b` `(N,)` or `(N, E)`: the checks and the reshapes.
@@ -446,8 +453,9 @@ mod tests {
             for op in [op.clone(), op.t()] {
                 let idx: Vec<usize> = (0..op.shape().0).rev().chain([0, 0]).collect();
                 let want = op.rows_one_by_one(&idx)?;
+                let points = op.rows.index_select(&index_tensor(&idx, &dev)?, 0)?;
                 for budget in [ROWS_MEMORY, 1] {
-                    let got = op.rows_paired(&idx, budget)?;
+                    let got = op.rows_paired(&points, budget)?;
                     let err = (got - &want)?.abs()?.max_all()?.to_scalar::<f64>()?;
                     assert!(err <= 1e-14, "{:?}: {err:e}", op.kernel());
                 }

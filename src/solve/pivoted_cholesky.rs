@@ -34,6 +34,7 @@ use super::host_read;
 use super::random::Normals;
 use crate::error::Error;
 use crate::linalg::matmul;
+use crate::operator::index_tensor;
 
 /// How many rows the pivoted-Cholesky factor takes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -325,11 +326,6 @@ fn expect_shape(t: &Tensor, want: [usize; 2], what: &str) -> candle_core::Result
         detail: format!("{what} of shape {:?}, expected {want:?}", t.dims()),
     }
     .into())
-}
-
-fn index_tensor(idx: &[usize], device: &candle_core::Device) -> candle_core::Result<Tensor> {
-    let v: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-    Tensor::from_vec(v, idx.len(), device)
 }
 
 /// The rejection step of a round, on the host. `h` is the `B x B` block of the remainder at
