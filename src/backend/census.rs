@@ -46,7 +46,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use candle_core::DType;
 
-use super::cuda::codegen::{generate, CudaKernel, Storage};
+use super::cuda::codegen::{CudaKernel, Storage};
 use super::ReductionPlan;
 use crate::formula::VarCat;
 
@@ -316,12 +316,7 @@ pub(crate) fn dispatched(plan: &ReductionPlan, dtype: DType) {
     let name = match known {
         Some(name) => name,
         // Generated outside the lock: other threads may dispatch meanwhile.
-        None => match generate(
-            &plan.formula,
-            plan.reduction.kind,
-            &plan.kernel_vars(),
-            storage,
-        ) {
+        None => match plan.cuda_kernel(storage) {
             Ok(kernel) => {
                 let mut s = state();
                 record(&mut s, plan, storage, &kernel);
@@ -359,12 +354,7 @@ pub(crate) fn would_prepare(plan: &ReductionPlan, storage: Storage) {
     if state().names.contains_key(&key) {
         return;
     }
-    let Ok(kernel) = generate(
-        &plan.formula,
-        plan.reduction.kind,
-        &plan.kernel_vars(),
-        storage,
-    ) else {
+    let Ok(kernel) = plan.cuda_kernel(storage) else {
         return;
     };
     let mut s = state();

@@ -59,6 +59,20 @@ impl ReductionPlan {
         self.vars.iter().map(|v| (v.cat, v.dim)).collect()
     }
 
+    /// The CUDA module of this plan for inputs stored as `storage`: generated (in every
+    /// build), not compiled.
+    pub(crate) fn cuda_kernel(
+        &self,
+        storage: cuda::Storage,
+    ) -> crate::error::Result<cuda::CudaKernel> {
+        cuda::generate(
+            &self.formula,
+            self.reduction.kind,
+            &self.kernel_vars(),
+            storage,
+        )
+    }
+
     /// What determines the generated module besides the dtype: the reduction kind, the
     /// formula and the variables (not the sizes, and not the user's axis).
     pub(crate) fn kernel_key(&self) -> String {

@@ -303,7 +303,7 @@ pub(super) fn prepare_backward(
 mod tests {
     use super::*;
     use crate::backend::census;
-    use crate::backend::cuda::{generate, Storage};
+    use crate::backend::cuda::Storage;
     use crate::{Axis, LazyTensor};
     use candle_core::Var;
 
@@ -316,9 +316,7 @@ mod tests {
 
     fn name(p: &ReductionPlan, dtype: DType) -> String {
         let storage = Storage::from_dtype(dtype).unwrap();
-        generate(&p.formula, p.reduction.kind, &p.kernel_vars(), storage)
-            .unwrap()
-            .name
+        p.cuda_kernel(storage).unwrap().name
     }
 
     /// The kernels `run` dispatches (forward and backward) whose formula mentions `tag`,

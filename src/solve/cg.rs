@@ -97,14 +97,19 @@ const MONITOR_EVERY: usize = 100;
 /// enough).
 const IDLE_LOOKS: usize = 3;
 
-/// `<a_c, b_c>` for every column `c`, on the host.
-fn col_dots(a: &Tensor, b: &Tensor) -> candle_core::Result<Vec<f64>> {
-    host_read((a * b)?.sum(0)?.to_vec1::<f64>())
-}
-
 /// `<a_c, b_c>` for every column `c`, as a `(1, E)` tensor on the device.
 fn col_dots_t(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     (a * b)?.sum_keepdim(0)
+}
+
+/// A `(1, E)` row of per-column values, on the host.
+fn read_row(t: &Tensor) -> candle_core::Result<Vec<f64>> {
+    host_read(t.flatten_all()?.to_vec1::<f64>())
+}
+
+/// `<a_c, b_c>` for every column `c`, on the host.
+fn col_dots(a: &Tensor, b: &Tensor) -> candle_core::Result<Vec<f64>> {
+    read_row(&col_dots_t(a, b)?)
 }
 
 /// A `(1, E)` row of per-column coefficients.
@@ -202,7 +207,7 @@ pub(crate) fn cg(
     // `<r, z>` per column lives on the device; the host sees it once per iteration, with the
     // other per-column scalars, in one read.
     let mut rz_t = col_dots_t(&r, &z)?;
-    let mut rz = host_read(rz_t.flatten_all()?.to_vec1::<f64>())?;
+    let mut rz = read_row(&rz_t)?;
     let mut broken = vec![false; e];
     let mut stops = vec![Stop::MaxIters; e];
     // The true residual at each column's last check: a restart that does not reduce it by a
@@ -363,7 +368,7 @@ pub(crate) fn cg(
             // restart the columns that go on from their true residual (`p = z`).
             z = precondition(&r)?;
             rz_t = col_dots_t(&r, &z)?;
-            rz = host_read(rz_t.flatten_all()?.to_vec1::<f64>())?;
+            rz = read_row(&rz_t)?;
             p = merge_columns(&p_next, &z, &restart)?;
         } else {
             rz_t = rz_new_t;

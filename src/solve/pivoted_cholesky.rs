@@ -161,9 +161,17 @@ impl PivotedCholesky {
         let mut idle = 0;
         let mut round = FIRST_ROUND;
         let mut flat = false;
-        let trace = |d: &[f64]| d.iter().sum::<f64>();
         while r < max_rank {
-            let tr = trace(&d_host);
+            // The running sums of the remainder diagonal: the trace, and what the candidates
+            // are drawn from.
+            let cumulative: Vec<f64> = d_host
+                .iter()
+                .scan(0.0, |s, &v| {
+                    *s += v;
+                    Some(*s)
+                })
+                .collect();
+            let tr = cumulative[n - 1];
             if (auto && tr <= alpha) || flat || idle >= IDLE_ROUNDS {
                 break;
             }
@@ -174,16 +182,8 @@ impl PivotedCholesky {
             // Candidates: drawn with probability d_i / trace (pivots have d_i = 0).
             let wanted = max_rank - r;
             let b = round.min(2 * wanted + 8).min((ROUND_MEMORY / 8 / n).max(1));
-            let cumulative: Vec<f64> = d_host
-                .iter()
-                .scan(0.0, |s, &v| {
-                    *s += v;
-                    Some(*s)
-                })
-                .collect();
             let cand: Vec<usize> = (0..b).map(|_| rng.weighted_index(&cumulative)).collect();
             let cand_t = index_tensor(&cand, &device)?;
-            // Their rows of the remainder K - L^T L.
             // Their block of the remainder K - L^T L, which is all the acceptance needs: rows
             // are computed for the accepted candidates only.
             let k_block = block(&cand)?;
@@ -221,8 +221,9 @@ impl PivotedCholesky {
             // remainders: the remainder is then close to diagonal, and more rank would cost
             // rounds without cutting iterations (a kernel close to `c I`, which plain CG
             // solves in a few iterations anyway).
+            let squares = new_rows.sqr()?;
             let keep = if auto {
-                let norms = host_read(new_rows.sqr()?.sum(1)?.to_vec1::<f64>())?;
+                let norms = host_read(squares.sum(1)?.to_vec1::<f64>())?;
                 let mut left = tr;
                 let mut keep = a;
                 for (t, v) in norms.iter().enumerate() {
@@ -239,12 +240,12 @@ impl PivotedCholesky {
             } else {
                 a
             };
-            let new_rows = if keep < a {
-                new_rows.narrow(0, 0, keep)?
+            let (new_rows, squares) = if keep < a {
+                (new_rows.narrow(0, 0, keep)?, squares.narrow(0, 0, keep)?)
             } else {
-                new_rows
+                (new_rows, squares)
             };
-            d = (d - new_rows.sqr()?.sum(0)?)?.relu()?;
+            d = (d - squares.sum(0)?)?.relu()?;
             let cap = buf.dim(0)?;
             if r + keep > cap {
                 let grow = (r + keep).max(2 * cap).min(max_rank) - cap;
@@ -260,7 +261,7 @@ impl PivotedCholesky {
                 d_host[p] = 0.0;
             }
         }
-        let remainder_trace = trace(&d_host);
+        let remainder_trace = d_host.iter().sum::<f64>();
         let delta = if alpha > 0.0 {
             alpha
         } else {

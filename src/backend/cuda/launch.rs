@@ -27,7 +27,7 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout};
 
 use super::cache::DiskCache;
-use super::codegen::{generate, CudaKernel, Storage};
+use super::codegen::{CudaKernel, Storage};
 use super::inflight::{Found, InFlight};
 use crate::backend::census::{self, Obtained};
 use crate::backend::ReductionPlan;
@@ -139,12 +139,7 @@ fn obtain(
     ctx: Option<&Arc<CudaContext>>,
     ahead: bool,
 ) -> Result<Arc<Compiled>, Error> {
-    let kernel = generate(
-        &plan.formula,
-        plan.reduction.kind,
-        &plan.kernel_vars(),
-        storage,
-    )?;
+    let kernel = plan.cuda_kernel(storage)?;
     let disk = disk_cache();
     let cached = disk
         .as_ref()
@@ -402,6 +397,7 @@ mod tests {
     //! NVRTC needs no GPU: these run wherever the `cuda` feature builds and links.
 
     use super::*;
+    use crate::backend::cuda::generate;
     use crate::formula::{Expr, Var, VarCat};
     use crate::reduction::ReductionKind;
 
