@@ -250,6 +250,24 @@ fn grad_of(g: &GradStore, v: &Var, name: &str) -> Res<Tensor> {
         .ok_or_else(|| format!("no gradient for {name}").into())
 }
 
+/// The gradients of named variables as outputs `d<name>`, with the tolerances of gradients
+/// through kernel products (1e-9 in f64, 5e-4 in f32).
+fn grad_outs<'a>(
+    g: &GradStore,
+    vars: impl IntoIterator<Item = (&'a str, &'a Var)>,
+) -> Res<Vec<Out>> {
+    vars.into_iter()
+        .map(|(name, v)| {
+            Ok(Out::new(
+                format!("d{name}"),
+                &grad_of(g, v, name)?,
+                1e-9,
+                5e-4,
+            ))
+        })
+        .collect()
+}
+
 /// A learnable tensor of `values` in `dtype` on `dev`.
 fn var(values: &[f64], dtype: DType, dev: &Device) -> Res<Var> {
     Ok(Var::from_tensor(
@@ -849,14 +867,7 @@ fn kernel_check(ctx: &Ctx, i: usize, dtype: DType) -> Res<String> {
             .into_iter()
             .chain(spec.hypers.iter().map(|(n, _)| *n));
         let mut outs = vec![Out::new("Kb", &kb, 1e-11, 1e-4)];
-        for (v, name) in vars.iter().zip(names) {
-            outs.push(Out::new(
-                format!("d{name}"),
-                &grad_of(&g, v, name)?,
-                1e-9,
-                5e-4,
-            ));
-        }
+        outs.extend(grad_outs(&g, names.zip(&vars))?);
         Ok(Side { outs, extra: () })
     })?;
     runs.compare()
@@ -948,14 +959,7 @@ fn operator_parts(ctx: &Ctx, dtype: DType) -> Res<String> {
             ("scale", &hv[1]),
             ("l2", &hv[2]),
         ];
-        for (name, v) in vars {
-            outs.push(Out::new(
-                format!("d{name}"),
-                &grad_of(&g, v, name)?,
-                1e-9,
-                5e-4,
-            ));
-        }
+        outs.extend(grad_outs(&g, vars)?);
         Ok(Side { outs, extra: () })
     })?;
     runs.compare()
