@@ -60,6 +60,7 @@ pub mod formula;
 pub mod gp;
 pub mod lazy;
 pub mod linalg;
+pub mod math;
 pub mod op;
 pub mod operator;
 pub mod reduction;

@@ -10,7 +10,7 @@
 //! No `match` on these enums has a catch-all arm, so adding an op makes the compiler list every
 //! place that must learn about it.
 
-use crate::backend::cpu::real::Real;
+use crate::math::Real;
 use crate::error::{dim_mismatch, Result};
 
 /// Category of a formula variable: which index it is attached to.

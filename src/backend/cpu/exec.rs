@@ -9,7 +9,7 @@
 use super::isa::Arch;
 use super::kernels::{map1, map2, map3, reduce_components, OutView, View, MAX_ONE_PASS_DIM};
 use super::program::{Instr, Level, Moment, Program, Root, Storage};
-use super::real::Real;
+use crate::math::Real;
 use crate::formula::{BinaryOp, UnaryOp};
 use crate::reduction::{kahan_add, kmin_insert, lse_merge, Reduction, ReductionKind};
 

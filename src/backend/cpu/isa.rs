@@ -101,7 +101,7 @@ pub fn detect() -> Isa {
 }
 
 use super::kernels;
-use super::real::Real;
+use crate::math::Real;
 
 /// An instruction set as a type: the executor is generic over it. Elementwise loops are
 /// inlined into the executor (compiled with the caller's target features); the horizontal

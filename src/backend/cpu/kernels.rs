@@ -7,7 +7,7 @@
 //! operation is a generic closure, fixed per instantiation, so no dispatch happens inside a
 //! loop.
 
-use super::real::Real;
+use crate::math::Real;
 
 /// Pointers and strides of one register over the current tile.
 #[derive(Clone, Copy, Debug)]

@@ -8,9 +8,7 @@
 pub(crate) mod exec;
 pub mod isa;
 pub(crate) mod kernels;
-pub mod math;
 pub(crate) mod program;
-pub mod real;
 
 use rayon::prelude::*;
 
@@ -19,7 +17,7 @@ use std::ops::Range;
 use self::exec::{Context, InputData, States, PAD};
 use self::isa::Isa;
 use self::program::Program;
-use self::real::Real;
+use crate::math::Real;
 use super::ReductionPlan;
 use crate::formula::VarCat;
 use crate::reduction::ReductionKind;

@@ -1,4 +1,6 @@
-//! Branchless scalar `exp`, `ln`, `sin` and `cos` for the CPU backend.
+//! Scalar math below every other layer: the compute types ([`Real`]) and branchless scalar
+//! `exp`, `ln`, `sin` and `cos` that vectorise. The formula layer's op table and the CPU backend
+//! both build on this module; it imports nothing from the crate.
 //!
 //! # Design
 //!
@@ -57,6 +59,9 @@
 // Coefficients keep the digits printed in their sources (Cephes) so they can
 // be checked against them; the compiler rounds them to the nearest float.
 #![allow(clippy::excessive_precision)]
+
+pub mod real;
+pub use real::Real;
 
 use std::f32::consts as c32;
 use std::f64::consts as c64;

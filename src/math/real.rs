@@ -1,4 +1,4 @@
-//! The compute types of the CPU backend (`f32`, `f64`) behind one trait.
+//! The compute types (`f32`, `f64`) behind one trait.
 //!
 //! Formula semantics ([`crate::formula::ops`]) and the tile kernels are written once, generic
 //! over [`Real`]; transcendental functions dispatch to the branchless implementations of
@@ -8,7 +8,7 @@
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
-use super::math;
+use super as math;
 
 /// A floating-point compute type of the CPU backend.
 pub trait Real:
