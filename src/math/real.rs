@@ -59,6 +59,34 @@ pub trait Real:
     fn abs(self) -> Self;
     /// `a * b + c`, fused when `FMA`.
     fn fma<const FMA: bool>(a: Self, b: Self, c: Self) -> Self;
+    /// Arctangent, vectorisable.
+    fn atan<const FMA: bool>(self) -> Self;
+    /// `atan2(self, x)`: the angle of the point `(x, self)`, in `[-pi, pi]`, vectorisable.
+    fn atan2<const FMA: bool>(self, x: Self) -> Self;
+    /// Tangent, vectorisable, accurate for `|x| <= TRIG_LIMIT`.
+    fn tan<const FMA: bool>(self) -> Self;
+    /// Tangent from the standard library (any argument).
+    fn tan_std(self) -> Self;
+    /// Hyperbolic tangent, vectorisable.
+    fn tanh<const FMA: bool>(self) -> Self;
+    /// Arcsine (`NaN` outside `[-1, 1]`), vectorisable.
+    fn asin<const FMA: bool>(self) -> Self;
+    /// Arccosine (`NaN` outside `[-1, 1]`), vectorisable.
+    fn acos<const FMA: bool>(self) -> Self;
+    /// Hyperbolic sine, vectorisable.
+    fn sinh<const FMA: bool>(self) -> Self;
+    /// Hyperbolic cosine, vectorisable.
+    fn cosh<const FMA: bool>(self) -> Self;
+    /// `ln(1 + x)`, accurate near 0, vectorisable.
+    fn ln_1p<const FMA: bool>(self) -> Self;
+    /// `exp(x) - 1`, accurate near 0, vectorisable.
+    fn exp_m1<const FMA: bool>(self) -> Self;
+    /// The Gauss error function, vectorisable.
+    fn erf<const FMA: bool>(self) -> Self;
+    /// The largest integer not above `x`, vectorisable.
+    fn floor(self) -> Self;
+    /// The nearest integer, halves away from zero (C's `round`), vectorisable.
+    fn round(self) -> Self;
 }
 
 macro_rules! impl_real {
@@ -112,6 +140,62 @@ macro_rules! impl_real {
             #[inline(always)]
             fn fma<const FMA: bool>(a: Self, b: Self, c: Self) -> Self {
                 math::$fma::<FMA>(a, b, c)
+            }
+            #[inline(always)]
+            fn atan<const FMA: bool>(self) -> Self {
+                <$t>::atan(self)
+            }
+            #[inline(always)]
+            fn atan2<const FMA: bool>(self, x: Self) -> Self {
+                <$t>::atan2(self, x)
+            }
+            #[inline(always)]
+            fn tan<const FMA: bool>(self) -> Self {
+                <$t>::tan(self)
+            }
+            #[inline(always)]
+            fn tan_std(self) -> Self {
+                <$t>::tan(self)
+            }
+            #[inline(always)]
+            fn tanh<const FMA: bool>(self) -> Self {
+                <$t>::tanh(self)
+            }
+            #[inline(always)]
+            fn asin<const FMA: bool>(self) -> Self {
+                <$t>::asin(self)
+            }
+            #[inline(always)]
+            fn acos<const FMA: bool>(self) -> Self {
+                <$t>::acos(self)
+            }
+            #[inline(always)]
+            fn sinh<const FMA: bool>(self) -> Self {
+                <$t>::sinh(self)
+            }
+            #[inline(always)]
+            fn cosh<const FMA: bool>(self) -> Self {
+                <$t>::cosh(self)
+            }
+            #[inline(always)]
+            fn ln_1p<const FMA: bool>(self) -> Self {
+                <$t>::ln_1p(self)
+            }
+            #[inline(always)]
+            fn exp_m1<const FMA: bool>(self) -> Self {
+                <$t>::exp_m1(self)
+            }
+            #[inline(always)]
+            fn erf<const FMA: bool>(self) -> Self {
+                libm::erf(self as f64) as $t
+            }
+            #[inline(always)]
+            fn floor(self) -> Self {
+                <$t>::floor(self)
+            }
+            #[inline(always)]
+            fn round(self) -> Self {
+                <$t>::round(self)
             }
         }
     };
