@@ -17,6 +17,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use crate::error::Error;
+use crate::formula::ops::{binary_table, ternary_table, unary_table};
 use crate::formula::{parse::parse, BinaryOp, Expr, Op, TernaryOp, UnaryOp, Var, VarCat};
 use crate::op::{check_bindable, reduce, Binding, ReductionOutput};
 use crate::reduction::{Axis, Reduction, ReductionKind};
@@ -247,110 +248,6 @@ impl LazyTensor {
         self.zip(other, |a, b| Expr::binary(op, a, b))
     }
 
-    /// `exp(self)`, component-wise.
-    pub fn exp(&self) -> LazyTensor {
-        self.unary(UnaryOp::Exp)
-    }
-    /// Natural logarithm, component-wise.
-    pub fn log(&self) -> LazyTensor {
-        self.unary(UnaryOp::Log)
-    }
-    /// Square root, component-wise.
-    pub fn sqrt(&self) -> LazyTensor {
-        self.unary(UnaryOp::Sqrt)
-    }
-    /// `1 / sqrt(self)`, component-wise, with `Rsqrt(0) = 0` (as in KeOps).
-    pub fn rsqrt(&self) -> LazyTensor {
-        self.unary(UnaryOp::Rsqrt)
-    }
-    /// `self * self`, component-wise.
-    pub fn square(&self) -> LazyTensor {
-        self.unary(UnaryOp::Square)
-    }
-    /// `1 / self`, component-wise.
-    pub fn inv(&self) -> LazyTensor {
-        self.unary(UnaryOp::Inv)
-    }
-    /// Absolute value, component-wise.
-    pub fn abs(&self) -> LazyTensor {
-        self.unary(UnaryOp::Abs)
-    }
-    /// Sign (`-1`, `0`, `1`), component-wise.
-    pub fn sign(&self) -> LazyTensor {
-        self.unary(UnaryOp::Sign)
-    }
-    /// `1` where `self >= 0`, else `0`.
-    pub fn step(&self) -> LazyTensor {
-        self.unary(UnaryOp::Step)
-    }
-    /// `max(self, 0)`, component-wise.
-    pub fn relu(&self) -> LazyTensor {
-        self.unary(UnaryOp::Relu)
-    }
-    /// Sine, component-wise.
-    pub fn sin(&self) -> LazyTensor {
-        self.unary(UnaryOp::Sin)
-    }
-    /// Cosine, component-wise.
-    pub fn cos(&self) -> LazyTensor {
-        self.unary(UnaryOp::Cos)
-    }
-    /// `self^n` for an integer `n`, by multiplications.
-    pub fn powi(&self, n: i32) -> LazyTensor {
-        self.unary(UnaryOp::Pow(n))
-    }
-    /// `self^p = exp(p log self)` (`NaN` for negative `self`); `p` has 1 or `dim` components.
-    pub fn powf(&self, p: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.binary(BinaryOp::Powf, p).checked()
-    }
-    /// `min(self, other)`, component-wise (`NaN` propagates).
-    pub fn minimum(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.binary(BinaryOp::Min, other).checked()
-    }
-    /// `max(self, other)`, component-wise (`NaN` propagates).
-    pub fn maximum(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.binary(BinaryOp::Max, other).checked()
-    }
-    /// `1` where `self < other`, else `0`.
-    pub fn lt(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.binary(BinaryOp::Lt, other).checked()
-    }
-    /// `1` where `self <= other`, else `0`.
-    pub fn le(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.binary(BinaryOp::Le, other).checked()
-    }
-    /// `1` where `self > other`, else `0`.
-    pub fn gt(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.binary(BinaryOp::Gt, other).checked()
-    }
-    /// `1` where `self >= other`, else `0`.
-    pub fn ge(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.binary(BinaryOp::Ge, other).checked()
-    }
-    /// `1` where `self == other`, else `0`.
-    pub fn eq(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.binary(BinaryOp::Eq, other).checked()
-    }
-    /// `1` where `self != other`, else `0`.
-    pub fn ne(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.binary(BinaryOp::Ne, other).checked()
-    }
-    /// `min(max(self, lo), hi)`, component-wise.
-    pub fn clamp(&self, lo: &LazyTensor, hi: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.zip3(lo, hi, |x, a, b| Expr::ternary(TernaryOp::Clamp, x, a, b))
-            .checked()
-    }
-    /// `if_true` where `self >= 0`, else `if_false`, component-wise.
-    pub fn if_else(
-        &self,
-        if_true: &LazyTensor,
-        if_false: &LazyTensor,
-    ) -> candle_core::Result<LazyTensor> {
-        self.zip3(if_true, if_false, |c, a, b| {
-            Expr::ternary(TernaryOp::IfElse, c, a, b)
-        })
-        .checked()
-    }
     /// Sum of the components (a 1-component formula); not a reduction over `i` or `j`.
     pub fn component_sum(&self) -> LazyTensor {
         self.map(|e| Ok(e.sum()))
@@ -756,3 +653,72 @@ impl Neg for LazyTensor {
         self.unary(UnaryOp::Neg)
     }
 }
+
+// The methods of the ops, one per row of the op table (`crate::formula::ops`).
+
+/// One method per unary op of the table (none for a `method: _` row).
+macro_rules! unary_methods {
+    ($(
+        $(#[doc = $doc:literal])*
+        $V:ident $(($p:ident: $pt:ty = $sample:expr))? { method: $method:tt, $($rest:tt)* }
+    ),* $(,)?) => {
+        impl LazyTensor {
+            $(unary_method!([$(#[doc = $doc])*] $method $V [$($p: $pt)?]);)*
+        }
+    };
+}
+
+macro_rules! unary_method {
+    ([$($doc:tt)*] _ $V:ident [$($params:tt)*]) => {};
+    ([$($doc:tt)*] $method:ident $V:ident [$($p:ident: $pt:ty)?]) => {
+        $($doc)*
+        pub fn $method(&self $(, $p: $pt)?) -> LazyTensor {
+            self.unary(UnaryOp::$V $(($p))?)
+        }
+    };
+}
+
+/// One method per binary op of the table: `self op other`, with `other` of 1 or `dim`
+/// components (an error otherwise).
+macro_rules! binary_methods {
+    ($(
+        $(#[doc = $doc:literal])*
+        $V:ident { method: $method:tt, $($rest:tt)* }
+    ),* $(,)?) => {
+        impl LazyTensor {
+            $(binary_method!([$(#[doc = $doc])*] $method $V);)*
+        }
+    };
+}
+
+macro_rules! binary_method {
+    ([$($doc:tt)*] _ $V:ident) => {};
+    ([$($doc:tt)*] $method:ident $V:ident) => {
+        $($doc)*
+        pub fn $method(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+            self.binary(BinaryOp::$V, other).checked()
+        }
+    };
+}
+
+/// One method per ternary op of the table, `self` its first argument.
+macro_rules! ternary_methods {
+    ($(
+        $(#[doc = $doc:literal])*
+        $V:ident { method: $method:ident($b:ident, $c:ident), $($rest:tt)* }
+    ),* $(,)?) => {
+        impl LazyTensor {
+            $(
+                $(#[doc = $doc])*
+                pub fn $method(&self, $b: &LazyTensor, $c: &LazyTensor) -> candle_core::Result<LazyTensor> {
+                    self.zip3($b, $c, |x, y, z| Expr::ternary(TernaryOp::$V, x, y, z))
+                        .checked()
+                }
+            )*
+        }
+    };
+}
+
+unary_table!(unary_methods);
+binary_table!(binary_methods);
+ternary_table!(ternary_methods);

@@ -119,6 +119,21 @@ fn unary_ops() {
     check_sum_dtypes("Cos(x * 3000.0 + y) + Sin(1.0e7 * x)", &[DType::F64]);
 }
 
+/// Every op of the table, generated from its metadata (name, arity, domain), in f32 and f64
+/// against its `f64` definition.
+#[test]
+fn every_op_of_the_table_against_its_definition() {
+    let ops = table_op_sources(["x - y", "x + y", "2.0 * u * v"]);
+    assert_eq!(
+        ops.len(),
+        48,
+        "the op table has 31 unary, 14 binary and 3 ternary ops"
+    );
+    for (_, src) in ops {
+        check_sum(&src);
+    }
+}
+
 #[test]
 fn binary_ops_with_broadcasting() {
     for src in [

@@ -159,7 +159,7 @@ pub fn grad(f: &Expr, wrt: &[Var], eta: &Expr) -> Result<Vec<Option<Expr>>> {
                 }
             }
             Op::Ternary(t) => {
-                let cs = t.vjp([&args[0], &args[1], &args[2]], &a);
+                let cs = t.vjp([&args[0], &args[1], &args[2]], n, &a);
                 for (arg, c) in args.iter().zip(cs) {
                     if let Some(c) = c {
                         add(&mut adj, arg, unbroadcast(c, n.dim(), arg.dim()));

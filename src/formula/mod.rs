@@ -10,9 +10,10 @@ pub mod grad;
 pub mod ops;
 pub mod parse;
 pub mod simplify;
+mod table;
 
 pub use expr::Expr;
 pub use grad::grad;
-pub use ops::{BinaryOp, Op, TernaryOp, UnaryOp, Var, VarCat};
+pub use ops::{BinaryOp, Domain, Op, TernaryOp, UnaryOp, Var, VarCat};
 pub use parse::{parse, ParseError};
 pub use simplify::simplify;

@@ -10,8 +10,10 @@
 //! No `match` on these enums has a catch-all arm, so adding an op makes the compiler list every
 //! place that must learn about it.
 
-use crate::math::Real;
+use super::expr::Expr;
+use super::table::{define_binary, define_ternary, define_unary};
 use crate::error::{dim_mismatch, Result};
+use crate::math::Real;
 
 /// Category of a formula variable: which index it is attached to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
@@ -36,79 +38,706 @@ pub struct Var {
     pub dim: usize,
 }
 
-/// Component-wise operations of one argument.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum UnaryOp {
-    /// `-x`.
-    Neg,
-    /// `exp(x)`.
-    Exp,
-    /// Natural logarithm; `NaN` for negative `x`, `-inf` at 0.
-    Log,
-    /// Square root; `NaN` for negative `x`. Its derivative at 0 is taken as 0 (see `Rsqrt`).
-    Sqrt,
-    /// `1 / sqrt(x)`, and 0 at `x = 0` (KeOps' convention, which makes the gradient of a
-    /// distance at zero distance 0 instead of NaN).
-    Rsqrt,
-    /// `x * x`.
-    Square,
-    /// `1 / x`.
-    Inv,
-    /// `|x|`.
-    Abs,
-    /// `-1`, `0` or `1` (and `NaN` for `NaN`).
-    Sign,
-    /// `0` for `x < 0`, `1` for `x >= 0` (and `NaN` for `NaN`).
-    Step,
-    /// `max(x, 0)` (and `NaN` for `NaN`).
-    Relu,
-    /// `sin(x)`.
-    Sin,
-    /// `cos(x)`.
-    Cos,
-    /// `x^n` for an integer `n`, by repeated multiplication (`x^-n = 1 / x^n`).
-    Pow(i32),
+/// The rows of the unary op table, handed to the consumer macro `$m` (see [`super::table`]).
+macro_rules! unary_table {
+    ($m:ident) => {
+        $m! {
+            /// `-x`.
+            Neg {
+                method: _,
+                name: "Neg",
+                domain: [Domain::All],
+                apply: |x| -x,
+                reference: |x| -x,
+                cuda: "(-({a}))",
+                vjp: |x, out, a| Some(a.neg()),
+            },
+            /// `exp(x)`.
+            Exp {
+                method: exp,
+                name: "Exp",
+                domain: [Domain::All],
+                apply: |x| x.exp::<FMA>(),
+                reference: |x| x.exp(),
+                cuda: "lk_exp({a})",
+                // d exp(x) = exp(x): reuse the forward node, so the exponential is computed once.
+                vjp: |x, out, a| Some(mul(a, out)),
+            },
+            /// Natural logarithm; `NaN` for negative `x`, `-inf` at 0.
+            Log {
+                method: log,
+                name: "Log",
+                domain: [Domain::Positive],
+                apply: |x| x.ln::<FMA>(),
+                reference: |x| x.ln(),
+                cuda: "lk_log({a})",
+                vjp: |x, out, a| Some(bin(BinaryOp::Div, a, x)),
+            },
+            /// Square root; `NaN` for negative `x`. Its derivative at 0 is taken as 0 (see
+            /// `Rsqrt`): the gradient of `|x - y|` at `x = y` is the zero subgradient, not
+            /// `NaN`, as in KeOps.
+            Sqrt {
+                method: sqrt,
+                name: "Sqrt",
+                domain: [Domain::Positive],
+                apply: |x| x.sqrt(),
+                reference: |x| x.sqrt(),
+                cuda: "lk_sqrt({a})",
+                vjp: |x, out, a| Some(mul(&mul(a, &Expr::unary(UnaryOp::Rsqrt, x)), &k(0.5))),
+            },
+            /// `1 / sqrt(x)`, and 0 at `x = 0` (KeOps' convention, which makes the gradient of a
+            /// distance at zero distance 0 instead of `NaN`).
+            Rsqrt {
+                method: rsqrt,
+                name: "Rsqrt",
+                domain: [Domain::Positive],
+                apply: |x| {
+                    let r = T::ONE / x.sqrt();
+                    if x == T::ZERO { T::ZERO } else { r }
+                },
+                reference: |x| if x == 0.0 { 0.0 } else { 1.0 / x.sqrt() },
+                cuda: "lk_rsqrt({a})",
+                // d x^(-1/2) = -x^(-3/2) / 2.
+                vjp: |x, out, a| Some(mul(&mul(a, &Expr::unary(UnaryOp::Pow(3), out)), &k(-0.5))),
+            },
+            /// `x * x`.
+            Square {
+                method: square,
+                name: "Square",
+                domain: [Domain::All],
+                apply: |x| x * x,
+                reference: |x| x * x,
+                cuda: "({a} * {a})",
+                vjp: |x, out, a| Some(mul(&mul(a, x), &k(2.0))),
+            },
+            /// `1 / x`.
+            Inv {
+                method: inv,
+                name: "Inv",
+                domain: [Domain::NonZero],
+                apply: |x| T::ONE / x,
+                reference: |x| 1.0 / x,
+                cuda: "lk_inv({a})",
+                // d (1/x) = -(1/x)^2.
+                vjp: |x, out, a| Some(mul(a, &Expr::unary(UnaryOp::Square, out)).neg()),
+            },
+            /// `|x|`; its derivative at 0 is 0.
+            Abs {
+                method: abs,
+                name: "Abs",
+                domain: [Domain::All],
+                apply: |x| x.abs(),
+                reference: |x| x.abs(),
+                cuda: "lk_abs({a})",
+                vjp: |x, out, a| Some(mul(a, &Expr::unary(UnaryOp::Sign, x))),
+            },
+            /// `-1`, `0` or `1` (and `NaN` for `NaN`); a zero derivative.
+            Sign {
+                method: sign,
+                name: "Sign",
+                domain: [Domain::All],
+                apply: |x| {
+                    let s = if x > T::ZERO { T::ONE } else { T::ZERO };
+                    let s = if x < T::ZERO { -T::ONE } else { s };
+                    // NaN compares false both ways: give it back explicitly (a select, so the
+                    // loop still vectorises).
+                    keep_nan(x, s)
+                },
+                reference: |x| if x.is_nan() { x } else if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 },
+                cuda: "lk_sign({a})",
+                vjp: |x, out, a| None,
+            },
+            /// `0` for `x < 0`, `1` for `x >= 0` (and `NaN` for `NaN`); a zero derivative.
+            Step {
+                method: step,
+                name: "Step",
+                domain: [Domain::All],
+                apply: |x| keep_nan(x, if x >= T::ZERO { T::ONE } else { T::ZERO }),
+                reference: |x| if x.is_nan() { x } else if x >= 0.0 { 1.0 } else { 0.0 },
+                cuda: "lk_step({a})",
+                vjp: |x, out, a| None,
+            },
+            /// `max(x, 0)` (and `NaN` for `NaN`); its derivative at 0 is 0.
+            Relu {
+                method: relu,
+                name: "ReLU",
+                domain: [Domain::All],
+                apply: |x| keep_nan(x, if x > T::ZERO { x } else { T::ZERO }),
+                reference: |x| if x.is_nan() { x } else { x.max(0.0) },
+                cuda: "lk_relu({a})",
+                vjp: |x, out, a| Some(mul(a, &bin(BinaryOp::Gt, x, &k(0.0)))),
+            },
+            /// `sin(x)`.
+            Sin {
+                method: sin,
+                name: "Sin",
+                domain: [Domain::All],
+                apply: |x| x.sin::<FMA>(),
+                large: |x| x.sin_std(),
+                reference: |x| x.sin(),
+                cuda: "lk_sin({a})",
+                vjp: |x, out, a| Some(mul(a, &Expr::unary(UnaryOp::Cos, x))),
+            },
+            /// `cos(x)`.
+            Cos {
+                method: cos,
+                name: "Cos",
+                domain: [Domain::All],
+                apply: |x| x.cos::<FMA>(),
+                large: |x| x.cos_std(),
+                reference: |x| x.cos(),
+                cuda: "lk_cos({a})",
+                vjp: |x, out, a| Some(mul(a, &Expr::unary(UnaryOp::Sin, x)).neg()),
+            },
+            /// `x^n` for an integer `n`, by repeated multiplication (`x^-n = 1 / x^n`).
+            Pow(n: i32 = 3) {
+                method: powi,
+                name: "Pow",
+                domain: [Domain::NonZero],
+                apply: |x| powi(x, n),
+                reference: |x| x.powi(n),
+                cuda: "lk_powi({a}, {n})",
+                vjp: |x, out, a| match n {
+                    0 => None,
+                    1 => Some(a.clone()),
+                    n => Some(mul(&mul(a, &Expr::unary(UnaryOp::Pow(n - 1), x)), &k(n as f64))),
+                },
+            },
+            /// `atan(x)`, in `(-pi/2, pi/2)`.
+            Atan {
+                method: atan,
+                name: "Atan",
+                domain: [Domain::All],
+                apply: |x| x.atan::<FMA>(),
+                reference: |x| x.atan(),
+                cuda: "atan{f}({a})",
+                // d atan(x) = 1 / (1 + x^2).
+                vjp: |x, out, a| Some(bin(BinaryOp::Div, a, &bin(BinaryOp::Add, &k(1.0), &sq(x)))),
+            },
+            /// `tan(x)`.
+            Tan {
+                method: tan,
+                name: "Tan",
+                domain: [Domain::Unit],
+                apply: |x| x.tan::<FMA>(),
+                large: |x| x.tan_std(),
+                reference: |x| x.tan(),
+                cuda: "tan{f}({a})",
+                // d tan(x) = 1 + tan(x)^2.
+                vjp: |x, out, a| Some(mul(a, &bin(BinaryOp::Add, &k(1.0), &sq(out)))),
+            },
+            /// `tanh(x)`.
+            Tanh {
+                method: tanh,
+                name: "Tanh",
+                domain: [Domain::All],
+                apply: |x| x.tanh::<FMA>(),
+                reference: |x| x.tanh(),
+                cuda: "tanh{f}({a})",
+                // d tanh(x) = 1 - tanh(x)^2.
+                vjp: |x, out, a| Some(mul(a, &bin(BinaryOp::Sub, &k(1.0), &sq(out)))),
+            },
+            /// `asin(x)`, `NaN` outside `[-1, 1]`.
+            Asin {
+                method: asin,
+                name: "Asin",
+                domain: [Domain::Unit],
+                apply: |x| x.asin::<FMA>(),
+                reference: |x| x.asin(),
+                cuda: "asin{f}({a})",
+                // d asin(x) = 1 / sqrt(1 - x^2).
+                vjp: |x, out, a| Some(mul(a, &Expr::unary(UnaryOp::Rsqrt, &one_minus_sq(x)))),
+            },
+            /// `acos(x)`, `NaN` outside `[-1, 1]`.
+            Acos {
+                method: acos,
+                name: "Acos",
+                domain: [Domain::Unit],
+                apply: |x| x.acos::<FMA>(),
+                reference: |x| x.acos(),
+                cuda: "acos{f}({a})",
+                // d acos(x) = -1 / sqrt(1 - x^2).
+                vjp: |x, out, a| Some(mul(a, &Expr::unary(UnaryOp::Rsqrt, &one_minus_sq(x))).neg()),
+            },
+            /// `sinh(x)`.
+            Sinh {
+                method: sinh,
+                name: "Sinh",
+                domain: [Domain::All],
+                apply: |x| x.sinh::<FMA>(),
+                reference: |x| x.sinh(),
+                cuda: "sinh{f}({a})",
+                vjp: |x, out, a| Some(mul(a, &Expr::unary(UnaryOp::Cosh, x))),
+            },
+            /// `cosh(x)`.
+            Cosh {
+                method: cosh,
+                name: "Cosh",
+                domain: [Domain::All],
+                apply: |x| x.cosh::<FMA>(),
+                reference: |x| x.cosh(),
+                cuda: "cosh{f}({a})",
+                vjp: |x, out, a| Some(mul(a, &Expr::unary(UnaryOp::Sinh, x))),
+            },
+            /// `log(1 + x)`, accurate for small `x`.
+            Log1p {
+                method: log1p,
+                name: "Log1p",
+                domain: [Domain::Positive],
+                apply: |x| x.ln_1p::<FMA>(),
+                reference: |x| x.ln_1p(),
+                cuda: "log1p{f}({a})",
+                vjp: |x, out, a| Some(bin(BinaryOp::Div, a, &bin(BinaryOp::Add, &k(1.0), x))),
+            },
+            /// `exp(x) - 1`, accurate for small `x`.
+            Expm1 {
+                method: expm1,
+                name: "Expm1",
+                domain: [Domain::All],
+                apply: |x| x.exp_m1::<FMA>(),
+                reference: |x| x.exp_m1(),
+                cuda: "expm1{f}({a})",
+                vjp: |x, out, a| Some(mul(a, &bin(BinaryOp::Add, out, &k(1.0)))),
+            },
+            /// `x log(x)`, and 0 at `x = 0` (its limit); `NaN` for negative `x`.
+            XLogX {
+                method: xlogx,
+                name: "XLogX",
+                domain: [Domain::Positive],
+                apply: |x| {
+                    let r = x * x.ln::<FMA>();
+                    if x == T::ZERO { T::ZERO } else { r }
+                },
+                reference: |x| if x == 0.0 { 0.0 } else { x * x.ln() },
+                cuda: "({a} == {T}(0) ? {T}(0) : {a} * lk_log({a}))",
+                // d (x log x) = log(x) + 1.
+                vjp: |x, out, a| Some(mul(a, &bin(BinaryOp::Add, &Expr::unary(UnaryOp::Log, x), &k(1.0)))),
+            },
+            /// `sin(x) / x`, and 1 at `x = 0` (KeOps' unnormalised sinc).
+            Sinc {
+                method: sinc,
+                name: "Sinc",
+                domain: [Domain::All],
+                apply: |x| {
+                    let r = x.sin::<FMA>() / x;
+                    if x == T::ZERO { T::ONE } else { r }
+                },
+                large: |x| x.sin_std() / x,
+                reference: |x| if x == 0.0 { 1.0 } else { x.sin() / x },
+                cuda: "({a} == {T}(0) ? {T}(1) : lk_sin({a}) / {a})",
+                // d sinc(x) = (cos(x) - sinc(x)) / x, and 0 at x = 0 (IfElse picks its first
+                // branch, -x / 3 = 0, only where -|x| >= 0).
+                vjp: |x, out, a| {
+                    let far = bin(BinaryOp::Div, &bin(BinaryOp::Sub, &Expr::unary(UnaryOp::Cos, x), out), x);
+                    let near = mul(x, &k(-1.0 / 3.0));
+                    let d = Expr::ternary(TernaryOp::IfElse, &Expr::unary(UnaryOp::Abs, x).neg(), &near, &far)
+                        .expect("one dimension");
+                    Some(mul(a, &d))
+                },
+            },
+            /// The largest integer not above `x`; a zero derivative.
+            Floor {
+                method: floor,
+                name: "Floor",
+                domain: [Domain::All],
+                apply: |x| x.floor(),
+                reference: |x| x.floor(),
+                cuda: "floor{f}({a})",
+                vjp: |x, out, a| None,
+            },
+            /// The nearest integer, halves away from zero (C's `round`); a zero derivative.
+            Round {
+                method: round,
+                name: "Round",
+                domain: [Domain::All],
+                apply: |x| x.round(),
+                reference: |x| x.round(),
+                cuda: "round{f}({a})",
+                vjp: |x, out, a| None,
+            },
+            /// `sign(x) sqrt(|x|)`; its derivative `1 / (2 sqrt(|x|))` is taken as 0 at 0.
+            SignedSqrt {
+                method: signed_sqrt,
+                name: "SignedSqrt",
+                domain: [Domain::NonZero],
+                apply: |x| {
+                    let r = x.abs().sqrt();
+                    if x < T::ZERO { -r } else { r }
+                },
+                reference: |x| if x < 0.0 { -(-x).sqrt() } else { x.sqrt() },
+                cuda: "({a} < {T}(0) ? -lk_sqrt(-{a}) : lk_sqrt({a}))",
+                vjp: |x, out, a| Some(mul(&mul(a, &Expr::unary(UnaryOp::Rsqrt, &Expr::unary(UnaryOp::Abs, x))), &k(0.5))),
+            },
+            /// `log(1 + exp(x))`, computed as `max(x, 0) + log(1 + exp(-|x|))` (no overflow).
+            SoftPlus {
+                method: softplus,
+                name: "SoftPlus",
+                domain: [Domain::All],
+                apply: |x| {
+                    let m = if x > T::ZERO { x } else { T::ZERO };
+                    keep_nan(x, m + (-x.abs()).exp::<FMA>().ln_1p::<FMA>())
+                },
+                reference: |x| if x > 0.0 { x + (-x).exp().ln_1p() } else { x.exp().ln_1p() },
+                cuda: "(lk_relu({a}) + log1p{f}(lk_exp(-lk_abs({a}))))",
+                vjp: |x, out, a| Some(mul(a, &Expr::unary(UnaryOp::Sigmoid, x))),
+            },
+            /// The logistic function `1 / (1 + exp(-x))`.
+            Sigmoid {
+                method: sigmoid,
+                name: "Sigmoid",
+                domain: [Domain::All],
+                apply: |x| T::ONE / (T::ONE + (-x).exp::<FMA>()),
+                reference: |x| 1.0 / (1.0 + (-x).exp()),
+                cuda: "({T}(1) / ({T}(1) + lk_exp(-({a}))))",
+                // d s(x) = s(x) (1 - s(x)).
+                vjp: |x, out, a| Some(mul(&mul(a, out), &bin(BinaryOp::Sub, &k(1.0), out))),
+            },
+            /// The Gauss error function `erf(x) = 2 / sqrt(pi) int_0^x exp(-t^2) dt` (not in
+            /// KeOps; probit likelihoods need it).
+            Erf {
+                method: erf,
+                name: "Erf",
+                domain: [Domain::All],
+                apply: |x| x.erf::<FMA>(),
+                reference: |x| libm::erf(x),
+                cuda: "erf{f}({a})",
+                // d erf(x) = 2 / sqrt(pi) exp(-x^2).
+                vjp: |x, out, a| Some(mul(&mul(a, &Expr::unary(UnaryOp::Exp, &sq(x).neg())), &k(std::f64::consts::FRAC_2_SQRT_PI))),
+            },
+        }
+    };
 }
 
-/// Component-wise operations of two arguments; a 1-component argument is broadcast against
-/// the other.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum BinaryOp {
-    /// `a + b`.
-    Add,
-    /// `a - b`.
-    Sub,
-    /// `a * b`.
-    Mul,
-    /// `a / b`.
-    Div,
-    /// `a^b = exp(b * log(a))` (KeOps' definition): `NaN` for negative `a`.
-    Powf,
-    /// Smallest of the two, `NaN` if either is `NaN`.
-    Min,
-    /// Largest of the two, `NaN` if either is `NaN`.
-    Max,
-    /// `1` if `a < b`, else `0`.
-    Lt,
-    /// `1` if `a <= b`, else `0`.
-    Le,
-    /// `1` if `a > b`, else `0`.
-    Gt,
-    /// `1` if `a >= b`, else `0`.
-    Ge,
-    /// `1` if `a == b`, else `0`.
-    Eq,
-    /// `1` if `a != b`, else `0` (`1` when either is `NaN`).
-    Ne,
+/// The rows of the binary op table, handed to the consumer macro `$m`.
+macro_rules! binary_table {
+    ($m:ident) => {
+        $m! {
+            /// `a + b`.
+            Add {
+                method: _,
+                name: "Add",
+                infix: Some('+'),
+                domain: [Domain::All, Domain::All],
+                apply: |a, b| a + b,
+                reference: |a, b| a + b,
+                cuda: "({a} + {b})",
+                vjp: |x, y, out, a| (Some(a.clone()), Some(a.clone())),
+            },
+            /// `a - b`.
+            Sub {
+                method: _,
+                name: "Subtract",
+                infix: Some('-'),
+                domain: [Domain::All, Domain::All],
+                apply: |a, b| a - b,
+                reference: |a, b| a - b,
+                cuda: "({a} - {b})",
+                vjp: |x, y, out, a| (Some(a.clone()), Some(a.neg())),
+            },
+            /// `a * b`.
+            Mul {
+                method: _,
+                name: "Mult",
+                infix: Some('*'),
+                domain: [Domain::All, Domain::All],
+                apply: |a, b| a * b,
+                reference: |a, b| a * b,
+                cuda: "({a} * {b})",
+                vjp: |x, y, out, a| (Some(mul(a, y)), Some(mul(a, x))),
+            },
+            /// `a / b`.
+            Div {
+                method: _,
+                name: "Divide",
+                infix: Some('/'),
+                domain: [Domain::All, Domain::NonZero],
+                apply: |a, b| a / b,
+                reference: |a, b| a / b,
+                cuda: "({a} / {b})",
+                // d(x/y) = dx / y - (x/y) dy / y.
+                vjp: |x, y, out, a| {
+                    let t = bin(BinaryOp::Div, a, y);
+                    let dy = mul(&t, out).neg();
+                    (Some(t), Some(dy))
+                },
+            },
+            /// `a^b = exp(b * log(a))` (KeOps' definition): `NaN` for negative `a`. Its
+            /// derivative in the exponent, `out * log(a)`, is defined for `a > 0`.
+            Powf {
+                method: powf,
+                name: "Powf",
+                infix: None,
+                domain: [Domain::Positive, Domain::All],
+                apply: |a, b| (b * a.ln::<FMA>()).exp::<FMA>(),
+                reference: |a, b| (b * a.ln()).exp(),
+                cuda: "lk_powf({a}, {b})",
+                // x^y = exp(y log x): d/dx = y x^(y-1), d/dy = x^y log x.
+                vjp: |x, y, out, a| {
+                    let ym1 = bin(BinaryOp::Sub, y, &k(1.0));
+                    let dx = mul(&mul(a, y), &bin(BinaryOp::Powf, x, &ym1));
+                    let dy = mul(&mul(a, out), &Expr::unary(UnaryOp::Log, x));
+                    (Some(dx), Some(dy))
+                },
+            },
+            /// Smallest of the two, `NaN` if either is `NaN`; the adjoint goes to the argument
+            /// selected (the first on ties).
+            Min {
+                method: minimum,
+                name: "Min",
+                infix: None,
+                domain: [Domain::All, Domain::All],
+                // A NaN `a` is kept by the first select (comparisons with NaN are false), a NaN
+                // `b` by the second: NaN propagates, as in `torch.minimum`.
+                apply: |a, b| keep_nan(b, if b < a { b } else { a }),
+                reference: |a, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) },
+                cuda: "lk_min({a}, {b})",
+                vjp: |x, y, out, a| (
+                    Some(mul(a, &bin(BinaryOp::Le, x, y))),
+                    Some(mul(a, &bin(BinaryOp::Gt, x, y))),
+                ),
+            },
+            /// Largest of the two, `NaN` if either is `NaN`; the adjoint goes to the argument
+            /// selected (the first on ties).
+            Max {
+                method: maximum,
+                name: "Max",
+                infix: None,
+                domain: [Domain::All, Domain::All],
+                apply: |a, b| keep_nan(b, if b > a { b } else { a }),
+                reference: |a, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) },
+                cuda: "lk_max({a}, {b})",
+                vjp: |x, y, out, a| (
+                    Some(mul(a, &bin(BinaryOp::Ge, x, y))),
+                    Some(mul(a, &bin(BinaryOp::Lt, x, y))),
+                ),
+            },
+            /// `1` if `a < b`, else `0`; a zero derivative.
+            Lt {
+                method: lt,
+                name: "Lt",
+                infix: None,
+                domain: [Domain::All, Domain::All],
+                apply: |a, b| bool01(a < b),
+                reference: |a, b| f64::from(u8::from(a < b)),
+                cuda: "lk_lt({a}, {b})",
+                vjp: |x, y, out, a| (None, None),
+            },
+            /// `1` if `a <= b`, else `0`; a zero derivative.
+            Le {
+                method: le,
+                name: "Le",
+                infix: None,
+                domain: [Domain::All, Domain::All],
+                apply: |a, b| bool01(a <= b),
+                reference: |a, b| f64::from(u8::from(a <= b)),
+                cuda: "lk_le({a}, {b})",
+                vjp: |x, y, out, a| (None, None),
+            },
+            /// `1` if `a > b`, else `0`; a zero derivative.
+            Gt {
+                method: gt,
+                name: "Gt",
+                infix: None,
+                domain: [Domain::All, Domain::All],
+                apply: |a, b| bool01(a > b),
+                reference: |a, b| f64::from(u8::from(a > b)),
+                cuda: "lk_gt({a}, {b})",
+                vjp: |x, y, out, a| (None, None),
+            },
+            /// `1` if `a >= b`, else `0`; a zero derivative.
+            Ge {
+                method: ge,
+                name: "Ge",
+                infix: None,
+                domain: [Domain::All, Domain::All],
+                apply: |a, b| bool01(a >= b),
+                reference: |a, b| f64::from(u8::from(a >= b)),
+                cuda: "lk_ge({a}, {b})",
+                vjp: |x, y, out, a| (None, None),
+            },
+            /// `1` if `a == b`, else `0`; a zero derivative.
+            Eq {
+                method: eq,
+                name: "Eq",
+                infix: None,
+                domain: [Domain::All, Domain::All],
+                apply: |a, b| bool01(a == b),
+                reference: |a, b| f64::from(u8::from(a == b)),
+                cuda: "lk_eq({a}, {b})",
+                vjp: |x, y, out, a| (None, None),
+            },
+            /// `1` if `a != b`, else `0` (`1` when either is `NaN`); a zero derivative.
+            Ne {
+                method: ne,
+                name: "Ne",
+                infix: None,
+                domain: [Domain::All, Domain::All],
+                apply: |a, b| bool01(a != b),
+                reference: |a, b| f64::from(u8::from(a != b)),
+                cuda: "lk_ne({a}, {b})",
+                vjp: |x, y, out, a| (None, None),
+            },
+            /// `atan2(a, b)`: the angle of the point `(b, a)`, in `[-pi, pi]`.
+            Atan2 {
+                method: atan2,
+                name: "Atan2",
+                infix: None,
+                domain: [Domain::NonZero, Domain::NonZero],
+                apply: |a, b| a.atan2::<FMA>(b),
+                reference: |a, b| a.atan2(b),
+                cuda: "atan2{f}({a}, {b})",
+                // d atan2(y, x) = (x dy - y dx) / (x^2 + y^2).
+                vjp: |x, y, out, a| {
+                    let r2 = bin(BinaryOp::Add, &sq(x), &sq(y));
+                    let t = bin(BinaryOp::Div, a, &r2);
+                    (Some(mul(&t, y)), Some(mul(&t, x).neg()))
+                },
+            },
+        }
+    };
 }
 
-/// Component-wise operations of three arguments, with broadcasting of 1-component arguments.
+/// The rows of the ternary op table, handed to the consumer macro `$m`.
+macro_rules! ternary_table {
+    ($m:ident) => {
+        $m! {
+            /// `Clamp(x, lo, hi) = min(max(x, lo), hi)`; `NaN` stays `NaN`. The adjoint goes to
+            /// whichever of the three it returns (`x` on the boundaries).
+            Clamp {
+                method: clamp(lo, hi),
+                name: "Clamp",
+                domain: [Domain::All, Domain::All, Domain::All],
+                apply: |x, lo, hi| {
+                    let l = if x < lo { lo } else { x };
+                    let h = if l > hi { hi } else { l };
+                    keep_nan(x, h)
+                },
+                reference: |x, lo, hi| if x.is_nan() { x } else if x < lo { if lo > hi { hi } else { lo } } else if x > hi { hi } else { x },
+                cuda: "lk_clamp({a}, {b}, {c})",
+                vjp: |x, lo, hi, out, a| {
+                    let low = bin(BinaryOp::Max, x, lo);
+                    let takes_hi = bin(BinaryOp::Gt, &low, hi);
+                    let takes_lo = mul(&bin(BinaryOp::Lt, x, lo), &bin(BinaryOp::Le, lo, hi));
+                    let takes_x = mul(&bin(BinaryOp::Ge, x, lo), &bin(BinaryOp::Le, x, hi));
+                    [Some(mul(a, &takes_x)), Some(mul(a, &takes_lo)), Some(mul(a, &takes_hi))]
+                },
+            },
+            /// `IfElse(c, a, b) = a if c >= 0 else b` (KeOps' definition; a `NaN` condition
+            /// picks `b`). The adjoint goes to the branch taken; `c` gets none.
+            IfElse {
+                method: if_else(if_true, if_false),
+                name: "IfElse",
+                domain: [Domain::NonZero, Domain::All, Domain::All],
+                apply: |c, a, b| if c >= T::ZERO { a } else { b },
+                reference: |c, a, b| if c >= 0.0 { a } else { b },
+                cuda: "lk_ifelse({a}, {b}, {c})",
+                vjp: |c, p, q, out, a| {
+                    let takes_p = bin(BinaryOp::Ge, c, &k(0.0));
+                    let takes_q = bin(BinaryOp::Sub, &k(1.0), &takes_p);
+                    [None, Some(mul(a, &takes_p)), Some(mul(a, &takes_q))]
+                },
+            },
+            /// `Mod(x, n, d) = x - n floor((x - d) / n)`: `x` modulo `n`, in `[d, d + n)` for
+            /// `n > 0` (KeOps' definition). The offset `d` has a zero derivative (almost
+            /// everywhere).
+            Mod {
+                method: modulo(n, offset),
+                name: "Mod",
+                domain: [Domain::All, Domain::Positive, Domain::All],
+                apply: |x, n, d| x - n * ((x - d) / n).floor(),
+                reference: |x, n, d| x - n * ((x - d) / n).floor(),
+                cuda: "({a} - {b} * floor{f}(({a} - {c}) / {b}))",
+                vjp: |x, n, d, out, a| {
+                    let q = Expr::unary(UnaryOp::Floor, &bin(BinaryOp::Div, &bin(BinaryOp::Sub, x, d), n));
+                    [Some(a.clone()), Some(mul(a, &q).neg()), None]
+                },
+            },
+        }
+    };
+}
+
+pub(crate) use {binary_table, ternary_table, unary_table};
+
+unary_table!(define_unary);
+binary_table!(define_binary);
+ternary_table!(define_ternary);
+
+/// Where the tests sample an op's argument: the op is defined, smooth enough for finite
+/// differences almost everywhere, and away from its poles.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum TernaryOp {
-    /// `Clamp(x, lo, hi) = min(max(x, lo), hi)`; `NaN` stays `NaN`.
-    Clamp,
-    /// `IfElse(c, a, b) = a if c >= 0 else b` (KeOps' definition; a `NaN` condition picks `b`).
-    IfElse,
+pub enum Domain {
+    /// Any value (the tests use `[-2, 2]`).
+    All,
+    /// Positive values (`[0.1, 2.9]`).
+    Positive,
+    /// Inside `(-1, 1)` (`[-0.9, 0.9]`).
+    Unit,
+    /// Away from 0, either sign (`0.2 <= |x| <= 2`).
+    NonZero,
+}
+
+impl Domain {
+    /// The range of magnitudes the tests draw from: `(lo, hi, both_signs)`.
+    pub fn range(self) -> (f64, f64, bool) {
+        match self {
+            Domain::All => (-2.0, 2.0, false),
+            Domain::Positive => (0.1, 2.9, false),
+            Domain::Unit => (-0.9, 0.9, false),
+            Domain::NonZero => (0.2, 2.0, true),
+        }
+    }
+}
+
+/// A loop over a tile, generic over the unary op's scalar function (see [`UnaryOp::with_fn`]).
+pub trait UnaryKernel<T> {
+    /// What the loop returns.
+    type Output;
+    /// Runs the loop with `f`.
+    fn run<F: Fn(T) -> T + Copy>(self, f: F) -> Self::Output;
+}
+
+/// A loop over a tile, generic over the binary op's scalar function.
+pub trait BinaryKernel<T> {
+    /// What the loop returns.
+    type Output;
+    /// Runs the loop with `f`.
+    fn run<F: Fn(T, T) -> T + Copy>(self, f: F) -> Self::Output;
+}
+
+/// A loop over a tile, generic over the ternary op's scalar function.
+pub trait TernaryKernel<T> {
+    /// What the loop returns.
+    type Output;
+    /// Runs the loop with `f`.
+    fn run<F: Fn(T, T, T) -> T + Copy>(self, f: F) -> Self::Output;
+}
+
+/// The "loop" of one value: `apply`.
+struct ApplyOne<T>(T);
+impl<T> UnaryKernel<T> for ApplyOne<T> {
+    type Output = T;
+    #[inline(always)]
+    fn run<F: Fn(T) -> T + Copy>(self, f: F) -> T {
+        f(self.0)
+    }
+}
+
+struct ApplyTwo<T>(T, T);
+impl<T> BinaryKernel<T> for ApplyTwo<T> {
+    type Output = T;
+    #[inline(always)]
+    fn run<F: Fn(T, T) -> T + Copy>(self, f: F) -> T {
+        f(self.0, self.1)
+    }
+}
+
+struct ApplyThree<T>(T, T, T);
+impl<T> TernaryKernel<T> for ApplyThree<T> {
+    type Output = T;
+    #[inline(always)]
+    fn run<F: Fn(T, T, T) -> T + Copy>(self, f: F) -> T {
+        f(self.0, self.1, self.2)
+    }
 }
 
 /// A node of a formula: the operation applied to the node's arguments.
@@ -142,87 +771,6 @@ pub enum Op {
     MatVecMult,
 }
 
-impl UnaryOp {
-    /// Every unary op without data, for tests and for the parser's name table.
-    pub const SIMPLE: [UnaryOp; 13] = [
-        UnaryOp::Neg,
-        UnaryOp::Exp,
-        UnaryOp::Log,
-        UnaryOp::Sqrt,
-        UnaryOp::Rsqrt,
-        UnaryOp::Square,
-        UnaryOp::Inv,
-        UnaryOp::Abs,
-        UnaryOp::Sign,
-        UnaryOp::Step,
-        UnaryOp::Relu,
-        UnaryOp::Sin,
-        UnaryOp::Cos,
-    ];
-
-    /// The name used by the printer and the parser.
-    pub fn name(self) -> &'static str {
-        match self {
-            UnaryOp::Neg => "Neg",
-            UnaryOp::Exp => "Exp",
-            UnaryOp::Log => "Log",
-            UnaryOp::Sqrt => "Sqrt",
-            UnaryOp::Rsqrt => "Rsqrt",
-            UnaryOp::Square => "Square",
-            UnaryOp::Inv => "Inv",
-            UnaryOp::Abs => "Abs",
-            UnaryOp::Sign => "Sign",
-            UnaryOp::Step => "Step",
-            UnaryOp::Relu => "ReLU",
-            UnaryOp::Sin => "Sin",
-            UnaryOp::Cos => "Cos",
-            UnaryOp::Pow(_) => "Pow",
-        }
-    }
-
-    /// The scalar semantics, inlined into the backends' vectorised loops.
-    #[inline(always)]
-    pub fn apply<T: Real, const FMA: bool>(self, x: T) -> T {
-        match self {
-            UnaryOp::Neg => -x,
-            UnaryOp::Exp => x.exp::<FMA>(),
-            UnaryOp::Log => x.ln::<FMA>(),
-            UnaryOp::Sqrt => x.sqrt(),
-            // KeOps' convention: Rsqrt(0) = 0, so that the derivative of a norm at the origin is
-            // 0 instead of NaN (a select, so loops still vectorise).
-            UnaryOp::Rsqrt => {
-                let r = T::ONE / x.sqrt();
-                if x == T::ZERO {
-                    T::ZERO
-                } else {
-                    r
-                }
-            }
-            UnaryOp::Square => x * x,
-            UnaryOp::Inv => T::ONE / x,
-            UnaryOp::Abs => x.abs(),
-            UnaryOp::Sign => {
-                let s = if x > T::ZERO { T::ONE } else { T::ZERO };
-                let s = if x < T::ZERO { -T::ONE } else { s };
-                // NaN compares false both ways: give it back explicitly (a select, so the loop
-                // still vectorises).
-                keep_nan(x, s)
-            }
-            UnaryOp::Step => {
-                let s = if x >= T::ZERO { T::ONE } else { T::ZERO };
-                keep_nan(x, s)
-            }
-            UnaryOp::Relu => {
-                let r = if x > T::ZERO { x } else { T::ZERO };
-                keep_nan(x, r)
-            }
-            UnaryOp::Sin => x.sin::<FMA>(),
-            UnaryOp::Cos => x.cos::<FMA>(),
-            UnaryOp::Pow(n) => powi(x, n),
-        }
-    }
-}
-
 /// `x` where `x` is NaN, else `y`: a select that vectorises.
 #[inline(always)]
 fn keep_nan<T: Real>(x: T, y: T) -> T {
@@ -232,6 +780,16 @@ fn keep_nan<T: Real>(x: T, y: T) -> T {
         x
     } else {
         y
+    }
+}
+
+/// 1 or 0.
+#[inline(always)]
+fn bool01<T: Real>(c: bool) -> T {
+    if c {
+        T::ONE
+    } else {
+        T::ZERO
     }
 }
 
@@ -252,118 +810,6 @@ fn powi<T: Real>(x: T, n: i32) -> T {
         T::ONE / acc
     } else {
         acc
-    }
-}
-
-impl BinaryOp {
-    /// Every binary op, for tests and for the parser's name table.
-    pub const ALL: [BinaryOp; 13] = [
-        BinaryOp::Add,
-        BinaryOp::Sub,
-        BinaryOp::Mul,
-        BinaryOp::Div,
-        BinaryOp::Powf,
-        BinaryOp::Min,
-        BinaryOp::Max,
-        BinaryOp::Lt,
-        BinaryOp::Le,
-        BinaryOp::Gt,
-        BinaryOp::Ge,
-        BinaryOp::Eq,
-        BinaryOp::Ne,
-    ];
-
-    /// The name used by the printer (for the function-call form) and the parser.
-    pub fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "Add",
-            BinaryOp::Sub => "Subtract",
-            BinaryOp::Mul => "Mult",
-            BinaryOp::Div => "Divide",
-            BinaryOp::Powf => "Powf",
-            BinaryOp::Min => "Min",
-            BinaryOp::Max => "Max",
-            BinaryOp::Lt => "Lt",
-            BinaryOp::Le => "Le",
-            BinaryOp::Gt => "Gt",
-            BinaryOp::Ge => "Ge",
-            BinaryOp::Eq => "Eq",
-            BinaryOp::Ne => "Ne",
-        }
-    }
-
-    /// The infix symbol of the four arithmetic operators.
-    pub fn infix(self) -> Option<char> {
-        match self {
-            BinaryOp::Add => Some('+'),
-            BinaryOp::Sub => Some('-'),
-            BinaryOp::Mul => Some('*'),
-            BinaryOp::Div => Some('/'),
-            BinaryOp::Powf
-            | BinaryOp::Min
-            | BinaryOp::Max
-            | BinaryOp::Lt
-            | BinaryOp::Le
-            | BinaryOp::Gt
-            | BinaryOp::Ge
-            | BinaryOp::Eq
-            | BinaryOp::Ne => None,
-        }
-    }
-
-    /// The scalar semantics, inlined into the backends' vectorised loops.
-    #[inline(always)]
-    pub fn apply<T: Real, const FMA: bool>(self, a: T, b: T) -> T {
-        let bool01 = |c: bool| if c { T::ONE } else { T::ZERO };
-        match self {
-            BinaryOp::Add => a + b,
-            BinaryOp::Sub => a - b,
-            BinaryOp::Mul => a * b,
-            BinaryOp::Div => a / b,
-            BinaryOp::Powf => (b * a.ln::<FMA>()).exp::<FMA>(),
-            // A NaN `a` is kept by the first select (comparisons with NaN are false), a NaN `b`
-            // by the second: NaN propagates, as in `torch.minimum`.
-            BinaryOp::Min => keep_nan(b, if b < a { b } else { a }),
-            BinaryOp::Max => keep_nan(b, if b > a { b } else { a }),
-            BinaryOp::Lt => bool01(a < b),
-            BinaryOp::Le => bool01(a <= b),
-            BinaryOp::Gt => bool01(a > b),
-            BinaryOp::Ge => bool01(a >= b),
-            BinaryOp::Eq => bool01(a == b),
-            BinaryOp::Ne => bool01(a != b),
-        }
-    }
-}
-
-impl TernaryOp {
-    /// Every ternary op.
-    pub const ALL: [TernaryOp; 2] = [TernaryOp::Clamp, TernaryOp::IfElse];
-
-    /// The name used by the printer and the parser.
-    pub fn name(self) -> &'static str {
-        match self {
-            TernaryOp::Clamp => "Clamp",
-            TernaryOp::IfElse => "IfElse",
-        }
-    }
-
-    /// The scalar semantics, inlined into the backends' loops.
-    #[inline(always)]
-    pub fn apply<T: Real>(self, a: T, b: T, c: T) -> T {
-        match self {
-            TernaryOp::Clamp => {
-                let lo = if a < b { b } else { a };
-                let hi = if lo > c { c } else { lo };
-                keep_nan(a, hi)
-            }
-            TernaryOp::IfElse => {
-                if a >= T::ZERO {
-                    b
-                } else {
-                    c
-                }
-            }
-        }
     }
 }
 
@@ -467,15 +913,10 @@ impl Op {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Derivatives: the vector-Jacobian product of each component-wise op.
-//
-// `a` is the adjoint of the op's result (its dimension is the result's, or 1 when it is the same
-// for every component); each rule returns the contribution to the adjoint of each argument, at
+// Builders for the derivatives of the table. Each rule returns the adjoint of each argument at
 // the result's dimension or 1 (the sweep in `super::grad` sums the components back onto
-// arguments that were broadcast). `None` is an exact zero: no term is built for it.
+// arguments that were broadcast).
 // ---------------------------------------------------------------------------------------------
-
-use super::expr::Expr;
 
 fn k(c: f64) -> Expr {
     Expr::constant(c).expect("derivative constants are finite")
@@ -489,109 +930,11 @@ fn bin(op: BinaryOp, a: &Expr, b: &Expr) -> Expr {
     Expr::binary(op, a, b).expect("derivative terms broadcast")
 }
 
-impl UnaryOp {
-    /// The adjoint of `x` given the adjoint `a` of `out = self(x)`. Non-differentiable points
-    /// take the usual subgradient: `Abs'(0) = 0`, `ReLU'(0) = 0`; `Sign` and `Step` have a zero
-    /// derivative everywhere (`None`).
-    pub(crate) fn vjp(self, x: &Expr, out: &Expr, a: &Expr) -> Option<Expr> {
-        Some(match self {
-            UnaryOp::Neg => a.neg(),
-            // d exp(x) = exp(x): reuse the forward node, so the exponential is computed once.
-            UnaryOp::Exp => mul(a, out),
-            UnaryOp::Log => bin(BinaryOp::Div, a, x),
-            // d sqrt(x) = Rsqrt(x) / 2, taken as 0 at x = 0 (Rsqrt(0) = 0): the gradient of
-            // |x - y| at x = y is the zero subgradient, not NaN, as in KeOps.
-            UnaryOp::Sqrt => mul(&mul(a, &Expr::unary(UnaryOp::Rsqrt, x)), &k(0.5)),
-            // d x^(-1/2) = -x^(-3/2) / 2.
-            UnaryOp::Rsqrt => mul(&mul(a, &Expr::unary(UnaryOp::Pow(3), out)), &k(-0.5)),
-            UnaryOp::Square => mul(&mul(a, x), &k(2.0)),
-            // d (1/x) = -(1/x)^2.
-            UnaryOp::Inv => mul(a, &Expr::unary(UnaryOp::Square, out)).neg(),
-            UnaryOp::Abs => mul(a, &Expr::unary(UnaryOp::Sign, x)),
-            UnaryOp::Sign | UnaryOp::Step => return None,
-            UnaryOp::Relu => mul(a, &bin(BinaryOp::Gt, x, &k(0.0))),
-            UnaryOp::Sin => mul(a, &Expr::unary(UnaryOp::Cos, x)),
-            UnaryOp::Cos => mul(a, &Expr::unary(UnaryOp::Sin, x)).neg(),
-            UnaryOp::Pow(0) => return None,
-            UnaryOp::Pow(1) => a.clone(),
-            UnaryOp::Pow(n) => mul(&mul(a, &Expr::unary(UnaryOp::Pow(n - 1), x)), &k(n as f64)),
-        })
-    }
+fn sq(x: &Expr) -> Expr {
+    Expr::unary(UnaryOp::Square, x)
 }
 
-impl BinaryOp {
-    /// The adjoints of `x` and `y` given the adjoint `a` of `out = self(x, y)`. `Min` and `Max`
-    /// route the whole adjoint to the argument they select (the first on ties, as the forward
-    /// op does); comparisons have a zero derivative. `Powf`'s derivative in its exponent is
-    /// `out * log(x)`, defined for `x > 0`.
-    pub(crate) fn vjp(
-        self,
-        x: &Expr,
-        y: &Expr,
-        out: &Expr,
-        a: &Expr,
-    ) -> (Option<Expr>, Option<Expr>) {
-        match self {
-            BinaryOp::Add => (Some(a.clone()), Some(a.clone())),
-            BinaryOp::Sub => (Some(a.clone()), Some(a.neg())),
-            BinaryOp::Mul => (Some(mul(a, y)), Some(mul(a, x))),
-            BinaryOp::Div => {
-                // d(x/y) = dx / y - (x/y) dy / y.
-                let t = bin(BinaryOp::Div, a, y);
-                let dy = mul(&t, out).neg();
-                (Some(t), Some(dy))
-            }
-            BinaryOp::Powf => {
-                // x^y = exp(y log x): d/dx = y x^(y-1), d/dy = x^y log x.
-                let ym1 = bin(BinaryOp::Sub, y, &k(1.0));
-                let dx = mul(&mul(a, y), &bin(BinaryOp::Powf, x, &ym1));
-                let dy = mul(&mul(a, out), &Expr::unary(UnaryOp::Log, x));
-                (Some(dx), Some(dy))
-            }
-            // Min picks x unless y < x; Max picks x unless y > x.
-            BinaryOp::Min => (
-                Some(mul(a, &bin(BinaryOp::Le, x, y))),
-                Some(mul(a, &bin(BinaryOp::Gt, x, y))),
-            ),
-            BinaryOp::Max => (
-                Some(mul(a, &bin(BinaryOp::Ge, x, y))),
-                Some(mul(a, &bin(BinaryOp::Lt, x, y))),
-            ),
-            BinaryOp::Lt
-            | BinaryOp::Le
-            | BinaryOp::Gt
-            | BinaryOp::Ge
-            | BinaryOp::Eq
-            | BinaryOp::Ne => (None, None),
-        }
-    }
-}
-
-impl TernaryOp {
-    /// The adjoints of the three arguments given the adjoint `a` of `out = self(x, y, z)`:
-    /// `Clamp(x, lo, hi)` routes `a` to whichever of the three it returns (`x` on the
-    /// boundaries); `IfElse(c, p, q)` routes it to the branch taken, and `c` gets none.
-    pub(crate) fn vjp(self, args: [&Expr; 3], a: &Expr) -> [Option<Expr>; 3] {
-        let [x, y, z] = args;
-        match self {
-            TernaryOp::Clamp => {
-                let (lo, hi) = (y, z);
-                let low = bin(BinaryOp::Max, x, lo);
-                let takes_hi = bin(BinaryOp::Gt, &low, hi);
-                let takes_lo = mul(&bin(BinaryOp::Lt, x, lo), &bin(BinaryOp::Le, lo, hi));
-                let takes_x = mul(&bin(BinaryOp::Ge, x, lo), &bin(BinaryOp::Le, x, hi));
-                [
-                    Some(mul(a, &takes_x)),
-                    Some(mul(a, &takes_lo)),
-                    Some(mul(a, &takes_hi)),
-                ]
-            }
-            TernaryOp::IfElse => {
-                // KeOps' IfElse takes `p` when `c >= 0`, and `q` otherwise (NaN included).
-                let takes_p = bin(BinaryOp::Ge, x, &k(0.0));
-                let takes_q = bin(BinaryOp::Sub, &k(1.0), &takes_p);
-                [None, Some(mul(a, &takes_p)), Some(mul(a, &takes_q))]
-            }
-        }
-    }
+/// `1 - x^2`.
+fn one_minus_sq(x: &Expr) -> Expr {
+    bin(BinaryOp::Sub, &k(1.0), &sq(x))
 }

@@ -394,13 +394,22 @@ enum Arg {
     Index,
 }
 
+/// The unary op without payload called `name` (`Relu` is accepted for `ReLU`).
+fn simple_unary(name: &str) -> Option<UnaryOp> {
+    UnaryOp::ALL
+        .iter()
+        .copied()
+        .filter(|u| u.payload().is_none())
+        .find(|u| u.name() == name || (name == "Relu" && *u == UnaryOp::Relu))
+}
+
 /// The argument kinds of each function name, or `None` for an unknown name.
 fn signature(name: &str) -> Option<&'static [Arg]> {
     use Arg::*;
     if name == "Pow" {
         return Some(&[Formula, Int]);
     }
-    if UnaryOp::SIMPLE.iter().any(|u| u.name() == name) || name == "Relu" {
+    if simple_unary(name).is_some() {
         return Some(&[Formula]);
     }
     if BinaryOp::ALL.iter().any(|b| b.name() == name) {
@@ -430,11 +439,8 @@ fn build(name: &str, f: &[Expr], ints: &[i64]) -> crate::error::Result<Expr> {
             dim: ints[1] as usize,
         })
     };
-    if let Some(u) = UnaryOp::SIMPLE
-        .iter()
-        .find(|u| u.name() == name || (name == "Relu" && **u == UnaryOp::Relu))
-    {
-        return Ok(Expr::unary(*u, &f[0]));
+    if let Some(u) = simple_unary(name) {
+        return Ok(Expr::unary(u, &f[0]));
     }
     if let Some(b) = BinaryOp::ALL.iter().find(|b| b.name() == name) {
         return Expr::binary(*b, &f[0], &f[1]);

@@ -25,7 +25,7 @@ fn fold_constants(e: &Expr) -> Option<Expr> {
     let v = match (*e.op(), cs.as_slice()) {
         (Op::Unary(u), [a]) => u.apply::<f64, false>(*a),
         (Op::Binary(b), [a, c]) => b.apply::<f64, false>(*a, *c),
-        (Op::Ternary(t), [a, b, c]) => t.apply::<f64>(*a, *b, *c),
+        (Op::Ternary(t), [a, b, c]) => t.apply::<f64, false>(*a, *b, *c),
         (Op::Sum, [a]) => *a,
         _ => return None,
     };

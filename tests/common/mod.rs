@@ -1,9 +1,10 @@
-//! Independent references for the tests: formulas evaluated densely with Candle ops on
-//! `(M, N, dim)` tensors in f64, and reductions written as plain loops.
+//! Independent references for the tests: formulas evaluated densely on `(M, N, dim)` tensors in
+//! f64 (Candle ops for the vector ops, each component-wise op's `f64` definition from the op
+//! table), and reductions written as plain loops.
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Result, Tensor};
-use lazy_kernels::formula::{BinaryOp, Expr, Op, TernaryOp, UnaryOp, VarCat};
+use lazy_kernels::formula::{BinaryOp, Domain, Expr, Op, TernaryOp, UnaryOp, VarCat};
 
 /// A small deterministic generator (xorshift), so tests need no RNG crate state.
 pub struct Rng(pub u64);
@@ -41,7 +42,6 @@ pub fn dense_eval(e: &Expr, inputs: &[(VarCat, Tensor)], m: usize, n: usize) -> 
         .map(|a| dense_eval(a, inputs, m, n))
         .collect::<Result<_>>()?;
     let d = e.dim();
-    let one = |t: &Tensor| t.ones_like();
     let bcast = |t: &Tensor| full(t.clone(), d);
     Ok(match *e.op() {
         Op::Var(v) => {
@@ -54,61 +54,29 @@ pub fn dense_eval(e: &Expr, inputs: &[(VarCat, Tensor)], m: usize, n: usize) -> 
             full(t, v.dim)?
         }
         Op::Const(c) => Tensor::full(c, (m, n, 1), &Device::Cpu)?,
+        // Component-wise ops: Candle's differentiable ops where Candle has the op (the dense
+        // autodiff reference of the gradient tests), else the op's `f64` definition in the op
+        // table (from `std` and `libm`), element by element. Both are independent of the
+        // backends' vectorised and CUDA forms.
         Op::Unary(u) => {
-            let x = &args[0];
-            match u {
-                UnaryOp::Neg => x.neg()?,
-                UnaryOp::Exp => x.exp()?,
-                UnaryOp::Log => x.log()?,
-                UnaryOp::Sqrt => x.sqrt()?,
-                UnaryOp::Rsqrt => x.sqrt()?.recip()?,
-                UnaryOp::Square => x.sqr()?,
-                UnaryOp::Inv => x.recip()?,
-                UnaryOp::Abs => x.abs()?,
-                UnaryOp::Sign => {
-                    (x.gt(0.0)?.to_dtype(DType::F64)? - x.lt(0.0)?.to_dtype(DType::F64)?)?
-                }
-                UnaryOp::Step => x.ge(0.0)?.to_dtype(DType::F64)?,
-                UnaryOp::Relu => x.relu()?,
-                UnaryOp::Sin => x.sin()?,
-                UnaryOp::Cos => x.cos()?,
-                UnaryOp::Pow(k) => {
-                    let mut acc = one(x)?;
-                    for _ in 0..k.unsigned_abs() {
-                        acc = (acc * x)?;
-                    }
-                    if k < 0 {
-                        acc.recip()?
-                    } else {
-                        acc
-                    }
-                }
+            let x = bcast(&args[0])?;
+            match candle_unary(u, &x) {
+                Some(t) => t?,
+                None => elementwise(&[x], |v| u.reference(v[0]))?,
             }
         }
         Op::Binary(b) => {
             let (x, y) = (bcast(&args[0])?, bcast(&args[1])?);
-            let f = |t: Tensor| t.to_dtype(DType::F64);
-            match b {
-                BinaryOp::Add => (x + y)?,
-                BinaryOp::Sub => (x - y)?,
-                BinaryOp::Mul => (x * y)?,
-                BinaryOp::Div => (x / y)?,
-                BinaryOp::Powf => (y * x.log()?)?.exp()?,
-                BinaryOp::Min => x.minimum(&y)?,
-                BinaryOp::Max => x.maximum(&y)?,
-                BinaryOp::Lt => f(x.lt(&y)?)?,
-                BinaryOp::Le => f(x.le(&y)?)?,
-                BinaryOp::Gt => f(x.gt(&y)?)?,
-                BinaryOp::Ge => f(x.ge(&y)?)?,
-                BinaryOp::Eq => f(x.eq(&y)?)?,
-                BinaryOp::Ne => f(x.ne(&y)?)?,
+            match candle_binary(b, &x, &y) {
+                Some(t) => t?,
+                None => elementwise(&[x, y], |v| b.reference(v[0], v[1]))?,
             }
         }
         Op::Ternary(t) => {
-            let (x, a, b) = (bcast(&args[0])?, bcast(&args[1])?, bcast(&args[2])?);
-            match t {
-                TernaryOp::Clamp => x.maximum(&a)?.minimum(&b)?,
-                TernaryOp::IfElse => x.ge(0.0)?.where_cond(&a, &b)?,
+            let xs = [bcast(&args[0])?, bcast(&args[1])?, bcast(&args[2])?];
+            match candle_ternary(t, &xs) {
+                Some(r) => r?,
+                None => elementwise(&xs, |v| t.reference(v[0], v[1], v[2]))?,
             }
         }
         Op::Sum => args[0].sum_keepdim(2)?,
@@ -124,6 +92,99 @@ pub fn dense_eval(e: &Expr, inputs: &[(VarCat, Tensor)], m: usize, n: usize) -> 
             a.broadcast_mul(&v)?.sum(3)?
         }
     })
+}
+
+/// `u` with Candle's (differentiable) ops, where Candle has them.
+fn candle_unary(u: UnaryOp, x: &Tensor) -> Option<Result<Tensor>> {
+    let f64 = |t: Result<Tensor>| t?.to_dtype(DType::F64);
+    Some(match u {
+        UnaryOp::Neg => x.neg(),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.log(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Rsqrt => x.sqrt().and_then(|t| t.recip()),
+        UnaryOp::Square => x.sqr(),
+        UnaryOp::Inv => x.recip(),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Sign => f64(x.gt(0.0)).and_then(|p| p - f64(x.lt(0.0))?),
+        UnaryOp::Step => f64(x.ge(0.0)),
+        UnaryOp::Relu => x.relu(),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Pow(k) => (|| {
+            let mut acc = x.ones_like()?;
+            for _ in 0..k.unsigned_abs() {
+                acc = (acc * x)?;
+            }
+            if k < 0 {
+                acc.recip()
+            } else {
+                Ok(acc)
+            }
+        })(),
+        _ => return None,
+    })
+}
+
+/// `b` with Candle's (differentiable) ops, where Candle has them.
+fn candle_binary(b: BinaryOp, x: &Tensor, y: &Tensor) -> Option<Result<Tensor>> {
+    let f64 = |t: Result<Tensor>| t?.to_dtype(DType::F64);
+    Some(match b {
+        BinaryOp::Add => x + y,
+        BinaryOp::Sub => x - y,
+        BinaryOp::Mul => x * y,
+        BinaryOp::Div => x / y,
+        BinaryOp::Powf => x.log().and_then(|l| (y * l)?.exp()),
+        BinaryOp::Min => x.minimum(y),
+        BinaryOp::Max => x.maximum(y),
+        BinaryOp::Lt => f64(x.lt(y)),
+        BinaryOp::Le => f64(x.le(y)),
+        BinaryOp::Gt => f64(x.gt(y)),
+        BinaryOp::Ge => f64(x.ge(y)),
+        BinaryOp::Eq => f64(x.eq(y)),
+        BinaryOp::Ne => f64(x.ne(y)),
+        _ => return None,
+    })
+}
+
+/// `t` with Candle's (differentiable) ops, where Candle has them.
+fn candle_ternary(t: TernaryOp, xs: &[Tensor; 3]) -> Option<Result<Tensor>> {
+    let [x, a, b] = xs;
+    Some(match t {
+        TernaryOp::Clamp => x.maximum(a).and_then(|l| l.minimum(b)),
+        TernaryOp::IfElse => x.ge(0.0).and_then(|c| c.where_cond(a, b)),
+        _ => return None,
+    })
+}
+
+/// Whether every op of `e` goes through Candle's differentiable ops in [`dense_eval`], so that
+/// Candle's autodiff of the dense reference is a gradient reference (for the other ops the
+/// gradient tests use finite differences alone).
+pub fn dense_autodiff_covers(e: &Expr) -> bool {
+    let z = Tensor::zeros(1, DType::F64, &Device::Cpu).unwrap();
+    let zs = [z.clone(), z.clone(), z.clone()];
+    e.topo_order().iter().all(|n| match *n.op() {
+        Op::Unary(u) => candle_unary(u, &z).is_some(),
+        Op::Binary(b) => candle_binary(b, &z, &z).is_some(),
+        Op::Ternary(t) => candle_ternary(t, &zs).is_some(),
+        _ => true,
+    })
+}
+
+/// `f` applied element by element to tensors of one shape (f64).
+fn elementwise(xs: &[Tensor], f: impl Fn(&[f64]) -> f64) -> Result<Tensor> {
+    let vals: Vec<Vec<f64>> = xs
+        .iter()
+        .map(|x| x.flatten_all()?.to_vec1::<f64>())
+        .collect::<Result<_>>()?;
+    let out: Vec<f64> = (0..vals[0].len())
+        .map(|i| {
+            let v: Vec<f64> = vals.iter().map(|x| x[i]).collect();
+            f(&v)
+        })
+        .collect();
+    Tensor::from_vec(out, xs[0].shape(), &Device::Cpu)
 }
 
 /// Dense values as `[row][term][component]`, reduced over `j` (for axis I, pass the
@@ -225,4 +286,44 @@ pub fn flat(t: &Tensor) -> Vec<f64> {
 
 pub fn flat_i64(t: &Tensor) -> Vec<i64> {
     t.flatten_all().unwrap().to_vec1::<i64>().unwrap()
+}
+
+/// `t`, a formula (in the parser's syntax) with values in `[-2, 2]`, mapped into the domain `d`
+/// (see [`Domain::range`]).
+pub fn in_domain(d: Domain, t: &str) -> String {
+    match d {
+        Domain::All => format!("({t})"),
+        Domain::Positive => format!("(0.1 + 0.7 * Square({t}))"),
+        Domain::Unit => format!("(0.45 * ({t}))"),
+        Domain::NonZero => format!("(Sign({t}) * (0.2 + 0.9 * Abs({t})))"),
+    }
+}
+
+/// One formula per op of the table, generated from its metadata: `(name, source)`, the op
+/// applied to `args[k]` (formulas with values in `[-2, 2]`) mapped into the op's domains.
+pub fn table_op_sources(args: [&str; 3]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for &u in UnaryOp::ALL {
+        let a = in_domain(u.domain(), args[0]);
+        let src = match u.payload() {
+            Some(n) => format!("{}({a}, {n})", u.name()),
+            None => format!("{}({a})", u.name()),
+        };
+        out.push((u.name().to_string(), src));
+    }
+    for &b in BinaryOp::ALL {
+        let [d0, d1] = b.domain();
+        let (a, c) = (in_domain(d0, args[0]), in_domain(d1, args[1]));
+        out.push((b.name().to_string(), format!("{}({a}, {c})", b.name())));
+    }
+    for &t in TernaryOp::ALL {
+        let [d0, d1, d2] = t.domain();
+        let (a, b, c) = (
+            in_domain(d0, args[0]),
+            in_domain(d1, args[1]),
+            in_domain(d2, args[2]),
+        );
+        out.push((t.name().to_string(), format!("{}({a}, {b}, {c})", t.name())));
+    }
+    out
 }

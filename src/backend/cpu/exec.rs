@@ -9,8 +9,10 @@
 use super::isa::Arch;
 use super::kernels::{map1, map2, map3, reduce_components, OutView, View, MAX_ONE_PASS_DIM};
 use super::program::{Instr, Level, Moment, Program, Root, Storage};
+use crate::formula::ops::{BinaryKernel, TernaryKernel, UnaryKernel};
+#[cfg(doc)]
+use crate::formula::UnaryOp;
 use crate::math::Real;
-use crate::formula::{BinaryOp, UnaryOp};
 use crate::reduction::{kahan_add, kmin_insert, lse_merge, Reduction, ReductionKind};
 
 /// Terms per tile when the tile code stores registers: they and the tile's inputs stay in
@@ -55,82 +57,62 @@ pub(crate) struct Context<'a, T> {
     pub out_idx: usize,
 }
 
-macro_rules! unary_dispatch {
-    ($op:expr, $t:ty, $fma:expr, |$f:ident| $body:expr) => {
-        match $op {
-            UnaryOp::Neg => {
-                let $f = |x: $t| UnaryOp::Neg.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Exp => {
-                let $f = |x: $t| UnaryOp::Exp.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Log => {
-                let $f = |x: $t| UnaryOp::Log.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Sqrt => {
-                let $f = |x: $t| UnaryOp::Sqrt.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Rsqrt => {
-                let $f = |x: $t| UnaryOp::Rsqrt.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Square => {
-                let $f = |x: $t| UnaryOp::Square.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Inv => {
-                let $f = |x: $t| UnaryOp::Inv.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Abs => {
-                let $f = |x: $t| UnaryOp::Abs.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Sign => {
-                let $f = |x: $t| UnaryOp::Sign.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Step => {
-                let $f = |x: $t| UnaryOp::Step.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Relu => {
-                let $f = |x: $t| UnaryOp::Relu.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Sin => {
-                let $f = |x: $t| UnaryOp::Sin.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Cos => {
-                let $f = |x: $t| UnaryOp::Cos.apply::<$t, $fma>(x);
-                $body
-            }
-            UnaryOp::Pow(n) => {
-                let $f = |x: $t| UnaryOp::Pow(n).apply::<$t, $fma>(x);
-                $body
-            }
-        }
-    };
+/// The loops of [`exec_instr`] over one op, as kernels that the op table instantiates with
+/// each op's scalar function (so each loop is compiled, and vectorised, once per op).
+///
+/// Built only by `exec_instr`, under its safety contract (live, non-overlapping views of `len`
+/// terms).
+struct Map1<T> {
+    a: View<T>,
+    out: OutView<T>,
+    dim: usize,
+    len: usize,
 }
 
-macro_rules! binary_dispatch {
-    ($op:expr, $t:ty, $fma:expr, |$f:ident| $body:expr) => {
-        binary_dispatch!(@arms $op, $t, $fma, $f, $body,
-            Add, Sub, Mul, Div, Powf, Min, Max, Lt, Le, Gt, Ge, Eq, Ne)
-    };
-    (@arms $op:expr, $t:ty, $fma:expr, $f:ident, $body:expr, $($name:ident),*) => {
-        match $op {
-            $(BinaryOp::$name => {
-                let $f = |x: $t, y: $t| BinaryOp::$name.apply::<$t, $fma>(x, y);
-                $body
-            })*
-        }
-    };
+impl<T: Real> UnaryKernel<T> for Map1<T> {
+    type Output = ();
+    #[inline(always)]
+    fn run<F: Fn(T) -> T + Copy>(self, f: F) {
+        // SAFETY: built only by `exec_instr`, under its contract.
+        unsafe { map1(self.a, self.out, self.dim, self.len, f) }
+    }
+}
+
+/// As [`Map1`], for binary ops.
+struct Map2<T> {
+    a: View<T>,
+    b: View<T>,
+    out: OutView<T>,
+    dim: usize,
+    len: usize,
+}
+
+impl<T: Real> BinaryKernel<T> for Map2<T> {
+    type Output = ();
+    #[inline(always)]
+    fn run<F: Fn(T, T) -> T + Copy>(self, f: F) {
+        // SAFETY: built only by `exec_instr`, under its contract.
+        unsafe { map2(self.a, self.b, self.out, self.dim, self.len, f) }
+    }
+}
+
+/// As [`Map1`], for ternary ops.
+struct Map3<T> {
+    a: View<T>,
+    b: View<T>,
+    c: View<T>,
+    out: OutView<T>,
+    dim: usize,
+    len: usize,
+}
+
+impl<T: Real> TernaryKernel<T> for Map3<T> {
+    type Output = ();
+    #[inline(always)]
+    fn run<F: Fn(T, T, T) -> T + Copy>(self, f: F) {
+        // SAFETY: built only by `exec_instr`, under its contract.
+        unsafe { map3(self.a, self.b, self.c, self.out, self.dim, self.len, f) }
+    }
 }
 
 /// Runs one instruction over `len` terms.
@@ -152,9 +134,15 @@ unsafe fn exec_instr<T: Real, A: Arch, const FMA: bool>(
         match *ins {
             Instr::Const { value, out } => outs[out].slice(0, len).fill(T::from_f64(value)),
             Instr::Unary { op, a, out } => {
-                unary_dispatch!(op, T, FMA, |f| map1(views[a], outs[out], dim(out), len, f));
-                if matches!(op, UnaryOp::Sin | UnaryOp::Cos) {
-                    fix_large_trig(op, views[a], outs[out], dim(out), len);
+                let (v, o, d) = (views[a], outs[out], dim(out));
+                op.with_fn::<T, FMA, _>(Map1 {
+                    a: v,
+                    out: o,
+                    dim: d,
+                    len,
+                });
+                if let Some(exact) = op.large_arg::<T>() {
+                    fix_large_args(exact, v, o, d, len);
                 }
             }
             Instr::ExpMul { a, b, out } => {
@@ -162,25 +150,21 @@ unsafe fn exec_instr<T: Real, A: Arch, const FMA: bool>(
                     (x * y).exp::<FMA>()
                 })
             }
-            Instr::Binary { op, a, b, out } => {
-                binary_dispatch!(op, T, FMA, |f| map2(
-                    views[a],
-                    views[b],
-                    outs[out],
-                    dim(out),
-                    len,
-                    f
-                ))
-            }
-            Instr::Ternary { op, a, b, c, out } => map3(
-                views[a],
-                views[b],
-                views[c],
-                outs[out],
-                dim(out),
+            Instr::Binary { op, a, b, out } => op.with_fn::<T, FMA, _>(Map2 {
+                a: views[a],
+                b: views[b],
+                out: outs[out],
+                dim: dim(out),
                 len,
-                |x, y, z| op.apply::<T>(x, y, z),
-            ),
+            }),
+            Instr::Ternary { op, a, b, c, out } => op.with_fn::<T, FMA, _>(Map3 {
+                a: views[a],
+                b: views[b],
+                c: views[c],
+                out: outs[out],
+                dim: dim(out),
+                len,
+            }),
             Instr::Sum { a, out } => {
                 let o = outs[out].slice(0, len);
                 let v = views[a];
@@ -243,14 +227,15 @@ unsafe fn exec_instr<T: Real, A: Arch, const FMA: bool>(
     }
 }
 
-/// Recomputes with the standard library the sines and cosines whose argument is beyond the
-/// accurate range of the vectorised versions (a compare per term otherwise).
+/// Recomputes with `exact` (the standard library's function, see [`UnaryOp::large_arg`]) the
+/// values whose argument is beyond the accurate range of the vectorised form (a compare per
+/// term otherwise).
 ///
 /// # Safety
 /// As for [`exec_instr`].
 #[inline(always)]
-unsafe fn fix_large_trig<T: Real>(
-    op: UnaryOp,
+unsafe fn fix_large_args<T: Real>(
+    exact: fn(T) -> T,
     a: View<T>,
     out: OutView<T>,
     dim: usize,
@@ -263,11 +248,7 @@ unsafe fn fix_large_trig<T: Real>(
             // SAFETY: `l < len`; a row view has one value.
             let x = unsafe { *a.comp(c).add(if a.tile { l } else { 0 }) };
             if x.abs() > T::TRIG_LIMIT && x.abs() != T::INFINITY {
-                *o = if op == UnaryOp::Sin {
-                    x.sin_std()
-                } else {
-                    x.cos_std()
-                };
+                *o = exact(x);
             }
         }
     }

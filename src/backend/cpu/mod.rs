@@ -17,9 +17,9 @@ use std::ops::Range;
 use self::exec::{Context, InputData, States, PAD};
 use self::isa::Isa;
 use self::program::Program;
-use crate::math::Real;
 use super::ReductionPlan;
 use crate::formula::VarCat;
+use crate::math::Real;
 use crate::reduction::ReductionKind;
 
 /// Output rows per rayon task: enough to reuse each tile of `j` data across rows.

@@ -20,7 +20,7 @@ use std::fmt::Write;
 use candle_core::DType;
 
 use crate::error::{invalid, Error, Result};
-use crate::formula::{BinaryOp, Expr, Op, TernaryOp, UnaryOp, VarCat};
+use crate::formula::{BinaryOp, Expr, Op, UnaryOp, VarCat};
 use crate::reduction::{Axis, Reduction, ReductionKind};
 
 /// The scalar semantics of the ops (host and device).
@@ -206,21 +206,12 @@ pub fn formula_function(
                     })
                     .collect()
             }
-            Op::Unary(u) => (0..dim).map(|c| emit(c, unary(u, &at(0, c)))).collect(),
+            Op::Unary(u) => (0..dim).map(|c| emit(c, u.cuda(&at(0, c), tc))).collect(),
             Op::Binary(b) => (0..dim)
-                .map(|c| emit(c, binary(b, &at(0, c), &at(1, c))))
+                .map(|c| emit(c, b.cuda(&at(0, c), &at(1, c), tc)))
                 .collect(),
             Op::Ternary(t) => (0..dim)
-                .map(|c| {
-                    let name = match t {
-                        TernaryOp::Clamp => "lk_clamp",
-                        TernaryOp::IfElse => "lk_ifelse",
-                    };
-                    emit(
-                        c,
-                        format!("{name}({}, {}, {})", at(0, c), at(1, c), at(2, c)),
-                    )
-                })
+                .map(|c| emit(c, t.cuda(&at(0, c), &at(1, c), &at(2, c), tc)))
                 .collect(),
             Op::Sum => {
                 // A left-to-right chain, each partial sum named.
@@ -319,44 +310,6 @@ fn demand(root: &Expr, order: &[Expr], fast_exp: bool) -> HashMap<Expr, Vec<bool
         }
     }
     need
-}
-
-fn unary(u: UnaryOp, a: &str) -> String {
-    match u {
-        UnaryOp::Neg => format!("(-({a}))"),
-        UnaryOp::Exp => format!("lk_exp({a})"),
-        UnaryOp::Log => format!("lk_log({a})"),
-        UnaryOp::Sqrt => format!("lk_sqrt({a})"),
-        UnaryOp::Rsqrt => format!("lk_rsqrt({a})"),
-        UnaryOp::Square => format!("({a} * {a})"),
-        UnaryOp::Inv => format!("lk_inv({a})"),
-        UnaryOp::Abs => format!("lk_abs({a})"),
-        UnaryOp::Sign => format!("lk_sign({a})"),
-        UnaryOp::Step => format!("lk_step({a})"),
-        UnaryOp::Relu => format!("lk_relu({a})"),
-        UnaryOp::Sin => format!("lk_sin({a})"),
-        UnaryOp::Cos => format!("lk_cos({a})"),
-        UnaryOp::Pow(n) => format!("lk_powi({a}, {n})"),
-    }
-}
-
-fn binary(b: BinaryOp, x: &str, y: &str) -> String {
-    let call = |f: &str| format!("{f}({x}, {y})");
-    match b {
-        BinaryOp::Add => format!("({x} + {y})"),
-        BinaryOp::Sub => format!("({x} - {y})"),
-        BinaryOp::Mul => format!("({x} * {y})"),
-        BinaryOp::Div => format!("({x} / {y})"),
-        BinaryOp::Powf => call("lk_powf"),
-        BinaryOp::Min => call("lk_min"),
-        BinaryOp::Max => call("lk_max"),
-        BinaryOp::Lt => call("lk_lt"),
-        BinaryOp::Le => call("lk_le"),
-        BinaryOp::Gt => call("lk_gt"),
-        BinaryOp::Ge => call("lk_ge"),
-        BinaryOp::Eq => call("lk_eq"),
-        BinaryOp::Ne => call("lk_ne"),
-    }
 }
 
 /// The per-kind pieces of a kernel (C statements; `f[c]` is the term's formula value, `j` its
