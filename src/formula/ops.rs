@@ -1,14 +1,59 @@
-//! The op table: every primitive operation of a formula, in one place.
+//! The op table: every primitive operation of a formula, each defined in one place.
 //!
-//! Each primitive lives in one of three enums by arity ([`UnaryOp`], [`BinaryOp`],
-//! [`TernaryOp`]) or in [`Op`] itself (variables, constants and the vector ops that do not act
-//! component by component). For each, this file holds its printed name, its dimension rule and
-//! its scalar semantics ([`UnaryOp::apply`] and friends, generic over the compute type), which the
-//! CPU backend inlines into its vectorised tile loops. Composite operations (`SqDist`, `Dot`,
-//! `Norm2`, ...) are not here: they are constructors in [`super::expr`] that build primitives.
+//! Component-wise ops are rows of three tables, by arity: `unary_table!`, `binary_table!` and
+//! `ternary_table!` below. A row is everything the crate knows about the op:
 //!
-//! No `match` on these enums has a catch-all arm, so adding an op makes the compiler list every
-//! place that must learn about it.
+//! | field | what it is | who reads it |
+//! | --- | --- | --- |
+//! | doc comment | the op's documentation | the enum variant and the `LazyTensor` method |
+//! | `method` | the [`crate::LazyTensor`] method (`_`: none) | `crate::lazy` |
+//! | `name` | printed and parsed name | printer, [`super::parse()`] |
+//! | `domain` | where tests sample each argument ([`Domain`]) | generated tests |
+//! | `apply` | scalar semantics, generic over [`Real`] and `FMA` | CPU backend, [`super::simplify()`] |
+//! | `large` | (optional) the exact value beyond `T::TRIG_LIMIT` | CPU backend |
+//! | `reference` | the `f64` definition, from `std` and `libm` | tests (independent reference) |
+//! | `cuda` | the CUDA C expression (a template) | CUDA generator, host C++ test, nvcc corpus |
+//! | `vjp` | the derivative (vector-Jacobian product) | [`super::grad()`] |
+//!
+//! The dimension rule is the arity's: a unary op keeps its argument's dimension, binary and
+//! ternary ops broadcast 1-component arguments ([`Op::infer_dim`]). The tables are "x-macros":
+//! each hands its rows to a consumer macro; the consumers in `formula/table.rs` define the enums
+//! ([`UnaryOp`], [`BinaryOp`], [`TernaryOp`]) and their methods (`name`, `apply`, `with_fn`,
+//! `reference`, `cuda`, `vjp`, ...), and `crate::lazy` defines the named methods of
+//! [`crate::LazyTensor`]. The CPU executor runs each op through `with_fn`, which hands the
+//! op's scalar function to a tile loop as a closure of its own type, so every op's loop is
+//! compiled and vectorised separately. The generated tests (`tests/ops_tests.rs`,
+//! `tests/grad_tests.rs`, `tests/cuda_codegen_tests.rs`, through `tests/common`) iterate over
+//! [`UnaryOp::ALL`], [`BinaryOp::ALL`] and [`TernaryOp::ALL`] and sample each argument from
+//! its `domain`: values against `reference` in f32 and f64 on both axes, gradients against
+//! finite differences, and the CUDA expression compiled as host C++ and by nvcc.
+//!
+//! # Adding an op
+//!
+//! One row. For example `Log2`, a unary op, goes into `unary_table!`:
+//!
+//! ```text
+//! /// Base-2 logarithm; `NaN` for negative `x`.
+//! Log2 {
+//!     method: log2,
+//!     name: "Log2",
+//!     domain: [Domain::Positive],
+//!     apply: |x| x.ln::<FMA>() * T::from_f64(std::f64::consts::LOG2_E),
+//!     reference: |x| x.log2(),
+//!     cuda: "log2{f}({a})",
+//!     vjp: |x, out, a| Some(bin(BinaryOp::Div, a, &mul(x, &k(std::f64::consts::LN_2)))),
+//! },
+//! ```
+//!
+//! and nothing else: `x_i.log2()`, `parse("Log2(x)")`, the CPU and CUDA backends, the
+//! gradient, and the tests of its values, its derivative and its CUDA form follow. An op whose
+//! scalar form needs a new vectorisable function adds it to [`crate::math`] first (and to
+//! [`Real`]); one whose CUDA form needs a helper adds it to `cuda/lk_math.cuh`.
+//!
+//! Ops that are not component-wise live in [`Op`] itself (variables, constants, `Sum`, `Elem`,
+//! `Extract`, `Concat`, `MatVecMult`): each backend handles them structurally. Composite
+//! operations (`SqDist`, `Dot`, `Norm2`, ...) are constructors in [`super::expr`] that build
+//! primitives.
 
 use super::expr::Expr;
 use super::table::{define_binary, define_ternary, define_unary};

@@ -2,8 +2,8 @@
 //!
 //! Formula semantics ([`crate::formula::ops`]) and the tile kernels are written once, generic
 //! over [`Real`]; transcendental functions dispatch to the branchless implementations of
-//! [`super::math`], with the FMA choice as a const generic (fast only inside code compiled
-//! with FMA enabled, see [`super::isa`]).
+//! [`crate::math`], with the FMA choice as a const generic (fast only inside code compiled
+//! with FMA enabled, see `backend::cpu::isa`).
 
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
