@@ -3,9 +3,13 @@
 //! Every public function returns [`candle_core::Result`], as DESIGN.md asks, so that our calls
 //! compose with Candle's `?`. Our own failures are described by [`Error`], whose variants name
 //! the operation and the offending values, and are converted into [`candle_core::Error`] with
-//! their message intact.
+//! their message intact. A formula string that does not parse gives a [`ParseError`] (defined
+//! here, re-exported by [`crate::formula::parse`](mod@crate::formula::parse)).
+//!
+//! This module is a leaf: it imports nothing from the rest of the crate, so that every layer
+//! can use it.
 
-use crate::formula::parse::ParseError;
+use std::fmt;
 
 /// What went wrong inside lazy-kernels.
 ///
@@ -103,3 +107,55 @@ impl From<ParseError> for candle_core::Error {
         candle_core::Error::wrap(Error::Parse(e))
     }
 }
+
+/// A formula string that could not be parsed, with the location of the problem (made by
+/// [`crate::formula::parse()`], which also re-exports it).
+///
+/// Its `Display` shows the message, the source, and a marker under the offending span:
+///
+/// ```
+/// use lazy_kernels::formula::parse;
+/// let err = parse("Exp(x) + Foo(x)", &[("x", lazy_kernels::formula::Expr::constant(1.0)?)])
+///     .unwrap_err();
+/// assert_eq!(err.column(), 10);
+/// assert!(err.to_string().contains("unknown function 'Foo'"));
+/// # Ok::<(), lazy_kernels::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// What is wrong.
+    pub(crate) message: String,
+    /// The whole formula string.
+    pub(crate) source: String,
+    /// Byte range of the offending text in `source`.
+    pub(crate) span: (usize, usize),
+}
+
+impl ParseError {
+    /// What is wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// 1-based column (in characters) where the problem starts.
+    pub fn column(&self) -> usize {
+        self.source[..self.span.0].chars().count() + 1
+    }
+
+    /// Byte range of the offending text in the source.
+    pub fn span(&self) -> (usize, usize) {
+        self.span
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let col = self.column();
+        let width = self.source[self.span.0..self.span.1].chars().count().max(1);
+        writeln!(f, "formula parse error at column {col}: {}", self.message)?;
+        writeln!(f, "  {}", self.source)?;
+        write!(f, "  {}{}", " ".repeat(col - 1), "^".repeat(width))
+    }
+}
+
+impl std::error::Error for ParseError {}

@@ -47,8 +47,10 @@
 //!
 //! Layers, from the bottom: [`formula`] (pure symbolic formulas: expressions, parser,
 //! simplifier), [`reduction`] (what is reduced and how partial results combine), [`backend`]
-//! (the CPU tile executor; CUDA later), [`op`] (the Candle custom op and input checks) and
-//! [`lazy`] (the [`LazyTensor`] builder). [`formula::grad()`] differentiates formulas and
+//! (the devices' executors: the CPU's SIMD tile executor, and generated CUDA kernels with
+//! feature `cuda`, behind one dispatch point from a Candle device to its backend), [`op`]
+//! (binding, input checks, planning, and the Candle custom op that hands a plan to the
+//! backend) and [`lazy`] (the [`LazyTensor`] builder). [`formula::grad()`] differentiates formulas and
 //! `op`'s backward pass turns the gradient of each reduction into new reductions.
 
 #![deny(missing_docs)]

@@ -337,16 +337,34 @@ pub(crate) fn dispatched(plan: &ReductionPlan, dtype: DType) {
 
 /// Whether the backward pass of a forward reduction (kernel key, inputs that need gradients,
 /// storage) is yet to be noted; notes it.
-pub(crate) fn first_backward(plan: &ReductionPlan, needs_grad: &[bool], storage: Storage) -> bool {
+fn first_backward(plan: &ReductionPlan, needs_grad: &[bool], storage: Storage) -> bool {
     is_on()
         && state()
             .planned
             .insert((plan.kernel_key(), needs_grad.to_vec(), storage))
 }
 
+/// On a device that compiles nothing, with the census on: notes the modules CUDA would
+/// compile ahead for the backward pass of `forward` (its plans from `backward`, asked for
+/// once per kernel key, inputs that need gradients, and storage).
+pub(crate) fn note_backward(
+    forward: &ReductionPlan,
+    needs_grad: &[bool],
+    storage: Storage,
+    backward: impl FnOnce() -> candle_core::Result<Vec<ReductionPlan>>,
+) {
+    if first_backward(forward, needs_grad, storage) {
+        if let Ok(plans) = backward() {
+            for p in &plans {
+                would_prepare(p, storage);
+            }
+        }
+    }
+}
+
 /// Notes, on a device that compiles nothing, a module that CUDA would compile ahead of its use
 /// (unless it is known already: then CUDA would have it in memory).
-pub(crate) fn would_prepare(plan: &ReductionPlan, storage: Storage) {
+fn would_prepare(plan: &ReductionPlan, storage: Storage) {
     if !is_on() {
         return;
     }

@@ -1,15 +1,146 @@
 //! Device backends: each runs a reduction plan (`ReductionPlan`) on its device's memory.
 //!
-//! Backends receive validated, contiguous inputs (the checks live in [`crate::op`]) and know
-//! nothing of autodiff. The plan always reduces over `j`: a reduction over `i` is planned with
-//! the roles of `i` and `j` exchanged.
+//! Two backends exist: [`cpu`] (formulas compiled into register programs, run tile by tile
+//! with SIMD loops) and [`cuda`] (fused kernels generated from the formula, compiled with
+//! NVRTC; feature `cuda`). Backends receive validated, contiguous inputs (the checks live in
+//! [`crate::op`]) and know nothing of autodiff. The plan always reduces over `j`: a reduction
+//! over `i` is planned with the roles of `i` and `j` exchanged.
+//!
+//! `Backend` (crate-private) is the one dispatch point from a Candle device to device-specific
+//! code. `Backend::of(device)` gives the backend of a device, or says why this build has none
+//! (`NoBackend`: a CUDA device without the `cuda` feature, a Metal device), and that reason
+//! becomes the error of a reduction there. Every other decision that depends on the device
+//! is one of its methods: whether it compiles modules (and so whether compiling ahead pays),
+//! compiling the modules of forward plans ahead (`Backend::prepare`), and preparing for a
+//! backward pass (`Backend::prepare_backward`: CUDA compiles its modules on background
+//! threads, the CPU notes in the [`census`] what CUDA would compile). Running a plan is
+//! Candle's dispatch: it calls the custom op's `cpu_fwd` or `cuda_fwd`, which hand the
+//! packed storage to `cpu::reduce_storage` or `cuda::launch::reduce`; both answer with
+//! `Outputs` in their device's storage.
+//!
+//! A new backend (Metal, say) is a variant of `Backend` and its arms in these methods (the
+//! compiler lists them), a module here with its `reduce_storage`, and the op's `metal_fwd`.
 
 pub mod census;
 pub mod cpu;
 pub mod cuda;
 
+use candle_core::{DType, Device};
+
+use crate::error::Error;
 use crate::formula::{Expr, VarCat};
 use crate::reduction::{Axis, OutputSpec, Reduction};
+
+/// The backend that runs reductions on one device: the crate's one dispatch point from a
+/// Candle [`Device`] to device-specific code (see the module documentation).
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    /// The CPU tile executor ([`cpu`]).
+    Cpu,
+    /// Generated CUDA kernels ([`cuda`]) on this device.
+    #[cfg(feature = "cuda")]
+    Cuda(candle_core::CudaDevice),
+}
+
+/// Why a device has no backend in this build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NoBackend {
+    /// A CUDA device, in a build without the `cuda` feature.
+    #[cfg_attr(feature = "cuda", allow(dead_code))]
+    CudaFeatureOff,
+    /// A Metal device: there is no Metal backend yet.
+    Metal,
+}
+
+impl NoBackend {
+    /// The error of running `plan` on such a device: what is missing, and how to get it.
+    pub(crate) fn error(self, plan: &ReductionPlan) -> Error {
+        match self {
+            NoBackend::CudaFeatureOff => Error::NotImplemented {
+                what: "the CUDA backend in this build",
+                detail: format!(
+                    "cannot run {} on a CUDA tensor: build lazy-kernels with `--features cuda`",
+                    plan.key()
+                ),
+            },
+            NoBackend::Metal => Error::NotImplemented {
+                what: "the Metal backend",
+                detail: format!("cannot run {} on a Metal tensor", plan.key()),
+            },
+        }
+    }
+}
+
+impl Backend {
+    /// The backend that runs reductions on `device`, or why this build has none.
+    pub(crate) fn of(device: &Device) -> Result<Backend, NoBackend> {
+        match device {
+            Device::Cpu => Ok(Backend::Cpu),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(dev) => Ok(Backend::Cuda(dev.clone())),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(NoBackend::CudaFeatureOff),
+            Device::Metal(_) => Err(NoBackend::Metal),
+        }
+    }
+
+    /// Whether this backend compiles a module per kernel (so that compiling ahead of use
+    /// pays): CUDA does, the CPU does not.
+    pub(crate) fn compiles(&self) -> bool {
+        !matches!(self, Backend::Cpu)
+    }
+
+    /// Starts compiling the modules of `plans` (inputs of `dtype`) on background threads,
+    /// so that the reductions that need them find them ready or in flight; nothing on a
+    /// backend that compiles nothing.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub(crate) fn prepare(&self, plans: impl IntoIterator<Item = ReductionPlan>, dtype: DType) {
+        match self {
+            Backend::Cpu => {}
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(dev) => {
+                if let Ok(storage) = cuda::Storage::from_dtype(dtype) {
+                    cuda::launch::prepare_on(plans, storage, dev);
+                }
+            }
+        }
+    }
+
+    /// Prepares for the backward pass of `forward`, run on inputs of `dtype` of which those
+    /// flagged in `needs_grad` need gradients; `backward` finds the plans of that pass (called
+    /// only when they are needed). CUDA starts compiling their modules on background threads
+    /// (once per kernel key, flags, dtype and architecture). Elsewhere, with the census on,
+    /// the census notes the modules CUDA would compile here (once per kernel key, flags and
+    /// dtype), so that the count is observable without a GPU.
+    pub(crate) fn prepare_backward(
+        &self,
+        forward: &ReductionPlan,
+        needs_grad: &[bool],
+        dtype: DType,
+        backward: impl FnOnce() -> candle_core::Result<Vec<ReductionPlan>>,
+    ) {
+        let Ok(storage) = cuda::Storage::from_dtype(dtype) else {
+            return;
+        };
+        match self {
+            Backend::Cpu => census::note_backward(forward, needs_grad, storage, backward),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(dev) => {
+                cuda::prepare_backward(dev, forward, needs_grad, storage, backward)
+            }
+        }
+    }
+}
+
+/// What a backend's run of a plan gives, in its device's storage `S`: the primary output
+/// (values, or the indices of a reduction without values) and the indices found next to
+/// values (present when the plan's output has both).
+pub(crate) struct Outputs<S> {
+    /// Values, or indices when the reduction has no values.
+    pub(crate) primary: S,
+    /// Indices next to values.
+    pub(crate) indices: Option<S>,
+}
 
 /// One bound tensor of a plan: its category, components per row, number of rows and where
 /// its values start in the packed input.

@@ -7,58 +7,10 @@
 //! one place; errors keep the source and the byte span, and print the column with a marker.
 //! Unknown names are errors; nothing is evaluated.
 
-use std::fmt;
-
 use super::expr::Expr;
 use super::ops::{BinaryOp, Op, TernaryOp, UnaryOp, Var, VarCat};
 
-/// A formula string that could not be parsed, with the location of the problem.
-///
-/// Its `Display` shows the message, the source, and a marker under the offending span:
-///
-/// ```
-/// use lazy_kernels::formula::parse;
-/// let err = parse("Exp(x) + Foo(x)", &[("x", lazy_kernels::formula::Expr::constant(1.0)?)])
-///     .unwrap_err();
-/// assert_eq!(err.column(), 10);
-/// assert!(err.to_string().contains("unknown function 'Foo'"));
-/// # Ok::<(), lazy_kernels::Error>(())
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseError {
-    message: String,
-    source: String,
-    span: (usize, usize),
-}
-
-impl ParseError {
-    /// What is wrong.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// 1-based column (in characters) where the problem starts.
-    pub fn column(&self) -> usize {
-        self.source[..self.span.0].chars().count() + 1
-    }
-
-    /// Byte range of the offending text in the source.
-    pub fn span(&self) -> (usize, usize) {
-        self.span
-    }
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let col = self.column();
-        let width = self.source[self.span.0..self.span.1].chars().count().max(1);
-        writeln!(f, "formula parse error at column {col}: {}", self.message)?;
-        writeln!(f, "  {}", self.source)?;
-        write!(f, "  {}{}", " ".repeat(col - 1), "^".repeat(width))
-    }
-}
-
-impl std::error::Error for ParseError {}
+pub use crate::error::ParseError;
 
 #[derive(Clone, Debug, PartialEq)]
 enum Tok {

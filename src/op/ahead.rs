@@ -1,24 +1,22 @@
 //! Compiling ahead of use: the reductions a backward pass will run are known at the forward
 //! pass (they depend on the formula, the reduction, the variables' dimensions and which
-//! inputs need gradients, not on values or sizes), so a tracked forward reduction on CUDA
-//! queues their modules for compiling on background threads
-//! ([`crate::backend::cuda`]'s `prepare`), while the forward's own module compiles in the
-//! foreground. When `backward()` comes, the modules are ready or in flight.
+//! inputs need gradients, not on values or sizes), so a tracked forward reduction hands them
+//! to its backend (`Backend::prepare_backward`, at the dispatch point of
+//! [`crate::backend`]): on CUDA their modules are queued for compiling on background threads
+//! while the forward's own module compiles in the foreground, so that when `backward()`
+//! comes they are ready or in flight; on the CPU the census notes them.
 //!
 //! The backward plans are found by running the backward pass itself in *planning mode* on
 //! stand-in tensors (a few rows, on the CPU): every reduction it asks for is recorded instead
 //! of run, and answered with zeros of the right shape. So there is one description of the
 //! backward pass, and the prediction cannot drift from it.
 
-// Without CUDA nothing is compiled ahead: planning is only exercised by tests there.
-#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
-
 use std::cell::{Cell, RefCell};
 
 use candle_core::{DType, Device, Shape, Tensor};
 
 use super::{out_shape, ReductionOutput};
-use crate::backend::{ReductionPlan, VarSpec};
+use crate::backend::{Backend, ReductionPlan, VarSpec};
 use crate::formula::VarCat;
 use crate::reduction::OutputSpec;
 
@@ -153,34 +151,38 @@ pub(crate) fn prepare(
     device: &Device,
     f: impl FnOnce() -> candle_core::Result<()>,
 ) -> candle_core::Result<()> {
-    if !device.is_cuda() {
-        return Ok(());
+    let backend = match Backend::of(device) {
+        Ok(backend) if backend.compiles() => backend,
+        _ => return Ok(()),
+    };
+    for p in plan(f)? {
+        backend.prepare([p.plan.clone()], p.dtype);
+        prepare_backward(&backend, &p.plan, &p.needs_grad, p.dtype);
     }
-    #[cfg(feature = "cuda")]
-    {
-        use crate::backend::cuda::{launch, Storage};
-        let Device::Cuda(dev) = device else {
-            return Ok(());
-        };
-        for p in plan(f)? {
-            let Ok(storage) = Storage::from_dtype(p.dtype) else {
-                continue;
-            };
-            launch::prepare_on([p.plan.clone()], storage, dev);
-            if p.plan.out.values > 0 && p.needs_grad.contains(&true) {
-                prepare_backward(&p.plan, &p.needs_grad, p.dtype, device);
-            }
-        }
-    }
-    #[cfg(not(feature = "cuda"))]
-    let _ = f;
     Ok(())
+}
+
+/// When `plan` has a backward pass (it has values, and inputs flagged in `needs_grad` need
+/// gradients), prepares `backend` for it (see `Backend::prepare_backward`: CUDA starts
+/// compiling its modules, the census notes them elsewhere), with the plans of
+/// [`backward_plans`].
+pub(super) fn prepare_backward(
+    backend: &Backend,
+    plan: &ReductionPlan,
+    needs_grad: &[bool],
+    dtype: DType,
+) {
+    if plan.out.values > 0 && needs_grad.contains(&true) {
+        backend.prepare_backward(plan, needs_grad, dtype, || {
+            backward_plans(plan, needs_grad, dtype)
+        });
+    }
 }
 
 /// The plans the backward pass of `plan` runs when the inputs flagged in `needs_grad` need
 /// gradients, for inputs of `dtype` (their sizes are those of stand-ins; the kernels do not
 /// depend on sizes).
-pub(super) fn backward_plans(
+fn backward_plans(
     forward: &ReductionPlan,
     needs_grad: &[bool],
     dtype: DType,
@@ -242,61 +244,6 @@ pub(super) fn backward_plans(
         .map(|_| ())
     })?;
     Ok(planned.into_iter().map(|p| p.plan).collect())
-}
-
-/// With the census on and no CUDA device: notes the modules CUDA would compile ahead for the
-/// backward pass of `plan` (see [`crate::backend::census`]).
-pub(super) fn census_backward(plan: &ReductionPlan, needs_grad: &[bool], dtype: DType) {
-    use crate::backend::census;
-    let Ok(storage) = crate::backend::cuda::Storage::from_dtype(dtype) else {
-        return;
-    };
-    if census::first_backward(plan, needs_grad, storage) {
-        if let Ok(plans) = backward_plans(plan, needs_grad, dtype) {
-            for p in &plans {
-                census::would_prepare(p, storage);
-            }
-        }
-    }
-}
-
-/// Queues the modules of the backward pass of `plan` for compiling on background threads
-/// (once per kernel key, input flags, dtype and architecture).
-#[cfg(feature = "cuda")]
-pub(super) fn prepare_backward(
-    plan: &ReductionPlan,
-    needs_grad: &[bool],
-    dtype: DType,
-    device: &Device,
-) {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock};
-
-    use crate::backend::cuda::{self, Storage};
-
-    if cuda::compile_threads() == 0 {
-        return;
-    }
-    let Device::Cuda(dev) = device else { return };
-    let (Ok(storage), Ok(arch)) = (Storage::from_dtype(dtype), cuda::launch::arch_of(dev)) else {
-        return;
-    };
-    type Seen = HashSet<(String, Vec<bool>, Storage, String)>;
-    static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
-    let key = (plan.kernel_key(), needs_grad.to_vec(), storage, arch);
-    {
-        let mut seen = SEEN
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if !seen.insert(key.clone()) {
-            return;
-        }
-    }
-    // A backward pass that cannot be planned fails (or not) when it runs; nothing to do here.
-    if let Ok(plans) = backward_plans(plan, needs_grad, dtype) {
-        cuda::launch::prepare_on(plans, storage, dev);
-    }
 }
 
 #[cfg(test)]

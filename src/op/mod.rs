@@ -1,24 +1,48 @@
-//! The Candle glue: validation of bound tensors, packing, and the custom op that runs a
-//! reduction on the tensors' device.
+//! The Candle glue: a reduction of a formula over its bound tensors is bound, validated,
+//! planned and dispatched here, and a custom op runs the plan on the tensors' device.
 //!
-//! All bound tensors are flattened and concatenated into one packed tensor (`Tensor::cat`, so
-//! the autodiff graph can later split a gradient back per input), and one `ReductionOp`
-//! (`CustomOp1`) runs the plan on it. Checks of dtype, device, shapes and sizes happen here,
-//! before any backend sees the data, each with an error naming the problem.
+//! `reduce_sized` (behind every reduction) runs four steps, each a small function:
+//!
+//! 1. *binding* (`bind`): the bound tensors the formula uses, in order of first appearance,
+//!    and the formula rewritten over their positions, with `i` and `j` exchanged for a
+//!    reduction over `i` (plans always reduce over `j`), and simplified;
+//! 2. *validation* (`agree`, `layout`, `check_output`): one float dtype and one device, the
+//!    same number of rows for the variables of an axis, non-empty axes, an output that fits;
+//!    each failure is an error naming the problem, before any backend sees the data;
+//! 3. *planning* (`run_kind`, then the `ReductionPlan`): what runs, which for `Min`, `Max`
+//!    and `KMin` with an input that needs a gradient is the kind that also finds the indices
+//!    of the selected terms (at the same cost), for the backward pass;
+//! 4. *dispatch* (`dispatch`, `run_op`): in planning mode (`ahead::intercept`) the
+//!    plan is recorded instead of run; otherwise the device's backend is found at the one
+//!    dispatch point, `crate::backend::Backend::of` (its error when this build has none: CUDA
+//!    without the `cuda` feature, Metal), the census counts the dispatch, the backend prepares
+//!    for the backward pass (CUDA compiles its modules ahead), and the bound tensors, flattened
+//!    and concatenated into one packed tensor (`Tensor::cat`, so that autodiff splits a
+//!    gradient back per input), go through one `ReductionOp` (`CustomOp1`). Candle calls its
+//!    `cpu_fwd` or `cuda_fwd`, which hand the packed storage to their backend.
+//!
+//! **The index side channel.** A `CustomOp1` returns one tensor, but `MinArgMin`,
+//! `MaxArgMax` and `KMinArgKMin` find two: values (in the inputs' float dtype) and indices
+//! (`i64`), which cannot share one tensor. So the values are the op's output, and the
+//! indices go through an `IndexSlot` that the op shares with `run_op`: the forward pass
+//! fills it (once, before `apply_op1` returns); `run_op` then hands the indices to the caller
+//! when the caller asked for them, and the op's backward pass reads them from the same slot
+//! to route the gradient to the selected terms. Indices of a reduction without values (the
+//! arg-reductions) are the op's output itself.
 //!
 //! The op's backward pass (`backward.rs`) builds the gradient of each reduction kind as new
 //! reductions of symbolically differentiated formulas, run by the same backend; they are
-//! themselves differentiable. `Min`, `Max` and `KMin` are run with their indices when a bound
-//! tensor needs a gradient, so that the backward pass knows which terms were selected.
+//! themselves differentiable.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 
+use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
-use crate::backend::{cpu, cuda, ReductionPlan, VarSpec};
+use crate::backend::{census, cpu, Backend, Outputs, ReductionPlan, VarSpec};
 use crate::error::Error;
 use crate::formula::{simplify, Expr, Var, VarCat};
-use crate::reduction::{Axis, Reduction, ReductionKind};
+use crate::reduction::{Axis, OutputSpec, Reduction, ReductionKind};
 
 mod ahead;
 mod backward;
@@ -44,33 +68,58 @@ pub struct ReductionOutput {
     pub indices: Option<Tensor>,
 }
 
-/// The custom op running one plan; a second output (indices next to values) is handed back
-/// through `side`.
-struct ReductionOp {
-    plan: Arc<ReductionPlan>,
-    side: Arc<Mutex<Option<Tensor>>>,
-    /// Per bound tensor (in plan order): whether it needs a gradient (`track_op` at forward).
-    needs_grad: Vec<bool>,
-    /// Indices of the selected terms, kept for the backward pass of Min, Max and KMin.
-    saved: Arc<Mutex<Option<Tensor>>>,
+/// The side channel of a reduction's indices found next to its values (see the module
+/// documentation): a `CustomOp1` returns one tensor, so its forward pass puts the indices
+/// here, and the caller (`run_op`) and the op's backward pass both read them from this one
+/// slot. Written at most once, by the forward pass; cloning shares the slot.
+#[derive(Clone, Default)]
+struct IndexSlot(Arc<OnceLock<Tensor>>);
+
+impl IndexSlot {
+    /// Keeps the indices found by the forward pass.
+    fn put(&self, indices: Tensor) {
+        let first = self.0.set(indices).is_ok();
+        debug_assert!(first, "a reduction op runs its forward pass once");
+    }
+
+    /// The indices, once the forward pass has put them.
+    fn get(&self) -> Option<&Tensor> {
+        self.0.get()
+    }
 }
 
-fn to_f32(v: &[impl Copy + Into<f32>]) -> Vec<f32> {
-    v.iter().map(|&x| x.into()).collect()
+/// The custom op running one plan on a packed input (the bound tensors, flattened and
+/// concatenated); indices found next to values go to `indices`.
+struct ReductionOp {
+    plan: Arc<ReductionPlan>,
+    /// Per bound tensor (in plan order): whether it needs a gradient (`track_op` at forward).
+    needs_grad: Vec<bool>,
+    /// The indices next to the values (the side channel), for the caller and for the
+    /// backward pass of Min, Max and KMin.
+    indices: IndexSlot,
 }
 
 impl ReductionOp {
-    /// Hands the indices computed next to the values to the caller (through `side`).
-    fn keep_indices(&self, t: Tensor) -> candle_core::Result<()> {
-        *self.side.lock().map_err(|_| Error::InvalidArgument {
-            op: "reduction",
-            detail: "a previous reduction panicked".into(),
-        })? = Some(t);
-        Ok(())
-    }
-
-    fn out_shape(&self, cols: usize) -> Shape {
-        out_shape(&self.plan, cols)
+    /// Turns a backend's outputs into the op's result: keeps the indices next to values in
+    /// `self.indices` (as a tensor of the storage that `wrap` makes) and returns the primary
+    /// output with its shape.
+    fn finish<S>(
+        &self,
+        out: Outputs<S>,
+        wrap: fn(S) -> candle_core::Storage,
+    ) -> candle_core::Result<(S, Shape)> {
+        let spec = self.plan.out;
+        if let Some(idx) = out.indices {
+            let shape = out_shape(&self.plan, spec.indices);
+            let t = Tensor::from_storage(wrap(idx), shape, BackpropOp::none(), false);
+            self.indices.put(t);
+        }
+        let cols = if spec.values > 0 {
+            spec.values
+        } else {
+            spec.indices
+        };
+        Ok((out.primary, out_shape(&self.plan, cols)))
     }
 }
 
@@ -93,47 +142,8 @@ impl CustomOp1 for ReductionOp {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| Error::InvalidArgument {
-                op: "reduction",
-                detail: "packed input is not contiguous".into(),
-            })?;
-        let plan = &self.plan;
-        let (vals, idx) = match storage {
-            CpuStorage::F32(v) => cpu::reduce::<f32>(plan, &v[start..end]),
-            CpuStorage::F64(v) => cpu::reduce::<f64>(plan, &v[start..end]),
-            CpuStorage::F16(v) => cpu::reduce::<f32>(plan, &to_f32(&v[start..end])),
-            CpuStorage::BF16(v) => cpu::reduce::<f32>(plan, &to_f32(&v[start..end])),
-            other => {
-                return Err(Error::DType {
-                    op: "reduction",
-                    detail: format!(
-                        "unsupported dtype {:?}",
-                        candle_core::backend::BackendStorage::dtype(other)
-                    ),
-                }
-                .into())
-            }
-        };
-        let values = match storage {
-            CpuStorage::F32(_) => CpuStorage::F32(vals.iter().map(|&x| x as f32).collect()),
-            CpuStorage::F64(_) => CpuStorage::F64(vals),
-            CpuStorage::F16(_) => {
-                CpuStorage::F16(vals.iter().map(|&x| half::f16::from_f64(x)).collect())
-            }
-            _ => CpuStorage::BF16(vals.iter().map(|&x| half::bf16::from_f64(x)).collect()),
-        };
-        let out = plan.out;
-        if out.values > 0 {
-            if out.indices > 0 {
-                let t = Tensor::from_vec(idx, self.out_shape(out.indices), &Device::Cpu)?;
-                self.keep_indices(t)?;
-            }
-            Ok((values, self.out_shape(out.values)))
-        } else {
-            Ok((CpuStorage::I64(idx), self.out_shape(out.indices)))
-        }
+        let out = cpu::reduce_storage(&self.plan, storage, layout)?;
+        self.finish(out, candle_core::Storage::Cpu)
     }
 
     #[cfg(feature = "cuda")]
@@ -142,23 +152,8 @@ impl CustomOp1 for ReductionOp {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let out = self.plan.out;
-        let r = cuda::launch::reduce(&self.plan, storage, layout)?;
-        if let Some(idx) = r.indices {
-            let t = Tensor::from_storage(
-                candle_core::Storage::Cuda(idx),
-                self.out_shape(out.indices),
-                candle_core::op::BackpropOp::none(),
-                false,
-            );
-            self.keep_indices(t)?;
-        }
-        let cols = if out.values > 0 {
-            out.values
-        } else {
-            out.indices
-        };
-        Ok((r.primary, self.out_shape(cols)))
+        let out = crate::backend::cuda::launch::reduce(&self.plan, storage, layout)?;
+        self.finish(out, candle_core::Storage::Cuda)
     }
 
     fn bwd(
@@ -167,12 +162,11 @@ impl CustomOp1 for ReductionOp {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let saved = self.saved.lock().ok().and_then(|s| s.clone());
         let grads = ahead::in_backward(|| {
             backward::Backward {
                 plan: &self.plan,
                 needs_grad: &self.needs_grad,
-                indices: saved.as_ref(),
+                indices: self.indices.get(),
             }
             .run(arg, res, grad_res)
         })?;
@@ -236,26 +230,68 @@ pub(crate) fn reduce(
 
 /// As [`reduce`]; `sizes` gives the numbers of rows of `i` and of `j` for formulas that have
 /// no variable of one category (the backward pass evaluates such formulas).
+///
+/// Binding, validation, planning and dispatch, in this order (so the first failing check
+/// names the problem); see the module documentation.
 pub(crate) fn reduce_sized(
     formula: &Expr,
     bindings: &[Binding],
     reduction: Reduction,
     sizes: Option<(usize, usize)>,
 ) -> candle_core::Result<ReductionOutput> {
-    let name = reduction.kind.name();
-    // Bound tensors actually used, in order of first appearance: their positions.
+    let op = reduction.kind.name();
+    let bound = bind(formula, bindings, reduction)?;
+    let needs_grad: Vec<bool> = bound.tensors.iter().map(|b| b.tensor.track_op()).collect();
+    let run = run_kind(reduction, bound.formula.dim(), &needs_grad)?;
+    let (dtype, device) = agree(&bound.tensors, op)?;
+    let (vars, rows, terms) = layout(&bound.tensors, reduction.axis, sizes, op)?;
+    check_output(rows, run.out, op)?;
+    let plan = ReductionPlan {
+        formula: bound.formula,
+        reduction: run.reduction,
+        vars,
+        rows,
+        terms,
+        out: run.out,
+    };
+    let user_indices = run.user_indices;
+    dispatch(
+        plan,
+        &bound.tensors,
+        dtype,
+        &device,
+        needs_grad,
+        user_indices,
+    )
+}
+
+/// A formula bound to the tensors it uses.
+struct Bound<'a> {
+    /// The bound tensors the formula uses, in order of first appearance (the plan's order).
+    tensors: Vec<&'a Binding>,
+    /// The formula over positions `0..tensors.len()`, reduced over `j` (`i` and `j`
+    /// exchanged for a reduction over `i`), simplified.
+    formula: Expr,
+}
+
+/// Binding: finds the tensor of each variable of `formula` in `bindings` and rewrites the
+/// formula over their positions, for a plan that reduces over `j`.
+fn bind<'a>(
+    formula: &Expr,
+    bindings: &'a [Binding],
+    reduction: Reduction,
+) -> crate::error::Result<Bound<'a>> {
     let used: Vec<Var> = formula.vars();
-    let mut tensors: Vec<&Binding> = Vec::with_capacity(used.len());
-    for v in &used {
-        let b = bindings
-            .iter()
-            .find(|b| b.id == v.pos)
-            .ok_or_else(|| Error::InvalidArgument {
-                op: name,
+    let tensors = used
+        .iter()
+        .map(|v| {
+            let found = bindings.iter().find(|b| b.id == v.pos);
+            found.ok_or_else(|| Error::InvalidArgument {
+                op: reduction.kind.name(),
                 detail: format!("variable {v:?} is not bound to a tensor"),
-            })?;
-        tensors.push(b);
-    }
+            })
+        })
+        .collect::<crate::error::Result<Vec<&Binding>>>()?;
     let mut pos_of = |v: Var| Var {
         pos: used.iter().position(|u| *u == v).unwrap_or(0),
         ..v
@@ -264,19 +300,29 @@ pub(crate) fn reduce_sized(
     if reduction.axis == Axis::I {
         f = f.swap_ij();
     }
-    let f = simplify(&f);
-    let user_out = reduction.output_spec(f.dim())?;
+    Ok(Bound {
+        tensors,
+        formula: simplify(&f),
+    })
+}
+
+/// What runs for the user's reduction.
+struct Run {
+    /// The reduction run: the user's, or one that also finds the indices a gradient needs.
+    reduction: Reduction,
+    /// Its output columns.
+    out: OutputSpec,
+    /// Whether the user's reduction returns indices next to values (indices found only for
+    /// the backward pass are not part of the user's result).
+    user_indices: bool,
+}
+
+/// Planning: the reduction that runs for `reduction` of a formula of `dim` components, given
+/// which inputs need a gradient.
+fn run_kind(reduction: Reduction, dim: usize, needs_grad: &[bool]) -> crate::error::Result<Run> {
+    let user_out = reduction.output_spec(dim)?;
     // Min, Max and KMin route their gradient to the selected terms: when a gradient may be
     // needed, the forward pass also finds their indices (at the same cost) and keeps them.
-    let needs_grad: Vec<bool> = used
-        .iter()
-        .map(|v| {
-            bindings
-                .iter()
-                .find(|b| b.id == v.pos)
-                .is_some_and(|b| b.tensor.track_op())
-        })
-        .collect();
     let run = match reduction.kind {
         ReductionKind::Min if needs_grad.contains(&true) => ReductionKind::MinArgMin,
         ReductionKind::Max if needs_grad.contains(&true) => ReductionKind::MaxArgMax,
@@ -284,96 +330,144 @@ pub(crate) fn reduce_sized(
         other => other,
     };
     let run = Reduction::new(run, reduction.axis);
-    let out = run.output_spec(f.dim())?;
+    Ok(Run {
+        reduction: run,
+        out: run.output_spec(dim)?,
+        user_indices: user_out.indices > 0,
+    })
+}
 
-    // Dtype and device: all the same.
+/// Validation: the dtype and the device that all bound tensors share (there must be one).
+fn agree(tensors: &[&Binding], op: &'static str) -> crate::error::Result<(DType, Device)> {
     let first = tensors.first().ok_or_else(|| Error::InvalidArgument {
-        op: name,
+        op,
         detail: "the formula has no variables: bind an i-variable and a j-variable".into(),
     })?;
-    let (dtype, device) = (first.tensor.dtype(), first.tensor.device().clone());
-    for b in &tensors {
+    let (dtype, device) = (first.tensor.dtype(), first.tensor.device());
+    for b in tensors {
         if b.tensor.dtype() != dtype {
-            return Err(Error::DType {
-                op: name,
-                detail: format!(
-                    "all bound tensors must have one dtype: found {dtype:?} and {:?}",
-                    b.tensor.dtype()
-                ),
-            }
-            .into());
+            let detail = format!(
+                "all bound tensors must have one dtype: found {dtype:?} and {:?}",
+                b.tensor.dtype()
+            );
+            return Err(Error::DType { op, detail });
         }
-        if !b.tensor.device().same_device(&device) {
-            return Err(Error::Device {
-                op: name,
-                detail: format!(
-                    "all bound tensors must be on one device: found {:?} and {:?}",
-                    device.location(),
-                    b.tensor.device().location()
-                ),
-            }
-            .into());
+        if !b.tensor.device().same_device(device) {
+            let detail = format!(
+                "all bound tensors must be on one device: found {:?} and {:?}",
+                device.location(),
+                b.tensor.device().location()
+            );
+            return Err(Error::Device { op, detail });
         }
     }
+    Ok((dtype, device.clone()))
+}
 
-    // Sizes: rows of the output axis and terms of the reduced axis (after the swap, I and J).
-    let (out_name, red_name) = match reduction.axis {
+/// The names of the output axis and of the reduced axis of a reduction over `axis`.
+fn axis_names(axis: Axis) -> (&'static str, &'static str) {
+    match axis {
         Axis::J => ("i", "j"),
         Axis::I => ("j", "i"),
-    };
-    let mut rows: Option<usize> = None;
-    let mut terms: Option<usize> = None;
-    let mut vars = Vec::with_capacity(tensors.len());
-    let mut offset = 0;
-    for b in &tensors {
-        let cat = match (b.cat, reduction.axis) {
-            (VarCat::I, Axis::I) => VarCat::J,
-            (VarCat::J, Axis::I) => VarCat::I,
-            (c, _) => c,
-        };
-        let n = b.tensor.elem_count() / b.dim;
-        let slot = match cat {
-            VarCat::I => Some((&mut rows, out_name)),
-            VarCat::J => Some((&mut terms, red_name)),
-            VarCat::P => None,
-        };
-        if let Some((slot, axis_name)) = slot {
-            match *slot {
-                None => *slot = Some(n),
-                Some(m) if m != n => {
-                    let detail = format!(
-                        "the {axis_name}-variables have different numbers of rows: {m} and {n} \
-                         (shape {:?})",
-                        b.tensor.dims()
-                    );
-                    return Err(Error::Shape { op: name, detail }.into());
-                }
-                Some(_) => {}
-            }
-        }
-        vars.push(VarSpec {
-            cat,
-            dim: b.dim,
-            rows: if cat == VarCat::P { 1 } else { n },
-            offset,
-        });
-        offset += b.tensor.elem_count();
     }
+}
+
+/// Validation and layout: the plan's variables (categories after the axis swap, rows, offsets
+/// in the packed input), its number of output rows and of reduced terms. `sizes` (rows of `i`
+/// and of `j`) stands in for an axis without variables.
+fn layout(
+    tensors: &[&Binding],
+    axis: Axis,
+    sizes: Option<(usize, usize)>,
+    op: &'static str,
+) -> crate::error::Result<(Vec<VarSpec>, usize, usize)> {
+    let (vars, rows, terms) = var_specs(tensors, axis, op)?;
     // `sizes` is (i-rows, j-rows); `rows` and `terms` are per output and reduced axis.
-    let sizes = sizes.map(|(ni, nj)| match reduction.axis {
+    let sizes = sizes.map(|(ni, nj)| match axis {
         Axis::J => (ni, nj),
         Axis::I => (nj, ni),
     });
     let rows = rows.or(sizes.map(|s| s.0));
     let terms = terms.or(sizes.map(|s| s.1));
+    let (rows, terms) = known_sizes(rows, terms, axis, op)?;
+    Ok((vars, rows, terms))
+}
+
+/// The plan's variables, and the rows of the output axis and the terms of the reduced axis
+/// where variables give them (the variables of one axis must agree).
+fn var_specs(
+    tensors: &[&Binding],
+    axis: Axis,
+    op: &'static str,
+) -> crate::error::Result<(Vec<VarSpec>, Option<usize>, Option<usize>)> {
+    let (out_name, red_name) = axis_names(axis);
+    let (mut rows, mut terms) = (None, None);
+    let mut vars = Vec::with_capacity(tensors.len());
+    let mut offset = 0;
+    for b in tensors {
+        let cat = match (b.cat, axis) {
+            (VarCat::I, Axis::I) => VarCat::J,
+            (VarCat::J, Axis::I) => VarCat::I,
+            (c, _) => c,
+        };
+        let n = b.tensor.elem_count() / b.dim;
+        match cat {
+            VarCat::I => same_rows(&mut rows, n, out_name, b, op)?,
+            VarCat::J => same_rows(&mut terms, n, red_name, b, op)?,
+            VarCat::P => {}
+        }
+        let rows = if cat == VarCat::P { 1 } else { n };
+        vars.push(VarSpec {
+            cat,
+            dim: b.dim,
+            rows,
+            offset,
+        });
+        offset += b.tensor.elem_count();
+    }
+    Ok((vars, rows, terms))
+}
+
+/// Records `n` rows of the `axis_name`-variable `b` in `seen`, or fails if an earlier
+/// variable of that axis had another number.
+fn same_rows(
+    seen: &mut Option<usize>,
+    n: usize,
+    axis_name: &str,
+    b: &Binding,
+    op: &'static str,
+) -> crate::error::Result<()> {
+    match *seen {
+        None => *seen = Some(n),
+        Some(m) if m != n => {
+            let detail = format!(
+                "the {axis_name}-variables have different numbers of rows: {m} and {n} \
+                 (shape {:?})",
+                b.tensor.dims()
+            );
+            return Err(Error::Shape { op, detail });
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// Validation: the numbers of output rows and of reduced terms are known and not zero.
+fn known_sizes(
+    rows: Option<usize>,
+    terms: Option<usize>,
+    axis: Axis,
+    op: &'static str,
+) -> crate::error::Result<(usize, usize)> {
+    let (out_name, red_name) = axis_names(axis);
     let rows = rows.ok_or_else(|| Error::InvalidArgument {
-        op: name,
+        op,
         detail: format!(
             "the formula has no {out_name}-variable, so the number of output rows is unknown"
         ),
     })?;
     let terms = terms.ok_or_else(|| Error::InvalidArgument {
-        op: name,
+        op,
         detail: format!(
             "the formula has no {red_name}-variable, so the number of reduced terms is unknown"
         ),
@@ -383,97 +477,81 @@ pub(crate) fn reduce_sized(
             "empty input: {rows} {out_name}-rows and {terms} {red_name}-rows \
              (both must be at least 1)"
         );
-        return Err(Error::Shape { op: name, detail }.into());
+        return Err(Error::Shape { op, detail });
     }
-    let cells = |cols: usize| {
-        rows.checked_mul(cols)
-            .filter(|&c| c <= (isize::MAX as usize) / 16)
-    };
-    if cells(out.values.max(out.indices)).is_none() {
-        return Err(Error::InvalidArgument {
-            op: name,
-            detail: format!(
-                "the output ({rows} rows x {} columns) is too large",
-                out.values.max(out.indices)
-            ),
-        }
-        .into());
+    Ok((rows, terms))
+}
+
+/// Validation: the output (`rows` times the widest of `out`'s values and indices) is not too
+/// large to allocate.
+fn check_output(rows: usize, out: OutputSpec, op: &'static str) -> crate::error::Result<()> {
+    let cols = out.values.max(out.indices);
+    let fits = rows
+        .checked_mul(cols)
+        .is_some_and(|c| c <= (isize::MAX as usize) / 16);
+    if fits {
+        return Ok(());
     }
-    let plan = Arc::new(ReductionPlan {
-        formula: f,
-        reduction: run,
-        vars,
-        rows,
-        terms,
-        out,
-    });
+    Err(Error::InvalidArgument {
+        op,
+        detail: format!("the output ({rows} rows x {cols} columns) is too large"),
+    })
+}
+
+/// Dispatch: in planning mode, records `plan` and answers with stand-ins; otherwise finds the
+/// backend of `device` (the one dispatch point: its error when this build has none), counts
+/// the dispatch in the census, lets the backend prepare for the backward pass, and runs the
+/// op. `user_indices`: whether the caller gets the indices found next to values.
+fn dispatch(
+    plan: ReductionPlan,
+    tensors: &[&Binding],
+    dtype: DType,
+    device: &Device,
+    needs_grad: Vec<bool>,
+    user_indices: bool,
+) -> candle_core::Result<ReductionOutput> {
     // The backward pass, planned ahead, records this plan instead of running it.
-    if let Some(stand_in) =
-        ahead::intercept(&plan, dtype, &needs_grad, user_out.indices > 0, &device)
-    {
+    if let Some(stand_in) = ahead::intercept(&plan, dtype, &needs_grad, user_indices, device) {
         return stand_in;
     }
-    #[cfg(not(feature = "cuda"))]
-    if device.is_cuda() {
-        return Err(cuda::unavailable(&plan).into());
+    let backend = Backend::of(device).map_err(|no| no.error(&plan))?;
+    census::dispatched(&plan, dtype);
+    // The modules of this reduction's backward pass start compiling now, in the background
+    // (on CUDA; the census notes them elsewhere). Not for a reduction of a backward pass.
+    if !ahead::backward_active() {
+        ahead::prepare_backward(&backend, &plan, &needs_grad, dtype);
     }
-    // The modules of this reduction's backward pass start compiling now, in the background.
-    #[cfg(feature = "cuda")]
-    if device.is_cuda() && out.values > 0 && needs_grad.contains(&true) && !ahead::backward_active()
-    {
-        ahead::prepare_backward(&plan, &needs_grad, dtype, &device);
-    }
+    run_op(plan, tensors, needs_grad, user_indices)
+}
 
-    if device.is_metal() {
-        return Err(Error::NotImplemented {
-            what: "the Metal backend",
-            detail: format!("cannot run {} on a Metal tensor", plan.key()),
-        }
-        .into());
-    }
-    crate::backend::census::dispatched(&plan, dtype);
-    // Elsewhere, the census notes what CUDA would compile ahead here.
-    if crate::backend::census::is_on()
-        && !device.is_cuda()
-        && out.values > 0
-        && needs_grad.contains(&true)
-        && !ahead::backward_active()
-    {
-        ahead::census_backward(&plan, &needs_grad, dtype);
-    }
-    let packed = pack(&tensors)?;
-    let side = Arc::new(Mutex::new(None));
-    let saved = Arc::new(Mutex::new(None));
+/// Runs `plan` on the packed `tensors` through a `ReductionOp` (tracked when the reduction
+/// has values), and collects its outputs: the op's result, and the indices next to values
+/// from the side channel when the caller asked for them.
+fn run_op(
+    plan: ReductionPlan,
+    tensors: &[&Binding],
+    needs_grad: Vec<bool>,
+    user_indices: bool,
+) -> candle_core::Result<ReductionOutput> {
+    let out = plan.out;
+    let packed = pack(tensors)?;
+    let indices = IndexSlot::default();
     let op = ReductionOp {
-        plan: plan.clone(),
-        side: side.clone(),
+        plan: Arc::new(plan),
         needs_grad,
-        saved: saved.clone(),
+        indices: indices.clone(),
     };
-    let primary = if out.values > 0 {
-        packed.apply_op1(op)?
-    } else {
-        packed.apply_op1_no_bwd(&op)?
-    };
-    let secondary = side.lock().ok().and_then(|mut s| s.take());
-    if let (Some(idx), Ok(mut slot)) = (&secondary, saved.lock()) {
-        *slot = Some(idx.clone());
-    }
-    Ok(if out.values > 0 {
-        ReductionOutput {
-            values: Some(primary),
-            // Indices found only for the backward pass are not part of the user's result.
-            indices: if user_out.indices > 0 {
-                secondary
-            } else {
-                None
-            },
-        }
-    } else {
-        ReductionOutput {
+    if out.values == 0 {
+        let primary = packed.apply_op1_no_bwd(&op)?;
+        return Ok(ReductionOutput {
             values: None,
             indices: Some(primary),
-        }
+        });
+    }
+    let values = packed.apply_op1(op)?;
+    Ok(ReductionOutput {
+        values: Some(values),
+        indices: indices.get().filter(|_| user_indices).cloned(),
     })
 }
 

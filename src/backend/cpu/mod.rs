@@ -14,10 +14,15 @@ use rayon::prelude::*;
 
 use std::ops::Range;
 
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, Layout};
+use half::{bf16, f16};
+
 use self::exec::{Context, InputData, States, PAD};
 use self::isa::Isa;
 use self::program::Program;
-use super::ReductionPlan;
+use super::{Outputs, ReductionPlan};
+use crate::error::Error;
 use crate::formula::VarCat;
 use crate::math::Real;
 use crate::reduction::ReductionKind;
@@ -29,6 +34,56 @@ const SPLIT_BELOW_BLOCKS: usize = 8;
 /// ... in chunks of this many terms (a multiple of every tile length), when there are at
 /// least two chunks.
 const SPLIT_TERMS: usize = 1 << 16;
+
+/// Runs `plan` on the packed input in `storage` (contiguous, from `layout`), in its dtype:
+/// the outputs as Candle storage (f16 and bf16 are computed in f32, then rounded).
+pub(crate) fn reduce_storage(
+    plan: &ReductionPlan,
+    storage: &CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<Outputs<CpuStorage>> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::InvalidArgument {
+            op: "reduction",
+            detail: "packed input is not contiguous".into(),
+        })?;
+    let (vals, idx) = match storage {
+        CpuStorage::F32(v) => reduce::<f32>(plan, &v[start..end]),
+        CpuStorage::F64(v) => reduce::<f64>(plan, &v[start..end]),
+        CpuStorage::F16(v) => reduce::<f32>(plan, &to_f32(&v[start..end])),
+        CpuStorage::BF16(v) => reduce::<f32>(plan, &to_f32(&v[start..end])),
+        other => {
+            let detail = format!("unsupported dtype {:?}", other.dtype());
+            return Err(Error::DType {
+                op: "reduction",
+                detail,
+            }
+            .into());
+        }
+    };
+    let values = match storage {
+        CpuStorage::F32(_) => CpuStorage::F32(vals.iter().map(|&x| x as f32).collect()),
+        CpuStorage::F64(_) => CpuStorage::F64(vals),
+        CpuStorage::F16(_) => CpuStorage::F16(vals.iter().map(|&x| f16::from_f64(x)).collect()),
+        _ => CpuStorage::BF16(vals.iter().map(|&x| bf16::from_f64(x)).collect()),
+    };
+    let idx = CpuStorage::I64(idx);
+    Ok(match (plan.out.values > 0, plan.out.indices > 0) {
+        (true, with_indices) => Outputs {
+            primary: values,
+            indices: with_indices.then_some(idx),
+        },
+        (false, _) => Outputs {
+            primary: idx,
+            indices: None,
+        },
+    })
+}
+
+fn to_f32(v: &[impl Copy + Into<f32>]) -> Vec<f32> {
+    v.iter().map(|&x| x.into()).collect()
+}
 
 /// Runs `plan` on CPU data: `data` is the packed input (every bound tensor flattened, at the
 /// offsets of `plan.vars`). Returns the values (`rows x out.values`, in `f64` for the caller to

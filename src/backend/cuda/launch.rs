@@ -30,7 +30,7 @@ use super::cache::DiskCache;
 use super::codegen::{CudaKernel, Storage};
 use super::inflight::{Found, InFlight};
 use crate::backend::census::{self, Obtained};
-use crate::backend::ReductionPlan;
+use crate::backend::{Outputs, ReductionPlan};
 use crate::error::Error;
 
 /// A compiled module, and its functions once loaded into a device's context.
@@ -230,13 +230,6 @@ pub(crate) fn prepare_on(
     }
 }
 
-/// The outputs of a CUDA reduction: the primary output (values, or indices when the
-/// reduction has no values) and the indices next to values.
-pub(crate) struct Outputs {
-    pub(crate) primary: CudaStorage,
-    pub(crate) indices: Option<CudaStorage>,
-}
-
 fn too_large(what: &str, n: usize) -> candle_core::Error {
     Error::Shape {
         op: "CUDA reduction",
@@ -250,7 +243,7 @@ pub(crate) fn reduce(
     plan: &ReductionPlan,
     storage: &CudaStorage,
     layout: &Layout,
-) -> candle_core::Result<Outputs> {
+) -> candle_core::Result<Outputs<CudaStorage>> {
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| Error::InvalidArgument {
@@ -296,7 +289,7 @@ fn run<T>(
     dev: &CudaDevice,
     input: CudaView<'_, T>,
     storage: Storage,
-) -> candle_core::Result<Outputs>
+) -> candle_core::Result<Outputs<CudaStorage>>
 where
     T: candle_core::cuda_backend::CudaDType
         + DeviceRepr

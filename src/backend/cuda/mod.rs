@@ -42,20 +42,44 @@ pub fn compile_ptx(kernel: &CudaKernel, arch: &str) -> candle_core::Result<Strin
     Ok(launch::compile(kernel, arch, None)?)
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(feature = "cuda")]
 use super::ReductionPlan;
-#[cfg(not(feature = "cuda"))]
-use crate::error::Error;
 
-/// Builds without the `cuda` feature cannot hold a CUDA tensor; should one arrive, this says
-/// how to get a build that runs it.
-#[cfg(not(feature = "cuda"))]
-pub(crate) fn unavailable(plan: &ReductionPlan) -> Error {
-    Error::NotImplemented {
-        what: "the CUDA backend in this build",
-        detail: format!(
-            "cannot run {} on a CUDA tensor: build lazy-kernels with `--features cuda`",
-            plan.key()
-        ),
+/// Queues the modules of the backward pass of `forward` (inputs stored as `storage`, those
+/// flagged in `needs_grad` needing gradients; its plans from `backward`) for compiling on
+/// background threads for `dev`, once per kernel key, flags, storage and architecture;
+/// nothing with [`compile_threads`] 0.
+#[cfg(feature = "cuda")]
+pub(crate) fn prepare_backward(
+    dev: &candle_core::CudaDevice,
+    forward: &ReductionPlan,
+    needs_grad: &[bool],
+    storage: Storage,
+    backward: impl FnOnce() -> candle_core::Result<Vec<ReductionPlan>>,
+) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+
+    if compile_threads() == 0 {
+        return;
+    }
+    let Ok(arch) = launch::arch_of(dev) else {
+        return;
+    };
+    type Seen = HashSet<(String, Vec<bool>, Storage, String)>;
+    static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
+    let key = (forward.kernel_key(), needs_grad.to_vec(), storage, arch);
+    {
+        let mut seen = SEEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !seen.insert(key) {
+            return;
+        }
+    }
+    // A backward pass that cannot be planned fails (or not) when it runs; nothing to do here.
+    if let Ok(plans) = backward() {
+        launch::prepare_on(plans, storage, dev);
     }
 }
