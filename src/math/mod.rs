@@ -62,6 +62,7 @@
 
 pub mod real;
 pub use real::Real;
+pub mod special;
 
 use std::f32::consts as c32;
 use std::f64::consts as c64;

@@ -90,7 +90,12 @@ pub trait Real:
 }
 
 macro_rules! impl_real {
-    ($t:ty, $exp:ident, $ln:ident, $sin:ident, $cos:ident, $fma:ident, $limit:expr) => {
+    (
+        $t:ty, $exp:ident, $ln:ident, $sin:ident, $cos:ident, $fma:ident, $limit:expr,
+        special: $atan:ident, $atan2:ident, $tan:ident, $tanh:ident, $asin:ident, $acos:ident,
+        $sinh:ident, $cosh:ident, $log1p:ident, $expm1:ident, $erf:ident, $floor:ident,
+        $round:ident
+    ) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -143,15 +148,15 @@ macro_rules! impl_real {
             }
             #[inline(always)]
             fn atan<const FMA: bool>(self) -> Self {
-                <$t>::atan(self)
+                math::special::$atan::<FMA>(self)
             }
             #[inline(always)]
             fn atan2<const FMA: bool>(self, x: Self) -> Self {
-                <$t>::atan2(self, x)
+                math::special::$atan2::<FMA>(self, x)
             }
             #[inline(always)]
             fn tan<const FMA: bool>(self) -> Self {
-                <$t>::tan(self)
+                math::special::$tan::<FMA>(self)
             }
             #[inline(always)]
             fn tan_std(self) -> Self {
@@ -159,43 +164,43 @@ macro_rules! impl_real {
             }
             #[inline(always)]
             fn tanh<const FMA: bool>(self) -> Self {
-                <$t>::tanh(self)
+                math::special::$tanh::<FMA>(self)
             }
             #[inline(always)]
             fn asin<const FMA: bool>(self) -> Self {
-                <$t>::asin(self)
+                math::special::$asin::<FMA>(self)
             }
             #[inline(always)]
             fn acos<const FMA: bool>(self) -> Self {
-                <$t>::acos(self)
+                math::special::$acos::<FMA>(self)
             }
             #[inline(always)]
             fn sinh<const FMA: bool>(self) -> Self {
-                <$t>::sinh(self)
+                math::special::$sinh::<FMA>(self)
             }
             #[inline(always)]
             fn cosh<const FMA: bool>(self) -> Self {
-                <$t>::cosh(self)
+                math::special::$cosh::<FMA>(self)
             }
             #[inline(always)]
             fn ln_1p<const FMA: bool>(self) -> Self {
-                <$t>::ln_1p(self)
+                math::special::$log1p::<FMA>(self)
             }
             #[inline(always)]
             fn exp_m1<const FMA: bool>(self) -> Self {
-                <$t>::exp_m1(self)
+                math::special::$expm1::<FMA>(self)
             }
             #[inline(always)]
             fn erf<const FMA: bool>(self) -> Self {
-                libm::erf(self as f64) as $t
+                math::special::$erf::<FMA>(self)
             }
             #[inline(always)]
             fn floor(self) -> Self {
-                <$t>::floor(self)
+                math::special::$floor(self)
             }
             #[inline(always)]
             fn round(self) -> Self {
-                <$t>::round(self)
+                math::special::$round(self)
             }
         }
     };
@@ -208,7 +213,20 @@ impl_real!(
     sin_f32,
     cos_f32,
     fma_f32,
-    math::SIN_COS_ACCURATE_LIMIT_F32
+    math::SIN_COS_ACCURATE_LIMIT_F32,
+    special: atan_f32,
+    atan2_f32,
+    tan_f32,
+    tanh_f32,
+    asin_f32,
+    acos_f32,
+    sinh_f32,
+    cosh_f32,
+    log1p_f32,
+    expm1_f32,
+    erf_f32,
+    floor_f32,
+    round_f32
 );
 impl_real!(
     f64,
@@ -217,5 +235,18 @@ impl_real!(
     sin_f64,
     cos_f64,
     fma_f64,
-    math::SIN_COS_ACCURATE_LIMIT_F64
+    math::SIN_COS_ACCURATE_LIMIT_F64,
+    special: atan_f64,
+    atan2_f64,
+    tan_f64,
+    tanh_f64,
+    asin_f64,
+    acos_f64,
+    sinh_f64,
+    cosh_f64,
+    log1p_f64,
+    expm1_f64,
+    erf_f64,
+    floor_f64,
+    round_f64
 );
