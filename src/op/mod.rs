@@ -277,12 +277,7 @@ pub(crate) fn reduce_sized(
                 .is_some_and(|b| b.tensor.track_op())
         })
         .collect();
-    let run = match reduction.kind {
-        ReductionKind::Min if needs_grad.contains(&true) => ReductionKind::MinArgMin,
-        ReductionKind::Max if needs_grad.contains(&true) => ReductionKind::MaxArgMax,
-        ReductionKind::KMin(k) if needs_grad.contains(&true) => ReductionKind::KMinArgKMin(k),
-        other => other,
-    };
+    let run = ReductionKind::forward_kind(reduction.kind, needs_grad.contains(&true));
     let run = Reduction::new(run, reduction.axis);
     let out = run.output_spec(f.dim())?;
 
