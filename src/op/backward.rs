@@ -1,8 +1,9 @@
 //! The backward pass of a reduction: gradients of every bound tensor, computed by new
 //! reductions built with [`crate::formula::grad`] and run by the same backends.
 //!
-//! With `F` the formula, `G` the incoming gradient (one row per output row) and the reduction
-//! over `j`:
+//! Each reduction family says which rule applies (`crate::reduction::GradRule`; term-wise
+//! rules carry their adjoint). With `F` the formula, `G` the incoming gradient (one row per
+//! output row) and the reduction over `j`:
 //!
 //! - `Sum`: the adjoint of `F_ij` is `G_i`;
 //! - `LogSumExp`: `G_i exp(F_ij - out_i)`, from the saved output, so it never overflows;

@@ -67,8 +67,15 @@ pub(crate) struct KSelect {
 }
 
 impl KSelect {
-    /// The `k` smallest, returning `outputs`.
-    pub(crate) const fn new(k: usize, outputs: Outputs) -> KSelect {
+    /// The member of the family that computes `kind` (one of the three kinds of this file).
+    #[inline(always)]
+    pub(crate) fn of(kind: ReductionKind) -> KSelect {
+        let (k, outputs) = match kind {
+            ReductionKind::KMin(k) => (k, Outputs::Values),
+            ReductionKind::ArgKMin(k) => (k, Outputs::Indices),
+            ReductionKind::KMinArgKMin(k) => (k, Outputs::Both),
+            _ => unreachable!("{kind:?} is not a K* reduction"),
+        };
         KSelect { k, outputs }
     }
 }

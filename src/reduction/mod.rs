@@ -42,24 +42,27 @@
 //! [`ReductionKind`] reaches its family in exactly one `match` (`ReductionKind::visit`): a
 //! *visitor* receives the family by value, so generic code (the CPU tile loops) is
 //! monomorphised per family with no dynamic dispatch, and host code that needs no generics
-//! takes the family as a `&dyn Family` (`ReductionKind::family`).
+//! takes the family as a `&dyn Family` (`ReductionKind::family`). A family of several kinds
+//! is one arm, and its own file says which member each kind is (`Select::of`, `KSelect::of`):
+//! the CPU backend then compiles one tile loop per family, with the parameters (`max`, `k`)
+//! read at run time, as it did before families existed.
 //!
 //! The Min/Max family's order, "`a` comes strictly before `b`" (a `NaN` first, then `<` for
-//! minima or `>` for maxima; ties keep the earlier index because states only ever take
-//! strictly earlier values from later terms), is written once in Rust (`select::before`,
+//! minima or `>` for maxima; ties keep the earlier index, since a state only takes a later
+//! term that comes strictly before its value), is written once in Rust (`select::before`,
 //! generic over the compute type, used by the host code and the CPU tile filters of `select.rs`
 //! and `kselect.rs`) and once in C next to it (`lk_before` in `select::CUDA`), which every C
 //! use calls.
 //!
 //! # Adding a reduction kind
 //!
-//! Say `SumSquares`, `sum_j F^2`. It needs a new family (a kind with the rule of an existing
-//! family, such as a `Select` with other outputs, needs no new file: only the two steps below
-//! that name it). The steps:
+//! Say `SumSquares`, `sum_j F^2`. It needs a new family; a kind with the rules of an existing
+//! family (a `Select` returning something else, say) would instead be a new member of that
+//! family, in its file (`of`, `name`), and steps 1 and 2 below. The steps:
 //!
 //! 1. a variant `SumSquares` of [`ReductionKind`] (documented), and the kind in
 //!    [`ReductionKind::all`];
-//! 2. a line in `ReductionKind::visit`: `ReductionKind::SumSquares => v.visit(SumSquares)`;
+//! 2. an arm in `ReductionKind::visit`: `ReductionKind::SumSquares => v.visit(SumSquares)`;
 //! 3. the file `sumsquares.rs` (and its `mod` line here), implementing `Family`:
 //!
 //! ```ignore
@@ -68,7 +71,7 @@
 //!
 //! impl Family for SumSquares {
 //!     fn name(&self) -> &'static str { "SumSquares" }
-//!     fn output_spec(&self, dim: usize) -> Result<OutputSpec> { Ok(OutputSpec::values(dim)) }
+//!     fn output_spec(&self, dim: usize) -> Result<OutputSpec> { Sum.output_spec(dim) }
 //!     fn state_spec(&self, dim: usize) -> StateSpec { Sum.state_spec(dim) }
 //!     fn init(&self, dim: usize, vals: &mut [f64], idx: &mut [i64]) { Sum.init(dim, vals, idx) }
 //!     fn accumulate(&self, vals: &mut [f64], idx: &mut [i64], f: &[f64], j: i64) {
@@ -96,7 +99,9 @@
 //! }
 //! ```
 //!
-//! The CPU backend, the CUDA generator and the backward pass need no change. (The tests list
+//! The CPU backend, the CUDA generator and the backward pass need no change, and
+//! `LazyTensor::reduce` takes the new kind (a named shorthand in `src/lazy.rs` is optional).
+//! (The tests list
 //! kinds through [`ReductionKind::all`], so they cover the new kind; reference values for it
 //! go in `tests/reduction_tests.rs`.)
 
@@ -119,7 +124,7 @@ pub(crate) use logsumexp::lse_merge_tile;
 pub(crate) use sum::kahan_add;
 
 use kselect::KSelect;
-use select::{Outputs, Select};
+use select::Select;
 
 /// Which index a reduction runs over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -379,20 +384,19 @@ impl ReductionKind {
     /// Runs `v` on the family of this kind: the one place that maps kinds to families.
     #[inline(always)]
     pub(crate) fn visit<V: Visit>(self, v: V) -> V::Out {
-        use Outputs::{Both, Indices, Values};
         match self {
             ReductionKind::Sum => v.visit(sum::Sum),
             ReductionKind::LogSumExp => v.visit(logsumexp::LogSumExp),
             ReductionKind::SumSoftMaxWeight => v.visit(softmax::SoftMax),
-            ReductionKind::Min => v.visit(Select::new(false, Values)),
-            ReductionKind::Max => v.visit(Select::new(true, Values)),
-            ReductionKind::ArgMin => v.visit(Select::new(false, Indices)),
-            ReductionKind::ArgMax => v.visit(Select::new(true, Indices)),
-            ReductionKind::MinArgMin => v.visit(Select::new(false, Both)),
-            ReductionKind::MaxArgMax => v.visit(Select::new(true, Both)),
-            ReductionKind::KMin(k) => v.visit(KSelect::new(k, Values)),
-            ReductionKind::ArgKMin(k) => v.visit(KSelect::new(k, Indices)),
-            ReductionKind::KMinArgKMin(k) => v.visit(KSelect::new(k, Both)),
+            ReductionKind::Min
+            | ReductionKind::Max
+            | ReductionKind::ArgMin
+            | ReductionKind::ArgMax
+            | ReductionKind::MinArgMin
+            | ReductionKind::MaxArgMax => v.visit(Select::of(self)),
+            ReductionKind::KMin(_) | ReductionKind::ArgKMin(_) | ReductionKind::KMinArgKMin(_) => {
+                v.visit(KSelect::of(self))
+            }
         }
     }
 

@@ -105,16 +105,20 @@ pub(crate) struct Select {
 }
 
 impl Select {
-    /// The selection of the minimum or maximum (`max`), returning `outputs`.
-    pub(crate) const fn new(max: bool, outputs: Outputs) -> Select {
+    /// The member of the family that computes `kind` (one of the six kinds of this file).
+    #[inline(always)]
+    pub(crate) fn of(kind: ReductionKind) -> Select {
+        use Outputs::{Both, Indices, Values};
+        let (max, outputs) = match kind {
+            ReductionKind::Min => (false, Values),
+            ReductionKind::Max => (true, Values),
+            ReductionKind::ArgMin => (false, Indices),
+            ReductionKind::ArgMax => (true, Indices),
+            ReductionKind::MinArgMin => (false, Both),
+            ReductionKind::MaxArgMax => (true, Both),
+            _ => unreachable!("{kind:?} is not a min/max reduction"),
+        };
         Select { max, outputs }
-    }
-
-    /// The kind of this selection.
-    fn kind(self) -> ReductionKind {
-        use ReductionKind::*;
-        [[Min, ArgMin, MinArgMin], [Max, ArgMax, MaxArgMax]][self.max as usize]
-            [self.outputs as usize]
     }
 }
 
@@ -250,6 +254,11 @@ impl Family for Select {
 
     /// `Min` and `Max` run as `MinArgMin` and `MaxArgMax`, to know the selected terms.
     fn forward_for_grad(&self) -> Option<ReductionKind> {
-        (self.outputs == Outputs::Values).then(|| Select::new(self.max, Outputs::Both).kind())
+        let both = if self.max {
+            ReductionKind::MaxArgMax
+        } else {
+            ReductionKind::MinArgMin
+        };
+        (self.outputs == Outputs::Values).then_some(both)
     }
 }

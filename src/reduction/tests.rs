@@ -75,3 +75,103 @@ fn logsumexp_is_stable_for_large_values() {
     let (v, _) = finalize(&red, 1, &st);
     assert!((v[0] - (1000.0 + 2f64.ln())).abs() < 1e-12);
 }
+
+#[test]
+fn the_order_puts_nan_first_and_is_strict() {
+    use super::select::before;
+    for max in [false, true] {
+        assert!(before(max, f64::NAN, 1.0));
+        assert!(!before(max, 1.0, f64::NAN));
+        assert!(!before(max, f64::NAN, f64::NAN));
+        assert!(!before(max, 2.0, 2.0));
+        assert_eq!(before(max, 1.0, 2.0), !max);
+        assert_eq!(before(max, 1.0f32, 2.0f32), !max);
+    }
+}
+
+#[test]
+fn names_are_distinct_and_k_is_printed() {
+    let kinds = ReductionKind::all(3);
+    for (a, ka) in kinds.iter().enumerate() {
+        for kb in &kinds[a + 1..] {
+            assert_ne!(ka.name(), kb.name());
+        }
+    }
+    assert_eq!(
+        Reduction::new(ReductionKind::ArgKMin(3), Axis::I).to_string(),
+        "ArgKMin(k=3,axis=i)"
+    );
+    assert_eq!(
+        Reduction::new(ReductionKind::MaxArgMax, Axis::J).to_string(),
+        "MaxArgMax(axis=j)"
+    );
+}
+
+/// Value outputs have a gradient, index outputs none; a kind whose gradient needs the selected
+/// indices runs, when a gradient may be needed, as a kind that returns them.
+#[test]
+fn gradient_rules_follow_the_outputs() {
+    for kind in ReductionKind::all(3) {
+        let out = Reduction::new(kind, Axis::J).output_spec(3).unwrap();
+        let rule = kind.grad_rule();
+        assert_eq!(matches!(rule, GradRule::None), out.values == 0, "{kind:?}");
+        assert_eq!(kind.forward_kind(false), kind);
+        let run = kind.forward_kind(true);
+        if matches!(rule, GradRule::Selected) {
+            let run_out = Reduction::new(run, Axis::J).output_spec(3).unwrap();
+            assert!(
+                run_out.indices > 0 && run_out.values == out.values,
+                "{kind:?}"
+            );
+        } else {
+            assert_eq!(run, kind);
+        }
+    }
+    assert_eq!(
+        ReductionKind::Min.forward_kind(true),
+        ReductionKind::MinArgMin
+    );
+    assert_eq!(
+        ReductionKind::Max.forward_kind(true),
+        ReductionKind::MaxArgMax
+    );
+    assert_eq!(
+        ReductionKind::KMin(4).forward_kind(true),
+        ReductionKind::KMinArgKMin(4)
+    );
+}
+
+/// Every C helper the kinds' statements call is defined once, before its first use.
+#[test]
+fn cuda_helpers_are_defined_once_in_order() {
+    let h = cuda_helpers();
+    let at = |name: &str| {
+        assert_eq!(h.matches(&format!(" {name}(")).count(), 1, "{name}");
+        h.find(&format!(" {name}(")).unwrap()
+    };
+    assert!(at("lk_before") < at("lk_take_if_first"));
+    assert!(at("lk_before") < at("lk_kmin_insert"));
+    for kind in ReductionKind::all(2) {
+        let code = kind.cuda_code(3, "float", 3);
+        let all = [
+            code.init,
+            code.tile_init,
+            code.term,
+            code.tile_end,
+            code.combine,
+            code.finalize,
+        ]
+        .concat();
+        for name in [
+            "lk_kahan_add",
+            "lk_lse_merge",
+            "lk_ssmw_merge",
+            "lk_take_if_first",
+            "lk_kmin_insert",
+        ] {
+            if all.contains(name) {
+                at(name);
+            }
+        }
+    }
+}
