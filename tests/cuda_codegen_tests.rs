@@ -215,23 +215,6 @@ fn grad_formulas() -> Vec<(String, Expr)> {
     out
 }
 
-fn all_kinds() -> Vec<ReductionKind> {
-    vec![
-        ReductionKind::Sum,
-        ReductionKind::LogSumExp,
-        ReductionKind::SumSoftMaxWeight,
-        ReductionKind::Min,
-        ReductionKind::Max,
-        ReductionKind::ArgMin,
-        ReductionKind::ArgMax,
-        ReductionKind::MinArgMin,
-        ReductionKind::MaxArgMax,
-        ReductionKind::KMin(3),
-        ReductionKind::ArgKMin(3),
-        ReductionKind::KMinArgKMin(3),
-    ]
-}
-
 /// Writes the corpus, one file per group of modules; returns the files and the number of
 /// modules.
 fn write_corpus(dir: &Path) -> (Vec<PathBuf>, usize) {
@@ -279,7 +262,7 @@ fn write_corpus(dir: &Path) -> (Vec<PathBuf>, usize) {
     }
     // Every reduction, in every dtype, on one- and two-component formulas.
     for s in Storage::ALL {
-        for kind in all_kinds() {
+        for kind in ReductionKind::all(3) {
             let f = match kind {
                 ReductionKind::Sum => &gauss,
                 ReductionKind::SumSoftMaxWeight => &softmax,

@@ -1,8 +1,9 @@
 //! The backward pass of a reduction: gradients of every bound tensor, computed by new
 //! reductions built with [`crate::formula::grad`] and run by the same backends.
 //!
-//! With `F` the formula, `G` the incoming gradient (one row per output row) and the reduction
-//! over `j`:
+//! Each reduction family says which rule applies (`crate::reduction::GradRule`; term-wise
+//! rules carry their adjoint). With `F` the formula, `G` the incoming gradient (one row per
+//! output row) and the reduction over `j`:
 //!
 //! - `Sum`: the adjoint of `F_ij` is `G_i`;
 //! - `LogSumExp`: `G_i exp(F_ij - out_i)`, from the saved output, so it never overflows;
@@ -30,7 +31,7 @@ use crate::backend::ReductionPlan;
 use crate::error::Error;
 use crate::formula::grad::factor_out;
 use crate::formula::{grad, BinaryOp, Expr, Op, UnaryOp, Var, VarCat};
-use crate::reduction::{Axis, Reduction, ReductionKind};
+use crate::reduction::{Axis, GradRule, Reduction, ReductionKind};
 
 /// The backward pass of one forward reduction.
 pub(super) struct Backward<'a> {
@@ -83,29 +84,27 @@ impl Backward<'_> {
                 tensor: t.clone(),
             })
             .collect();
-        let grads = match plan.reduction.kind {
-            ReductionKind::Sum => {
-                let (eta, g_bind) = self.incoming(grad_res)?;
-                self.term_grads(&plan.formula, &eta, with(&bindings, [g_bind]))?
-            }
-            ReductionKind::LogSumExp => {
-                // d lse_i / d F_ij = exp(F_ij - lse_i) <= 1: no overflow for large F.
+        let grads = match plan.reduction.kind.grad_rule() {
+            GradRule::TermWise {
+                adjoint,
+                uses_output,
+            } => {
                 let (g, g_bind) = self.incoming(grad_res)?;
-                let n = bindings.len() + 1;
-                let out = var(VarCat::I, n, plan.out.values)?;
-                let out_bind = binding(n, VarCat::I, res.reshape((plan.rows, plan.out.values))?);
-                let s = bin(BinaryOp::Sub, &plan.formula, &out)?;
-                let eta = bin(BinaryOp::Mul, &g, &Expr::unary(UnaryOp::Exp, &s))?;
-                self.term_grads(&plan.formula, &eta, with(&bindings, [g_bind, out_bind]))?
+                let mut extra = vec![g_bind];
+                let out = if uses_output {
+                    let n = bindings.len() + 1;
+                    let e = plan.out.values;
+                    extra.push(binding(n, VarCat::I, res.reshape((plan.rows, e))?));
+                    Some(var(VarCat::I, n, e)?)
+                } else {
+                    None
+                };
+                let eta = adjoint(&plan.formula, &g, out.as_ref())?;
+                self.term_grads(&plan.formula, &eta, with(&bindings, extra))?
             }
-            ReductionKind::SumSoftMaxWeight => self.softmax_grads(&bindings, res, grad_res)?,
-            ReductionKind::Min
-            | ReductionKind::Max
-            | ReductionKind::MinArgMin
-            | ReductionKind::MaxArgMax
-            | ReductionKind::KMin(_)
-            | ReductionKind::KMinArgKMin(_) => self.selected_grads(&views, grad_res)?,
-            ReductionKind::ArgMin | ReductionKind::ArgMax | ReductionKind::ArgKMin(_) => {
+            GradRule::SoftMax => self.softmax_grads(&bindings, res, grad_res)?,
+            GradRule::Selected => self.selected_grads(&views, grad_res)?,
+            GradRule::None => {
                 return Err(Error::InvalidArgument {
                     op: plan.reduction.kind.name(),
                     detail: "indices have no gradient".into(),

@@ -323,12 +323,7 @@ fn run_kind(reduction: Reduction, dim: usize, needs_grad: &[bool]) -> crate::err
     let user_out = reduction.output_spec(dim)?;
     // Min, Max and KMin route their gradient to the selected terms: when a gradient may be
     // needed, the forward pass also finds their indices (at the same cost) and keeps them.
-    let run = match reduction.kind {
-        ReductionKind::Min if needs_grad.contains(&true) => ReductionKind::MinArgMin,
-        ReductionKind::Max if needs_grad.contains(&true) => ReductionKind::MaxArgMax,
-        ReductionKind::KMin(k) if needs_grad.contains(&true) => ReductionKind::KMinArgKMin(k),
-        other => other,
-    };
+    let run = ReductionKind::forward_kind(reduction.kind, needs_grad.contains(&true));
     let run = Reduction::new(run, reduction.axis);
     Ok(Run {
         reduction: run,

@@ -13,7 +13,7 @@ use crate::formula::ops::{BinaryKernel, TernaryKernel, UnaryKernel};
 #[cfg(doc)]
 use crate::formula::UnaryOp;
 use crate::math::Real;
-use crate::reduction::{kahan_add, kmin_insert, lse_merge, Reduction, ReductionKind};
+use crate::reduction::{kahan_add, lse_merge_tile, Reduction, Tile};
 
 /// Terms per tile when the tile code stores registers: they and the tile's inputs stay in
 /// the L1 cache (measured best among 256..2048 for multi-pass formulas).
@@ -29,8 +29,6 @@ pub(crate) const FUSED_TILE: usize = 2048;
 const TILE_STRIDE: usize = TILE + 16;
 /// Columns of a multi-column `Sum` of products accumulated in one pass.
 const GROUP: usize = 4;
-/// Terms tested at once by the vectorised filter of the min/max-type reductions.
-const FILTER: usize = 64;
 /// The `j` inputs are padded to a multiple of this, so that tile loops need no remainder.
 pub(crate) const PAD: usize = 32;
 
@@ -506,26 +504,6 @@ unsafe fn point_pair<'a, T: Real>(
     (x.dim, xs, ts)
 }
 
-/// Merges the terms `xs` of one tile, whose maximum is `m`, into the log-sum-exp state
-/// `(ms, ss)`.
-///
-/// # Safety
-/// The CPU must support the instruction set `A`.
-#[inline(always)]
-unsafe fn lse_merge_tile<T: Real, A: Arch>(ms: &mut f64, ss: &mut f64, xs: &[T], m: T) {
-    let (mf, s) = if m == T::NEG_INFINITY {
-        return;
-    } else if m == T::INFINITY {
-        (f64::INFINITY, 1.0)
-    } else if m.partial_cmp(&m).is_none() {
-        (f64::NAN, f64::NAN)
-    } else {
-        // SAFETY: forwarded from the caller.
-        (m.to_f64(), unsafe { A::sum_exp(xs, m) }.to_f64())
-    };
-    lse_merge(ms, ss, mf, s);
-}
-
 /// Consumes the root register of one row over `valid` terms starting at `j0`.
 ///
 /// # Safety
@@ -541,7 +519,6 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
     idx: &mut [i64],
 ) {
     let dim = ctx.dim;
-    let red = &ctx.reduction;
     // SAFETY (every block below): forwarded from the caller.
     let root = match ctx.prog.root {
         Root::Value(r) => views[r],
@@ -662,107 +639,18 @@ unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
             return;
         }
     };
-    match red.kind {
-        ReductionKind::Sum => {
-            let (sums, comps) = vals.split_at_mut(dim);
-            for c in 0..dim {
-                let part = unsafe { A::sum(root.slice(c, valid)) };
-                kahan_add(&mut sums[c], &mut comps[c], part.to_f64());
-            }
-        }
-        ReductionKind::LogSumExp => {
-            let (ms, ss) = vals.split_at_mut(dim);
-            for c in 0..dim {
-                let xs = unsafe { root.slice(c, valid) };
-                let m = unsafe { A::max(xs) };
-                unsafe { lse_merge_tile::<T, A>(&mut ms[c], &mut ss[c], xs, m) };
-            }
-        }
-        ReductionKind::SumSoftMaxWeight => {
-            let f = unsafe { root.slice(0, valid) };
-            let m = unsafe { A::max(f) };
-            if m == T::NEG_INFINITY {
-                return;
-            }
-            let mut part = vec![0.0f64; dim + 1];
-            if m.partial_cmp(&m).is_none() || m == T::INFINITY {
-                // Rare: let the exact f64 protocol handle infinities and NaN term by term.
-                let mut st = vec![0.0f64; dim + 1];
-                red.init(dim, &mut st, &mut []);
-                let mut term = vec![0.0f64; dim];
-                for l in 0..valid {
-                    for (c, t) in term.iter_mut().enumerate() {
-                        *t = unsafe { *root.comp(c).add(l) }.to_f64();
-                    }
-                    red.accumulate(&mut st, &mut [], &term, (j0 + l) as i64);
-                }
-                red.combine(dim, vals, idx, &st, &[]);
-                return;
-            }
-            let w = &mut weights[..valid];
-            for (w, &x) in w.iter_mut().zip(f) {
-                *w = (x - m).exp::<FMA>();
-            }
-            part[0] = m.to_f64();
-            part[1] = unsafe { A::sum(w) }.to_f64();
-            for c in 1..dim {
-                part[c + 1] = unsafe { A::dot(w, root.slice(c, valid)) }.to_f64();
-            }
-            red.combine(dim, vals, idx, &part, &[]);
-        }
-        ReductionKind::Min
-        | ReductionKind::ArgMin
-        | ReductionKind::MinArgMin
-        | ReductionKind::Max
-        | ReductionKind::ArgMax
-        | ReductionKind::MaxArgMax => {
-            let max = matches!(
-                red.kind,
-                ReductionKind::Max | ReductionKind::ArgMax | ReductionKind::MaxArgMax
-            );
-            for c in 0..dim {
-                let xs = unsafe { root.slice(c, valid) };
-                let mut best = T::from_f64(vals[c]);
-                let mut bi = idx[c];
-                // Most chunks hold no better term: a vectorised test skips them.
-                for (q, chunk) in xs.chunks(FILTER).enumerate() {
-                    if bi >= 0 && !unsafe { A::any_before(chunk, best, max) } {
-                        continue;
-                    }
-                    for (l, &v) in chunk.iter().enumerate() {
-                        let nan_v = v.partial_cmp(&v).is_none();
-                        let nan_best = best.partial_cmp(&best).is_none();
-                        let better = if max { v > best } else { v < best } || (nan_v && !nan_best);
-                        if better || bi < 0 {
-                            best = v;
-                            bi = (j0 + q * FILTER + l) as i64;
-                        }
-                    }
-                }
-                vals[c] = best.to_f64();
-                idx[c] = bi;
-            }
-        }
-        ReductionKind::KMin(k) | ReductionKind::ArgKMin(k) | ReductionKind::KMinArgKMin(k) => {
-            for c in 0..dim {
-                let xs = unsafe { root.slice(c, valid) };
-                let (kv, ki) = (&mut vals[c * k..(c + 1) * k], &mut idx[c * k..(c + 1) * k]);
-                for (q, chunk) in xs.chunks(FILTER).enumerate() {
-                    // The k-th value seen so far, in the compute type (exact: it came from it).
-                    if ki[k - 1] >= 0
-                        && !unsafe { A::any_before(chunk, T::from_f64(kv[k - 1]), false) }
-                    {
-                        continue;
-                    }
-                    for (l, &v) in chunk.iter().enumerate() {
-                        let v = v.to_f64();
-                        let full = ki[k - 1] >= 0;
-                        if !full || v < kv[k - 1] || (v.is_nan() && !kv[k - 1].is_nan()) {
-                            kmin_insert(kv, ki, v, (j0 + q * FILTER + l) as i64);
-                        }
-                    }
-                }
-            }
-        }
+    // SAFETY: forwarded from the caller; `root` holds `dim` components of `valid` terms.
+    unsafe {
+        ctx.reduction.kind.accumulate_tile::<T, A, FMA>(
+            Tile {
+                root,
+                weights,
+                valid,
+                j0,
+                dim,
+            },
+            vals,
+            idx,
+        )
     }
 }

@@ -25,7 +25,8 @@ use crate::reduction::{Axis, Reduction, ReductionKind};
 
 /// The scalar semantics of the ops (host and device).
 pub const MATH_CUH: &str = include_str!("../../../cuda/lk_math.cuh");
-/// Storage conversions and reduction states (device only).
+/// Storage conversions (device only); the reduction states' helpers are added to it from
+/// [`crate::reduction`] in every generated module.
 pub const REDUCE_CUH: &str = include_str!("../../../cuda/lk_reduce.cuh");
 
 /// Most threads per block of the main kernel.
@@ -312,171 +313,15 @@ fn demand(root: &Expr, order: &[Expr], fast_exp: bool) -> HashMap<Expr, Vec<bool
     need
 }
 
-/// The per-kind pieces of a kernel (C statements; `f[c]` is the term's formula value, `j` its
-/// index; `sv`/`si` the row's state, `sv2`/`si2` a later state to merge).
-struct KindCode {
-    init: String,
-    tile_init: String,
-    term: String,
-    tile_end: String,
-    combine: String,
-    finalize: String,
-}
-
-fn kind_code(kind: ReductionKind, f: usize, tc: &str, nv: usize) -> KindCode {
-    let mut k = KindCode {
-        init: String::new(),
-        tile_init: String::new(),
-        term: String::new(),
-        tile_end: String::new(),
-        combine: String::new(),
-        finalize: String::new(),
-    };
-    let ninf = "(-lk_inf())";
-    let store =
-        |i: String, v: String| format!("lk_store(out_vals + (long long)i * {nv} + {i}, {v});\n");
-    match kind {
-        ReductionKind::Sum => {
-            let _ = writeln!(k.tile_init, "{tc} tp[{f}];");
-            for c in 0..f {
-                let _ = writeln!(k.init, "sv[{c}] = 0.0; sv[{}] = 0.0;", f + c);
-                let _ = writeln!(k.tile_init, "tp[{c}] = 0;");
-                let _ = writeln!(k.term, "tp[{c}] += f[{c}];");
-                let _ = writeln!(
-                    k.tile_end,
-                    "lk_kahan_add(sv[{c}], sv[{}], (double)tp[{c}]);",
-                    f + c
-                );
-                let _ = writeln!(
-                    k.combine,
-                    "lk_kahan_add(sv[{c}], sv[{0}], sv2[{c}]); sv[{0}] += sv2[{0}];",
-                    f + c
-                );
-                k.finalize += &store(c.to_string(), format!("sv[{c}] + sv[{}]", f + c));
-            }
-        }
-        ReductionKind::LogSumExp => {
-            let _ = writeln!(k.tile_init, "{tc} tm[{f}], ts[{f}];");
-            for c in 0..f {
-                let d = f + c;
-                let _ = writeln!(k.init, "sv[{c}] = {ninf}; sv[{d}] = 0.0;");
-                let _ = writeln!(k.tile_init, "tm[{c}] = lk_neg_inf<{tc}>(); ts[{c}] = 0;");
-                let _ = writeln!(
-                    k.term,
-                    "lk_lse_merge<{tc}>(tm[{c}], ts[{c}], f[{c}], ({tc})1);"
-                );
-                let _ = writeln!(
-                    k.tile_end,
-                    "lk_lse_merge<double>(sv[{c}], sv[{d}], (double)tm[{c}], (double)ts[{c}]);"
-                );
-                let _ = writeln!(
-                    k.combine,
-                    "lk_lse_merge<double>(sv[{c}], sv[{d}], sv2[{c}], sv2[{d}]);"
-                );
-                let _ = writeln!(
-                    k.finalize,
-                    "{{ double r = sv[{c}] + log(sv[{d}]); \
-                     if (sv[{c}] == {ninf} && !(sv[{d}] != sv[{d}])) r = {ninf}; {}}}",
-                    store(c.to_string(), "r".into()).trim_end()
-                );
-            }
-        }
-        ReductionKind::SumSoftMaxWeight => {
-            // State: [max, sum of exp(F - max), sums of G weighted by exp(F - max)].
-            let _ = writeln!(k.init, "sv[0] = {ninf};");
-            let _ = writeln!(k.tile_init, "{tc} tm = lk_neg_inf<{tc}>(); {tc} tsg[{f}];");
-            for c in 0..f {
-                let _ = writeln!(k.init, "sv[{}] = 0.0;", c + 1);
-                let _ = writeln!(k.tile_init, "tsg[{c}] = 0;");
-            }
-            let _ = writeln!(k.term, "{{ {tc} p[{f}]; p[0] = 1;");
-            for c in 1..f {
-                let _ = writeln!(k.term, "p[{c}] = f[{c}];");
-            }
-            let _ = writeln!(k.term, "lk_ssmw_merge<{f}, {tc}>(tm, tsg, f[0], p); }}");
-            let _ = writeln!(k.tile_end, "{{ double p[{f}];");
-            for c in 0..f {
-                let _ = writeln!(k.tile_end, "p[{c}] = (double)tsg[{c}];");
-            }
-            let _ = writeln!(
-                k.tile_end,
-                "lk_ssmw_merge<{f}, double>(sv[0], sv + 1, (double)tm, p); }}"
-            );
-            let _ = writeln!(
-                k.combine,
-                "lk_ssmw_merge<{f}, double>(sv[0], sv + 1, sv2[0], sv2 + 1);"
-            );
-            for c in 0..f - 1 {
-                k.finalize += &store(c.to_string(), format!("sv[{}] / sv[1]", c + 2));
-            }
-        }
-        ReductionKind::Min
-        | ReductionKind::Max
-        | ReductionKind::ArgMin
-        | ReductionKind::ArgMax
-        | ReductionKind::MinArgMin
-        | ReductionKind::MaxArgMax => {
-            let max = matches!(
-                kind,
-                ReductionKind::Max | ReductionKind::ArgMax | ReductionKind::MaxArgMax
-            );
-            let start = if max { ninf } else { "lk_inf()" };
-            let with_vals = !matches!(kind, ReductionKind::ArgMin | ReductionKind::ArgMax);
-            let with_idx = !matches!(kind, ReductionKind::Min | ReductionKind::Max);
-            for c in 0..f {
-                let _ = writeln!(k.init, "sv[{c}] = {start}; si[{c}] = -1;");
-                let _ = writeln!(
-                    k.term,
-                    "lk_take_if_first<{max}>(sv[{c}], si[{c}], (double)f[{c}], j);"
-                );
-                let _ = writeln!(
-                    k.combine,
-                    "if (si2[{c}] >= 0) lk_take_if_first<{max}>(sv[{c}], si[{c}], sv2[{c}], si2[{c}]);"
-                );
-                if with_vals {
-                    k.finalize += &store(c.to_string(), format!("sv[{c}]"));
-                }
-                if with_idx {
-                    let _ = writeln!(k.finalize, "out_idx[(long long)i * {f} + {c}] = si[{c}];");
-                }
-            }
-        }
-        ReductionKind::KMin(kk) | ReductionKind::ArgKMin(kk) | ReductionKind::KMinArgKMin(kk) => {
-            let with_vals = !matches!(kind, ReductionKind::ArgKMin(_));
-            let with_idx = !matches!(kind, ReductionKind::KMin(_));
-            let ni = kk * f;
-            for c in 0..f {
-                let o = c * kk;
-                let _ = writeln!(
-                    k.init,
-                    "for (int r = 0; r < {kk}; ++r) {{ sv[{o} + r] = lk_inf(); si[{o} + r] = -1; }}"
-                );
-                let _ = writeln!(
-                    k.term,
-                    "lk_kmin_insert<{kk}>(sv + {o}, si + {o}, (double)f[{c}], j);"
-                );
-                let _ = writeln!(
-                    k.combine,
-                    "for (int t = 0; t < {kk}; ++t) {{ if (si2[{o} + t] < 0) break; \
-                     lk_kmin_insert<{kk}>(sv + {o}, si + {o}, sv2[{o} + t], si2[{o} + t]); }}"
-                );
-                for r in 0..kk {
-                    let at = r * f + c;
-                    if with_vals {
-                        k.finalize += &store(at.to_string(), format!("sv[{}]", o + r));
-                    }
-                    if with_idx {
-                        let _ = writeln!(
-                            k.finalize,
-                            "out_idx[(long long)i * {ni} + {at}] = si[{}];",
-                            o + r
-                        );
-                    }
-                }
-            }
-        }
-    }
-    k
+/// The fixed reduction part of every module: `cuda/lk_reduce.cuh`'s storage conversions, then
+/// the state helpers of every reduction family ([`crate::reduction`] holds them, each next to
+/// its Rust version), inside the header's include guard.
+fn reduce_header() -> String {
+    const END: &str = "\n#endif // LK_REDUCE_CUH\n";
+    let head = REDUCE_CUH
+        .strip_suffix(END)
+        .expect("lk_reduce.cuh ends with its include guard");
+    format!("{head}{}{END}", crate::reduction::cuda_helpers())
 }
 
 /// Emits the copy of a state, `dst = src` for the values and, if there are any, the indices:
@@ -530,7 +375,7 @@ pub fn generate(
     let shared = block * per_term <= SHARED_BYTES;
 
     let body = formula_function(formula, vars.len(), storage, "LKNAME_f")?;
-    let code = kind_code(kind, f, tc, out.values);
+    let code = kind.cuda_code(f, tc, out.values);
     let (sv, si) = (st.vals, st.idx);
     // Index states only where the reduction has indices.
     let idx_decl = |v: &str| {
@@ -545,7 +390,7 @@ pub fn generate(
     let _ = writeln!(s, "// lazy-kernels generated kernel: {red} of {formula}");
     let _ = writeln!(s, "// inputs {storage:?}, variables {vars:?}");
     s.push_str(MATH_CUH);
-    s.push_str(REDUCE_CUH);
+    s.push_str(&reduce_header());
     s.push_str(&body);
 
     // The main kernel.

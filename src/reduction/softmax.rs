@@ -1,0 +1,198 @@
+//! `SumSoftMaxWeight`: `sum_j exp(F) G / sum_j exp(F)` for the formula `Concat(F, G)` with `F`
+//! of one component.
+//!
+//! State (`dim + 1` values): the running maximum `m` of `F`, the sum of `exp(F - m)`, then the
+//! `dim - 1` sums of `G` weighted by `exp(F - m)`.
+
+use std::fmt::Write;
+
+use super::{cuda_store, CudaCode, Family, GradRule, OutputSpec, StateSpec, Tile, CUDA_NEG_INF};
+use crate::backend::cpu::isa::Arch;
+use crate::error::{invalid, Result};
+use crate::math::Real;
+
+/// The family of [`super::ReductionKind::SumSoftMaxWeight`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SoftMax;
+
+/// The merge of two states in C, for the compute type (tiles) and `double` (states).
+const CUDA: &str = r"// Merges a SumSoftMaxWeight state (m2, sg2[0..N]) into (m, sg[0..N]): sg holds the sum of
+// exp(F - m) and the G sums weighted by it.
+template <int N, typename T>
+__device__ __forceinline__ void lk_ssmw_merge(T& m, T* sg, T m2, const T* sg2) {
+    const T ninf = lk_neg_inf<T>();
+    T nm = (m2 > m || m == ninf || m2 != m2) ? m2 : m;
+    T a = m == ninf ? T(0) : lk_exp(m - nm);
+    T b = m2 == ninf ? T(0) : lk_exp(m2 - nm);
+    m = nm;
+#pragma unroll
+    for (int c = 0; c < N; ++c) sg[c] = sg[c] * a + sg2[c] * b;
+}
+";
+
+impl Family for SoftMax {
+    fn name(&self) -> &'static str {
+        "SumSoftMaxWeight"
+    }
+
+    fn output_spec(&self, dim: usize) -> Result<OutputSpec> {
+        if dim < 2 {
+            return Err(invalid(
+                self.name(),
+                format!("needs Concat(F, G) with a 1-component F and a non-empty G, got {dim} components"),
+            ));
+        }
+        Ok(OutputSpec::new(dim - 1, 0, 1, dim))
+    }
+
+    fn state_spec(&self, dim: usize) -> StateSpec {
+        StateSpec {
+            vals: dim + 1,
+            idx: 0,
+        }
+    }
+
+    fn init(&self, _dim: usize, vals: &mut [f64], _idx: &mut [i64]) {
+        vals.fill(0.0);
+        vals[0] = f64::NEG_INFINITY;
+    }
+
+    fn accumulate(&self, vals: &mut [f64], idx: &mut [i64], f: &[f64], _j: i64) {
+        let dim = f.len();
+        let mut part = vec![0.0; dim + 1];
+        part[0] = f[0];
+        part[1] = 1.0;
+        part[2..].copy_from_slice(&f[1..]);
+        self.combine(dim, vals, idx, &part, &[]);
+    }
+
+    fn combine(
+        &self,
+        dim: usize,
+        vals: &mut [f64],
+        _idx: &mut [i64],
+        vals2: &[f64],
+        _idx2: &[i64],
+    ) {
+        let (m, m2) = (vals[0], vals2[0]);
+        let new_m = if m2 > m || m == f64::NEG_INFINITY || m2.is_nan() {
+            m2
+        } else {
+            m
+        };
+        let scale = |old: f64| {
+            if old == f64::NEG_INFINITY {
+                0.0
+            } else {
+                (old - new_m).exp()
+            }
+        };
+        let (a, b) = (scale(m), scale(m2));
+        vals[0] = new_m;
+        for c in 1..dim + 1 {
+            vals[c] = vals[c] * a + vals2[c] * b;
+        }
+    }
+
+    fn finalize(
+        &self,
+        dim: usize,
+        vals: &[f64],
+        _idx: &[i64],
+        out_vals: &mut [f64],
+        _out_idx: &mut [i64],
+    ) {
+        for c in 0..dim - 1 {
+            out_vals[c] = vals[2 + c] / vals[1];
+        }
+    }
+
+    /// The tile's maximum of `F`, its weights `exp(F - max)` in `tile.weights`, their sum and
+    /// their dot products with `G` (vectorised), merged as one state. Tiles whose maximum is
+    /// infinite or `NaN` (rare) go term by term through the `f64` protocol.
+    #[inline(always)]
+    unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
+        &self,
+        tile: Tile<'_, T>,
+        vals: &mut [f64],
+        idx: &mut [i64],
+    ) {
+        let Tile {
+            root,
+            weights,
+            valid,
+            j0,
+            dim,
+        } = tile;
+        // SAFETY (every block below): forwarded from the caller.
+        let f = unsafe { root.slice(0, valid) };
+        let m = unsafe { A::max(f) };
+        if m == T::NEG_INFINITY {
+            return;
+        }
+        let mut part = vec![0.0f64; dim + 1];
+        if m.partial_cmp(&m).is_none() || m == T::INFINITY {
+            // Rare: let the exact f64 protocol handle infinities and NaN term by term.
+            let mut st = vec![0.0f64; dim + 1];
+            self.init(dim, &mut st, &mut []);
+            let mut term = vec![0.0f64; dim];
+            for l in 0..valid {
+                for (c, t) in term.iter_mut().enumerate() {
+                    *t = unsafe { *root.comp(c).add(l) }.to_f64();
+                }
+                self.accumulate(&mut st, &mut [], &term, (j0 + l) as i64);
+            }
+            self.combine(dim, vals, idx, &st, &[]);
+            return;
+        }
+        let w = &mut weights[..valid];
+        for (w, &x) in w.iter_mut().zip(f) {
+            *w = (x - m).exp::<FMA>();
+        }
+        part[0] = m.to_f64();
+        part[1] = unsafe { A::sum(w) }.to_f64();
+        for c in 1..dim {
+            part[c + 1] = unsafe { A::dot(w, root.slice(c, valid)) }.to_f64();
+        }
+        self.combine(dim, vals, idx, &part, &[]);
+    }
+
+    fn cuda_helpers(&self) -> &'static str {
+        CUDA
+    }
+
+    fn cuda_code(&self, f: usize, tc: &str, nv: usize) -> CudaCode {
+        let mut k = CudaCode::default();
+        let _ = writeln!(k.init, "sv[0] = {CUDA_NEG_INF};");
+        let _ = writeln!(k.tile_init, "{tc} tm = lk_neg_inf<{tc}>(); {tc} tsg[{f}];");
+        for c in 0..f {
+            let _ = writeln!(k.init, "sv[{}] = 0.0;", c + 1);
+            let _ = writeln!(k.tile_init, "tsg[{c}] = 0;");
+        }
+        let _ = writeln!(k.term, "{{ {tc} p[{f}]; p[0] = 1;");
+        for c in 1..f {
+            let _ = writeln!(k.term, "p[{c}] = f[{c}];");
+        }
+        let _ = writeln!(k.term, "lk_ssmw_merge<{f}, {tc}>(tm, tsg, f[0], p); }}");
+        let _ = writeln!(k.tile_end, "{{ double p[{f}];");
+        for c in 0..f {
+            let _ = writeln!(k.tile_end, "p[{c}] = (double)tsg[{c}];");
+        }
+        let _ = writeln!(
+            k.tile_end,
+            "lk_ssmw_merge<{f}, double>(sv[0], sv + 1, (double)tm, p); }}"
+        );
+        let _ = writeln!(
+            k.combine,
+            "lk_ssmw_merge<{f}, double>(sv[0], sv + 1, sv2[0], sv2 + 1);"
+        );
+        for c in 0..f - 1 {
+            k.finalize += &cuda_store(nv, c, format!("sv[{}] / sv[1]", c + 2));
+        }
+        k
+    }
+
+    fn grad_rule(&self) -> GradRule {
+        GradRule::SoftMax
+    }
+}

@@ -1,0 +1,142 @@
+//! `Sum`: `sum_j F`, a Kahan (Neumaier) compensated sum per component.
+//!
+//! State: the `dim` sums, then their `dim` compensations.
+
+use std::fmt::Write;
+
+use super::{cuda_store, CudaCode, Family, GradRule, OutputSpec, StateSpec, Tile};
+use crate::backend::cpu::isa::Arch;
+use crate::error::Result;
+use crate::math::Real;
+
+/// The family of [`super::ReductionKind::Sum`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sum;
+
+/// Adds `v` to a Kahan (Neumaier) compensated sum held in `(sum, comp)`.
+#[inline]
+pub(crate) fn kahan_add(sum: &mut f64, comp: &mut f64, v: f64) {
+    let t = *sum + v;
+    if sum.abs() >= v.abs() {
+        *comp += (*sum - t) + v;
+    } else {
+        *comp += (v - t) + *sum;
+    }
+    *sum = t;
+}
+
+/// [`kahan_add`] in C.
+const CUDA: &str = r"// Neumaier-compensated sum in (s, c).
+__device__ __forceinline__ void lk_kahan_add(double& s, double& c, double v) {
+    double t = s + v;
+    if (fabs(s) >= fabs(v)) c += (s - t) + v; else c += (v - t) + s;
+    s = t;
+}
+";
+
+impl Family for Sum {
+    fn name(&self) -> &'static str {
+        "Sum"
+    }
+
+    fn output_spec(&self, dim: usize) -> Result<OutputSpec> {
+        Ok(OutputSpec::new(dim, 0, 1, dim))
+    }
+
+    fn state_spec(&self, dim: usize) -> StateSpec {
+        StateSpec {
+            vals: 2 * dim,
+            idx: 0,
+        }
+    }
+
+    fn init(&self, _dim: usize, vals: &mut [f64], _idx: &mut [i64]) {
+        vals.fill(0.0);
+    }
+
+    fn accumulate(&self, vals: &mut [f64], _idx: &mut [i64], f: &[f64], _j: i64) {
+        let dim = f.len();
+        for (c, &v) in f.iter().enumerate() {
+            let (s, comp) = vals.split_at_mut(dim);
+            kahan_add(&mut s[c], &mut comp[c], v);
+        }
+    }
+
+    fn combine(
+        &self,
+        dim: usize,
+        vals: &mut [f64],
+        _idx: &mut [i64],
+        vals2: &[f64],
+        _idx2: &[i64],
+    ) {
+        let (s, comp) = vals.split_at_mut(dim);
+        for c in 0..dim {
+            kahan_add(&mut s[c], &mut comp[c], vals2[c]);
+            comp[c] += vals2[dim + c];
+        }
+    }
+
+    fn finalize(
+        &self,
+        dim: usize,
+        vals: &[f64],
+        _idx: &[i64],
+        out_vals: &mut [f64],
+        _out_idx: &mut [i64],
+    ) {
+        for c in 0..dim {
+            out_vals[c] = vals[c] + vals[dim + c];
+        }
+    }
+
+    /// The tile's sum of each component in the compute type (vectorised), added to the state.
+    #[inline(always)]
+    unsafe fn accumulate_tile<T: Real, A: Arch, const FMA: bool>(
+        &self,
+        tile: Tile<'_, T>,
+        vals: &mut [f64],
+        _idx: &mut [i64],
+    ) {
+        let (sums, comps) = vals.split_at_mut(tile.dim);
+        for c in 0..tile.dim {
+            // SAFETY: forwarded from the caller.
+            let part = unsafe { A::sum(tile.root.slice(c, tile.valid)) };
+            kahan_add(&mut sums[c], &mut comps[c], part.to_f64());
+        }
+    }
+
+    fn cuda_helpers(&self) -> &'static str {
+        CUDA
+    }
+
+    fn cuda_code(&self, f: usize, tc: &str, nv: usize) -> CudaCode {
+        let mut k = CudaCode::default();
+        let _ = writeln!(k.tile_init, "{tc} tp[{f}];");
+        for c in 0..f {
+            let _ = writeln!(k.init, "sv[{c}] = 0.0; sv[{}] = 0.0;", f + c);
+            let _ = writeln!(k.tile_init, "tp[{c}] = 0;");
+            let _ = writeln!(k.term, "tp[{c}] += f[{c}];");
+            let _ = writeln!(
+                k.tile_end,
+                "lk_kahan_add(sv[{c}], sv[{}], (double)tp[{c}]);",
+                f + c
+            );
+            let _ = writeln!(
+                k.combine,
+                "lk_kahan_add(sv[{c}], sv[{0}], sv2[{c}]); sv[{0}] += sv2[{0}];",
+                f + c
+            );
+            k.finalize += &cuda_store(nv, c, format!("sv[{c}] + sv[{}]", f + c));
+        }
+        k
+    }
+
+    /// The adjoint of `F_ij` is `G_i`.
+    fn grad_rule(&self) -> GradRule {
+        GradRule::TermWise {
+            adjoint: |_, g, _| Ok(g.clone()),
+            uses_output: false,
+        }
+    }
+}
