@@ -45,13 +45,18 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 //!
-//! Layers, from the bottom: [`formula`] (pure symbolic formulas: expressions, parser,
-//! simplifier), [`reduction`] (what is reduced and how partial results combine), [`backend`]
-//! (the devices' executors: the CPU's SIMD tile executor, and generated CUDA kernels with
-//! feature `cuda`, behind one dispatch point from a Candle device to its backend), [`op`]
-//! (binding, input checks, planning, and the Candle custom op that hands a plan to the
-//! backend) and [`lazy`] (the [`LazyTensor`] builder). [`formula::grad()`] differentiates formulas and
-//! `op`'s backward pass turns the gradient of each reduction into new reductions.
+//! Layers, from the bottom: [`math`] (the compute types and branchless, vectorisable scalar
+//! functions; it imports nothing from the crate), [`formula`] (pure symbolic formulas:
+//! expressions, the op table that defines every op in one row, parser, simplifier; nothing
+//! from `backend`), [`reduction`] (the reduction kinds, one file per family, each with its
+//! host protocol, CPU tile loop, CUDA state code and gradient rule), [`backend`] (the
+//! devices' executors: the CPU's SIMD tile executor, and generated CUDA kernels with feature
+//! `cuda`, behind one dispatch point from a Candle device to its backend), [`op`] (binding,
+//! input checks, planning, and the Candle custom op that hands a plan to the backend) and
+//! [`lazy`] (the [`LazyTensor`] builder). [`formula::grad()`] differentiates formulas and
+//! `op`'s backward pass turns the gradient of each reduction into new reductions. On top:
+//! [`operator`] (kernel matrices as linear operators), [`solve`] (preconditioned conjugate
+//! gradients, log-determinants) and [`gp`] (exact Gaussian processes).
 
 #![deny(missing_docs)]
 #![warn(rustdoc::broken_intra_doc_links)]
