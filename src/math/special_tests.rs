@@ -10,6 +10,9 @@
 
 use super::super::{SIN_COS_ACCURATE_LIMIT_F32, SIN_COS_ACCURATE_LIMIT_F64};
 use super::*;
+use crate::math::tests::{
+    assert_ulp, err_f32, err_f64, key, same_f32, same_f64, unkey, variants, Rng, Worst,
+};
 
 // Bounds asserted (measured maxima in the module doc).
 const ULP_ATAN_F32: f64 = 1.5;
@@ -38,28 +41,6 @@ const ULP_LOG1P_F64: f64 = 2.0;
 const ULP_EXPM1_F64: f64 = 2.0;
 const ULP_ERF_F64: f64 = 2.0;
 const ABS_TAN_F64: f64 = 1e-29;
-
-/// (name, function) for each instantiation of `$f` the machine can run.
-macro_rules! variants {
-    ($f:ident, $t:ty) => {{
-        let mut v: Vec<(&'static str, Box<dyn Fn($t) -> $t>)> =
-            vec![("portable", Box::new(|x| $f::<false>(x)))];
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        {
-            #[target_feature(enable = "fma")]
-            unsafe fn fused(x: $t) -> $t {
-                $f::<true>(x)
-            }
-            if std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU has FMA, checked just above.
-                v.push(("fma", Box::new(|x| unsafe { fused(x) })));
-            }
-        }
-        #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-        v.push(("fma", Box::new(|x| $f::<true>(x))));
-        v
-    }};
-}
 
 /// [`variants!`] for the two-argument `atan2`.
 macro_rules! variants2 {
@@ -97,134 +78,6 @@ fn stride_for(lo: f32, hi: f32, release: u32) -> u32 {
         ((key(hi) - key(lo)) / 300_000).max(1) as u32
     } else {
         release
-    }
-}
-
-/// Small xorshift64* generator: deterministic, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
-    /// Random sign, magnitude log-uniform in [lo, hi].
-    fn log_uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        let m = (lo.ln() + (hi.ln() - lo.ln()) * self.unit()).exp();
-        if self.next_u64() & 1 == 0 {
-            m
-        } else {
-            -m
-        }
-    }
-}
-
-/// 2^k for k in [-1074, 1023], exactly.
-fn pow2(k: i32) -> f64 {
-    if k >= -1022 {
-        f64::from_bits(((k + 1023) as u64) << 52)
-    } else {
-        f64::from_bits(1u64 << (k + 1074))
-    }
-}
-
-/// Binary exponent of a finite, nonzero f64.
-fn exponent(a: f64) -> i32 {
-    ((a.abs().to_bits() >> 52) & 0x7ff) as i32 - 1023
-}
-
-/// One f32 ulp at the magnitude of `r` (subnormal spacing below
-/// MIN_POSITIVE).
-fn ulp_f32_at(r: f64) -> f64 {
-    pow2(exponent(r).max(-126) - 23)
-}
-
-/// One f64 ulp at the magnitude of `r`.
-fn ulp_f64_at(r: f64) -> f64 {
-    if r.abs() < f64::MIN_POSITIVE {
-        return pow2(-1074);
-    }
-    pow2(exponent(r) - 52)
-}
-
-/// (ulp error, absolute error) of f32 `y` against the f64 reference `r`;
-/// infinite when exactly one side is NaN or infinite.
-fn err_f32(y: f32, r: f64) -> (f64, f64) {
-    let r32 = r as f32;
-    if y.is_nan() || r32.is_nan() || y.is_infinite() || r32.is_infinite() {
-        let same = (y.is_nan() && r32.is_nan()) || y == r32;
-        return if same {
-            (0.0, 0.0)
-        } else {
-            (f64::INFINITY, f64::INFINITY)
-        };
-    }
-    let d = (y as f64 - r).abs();
-    (d / ulp_f32_at(r), d)
-}
-
-fn err_f64(y: f64, r: f64) -> (f64, f64) {
-    if y.is_nan() || r.is_nan() || y.is_infinite() || r.is_infinite() {
-        let same = (y.is_nan() && r.is_nan()) || y == r;
-        return if same {
-            (0.0, 0.0)
-        } else {
-            (f64::INFINITY, f64::INFINITY)
-        };
-    }
-    let d = (y - r).abs();
-    (d / ulp_f64_at(r), d)
-}
-
-/// Maps f32 to an integer that is monotone in the float's value.
-fn key(x: f32) -> i64 {
-    let b = x.to_bits();
-    if b >> 31 == 1 {
-        -((b & 0x7fff_ffff) as i64)
-    } else {
-        b as i64
-    }
-}
-
-fn unkey(k: i64) -> f32 {
-    if k < 0 {
-        -f32::from_bits((-k) as u32)
-    } else {
-        f32::from_bits(k as u32)
-    }
-}
-
-/// Worst case found by a sweep.
-#[derive(Debug, Default)]
-struct Worst {
-    ulp: f64,
-    ulp_at: f64,
-    /// Largest (scaled) absolute error among points that miss the ulp bound.
-    abs_outside: f64,
-    abs_outside_at: f64,
-    count: u64,
-}
-
-impl Worst {
-    fn add(&mut self, x: f64, (ulp, abs): (f64, f64), ulp_bound: f64) {
-        self.count += 1;
-        if ulp > self.ulp || ulp.is_nan() {
-            self.ulp = ulp;
-            self.ulp_at = x;
-        }
-        let misses = ulp.is_nan() || ulp > ulp_bound;
-        if misses && (abs.is_nan() || abs > self.abs_outside) {
-            self.abs_outside = abs;
-            self.abs_outside_at = x;
-        }
     }
 }
 
@@ -268,24 +121,6 @@ fn check_f64(
         w.add(x, err_f64(f(x), reference(x)), ulp_bound);
     }
     w
-}
-
-fn assert_ulp(name: &str, variant: &str, w: &Worst, bound: f64) {
-    println!("{name} [{variant}]: {w:?}");
-    assert!(
-        w.ulp <= bound,
-        "{name} [{variant}]: {} ulp at x = {:e} (bound {bound})",
-        w.ulp,
-        w.ulp_at
-    );
-}
-
-fn same_f32(a: f32, b: f32) -> bool {
-    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
-}
-
-fn same_f64(a: f64, b: f64) -> bool {
-    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
 }
 
 fn erf_ref(x: f64) -> f64 {

@@ -38,6 +38,7 @@ macro_rules! variants {
         v
     }};
 }
+pub(super) use variants;
 
 fn stride() -> u32 {
     std::env::var("MATH_TEST_STRIDE")
@@ -47,23 +48,23 @@ fn stride() -> u32 {
 }
 
 /// Small xorshift64* generator: deterministic, no dependency.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 impl Rng {
-    fn next_u64(&mut self) -> u64 {
+    pub(super) fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
+    pub(super) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+    pub(super) fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.unit()
     }
     /// Random sign, magnitude log-uniform in [lo, hi].
-    fn log_uniform(&mut self, lo: f64, hi: f64) -> f64 {
+    pub(super) fn log_uniform(&mut self, lo: f64, hi: f64) -> f64 {
         let m = (lo.ln() + (hi.ln() - lo.ln()) * self.unit()).exp();
         if self.next_u64() & 1 == 0 {
             m
@@ -75,7 +76,7 @@ impl Rng {
 
 /// 2^k for k in [-1074, 1023], exactly (`powi` underflows to 0 for the
 /// subnormal powers).
-fn pow2(k: i32) -> f64 {
+pub(super) fn pow2(k: i32) -> f64 {
     if k >= -1022 {
         f64::from_bits(((k + 1023) as u64) << 52)
     } else {
@@ -84,18 +85,18 @@ fn pow2(k: i32) -> f64 {
 }
 
 /// Binary exponent of a finite, nonzero f64.
-fn exponent(a: f64) -> i32 {
+pub(super) fn exponent(a: f64) -> i32 {
     ((a.abs().to_bits() >> 52) & 0x7ff) as i32 - 1023
 }
 
 /// One f32 ulp at the magnitude of `r` (subnormal spacing below
 /// MIN_POSITIVE).
-fn ulp_f32_at(r: f64) -> f64 {
+pub(super) fn ulp_f32_at(r: f64) -> f64 {
     pow2(exponent(r).max(-126) - 23)
 }
 
 /// One f64 ulp at the magnitude of `r`.
-fn ulp_f64_at(r: f64) -> f64 {
+pub(super) fn ulp_f64_at(r: f64) -> f64 {
     if r.abs() < f64::MIN_POSITIVE {
         return pow2(-1074);
     }
@@ -104,7 +105,7 @@ fn ulp_f64_at(r: f64) -> f64 {
 
 /// (ulp error, absolute error) of f32 `y` against the f64 reference `r`;
 /// infinite when exactly one side is NaN or infinite.
-fn err_f32(y: f32, r: f64) -> (f64, f64) {
+pub(super) fn err_f32(y: f32, r: f64) -> (f64, f64) {
     let r32 = r as f32;
     if y.is_nan() || r32.is_nan() || y.is_infinite() || r32.is_infinite() {
         let same = (y.is_nan() && r32.is_nan()) || y == r32;
@@ -118,7 +119,7 @@ fn err_f32(y: f32, r: f64) -> (f64, f64) {
     (d / ulp_f32_at(r), d)
 }
 
-fn err_f64(y: f64, r: f64) -> (f64, f64) {
+pub(super) fn err_f64(y: f64, r: f64) -> (f64, f64) {
     if y.is_nan() || r.is_nan() || y.is_infinite() || r.is_infinite() {
         let same = (y.is_nan() && r.is_nan()) || y == r;
         return if same {
@@ -132,7 +133,7 @@ fn err_f64(y: f64, r: f64) -> (f64, f64) {
 }
 
 /// Maps f32 to an integer that is monotone in the float's value.
-fn key(x: f32) -> i64 {
+pub(super) fn key(x: f32) -> i64 {
     let b = x.to_bits();
     if b >> 31 == 1 {
         -((b & 0x7fff_ffff) as i64)
@@ -141,7 +142,7 @@ fn key(x: f32) -> i64 {
     }
 }
 
-fn unkey(k: i64) -> f32 {
+pub(super) fn unkey(k: i64) -> f32 {
     if k < 0 {
         -f32::from_bits((-k) as u32)
     } else {
@@ -151,17 +152,17 @@ fn unkey(k: i64) -> f32 {
 
 /// Worst case found by a sweep.
 #[derive(Debug, Default)]
-struct Worst {
-    ulp: f64,
-    ulp_at: f64,
+pub(super) struct Worst {
+    pub(super) ulp: f64,
+    pub(super) ulp_at: f64,
     /// Largest absolute error among points that miss the ulp bound.
-    abs_outside: f64,
-    abs_outside_at: f64,
-    count: u64,
+    pub(super) abs_outside: f64,
+    pub(super) abs_outside_at: f64,
+    pub(super) count: u64,
 }
 
 impl Worst {
-    fn add(&mut self, x: f64, (ulp, abs): (f64, f64), ulp_bound: f64) {
+    pub(super) fn add(&mut self, x: f64, (ulp, abs): (f64, f64), ulp_bound: f64) {
         self.count += 1;
         if ulp > self.ulp || ulp.is_nan() {
             self.ulp = ulp;
@@ -211,7 +212,7 @@ fn check_f64(
     w
 }
 
-fn assert_ulp(name: &str, variant: &str, w: &Worst, bound: f64) {
+pub(super) fn assert_ulp(name: &str, variant: &str, w: &Worst, bound: f64) {
     println!("{name} [{variant}]: {w:?}");
     assert!(
         w.ulp <= bound,
@@ -233,11 +234,11 @@ fn assert_ulp_or_abs(name: &str, variant: &str, w: &Worst, ulp_bound: f64, abs_b
     );
 }
 
-fn same_f32(a: f32, b: f32) -> bool {
+pub(super) fn same_f32(a: f32, b: f32) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
 }
 
-fn same_f64(a: f64, b: f64) -> bool {
+pub(super) fn same_f64(a: f64, b: f64) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
 }
 
