@@ -132,6 +132,18 @@ impl Backend {
     }
 }
 
+/// The range of the packed input in its storage: backends read it as one contiguous slice
+/// (the packing makes it so; anything else is a bug reported as an error).
+pub(crate) fn packed_range(layout: &candle_core::Layout) -> candle_core::Result<(usize, usize)> {
+    layout.contiguous_offsets().ok_or_else(|| {
+        Error::InvalidArgument {
+            op: "reduction",
+            detail: "packed input is not contiguous".into(),
+        }
+        .into()
+    })
+}
+
 /// What a backend's run of a plan gives, in its device's storage `S`: the primary output
 /// (values, or the indices of a reduction without values) and the indices found next to
 /// values (present when the plan's output has both).

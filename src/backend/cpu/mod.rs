@@ -42,12 +42,7 @@ pub(crate) fn reduce_storage(
     storage: &CpuStorage,
     layout: &Layout,
 ) -> candle_core::Result<Outputs<CpuStorage>> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| Error::InvalidArgument {
-            op: "reduction",
-            detail: "packed input is not contiguous".into(),
-        })?;
+    let (start, end) = super::packed_range(layout)?;
     let (vals, idx) = match storage {
         CpuStorage::F32(v) => reduce::<f32>(plan, &v[start..end]),
         CpuStorage::F64(v) => reduce::<f64>(plan, &v[start..end]),

@@ -244,12 +244,7 @@ pub(crate) fn reduce(
     storage: &CudaStorage,
     layout: &Layout,
 ) -> candle_core::Result<Outputs<CudaStorage>> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| Error::InvalidArgument {
-            op: "reduction",
-            detail: "packed input is not contiguous".into(),
-        })?;
+    let (start, end) = crate::backend::packed_range(layout)?;
     let dev = storage.device().clone();
     match storage.dtype() {
         DType::F32 => run::<f32>(
