@@ -90,9 +90,15 @@ fn settings() -> GpSettings {
     }
 }
 
-/// A model of [`data`] after a few fitting steps.
-fn fitted(dtype: DType) -> Result<ExactGp> {
+/// [`data`] on `dev`.
+fn data_on(dev: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
     let (x, y) = data(dtype)?;
+    Ok((x.to_device(dev)?, y.to_device(dev)?))
+}
+
+/// A model of [`data`] on `dev` after a few fitting steps.
+fn fitted_on(dev: &Device, dtype: DType) -> Result<ExactGp> {
+    let (x, y) = data_on(dev, dtype)?;
     let mut gp = build(&x, &y, A)?.with_settings(GpSettings {
         learn_mean: true,
         ..settings()
@@ -114,7 +120,7 @@ fn x_new(dtype: DType) -> Result<Tensor> {
 
 /// Means and variances as `f64` (exact for `f32`).
 fn prediction(gp: &ExactGp, dtype: DType) -> Result<(Vec<f64>, Vec<f64>)> {
-    let p = gp.predict(&x_new(dtype)?)?;
+    let p = gp.predict(&x_new(dtype)?.to_device(gp.data().0.device())?)?;
     Ok((
         p.mean.to_dtype(DType::F64)?.to_vec1()?,
         p.variance.to_dtype(DType::F64)?.to_vec1()?,
@@ -157,8 +163,8 @@ fn assert_mentions(msg: &str, parts: &[&str]) {
 // Round trips
 // ---------------------------------------------------------------------------------------------
 
-fn round_trip_with_data(dtype: DType) -> Result<()> {
-    let gp = fitted(dtype)?;
+fn round_trip_with_data(dev: &Device, dtype: DType) -> Result<()> {
+    let gp = fitted_on(dev, dtype)?;
     let want = prediction(&gp, dtype)?;
     // `predict` is deterministic: the round trip is compared against it with `==`.
     assert_eq!(prediction(&gp, dtype)?, want);
@@ -166,7 +172,7 @@ fn round_trip_with_data(dtype: DType) -> Result<()> {
     gp.save(&path, true)?;
 
     // The same structure with other values, and data it will not use.
-    let (xb, yb) = data(dtype)?;
+    let (xb, yb) = data_on(dev, dtype)?;
     let other = build(&xb, &(yb * 0.5)?, B)?;
     assert_ne!(
         prediction(&other, dtype)?,
@@ -204,19 +210,19 @@ fn round_trip_with_data(dtype: DType) -> Result<()> {
 
 #[test]
 fn round_trip_with_data_predicts_bit_for_bit_f64() -> Result<()> {
-    round_trip_with_data(DType::F64)
+    round_trip_with_data(&Device::Cpu, DType::F64)
 }
 
 #[test]
 fn round_trip_with_data_predicts_bit_for_bit_f32() -> Result<()> {
-    round_trip_with_data(DType::F32)
+    round_trip_with_data(&Device::Cpu, DType::F32)
 }
 
-fn round_trip_state(dtype: DType) -> Result<()> {
-    let gp = fitted(dtype)?;
+fn round_trip_state(dev: &Device, dtype: DType) -> Result<()> {
+    let gp = fitted_on(dev, dtype)?;
     let want = prediction(&gp, dtype)?;
     let bytes = gp.to_safetensors(false)?;
-    let (x, y) = data(dtype)?;
+    let (x, y) = data_on(dev, dtype)?;
     let mut again = build(&x, &y, B)?;
     assert_ne!(
         prediction(&again, dtype)?,
@@ -224,7 +230,7 @@ fn round_trip_state(dtype: DType) -> Result<()> {
         "the test must be able to fail"
     );
     assert_ne!(again.settings, gp.settings);
-    SavedGp::from_bytes(&bytes, &Device::Cpu)?.apply(&mut again)?;
+    SavedGp::from_bytes(&bytes, dev)?.apply(&mut again)?;
     assert_eq!(again.settings, gp.settings);
     assert_eq!(raw_bits(&again)?, raw_bits(&gp)?);
     assert_eq!(prediction(&again, dtype)?, want);
@@ -233,17 +239,30 @@ fn round_trip_state(dtype: DType) -> Result<()> {
 
 #[test]
 fn state_only_into_a_rebuilt_model_predicts_bit_for_bit_f64() -> Result<()> {
-    round_trip_state(DType::F64)
+    round_trip_state(&Device::Cpu, DType::F64)
 }
 
 #[test]
 fn state_only_into_a_rebuilt_model_predicts_bit_for_bit_f32() -> Result<()> {
-    round_trip_state(DType::F32)
+    round_trip_state(&Device::Cpu, DType::F32)
+}
+
+/// The round trips on the GPU (a build with `--features cuda` on a machine with one): the
+/// same device before and after, so bit for bit too.
+#[cfg(feature = "cuda")]
+#[test]
+fn round_trips_on_cuda_predict_bit_for_bit() -> Result<()> {
+    let dev = Device::new_cuda(0)?;
+    for dtype in [DType::F32, DType::F64] {
+        round_trip_with_data(&dev, dtype)?;
+        round_trip_state(&dev, dtype)?;
+    }
+    Ok(())
 }
 
 #[test]
 fn load_state_from_a_file_and_hyperparameters_from_the_file() -> Result<()> {
-    let gp = fitted(DType::F64)?;
+    let gp = fitted_on(&Device::Cpu, DType::F64)?;
     let want = prediction(&gp, DType::F64)?;
     let path = temp("state");
     gp.save(&path, false)?;
@@ -309,7 +328,7 @@ fn settings_round_trip_every_preconditioner() -> Result<()> {
 /// The file read with the `safetensors` crate, not the loader: the layout of the module doc.
 #[test]
 fn the_file_layout_is_as_documented() -> Result<()> {
-    let gp = fitted(DType::F32)?;
+    let gp = fitted_on(&Device::Cpu, DType::F32)?;
     let bytes = gp.to_safetensors(true)?;
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut names = st.names();
