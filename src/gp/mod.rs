@@ -1,7 +1,8 @@
 //! Exact Gaussian-process regression on a [`KernelOperator`], without building the kernel
 //! matrix: the marginal likelihood through the differentiable solve and stochastic Lanczos
 //! quadrature, hyperparameters learned by gradients ([`ExactGp::fit`]), predictions with
-//! variances by batched solves ([`ExactGp::predict`]).
+//! variances by batched solves ([`ExactGp::predict`]), saved and loaded in safetensors
+//! ([`persist`]).
 //!
 //! The model: `y = m + f(x) + eps`, `f ~ GP(0, k)`, `eps ~ N(0, sigma^2)`, with a constant mean
 //! `m`, a kernel `k` built by a closure from [`Positive`] hyperparameters (so that sums,
@@ -30,10 +31,12 @@
 //! ```
 
 mod fit;
+pub mod persist;
 mod positive;
 mod predict;
 
 pub use fit::{FitOptions, FitReport, FitStep};
+pub use persist::SavedGp;
 pub use positive::{Positive, Transform};
 pub use predict::Prediction;
 

@@ -117,6 +117,20 @@ impl Positive {
         })
     }
 
+    /// A hyperparameter holding exactly the raw tensor `raw` (no round trip through values):
+    /// what [`crate::gp::SavedGp`] restores.
+    pub(crate) fn from_raw(
+        name: &str,
+        raw: &Tensor,
+        transform: Transform,
+    ) -> candle_core::Result<Positive> {
+        Ok(Positive {
+            name: name.to_string(),
+            raw: Var::from_tensor(raw)?,
+            transform,
+        })
+    }
+
     /// The name given at creation.
     pub fn name(&self) -> &str {
         &self.name
