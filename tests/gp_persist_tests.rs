@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Result, Tensor};
-use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, Positive, SavedGp, Transform};
+use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, Positive, SavedGp, Transform, Variances};
 use lazy_kernels::{Kernel, Preconditioner, Rank};
 use safetensors::SafeTensors;
 
@@ -87,6 +87,10 @@ fn settings() -> GpSettings {
         noise_floor: 2.5e-7,
         predict_chunk: 7,
         learn_mean: false,
+        variances: Variances::Love {
+            tol: 1e-7 / 3.0,
+            max_rank: 333,
+        },
     }
 }
 
@@ -305,15 +309,22 @@ fn load_state_from_a_file_and_hyperparameters_from_the_file() -> Result<()> {
 }
 
 #[test]
-fn settings_round_trip_every_preconditioner() -> Result<()> {
+fn settings_round_trip_every_preconditioner_and_variance_method() -> Result<()> {
     let (x, y) = data(DType::F64)?;
-    for preconditioner in [
-        Preconditioner::None,
-        Preconditioner::PivotedCholesky(Rank::Fixed(0)),
-        Preconditioner::PivotedCholesky(Rank::Auto { max: 12_345 }),
+    for (preconditioner, variances) in [
+        (Preconditioner::None, Variances::Exact),
+        (
+            Preconditioner::PivotedCholesky(Rank::Fixed(0)),
+            Variances::default(),
+        ),
+        (
+            Preconditioner::PivotedCholesky(Rank::Auto { max: 12_345 }),
+            Variances::Exact,
+        ),
     ] {
         let s = GpSettings {
             preconditioner,
+            variances,
             train_tol: f64::MIN_POSITIVE,
             predict_tol: 1.0 / 3.0,
             ..settings()

@@ -1,8 +1,9 @@
 //! Exact Gaussian-process regression on a [`KernelOperator`], without building the kernel
 //! matrix: the marginal likelihood through the differentiable solve and stochastic Lanczos
 //! quadrature, hyperparameters learned by gradients ([`ExactGp::fit`]), predictions with
-//! variances by batched solves ([`ExactGp::predict`]), saved and loaded in safetensors
-//! ([`persist`]).
+//! variances ([`ExactGp::predict`]: LOVE or batched solves), the mean alone
+//! ([`ExactGp::predict_mean`]), joint posterior samples ([`ExactGp::posterior_samples`]), and
+//! models saved and loaded in safetensors ([`persist`]).
 //!
 //! The model: `y = m + f(x) + eps`, `f ~ GP(0, k)`, `eps ~ N(0, sigma^2)`, with a constant mean
 //! `m`, a kernel `k` built by a closure from [`Positive`] hyperparameters (so that sums,
@@ -38,7 +39,7 @@ mod predict;
 pub use fit::{FitOptions, FitReport, FitStep};
 pub use persist::SavedGp;
 pub use positive::{Positive, Transform};
-pub use predict::Prediction;
+pub use predict::{LoveReport, Prediction, Variances, MAX_SAMPLE_POINTS};
 
 use candle_core::{DType, Tensor, Var};
 
@@ -68,9 +69,11 @@ pub struct GpSettings {
     /// Added to the noise variance (default `1e-6`), so that `K + sigma^2 I` stays well
     /// conditioned when the learned noise goes to 0.
     pub noise_floor: f64,
-    /// Test points per batched variance solve in [`ExactGp::predict`] (default 64): memory is
+    /// Test points per batched variance solve of [`Variances::Exact`] (default 64): memory is
     /// `O(chunk N)`.
     pub predict_chunk: usize,
+    /// How [`ExactGp::predict`] computes variances (default: [`Variances::Love`]).
+    pub variances: Variances,
     /// Whether [`ExactGp::fit`] learns the constant mean (default `true`; with `false` it
     /// stays at its value, the mean of `y` unless set).
     pub learn_mean: bool,
@@ -88,6 +91,7 @@ impl Default for GpSettings {
             seed: 0,
             noise_floor: 1e-6,
             predict_chunk: 64,
+            variances: Variances::default(),
             learn_mean: true,
         }
     }
@@ -125,6 +129,8 @@ pub struct ExactGp {
     kernel: KernelFn,
     /// The settings of solves and estimates.
     pub settings: GpSettings,
+    /// What predictions share for the current model state (see [`ExactGp::predict`]).
+    cache: std::sync::Mutex<Option<predict::PredictCache>>,
 }
 
 const OP: &str = "ExactGp";
@@ -201,6 +207,7 @@ impl ExactGp {
             mean: Var::from_tensor(&mean)?,
             kernel: Box::new(kernel),
             settings: GpSettings::default(),
+            cache: std::sync::Mutex::new(None),
         };
         // Build the kernel once, so that a wrong closure fails here, not in `fit`.
         gp.operator()?;

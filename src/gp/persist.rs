@@ -24,7 +24,7 @@
 //! | `hypers.<name>.transform`, `noise.transform` | `softplus` or `exp` ([`Transform`]) |
 //! | `noise.name` | the noise's name (informative, not checked) |
 //! | `data` | `true` or `false` |
-//! | `settings.<field>` | each field of [`GpSettings`]: numbers in Rust's shortest round-trip form, the preconditioner as `none`, `fixed:<rank>` or `auto:<max>` |
+//! | `settings.<field>` | each field of [`GpSettings`]: numbers in Rust's shortest round-trip form, the preconditioner as `none`, `fixed:<rank>` or `auto:<max>`, the variances as `exact` or `love:<tol>:<max_rank>` |
 //!
 //! # Loading
 //!
@@ -84,7 +84,7 @@ use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 use safetensors::SafeTensors;
 
-use super::{ExactGp, GpSettings, Positive, Transform};
+use super::{ExactGp, GpSettings, Positive, Transform, Variances};
 use crate::error::Error;
 use crate::solve::{Preconditioner, Rank};
 use crate::Kernel;
@@ -126,11 +126,16 @@ fn settings_entries(s: &GpSettings) -> Vec<(&'static str, String)> {
         noise_floor,
         predict_chunk,
         learn_mean,
+        variances,
     } = s;
     let preconditioner = match preconditioner {
         Preconditioner::None => "none".to_string(),
         Preconditioner::PivotedCholesky(Rank::Fixed(r)) => format!("fixed:{r}"),
         Preconditioner::PivotedCholesky(Rank::Auto { max }) => format!("auto:{max}"),
+    };
+    let variances = match variances {
+        Variances::Exact => "exact".to_string(),
+        Variances::Love { tol, max_rank } => format!("love:{tol:e}:{max_rank}"),
     };
     vec![
         ("settings.train_tol", format!("{train_tol:e}")),
@@ -143,6 +148,7 @@ fn settings_entries(s: &GpSettings) -> Vec<(&'static str, String)> {
         ("settings.noise_floor", format!("{noise_floor:e}")),
         ("settings.predict_chunk", predict_chunk.to_string()),
         ("settings.learn_mean", learn_mean.to_string()),
+        ("settings.variances", variances),
     ]
 }
 
@@ -202,6 +208,22 @@ fn settings_from(m: &Meta) -> candle_core::Result<GpSettings> {
         }),
         _ => return Err(bad()),
     };
+    let key = "settings.variances";
+    let text = m.get(key)?;
+    let bad = || {
+        invalid(
+            LOAD,
+            format!("the file's metadata key '{key}' is '{text}', not 'exact' or 'love:<tol>:<max_rank>'"),
+        )
+    };
+    let variances = match text.split(':').collect::<Vec<_>>()[..] {
+        ["exact"] => Variances::Exact,
+        ["love", tol, max_rank] => Variances::Love {
+            tol: tol.parse().map_err(|_| bad())?,
+            max_rank: max_rank.parse().map_err(|_| bad())?,
+        },
+        _ => return Err(bad()),
+    };
     Ok(GpSettings {
         train_tol: m.parse("settings.train_tol", NUM)?,
         predict_tol: m.parse("settings.predict_tol", NUM)?,
@@ -213,6 +235,7 @@ fn settings_from(m: &Meta) -> candle_core::Result<GpSettings> {
         noise_floor: m.parse("settings.noise_floor", NUM)?,
         predict_chunk: m.parse("settings.predict_chunk", INT)?,
         learn_mean: m.parse("settings.learn_mean", "'true' or 'false'")?,
+        variances,
     })
 }
 

@@ -9,7 +9,11 @@
 //! preconditioner `M`, PCG is Lanczos on `M^-1/2 A M^-1/2` from `M^-1/2 z`, whose squared
 //! norm is `z^T M^-1 z`.
 
-use super::cg::Coefficients;
+use candle_core::{DType, Tensor};
+
+use super::cg::{Coefficients, SpdOperator};
+use super::host_read;
+use crate::linalg::matmul;
 
 /// `e1^T log(T) e1` for the tridiagonal `T` of the first `max_steps` CG coefficients (`None`
 /// when there is no step, or `T` has a non-positive eigenvalue).
@@ -112,6 +116,125 @@ pub(crate) fn tridiagonal_eigen(mut d: Vec<f64>, e_in: &[f64]) -> (Vec<f64>, Vec
         e[l] = 0.0;
     }
     (d, z)
+}
+
+/// Columns of the Lanczos basis gathered into one block (one matrix product per block in the
+/// reorthogonalisation).
+const BASIS_BLOCK: usize = 32;
+
+/// The Lanczos process with full reorthogonalisation on an SPD operator `A` (`(N, 1)` `f64`
+/// vectors): after `j` steps, `A Q_j = Q_j T_j + beta_j q_{j+1} e_j^T` with `Q_j` orthonormal
+/// to rounding (each new vector is orthogonalised twice against every earlier one, "twice is
+/// enough") and `T_j` tridiagonal with diagonal `alpha` and off-diagonal `beta`.
+///
+/// Memory: the basis, `N j` numbers. Work per step: one product with `A` and `O(N j)`.
+pub(crate) struct Lanczos<'a> {
+    op: &'a dyn SpdOperator,
+    /// Finished blocks of the basis, `(N, BASIS_BLOCK)` each.
+    blocks: Vec<Tensor>,
+    /// Basis vectors not yet in a block, `(N, 1)` each.
+    pending: Vec<Tensor>,
+    /// The next basis vector `q_{j+1}` (`None` once the Krylov space is exhausted).
+    next: Option<Tensor>,
+    /// `q_j`, the last vector of the basis.
+    last: Option<Tensor>,
+    /// Diagonal of `T`.
+    pub alpha: Vec<f64>,
+    /// Off-diagonal of `T` (`beta[j]` couples steps `j` and `j + 1`).
+    pub beta: Vec<f64>,
+    /// `|A q|` of the first step, the scale under which a `beta` is an exhausted space.
+    scale: f64,
+}
+
+impl<'a> Lanczos<'a> {
+    /// Starts from `start / |start|` (`(N, 1)`, any float dtype, non-zero).
+    pub(crate) fn new(op: &'a dyn SpdOperator, start: &Tensor) -> candle_core::Result<Self> {
+        let start = start.to_dtype(DType::F64)?;
+        let norm = host_read(start.sqr()?.sum_all()?.to_scalar::<f64>())?.sqrt();
+        if !(norm.is_finite() && norm > 0.0) {
+            candle_core::bail!("Lanczos: the start vector has norm {norm}");
+        }
+        Ok(Lanczos {
+            op,
+            blocks: Vec::new(),
+            pending: Vec::new(),
+            next: Some((start / norm)?),
+            last: None,
+            alpha: Vec::new(),
+            beta: Vec::new(),
+            scale: 0.0,
+        })
+    }
+
+    /// Steps taken (the size of `T` and of the basis).
+    pub(crate) fn steps(&self) -> usize {
+        self.alpha.len()
+    }
+
+    /// Whether the Krylov space is exhausted: `A` maps the basis into itself (to rounding), so
+    /// `T` is exact on it and no step is left.
+    pub(crate) fn exhausted(&self) -> bool {
+        self.next.is_none()
+    }
+
+    /// `w - Q (Q^T w)` over the whole basis.
+    fn orthogonalise(&self, mut w: Tensor) -> candle_core::Result<Tensor> {
+        for b in &self.blocks {
+            let c = matmul(&b.t()?, &w)?;
+            w = (w - matmul(b, &c)?)?;
+        }
+        if !self.pending.is_empty() {
+            let p = Tensor::cat(&self.pending, 1)?;
+            let c = matmul(&p.t()?, &w)?;
+            w = (w - matmul(&p, &c)?)?;
+        }
+        Ok(w)
+    }
+
+    /// One step: appends `q_j` to the basis and returns it with `alpha_j`, or `None` once the
+    /// space is exhausted.
+    pub(crate) fn step(&mut self) -> candle_core::Result<Option<(Tensor, f64)>> {
+        let q = match self.next.take() {
+            None => return Ok(None),
+            Some(q) => q,
+        };
+        let mut w = self.op.apply(&q)?;
+        let a = host_read((&q * &w)?.sum_all()?.to_scalar::<f64>())?;
+        if !a.is_finite() || a <= 0.0 {
+            candle_core::bail!(
+                "Lanczos: q^T A q = {a} at step {}: the operator is not positive definite",
+                self.steps()
+            );
+        }
+        w = (w - (&q * a)?)?;
+        if let (Some(prev), Some(&b)) = (&self.last, self.beta.last()) {
+            w = (w - (prev * b)?)?;
+        }
+        self.pending.push(q.clone());
+        if self.pending.len() == BASIS_BLOCK {
+            self.blocks.push(Tensor::cat(&self.pending, 1)?);
+            self.pending.clear();
+        }
+        w = self.orthogonalise(w)?;
+        w = self.orthogonalise(w)?;
+        let b = host_read(w.sqr()?.sum_all()?.to_scalar::<f64>())?.sqrt();
+        if self.alpha.is_empty() {
+            self.scale = a;
+        }
+        self.scale = self.scale.max(a);
+        self.alpha.push(a);
+        let n = w.dim(0)?;
+        // An exhausted space: nothing of `A q_j` is left outside the basis (or the basis is
+        // the whole space).
+        if !b.is_finite() || b <= 1e-12 * self.scale || self.steps() >= n {
+            self.next = None;
+        } else {
+            self.beta.push(b);
+            self.next = Some((w / b)?);
+        }
+        self.last = Some(q.clone());
+        Ok(Some((q, a)))
+    }
 }
 
 #[cfg(test)]

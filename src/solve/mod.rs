@@ -12,6 +12,7 @@ mod pivoted_cholesky;
 mod random;
 
 pub use cg::Stop;
+pub(crate) use lanczos::Lanczos;
 pub use logdet::{LogdetInfo, LogdetOptions};
 pub use pivoted_cholesky::{Rank, AUTO_MEMORY};
 
@@ -170,6 +171,17 @@ thread_local! {
 pub(crate) fn host_read<T>(value: candle_core::Result<T>) -> candle_core::Result<T> {
     HOST_READS.with(|c| c.set(c.get() + 1));
     value
+}
+
+/// A `(rows, cols)` `f64` tensor of standard normals from `seed` (the same on every device),
+/// on `like`'s device.
+pub(crate) fn normals(
+    seed: u64,
+    rows: usize,
+    cols: usize,
+    like: &Tensor,
+) -> candle_core::Result<Tensor> {
+    random::Normals::new(seed).tensor(rows, cols, like)
 }
 
 /// The reads counted on this thread so far.
@@ -490,6 +502,12 @@ impl KernelOperator {
 }
 
 impl Solver {
+    /// The Lanczos process (with full reorthogonalisation) on this solver's `K + alpha I`,
+    /// started from `start` (`(N, 1)`, non-zero): see [`Lanczos`].
+    pub(crate) fn lanczos(&self, start: &Tensor) -> candle_core::Result<Lanczos<'_>> {
+        Lanczos::new(&self.setup.system, start)
+    }
+
     /// The solution for `b` (`(N,)` or `(N, E)`, the operator's dtype), detached, and the
     /// report (whose setup time is that of the shared preconditioner).
     pub(crate) fn solve(&self, b: &Tensor) -> candle_core::Result<(Tensor, SolveInfo)> {
