@@ -79,5 +79,6 @@ pub use op::ReductionOutput;
 pub use operator::{Kernel, KernelOperator, Nu};
 pub use reduction::{Axis, Reduction, ReductionKind};
 pub use solve::{
-    LogdetInfo, LogdetOptions, Preconditioner, Rank, Ridge, SolveInfo, SolveOptions, Stop,
+    LogdetEstimator, LogdetInfo, LogdetOptions, Preconditioner, Rank, Ridge, SolveInfo,
+    SolveOptions, Stop,
 };

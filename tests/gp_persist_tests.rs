@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Result, Tensor};
 use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, Positive, SavedGp, Transform, Variances};
+use lazy_kernels::solve::LogdetEstimator;
 use lazy_kernels::{Kernel, Preconditioner, Rank};
 use safetensors::SafeTensors;
 
@@ -91,6 +92,8 @@ fn settings() -> GpSettings {
             tol: 1e-7 / 3.0,
             max_rank: 333,
         },
+        logdet_estimator: LogdetEstimator::Hutchinson,
+        quadrature_tol: 2.0 / 3.0,
     }
 }
 

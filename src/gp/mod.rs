@@ -44,7 +44,7 @@ pub use predict::{LoveReport, Prediction, Variances, MAX_SAMPLE_POINTS};
 use candle_core::{DType, Tensor, Var};
 
 use crate::error::Error;
-use crate::solve::{LogdetOptions, Preconditioner, Rank, Ridge, SolveOptions};
+use crate::solve::{LogdetEstimator, LogdetOptions, Preconditioner, Rank, Ridge, SolveOptions};
 use crate::{Kernel, KernelOperator};
 
 /// Settings of the solves and estimates of an [`ExactGp`].
@@ -59,6 +59,12 @@ pub struct GpSettings {
     pub probes: usize,
     /// The largest Lanczos tridiagonal per probe (default 100).
     pub lanczos_iters: usize,
+    /// The probes' preconditioner (default [`LogdetEstimator::DiagonalCorrected`], see
+    /// [`LogdetOptions::estimator`]).
+    pub logdet_estimator: LogdetEstimator,
+    /// How far each probe's Lanczos quadrature is converged, in nats (default `1e-2`, see
+    /// [`LogdetOptions::quadrature_tol`]).
+    pub quadrature_tol: f64,
     /// The preconditioner (default: pivoted Cholesky of automatic rank, at most 100).
     pub preconditioner: Preconditioner,
     /// CG iteration cap (default 1000).
@@ -86,6 +92,8 @@ impl Default for GpSettings {
             predict_tol: 1e-8,
             probes: 16,
             lanczos_iters: 100,
+            logdet_estimator: LogdetEstimator::DiagonalCorrected,
+            quadrature_tol: 1e-2,
             preconditioner: Preconditioner::PivotedCholesky(Rank::Auto { max: 100 }),
             max_iters: 1000,
             seed: 0,
@@ -286,6 +294,8 @@ impl ExactGp {
             probes: s.probes,
             lanczos_iters: s.lanczos_iters,
             seed,
+            estimator: s.logdet_estimator,
+            quadrature_tol: s.quadrature_tol,
         };
         let (a, logdet, info, ldinfo) = k.solve_logdet(
             &r,

@@ -24,7 +24,7 @@
 //! | `hypers.<name>.transform`, `noise.transform` | `softplus` or `exp` ([`Transform`]) |
 //! | `noise.name` | the noise's name (informative, not checked) |
 //! | `data` | `true` or `false` |
-//! | `settings.<field>` | each field of [`GpSettings`]: numbers in Rust's shortest round-trip form, the preconditioner as `none`, `fixed:<rank>` or `auto:<max>`, the variances as `exact` or `love:<tol>:<max_rank>` |
+//! | `settings.<field>` | each field of [`GpSettings`]: numbers in Rust's shortest round-trip form, the preconditioner as `none`, `fixed:<rank>` or `auto:<max>`, the variances as `exact` or `love:<tol>:<max_rank>`, the log-determinant estimator as `hutchinson` or `diagonal-corrected` |
 //!
 //! # Loading
 //!
@@ -86,7 +86,7 @@ use safetensors::SafeTensors;
 
 use super::{ExactGp, GpSettings, Positive, Transform, Variances};
 use crate::error::Error;
-use crate::solve::{Preconditioner, Rank};
+use crate::solve::{LogdetEstimator, Preconditioner, Rank};
 use crate::Kernel;
 
 /// The value of the `format` metadata key.
@@ -127,6 +127,8 @@ fn settings_entries(s: &GpSettings) -> Vec<(&'static str, String)> {
         predict_chunk,
         learn_mean,
         variances,
+        logdet_estimator,
+        quadrature_tol,
     } = s;
     let preconditioner = match preconditioner {
         Preconditioner::None => "none".to_string(),
@@ -149,6 +151,15 @@ fn settings_entries(s: &GpSettings) -> Vec<(&'static str, String)> {
         ("settings.predict_chunk", predict_chunk.to_string()),
         ("settings.learn_mean", learn_mean.to_string()),
         ("settings.variances", variances),
+        (
+            "settings.logdet_estimator",
+            match logdet_estimator {
+                LogdetEstimator::Hutchinson => "hutchinson",
+                LogdetEstimator::DiagonalCorrected => "diagonal-corrected",
+            }
+            .to_string(),
+        ),
+        ("settings.quadrature_tol", format!("{quadrature_tol:e}")),
     ]
 }
 
@@ -224,6 +235,17 @@ fn settings_from(m: &Meta) -> candle_core::Result<GpSettings> {
         },
         _ => return Err(bad()),
     };
+    let key = "settings.logdet_estimator";
+    let logdet_estimator = match m.get(key)? {
+        "hutchinson" => LogdetEstimator::Hutchinson,
+        "diagonal-corrected" => LogdetEstimator::DiagonalCorrected,
+        other => {
+            return Err(invalid(
+                LOAD,
+                format!("the file's metadata key '{key}' is '{other}', not 'hutchinson' or 'diagonal-corrected'"),
+            ))
+        }
+    };
     Ok(GpSettings {
         train_tol: m.parse("settings.train_tol", NUM)?,
         predict_tol: m.parse("settings.predict_tol", NUM)?,
@@ -236,6 +258,8 @@ fn settings_from(m: &Meta) -> candle_core::Result<GpSettings> {
         predict_chunk: m.parse("settings.predict_chunk", INT)?,
         learn_mean: m.parse("settings.learn_mean", "'true' or 'false'")?,
         variances,
+        logdet_estimator,
+        quadrature_tol: m.parse("settings.quadrature_tol", NUM)?,
     })
 }
 

@@ -86,6 +86,22 @@ pub(crate) struct CgSettings {
     /// Recompute `b - A x` when a column's recurrence says it has converged, and go on from
     /// the true residual if it has not (one product more, residuals that are never optimistic).
     pub check_residual: bool,
+    /// Columns that estimate a log-determinant (see [`Quadrature`]), or `None`.
+    pub quadrature: Option<Quadrature>,
+}
+
+/// The stop rule of the probe columns of a log-determinant estimate: a probe column has
+/// converged when its residual has reached the tolerance *and* its Lanczos quadrature
+/// `|w|^2 e1^T log(T_k) e1` (see [`super::lanczos`]) has changed by at most `tol` over each of
+/// the last two steps, or its Lanczos sequence has `max_steps` steps or has ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Quadrature {
+    /// The first probe column (the columns before it are solved to the tolerance alone).
+    pub first: usize,
+    /// The largest change of a probe's term, in nats, over each of the last two steps.
+    pub tol: f64,
+    /// The largest tridiagonal used.
+    pub max_steps: usize,
 }
 
 /// Iterations between two looks at the true residual of columns whose recurrence has not
@@ -229,6 +245,14 @@ pub(crate) fn cg(
             ..Default::default()
         })
         .collect();
+    // The probe columns' quadrature: `|w|^2 = <r0, M^-1 r0>`, the last value, the steps in a
+    // row that changed it by at most the tolerance, and whether it has converged.
+    let w2 = rz.clone();
+    let mut quad_last = vec![f64::NAN; e];
+    let mut quad_calm = vec![0usize; e];
+    let mut quad_done: Vec<bool> = (0..e)
+        .map(|c| s.quadrature.is_none_or(|q| c < q.first))
+        .collect();
     // The active columns as a `(1, E)` u8 mask on the device, rebuilt when they change.
     let mut mask_of: Option<(Vec<bool>, Tensor)> = None;
     let mut it = 0;
@@ -290,8 +314,36 @@ pub(crate) fn cg(
             };
             exact[c] = false;
         }
+        if let Some(q) = s.quadrature {
+            for c in q.first..e {
+                if quad_done[c] || !active[c] || broken[c] {
+                    continue;
+                }
+                let l = &lanczos[c];
+                let k = l.steps.len();
+                if !l.open || k >= q.max_steps {
+                    quad_done[c] = true;
+                    continue;
+                }
+                // The tridiagonal of k steps needs k - 1 ratios: they are all there.
+                let v = match super::lanczos::log_quadrature(l, k) {
+                    Some(v) => w2[c] * v,
+                    None => {
+                        quad_done[c] = true; // not positive definite: reported by the caller
+                        continue;
+                    }
+                };
+                if (v - quad_last[c]).abs() <= q.tol {
+                    quad_calm[c] += 1;
+                } else {
+                    quad_calm[c] = 0;
+                }
+                quad_last[c] = v;
+                quad_done[c] = quad_calm[c] >= 2;
+            }
+        }
         let newly: Vec<usize> = (0..e)
-            .filter(|&c| active[c] && !broken[c] && res[c] <= target[c])
+            .filter(|&c| active[c] && !broken[c] && quad_done[c] && res[c] <= target[c])
             .collect();
         let mut restart = vec![false; e];
         let mut replaced = false;
@@ -330,7 +382,9 @@ pub(crate) fn cg(
             // (which is `x` rounded to its dtype) now and then, without disturbing the
             // iteration, and stop a column that has stopped improving.
             let due: Vec<bool> = (0..e)
-                .map(|c| active[c] && !broken[c] && !converged[c] && !newly.contains(&c))
+                .map(|c| {
+                    active[c] && !broken[c] && !converged[c] && quad_done[c] && !newly.contains(&c)
+                })
                 .collect();
             if due.contains(&true) {
                 let true_r = (b - apply_active(&exact_op, &a.round(&x)?, &due, &mut products)?)?;

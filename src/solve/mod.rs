@@ -13,7 +13,7 @@ mod random;
 
 pub use cg::Stop;
 pub(crate) use lanczos::Lanczos;
-pub use logdet::{LogdetInfo, LogdetOptions};
+pub use logdet::{LogdetEstimator, LogdetInfo, LogdetOptions};
 pub use pivoted_cholesky::{Rank, AUTO_MEMORY};
 
 use std::sync::Arc;
@@ -457,6 +457,7 @@ impl KernelOperator {
                 tol: opts.tol,
                 max_iters: opts.max_iters,
                 check_residual: opts.check_residual,
+                quadrature: None,
             },
         };
         // The tracked product of the gradient (and its backward pass) compiles now, beside

@@ -314,6 +314,11 @@ impl PivotedCholesky {
     pub(crate) fn rank(&self) -> usize {
         self.l.dims()[0]
     }
+
+    /// The factor `L`, `(r, N)`, `f64`, and the shift `delta` of `L^T L + delta I`.
+    pub(crate) fn factor(&self) -> (&Tensor, f64) {
+        (&self.l, self.delta)
+    }
 }
 
 /// An error unless `t` has the shape `want` (a source of kernel values that does not keep its
@@ -416,7 +421,7 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// `W = L^-1` for the Cholesky factor `L` of `delta I + G` (`G` symmetric positive
 /// semi-definite, row-major), so that `(delta I + G)^-1 = W^T W`.
 /// Also returns `log det(delta I + G)`.
-fn inverse_factor(g: Vec<Vec<f64>>, delta: f64) -> candle_core::Result<(Vec<f64>, f64)> {
+pub(crate) fn inverse_factor(g: Vec<Vec<f64>>, delta: f64) -> candle_core::Result<(Vec<f64>, f64)> {
     let r = g.len();
     let mut a: Vec<f64> = g.into_iter().flatten().collect();
     for i in 0..r {

@@ -493,6 +493,7 @@ fn logdet_check(ctx: &Ctx, dtype: DType) -> Res<String> {
         probes: 8,
         lanczos_iters: 100,
         seed: 2026,
+        ..LogdetOptions::default()
     };
     let runs = runs(ctx, dtype, true, |dev, dt| {
         let xd = to(&x, dt, dev)?;
