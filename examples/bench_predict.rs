@@ -5,7 +5,11 @@
 //! cargo run --release --example bench_predict                    # N = 2,000, M = 10^4, 2D Matern 5/2
 //! cargo run --release --example bench_predict -- --kernel gauss --dim 1 --f32
 //! cargo run --release --example bench_predict -- --no-exact --reps 5
+//! cargo run --release --features cuda --example bench_predict -- --device cuda
 //! ```
+//!
+//! `--device cpu|cuda|cuda:N` (default `cpu`): where the model lives and predicts (the dense
+//! reference is computed from its `to_dense` on the host).
 //!
 //! The problem: `N` training points uniform in the unit square (or interval, `--dim 1`),
 //! `y = sin(6 x0) + cos(4 x1) + 0.1 eps`; `M` test points uniform in `[-0.1, 1.1]^D`; a
@@ -20,10 +24,12 @@
 //! dense posterior in `f64` from `KernelOperator::to_dense` and a Cholesky factorisation written
 //! here.
 
+mod device;
+
 use std::error::Error;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use lazy_kernels::gp::{ExactGp, Positive, Variances};
 use lazy_kernels::{Kernel, KernelOperator};
 
@@ -40,7 +46,7 @@ struct Args {
     check: usize,
 }
 
-fn args() -> Res<Args> {
+fn args(v: Vec<String>) -> Res<Args> {
     let mut a = Args {
         n: 2000,
         m: 10_000,
@@ -51,7 +57,6 @@ fn args() -> Res<Args> {
         reps: 3,
         check: 200,
     };
-    let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
         let next = |i: usize| -> Res<String> {
@@ -159,8 +164,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Res<()> {
-    let a = args()?;
-    let dev = Device::Cpu;
+    let (dev, rest) = device::from_args();
+    let a = args(rest)?;
     let dtype = if a.f32 { DType::F32 } else { DType::F64 };
     let mut rng = Rng(7);
     let pts: Vec<f64> = (0..a.n * a.dim).map(|_| rng.uniform()).collect();
