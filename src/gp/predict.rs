@@ -61,13 +61,14 @@ pub enum Variances {
     },
 }
 
+/// LOVE's default `(tol, max_rank)`.
+const LOVE_DEFAULTS: (f64, usize) = (1e-5, 1000);
+
 impl Default for Variances {
     /// LOVE with `tol = 1e-5` and `max_rank = 1000`.
     fn default() -> Self {
-        Variances::Love {
-            tol: 1e-5,
-            max_rank: 1000,
-        }
+        let (tol, max_rank) = LOVE_DEFAULTS;
+        Variances::Love { tol, max_rank }
     }
 }
 
@@ -432,10 +433,7 @@ impl ExactGp {
     pub fn love_report(&self) -> candle_core::Result<LoveReport> {
         let (tol, max_rank) = match self.settings.variances {
             Variances::Love { tol, max_rank } => (tol, max_rank),
-            Variances::Exact => match Variances::default() {
-                Variances::Love { tol, max_rank } => (tol, max_rank),
-                Variances::Exact => unreachable!("the default is LOVE"),
-            },
+            Variances::Exact => LOVE_DEFAULTS,
         };
         let opts = check_love(tol, max_rank)?;
         self.with_cache(Some(opts), |c| {

@@ -8,10 +8,11 @@
 //! std/libm on 10^6 random arguments plus edge cases. Every test runs both
 //! instantiations (`FMA = false`, and `true` when the CPU has FMA).
 
-use super::super::{SIN_COS_ACCURATE_LIMIT_F32, SIN_COS_ACCURATE_LIMIT_F64};
+use super::super::SIN_COS_ACCURATE_LIMIT_F32;
 use super::*;
 use crate::math::tests::{
-    assert_ulp, err_f32, err_f64, key, same_f32, same_f64, unkey, variants, Rng, Worst,
+    assert_ulp, err_f32, err_f64, key, same_f32, same_f64, sin_cos_f64_inputs, unkey, variants,
+    Rng, Worst,
 };
 
 // Bounds asserted (measured maxima in the module doc).
@@ -562,20 +563,9 @@ fn erf_f64_random() {
 
 #[test]
 fn tan_f64_random() {
-    let lim = SIN_COS_ACCURATE_LIMIT_F64;
-    let mut rng = Rng(0xd1b5_4a32_d192_ed03);
-    let mut xs: Vec<f64> = (0..300_000).map(|_| rng.uniform(-lim, lim)).collect();
-    xs.extend((0..300_000).map(|_| rng.log_uniform(1e-300, lim)));
-    xs.extend((0..200_000).map(|_| rng.uniform(-10.0, 10.0)));
-    // Close to, and as close as f64 gets to, zeros and poles.
-    xs.extend((0..100_000).map(|_| {
-        let k = (rng.log_uniform(1.0, lim / 1.6)).round();
-        k * std::f64::consts::FRAC_PI_2 + rng.uniform(-1e-6, 1e-6) * k.abs()
-    }));
-    xs.extend(
-        (0..100_000)
-            .map(|_| (rng.log_uniform(1.0, lim / 1.6)).round() * std::f64::consts::FRAC_PI_2),
-    );
+    // The arguments of the sine and cosine tests: near multiples of pi/2 are tan's zeros and
+    // poles.
+    let xs = sin_cos_f64_inputs();
     for (v, f) in variants!(tan_f64, f64) {
         let mut w = Worst::default();
         // Away from zeros and poles (printed for the doc's table).

@@ -504,7 +504,7 @@ fn sin_cos_f32_special() {
 
 /// Uniform, log-uniform and near-multiples-of-pi/2 arguments within the
 /// accurate range.
-fn sin_cos_f64_inputs() -> Vec<f64> {
+pub(super) fn sin_cos_f64_inputs() -> Vec<f64> {
     let lim = SIN_COS_ACCURATE_LIMIT_F64;
     let mut rng = Rng(0xd1b5_4a32_d192_ed03);
     let mut xs: Vec<f64> = (0..300_000).map(|_| rng.uniform(-lim, lim)).collect();
