@@ -110,6 +110,59 @@ pub struct CudaKernel {
     pub out_vals: usize,
     /// Index columns of the output.
     pub out_idx: usize,
+    /// Output rows each thread of the main kernel computes: a block covers
+    /// `block * rows_per_thread` rows, thread `t` has rows `base + t + r * block`.
+    pub rows_per_thread: usize,
+}
+
+/// How a reduction is launched: `blocks_x * chunks` blocks of [`CudaKernel::block`] threads,
+/// block `(x, y)` reducing the terms `y * chunk .. min(terms, (y + 1) * chunk)` for its rows;
+/// with `chunks > 1` the combine kernel merges the chunks' states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grid {
+    /// Blocks along the rows.
+    pub blocks_x: usize,
+    /// Chunks of terms (blocks along `y`).
+    pub chunks: usize,
+    /// Terms per chunk, a multiple of the tile.
+    pub chunk: usize,
+}
+
+impl CudaKernel {
+    /// The launch of this kernel for `rows` output rows and `terms` terms on a device of `sms`
+    /// multiprocessors: the 2D scheme (the terms split into chunks, one grid row of blocks
+    /// per chunk) when the rows alone would leave most of the device idle.
+    ///
+    /// ```
+    /// use lazy_kernels::backend::cuda::{generate, Storage};
+    /// use lazy_kernels::formula::{Expr, Var, VarCat};
+    /// use lazy_kernels::ReductionKind;
+    /// let x = Expr::var(Var { cat: VarCat::I, pos: 0, dim: 3 })?;
+    /// let y = Expr::var(Var { cat: VarCat::J, pos: 1, dim: 3 })?;
+    /// let f = Expr::sqdist(&x, &y)?;
+    /// let k = generate(&f, ReductionKind::Sum, &[(VarCat::I, 3), (VarCat::J, 3)], Storage::F32)?;
+    /// let g = k.grid(1_000_000, 1_000_000, 132);
+    /// assert_eq!((g.chunks, g.blocks_x * k.block * k.rows_per_thread >= 1_000_000), (1, true));
+    /// assert!(k.grid(100, 1_000_000, 132).chunks > 1); // few rows: the terms are split
+    /// # Ok::<(), lazy_kernels::Error>(())
+    /// ```
+    pub fn grid(&self, rows: usize, terms: usize, sms: usize) -> Grid {
+        let block = self.block;
+        let blocks_x = rows.div_ceil(block * self.rows_per_thread).max(1);
+        let mut chunk = terms.div_ceil(block).max(1) * block;
+        if blocks_x < 2 * sms && terms > 4 * block {
+            let want = (4 * sms)
+                .div_ceil(blocks_x)
+                .min(terms.div_ceil(4 * block))
+                .min(65535);
+            chunk = terms.div_ceil(want).div_ceil(block) * block;
+        }
+        Grid {
+            blocks_x,
+            chunks: terms.div_ceil(chunk),
+            chunk,
+        }
+    }
 }
 
 /// FNV-1a, 64 bits: a hash that is the same in every build and process (cache keys).
@@ -393,7 +446,14 @@ pub fn generate(
     s.push_str(&reduce_header());
     s.push_str(&body);
 
-    // The main kernel.
+    // The main kernel, after a line for scripts/sass-budget.py: the rows each thread computes
+    // and the shared-memory loads of one term (16 bytes each) in its main loop.
+    let _ = writeln!(
+        s,
+        "// lk-sass-loop rows={} loads={}",
+        1,
+        if shared { stride / vec } else { 0 }
+    );
     let offs: String = (0..vars.len())
         .map(|k| format!("long long o{k}, "))
         .collect();
@@ -541,5 +601,6 @@ pub fn generate(
         state_idx: st.idx,
         out_vals: out.values,
         out_idx: out.indices,
+        rows_per_thread: 1,
     })
 }

@@ -27,7 +27,7 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout};
 
 use super::cache::DiskCache;
-use super::codegen::{CudaKernel, Storage};
+use super::codegen::{CudaKernel, Grid, Storage};
 use super::inflight::{Found, InFlight};
 use crate::backend::census::{self, Obtained};
 use crate::backend::{Outputs, ReductionPlan};
@@ -303,19 +303,12 @@ where
     })?;
     let block = k.block;
 
-    // The 2D scheme when the rows leave most of the GPU idle: the terms are split into
-    // chunks (a multiple of the tile), one grid row of blocks per chunk.
-    let blocks_x = plan.rows.div_ceil(block);
     let sms = multiprocessors(dev);
-    let mut chunk = plan.terms.div_ceil(block) * block;
-    if blocks_x < 2 * sms && plan.terms > 4 * block {
-        let want = (4 * sms)
-            .div_ceil(blocks_x)
-            .min(plan.terms.div_ceil(4 * block))
-            .min(65535);
-        chunk = plan.terms.div_ceil(want).div_ceil(block) * block;
-    }
-    let chunks = plan.terms.div_ceil(chunk);
+    let Grid {
+        blocks_x,
+        chunks,
+        chunk,
+    } = k.grid(plan.rows, plan.terms, sms);
     let chunk_i = int("terms per chunk", chunk)?;
 
     let n_vals = (plan.rows * k.out_vals).max(1);

@@ -18,7 +18,7 @@ pub(crate) mod inflight;
 #[cfg(feature = "cuda")]
 pub(crate) mod launch;
 
-pub use codegen::{generate, CudaKernel, Storage};
+pub use codegen::{generate, CudaKernel, Grid, Storage};
 pub use inflight::{worker_count as compile_threads, THREADS_VAR};
 
 /// Compiles a generated module with NVRTC for `arch` (`compute_XY`), with the options the
