@@ -33,7 +33,12 @@ pub(crate) fn kmin_insert(vals: &mut [f64], idx: &mut [i64], v: f64, j: i64) {
 }
 
 /// [`kmin_insert`] in C (it calls `lk_before` of [`super::select::CUDA`]).
-const CUDA: &str = r"// Inserts (v, j) into the sorted K smallest (empty slots have index -1 and sort last); equal
+const CUDA: &str = r"// A quiet NaN of the compute type.
+template <typename T> __device__ __forceinline__ T lk_nan();
+template <> __device__ __forceinline__ float lk_nan<float>() { return __int_as_float(0x7fffffff); }
+template <> __device__ __forceinline__ double lk_nan<double>() { return __longlong_as_double(0x7ff8000000000000LL); }
+
+// Inserts (v, j) into the sorted K smallest (empty slots have index -1 and sort last); equal
 // values keep the earlier index first. Unrolled with constant indices so the lists stay in
 // registers.
 template <int K>
@@ -199,19 +204,28 @@ impl Family for KSelect {
         CUDA
     }
 
-    fn cuda_code(&self, f: usize, _tc: &str, nv: usize) -> CudaCode {
+    fn cuda_code(&self, f: usize, tc: &str, nv: usize) -> CudaCode {
         let kk = self.k;
         let ni = kk * f;
         let mut k = CudaCode::default();
+        k.tile_vars.push(("thr", f));
         for c in 0..f {
             let o = c * kk;
             let _ = writeln!(
                 k.init,
                 "for (int r = 0; r < {kk}; ++r) {{ sv[{o} + r] = lk_inf(); si[{o} + r] = -1; }}"
             );
+            // The k-th value in the compute type (exact: it came from it), or NaN while the
+            // list has room: a term that is not below it (most of them) costs one comparison.
+            let thr = format!(
+                "thr[{c}] = si[{o} + {last}] >= 0 ? ({tc})sv[{o} + {last}] : lk_nan<{tc}>();",
+                last = kk - 1
+            );
+            let _ = writeln!(k.tile_init, "{thr}");
             let _ = writeln!(
                 k.term,
-                "lk_kmin_insert<{kk}>(sv + {o}, si + {o}, (double)f[{c}], j);"
+                "if (!(f[{c}] >= thr[{c}])) {{ \
+                 lk_kmin_insert<{kk}>(sv + {o}, si + {o}, (double)f[{c}], j); {thr} }}"
             );
             let _ = writeln!(
                 k.combine,

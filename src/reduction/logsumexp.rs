@@ -154,14 +154,17 @@ impl Family for LogSumExp {
     fn cuda_code(&self, f: usize, tc: &str, nv: usize) -> CudaCode {
         let ninf = CUDA_NEG_INF;
         let mut k = CudaCode::default();
-        let _ = writeln!(k.tile_init, "{tc} tm[{f}], ts[{f}];");
+        k.tile_vars.extend([("tm", f), ("ts", f)]);
         for c in 0..f {
             let d = f + c;
             let _ = writeln!(k.init, "sv[{c}] = {ninf}; sv[{d}] = 0.0;");
             let _ = writeln!(k.tile_init, "tm[{c}] = lk_neg_inf<{tc}>(); ts[{c}] = 0;");
+            // Below the tile's maximum (nearly every term): one exponential, no division;
+            // otherwise (a new maximum, a tie, infinities, NaN) the general merge.
             let _ = writeln!(
                 k.term,
-                "lk_lse_merge<{tc}>(tm[{c}], ts[{c}], f[{c}], ({tc})1);"
+                "if (f[{c}] < tm[{c}]) ts[{c}] += lk_exp(f[{c}] - tm[{c}]); \
+                 else lk_lse_merge<{tc}>(tm[{c}], ts[{c}], f[{c}], ({tc})1);"
             );
             let _ = writeln!(
                 k.tile_end,

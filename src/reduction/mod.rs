@@ -236,7 +236,10 @@ pub(crate) struct Tile<'a, T> {
 pub(crate) struct CudaCode {
     /// Writes the neutral state into `sv`/`si`.
     pub init: String,
-    /// Declares and initialises the tile's partial state (compute type), before the tile.
+    /// The tile's partial state: arrays of the compute type (name, length), one set per row
+    /// the thread computes (the generator declares them).
+    pub tile_vars: Vec<(&'static str, usize)>,
+    /// Initialises the tile's partial state, before the tile.
     pub tile_init: String,
     /// Accumulates the term `f` (index `j`), into the tile state or the row's state.
     pub term: String,

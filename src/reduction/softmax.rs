@@ -164,7 +164,8 @@ impl Family for SoftMax {
     fn cuda_code(&self, f: usize, tc: &str, nv: usize) -> CudaCode {
         let mut k = CudaCode::default();
         let _ = writeln!(k.init, "sv[0] = {CUDA_NEG_INF};");
-        let _ = writeln!(k.tile_init, "{tc} tm = lk_neg_inf<{tc}>(); {tc} tsg[{f}];");
+        k.tile_vars.extend([("tm", 1), ("tsg", f)]);
+        let _ = writeln!(k.tile_init, "tm[0] = lk_neg_inf<{tc}>();");
         for c in 0..f {
             let _ = writeln!(k.init, "sv[{}] = 0.0;", c + 1);
             let _ = writeln!(k.tile_init, "tsg[{c}] = 0;");
@@ -173,14 +174,14 @@ impl Family for SoftMax {
         for c in 1..f {
             let _ = writeln!(k.term, "p[{c}] = f[{c}];");
         }
-        let _ = writeln!(k.term, "lk_ssmw_merge<{f}, {tc}>(tm, tsg, f[0], p); }}");
+        let _ = writeln!(k.term, "lk_ssmw_merge<{f}, {tc}>(tm[0], tsg, f[0], p); }}");
         let _ = writeln!(k.tile_end, "{{ double p[{f}];");
         for c in 0..f {
             let _ = writeln!(k.tile_end, "p[{c}] = (double)tsg[{c}];");
         }
         let _ = writeln!(
             k.tile_end,
-            "lk_ssmw_merge<{f}, double>(sv[0], sv + 1, (double)tm, p); }}"
+            "lk_ssmw_merge<{f}, double>(sv[0], sv + 1, (double)tm[0], p); }}"
         );
         let _ = writeln!(
             k.combine,

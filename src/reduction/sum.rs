@@ -110,9 +110,9 @@ impl Family for Sum {
         CUDA
     }
 
-    fn cuda_code(&self, f: usize, tc: &str, nv: usize) -> CudaCode {
+    fn cuda_code(&self, f: usize, _tc: &str, nv: usize) -> CudaCode {
         let mut k = CudaCode::default();
-        let _ = writeln!(k.tile_init, "{tc} tp[{f}];");
+        k.tile_vars.push(("tp", f));
         for c in 0..f {
             let _ = writeln!(k.init, "sv[{c}] = 0.0; sv[{}] = 0.0;", f + c);
             let _ = writeln!(k.tile_init, "tp[{c}] = 0;");

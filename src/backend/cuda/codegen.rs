@@ -14,13 +14,14 @@
 //! The states, tie and NaN rules are those of [`crate::reduction`], so both backends return
 //! the same numbers. f16 and bf16 are read and written as such and computed in f32.
 
-use std::collections::HashMap;
 use std::fmt::Write;
 
 use candle_core::DType;
 
+use super::hoist::{Level, Sections};
 use crate::error::{invalid, Error, Result};
-use crate::formula::{BinaryOp, Expr, Op, UnaryOp, VarCat};
+use crate::formula::{Expr, VarCat};
+use crate::reduction::CudaCode;
 use crate::reduction::{Axis, Reduction, ReductionKind};
 
 /// The scalar semantics of the ops (host and device).
@@ -175,11 +176,6 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// A C literal of `c` in the compute type.
-fn literal(c: f64, tc: &str) -> String {
-    format!("(({tc})({c:e}))")
-}
-
 /// Checks that the formula's variables are those of `vars` (position, category, dimension).
 fn check_vars(formula: &Expr, vars: &[(VarCat, usize)]) -> Result<()> {
     for v in formula.vars() {
@@ -199,6 +195,8 @@ fn check_vars(formula: &Expr, vars: &[(VarCat, usize)]) -> Result<()> {
 /// The formula as a C function `void fname(const TC* a0, .., const TC* a{n-1}, TC* out)`:
 /// `ak` points at the components of the variable at position `k`, `out` receives the
 /// formula's components. Valid as CUDA device code and as host C++ (after `lk_math.cuh`).
+/// It runs the sections of [`hoist::Sections`] one after the other, as the kernel does at
+/// their levels: the host check of the generated code covers the hoisted code too.
 pub fn formula_function(
     formula: &Expr,
     nvars: usize,
@@ -206,6 +204,7 @@ pub fn formula_function(
     fname: &str,
 ) -> Result<String> {
     let tc = storage.compute();
+    let sec = Sections::new(formula, nvars, tc)?;
     let mut s = String::new();
     let params: Vec<String> = (0..nvars)
         .map(|k| format!("const {tc}* __restrict__ a{k}"))
@@ -213,157 +212,18 @@ pub fn formula_function(
         .collect();
     let _ = writeln!(s, "// {formula}");
     let _ = writeln!(s, "LK_FN void {fname}({}) {{", params.join(", "));
-    let order = formula.topo_order();
-    let needed = demand(formula, &order, tc == "float");
-    let mut comps: HashMap<Expr, Vec<String>> = Default::default();
-    for (n, e) in order.iter().enumerate() {
-        let want = &needed[e];
-        let arg = |k: usize| -> &Vec<String> { &comps[&e.args()[k]] };
-        // Component c of argument k, broadcast when it has one component.
-        let at = |k: usize, c: usize| -> String {
-            let a = arg(k);
-            if a.len() == 1 {
-                a[0].clone()
-            } else {
-                a[c].clone()
-            }
-        };
-        let dim = e.dim();
-        // Components no user reads are not computed (their name is never printed).
-        let mut emit = |c: usize, expr: String| -> String {
-            let id = format!("n{n}_{c}");
-            if want[c.min(want.len() - 1)] {
-                let _ = writeln!(s, "    const {tc} {id} = {expr};");
-            }
-            id
-        };
-        let out: Vec<String> = match *e.op() {
-            Op::Var(v) => {
-                if v.pos >= nvars {
-                    return Err(invalid(
-                        "CUDA codegen",
-                        format!("variable at position {} of {nvars}", v.pos),
-                    ));
-                }
-                (0..v.dim).map(|c| format!("a{}[{c}]", v.pos)).collect()
-            }
-            Op::Const(c) => vec![literal(c, tc)],
-            // exp(c * a) in f32: one product by c log2(e), then the exp2 unit.
-            Op::Unary(UnaryOp::Exp) if tc == "float" => {
-                let (scale, base) = peel_scale(&e.args()[0]);
-                let b = &comps[&base];
-                (0..dim)
-                    .map(|c| {
-                        let x = if b.len() == 1 { &b[0] } else { &b[c] };
-                        let k = literal(scale * std::f64::consts::LOG2_E, tc);
-                        emit(c, format!("lk_ex2({x} * {k})"))
-                    })
-                    .collect()
-            }
-            Op::Unary(u) => (0..dim).map(|c| emit(c, u.cuda(&at(0, c), tc))).collect(),
-            Op::Binary(b) => (0..dim)
-                .map(|c| emit(c, b.cuda(&at(0, c), &at(1, c), tc)))
-                .collect(),
-            Op::Ternary(t) => (0..dim)
-                .map(|c| emit(c, t.cuda(&at(0, c), &at(1, c), &at(2, c), tc)))
-                .collect(),
-            Op::Sum => {
-                // A left-to-right chain, each partial sum named.
-                let a = arg(0).clone();
-                let mut acc = a[0].clone();
-                for (t, x) in a[1..].iter().enumerate() {
-                    acc = emit(t, format!("{acc} + {x}"));
-                }
-                vec![acc]
-            }
-            Op::Elem(m) => vec![arg(0)[m].clone()],
-            Op::Extract { start, len } => arg(0)[start..start + len].to_vec(),
-            Op::Concat => arg(0).iter().chain(arg(1)).cloned().collect(),
-            Op::MatVecMult => {
-                let (a, v) = (arg(0).clone(), arg(1).clone());
-                let m = v.len();
-                (0..dim)
-                    .map(|r| {
-                        let terms: Vec<String> = (0..m)
-                            .map(|c| format!("{} * {}", a[r * m + c], v[c]))
-                            .collect();
-                        emit(r, terms.join(" + "))
-                    })
-                    .collect()
-            }
-        };
-        comps.insert(e.clone(), out);
+    for level in [Level::Param, Level::Row, Level::Term] {
+        let _ = writeln!(s, "{}", sec.decl(level, tc));
     }
-    for (c, x) in comps[formula].iter().enumerate() {
+    for code in &sec.code[..3] {
+        let _ = writeln!(s, "{{\n{code}}}");
+    }
+    let _ = writeln!(s, "{{\n{}", sec.code[Level::Pair as usize]);
+    for (c, x) in sec.out.iter().enumerate() {
         let _ = writeln!(s, "    out[{c}] = {x};");
     }
-    s.push_str("}\n");
+    s.push_str("}\n}\n");
     Ok(s)
-}
-
-/// `e` as `scale * base`, peeling negations and products by a constant.
-fn peel_scale(e: &Expr) -> (f64, Expr) {
-    let mut scale = 1.0;
-    let mut e = e.clone();
-    loop {
-        let next = match (e.op(), e.args()) {
-            (Op::Unary(UnaryOp::Neg), [a]) => (-1.0, a.clone()),
-            (Op::Binary(BinaryOp::Mul), [a, b]) => match (a.op(), b.op()) {
-                (Op::Const(c), _) if b.dim() == e.dim() => (*c, b.clone()),
-                (_, Op::Const(c)) if a.dim() == e.dim() => (*c, a.clone()),
-                _ => return (scale, e),
-            },
-            _ => return (scale, e),
-        };
-        scale *= next.0;
-        e = next.1;
-    }
-}
-
-/// For each node, which of its components the root needs (walking from the root down).
-fn demand(root: &Expr, order: &[Expr], fast_exp: bool) -> HashMap<Expr, Vec<bool>> {
-    let mut need: HashMap<Expr, Vec<bool>> = order
-        .iter()
-        .map(|e| (e.clone(), vec![false; e.dim()]))
-        .collect();
-    need.insert(root.clone(), vec![true; root.dim()]);
-    for e in order.iter().rev() {
-        let mine = need[e].clone();
-        let mut mark = |a: &Expr, c: usize| {
-            let v = need.get_mut(a).expect("arguments come before their users");
-            let n = v.len();
-            v[if n == 1 { 0 } else { c }] = true;
-        };
-        let args = e.args();
-        for (c, _) in mine.iter().enumerate().filter(|x| *x.1) {
-            match *e.op() {
-                Op::Var(_) | Op::Const(_) => {}
-                Op::Unary(UnaryOp::Exp) if fast_exp => mark(&peel_scale(&args[0]).1, c),
-                Op::Unary(_) | Op::Binary(_) | Op::Ternary(_) => {
-                    args.iter().for_each(|a| mark(a, c));
-                }
-                Op::Sum => (0..args[0].dim()).for_each(|k| mark(&args[0], k)),
-                Op::Elem(m) => mark(&args[0], m),
-                Op::Extract { start, .. } => mark(&args[0], start + c),
-                Op::Concat => {
-                    let d0 = args[0].dim();
-                    if c < d0 {
-                        mark(&args[0], c)
-                    } else {
-                        mark(&args[1], c - d0)
-                    }
-                }
-                Op::MatVecMult => {
-                    let m = args[1].dim();
-                    for k in 0..m {
-                        mark(&args[0], c * m + k);
-                        mark(&args[1], k);
-                    }
-                }
-            }
-        }
-    }
-    need
 }
 
 /// The fixed reduction part of every module: `cuda/lk_reduce.cuh`'s storage conversions, then
@@ -427,31 +287,50 @@ pub fn generate(
     }
     let shared = block * per_term <= SHARED_BYTES;
 
-    let body = formula_function(formula, vars.len(), storage, "LKNAME_f")?;
+    let sec = Sections::new(formula, vars.len(), tc)?;
     let code = kind.cuda_code(f, tc, out.values);
     let (sv, si) = (st.vals, st.idx);
-    // Index states only where the reduction has indices.
-    let idx_decl = |v: &str| {
-        if si > 0 {
-            format!(" long long {v}[{si}];")
-        } else {
-            String::new()
-        }
-    };
+    let rows = rows_per_thread(vars, &sec, &code, sv + si, storage, shared);
+    let unroll = (8 / rows).max(1);
 
     let mut s = String::new();
     let _ = writeln!(s, "// lazy-kernels generated kernel: {red} of {formula}");
     let _ = writeln!(s, "// inputs {storage:?}, variables {vars:?}");
     s.push_str(MATH_CUH);
     s.push_str(&reduce_header());
-    s.push_str(&body);
+
+    // Names bound per row `r` (inside `for r`): the row's i-variables, row slots and states,
+    // each only where the code reads it.
+    let mut per_row_names: Vec<(String, String)> = Vec::new();
+    for (k, &(cat, _)) in vars.iter().enumerate() {
+        if cat == VarCat::I {
+            per_row_names.push((format!("a{k}"), format!("const {tc}* a{k} = a{k}_r[r];")));
+        }
+    }
+    per_row_names.push(("sv".into(), "double* sv = sv_r[r];".into()));
+    per_row_names.push(("si".into(), "long long* si = si_r[r];".into()));
+    for (name, _) in &code.tile_vars {
+        per_row_names.push((name.to_string(), format!("{tc}* {name} = {name}_r[r];")));
+    }
+    let bind = |body: &str, extra: &[(String, String)]| -> String {
+        let mut b = String::new();
+        for (name, decl) in per_row_names.iter().chain(extra) {
+            if reads(body, name) {
+                b.push_str(decl);
+                b.push('\n');
+            }
+        }
+        b.push_str(body);
+        b
+    };
+    let per_row =
+        |body: &str| format!("#pragma unroll\nfor (int r = 0; r < {rows}; ++r) {{\n{body}}}\n");
 
     // The main kernel, after a line for scripts/sass-budget.py: the rows each thread computes
     // and the shared-memory loads of one term (16 bytes each) in its main loop.
     let _ = writeln!(
         s,
-        "// lk-sass-loop rows={} loads={}",
-        1,
+        "// lk-sass-loop rows={rows} loads={}",
         if shared { stride / vec } else { 0 }
     );
     let offs: String = (0..vars.len())
@@ -464,38 +343,48 @@ pub fn generate(
          {t}* __restrict__ out_vals, long long* __restrict__ out_idx, \
          double* __restrict__ part_vals, long long* __restrict__ part_idx) {{"
     );
-    let _ = writeln!(s, "const int i = blockIdx.x * {block} + threadIdx.x;");
-    let _ = writeln!(s, "const bool active = i < rows;");
-    let mut args = Vec::new();
-    let mut local_j = String::new();
+    let _ = writeln!(
+        s,
+        "const int i0 = blockIdx.x * {} + threadIdx.x;",
+        block * rows
+    );
+    // The variables' loads go here once the kernel's code says which it reads.
+    let loads_at = s.len();
+    let _ = writeln!(s, "{}", sec.decl(Level::Param, tc));
+    let _ = writeln!(s, "{{\n{}}}", sec.code[Level::Param as usize]);
+    let _ = writeln!(
+        s,
+        "{tc} hi_r[{rows}][{}]; (void)hi_r;",
+        sec.slots[Level::Row as usize].max(1)
+    );
+    let hi_w = [("hi".to_string(), format!("{tc}* hi = hi_r[r];"))];
+    let hi_r = [("hi".to_string(), format!("const {tc}* hi = hi_r[r];"))];
+    s.push_str(&per_row(&bind(&sec.code[Level::Row as usize], &hi_w)));
+    // States, then tiles of terms.
+    let _ = writeln!(
+        s,
+        "double sv_r[{rows}][{}]; long long si_r[{rows}][{}]; (void)sv_r; (void)si_r;",
+        sv.max(1),
+        si.max(1)
+    );
+    for (name, len) in &code.tile_vars {
+        let _ = writeln!(s, "{tc} {name}_r[{rows}][{len}];");
+    }
+    s.push_str(&per_row(&bind(&code.init, &[])));
+
     let mut tile_load = String::new();
+    let mut local_j = String::new();
     let mut j_off = 0;
     for (k, &(cat, d)) in vars.iter().enumerate() {
         match cat {
-            VarCat::P => {
-                let _ = writeln!(
-                    s,
-                    "{tc} a{k}[{d}];\n#pragma unroll\nfor (int c = 0; c < {d}; ++c) a{k}[c] = lk_load(in + o{k} + c);"
-                );
-                args.push(format!("a{k}"));
-            }
-            VarCat::I => {
-                let _ = writeln!(
-                    s,
-                    "{tc} a{k}[{d}];\n#pragma unroll\nfor (int c = 0; c < {d}; ++c) \
-                     a{k}[c] = active ? lk_load(in + o{k} + (long long)i * {d} + c) : ({tc})0;"
-                );
-                args.push(format!("a{k}"));
-            }
             VarCat::J if shared => {
                 let _ = writeln!(
                     tile_load,
                     "for (int t = threadIdx.x; t < n * {d}; t += {block}) {{ \
-                     const int r = t / {d}; \
-                     sj[r * {stride} + {j_off} + (t - r * {d})] = \
+                     const int q = t / {d}; \
+                     sj[q * {stride} + {j_off} + (t - q * {d})] = \
                      lk_load(in + o{k} + (long long)j0 * {d} + t); }}"
                 );
-                args.push(format!("yj + {j_off}"));
                 j_off += d;
             }
             VarCat::J => {
@@ -504,23 +393,12 @@ pub fn generate(
                     "{tc} a{k}[{d}];\nfor (int c = 0; c < {d}; ++c) \
                      a{k}[c] = lk_load(in + o{k} + (long long)(j0 + jj) * {d} + c);"
                 );
-                args.push(format!("a{k}"));
             }
+            _ => {}
         }
     }
     if shared && j_width > 0 {
         let _ = writeln!(s, "__shared__ __align__(16) {tc} sj[{}];", block * stride);
-    }
-    let _ = writeln!(s, "double sv[{sv}];{}", idx_decl("si"));
-    s.push_str(&code.init);
-    let _ = writeln!(s, "const int jbeg = blockIdx.y * chunk;");
-    let _ = writeln!(s, "const int jend = min(terms, jbeg + chunk);");
-    let _ = writeln!(s, "for (int j0 = jbeg; j0 < jend; j0 += {block}) {{");
-    let _ = writeln!(s, "const int n = min({block}, jend - j0);");
-    if shared && j_width > 0 {
-        let _ = writeln!(s, "__syncthreads();");
-        s.push_str(&tile_load);
-        let _ = writeln!(s, "__syncthreads();");
         // The term's j-values, read with 16-byte loads.
         let v4 = if storage == Storage::F64 {
             "double2"
@@ -545,27 +423,99 @@ pub fn generate(
         }
         let _ = writeln!(local_j, "}}");
     }
-    let _ = writeln!(s, "if (active) {{");
-    s.push_str(&code.tile_init);
-    let _ = writeln!(s, "#pragma unroll 4\nfor (int jj = 0; jj < n; ++jj) {{");
-    let _ = writeln!(s, "const long long j = (long long)(j0 + jj);\n(void)j;");
-    s.push_str(&local_j);
-    let _ = writeln!(s, "{tc} f[{f}];");
-    args.push("f".into());
-    let _ = writeln!(s, "LKNAME_f({});", args.join(", "));
-    s.push_str(&code.term);
+    // One term: its j-values and term section, then the pair section and the reduction's
+    // update for each row.
+    let mut pair = format!("{tc} f[{f}];\n{{\n{}", sec.code[Level::Pair as usize]);
+    for (c, x) in sec.out.iter().enumerate() {
+        let _ = writeln!(pair, "    f[{c}] = {x};");
+    }
+    pair.push_str("}\n");
+    pair.push_str(&code.term);
+    let term_code = format!(
+        "{}\n{{\n{}}}\n{}",
+        sec.decl(Level::Term, tc),
+        sec.code[Level::Term as usize],
+        per_row(&bind(&pair, &hi_r))
+    );
+    // The j-variables in shared memory are read where they lie, those the code reads.
+    let mut off = 0;
+    for (k, &(cat, d)) in vars.iter().enumerate() {
+        if cat == VarCat::J && shared {
+            if reads(&term_code, &format!("a{k}")) {
+                let _ = writeln!(local_j, "const {tc}* a{k} = yj + {off};");
+            }
+            off += d;
+        }
+    }
+    let body =
+        format!("{{\nconst long long j = (long long)(j0 + jj); (void)j;\n{local_j}{term_code}}}\n");
+    let _ = writeln!(s, "const int jbeg = blockIdx.y * chunk;");
+    let _ = writeln!(s, "const int jend = min(terms, jbeg + chunk);");
+    let _ = writeln!(s, "for (int j0 = jbeg; j0 < jend; j0 += {block}) {{");
+    let _ = writeln!(s, "const int n = min({block}, jend - j0);");
+    if shared && j_width > 0 {
+        let _ = writeln!(s, "__syncthreads();");
+        s.push_str(&tile_load);
+        let _ = writeln!(s, "__syncthreads();");
+    }
+    let _ = writeln!(s, "if (i0 < rows) {{");
+    s.push_str(&per_row(&bind(&code.tile_init, &[])));
+    // Whole tiles with a constant trip count (unrolled), then the last, partial one.
+    let _ = writeln!(
+        s,
+        "if (n == {block}) {{\n#pragma unroll {unroll}\nfor (int jj = 0; jj < {block}; ++jj) {body}}} else {{\nfor (int jj = 0; jj < n; ++jj) {body}}}"
+    );
+    s.push_str(&per_row(&bind(&code.tile_end, &[])));
+    let _ = writeln!(s, "}}\n}}");
+    // Outputs, or the chunk's states (2D scheme).
+    let mut fin = String::new();
+    let _ = writeln!(fin, "if (gridDim.y == 1) {{");
+    fin.push_str(&code.finalize);
+    let _ = writeln!(fin, "}} else {{");
+    let _ = writeln!(
+        fin,
+        "const long long at = (long long)blockIdx.y * rows + i;"
+    );
+    copy_state(&mut fin, ("part_vals[at * {n} + c]", "sv[c]"), sv, si);
+    let _ = writeln!(fin, "}}");
+    s.push_str(&per_row(&format!(
+        "const int i = i0 + r * {block};\nif (i < rows) {{\n{}}}\n",
+        bind(&fin, &[])
+    )));
     let _ = writeln!(s, "}}");
-    s.push_str(&code.tile_end);
-    let _ = writeln!(s, "}}\n}}");
-    let _ = writeln!(s, "if (!active) return;");
-    let _ = writeln!(s, "if (gridDim.y == 1) {{");
-    s.push_str(&code.finalize);
-    let _ = writeln!(s, "}} else {{");
-    let _ = writeln!(s, "const long long at = (long long)blockIdx.y * rows + i;");
-    copy_state(&mut s, ("part_vals[at * {n} + c]", "sv[c]"), sv, si);
-    let _ = writeln!(s, "}}\n}}");
+    // Parameters once per thread; each row's i-variables (zeros past the last row).
+    let mut loads = String::new();
+    let mut load_i = format!("const int i = i0 + r * {block}; (void)i;\n");
+    for (k, &(cat, d)) in vars.iter().enumerate() {
+        match cat {
+            VarCat::P if reads(&s[loads_at..], &format!("a{k}")) => {
+                let _ = writeln!(
+                    loads,
+                    "{tc} a{k}[{d}];\n#pragma unroll\nfor (int c = 0; c < {d}; ++c) a{k}[c] = lk_load(in + o{k} + c);"
+                );
+            }
+            VarCat::I if reads(&s[loads_at..], &format!("a{k}_r")) => {
+                let _ = writeln!(loads, "{tc} a{k}_r[{rows}][{d}];");
+                let _ = writeln!(
+                    load_i,
+                    "#pragma unroll\nfor (int c = 0; c < {d}; ++c) \
+                     a{k}_r[r][c] = i < rows ? lk_load(in + o{k} + (long long)i * {d} + c) : ({tc})0;"
+                );
+            }
+            _ => {}
+        }
+    }
+    loads.push_str(&per_row(&load_i));
+    s.insert_str(loads_at, &loads);
 
     // The combine kernel of the 2D scheme.
+    let idx_decl = |v: &str| {
+        if si > 0 {
+            format!(" long long {v}[{si}];")
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         s,
         "extern \"C\" __global__ void LKNAME_combine(int rows, int chunks, \
@@ -601,6 +551,37 @@ pub fn generate(
         state_idx: st.idx,
         out_vals: out.values,
         out_idx: out.indices,
-        rows_per_thread: 1,
+        rows_per_thread: rows,
+    })
+}
+
+/// Output rows per thread of the main kernel: each term's shared-memory load and term section
+/// then serve that many pairs. Four rows when a row's registers (i-variables, row slots, tile
+/// and row states) are few, two when they are moderate, else one.
+fn rows_per_thread(
+    vars: &[(VarCat, usize)],
+    sec: &Sections,
+    code: &CudaCode,
+    state_slots: usize,
+    storage: Storage,
+    shared: bool,
+) -> usize {
+    let words = storage.compute_bytes() / 4;
+    let i_dims: usize = vars.iter().filter(|v| v.0 == VarCat::I).map(|v| v.1).sum();
+    let tile: usize = code.tile_vars.iter().map(|v| v.1).sum();
+    let per_row = (i_dims + sec.slots[Level::Row as usize] + tile) * words + 2 * state_slots;
+    match per_row {
+        _ if !shared => 1,
+        0..=16 => 4,
+        17..=48 => 2,
+        _ => 1,
+    }
+}
+
+/// Whether the C code `body` reads the identifier `name` (as a whole word).
+fn reads(body: &str, name: &str) -> bool {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    body.match_indices(name).any(|(at, _)| {
+        !word(body[..at].chars().next_back()) && !word(body[at + name.len()..].chars().next())
     })
 }

@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod codegen;
+pub(crate) mod hoist;
 pub(crate) mod inflight;
 #[cfg(feature = "cuda")]
 pub(crate) mod launch;
