@@ -222,8 +222,9 @@ impl Family for KSelect {
                 last = kk - 1
             );
             let _ = writeln!(k.tile_init, "{thr}");
+            let _ = writeln!(k.term, "rare = rare || !(f[{c}] >= thr[{c}]);");
             let _ = writeln!(
-                k.term,
+                k.term_rare,
                 "if (!(f[{c}] >= thr[{c}])) {{ \
                  lk_kmin_insert<{kk}>(sv + {o}, si + {o}, (double)f[{c}], j); {thr} }}"
             );

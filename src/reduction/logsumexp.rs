@@ -159,12 +159,21 @@ impl Family for LogSumExp {
             let d = f + c;
             let _ = writeln!(k.init, "sv[{c}] = {ninf}; sv[{d}] = 0.0;");
             let _ = writeln!(k.tile_init, "tm[{c}] = lk_neg_inf<{tc}>(); ts[{c}] = 0;");
-            // Below the tile's maximum (nearly every term): one exponential, no division;
-            // otherwise (a new maximum, a tie, infinities, NaN) the general merge.
+            // Below the tile's maximum (nearly every term): `ts += exp(f - tm)`, one
+            // exponential, no division, no branch. Otherwise (a new maximum, a tie,
+            // infinities, NaN: `f - tm` is not negative) the term has added exactly
+            // `exp(min(f - tm, 0)) = 1`, which the rare part takes back (exact: a tile's `ts`
+            // is at most its number of terms) before the general merge.
+            let fmin = if tc == "float" { "fminf" } else { "fmin" };
             let _ = writeln!(
                 k.term,
-                "if (f[{c}] < tm[{c}]) ts[{c}] += lk_exp(f[{c}] - tm[{c}]); \
-                 else lk_lse_merge<{tc}>(tm[{c}], ts[{c}], f[{c}], ({tc})1);"
+                "{{ const {tc} d = f[{c}] - tm[{c}]; ts[{c}] += lk_exp({fmin}(d, ({tc})0)); \
+                 rare = rare || !(d < ({tc})0); }}"
+            );
+            let _ = writeln!(
+                k.term_rare,
+                "if (!(f[{c}] - tm[{c}] < ({tc})0)) {{ ts[{c}] -= ({tc})1; \
+                 lk_lse_merge<{tc}>(tm[{c}], ts[{c}], f[{c}], ({tc})1); }}"
             );
             let _ = writeln!(
                 k.tile_end,

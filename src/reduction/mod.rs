@@ -241,8 +241,12 @@ pub(crate) struct CudaCode {
     pub tile_vars: Vec<(&'static str, usize)>,
     /// Initialises the tile's partial state, before the tile.
     pub tile_init: String,
-    /// Accumulates the term `f` (index `j`), into the tile state or the row's state.
+    /// Accumulates the term `f` (index `j`), into the tile state or the row's state; it may
+    /// leave the term to `term_rare` by setting `rare`.
     pub term: String,
+    /// The rare part of a term's update: run for every row of the thread, after `term`,
+    /// when `term` set the thread's `bool rare` for any of them (empty: never).
+    pub term_rare: String,
     /// Merges the tile state into the row's state, after the tile.
     pub tile_end: String,
     /// Merges `sv2`/`si2` into `sv`/`si`.

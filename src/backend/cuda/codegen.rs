@@ -425,18 +425,35 @@ pub fn generate(
     }
     // One term: its j-values and term section, then the pair section and the reduction's
     // update for each row.
-    let mut pair = format!("{tc} f[{f}];\n{{\n{}", sec.code[Level::Pair as usize]);
+    // Each row's value of the formula stays in `f_r` for the rare part of the update (a new
+    // maximum, an insertion), which runs once per term for all the thread's rows when any of
+    // them needs it. Its lines end in `// lk-rare`: scripts/sass-budget.py leaves the
+    // instructions compiled from them out of the per-pair count of the main loop.
+    let f_bind = [("f".to_string(), format!("{tc}* f = f_r[r];"))];
+    let mut pair = format!("{{\n{}", sec.code[Level::Pair as usize]);
     for (c, x) in sec.out.iter().enumerate() {
         let _ = writeln!(pair, "    f[{c}] = {x};");
     }
     pair.push_str("}\n");
     pair.push_str(&code.term);
-    let term_code = format!(
-        "{}\n{{\n{}}}\n{}",
+    let row_names: Vec<(String, String)> = hi_r.iter().chain(&f_bind).cloned().collect();
+    let mut term_code = format!(
+        "{}\n{{\n{}}}\n{tc} f_r[{rows}][{f}];\n",
         sec.decl(Level::Term, tc),
         sec.code[Level::Term as usize],
-        per_row(&bind(&pair, &hi_r))
     );
+    if !code.term_rare.is_empty() {
+        term_code.push_str("bool rare = false;\n");
+    }
+    term_code.push_str(&per_row(&bind(&pair, &row_names)));
+    if !code.term_rare.is_empty() {
+        let rare = per_row(&bind(&code.term_rare, &f_bind));
+        term_code.push_str("if (rare) {\n");
+        for line in rare.lines() {
+            let _ = writeln!(term_code, "{line} // lk-rare");
+        }
+        term_code.push_str("}\n");
+    }
     // The j-variables in shared memory are read where they lie, those the code reads.
     let mut off = 0;
     for (k, &(cat, d)) in vars.iter().enumerate() {
