@@ -3,10 +3,13 @@
 #   1. the kernel corpus: a test of the default build writes generated modules (every op, every
 #      reduction, gradient formulas, every dtype, tiles in shared memory or not, both schemes'
 #      kernels), and nvcc compiles each file to a cubin for sm_80 and sm_90, warnings as errors;
-#   2. `cargo clippy --features cuda --all-targets -- -D warnings` (the CUDA-side Rust code);
-#   3. `cargo test --features cuda`: NVRTC compiling generated kernels for compute_80/90 (no
+#   2. the per-pair instruction budget: a test writes the budget kernels, and
+#      scripts/sass-budget.py (its self-test first) counts the SASS instructions per pair of
+#      their main loops for sm_90 against cuda/sass-budget.txt and prints the table;
+#   3. `cargo clippy --features cuda --all-targets -- -D warnings` (the CUDA-side Rust code);
+#   4. `cargo test --features cuda`: NVRTC compiling generated kernels for compute_80/90 (no
 #      device needed), and the GPU suite, which says that it skipped when there is no device;
-#   4. every example of the `cuda` build run with `--device cuda`: with the libcuda stub each
+#   5. every example of the `cuda` build run with `--device cuda`: with the libcuda stub each
 #      stops with one line saying there is no CUDA device.
 # The toolchain (pinned CUDA 13 wheels, a libcuda stub) comes from scripts/cuda-toolchain.sh,
 # the `cuda` build goes to its own target directory outside the clone.
@@ -34,6 +37,10 @@ printf '%s\n' "${files[@]}" | xargs -P 2 -I{} sh -c '
 cubins=("$corpus"/*.cubin)
 [[ ${#cubins[@]} -eq $((2 * ${#files[@]})) ]] || { echo "check-cuda: expected $((2 * ${#files[@]})) cubins, got ${#cubins[@]}" >&2; exit 1; }
 echo "compiled $kernels kernels for sm_80 and sm_90"
+echo "== SASS instructions per pair against cuda/sass-budget.txt (sm_90)"
+LK_SASS_CORPUS="$corpus/sass" cargo test --test sass_kernels_tests
+scripts/sass-budget.py --self-test
+scripts/sass-budget.py "$corpus/sass"
 
 export CARGO_TARGET_DIR="${LK_CUDA_TARGET_DIR:-$HOME/.cache/lk-cuda-target}"
 echo "== cargo clippy --features cuda --all-targets -- -D warnings"

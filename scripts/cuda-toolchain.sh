@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install a CUDA 13.0 build toolchain from PyPI wheels so that `--features cuda` builds, links
-# and starts on a machine without a GPU or a CUDA install (CI), and nvcc can check kernels.
+# and starts on a machine without a GPU or a CUDA install (CI), nvcc can check kernels and
+# cuobjdump can show their SASS (scripts/sass-budget.py).
 #
 #   scripts/cuda-toolchain.sh [DIR]          install (or check) and print the export line
 #   eval "$(scripts/cuda-toolchain.sh --env [DIR])"
@@ -28,6 +29,8 @@ set -euo pipefail
 # Pinned CUDA 13.0 wheels (13.0 Update 1/2 component versions). cudarc 0.19.10 knows CUDA up
 # to 13.4; nvcc pulls in an unpinned nvidia-nvvm unless it is pinned too; cccl is needed by
 # cuda_fp16.h; nvrtc/cublas/curand are what candle links (cudarc's dynamic-linking).
+# cuobjdump and nvdisasm (scripts/sass-budget.py reads the SASS of nvcc's cubins; cuobjdump
+# runs nvdisasm) have no 13.0 builds on PyPI: 13.2 reads 13.0's sm_90 cubins.
 PINS=(
     nvidia-cuda-nvcc==13.0.88
     nvidia-nvvm==13.0.88
@@ -37,6 +40,8 @@ PINS=(
     nvidia-cuda-nvrtc==13.0.88
     nvidia-cublas==13.0.2.14
     nvidia-curand==10.4.0.35
+    nvidia-cuda-cuobjdump==13.2.86
+    nvidia-cuda-nvdisasm==13.2.86
 )
 # Bump when the layout or the stub recipe below changes (forces a redo).
 LAYOUT=2
@@ -143,6 +148,7 @@ print_env() {
 installed_ok() {
     [[ -f $STAMP_FILE && "$(cat "$STAMP_FILE")" == "$STAMP" ]] || return 1
     [[ -x $ROOT/bin/nvcc && -f $ROOT/include/cuda_fp16.h && -d $ROOT/nvvm/bin ]] || return 1
+    [[ -x $ROOT/bin/cuobjdump && -x $ROOT/bin/nvdisasm ]] || return 1
     local l
     for l in "${LINK_LIBS[@]}"; do [[ -e $ROOT/lib/lib$l.so ]] || return 1; done
     [[ -e $ROOT/lib/stubs/libcuda.so.1 && -e $ROOT/lib/stubs/libcuda.so ]]
@@ -171,7 +177,9 @@ else
     want=$(for p in "${PINS[@]}"; do echo "${p%%==*}==${p#*==}"; done | tr - _ | LC_ALL=C sort)
     got=$(cd "$DIR/py.new" && for d in *.dist-info; do d=${d%.dist-info}; echo "${d%-*}==${d##*-}"; done | tr - _ | LC_ALL=C sort)
     [[ $want == "$got" ]] || die "pip installed other distributions than the pins:"$'\n'"want: $want"$'\n'"got:  $got"
-    [[ -x $DIR/py.new/nvidia/cu13/bin/nvcc ]] || die "no nvidia/cu13/bin/nvcc in the installed wheels"
+    for b in nvcc cuobjdump nvdisasm; do
+        [[ -x $DIR/py.new/nvidia/cu13/bin/$b ]] || die "no nvidia/cu13/bin/$b in the installed wheels"
+    done
     echo "${PINS[*]}" >"$DIR/py.new/.lk-pins"
     # Swap in the new tree (also replaces an older install in place).
     rm -rf "$DIR/py.old"
@@ -230,6 +238,9 @@ grep -q "release $release, V$nvcc_pin" "$DIR/stub/nvcc-version.txt" ||
     die "nvcc is not release $release (V$nvcc_pin): $(cat "$DIR/stub/nvcc-version.txt")"
 for l in "${LINK_LIBS[@]}"; do
     [[ -e $ROOT/lib/lib$l.so ]] || die "dangling link $ROOT/lib/lib$l.so"
+done
+for b in cuobjdump nvdisasm; do
+    "$ROOT/bin/$b" --version >/dev/null 2>&1 || die "$ROOT/bin/$b --version fails"
 done
 exported=$(nm -D --defined-only "$ROOT/lib/stubs/libcuda.so.1" | grep -c ' T cu' || true)
 [[ $exported -eq $NSYM ]] || die "the stub exports $exported cu* functions, expected $NSYM"
