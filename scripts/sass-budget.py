@@ -21,12 +21,16 @@ Method, per module:
      loop and its remainder; an ArgKMin insertion loop loads nothing), the one with the most
      LDS (the first on a tie). Pairs per iteration = R * LDS / L, a whole number or an error.
   4. Counts by class, divided by the pairs per iteration: `static` over the whole body, `path`
-     along the common path: the shortest path (in instructions) from the loop head to a
+     along the common path. The generator ends the lines of the rare part of an update (a new
+     maximum in LogSumExp, an insertion in ArgKMin) with `// lk-rare`; the module is compiled
+     with `-lineinfo` and `nvdisasm -gi` says which source lines, inlined calls included, each
+     instruction comes from: those of rare lines are not on the common path (unless a common
+     branch jumps to them: a join such as BSYNC may carry a rare line). Among the others
+     the common path is the shortest path (in instructions) from the loop head to a
      back-edge branch, where a branch whose guard was last set in its block by a
      special-value test (FSETP/DSETP against +-INF, .NAN, .NUM) goes the way an ordinary
-     number takes it, and one set by a comparison of two data values (a new maximum in
-     LogSumExp, an insertion in ArgKMin) falls through; other branches (loop counters, flags,
-     slow-path guards such as FCHK or thresholds) go either way, whichever is shorter.
+     number takes it; other branches (loop counters, flags, slow-path guards such as FCHK or
+     thresholds) go either way, whichever is shorter.
      Classes: fp32 = FADD FMUL FFMA FMNMX FSEL FSET FSETP FCHK FSWZADD and the f16x2 forms
      HADD2 HMUL2 HFMA2 HMNMX2 HSET2 HSETP2 (not HFMA2.MMA, ptxas' register move: other);
      mufu = MUFU.*; lds = LDS*; cvt = F2F F2I I2F F2FP I2FP F2IP I2I I2IP FRND; fp64 = DADD DMUL
@@ -214,8 +218,8 @@ def branch_direction(insns, k, labels):
     """Where the conditional branch `k` goes on the common path: "taken", "fall" or None (any).
 
     Its guard's last write in the same basic block decides: a special-value test goes the
-    ordinary number's way, a comparison of two data values falls through (the rare case, a
-    new maximum or an insertion, is assumed to be the taken branch), anything else is free."""
+    ordinary number's way; anything else, a comparison of two data values included (the rare
+    code it guards is marked `lk-rare` and off the path), is free."""
     x = insns[k]
     guard = re.fullmatch(r"@(!?)(P\d)", x["pred"] or "")
     if not guard:
@@ -233,11 +237,34 @@ def branch_direction(insns, k, labels):
     else:
         return None
     if v is None or v == "data":
-        return v and "fall"
+        return None
     taken = v != (guard.group(1) == "!")
     if "," in x["operands"]:  # `@P0 BRA P1, ..`: taken only if both hold
         return None if taken else "fall"
     return "taken" if taken else "fall"
+
+
+def rare_addresses(listing, name, rare_lines):
+    """Addresses of `name`'s instructions compiled from one of `rare_lines`, directly or through
+    an inlined call, in an `nvdisasm -gi` listing (each instruction follows the `//## File ..,
+    line N [inlined at .., line M]` comments of its source lines, or keeps the previous ones)."""
+    rare, chain, block, inside = set(), set(), [], False
+    for line in listing.splitlines():
+        m = re.match(r"\s*\.section\s+\.text\.(\w+)", line)
+        if m:
+            inside = m.group(1) == name
+            continue
+        m = re.match(r'\s*//## File ".*?", line (\d+)(?: inlined at ".*?", line (\d+))?', line)
+        if m:
+            block.append({int(n) for n in m.groups() if n})
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]+)\*/", line)
+        if m:
+            if block:
+                chain, block = set().union(*block), []
+            if inside and chain & rare_lines:
+                rare.add(int(m.group(1), 16))
+    return rare
 
 
 def common_path(insns, succ, body, head, latches):
@@ -273,8 +300,9 @@ def count(insns, indices):
     return c
 
 
-def measure_loop(sass, name, rows, loads):
-    """The main loop of `name`: pairs per iteration, per-pair `path` and `static` counts."""
+def measure_loop(sass, name, rows, loads, rare=frozenset()):
+    """The main loop of `name`: pairs per iteration, per-pair `path` and `static` counts; the
+    instructions at the addresses `rare` are not on the path."""
     insns = parse_function(sass, name)
     succ = successors(insns)
     loops = find_loops(insns, succ)
@@ -292,7 +320,12 @@ def measure_loop(sass, name, rows, loads):
             f"number of terms of {loads} loads (rows={rows})"
         )
     pairs = rows * most // loads
-    path = count(insns, common_path(insns, succ, body, head, latches))
+    # A join that a common instruction branches to (a BSYNC carrying a rare line) is common.
+    joins = {insns[k]["target"] for k in body if insns[k]["addr"] not in rare}
+    common = {k for k in body if insns[k]["addr"] not in rare - joins}
+    if head not in common or not latches <= common:
+        raise SassError(f"{name}: the main loop's head or back-edge is marked rare")
+    path = count(insns, common_path(insns, succ, common, head, latches))
     static = count(insns, body)
     path, static = ({k: v / pairs for k, v in c.items()} for c in (path, static))
     return dict(head=insns[head]["addr"], pairs=pairs, path=path, static=static)
@@ -341,10 +374,15 @@ def measure_module(cu, workdir):
         raise SassError(f"{cu.name}: expected a `// lk-sass-loop rows=R loads=L` line and one *_main kernel")
     name = names.pop()
     cubin = Path(workdir) / (cu.stem + ".cubin")
-    log = run(["nvcc", "-cubin", "-arch=sm_90", "-Xptxas", "-v", "-o", str(cubin), str(cu)])
+    log = run(["nvcc", "-cubin", "-arch=sm_90", "-lineinfo", "-Xptxas", "-v", "-o", str(cubin), str(cu)])
     sass = run(["cuobjdump", "-sass", str(cubin)])
+    lines = text.splitlines()
+    rare_lines = {n for n, line in enumerate(lines, 1) if line.rstrip().endswith("// lk-rare")}
+    rare = rare_addresses(run(["nvdisasm", "-gi", "-c", str(cubin)]), name, rare_lines) if rare_lines else set()
+    if rare_lines and not rare:
+        raise SassError(f"{cu.name}: {len(rare_lines)} lines marked lk-rare, no instruction from them")
     try:
-        m = measure_loop(sass, name, int(marker.group(1)), int(marker.group(2)))
+        m = measure_loop(sass, name, int(marker.group(1)), int(marker.group(2)), rare)
     except SassError as e:
         raise SassError(f"{cu.name}: {e}") from None
     m.update(parse_ptxas(log, name))
@@ -489,9 +527,9 @@ def self_test():
     # Two loops: the outer one at 0x20 and the inner one at 0x50 (two LDS, like the outer loop
     # around it), whose back-edge is conditional on an operand (`BRA.U UP2`). Out of line but
     # in the inner loop: a cold block (0x1b0, its jump back is no loop: 0x90 does not dominate
-    # it) and a rare one (0x1d0, a new maximum). The common path (16 instructions for 2 pairs)
-    # falls through at 0x80 (shorter), 0xa0 (an ordinary number is not INF, although the
-    # branch is shorter) and 0xd0 (a data comparison: the rare case, although shorter).
+    # it) and a rare one (0x1d0, a new maximum, marked rare). The common path (16 instructions
+    # for 2 pairs) falls through at 0x80 (shorter), 0xa0 (an ordinary number is not INF,
+    # although the branch is shorter) and 0xd0 (the branch goes to rare code, although shorter).
     insns = parse_function(SELF_TEST_SASS, "selftest_main")
     heads = sorted(insns[h]["addr"] for h in find_loops(insns, successors(insns)))
     expect(heads == [0x20, 0x50], f"loop heads {heads}")
@@ -503,7 +541,8 @@ def self_test():
     tests += ["FSETP.GT.AND P0, PT, R1, 1.5, PT", "FSETP.GT.AND P0, PT, R1, R2, P3"]
     values = [setp_value(dict(op=t.split()[0], operands=t.split(None, 1)[1])) for t in tests]
     expect(values == [False, True, True, "data", None, None], f"setp values {values}")
-    m = measure_loop(SELF_TEST_SASS, "selftest_main", rows=1, loads=1)
+    rare = {0x1D0, 0x1E0}
+    m = measure_loop(SELF_TEST_SASS, "selftest_main", rows=1, loads=1, rare=rare)
     want_path = dict(fp32=2, mufu=0.5, lds=1, cvt=0.5, fp64=0.5, branch=2, call=0.5, other=1, total=8)
     want_static = dict(fp32=2.5, mufu=0.5, lds=1, cvt=0.5, fp64=0.5, branch=3, call=0.5, other=1.5, total=10)
     got = (m["head"], m["pairs"], m["path"], m["static"])
@@ -516,6 +555,26 @@ def self_test():
             expect("whole number" in str(e), f"rows={rows} loads={loads}: {e}")
         else:
             expect(False, f"rows={rows} loads={loads} (not a whole number of terms) must fail")
+    listing = "\n".join(
+        [
+            "\t.section\t.text.other_main,\"ax\",@progbits",
+            '\t//## File "k.cu", line 7',
+            "        /*0000*/  FADD R1, R2, R3 ;",
+            "\t.section\t.text.selftest_main,\"ax\",@progbits",
+            '\t//## File "k.cu", line 5',
+            "        /*0000*/  FADD R1, R2, R3 ;",
+            '\t//## File "k.cu", line 90 inlined at "k.cu", line 7',
+            '\t//## File "k.cu", line 7',
+            "        /*0010*/  MUFU.EX2 R1, R1 ;",
+            "        /*0020*/  FADD R1, R2, R3 ;",
+            '\t//## File "k.cu", line 8',
+            "        /*0030*/  FADD R1, R2, R3 ;",
+        ]
+    )
+    got = rare_addresses(listing, "selftest_main", {7})
+    expect(got == {0x10, 0x20}, f"rare addresses {sorted(got)}")
+    free = measure_loop(SELF_TEST_SASS, "selftest_main", rows=1, loads=1)["path"]["total"]
+    expect(free < want_path["total"], f"unmarked, the data branch takes the shorter way: {free}")
     stats = parse_ptxas(SELF_TEST_PTXAS, "selftest_main")
     expect(stats == dict(regs=40, spill=12, smem=4096), f"ptxas statistics {stats}")
     m.update(regs=40, spill=0, smem=4096)

@@ -154,26 +154,42 @@ impl Family for LogSumExp {
     fn cuda_code(&self, f: usize, tc: &str, nv: usize) -> CudaCode {
         let ninf = CUDA_NEG_INF;
         let mut k = CudaCode::default();
-        k.tile_vars.extend([("tm", f), ("ts", f)]);
+        k.tile_vars.extend([("tm", f), ("ts", f), ("tq", f)]);
         for c in 0..f {
             let d = f + c;
             let _ = writeln!(k.init, "sv[{c}] = {ninf}; sv[{d}] = 0.0;");
-            let _ = writeln!(k.tile_init, "tm[{c}] = lk_neg_inf<{tc}>(); ts[{c}] = 0;");
+            let _ = writeln!(
+                k.tile_init,
+                "tm[{c}] = lk_neg_inf<{tc}>(); tq[{c}] = tm[{c}]; ts[{c}] = 0;"
+            );
             // Below the tile's maximum (nearly every term): `ts += exp(f - tm)`, one
             // exponential, no division, no branch. Otherwise (a new maximum, a tie,
-            // infinities, NaN: `f - tm` is not negative) the term has added exactly
-            // `exp(min(f - tm, 0)) = 1`, which the rare part takes back (exact: a tile's `ts`
-            // is at most its number of terms) before the general merge.
-            let fmin = if tc == "float" { "fminf" } else { "fmin" };
+            // infinities, NaN: the exponent is not negative) the term has added
+            // `exp(min(.., 0)) = 1`, which the rare part takes back (to one rounding of
+            // `ts + 1`, `ts` being at most the tile's number of terms) before the general
+            // merge. In float the exponent is `f log2(e) - tq` with `tq = tm log2(e)`, one
+            // fused multiply-add before the exp2 unit (its rounding of `tm log2(e)` is within
+            // an ulp of the result `tm + log(ts)`).
+            let (e, exp) = if tc == "float" {
+                (
+                    format!("fmaf(f[{c}], 1.44269504088896341f, -tq[{c}])"),
+                    "lk_ex2(fminf(e, 0.0f))".to_string(),
+                )
+            } else {
+                (
+                    format!("f[{c}] - tm[{c}]"),
+                    "lk_exp(fmin(e, 0.0))".to_string(),
+                )
+            };
             let _ = writeln!(
                 k.term,
-                "{{ const {tc} d = f[{c}] - tm[{c}]; ts[{c}] += lk_exp({fmin}(d, ({tc})0)); \
-                 rare = rare || !(d < ({tc})0); }}"
+                "{{ const {tc} e = {e}; ts[{c}] += {exp}; rare = rare || !(e < ({tc})0); }}"
             );
             let _ = writeln!(
                 k.term_rare,
-                "if (!(f[{c}] - tm[{c}] < ({tc})0)) {{ ts[{c}] -= ({tc})1; \
-                 lk_lse_merge<{tc}>(tm[{c}], ts[{c}], f[{c}], ({tc})1); }}"
+                "if (!({e} < ({tc})0)) {{ ts[{c}] -= ({tc})1; \
+                 lk_lse_merge<{tc}>(tm[{c}], ts[{c}], f[{c}], ({tc})1); \
+                 tq[{c}] = tm[{c}] * ({tc})1.44269504088896341; }}"
             );
             let _ = writeln!(
                 k.tile_end,

@@ -291,7 +291,7 @@ pub fn generate(
     let code = kind.cuda_code(f, tc, out.values);
     let (sv, si) = (st.vals, st.idx);
     let rows = rows_per_thread(vars, &sec, &code, sv + si, storage, shared);
-    let unroll = (8 / rows).max(1);
+    let unroll = (16 / rows).max(1);
 
     let mut s = String::new();
     let _ = writeln!(s, "// lazy-kernels generated kernel: {red} of {formula}");
