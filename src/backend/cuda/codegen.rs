@@ -66,7 +66,8 @@ impl Storage {
         }
     }
 
-    fn c_type(self) -> &'static str {
+    /// The C type of the kernels' input and value-output buffers.
+    pub fn c_type(self) -> &'static str {
         match self {
             Storage::F32 => "float",
             Storage::F64 => "double",

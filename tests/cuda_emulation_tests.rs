@@ -1,0 +1,709 @@
+//! Whole generated CUDA modules, run on the CPU: the main kernel over its launch grid, then the
+//! combine kernel of the 2D scheme, compiled as host C++ and checked against the CPU backend.
+//!
+//! Each case generates a module with [`generate`], launches it as the CUDA backend would
+//! ([`CudaKernel::grid`], `block` threads per block, one packed input buffer with an offset per
+//! variable) through the shim `tests/emu/cuda_host_shim.h` (the host C++ compiler, `c++` or
+//! `$CXX`, with AddressSanitizer and UBSan), and compares the outputs with
+//! `LazyTensor::reduce` on the CPU: indices exactly; values to 1e-12 in f64 and 2e-5 in f32,
+//! relative (for sums, relative to the sum of `|F|`), and one unit in the last place more in
+//! f16 and bf16. Every case runs twice, with the outputs and chunk states poisoned with two
+//! different patterns beforehand, so a value the kernels leave unwritten or read before
+//! writing shows up. The cases cover every reduction family, f32 and f64 (bf16 and f16 for a
+//! few), formulas with parameters, i-only and j-only parts, several components and
+//! `j`-variables too wide for shared memory; sizes that are not multiples of the block, the 2D
+//! scheme (several chunks and the combine kernel) and a single row; ties between repeated
+//! points (the smallest index must win, also across tiles and chunks), and `-inf`, `+inf` and
+//! `NaN` formula values.
+//!
+//! What this cannot see: timing and occupancy; the device's own arithmetic (the host runs
+//! `lk_ex2` as `exp2f`, not `ex2.approx.ftz`, flushes no subnormals and does not contract
+//! products and sums into FMAs as nvcc does); and races. The blocks run one after another
+//! and every `__syncthreads()` is a full barrier over the block's threads (threads that have
+//! returned leave it), so a missing barrier between writing and reading shared memory, a race
+//! between warps or an out-of-bounds access within the packed input buffer can still pass.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+
+use candle_core::{DType, Device, Tensor};
+use common::Rng;
+use lazy_kernels::backend::cuda::{generate, CudaKernel, Grid, Storage};
+use lazy_kernels::formula::{parse, Expr, Var, VarCat};
+use lazy_kernels::{Axis, LazyTensor, ReductionKind};
+
+/// The CUDA stand-ins and the launcher the generated programs include.
+const SHIM: &str = include_str!("emu/cuda_host_shim.h");
+
+/// Output rows, terms and multiprocessors of a launch.
+#[derive(Clone, Copy, Debug)]
+struct Size {
+    rows: usize,
+    terms: usize,
+    sms: usize,
+}
+
+/// 1D: two blocks of 256 rows, the second one partial, and a partial last tile.
+const ONE_D: Size = Size {
+    rows: 389,
+    terms: 533,
+    sms: 1,
+};
+/// The 2D scheme: few rows, the terms split into three chunks.
+const TWO_D: Size = Size {
+    rows: 5,
+    terms: 3001,
+    sms: 2,
+};
+/// One row, two chunks.
+const ONE_ROW: Size = Size {
+    rows: 1,
+    terms: 2000,
+    sms: 132,
+};
+
+/// The inputs of a case.
+#[derive(Clone, Copy, Debug)]
+enum Inputs {
+    /// x_i (3), y_j (3, a third of them repeating earlier ones), b_j (1, positive), s (1).
+    Points,
+    /// w_i (1) and b_j (1), for `Log(b - w)`: rows with only finite values, with `-inf`,
+    /// with `NaN`, all `+inf`; with `inf_b`, `b` also holds `+inf`.
+    Special { inf_b: bool },
+    /// x_i and y_j of `dim` components.
+    Wide { dim: usize },
+}
+
+/// One reduction of one formula, launched on one size.
+struct Case {
+    label: String,
+    formula: Expr,
+    vars: Vec<(VarCat, usize)>,
+    kind: ReductionKind,
+    storage: Storage,
+    size: Size,
+    inputs: Inputs,
+}
+
+fn dtype(s: Storage) -> DType {
+    match s {
+        Storage::F32 => DType::F32,
+        Storage::F64 => DType::F64,
+        Storage::F16 => DType::F16,
+        Storage::BF16 => DType::BF16,
+    }
+}
+
+fn var(cat: VarCat, pos: usize, dim: usize) -> Expr {
+    Expr::var(Var { cat, pos, dim }).unwrap()
+}
+
+/// The variables of [`Inputs`]: positions and categories, and the formula's names for them.
+fn variables(inputs: Inputs) -> Vec<(&'static str, VarCat, usize)> {
+    match inputs {
+        Inputs::Points => vec![
+            ("x", VarCat::I, 3),
+            ("y", VarCat::J, 3),
+            ("b", VarCat::J, 1),
+            ("s", VarCat::P, 1),
+        ],
+        Inputs::Special { .. } => vec![("w", VarCat::I, 1), ("b", VarCat::J, 1)],
+        Inputs::Wide { dim } => vec![("x", VarCat::I, dim), ("y", VarCat::J, dim)],
+    }
+}
+
+fn case(src: &str, inputs: Inputs, kind: ReductionKind, storage: Storage, size: Size) -> Case {
+    let vars = variables(inputs);
+    let names: Vec<(&str, Expr)> = vars
+        .iter()
+        .enumerate()
+        .map(|(pos, &(name, cat, dim))| (name, var(cat, pos, dim)))
+        .collect();
+    let formula = parse(src, &names).unwrap_or_else(|e| panic!("{src}: {e}"));
+    Case {
+        label: format!("{kind:?} of {src} ({storage:?}, {inputs:?}, {size:?})"),
+        formula,
+        vars: vars.iter().map(|&(_, cat, dim)| (cat, dim)).collect(),
+        kind,
+        storage,
+        size,
+        inputs,
+    }
+}
+
+/// The matrix of cases (see the module documentation).
+fn cases() -> Vec<Case> {
+    use ReductionKind::*;
+    use Storage::{BF16, F16, F32, F64};
+    let pts = Inputs::Points;
+    let mut out = Vec::new();
+    let sums = [
+        ("Exp(-SqDist(x, y) * 0.5) * b", &[ONE_D, TWO_D, ONE_ROW][..]),
+        ("Exp(-SqDist(x, y) / (2 * s * s)) * b", &[ONE_D, TWO_D]),
+        ("Exp(-Sqrt(SqDist(x, y))) * b", &[ONE_D]),
+        (
+            "Exp(-SqNorm2(x) * s) * Sqrt(SqNorm2(y) + 1) * b",
+            &[ONE_D, TWO_D],
+        ),
+        ("b * Exp(-SqDist(x, y)) * (x - y)", &[ONE_D, TWO_D]),
+    ];
+    for (src, sizes) in sums {
+        for &size in sizes {
+            for s in [F32, F64] {
+                out.push(case(src, pts, Sum, s, size));
+            }
+        }
+    }
+    for (s, size) in [(BF16, ONE_D), (BF16, TWO_D), (F16, ONE_D), (F16, TWO_D)] {
+        out.push(case("Exp(-SqDist(x, y) * 0.5) * b", pts, Sum, s, size));
+    }
+    for size in [ONE_D, TWO_D, ONE_ROW] {
+        for s in [F32, F64] {
+            out.push(case("-SqDist(x, y)", pts, LogSumExp, s, size));
+            out.push(case(
+                "Concat(-SqDist(x, y), y)",
+                pts,
+                SumSoftMaxWeight,
+                s,
+                size,
+            ));
+            for kind in [
+                Min,
+                Max,
+                ArgMin,
+                ArgMax,
+                MinArgMin,
+                MaxArgMax,
+                KMin(3),
+                ArgKMin(10),
+                KMinArgKMin(4),
+            ] {
+                out.push(case("SqDist(x, y)", pts, kind, s, size));
+            }
+        }
+    }
+    out.push(case("-SqDist(x, y)", pts, LogSumExp, BF16, ONE_D));
+    out.push(case("-SqDist(x, y)", pts, LogSumExp, F16, TWO_D));
+    out.push(case(
+        "Concat(-SqDist(x, y), y)",
+        pts,
+        SumSoftMaxWeight,
+        BF16,
+        ONE_D,
+    ));
+    for kind in [Min, ArgKMin(10), KMinArgKMin(4)] {
+        out.push(case("SqDist(x, y)", pts, kind, BF16, ONE_D));
+    }
+    for kind in [MinArgMin, KMin(3)] {
+        out.push(case("SqDist(x, y)", pts, kind, F16, TWO_D));
+    }
+    // Several components: each is reduced on its own.
+    for s in [F32, F64] {
+        for kind in [LogSumExp, MinArgMin, KMinArgKMin(4)] {
+            out.push(case(
+                "b * Exp(-SqDist(x, y)) * (x - y)",
+                pts,
+                kind,
+                s,
+                TWO_D,
+            ));
+        }
+    }
+    // -inf, +inf and NaN formula values.
+    for inf_b in [false, true] {
+        for size in [ONE_D, TWO_D, ONE_ROW] {
+            for s in [F32, F64] {
+                for kind in [
+                    Sum,
+                    LogSumExp,
+                    Min,
+                    Max,
+                    MinArgMin,
+                    ArgKMin(10),
+                    KMinArgKMin(4),
+                ] {
+                    out.push(case("Log(b - w)", Inputs::Special { inf_b }, kind, s, size));
+                }
+            }
+        }
+    }
+    // j-variables too wide for shared memory (and, in f32 at 300 components, a short tile).
+    let wide_1d = Size {
+        rows: 70,
+        terms: 517,
+        sms: 1,
+    };
+    let wide_2d = Size {
+        rows: 5,
+        terms: 700,
+        sms: 2,
+    };
+    for (dim, storages) in [(400, &[F32, F64][..]), (300, &[F32, F64])] {
+        for &s in storages {
+            for size in [wide_1d, wide_2d] {
+                let src = "Exp(-SqDist(x, y) * 0.01)";
+                out.push(case(src, Inputs::Wide { dim }, Sum, s, size));
+            }
+        }
+    }
+    out
+}
+
+/// The case's input tensors, in f64 (see [`Inputs`]).
+fn input_values(c: &Case, rng: &mut Rng) -> Vec<Tensor> {
+    let Size { rows, terms, .. } = c.size;
+    let mat = |v: Vec<f64>, n: usize, d: usize| Tensor::from_vec(v, (n, d), &Device::Cpu).unwrap();
+    match c.inputs {
+        Inputs::Points => {
+            let mut y: Vec<[f64; 3]> = Vec::with_capacity(terms);
+            for j in 0..terms {
+                // A third of the points repeat an earlier one (ties, across tiles and chunks).
+                let p = if j > 0 && rng.below(3) == 0 {
+                    y[rng.below(j)]
+                } else {
+                    [(); 3].map(|_| rng.uniform(-1.0, 1.0))
+                };
+                y.push(p);
+            }
+            // A fifth of the x_i sit on a y_j: ties at distance 0.
+            let x: Vec<[f64; 3]> = (0..rows)
+                .map(|_| {
+                    if rng.below(5) == 0 {
+                        y[rng.below(terms)]
+                    } else {
+                        [(); 3].map(|_| rng.uniform(-1.0, 1.0))
+                    }
+                })
+                .collect();
+            let b: Vec<f64> = (0..terms).map(|_| rng.uniform(0.5, 2.0)).collect();
+            vec![
+                mat(x.concat(), rows, 3),
+                mat(y.concat(), terms, 3),
+                mat(b, terms, 1),
+                Tensor::new(&[rng.uniform(0.5, 1.5)], &Device::Cpu).unwrap(),
+            ]
+        }
+        Inputs::Special { inf_b } => {
+            // Log(b - w) per row: finite; with -inf (b = -0.5); NaN (b = -0.5 or 0); all
+            // +inf (w = -inf); all NaN (w = 3, save b = +inf).
+            let classes = [-0.5, 0.0, f64::NEG_INFINITY, 3.0, -1.0, 0.25];
+            let w: Vec<f64> = (0..rows)
+                .map(|i| {
+                    classes
+                        .get(i)
+                        .copied()
+                        .unwrap_or_else(|| rng.uniform(-2.0, 0.5))
+                })
+                .collect();
+            let b: Vec<f64> = (0..terms)
+                .map(|_| match rng.below(50) {
+                    0..=4 => 0.0,
+                    5..=9 => -0.5,
+                    10 if inf_b => f64::INFINITY,
+                    _ => rng.uniform(0.5, 2.0),
+                })
+                .collect();
+            vec![mat(w, rows, 1), mat(b, terms, 1)]
+        }
+        Inputs::Wide { dim } => vec![
+            mat(
+                (0..rows * dim).map(|_| rng.uniform(-1.0, 1.0)).collect(),
+                rows,
+                dim,
+            ),
+            mat(
+                (0..terms * dim).map(|_| rng.uniform(-1.0, 1.0)).collect(),
+                terms,
+                dim,
+            ),
+        ],
+    }
+}
+
+/// A case made ready to run: its module, launch and inputs.
+struct Prepared {
+    case: Case,
+    kernel: CudaKernel,
+    grid: Grid,
+    /// The inputs in the case's dtype, one per variable position.
+    tensors: Vec<Tensor>,
+}
+
+/// What the CPU backend returns for a case.
+struct Reference {
+    /// Values (as f64), row-major.
+    vals: Vec<f64>,
+    /// Indices, row-major.
+    idx: Vec<i64>,
+    /// Per value: the magnitude the accumulated error scales with (the sum of `|F|` for
+    /// `Sum`, 1 for the log-sum-exp and softmax families, 0 for selections).
+    scale: Vec<f64>,
+}
+
+fn prepare(case: Case, seed: u64) -> Prepared {
+    let dt = dtype(case.storage);
+    let tensors = input_values(&case, &mut Rng(seed))
+        .iter()
+        .map(|t| t.to_dtype(dt).unwrap())
+        .collect();
+    let kernel = generate(&case.formula, case.kind, &case.vars, case.storage)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.label));
+    let Size { rows, terms, sms } = case.size;
+    let grid = kernel.grid(rows, terms, sms);
+    Prepared {
+        case,
+        kernel,
+        grid,
+        tensors,
+    }
+}
+
+fn flat_f64(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn reference(p: &Prepared) -> Reference {
+    let c = &p.case;
+    let args: Vec<&Tensor> = p.tensors.iter().collect();
+    let out = LazyTensor::from_formula(&c.formula, &args)
+        .and_then(|l| l.reduce(c.kind, Axis::J))
+        .unwrap_or_else(|e| panic!("CPU backend, {}: {e}", c.label));
+    let vals = out.values.as_ref().map(flat_f64).unwrap_or_default();
+    let idx = out
+        .indices
+        .map(|t| t.flatten_all().unwrap().to_vec1::<i64>().unwrap())
+        .unwrap_or_default();
+    let scale = match c.kind {
+        ReductionKind::Sum => {
+            // The sum of |F| in f64 over the same (rounded) inputs; 0 where it is not finite
+            // (those values must then match exactly, or both be NaN).
+            let f64s: Vec<Tensor> = p
+                .tensors
+                .iter()
+                .map(|t| t.to_dtype(DType::F64).unwrap())
+                .collect();
+            let args: Vec<&Tensor> = f64s.iter().collect();
+            let abs = Expr::unary(lazy_kernels::formula::UnaryOp::Abs, &c.formula);
+            let s = LazyTensor::from_formula(&abs, &args)
+                .and_then(|l| l.sum(Axis::J))
+                .unwrap();
+            flat_f64(&s)
+                .into_iter()
+                .map(|v| if v.is_finite() { v } else { 0.0 })
+                .collect()
+        }
+        ReductionKind::LogSumExp | ReductionKind::SumSoftMaxWeight => vec![1.0; vals.len()],
+        _ => vec![0.0; vals.len()],
+    };
+    Reference { vals, idx, scale }
+}
+
+/// The packed input buffer of a case (variable `k` at the `k`-th offset, row-major), as the
+/// bytes of its storage type, and the offsets in elements.
+fn packed_input(p: &Prepared) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = Vec::new();
+    let mut offsets = Vec::new();
+    let mut at = 0;
+    for t in &p.tensors {
+        offsets.push(at);
+        at += t.elem_count();
+        let t = t.flatten_all().unwrap();
+        match p.case.storage {
+            Storage::F32 => bytes.extend(
+                t.to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes()),
+            ),
+            Storage::F64 => bytes.extend(
+                t.to_vec1::<f64>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes()),
+            ),
+            Storage::F16 => bytes.extend(
+                t.to_vec1::<half::f16>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_bits().to_le_bytes()),
+            ),
+            Storage::BF16 => bytes.extend(
+                t.to_vec1::<half::bf16>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_bits().to_le_bytes()),
+            ),
+        }
+    }
+    (bytes, offsets)
+}
+
+/// Values in the bytes of a storage type, as f64.
+fn decode(bytes: &[u8], s: Storage) -> Vec<f64> {
+    match s {
+        Storage::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f64::from(f32::from_le_bytes(b.try_into().unwrap())))
+            .collect(),
+        Storage::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        Storage::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f64())
+            .collect(),
+        Storage::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f64())
+            .collect(),
+    }
+}
+
+/// The driver's call running case `id` (see `lk_emu_case` in the shim).
+fn case_call(id: usize, p: &Prepared, offsets: &[usize]) -> String {
+    let (k, g, c) = (&p.kernel, &p.grid, &p.case);
+    let t = c.storage.c_type();
+    let offs: String = offsets.iter().map(|o| format!("{o}LL, ")).collect();
+    format!(
+        "lk_emu_case<{t}>(dir, {id}, lk_emu_shape{{{in_len}, {rows}, {terms}, {chunk}, {bx}, \
+         {chunks}, {block}, {nv}, {ni}, {sv}, {si}}},\n    \
+         +[](const {t}* in, int rows, int terms, int chunk, {t}* ov, long long* oi, double* pv, \
+         long long* pi) {{ {name}_main(in, {offs}rows, terms, chunk, ov, oi, pv, pi); }},\n    \
+         {name}_combine);\n",
+        in_len = p.tensors.iter().map(Tensor::elem_count).sum::<usize>(),
+        rows = c.size.rows,
+        terms = c.size.terms,
+        chunk = g.chunk,
+        bx = g.blocks_x,
+        chunks = g.chunks,
+        block = k.block,
+        nv = k.out_vals,
+        ni = k.out_idx,
+        sv = k.state_vals,
+        si = k.state_idx,
+        name = k.name,
+    )
+}
+
+/// The host C++ compiler: `$CXX`, else `c++`. Panics when it cannot be run: the test must not
+/// pass without having run the kernels.
+fn cxx() -> String {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    match Command::new(&cxx).arg("--version").output() {
+        Ok(o) if o.status.success() => cxx,
+        other => panic!(
+            "the CUDA emulation test needs a host C++20 compiler: `{cxx} --version` failed \
+             ({other:?}); install g++ or clang++, or point $CXX at one"
+        ),
+    }
+}
+
+/// Writes the program of a group of cases (their modules once each, and a `main` running the
+/// cases) and starts compiling it.
+fn start_compile(
+    cxx: &str,
+    dir: &Path,
+    group: &str,
+    cases: &[(usize, &Prepared)],
+) -> (PathBuf, Child) {
+    let mut src = String::from("#include \"cuda_host_shim.h\"\n");
+    let mut seen = std::collections::HashSet::new();
+    for (_, p) in cases {
+        if seen.insert(p.kernel.name.as_str()) {
+            src.push_str(&p.kernel.source);
+            src.push('\n');
+        }
+    }
+    src.push_str("int main(int argc, char** argv) {\nif (argc != 2) return 2;\nconst std::string dir = argv[1];\n");
+    for &(id, p) in cases {
+        let (bytes, offsets) = packed_input(p);
+        std::fs::write(dir.join(format!("case_{id}.in")), bytes).unwrap();
+        src.push_str(&case_call(id, p, &offsets));
+    }
+    src.push_str("return 0;\n}\n");
+    let cpp = dir.join(format!("emu_{group}.cpp"));
+    let exe = dir.join(format!("emu_{group}"));
+    std::fs::write(&cpp, src).unwrap();
+    let child = Command::new(cxx)
+        .args(["-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing"])
+        .args(["-Wall", "-Werror", "-Wno-unknown-pragmas"])
+        .args(["-fsanitize=address,undefined", "-fno-sanitize-recover=all"])
+        .arg("-o")
+        .arg(&exe)
+        .arg(&cpp)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start `{cxx}`: {e}"));
+    (exe, child)
+}
+
+fn check_status(what: &str, out: &Output, dir: &Path) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}), files kept in {}:\n{}",
+        out.status,
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether the emulated value `got` matches the CPU backend's `want`.
+fn close(got: f64, want: f64, scale: f64, s: Storage) -> bool {
+    if got.is_nan() || want.is_nan() {
+        return got.is_nan() && want.is_nan();
+    }
+    // The last place of the output type (the results are rounded to it once), and the
+    // accumulated error of the compute type.
+    let (round, acc) = match s {
+        Storage::F64 => (0.0, 1e-12),
+        Storage::F32 => (0.0, 2e-5),
+        Storage::BF16 => (2f64.powi(-7), 2e-5),
+        Storage::F16 => (2f64.powi(-10), 2e-5),
+    };
+    let m = got.abs().max(want.abs());
+    got == want || (got - want).abs() <= round * m + acc * (m + scale)
+}
+
+/// Compares one case's outputs (both runs) with the CPU backend's; returns what differs.
+fn compare(id: usize, p: &Prepared, want: &Reference, dir: &Path) -> Vec<String> {
+    let read = |ext: &str, run: usize| {
+        std::fs::read(dir.join(format!("case_{id}.run{run}.{ext}"))).unwrap()
+    };
+    let mut errors = Vec::new();
+    let label = &p.case.label;
+    for ext in ["vals", "idx"] {
+        if read(ext, 0) != read(ext, 1) {
+            errors.push(format!(
+                "{label}: the {ext} differ between the runs poisoned with 0xff and with 0x41 \
+                 bytes (an output left unwritten, or a state read before it was written)"
+            ));
+        }
+    }
+    let vals = decode(&read("vals", 0), p.case.storage);
+    let idx: Vec<i64> = read("idx", 0)
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let (nv, ni) = (p.kernel.out_vals, p.kernel.out_idx);
+    if vals.len() != want.vals.len() || idx.len() != want.idx.len() {
+        errors.push(format!(
+            "{label}: {} values and {} indices, the CPU backend has {} and {}",
+            vals.len(),
+            idx.len(),
+            want.vals.len(),
+            want.idx.len()
+        ));
+        return errors;
+    }
+    let bad_vals = (0..vals.len())
+        .filter(|&n| !close(vals[n], want.vals[n], want.scale[n], p.case.storage))
+        .map(|n| {
+            format!(
+                "row {} value {}: got {:e}, want {:e}",
+                n / nv,
+                n % nv,
+                vals[n],
+                want.vals[n]
+            )
+        });
+    let bad_idx = (0..idx.len()).filter(|&n| idx[n] != want.idx[n]).map(|n| {
+        format!(
+            "row {} index {}: got {}, want {}",
+            n / ni,
+            n % ni,
+            idx[n],
+            want.idx[n]
+        )
+    });
+    let bad: Vec<String> = bad_vals.chain(bad_idx).collect();
+    if !bad.is_empty() {
+        errors.push(format!(
+            "{label}, module {} (block {}, {:?}): {} mismatches, first {}",
+            p.kernel.name,
+            p.kernel.block,
+            p.grid,
+            bad.len(),
+            bad[..bad.len().min(4)].join("; ")
+        ));
+    }
+    errors
+}
+
+#[test]
+fn generated_modules_emulated_on_the_host_match_the_cpu_backend() {
+    let cxx = cxx();
+    let dir = std::env::temp_dir().join(format!("lk-cuda-emulation-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cuda_host_shim.h"), SHIM).unwrap();
+
+    let prepared: Vec<Prepared> = cases()
+        .into_iter()
+        .enumerate()
+        .map(|(n, c)| prepare(c, 0x5eed_0000 + n as u64))
+        .collect();
+    // The launches the cases are meant to reach.
+    let reached = |what: fn(&Prepared) -> bool| prepared.iter().any(what);
+    assert!(reached(|p| p.grid.chunks == 1 && p.grid.blocks_x > 1));
+    assert!(reached(|p| p.grid.chunks > 1 && p.case.size.rows == 1));
+    assert!(reached(|p| !p.kernel.shared));
+    assert!(reached(|p| p.kernel.shared && p.kernel.block < 256));
+
+    // One program per storage group, compiled while the CPU backend computes the references.
+    let groups: Vec<(&str, Vec<(usize, &Prepared)>)> = [
+        ("f32", &[Storage::F32][..]),
+        ("f64", &[Storage::F64]),
+        ("half", &[Storage::F16, Storage::BF16]),
+    ]
+    .into_iter()
+    .map(|(g, ss)| {
+        let members = prepared
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| ss.contains(&p.case.storage))
+            .collect();
+        (g, members)
+    })
+    .collect();
+    let compiles: Vec<(PathBuf, Child)> = groups
+        .iter()
+        .map(|(g, members)| start_compile(&cxx, &dir, g, members))
+        .collect();
+    let references: Vec<Reference> = prepared.iter().map(reference).collect();
+
+    let mut errors = Vec::new();
+    for ((exe, child), (group, members)) in compiles.into_iter().zip(&groups) {
+        let out = child.wait_with_output().unwrap();
+        check_status(
+            &format!("compiling the {group} cases with {cxx}"),
+            &out,
+            &dir,
+        );
+        let run = Command::new(&exe)
+            .arg(&dir)
+            .env("ASAN_OPTIONS", "detect_leaks=0")
+            .env("UBSAN_OPTIONS", "print_stacktrace=1")
+            .output()
+            .unwrap();
+        check_status(&format!("running {}", exe.display()), &run, &dir);
+        for &(id, p) in members {
+            errors.extend(compare(id, p, &references[id], &dir));
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} of {} cases differ from the CPU backend (files kept in {}):\n{}",
+        errors.len(),
+        prepared.len(),
+        dir.display(),
+        errors.join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
