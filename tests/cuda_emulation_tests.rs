@@ -45,9 +45,10 @@ struct Size {
     sms: usize,
 }
 
-/// 1D: two blocks of 256 rows, the second one partial, and a partial last tile.
+/// 1D: two blocks (of 256 threads, computing up to 4 rows each), the second one partial, and
+/// a partial last tile.
 const ONE_D: Size = Size {
-    rows: 389,
+    rows: 1100,
     terms: 533,
     sms: 1,
 };
@@ -652,6 +653,15 @@ fn generated_modules_emulated_on_the_host_match_the_cpu_backend() {
     // The launches the cases are meant to reach.
     let reached = |what: fn(&Prepared) -> bool| prepared.iter().any(what);
     assert!(reached(|p| p.grid.chunks == 1 && p.grid.blocks_x > 1));
+    assert!(reached(
+        |p| p.kernel.rows_per_thread == 4 && p.grid.blocks_x > 1
+    ));
+    assert!(reached(
+        |p| p.kernel.rows_per_thread == 2 && p.grid.blocks_x > 1
+    ));
+    assert!(reached(
+        |p| p.kernel.rows_per_thread == 1 && p.grid.blocks_x > 1
+    ));
     assert!(reached(|p| p.grid.chunks > 1 && p.case.size.rows == 1));
     assert!(reached(|p| !p.kernel.shared));
     assert!(reached(|p| p.kernel.shared && p.kernel.block < 256));
