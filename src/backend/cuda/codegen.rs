@@ -274,12 +274,37 @@ pub fn generate(
     let tc = storage.compute();
     let t = storage.c_type();
 
-    // Tile length: as many terms as fit the shared-memory budget, a multiple of 32.
-    // The j-variables of a term are stored together in shared memory, padded to a multiple
-    // of 16 bytes, so that a term is read with 16-byte loads (one for a 3D point and its
-    // weight in f32).
+    let sec = Sections::new(formula, vars.len(), tc)?;
+    let code = kind.cuda_code(f, tc, out.values);
+
+    // Each row's value of the formula stays in `f_r` for the rare part of the update (a new
+    // maximum, an insertion), which runs once per term for all the thread's rows when any of
+    // them needs it. Its lines end in `// lk-rare`: scripts/sass-budget.py leaves the
+    // instructions compiled from them out of the per-pair count of the main loop.
+    let mut pair_code = format!("{{\n{}", sec.code[Level::Pair as usize]);
+    for (c, x) in sec.out.iter().enumerate() {
+        let _ = writeln!(pair_code, "    f[{c}] = {x};");
+    }
+    pair_code.push_str("}\n");
+    pair_code.push_str(&code.term);
+    // A term's values in shared memory: the j-variables that the pair code reads, then the
+    // term section's slots `hj` (computed once per term and block, when the tile is staged).
+    let mut layout: Vec<(usize, usize, usize)> = Vec::new(); // (variable, offset, dims)
+    let mut j_width = 0;
+    for (k, &(cat, d)) in vars.iter().enumerate() {
+        if cat == VarCat::J && reads(&pair_code, &format!("a{k}")) {
+            layout.push((k, j_width, d));
+            j_width += d;
+        }
+    }
+    let term_slots = sec.slots[Level::Term as usize];
+    let hj_off = j_width;
+    j_width += term_slots;
+
+    // Tile length: as many terms as fit the shared-memory budget, a multiple of 32. A term's
+    // values are stored together, padded to a multiple of 16 bytes, so that a term is read
+    // with 16-byte loads (one for a 3D point and its weight in f32).
     let vec = 16 / storage.compute_bytes();
-    let j_width: usize = vars.iter().filter(|v| v.0 == VarCat::J).map(|v| v.1).sum();
     let stride = j_width.div_ceil(vec) * vec;
     let per_term = stride * storage.compute_bytes();
     let mut block = MAX_BLOCK;
@@ -288,8 +313,6 @@ pub fn generate(
     }
     let shared = block * per_term <= SHARED_BYTES;
 
-    let sec = Sections::new(formula, vars.len(), tc)?;
-    let code = kind.cuda_code(f, tc, out.values);
     let (sv, si) = (st.vals, st.idx);
     let rows = rows_per_thread(vars, &sec, &code, sv + si, storage, shared);
     let unroll = (16 / rows).max(1);
@@ -375,32 +398,59 @@ pub fn generate(
 
     let mut tile_load = String::new();
     let mut local_j = String::new();
-    let mut j_off = 0;
-    for (k, &(cat, d)) in vars.iter().enumerate() {
-        match cat {
-            VarCat::J if shared => {
-                let _ = writeln!(
-                    tile_load,
-                    "for (int t = threadIdx.x; t < n * {d}; t += {block}) {{ \
-                     const int q = t / {d}; \
-                     sj[q * {stride} + {j_off} + (t - q * {d})] = \
-                     lk_load(in + o{k} + (long long)j0 * {d} + t); }}"
-                );
-                j_off += d;
+    if shared {
+        // The variables the pair code reads: coalesced copies.
+        for &(k, off, d) in &layout {
+            let _ = writeln!(
+                tile_load,
+                "for (int t = threadIdx.x; t < n * {d}; t += {block}) {{ \
+                 const int q = t / {d}; \
+                 sj[q * {stride} + {off} + (t - q * {d})] = \
+                 lk_load(in + o{k} + (long long)j0 * {d} + t); }}"
+            );
+        }
+        // The term section, once per term of the tile.
+        if term_slots > 0 {
+            let mut term = String::new();
+            for (k, &(cat, d)) in vars.iter().enumerate() {
+                if cat == VarCat::J && reads(&sec.code[Level::Term as usize], &format!("a{k}")) {
+                    let _ = writeln!(
+                        term,
+                        "{tc} a{k}[{d}];\nfor (int c = 0; c < {d}; ++c) \
+                         a{k}[c] = lk_load(in + o{k} + (long long)(j0 + q) * {d} + c);"
+                    );
+                }
             }
-            VarCat::J => {
+            let _ = writeln!(
+                tile_load,
+                "for (int q = threadIdx.x; q < n; q += {block}) {{\n{term}{}\n{{\n{}}}\n\
+                 for (int c = 0; c < {term_slots}; ++c) sj[q * {stride} + {hj_off} + c] = hj[c];\n}}",
+                sec.decl(Level::Term, tc),
+                sec.code[Level::Term as usize],
+            );
+        }
+    } else {
+        // Not staged (too wide): each thread reads a term's variables and computes its term
+        // section.
+        for (k, &(cat, d)) in vars.iter().enumerate() {
+            if cat == VarCat::J {
                 let _ = writeln!(
                     local_j,
                     "{tc} a{k}[{d}];\nfor (int c = 0; c < {d}; ++c) \
                      a{k}[c] = lk_load(in + o{k} + (long long)(j0 + jj) * {d} + c);"
                 );
             }
-            _ => {}
         }
+        let _ = writeln!(
+            local_j,
+            "{}\n{{\n{}}}",
+            sec.decl(Level::Term, tc),
+            sec.code[Level::Term as usize]
+        );
     }
     if shared && j_width > 0 {
         let _ = writeln!(s, "__shared__ __align__(16) {tc} sj[{}];", block * stride);
-        // The term's j-values, read with 16-byte loads.
+        // The term's values, read with 16-byte loads.
         let v4 = if storage == Storage::F64 {
             "double2"
         } else {
@@ -423,30 +473,21 @@ pub fn generate(
             let _ = writeln!(local_j, " }}");
         }
         let _ = writeln!(local_j, "}}");
+        for &(k, off, _) in &layout {
+            let _ = writeln!(local_j, "const {tc}* a{k} = yj + {off};");
+        }
+        if term_slots > 0 {
+            let _ = writeln!(local_j, "const {tc}* hj = yj + {hj_off};");
+        }
     }
-    // One term: its j-values and term section, then the pair section and the reduction's
-    // update for each row.
-    // Each row's value of the formula stays in `f_r` for the rare part of the update (a new
-    // maximum, an insertion), which runs once per term for all the thread's rows when any of
-    // them needs it. Its lines end in `// lk-rare`: scripts/sass-budget.py leaves the
-    // instructions compiled from them out of the per-pair count of the main loop.
+    // One term: its values, then the pair section and the reduction's update for each row.
     let f_bind = [("f".to_string(), format!("{tc}* f = f_r[r];"))];
-    let mut pair = format!("{{\n{}", sec.code[Level::Pair as usize]);
-    for (c, x) in sec.out.iter().enumerate() {
-        let _ = writeln!(pair, "    f[{c}] = {x};");
-    }
-    pair.push_str("}\n");
-    pair.push_str(&code.term);
     let row_names: Vec<(String, String)> = hi_r.iter().chain(&f_bind).cloned().collect();
-    let mut term_code = format!(
-        "{}\n{{\n{}}}\n{tc} f_r[{rows}][{f}];\n",
-        sec.decl(Level::Term, tc),
-        sec.code[Level::Term as usize],
-    );
+    let mut term_code = format!("{tc} f_r[{rows}][{f}];\n");
     if !code.term_rare.is_empty() {
         term_code.push_str("bool rare = false;\n");
     }
-    term_code.push_str(&per_row(&bind(&pair, &row_names)));
+    term_code.push_str(&per_row(&bind(&pair_code, &row_names)));
     if !code.term_rare.is_empty() {
         let rare = per_row(&bind(&code.term_rare, &f_bind));
         term_code.push_str("if (rare) {\n");
@@ -454,16 +495,6 @@ pub fn generate(
             let _ = writeln!(term_code, "{line} // lk-rare");
         }
         term_code.push_str("}\n");
-    }
-    // The j-variables in shared memory are read where they lie, those the code reads.
-    let mut off = 0;
-    for (k, &(cat, d)) in vars.iter().enumerate() {
-        if cat == VarCat::J && shared {
-            if reads(&term_code, &format!("a{k}")) {
-                let _ = writeln!(local_j, "const {tc}* a{k} = yj + {off};");
-            }
-            off += d;
-        }
     }
     let body =
         format!("{{\nconst long long j = (long long)(j0 + jj); (void)j;\n{local_j}{term_code}}}\n");

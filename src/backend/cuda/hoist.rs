@@ -326,3 +326,116 @@ impl Gen {
         Ok((e, factor))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formula::Var;
+
+    fn var(cat: VarCat, pos: usize, dim: usize) -> Expr {
+        Expr::var(Var { cat, pos, dim }).unwrap()
+    }
+
+    fn k(c: f64) -> Expr {
+        Expr::constant(c).unwrap()
+    }
+
+    fn bin(op: BinaryOp, a: &Expr, b: &Expr) -> Expr {
+        Expr::binary(op, a, b).unwrap()
+    }
+
+    /// Lines that compute something in a section.
+    fn lines(code: &str) -> usize {
+        code.lines().filter(|l| !l.trim().is_empty()).count()
+    }
+
+    /// The Gaussian sum with a constant and with sigma as a parameter: the same pair code
+    /// (the parameter's part computed once, before everything), no division per pair.
+    #[test]
+    fn the_sigma_spelling_has_the_pair_code_of_the_constant_one() {
+        let (x, y, b, s) = (
+            var(VarCat::I, 0, 3),
+            var(VarCat::J, 1, 3),
+            var(VarCat::J, 2, 1),
+            var(VarCat::P, 3, 1),
+        );
+        let d = Expr::sqdist(&x, &y).unwrap();
+        let constant = bin(
+            BinaryOp::Mul,
+            &bin(BinaryOp::Mul, &d.neg(), &k(0.5)).exp(),
+            &b,
+        );
+        let two_s2 = bin(BinaryOp::Mul, &Expr::unary(UnaryOp::Square, &s), &k(2.0));
+        let sigma = bin(
+            BinaryOp::Mul,
+            &bin(BinaryOp::Div, &d.neg(), &two_s2).exp(),
+            &b,
+        );
+        for tc in ["float", "double"] {
+            let c = Sections::new(&constant, 4, tc).unwrap();
+            let p = Sections::new(&sigma, 4, tc).unwrap();
+            let pair = &p.code[Level::Pair as usize];
+            assert_eq!(
+                lines(&c.code[Level::Pair as usize]),
+                lines(pair),
+                "{tc}:\n{pair}"
+            );
+            assert!(
+                !pair.contains(" / ") && !pair.contains("lk_inv"),
+                "{tc}:\n{pair}"
+            );
+            assert_eq!((c.slots, p.slots[0]), ([0, 0, 0], 1), "{tc}");
+            assert!(p.code[Level::Param as usize].contains("a3[0]"));
+            // The exponential in f32 is one product and the exp2 unit.
+            assert_eq!(
+                tc == "float",
+                pair.contains("lk_ex2(") && !pair.contains("lk_exp(")
+            );
+        }
+    }
+
+    /// Row-only and term-only parts go to their sections, and only the components read are
+    /// computed.
+    #[test]
+    fn subexpressions_are_computed_at_the_level_of_what_they_read() {
+        let (x, y, b, s) = (
+            var(VarCat::I, 0, 3),
+            var(VarCat::J, 1, 3),
+            var(VarCat::J, 2, 1),
+            var(VarCat::P, 3, 1),
+        );
+        // exp(-|x|^2 s) * sqrt(|y|^2 + 1) * b / s + Elem(x * y, 1)
+        let row = bin(BinaryOp::Mul, &Expr::sqnorm2(&x).neg(), &s).exp();
+        let term = Expr::unary(
+            UnaryOp::Sqrt,
+            &bin(BinaryOp::Add, &Expr::sqnorm2(&y), &k(1.0)),
+        );
+        let f = bin(
+            BinaryOp::Div,
+            &bin(BinaryOp::Mul, &bin(BinaryOp::Mul, &row, &term), &b),
+            &s,
+        );
+        let xy = Expr::new(Op::Elem(1), vec![bin(BinaryOp::Mul, &x, &y)]).unwrap();
+        let f = bin(BinaryOp::Add, &f, &xy);
+        let sec = Sections::new(&f, 4, "float").unwrap();
+        let [param, row_code, term_code, pair] = &sec.code;
+        assert!(param.contains("lk_inv(a3[0])"), "{param}");
+        assert!(
+            row_code.contains("lk_ex2(") && row_code.contains("a0[2]"),
+            "{row_code}"
+        );
+        assert!(
+            term_code.contains("sqrt") && term_code.contains("a1[2]"),
+            "{term_code}"
+        );
+        assert!(!pair.contains("sqrt") && !pair.contains("lk_ex2") && !pair.contains(" / "));
+        // Only component 1 of x * y is computed, in the pair section.
+        assert!(
+            pair.contains("a0[1] * a1[1]") && !pair.contains("a0[0] * a1[0]"),
+            "{pair}"
+        );
+        // 1 / s and the exponent's factor -s log2(e) (param), the exponential (row), the root (term).
+        assert_eq!(sec.slots, [2, 1, 1]);
+        assert_eq!(sec.out.len(), 1);
+    }
+}
