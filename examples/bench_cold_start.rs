@@ -221,6 +221,7 @@ fn nvrtc_times(a: &Args, sets: &[(DType, Census)]) -> Res<()> {
                 state_idx: 0,
                 out_vals: 0,
                 out_idx: 0,
+                rows_per_thread: 1,
             })
             .collect();
         let t = Instant::now();
