@@ -196,7 +196,7 @@ fn check_vars(formula: &Expr, vars: &[(VarCat, usize)]) -> Result<()> {
 /// The formula as a C function `void fname(const TC* a0, .., const TC* a{n-1}, TC* out)`:
 /// `ak` points at the components of the variable at position `k`, `out` receives the
 /// formula's components. Valid as CUDA device code and as host C++ (after `lk_math.cuh`).
-/// It runs the sections of [`hoist::Sections`] one after the other, as the kernel does at
+/// It runs the sections of the hoisting (`hoist.rs`) one after the other, as the kernel does at
 /// their levels: the host check of the generated code covers the hoisted code too.
 pub fn formula_function(
     formula: &Expr,
@@ -396,6 +396,27 @@ pub fn generate(
     }
     s.push_str(&per_row(&bind(&code.init, &[])));
 
+    // Term `j0 + idx`'s j-variables read from global memory (those `wanted`), then its term
+    // section.
+    let term_from_global = |idx: &str, wanted: &dyn Fn(usize) -> bool| -> String {
+        let mut t = String::new();
+        for (k, &(cat, d)) in vars.iter().enumerate() {
+            if cat == VarCat::J && wanted(k) {
+                let _ = writeln!(
+                    t,
+                    "{tc} a{k}[{d}];\nfor (int c = 0; c < {d}; ++c) \
+                     a{k}[c] = lk_load(in + o{k} + (long long)(j0 + {idx}) * {d} + c);"
+                );
+            }
+        }
+        let _ = writeln!(
+            t,
+            "{}\n{{\n{}}}",
+            sec.decl(Level::Term, tc),
+            sec.code[Level::Term as usize]
+        );
+        t
+    };
     let mut tile_load = String::new();
     let mut local_j = String::new();
     if shared {
@@ -411,42 +432,18 @@ pub fn generate(
         }
         // The term section, once per term of the tile.
         if term_slots > 0 {
-            let mut term = String::new();
-            for (k, &(cat, d)) in vars.iter().enumerate() {
-                if cat == VarCat::J && reads(&sec.code[Level::Term as usize], &format!("a{k}")) {
-                    let _ = writeln!(
-                        term,
-                        "{tc} a{k}[{d}];\nfor (int c = 0; c < {d}; ++c) \
-                         a{k}[c] = lk_load(in + o{k} + (long long)(j0 + q) * {d} + c);"
-                    );
-                }
-            }
+            let term_reads = |k: usize| reads(&sec.code[Level::Term as usize], &format!("a{k}"));
             let _ = writeln!(
                 tile_load,
-                "for (int q = threadIdx.x; q < n; q += {block}) {{\n{term}{}\n{{\n{}}}\n\
+                "for (int q = threadIdx.x; q < n; q += {block}) {{\n{}\
                  for (int c = 0; c < {term_slots}; ++c) sj[q * {stride} + {hj_off} + c] = hj[c];\n}}",
-                sec.decl(Level::Term, tc),
-                sec.code[Level::Term as usize],
+                term_from_global("q", &term_reads),
             );
         }
     } else {
         // Not staged (too wide): each thread reads a term's variables and computes its term
         // section.
-        for (k, &(cat, d)) in vars.iter().enumerate() {
-            if cat == VarCat::J {
-                let _ = writeln!(
-                    local_j,
-                    "{tc} a{k}[{d}];\nfor (int c = 0; c < {d}; ++c) \
-                     a{k}[c] = lk_load(in + o{k} + (long long)(j0 + jj) * {d} + c);"
-                );
-            }
-        }
-        let _ = writeln!(
-            local_j,
-            "{}\n{{\n{}}}",
-            sec.decl(Level::Term, tc),
-            sec.code[Level::Term as usize]
-        );
+        local_j.push_str(&term_from_global("jj", &|_| true));
     }
     if shared && j_width > 0 {
         let _ = writeln!(s, "__shared__ __align__(16) {tc} sj[{}];", block * stride);
