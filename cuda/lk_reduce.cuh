@@ -83,5 +83,9 @@ __device__ __forceinline__ float lk_inf_f() { return __int_as_float(0x7f800000);
 template <typename T> __device__ __forceinline__ T lk_neg_inf();
 template <> __device__ __forceinline__ float lk_neg_inf<float>() { return -lk_inf_f(); }
 template <> __device__ __forceinline__ double lk_neg_inf<double>() { return -lk_inf(); }
+// A quiet NaN of the compute type.
+template <typename T> __device__ __forceinline__ T lk_nan();
+template <> __device__ __forceinline__ float lk_nan<float>() { return __int_as_float(0x7fffffff); }
+template <> __device__ __forceinline__ double lk_nan<double>() { return __longlong_as_double(0x7ff8000000000000LL); }
 
 #endif // LK_REDUCE_CUH

@@ -128,6 +128,16 @@ fn budget_kernels() -> BTreeMap<&'static str, KernelRecord> {
             Ok(())
         }),
     );
+    // Nearest neighbours: the one-term selection.
+    out.insert(
+        "argmin_f32",
+        only_kernel("argmin_f32", || {
+            let x = LazyTensor::vi(&rand(N, D, DType::F32))?;
+            let y = LazyTensor::vj(&rand(N, D, DType::F32))?;
+            x.sqdist(&y)?.argmin(Axis::J)?;
+            Ok(())
+        }),
+    );
     // The gradient of the constant-form Gaussian sum with respect to x: the backward pass's
     // reduction over j (the other one scales its result by the incoming gradient).
     out.insert("gauss_grad_x_f32", {

@@ -33,12 +33,7 @@ pub(crate) fn kmin_insert(vals: &mut [f64], idx: &mut [i64], v: f64, j: i64) {
 }
 
 /// [`kmin_insert`] in C (it calls `lk_before` of [`super::select::CUDA`]).
-const CUDA: &str = r"// A quiet NaN of the compute type.
-template <typename T> __device__ __forceinline__ T lk_nan();
-template <> __device__ __forceinline__ float lk_nan<float>() { return __int_as_float(0x7fffffff); }
-template <> __device__ __forceinline__ double lk_nan<double>() { return __longlong_as_double(0x7ff8000000000000LL); }
-
-// Inserts (v, j) into the sorted K smallest (empty slots have index -1 and sort last); equal
+const CUDA: &str = r"// Inserts (v, j) into the sorted K smallest (empty slots have index -1 and sort last); equal
 // values keep the earlier index first. Unrolled with constant indices so the lists stay in
 // registers.
 template <int K>
