@@ -1,14 +1,20 @@
 //! Formula -> CUDA C: one self-contained source per (formula, reduction, dimensions, dtype).
 //!
 //! The source holds the fixed skeleton (`cuda/lk_math.cuh`, `cuda/lk_reduce.cuh`, inlined so
-//! that NVRTC needs no include path), the formula as a function whose components are unrolled
-//! into scalars (common subexpressions once), and two kernels:
+//! that NVRTC needs no include path) and two kernels:
 //!
-//! - `<name>_main`: one thread per output row, the `j`-variables of a tile of `block` terms
-//!   staged in shared memory, the tile accumulated in registers in the compute type and merged
-//!   into the row's `f64` state (for `Sum`, a compensated sum of tile partials). With
-//!   `gridDim.y == 1` it writes the outputs; otherwise block `y` reduces one chunk of the terms
-//!   and writes its state (the 2D scheme, for few rows and many terms);
+//! - `<name>_main`: each thread computes [`CudaKernel::rows_per_thread`] output rows. The
+//!   formula is unrolled into scalars and split by what each part reads (`hoist.rs`): the
+//!   parameters' part once per thread, the i-variables' part once per row, the j-variables'
+//!   part once per term when the tile of `block` terms is staged in shared memory (next to the
+//!   j-variables the pair code reads), the rest per pair. Whole tiles run an unrolled
+//!   constant-trip loop; each term updates the rows' tile states in the compute type, the
+//!   rare part of an update (a new maximum, an insertion) runs once per term for all the
+//!   thread's rows (its lines end in `// lk-rare`, for `scripts/sass-budget.py`), and tile
+//!   states are merged into each row's `f64` state (for `Sum`, a compensated sum of tile
+//!   partials). With `gridDim.y == 1` it writes the outputs; otherwise block `y` reduces one
+//!   chunk of the terms and writes its states (the 2D scheme, for few rows and many terms;
+//!   [`CudaKernel::grid`]);
 //! - `<name>_combine`: merges the chunk states of each row in order and writes the outputs.
 //!
 //! The states, tie and NaN rules are those of [`crate::reduction`], so both backends return
