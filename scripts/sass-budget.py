@@ -322,7 +322,8 @@ def measure_loop(sass, name, rows, loads, rare=frozenset()):
     pairs = rows * most // loads
     # A join that a common instruction branches to (a BSYNC carrying a rare line) is common.
     joins = {insns[k]["target"] for k in body if insns[k]["addr"] not in rare}
-    common = {k for k in body if insns[k]["addr"] not in rare - joins}
+    off_path = rare - joins
+    common = {k for k in body if insns[k]["addr"] not in off_path}
     if head not in common or not latches <= common:
         raise SassError(f"{name}: the main loop's head or back-edge is marked rare")
     path = count(insns, common_path(insns, succ, common, head, latches))

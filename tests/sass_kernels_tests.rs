@@ -57,12 +57,19 @@ fn kernel_where(
     used[0].clone()
 }
 
+/// Random points `x_i`, `y_j` (D components) and weights `b_j` of `dtype`.
+fn points(dtype: DType) -> candle_core::Result<(LazyTensor, LazyTensor, LazyTensor)> {
+    Ok((
+        LazyTensor::vi(&rand(N, D, dtype))?,
+        LazyTensor::vj(&rand(N, D, dtype))?,
+        LazyTensor::vj(&rand(N, 1, dtype))?,
+    ))
+}
+
 /// `sum_j exp(-|x_i - y_j|^2 c) b_j` for inputs of `dtype`, written with a constant.
 fn gauss_const(dtype: DType) -> impl FnOnce() -> candle_core::Result<()> {
     move || {
-        let x = LazyTensor::vi(&rand(N, D, dtype))?;
-        let y = LazyTensor::vj(&rand(N, D, dtype))?;
-        let b = LazyTensor::vj(&rand(N, 1, dtype))?;
+        let (x, y, b) = points(dtype)?;
         ((-x.sqdist(&y)? * 0.5).exp() * &b).sum(Axis::J)?;
         Ok(())
     }
@@ -87,9 +94,7 @@ fn budget_kernels() -> BTreeMap<&'static str, KernelRecord> {
     out.insert(
         "gauss_sigma_f32",
         only_kernel("gauss_sigma_f32", || {
-            let x = LazyTensor::vi(&rand(N, D, DType::F32))?;
-            let y = LazyTensor::vj(&rand(N, D, DType::F32))?;
-            let b = LazyTensor::vj(&rand(N, 1, DType::F32))?;
+            let (x, y, b) = points(DType::F32)?;
             let s = LazyTensor::param(&Tensor::new(&[0.7f32], &Device::Cpu)?)?;
             ((-x.sqdist(&y)? / (s.square() * 2.0)).exp() * &b).sum(Axis::J)?;
             Ok(())
@@ -113,8 +118,7 @@ fn budget_kernels() -> BTreeMap<&'static str, KernelRecord> {
     out.insert(
         "logsumexp_f32",
         only_kernel("logsumexp_f32", || {
-            let x = LazyTensor::vi(&rand(N, D, DType::F32))?;
-            let y = LazyTensor::vj(&rand(N, D, DType::F32))?;
+            let (x, y, _) = points(DType::F32)?;
             (-x.sqdist(&y)?).logsumexp(Axis::J)?;
             Ok(())
         }),
@@ -122,8 +126,7 @@ fn budget_kernels() -> BTreeMap<&'static str, KernelRecord> {
     out.insert(
         "argkmin10_f32",
         only_kernel("argkmin10_f32", || {
-            let x = LazyTensor::vi(&rand(N, D, DType::F32))?;
-            let y = LazyTensor::vj(&rand(N, D, DType::F32))?;
+            let (x, y, _) = points(DType::F32)?;
             x.sqdist(&y)?.argkmin(10, Axis::J)?;
             Ok(())
         }),
@@ -132,8 +135,7 @@ fn budget_kernels() -> BTreeMap<&'static str, KernelRecord> {
     out.insert(
         "argmin_f32",
         only_kernel("argmin_f32", || {
-            let x = LazyTensor::vi(&rand(N, D, DType::F32))?;
-            let y = LazyTensor::vj(&rand(N, D, DType::F32))?;
+            let (x, y, _) = points(DType::F32)?;
             x.sqdist(&y)?.argmin(Axis::J)?;
             Ok(())
         }),

@@ -210,19 +210,9 @@ impl Family for KSelect {
                 k.init,
                 "for (int r = 0; r < {kk}; ++r) {{ sv[{o} + r] = lk_inf(); si[{o} + r] = -1; }}"
             );
-            // The k-th value in the compute type (exact: it came from it), or NaN while the
-            // list has room: a term that is not below it (most of them) costs one comparison.
-            let thr = format!(
-                "thr[{c}] = si[{o} + {last}] >= 0 ? ({tc})sv[{o} + {last}] : lk_nan<{tc}>();",
-                last = kk - 1
-            );
-            let _ = writeln!(k.tile_init, "{thr}");
-            let _ = writeln!(k.term, "rare = rare || !(f[{c}] >= thr[{c}]);");
-            let _ = writeln!(
-                k.term_rare,
-                "if (!(f[{c}] >= thr[{c}])) {{ \
-                 lk_kmin_insert<{kk}>(sv + {o}, si + {o}, (double)f[{c}], j); {thr} }}"
-            );
+            // Against the k-th value: a term not below it (most of them) is not inserted.
+            let take = format!("lk_kmin_insert<{kk}>(sv + {o}, si + {o}, (double)f[{c}], j);");
+            super::cuda_filtered_take(&mut k, c, o + kk - 1, tc, ">=", &take);
             let _ = writeln!(
                 k.combine,
                 "for (int t = 0; t < {kk}; ++t) {{ if (si2[{o} + t] < 0) break; \

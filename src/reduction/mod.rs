@@ -261,6 +261,29 @@ pub(crate) fn cuda_store(nv: usize, at: impl fmt::Display, v: impl fmt::Display)
     format!("lk_store(out_vals + (long long)i * {nv} + {at}, {v});\n")
 }
 
+/// The term update of the selections (`Min`, `Max`, their `Arg` forms, the `K*` ones) for
+/// component `c`: a term that does not come before the state's value in slot `slot` of
+/// `sv`/`si` (the best value, or the k-th) is one comparison `f[c] {not_before} thr[c]` in the
+/// compute type; the others run `take` (which reads `f[c]` and `j`) in the rare part. `thr[c]`
+/// is that value in the compute type (exact: it came from it), or NaN while the slot is empty
+/// (or holds NaN), so that `take` decides those. The caller declares the tile variable `thr`.
+pub(crate) fn cuda_filtered_take(
+    k: &mut CudaCode,
+    c: usize,
+    slot: usize,
+    tc: &str,
+    not_before: &str,
+    take: &str,
+) {
+    let thr = format!("thr[{c}] = si[{slot}] >= 0 ? ({tc})sv[{slot}] : lk_nan<{tc}>();");
+    let _ = writeln!(k.tile_init, "{thr}");
+    let _ = writeln!(k.term, "rare = rare || !(f[{c}] {not_before} thr[{c}]);");
+    let _ = writeln!(
+        k.term_rare,
+        "if (!(f[{c}] {not_before} thr[{c}])) {{ {take} {thr} }}"
+    );
+}
+
 /// `-inf` in `double`, in generated C.
 pub(crate) const CUDA_NEG_INF: &str = "(-lk_inf())";
 

@@ -227,22 +227,14 @@ impl Family for Select {
     fn cuda_code(&self, f: usize, tc: &str, nv: usize) -> CudaCode {
         let max = self.max;
         let start = if max { super::CUDA_NEG_INF } else { "lk_inf()" };
-        // A term that does not come before the best value so far (most of them) is one
-        // comparison in the compute type: the best value came from it (exact), NaN while the
-        // state is empty or holds NaN, so that `lk_take_if_first` decides those.
+        // Against the best value so far: `<=` is "not before" in the order of maxima.
         let not_before = if max { "<=" } else { ">=" };
         let mut k = CudaCode::default();
         k.tile_vars.push(("thr", f));
         for c in 0..f {
             let _ = writeln!(k.init, "sv[{c}] = {start}; si[{c}] = -1;");
-            let thr = format!("thr[{c}] = si[{c}] >= 0 ? ({tc})sv[{c}] : lk_nan<{tc}>();");
-            let _ = writeln!(k.tile_init, "{thr}");
-            let _ = writeln!(k.term, "rare = rare || !(f[{c}] {not_before} thr[{c}]);");
-            let _ = writeln!(
-                k.term_rare,
-                "if (!(f[{c}] {not_before} thr[{c}])) {{ \
-                 lk_take_if_first<{max}>(sv[{c}], si[{c}], (double)f[{c}], j); {thr} }}"
-            );
+            let take = format!("lk_take_if_first<{max}>(sv[{c}], si[{c}], (double)f[{c}], j);");
+            super::cuda_filtered_take(&mut k, c, c, tc, not_before, &take);
             let _ = writeln!(
                 k.combine,
                 "if (si2[{c}] >= 0) lk_take_if_first<{max}>(sv[{c}], si[{c}], sv2[{c}], si2[{c}]);"
