@@ -283,10 +283,7 @@ pub fn generate(
     let sec = Sections::new(formula, vars.len(), tc)?;
     let code = kind.cuda_code(f, tc, out.values);
 
-    // Each row's value of the formula stays in `f_r` for the rare part of the update (a new
-    // maximum, an insertion), which runs once per term for all the thread's rows when any of
-    // them needs it. Its lines end in `// lk-rare`: scripts/sass-budget.py leaves the
-    // instructions compiled from them out of the per-pair count of the main loop.
+    // The pair section and the reduction's update of one row, for one term.
     let mut pair_code = format!("{{\n{}", sec.code[Level::Pair as usize]);
     for (c, x) in sec.out.iter().enumerate() {
         let _ = writeln!(pair_code, "    f[{c}] = {x};");
@@ -484,6 +481,10 @@ pub fn generate(
         }
     }
     // One term: its values, then the pair section and the reduction's update for each row.
+    // Each row's value of the formula stays in `f_r` for the rare part of the update (a new
+    // maximum, an insertion), which runs once per term for all the thread's rows when any of
+    // them needs it. Its lines end in `// lk-rare`: scripts/sass-budget.py leaves the
+    // instructions compiled from them out of the per-pair count of the main loop.
     let f_bind = [("f".to_string(), format!("{tc}* f = f_r[r];"))];
     let row_names: Vec<(String, String)> = hi_r.iter().chain(&f_bind).cloned().collect();
     let mut term_code = format!("{tc} f_r[{rows}][{f}];\n");
