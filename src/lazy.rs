@@ -19,6 +19,7 @@ use candle_core::Tensor;
 use crate::error::Error;
 use crate::formula::ops::{binary_table, ternary_table, unary_table};
 use crate::formula::{parse::parse, BinaryOp, Expr, Op, TernaryOp, UnaryOp, Var, VarCat};
+use crate::op::gram::{PathReport, ReductionOptions};
 use crate::op::{check_bindable, reduce, Binding, ReductionOutput};
 use crate::reduction::{Axis, Reduction, ReductionKind};
 
@@ -52,6 +53,11 @@ pub struct LazyTensor {
 /// reduction runs, so they never reach a printed formula or a cache key).
 static NEXT_BINDING: AtomicUsize = AtomicUsize::new(0);
 
+/// A new binding identifier.
+pub(crate) fn fresh_id() -> usize {
+    NEXT_BINDING.fetch_add(1, Ordering::Relaxed)
+}
+
 fn merge(a: &[Binding], b: &[Binding]) -> Arc<Vec<Binding>> {
     let mut out = a.to_vec();
     for x in b {
@@ -65,7 +71,7 @@ fn merge(a: &[Binding], b: &[Binding]) -> Arc<Vec<Binding>> {
 impl LazyTensor {
     fn bind(t: &Tensor, cat: VarCat, op: &'static str) -> candle_core::Result<LazyTensor> {
         let dim = check_bindable(t, cat, op)?;
-        let id = NEXT_BINDING.fetch_add(1, Ordering::Relaxed);
+        let id = fresh_id();
         let expr = Expr::var(Var { cat, pos: id, dim })?;
         Ok(LazyTensor {
             expr: Ok(expr),
@@ -395,6 +401,7 @@ impl LazyTensor {
             &self.bindings,
             Reduction::new(ReductionKind::Sum, Axis::J),
             Some((rows, 1)),
+            &ReductionOptions::default(),
         )?
         .values
         .ok_or_else(|| missing(ReductionKind::Sum, "values"))
@@ -450,7 +457,69 @@ impl LazyTensor {
     /// # Ok::<(), candle_core::Error>(())
     /// ```
     pub fn reduce(&self, kind: ReductionKind, axis: Axis) -> candle_core::Result<ReductionOutput> {
-        reduce(self.expr()?, &self.bindings, Reduction::new(kind, axis))
+        self.reduce_with(kind, axis, &ReductionOptions::default())
+    }
+
+    /// Runs any reduction with `options`: which path runs it (the block path of matrix
+    /// products for inner products of high dimension, or the direct one) and with which
+    /// resources. Its backward pass takes the same options.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Axis, LazyTensor, Path, ReductionKind, ReductionOptions};
+    /// let x = Tensor::rand(0f64, 1., (40, 64), &Device::Cpu)?;
+    /// let y = Tensor::rand(0f64, 1., (100, 64), &Device::Cpu)?;
+    /// let k = (-LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&y)?)?).exp();
+    /// let blocks = ReductionOptions { path: Path::Blocks, ..Default::default() };
+    /// let direct = ReductionOptions { path: Path::Direct, ..Default::default() };
+    /// let a = k.reduce_with(ReductionKind::Sum, Axis::J, &blocks)?.values.unwrap();
+    /// let b = k.reduce_with(ReductionKind::Sum, Axis::J, &direct)?.values.unwrap();
+    /// let err = (a - &b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    /// assert!(err <= 1e-12 * b.max_all()?.to_scalar::<f64>()?);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn reduce_with(
+        &self,
+        kind: ReductionKind,
+        axis: Axis,
+        options: &ReductionOptions,
+    ) -> candle_core::Result<ReductionOutput> {
+        reduce(
+            self.expr()?,
+            &self.bindings,
+            Reduction::new(kind, axis),
+            options,
+        )
+    }
+
+    /// The path that [`LazyTensor::reduce_with`] would take with `options`, and why.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Axis, LazyTensor, Path, ReductionKind, ReductionOptions};
+    /// let dev = Device::Cpu;
+    /// let knn = |d: usize| -> candle_core::Result<Path> {
+    ///     let x = LazyTensor::vi(&Tensor::zeros((1000, d), candle_core::DType::F32, &dev)?)?;
+    ///     let y = LazyTensor::vj(&Tensor::zeros((1000, d), candle_core::DType::F32, &dev)?)?;
+    ///     let r = x.sqdist(&y)?.explain(ReductionKind::ArgKMin(10), Axis::J, &Default::default())?;
+    ///     Ok(r.path)
+    /// };
+    /// assert_eq!(knn(3)?, Path::Direct);
+    /// assert_eq!(knn(256)?, Path::Blocks);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn explain(
+        &self,
+        kind: ReductionKind,
+        axis: Axis,
+        options: &ReductionOptions,
+    ) -> candle_core::Result<PathReport> {
+        crate::op::explain(
+            self.expr()?,
+            &self.bindings,
+            Reduction::new(kind, axis),
+            options,
+        )
     }
 
     fn values(&self, kind: ReductionKind, axis: Axis) -> candle_core::Result<Tensor> {

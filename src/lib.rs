@@ -75,6 +75,7 @@ pub mod solve;
 
 pub use error::Error;
 pub use lazy::LazyTensor;
+pub use op::gram::{Path, PathReport, Precision, ReductionOptions};
 pub use op::ReductionOutput;
 pub use operator::{Kernel, KernelOperator, Nu};
 pub use reduction::{Axis, Reduction, ReductionKind};

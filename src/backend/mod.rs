@@ -29,6 +29,7 @@ use candle_core::{DType, Device};
 
 use crate::error::Error;
 use crate::formula::{Expr, VarCat};
+use crate::op::gram::BlockPlan;
 use crate::reduction::{Axis, OutputSpec, Reduction};
 
 /// The backend that runs reductions on one device: the crate's one dispatch point from a
@@ -183,6 +184,8 @@ pub(crate) struct ReductionPlan {
     pub(crate) terms: usize,
     /// Output columns.
     pub(crate) out: OutputSpec,
+    /// The block path's plan (`crate::op::gram`), or `None` for the direct path.
+    pub(crate) blocks: Option<BlockPlan>,
 }
 
 impl ReductionPlan {

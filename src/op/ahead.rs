@@ -15,6 +15,7 @@ use std::cell::{Cell, RefCell};
 
 use candle_core::{DType, Device, Shape, Tensor};
 
+use super::gram::{Path, ReductionOptions};
 use super::{out_shape, ReductionOutput};
 use crate::backend::{Backend, ReductionPlan, VarSpec};
 use crate::formula::VarCat;
@@ -215,6 +216,7 @@ fn backward_plans(
         rows,
         terms,
         out: forward.out,
+        blocks: forward.blocks.clone(),
     };
     let cpu = Device::Cpu;
     let OutputSpec {
@@ -234,13 +236,26 @@ fn backward_plans(
     } else {
         None
     };
+    // The stand-ins are few: the block path, where the forward pass took it, is asked for
+    // (a backward pass takes it where it can).
+    let options = match &forward.blocks {
+        Some(b) => ReductionOptions {
+            path: Path::Blocks,
+            precision: b.precision,
+            block_bytes: b.block_bytes,
+        },
+        None => ReductionOptions::default(),
+    };
     let planned = plan(|| {
-        super::backward::Backward {
-            plan: &stand_in_plan,
-            needs_grad,
-            indices: idx.as_ref(),
-        }
-        .run(&arg, &res, &res)
+        in_backward(|| {
+            super::backward::Backward {
+                plan: &stand_in_plan,
+                needs_grad,
+                indices: idx.as_ref(),
+                options: &options,
+            }
+            .run(&arg, &res, &res)
+        })
         .map(|_| ())
     })?;
     Ok(planned.into_iter().map(|p| p.plan).collect())

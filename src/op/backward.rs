@@ -26,6 +26,7 @@
 
 use candle_core::Tensor;
 
+use super::gram::ReductionOptions;
 use super::{reduce_sized, Binding};
 use crate::backend::ReductionPlan;
 use crate::error::Error;
@@ -40,6 +41,8 @@ pub(super) struct Backward<'a> {
     pub(super) needs_grad: &'a [bool],
     /// For Min, Max and KMin: the selected indices saved by the forward pass.
     pub(super) indices: Option<&'a Tensor>,
+    /// The forward reduction's options, which the reductions of the backward pass take too.
+    pub(super) options: &'a ReductionOptions,
 }
 
 fn var(cat: VarCat, pos: usize, dim: usize) -> candle_core::Result<Expr> {
@@ -160,6 +163,7 @@ impl Backward<'_> {
             bindings,
             Reduction::new(ReductionKind::LogSumExp, Axis::J),
             Some((plan.rows, plan.terms)),
+            self.options,
         )?;
         let n = bindings.len();
         let (g, g_bind) = self.incoming(grad_res)?;
@@ -250,7 +254,7 @@ impl Backward<'_> {
             let formula = concat(split.iter().map(|(_, inner)| inner.clone()))?;
             let sizes = Some((plan.rows, plan.terms));
             let reduction = Reduction::new(ReductionKind::Sum, axis);
-            let mut sums = reduce_values(&formula, &bindings, reduction, sizes)?;
+            let mut sums = reduce_values(&formula, &bindings, reduction, sizes, self.options)?;
             if split.iter().any(|(outer, _)| outer.is_some()) {
                 // outer_k * sums_k, row by row: a pointwise evaluation over the output rows.
                 let out_cat = match axis {
@@ -280,6 +284,7 @@ impl Backward<'_> {
                     &with(&bindings, [binding(pos, out_cat, sums)]),
                     reduction,
                     Some(pointwise),
+                    self.options,
                 )?;
             }
             let mut col = 0;
@@ -382,6 +387,7 @@ impl Backward<'_> {
             &bindings,
             Reduction::new(ReductionKind::Sum, Axis::J),
             Some((pairs, 1)),
+            self.options,
         )?;
         let mut col = 0;
         for m in members {
@@ -430,8 +436,9 @@ fn reduce_values(
     bindings: &[Binding],
     reduction: Reduction,
     sizes: Option<(usize, usize)>,
+    options: &ReductionOptions,
 ) -> candle_core::Result<Tensor> {
-    reduce_sized(formula, bindings, reduction, sizes)?
+    reduce_sized(formula, bindings, reduction, sizes, options)?
         .values
         .ok_or_else(|| {
             Error::InvalidArgument {

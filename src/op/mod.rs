@@ -41,11 +41,14 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 use crate::backend::{census, cpu, Backend, Outputs, ReductionPlan, VarSpec};
 use crate::error::Error;
-use crate::formula::{simplify, Expr, Var, VarCat};
+use crate::formula::{simplify, Expr, Op, Var, VarCat};
 use crate::reduction::{Axis, OutputSpec, Reduction, ReductionKind};
+
+use self::gram::{ReductionOptions, Target};
 
 mod ahead;
 mod backward;
+pub mod gram;
 
 pub(crate) use ahead::{prepare, stand_in};
 
@@ -97,6 +100,8 @@ struct ReductionOp {
     /// The indices next to the values (the side channel), for the caller and for the
     /// backward pass of Min, Max and KMin.
     indices: IndexSlot,
+    /// The options of the reduction, which its backward pass's reductions take too.
+    options: ReductionOptions,
 }
 
 impl ReductionOp {
@@ -167,6 +172,7 @@ impl CustomOp1 for ReductionOp {
                 plan: &self.plan,
                 needs_grad: &self.needs_grad,
                 indices: self.indices.get(),
+                options: &self.options,
             }
             .run(arg, res, grad_res)
         })?;
@@ -224,8 +230,9 @@ pub(crate) fn reduce(
     formula: &Expr,
     bindings: &[Binding],
     reduction: Reduction,
+    options: &ReductionOptions,
 ) -> candle_core::Result<ReductionOutput> {
-    reduce_sized(formula, bindings, reduction, None)
+    reduce_sized(formula, bindings, reduction, None, options)
 }
 
 /// As [`reduce`]; `sizes` gives the numbers of rows of `i` and of `j` for formulas that have
@@ -238,7 +245,28 @@ pub(crate) fn reduce_sized(
     bindings: &[Binding],
     reduction: Reduction,
     sizes: Option<(usize, usize)>,
+    options: &ReductionOptions,
 ) -> candle_core::Result<ReductionOutput> {
+    if let Some(parts) = split_sum(formula, bindings, reduction, sizes, options)? {
+        return Ok(parts);
+    }
+    // The block path: distances rewritten into inner products of new tensors, when chosen.
+    let target = target_of(formula, bindings, reduction.axis, sizes);
+    let rewritten = match target {
+        Some(t) => gram::rewrite(
+            formula,
+            bindings,
+            reduction.kind,
+            t,
+            options,
+            &mut crate::lazy::fresh_id,
+        )?,
+        None => None,
+    };
+    let (formula, bindings) = match &rewritten {
+        Some((f, b)) => (f, b.as_slice()),
+        None => (formula, bindings),
+    };
     let op = reduction.kind.name();
     let bound = bind(formula, bindings, reduction)?;
     let needs_grad: Vec<bool> = bound.tensors.iter().map(|b| b.tensor.track_op()).collect();
@@ -246,6 +274,21 @@ pub(crate) fn reduce_sized(
     let (dtype, device) = agree(&bound.tensors, op)?;
     let (vars, rows, terms) = layout(&bound.tensors, reduction.axis, sizes, op)?;
     check_output(rows, run.out, op)?;
+    // A rewritten formula was chosen for the block path: its plan is one.
+    let forced = ReductionOptions {
+        path: gram::Path::Blocks,
+        ..*options
+    };
+    let blocks = gram::block_plan(
+        &bound.formula,
+        run.reduction.kind,
+        Target::of(dtype, &device, rows, terms),
+        if rewritten.is_some() {
+            &forced
+        } else {
+            options
+        },
+    )?;
     let plan = ReductionPlan {
         formula: bound.formula,
         reduction: run.reduction,
@@ -253,6 +296,7 @@ pub(crate) fn reduce_sized(
         rows,
         terms,
         out: run.out,
+        blocks,
     };
     let user_indices = run.user_indices;
     dispatch(
@@ -262,7 +306,132 @@ pub(crate) fn reduce_sized(
         &device,
         needs_grad,
         user_indices,
+        options,
     )
+}
+
+/// The target of a reduction of `formula` before binding: dtype, device and sizes from the
+/// bound tensors (`None` when they do not say; validation reports it later).
+fn target_of(
+    formula: &Expr,
+    bindings: &[Binding],
+    axis: Axis,
+    sizes: Option<(usize, usize)>,
+) -> Option<Target> {
+    let used = formula.vars();
+    let tensors: Vec<&Binding> = used
+        .iter()
+        .filter_map(|v| bindings.iter().find(|b| b.id == v.pos))
+        .collect();
+    let first = tensors.first()?;
+    let rows_of = |cat: VarCat| {
+        tensors
+            .iter()
+            .find(|b| b.cat == cat)
+            .map(|b| b.tensor.elem_count() / b.dim.max(1))
+    };
+    let ni = rows_of(VarCat::I).or(sizes.map(|s| s.0))?;
+    let nj = rows_of(VarCat::J).or(sizes.map(|s| s.1))?;
+    let (rows, terms) = match axis {
+        Axis::J => (ni, nj),
+        Axis::I => (nj, ni),
+    };
+    Some(Target::of(
+        first.tensor.dtype(),
+        first.tensor.device(),
+        rows,
+        terms,
+    ))
+}
+
+/// A `Sum` of a `Concat` whose parts take different paths (a gradient's `c_ij * y_j`, a matrix
+/// product on the block path, next to the gradients of parameters): each run of parts that
+/// takes one path is reduced on its own, and the values are put side by side. `None` when the
+/// whole formula takes one path.
+fn split_sum(
+    formula: &Expr,
+    bindings: &[Binding],
+    reduction: Reduction,
+    sizes: Option<(usize, usize)>,
+    options: &ReductionOptions,
+) -> candle_core::Result<Option<ReductionOutput>> {
+    if reduction.kind != ReductionKind::Sum
+        || *formula.op() != Op::Concat
+        || options.path == gram::Path::Direct
+    {
+        return Ok(None);
+    }
+    let Some(target) = target_of(formula, bindings, reduction.axis, sizes) else {
+        return Ok(None);
+    };
+    let mut parts = Vec::new();
+    let mut stack = vec![formula.clone()];
+    while let Some(e) = stack.pop() {
+        if *e.op() == Op::Concat {
+            stack.push(e.args()[1].clone());
+            stack.push(e.args()[0].clone());
+        } else {
+            parts.push(e);
+        }
+    }
+    let auto = ReductionOptions {
+        path: gram::Path::Auto,
+        ..*options
+    };
+    // Each part's path: 0 direct, 1 blocks; a matrix product (2 + its place) runs alone.
+    let key = |(k, f): (usize, &Expr)| -> crate::error::Result<usize> {
+        let r = gram::choose(f, ReductionKind::Sum, target, &auto)?;
+        Ok(match (r.path, r.matmul_epilogue) {
+            (gram::Path::Blocks, true) => 2 + k,
+            (gram::Path::Blocks, false) => 1,
+            _ => 0,
+        })
+    };
+    let keys: Vec<usize> = parts
+        .iter()
+        .enumerate()
+        .map(key)
+        .collect::<crate::error::Result<_>>()?;
+    let whole = gram::choose(formula, ReductionKind::Sum, target, &auto)?;
+    if keys.iter().all(|&k| k == keys[0]) && (keys[0] == 1) == (whole.path == gram::Path::Blocks) {
+        return Ok(None);
+    }
+    let mut values = Vec::new();
+    let mut k = 0;
+    while k < parts.len() {
+        let mut group = parts[k].clone();
+        let mut end = k + 1;
+        while end < parts.len() && keys[end] == keys[k] {
+            group = Expr::new(Op::Concat, vec![group, parts[end].clone()])?;
+            end += 1;
+        }
+        let out = reduce_sized(&group, bindings, reduction, sizes, options)?;
+        values.push(out.values.ok_or_else(|| Error::InvalidArgument {
+            op: "Sum",
+            detail: "a sum returned no values".into(),
+        })?);
+        k = end;
+    }
+    Ok(Some(ReductionOutput {
+        values: Some(Tensor::cat(&values, 1)?),
+        indices: None,
+    }))
+}
+
+/// The path `reduce` would take (see [`crate::LazyTensor::explain`]).
+pub(crate) fn explain(
+    formula: &Expr,
+    bindings: &[Binding],
+    reduction: Reduction,
+    options: &ReductionOptions,
+) -> candle_core::Result<gram::PathReport> {
+    let target = target_of(formula, bindings, reduction.axis, None).ok_or_else(|| {
+        Error::InvalidArgument {
+            op: reduction.kind.name(),
+            detail: "the formula needs an i-variable and a j-variable".into(),
+        }
+    })?;
+    Ok(gram::choose(formula, reduction.kind, target, options)?)
 }
 
 /// A formula bound to the tensors it uses.
@@ -504,6 +673,7 @@ fn dispatch(
     device: &Device,
     needs_grad: Vec<bool>,
     user_indices: bool,
+    options: &ReductionOptions,
 ) -> candle_core::Result<ReductionOutput> {
     // The backward pass, planned ahead, records this plan instead of running it.
     if let Some(stand_in) = ahead::intercept(&plan, dtype, &needs_grad, user_indices, device) {
@@ -516,7 +686,7 @@ fn dispatch(
     if !ahead::backward_active() {
         ahead::prepare_backward(&backend, &plan, &needs_grad, dtype);
     }
-    run_op(plan, tensors, needs_grad, user_indices)
+    run_op(plan, tensors, needs_grad, user_indices, options)
 }
 
 /// Runs `plan` on the packed `tensors` through a `ReductionOp` (tracked when the reduction
@@ -527,6 +697,7 @@ fn run_op(
     tensors: &[&Binding],
     needs_grad: Vec<bool>,
     user_indices: bool,
+    options: &ReductionOptions,
 ) -> candle_core::Result<ReductionOutput> {
     let out = plan.out;
     let packed = pack(tensors)?;
@@ -535,6 +706,7 @@ fn run_op(
         plan: Arc::new(plan),
         needs_grad,
         indices: indices.clone(),
+        options: *options,
     };
     if out.values == 0 {
         let primary = packed.apply_op1_no_bwd(&op)?;

@@ -40,6 +40,21 @@ pub(crate) enum InputData<'a, T> {
     Cols { data: Vec<T>, stride: usize },
     /// A parameter: `dim` values.
     Param(&'a [T]),
+    /// The pair input `k` of a block plan: the block's inner products, from the
+    /// [`PairBlock`] `k` given to [`run_block`].
+    Pair(usize),
+    /// A variable the program does not read (an operand of the block path's inner products).
+    Unused,
+}
+
+/// A block of one pair input of the block path: the value of pair `(i, j)` for the block's
+/// row `r` (`i = rows.start + r`) at `data[r * ld + j - j_start]`, padded so that whole tiles
+/// can be read.
+#[derive(Clone, Copy)]
+pub(crate) struct PairBlock<'a, T> {
+    pub data: &'a [T],
+    pub ld: usize,
+    pub j_start: usize,
 }
 
 /// Everything a block needs, shared by all blocks.
@@ -275,6 +290,7 @@ fn make_views<T: Real>(
     ctx: &Context<'_, T>,
     scratch: &mut Scratch<T>,
     at: At,
+    pairs: &[PairBlock<'_, T>],
     views: &mut Vec<View<T>>,
     outs: &mut Vec<OutView<T>>,
 ) {
@@ -296,6 +312,12 @@ fn make_views<T: Real>(
                 InputData::Cols { data, stride } => {
                     (data.as_ptr().wrapping_add(j0) as *mut T, *stride, true)
                 }
+                InputData::Pair(k) => {
+                    let p = &pairs[*k];
+                    let at = r * p.ld + j0 - p.j_start;
+                    (p.data.as_ptr().wrapping_add(at) as *mut T, p.ld, true)
+                }
+                InputData::Unused => (std::ptr::NonNull::dangling().as_ptr(), 1, row_code),
             },
         };
         views.push(View {
@@ -315,20 +337,20 @@ pub(crate) struct States {
     pub idx: Vec<i64>,
 }
 
-/// Runs the reduction for output rows `rows` over the terms `terms` (`FMA` must be
-/// `A::FMA`) and returns the rows' reduction states.
+/// Runs the program for output rows `rows` over the terms `terms`, and hands each row's tile
+/// (its registers' views, the number of valid terms and the first term) to `consume`, with
+/// the scratch tile of the reduction.
 ///
 /// # Safety
-/// `ctx` must be consistent: inputs sized for the program's registers (`i`-variables with at
-/// least `rows.end` rows, `j`-variables padded to a multiple of [`PAD`] at least
-/// `ctx.terms`); `terms` must lie in `0..ctx.terms` and start at a multiple of [`PAD`].
+/// As for [`run_block`].
 #[inline(always)]
-pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
+unsafe fn for_each_tile<T: Real, A: Arch, const FMA: bool>(
     ctx: &Context<'_, T>,
     rows: std::ops::Range<usize>,
     terms: std::ops::Range<usize>,
-) -> States {
-    debug_assert_eq!(A::FMA, FMA);
+    pairs: &[PairBlock<'_, T>],
+    mut consume: impl FnMut(usize, &[View<T>], &mut [T], usize, usize),
+) {
     let prog = ctx.prog;
     let nr = rows.len();
     let mut scratch = Scratch {
@@ -347,31 +369,16 @@ pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
         Root::SqDistExpMoments { .. } => [vec![T::ZERO; tile], vec![T::ONE; tile]].concat(),
         _ => vec![T::ZERO; tile],
     };
-    let (sv, si) = (ctx.state_vals, ctx.state_idx);
-    let mut vals = vec![0.0f64; nr * sv];
-    let mut idx = vec![0i64; nr * si];
-    for r in 0..nr {
-        ctx.reduction.init(
-            ctx.dim,
-            &mut vals[r * sv..(r + 1) * sv],
-            &mut idx[r * si..(r + 1) * si],
-        );
-    }
     let mut views = Vec::with_capacity(prog.regs.len());
     let mut outs = Vec::with_capacity(prog.regs.len());
     for (r, i) in rows.clone().enumerate() {
-        make_views(
-            ctx,
-            &mut scratch,
-            At {
-                r,
-                i,
-                j0: 0,
-                row_code: true,
-            },
-            &mut views,
-            &mut outs,
-        );
+        let at = At {
+            r,
+            i,
+            j0: terms.start,
+            row_code: true,
+        };
+        make_views(ctx, &mut scratch, at, pairs, &mut views, &mut outs);
         for ins in &prog.row_code {
             // SAFETY: row registers have `dim` values in the row scratch; inputs are sized by
             // the caller.
@@ -383,39 +390,98 @@ pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
         let valid = tile.min(terms.end - j0);
         let len = valid.div_ceil(PAD) * PAD;
         for (r, i) in rows.clone().enumerate() {
-            make_views(
-                ctx,
-                &mut scratch,
-                At {
-                    r,
-                    i,
-                    j0,
-                    row_code: false,
-                },
-                &mut views,
-                &mut outs,
-            );
+            let at = At {
+                r,
+                i,
+                j0,
+                row_code: false,
+            };
+            make_views(ctx, &mut scratch, at, pairs, &mut views, &mut outs);
             for ins in &prog.tile_code {
-                // SAFETY: tile registers hold TILE >= len terms; j-inputs are padded to a
-                // multiple of PAD covering j0 + len.
+                // SAFETY: tile registers hold TILE >= len terms; j-inputs and pair blocks are
+                // padded to a multiple of PAD covering j0 + len.
                 unsafe { exec_instr::<T, A, FMA>(ins, prog, &views, &outs, len) };
             }
-            // SAFETY: as above.
-            unsafe {
-                accumulate_tile::<T, A, FMA>(
-                    ctx,
-                    &views,
-                    scratch.weights.as_mut_slice(),
-                    valid,
-                    j0,
-                    &mut vals[r * sv..(r + 1) * sv],
-                    &mut idx[r * si..(r + 1) * si],
-                )
-            };
+            consume(r, &views, scratch.weights.as_mut_slice(), valid, j0);
         }
         j0 += tile;
     }
+}
+
+/// Runs the reduction for output rows `rows` over the terms `terms` (`FMA` must be
+/// `A::FMA`) and returns the rows' reduction states. `pairs` holds the blocks of the pair
+/// inputs of a block plan (empty otherwise).
+///
+/// # Safety
+/// `ctx` must be consistent: inputs sized for the program's registers (`i`-variables with at
+/// least `rows.end` rows, `j`-variables padded to a multiple of [`PAD`] at least
+/// `ctx.terms`, pair blocks of `rows.len()` rows padded likewise); `terms` must lie in
+/// `0..ctx.terms` and start at a multiple of [`PAD`].
+#[inline(always)]
+pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
+    ctx: &Context<'_, T>,
+    rows: std::ops::Range<usize>,
+    terms: std::ops::Range<usize>,
+    pairs: &[PairBlock<'_, T>],
+) -> States {
+    debug_assert_eq!(A::FMA, FMA);
+    let nr = rows.len();
+    let (sv, si) = (ctx.state_vals, ctx.state_idx);
+    let mut vals = vec![0.0f64; nr * sv];
+    let mut idx = vec![0i64; nr * si];
+    for r in 0..nr {
+        ctx.reduction.init(
+            ctx.dim,
+            &mut vals[r * sv..(r + 1) * sv],
+            &mut idx[r * si..(r + 1) * si],
+        );
+    }
+    let consume = |r: usize, views: &[View<T>], weights: &mut [T], valid: usize, j0: usize| {
+        // SAFETY: `for_each_tile` hands the views of the current row and tile.
+        unsafe {
+            accumulate_tile::<T, A, FMA>(
+                ctx,
+                views,
+                weights,
+                valid,
+                j0,
+                &mut vals[r * sv..(r + 1) * sv],
+                &mut idx[r * si..(r + 1) * si],
+            )
+        };
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { for_each_tile::<T, A, FMA>(ctx, rows, terms, pairs, consume) };
     States { vals, idx }
+}
+
+/// Evaluates a one-component formula at every pair of the block `rows x terms`: the value of
+/// pair `(rows.start + r, terms.start + l)` goes to `out[r * ld + l]`. The program must have
+/// a [`Root::Value`] root.
+///
+/// # Safety
+/// As for [`run_block`]; `out` holds `rows.len() * ld` values and `ld >= terms.len()`.
+#[inline(always)]
+pub(crate) unsafe fn run_block_values<T: Real, A: Arch, const FMA: bool>(
+    ctx: &Context<'_, T>,
+    rows: std::ops::Range<usize>,
+    terms: std::ops::Range<usize>,
+    pairs: &[PairBlock<'_, T>],
+    out: &mut [T],
+    ld: usize,
+) {
+    let Root::Value(root) = ctx.prog.root else {
+        unreachable!("value programs are compiled with a value root")
+    };
+    let start = terms.start;
+    let consume = |r: usize, views: &[View<T>], _: &mut [T], valid: usize, j0: usize| {
+        // SAFETY: the root is a tile register of one component holding `valid` terms.
+        let v = unsafe { views[root].slice(0, valid) };
+        let at = r * ld + j0 - start;
+        out[at..at + valid].copy_from_slice(v);
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { for_each_tile::<T, A, FMA>(ctx, rows, terms, pairs, consume) };
 }
 
 /// Evaluates the formula (no reduction) for the terms `terms`: component `c` of term `l` goes
@@ -449,7 +515,7 @@ pub(crate) unsafe fn run_map<T: Real, A: Arch, const FMA: bool>(
         j0: 0,
         row_code: true,
     };
-    make_views(ctx, &mut scratch, at, &mut views, &mut outs);
+    make_views(ctx, &mut scratch, at, &[], &mut views, &mut outs);
     for ins in &prog.row_code {
         // SAFETY: as in `run_block`.
         unsafe { exec_instr::<T, A, FMA>(ins, prog, &views, &outs, 1) };
@@ -464,7 +530,7 @@ pub(crate) unsafe fn run_map<T: Real, A: Arch, const FMA: bool>(
             row_code: false,
             ..at
         };
-        make_views(ctx, &mut scratch, at, &mut views, &mut outs);
+        make_views(ctx, &mut scratch, at, &[], &mut views, &mut outs);
         for ins in &prog.tile_code {
             // SAFETY: as in `run_block`.
             unsafe { exec_instr::<T, A, FMA>(ins, prog, &views, &outs, len) };

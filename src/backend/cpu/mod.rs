@@ -5,6 +5,7 @@
 //! the number of threads. The instruction set is chosen at run time ([`isa`]); the executor
 //! is instantiated once per level inside `#[target_feature]` functions.
 
+mod blocks;
 pub(crate) mod exec;
 pub mod isa;
 pub(crate) mod kernels;
@@ -18,7 +19,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout};
 use half::{bf16, f16};
 
-use self::exec::{Context, InputData, States, PAD};
+use self::exec::{Context, InputData, PairBlock, States, PAD};
 use self::isa::Isa;
 use self::program::Program;
 use super::{Outputs, ReductionPlan};
@@ -92,6 +93,9 @@ pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Ve
     {
         return (map_rows(plan, data), Vec::new());
     }
+    if let Some(bp) = &plan.blocks {
+        return blocks::reduce(plan, bp, data);
+    }
     let cats: Vec<(VarCat, usize)> = plan.vars.iter().map(|v| (v.cat, v.dim)).collect();
     let prog = Program::compile(&plan.formula, &cats, plan.reduction.kind);
     let padded = plan.terms.div_ceil(PAD) * PAD;
@@ -141,17 +145,30 @@ pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Ve
         .collect();
     let states: Vec<States> = tasks
         .par_iter()
-        .map(|(b, terms)| run_block_on(isa, &ctx, blocks[*b].clone(), terms.clone()))
+        .map(|(b, terms)| run_block_on(isa, &ctx, blocks[*b].clone(), terms.clone(), &[]))
         .collect();
-    let (sv, si) = (st.vals, st.idx);
+    finish(plan, &ctx, &blocks, chunks.len(), states)
+}
+
+/// Combines the states of `states` (block after block, the states of each of `chunks`
+/// chunks of terms in order) and finalises them: the values (`f64`) and the indices of
+/// `plan`'s rows.
+fn finish<T: Real>(
+    plan: &ReductionPlan,
+    ctx: &Context<'_, T>,
+    blocks: &[Range<usize>],
+    chunks: usize,
+    states: Vec<States>,
+) -> (Vec<f64>, Vec<i64>) {
+    let dim = ctx.dim;
+    let (sv, si) = (ctx.state_vals, ctx.state_idx);
     let (ov, oi) = (ctx.out_vals, ctx.out_idx);
     let mut vals = vec![0.0f64; plan.rows * ov];
     let mut idx = vec![0i64; plan.rows * oi];
-    // `states` holds, block after block, the states of each chunk of terms in order.
     let mut states = states.into_iter();
-    for b in &blocks {
+    for b in blocks {
         let mut acc = states.next().expect("one state per block and chunk");
-        for _ in 1..chunks.len() {
+        for _ in 1..chunks {
             let part = states.next().expect("one state per block and chunk");
             for r in 0..b.len() {
                 plan.reduction.combine(
@@ -271,24 +288,26 @@ unsafe fn map_avx2<T: Real>(ctx: &Context<'_, T>, terms: Range<usize>, out: &mut
     unsafe { exec::run_map::<T, isa::Avx2, true>(ctx, terms, out) }
 }
 
-/// Runs one block with the executor compiled for `isa`.
+/// Runs one block with the executor compiled for `isa` (`pairs`: the blocks of a block
+/// plan's pair inputs).
 fn run_block_on<T: Real>(
     isa: Isa,
     ctx: &Context<'_, T>,
     rows: Range<usize>,
     terms: Range<usize>,
+    pairs: &[PairBlock<'_, T>],
 ) -> States {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only chosen when the CPU reports AVX-512F, AVX2 and FMA;
-        // the context was built by `reduce`, which sizes every input as `run_block` requires
-        // and splits the terms at multiples of `PAD` (SPLIT_TERMS is one).
-        Isa::Avx512 => unsafe { run_avx512(ctx, rows, terms) },
+        // the context was built by `reduce` or `blocks::reduce`, which size every input as
+        // `run_block` requires and split the terms at multiples of `PAD`.
+        Isa::Avx512 => unsafe { run_avx512(ctx, rows, terms, pairs) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only chosen when the CPU reports AVX2 and FMA; as above.
-        Isa::Avx2 => unsafe { run_avx2(ctx, rows, terms) },
+        Isa::Avx2 => unsafe { run_avx2(ctx, rows, terms, pairs) },
         // SAFETY: the context was built by `reduce` (see above).
-        _ => unsafe { exec::run_block::<T, isa::Baseline, BASELINE_FMA>(ctx, rows, terms) },
+        _ => unsafe { exec::run_block::<T, isa::Baseline, BASELINE_FMA>(ctx, rows, terms, pairs) },
     }
 }
 
@@ -301,9 +320,10 @@ unsafe fn run_avx512<T: Real>(
     ctx: &Context<'_, T>,
     rows: Range<usize>,
     terms: Range<usize>,
+    pairs: &[PairBlock<'_, T>],
 ) -> States {
     // SAFETY: forwarded from `run_block_on`.
-    unsafe { exec::run_block::<T, isa::Avx512, true>(ctx, rows, terms) }
+    unsafe { exec::run_block::<T, isa::Avx512, true>(ctx, rows, terms, pairs) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -312,9 +332,64 @@ unsafe fn run_avx2<T: Real>(
     ctx: &Context<'_, T>,
     rows: Range<usize>,
     terms: Range<usize>,
+    pairs: &[PairBlock<'_, T>],
 ) -> States {
     // SAFETY: forwarded from `run_block_on`.
-    unsafe { exec::run_block::<T, isa::Avx2, true>(ctx, rows, terms) }
+    unsafe { exec::run_block::<T, isa::Avx2, true>(ctx, rows, terms, pairs) }
+}
+
+/// Evaluates a block's pair values with the executor compiled for `isa` (see
+/// `exec::run_block_values`).
+fn values_on<T: Real>(
+    isa: Isa,
+    ctx: &Context<'_, T>,
+    rows: Range<usize>,
+    terms: Range<usize>,
+    pairs: &[PairBlock<'_, T>],
+    out: &mut [T],
+    ld: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn avx512<T: Real>(
+        ctx: &Context<'_, T>,
+        rows: Range<usize>,
+        terms: Range<usize>,
+        pairs: &[PairBlock<'_, T>],
+        out: &mut [T],
+        ld: usize,
+    ) {
+        // SAFETY: forwarded from `values_on`.
+        unsafe { exec::run_block_values::<T, isa::Avx512, true>(ctx, rows, terms, pairs, out, ld) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2<T: Real>(
+        ctx: &Context<'_, T>,
+        rows: Range<usize>,
+        terms: Range<usize>,
+        pairs: &[PairBlock<'_, T>],
+        out: &mut [T],
+        ld: usize,
+    ) {
+        // SAFETY: forwarded from `values_on`.
+        unsafe { exec::run_block_values::<T, isa::Avx2, true>(ctx, rows, terms, pairs, out, ld) }
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: chosen only when the CPU reports these features; `blocks::reduce` sizes
+        // the inputs, the pair blocks and `out` as `run_block_values` requires.
+        Isa::Avx512 => unsafe { avx512(ctx, rows, terms, pairs, out, ld) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2(ctx, rows, terms, pairs, out, ld) },
+        // SAFETY: as above.
+        _ => unsafe {
+            exec::run_block_values::<T, isa::Baseline, BASELINE_FMA>(
+                ctx, rows, terms, pairs, out, ld,
+            )
+        },
+    }
 }
 
 /// `x = exp(x)` over a slice with the vectorised exponential of the instruction set reductions
@@ -400,6 +475,7 @@ mod tests {
             out: Reduction::new(ReductionKind::Sum, crate::reduction::Axis::J)
                 .output_spec(3)
                 .unwrap(),
+            blocks: None,
         };
         let (vals, idx) = reduce::<f64>(&plan, &data);
         assert!(idx.is_empty());

@@ -652,21 +652,30 @@ impl Program {
         inputs: &[(VarCat, usize)],
         kind: ReductionKind,
     ) -> Program {
-        if kind == ReductionKind::Sum {
+        Program::compile_with_pairs(formula, inputs, kind, &[])
+    }
+
+    /// As [`Program::compile`], for a block plan: the node `pairs[k]` is not computed but read
+    /// from the pair input at position `inputs.len() + k` (a tile register of one component).
+    pub(crate) fn compile_with_pairs(
+        formula: &Expr,
+        inputs: &[(VarCat, usize)],
+        kind: ReductionKind,
+        pairs: &[Expr],
+    ) -> Program {
+        if kind == ReductionKind::Sum && pairs.is_empty() {
             if let Some(m) = match_moments(formula) {
-                if let Some(prog) = Builder::new(formula, inputs).lower_moments(m) {
+                if let Some(prog) = Builder::new(formula, inputs, pairs).lower_moments(m) {
                     return prog;
                 }
             }
-        }
-        if kind == ReductionKind::Sum {
             if let Some(m) = match_diff_moments(formula) {
-                if let Some(prog) = Builder::new(formula, inputs).lower_diff_moments(m) {
+                if let Some(prog) = Builder::new(formula, inputs, pairs).lower_diff_moments(m) {
                     return prog;
                 }
             }
         }
-        let mut b = Builder::new(formula, inputs);
+        let mut b = Builder::new(formula, inputs, pairs);
         let product = if kind == ReductionKind::Sum {
             b.lower_as_product(formula)
         } else {
@@ -709,8 +718,8 @@ impl Program {
 }
 
 impl Builder {
-    /// A builder with the formula's inputs registered.
-    fn new(formula: &Expr, inputs: &[(VarCat, usize)]) -> Builder {
+    /// A builder with the formula's inputs registered, and the pair inputs after them.
+    fn new(formula: &Expr, inputs: &[(VarCat, usize)], pairs: &[Expr]) -> Builder {
         let mut b = Builder {
             regs: Vec::new(),
             row_code: Vec::new(),
@@ -735,6 +744,14 @@ impl Builder {
         for v in formula.vars() {
             let e = Expr::var(v).expect("variables of a valid formula are valid");
             b.memo.insert(e, v.pos);
+        }
+        for (k, node) in pairs.iter().enumerate() {
+            b.regs.push(RegInfo {
+                dim: 1,
+                level: Level::Tile,
+                storage: Storage::Input(inputs.len() + k),
+            });
+            b.memo.insert(node.clone(), inputs.len() + k);
         }
         b
     }

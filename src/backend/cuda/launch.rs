@@ -452,6 +452,7 @@ mod tests {
             vars: vec![spec(VarCat::I, 3), spec(VarCat::J, 3), spec(VarCat::J, e)],
             rows: 1,
             terms: 1,
+            blocks: None,
         }
     }
 

@@ -1,0 +1,314 @@
+//! The block path (inner products by matrix products, `lazy_kernels::op::gram`) against the
+//! direct path, dense f64 references and finite differences, on the CPU.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use common::{assert_close, flat, flat_i64, Rng};
+use lazy_kernels::{Axis, LazyTensor, Path, ReductionKind, ReductionOptions};
+
+fn with(path: Path) -> ReductionOptions {
+    ReductionOptions {
+        path,
+        ..Default::default()
+    }
+}
+
+/// Squared distances `(M, N)` in f64, densely.
+fn dense_sqdist(x: &Tensor, y: &Tensor) -> Tensor {
+    let (x, y) = (
+        x.to_dtype(DType::F64).unwrap(),
+        y.to_dtype(DType::F64).unwrap(),
+    );
+    let d = x
+        .unsqueeze(1)
+        .unwrap()
+        .broadcast_sub(&y.unsqueeze(0).unwrap())
+        .unwrap();
+    d.sqr().unwrap().sum(2).unwrap()
+}
+
+/// A formula for each kind: a Gaussian kernel times 3 weights for `Sum`, the kernel with the
+/// weights for `SumSoftMaxWeight`, the scaled distance otherwise.
+fn formula_for(kind: ReductionKind, x: &LazyTensor, y: &LazyTensor, b: &LazyTensor) -> LazyTensor {
+    let d = x.sqdist(y).unwrap();
+    match kind {
+        ReductionKind::Sum => (-&d * 0.05).exp() * b,
+        ReductionKind::LogSumExp => -&d * 0.05,
+        ReductionKind::SumSoftMaxWeight => (-&d * 0.05).concat(b).unwrap(),
+        _ => d,
+    }
+}
+
+fn run(f: &LazyTensor, kind: ReductionKind, axis: Axis, path: Path) -> (Vec<f64>, Vec<i64>) {
+    let out = f.reduce_with(kind, axis, &with(path)).unwrap();
+    (
+        out.values.map(|v| flat(&v)).unwrap_or_default(),
+        out.indices.map(|i| flat_i64(&i)).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn every_reduction_kind_on_blocks_agrees_with_the_direct_path_in_f64() {
+    let mut rng = Rng(7);
+    let (m, n, d) = (70, 150, 40);
+    let x = rng.tensor(&[m, d], 0.0, 1.0);
+    let y = rng.tensor(&[n, d], 0.0, 1.0);
+    let b = rng.tensor(&[n, 3], -1.0, 1.0);
+    let bi = rng.tensor(&[m, 3], -1.0, 1.0);
+    for axis in [Axis::J, Axis::I] {
+        let (xl, yl) = (LazyTensor::vi(&x).unwrap(), LazyTensor::vj(&y).unwrap());
+        let bl = match axis {
+            Axis::J => LazyTensor::vj(&b).unwrap(),
+            Axis::I => LazyTensor::vi(&bi).unwrap(),
+        };
+        for kind in ReductionKind::all(5) {
+            let f = formula_for(kind, &xl, &yl, &bl);
+            let (v_blk, i_blk) = run(&f, kind, axis, Path::Blocks);
+            let (v_dir, i_dir) = run(&f, kind, axis, Path::Direct);
+            let what = format!("{kind:?} over {axis:?}");
+            assert_close(&v_blk, &v_dir, 1e-11, 1e-12, &what);
+            assert_eq!(i_blk, i_dir, "{what}: indices");
+        }
+    }
+}
+
+#[test]
+fn the_gaussian_sum_on_blocks_matches_a_dense_f64_sum() {
+    let mut rng = Rng(11);
+    let (m, n, d) = (90, 300, 64);
+    let x = rng.tensor(&[m, d], -1.0, 1.0);
+    let y = rng.tensor(&[n, d], -1.0, 1.0);
+    let b = rng.tensor(&[n, 2], -1.0, 1.0);
+    let k = (-LazyTensor::vi(&x)
+        .unwrap()
+        .sqdist(&LazyTensor::vj(&y).unwrap())
+        .unwrap()
+        * 0.1)
+        .exp();
+    let f = k * LazyTensor::vj(&b).unwrap();
+    assert_eq!(
+        f.explain(ReductionKind::Sum, Axis::J, &Default::default())
+            .unwrap()
+            .path,
+        Path::Blocks
+    );
+    let got = f.sum(Axis::J).unwrap();
+    let want = (dense_sqdist(&x, &y) * -0.1)
+        .unwrap()
+        .exp()
+        .unwrap()
+        .matmul(&b)
+        .unwrap();
+    assert_close(&flat(&got), &flat(&want), 1e-12, 1e-13, "Gaussian sum");
+}
+
+#[test]
+fn weighted_distances_and_inner_products_take_the_block_path() {
+    let mut rng = Rng(3);
+    let (m, n, d) = (40, 200, 32);
+    let x = rng.tensor(&[m, d], -1.0, 1.0);
+    let y = rng.tensor(&[n, d], -1.0, 1.0);
+    let w = rng.tensor(&[d], 0.1, 2.0);
+    let (xl, yl) = (LazyTensor::vi(&x).unwrap(), LazyTensor::vj(&y).unwrap());
+    let wl = LazyTensor::param(&w).unwrap();
+    let weighted = (-xl.weighted_sqdist(&yl, &wl).unwrap() * 0.1).exp();
+    let dot = xl.dot(&yl).unwrap().tanh();
+    for f in [weighted, dot] {
+        let r = f
+            .explain(ReductionKind::Sum, Axis::J, &Default::default())
+            .unwrap();
+        assert_eq!(r.path, Path::Blocks, "{r}");
+        let (a, _) = run(&f, ReductionKind::Sum, Axis::J, Path::Blocks);
+        let (b, _) = run(&f, ReductionKind::Sum, Axis::J, Path::Direct);
+        assert_close(&a, &b, 1e-11, 1e-12, &format!("{r}"));
+    }
+}
+
+#[test]
+fn the_choice_is_reported_and_a_forced_block_path_that_cannot_run_is_an_error() {
+    let dev = Device::Cpu;
+    let pts = |rows: usize, d: usize| Tensor::zeros((rows, d), DType::F32, &dev).unwrap();
+    let (x3, y3) = (
+        LazyTensor::vi(&pts(1000, 3)).unwrap(),
+        LazyTensor::vj(&pts(1000, 3)).unwrap(),
+    );
+    let (x8, y8) = (
+        LazyTensor::vi(&pts(1000, 8)).unwrap(),
+        LazyTensor::vj(&pts(1000, 8)).unwrap(),
+    );
+    let (x64, y64) = (
+        LazyTensor::vi(&pts(1000, 64)).unwrap(),
+        LazyTensor::vj(&pts(1000, 64)).unwrap(),
+    );
+    let auto = ReductionOptions::default();
+    let knn = ReductionKind::ArgKMin(10);
+    for (x, y, want) in [
+        (&x3, &y3, Path::Direct),
+        (&x8, &y8, Path::Direct),
+        (&x64, &y64, Path::Blocks),
+    ] {
+        let r = x.sqdist(y).unwrap().explain(knn, Axis::J, &auto).unwrap();
+        assert_eq!(r.path, want, "{r}");
+        assert!(!r.reason.is_empty());
+    }
+    let forced_direct = x64
+        .sqdist(&y64)
+        .unwrap()
+        .explain(knn, Axis::J, &with(Path::Direct));
+    assert_eq!(forced_direct.unwrap().path, Path::Direct);
+    // The periodic kernel's sin(x - y) is not a function of <x, y>.
+    let periodic = (x64.clone() - y64.clone()).sin().square().component_sum();
+    let err = periodic
+        .reduce_with(ReductionKind::Sum, Axis::J, &with(Path::Blocks))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("block path was forced"), "{err}");
+    // Half precision keeps the direct path (the expansion cancels).
+    let h = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
+    let xh = LazyTensor::vi(&h(&pts(1000, 64))).unwrap();
+    let yh = LazyTensor::vj(&h(&pts(1000, 64))).unwrap();
+    let r = xh
+        .sqdist(&yh)
+        .unwrap()
+        .explain(knn, Axis::J, &auto)
+        .unwrap();
+    assert_eq!(r.path, Path::Direct, "{r}");
+}
+
+#[test]
+fn a_small_memory_budget_gives_small_blocks_and_the_same_result() {
+    let mut rng = Rng(5);
+    let (m, n, d) = (130, 5000, 24);
+    let x = rng.tensor(&[m, d], 0.0, 1.0);
+    let y = rng.tensor(&[n, d], 0.0, 1.0);
+    let f = (-LazyTensor::vi(&x)
+        .unwrap()
+        .sqdist(&LazyTensor::vj(&y).unwrap())
+        .unwrap())
+    .exp();
+    let tiny = ReductionOptions {
+        path: Path::Blocks,
+        block_bytes: 4096,
+        ..Default::default()
+    };
+    let a = flat(
+        &f.reduce_with(ReductionKind::Sum, Axis::J, &tiny)
+            .unwrap()
+            .values
+            .unwrap(),
+    );
+    let (b, _) = run(&f, ReductionKind::Sum, Axis::J, Path::Direct);
+    assert_close(&a, &b, 1e-12, 1e-13, "tiny blocks");
+}
+
+/// `sum_i w_i * out_i` and its gradients with respect to x, y, the bandwidth and the weights.
+fn gaussian_grads(x: &Var, y: &Var, s: &Var, b: &Var, w: &Tensor, path: Path) -> Vec<Vec<f64>> {
+    let (xl, yl) = (LazyTensor::vi(x).unwrap(), LazyTensor::vj(y).unwrap());
+    let sl = LazyTensor::param(s).unwrap();
+    let k = (-xl.sqdist(&yl).unwrap() / (sl.square() * 2.0)).exp();
+    let out = (k * LazyTensor::vj(b).unwrap())
+        .reduce_with(ReductionKind::Sum, Axis::J, &with(path))
+        .unwrap()
+        .values
+        .unwrap();
+    let loss = (out * w).unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    [x, y, s, b]
+        .iter()
+        .map(|v| flat(g.get(v).expect("a gradient")))
+        .collect()
+}
+
+#[test]
+fn gradients_through_blocks_match_the_direct_path_and_finite_differences() {
+    let mut rng = Rng(13);
+    let (m, n, d) = (50, 120, 48);
+    let x = Var::from_tensor(&rng.tensor(&[m, d], 0.0, 1.0)).unwrap();
+    let y = Var::from_tensor(&rng.tensor(&[n, d], 0.0, 1.0)).unwrap();
+    let s = Var::from_tensor(&Tensor::new(&[1.5f64], &Device::Cpu).unwrap()).unwrap();
+    let b = Var::from_tensor(&rng.tensor(&[n, 2], -1.0, 1.0)).unwrap();
+    let w = rng.tensor(&[m, 2], -1.0, 1.0);
+    let blk = gaussian_grads(&x, &y, &s, &b, &w, Path::Blocks);
+    let dir = gaussian_grads(&x, &y, &s, &b, &w, Path::Direct);
+    for (name, (a, b)) in ["x", "y", "sigma", "b"].iter().zip(blk.iter().zip(&dir)) {
+        assert_close(a, b, 1e-9, 1e-12, &format!("gradient wrt {name}"));
+    }
+    // Central differences of the loss along a few coordinates of x, on the block path.
+    let loss = |xv: &Tensor| -> f64 {
+        let (xl, yl) = (
+            LazyTensor::vi(xv).unwrap(),
+            LazyTensor::vj(y.as_tensor()).unwrap(),
+        );
+        let sl = LazyTensor::param(&s).unwrap();
+        let k = (-xl.sqdist(&yl).unwrap() / (sl.square() * 2.0)).exp();
+        let out = (k * LazyTensor::vj(&b).unwrap())
+            .reduce_with(ReductionKind::Sum, Axis::J, &with(Path::Blocks))
+            .unwrap()
+            .values
+            .unwrap();
+        (out * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let x0 = flat(x.as_tensor());
+    let h = 1e-5;
+    for k in [0, 7, d + 3, 17 * d + 40] {
+        let bump = |delta: f64| {
+            let mut v = x0.clone();
+            v[k] += delta;
+            Tensor::from_vec(v, (m, d), &Device::Cpu).unwrap()
+        };
+        let fd = (loss(&bump(h)) - loss(&bump(-h))) / (2.0 * h);
+        assert!(
+            (fd - blk[0][k]).abs() <= 1e-6 * fd.abs().max(1.0),
+            "x[{k}]: finite difference {fd}, block gradient {}",
+            blk[0][k]
+        );
+    }
+}
+
+#[test]
+fn gradients_of_logsumexp_and_kmin_on_blocks_match_the_direct_path() {
+    let mut rng = Rng(17);
+    let (m, n, d) = (40, 100, 32);
+    let x = Var::from_tensor(&rng.tensor(&[m, d], 0.0, 1.0)).unwrap();
+    let y = Var::from_tensor(&rng.tensor(&[n, d], 0.0, 1.0)).unwrap();
+    for kind in [
+        ReductionKind::LogSumExp,
+        ReductionKind::KMin(3),
+        ReductionKind::Min,
+    ] {
+        let grads = |path: Path| -> Vec<Vec<f64>> {
+            let f = -LazyTensor::vi(&x)
+                .unwrap()
+                .sqdist(&LazyTensor::vj(&y).unwrap())
+                .unwrap();
+            let out = f
+                .reduce_with(kind, Axis::J, &with(path))
+                .unwrap()
+                .values
+                .unwrap();
+            let g = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            [&x, &y].iter().map(|v| flat(g.get(v).unwrap())).collect()
+        };
+        let (a, b) = (grads(Path::Blocks), grads(Path::Direct));
+        assert_close(
+            &a[0],
+            &b[0],
+            1e-8,
+            1e-10,
+            &format!("{kind:?}: gradient wrt x"),
+        );
+        assert_close(
+            &a[1],
+            &b[1],
+            1e-8,
+            1e-10,
+            &format!("{kind:?}: gradient wrt y"),
+        );
+    }
+}
