@@ -312,3 +312,158 @@ fn gradients_of_logsumexp_and_kmin_on_blocks_match_the_direct_path() {
         );
     }
 }
+
+/// Points of three kinds, `(x, y)` in f32: uniform in the unit cube; five tight clusters far
+/// from the origin; and `y` holding exact copies of the rows of `x`.
+fn datasets(rng: &mut Rng, m: usize, n: usize, d: usize) -> Vec<(&'static str, Tensor, Tensor)> {
+    let f32 = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+    let uniform = (rng.tensor(&[m, d], 0.0, 1.0), rng.tensor(&[n, d], 0.0, 1.0));
+    let centres = rng.tensor(&[5, d], 20.0, 30.0);
+    let mut cluster = |rows: usize| {
+        let pick: Vec<u32> = (0..rows).map(|_| rng.below(5) as u32).collect();
+        let idx = Tensor::new(pick.as_slice(), &Device::Cpu).unwrap();
+        let c = centres.index_select(&idx, 0).unwrap();
+        (c + rng.tensor(&[rows, d], -0.05, 0.05)).unwrap()
+    };
+    let clustered = (cluster(m), cluster(n));
+    let x = rng.tensor(&[m, d], 0.0, 1.0);
+    let copies: Vec<u32> = (0..n).map(|j| (j % m) as u32).collect();
+    let y = x
+        .index_select(&Tensor::new(copies.as_slice(), &Device::Cpu).unwrap(), 0)
+        .unwrap();
+    vec![
+        ("uniform", f32(uniform.0), f32(uniform.1)),
+        ("clustered", f32(clustered.0), f32(clustered.1)),
+        ("duplicated", f32(x), f32(y)),
+    ]
+}
+
+/// The largest error of `got` against `want`, relative to the largest `|want|`.
+fn normwise_error(got: &[f64], want: &[f64]) -> f64 {
+    let scale = want.iter().fold(0f64, |a, w| a.max(w.abs()));
+    got.iter()
+        .zip(want)
+        .fold(0f64, |a, (g, w)| a.max((g - w).abs()))
+        / scale
+}
+
+#[test]
+fn in_f32_the_block_path_is_within_10x_of_the_direct_paths_error() {
+    let mut rng = Rng(23);
+    let (m, n, d) = (200, 700, 64);
+    for (name, x, y) in datasets(&mut rng, m, n, d) {
+        let d2 = dense_sqdist(&x, &y);
+        // Bandwidths at the scale of the data (the mean squared distance) and of the nearest
+        // pairs (the 1st percentile, where cancellation in |x|^2 + |y|^2 - 2<x, y> shows).
+        let mut sorted = flat(&d2);
+        sorted.sort_by(f64::total_cmp);
+        let small = sorted[sorted.len() / 100].max(1e-3);
+        let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
+        for scale in [mean, small] {
+            let want = flat(
+                &(&d2 / -scale)
+                    .unwrap()
+                    .exp()
+                    .unwrap()
+                    .sum_keepdim(1)
+                    .unwrap(),
+            );
+            let k = (-LazyTensor::vi(&x)
+                .unwrap()
+                .sqdist(&LazyTensor::vj(&y).unwrap())
+                .unwrap()
+                * (1.0 / scale))
+                .exp();
+            let err = |path| normwise_error(&run(&k, ReductionKind::Sum, Axis::J, path).0, &want);
+            let (blk, dir) = (err(Path::Blocks), err(Path::Direct));
+            println!(
+                "{name}: Gaussian sum, f32, D = {d}, 2 s^2 = {scale:.3e}: error {blk:.2e} \
+                 (blocks), {dir:.2e} (direct)"
+            );
+            assert!(
+                blk <= 10.0 * dir.max(f32::EPSILON as f64),
+                "{name}: block error {blk:e} against direct {dir:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn in_f32_argkmin_on_blocks_matches_the_direct_path_up_to_ties_within_the_stated_error() {
+    let mut rng = Rng(29);
+    let (m, n, d, k) = (150, 600, 96, 10);
+    for (name, x, y) in datasets(&mut rng, m, n, d) {
+        let f = LazyTensor::vi(&x)
+            .unwrap()
+            .sqdist(&LazyTensor::vj(&y).unwrap())
+            .unwrap();
+        let kind = ReductionKind::ArgKMin(k);
+        let (_, blk) = run(&f, kind, Axis::J, Path::Blocks);
+        let (_, dir) = run(&f, kind, Axis::J, Path::Direct);
+        let d2 = dense_sqdist(&x, &y).to_vec2::<f64>().unwrap();
+        // The stated error of a squared distance on the block path: 8 eps (|x'|^2 + |y'|^2),
+        // with x' and y' centred on the mean of all points.
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        let y64 = y.to_dtype(DType::F64).unwrap();
+        let c = ((x64.sum_keepdim(0).unwrap() + y64.sum_keepdim(0).unwrap()).unwrap()
+            / (m + n) as f64)
+            .unwrap();
+        let norms = |t: &Tensor| flat(&t.broadcast_sub(&c).unwrap().sqr().unwrap().sum(1).unwrap());
+        let (xn, yn) = (norms(&x64), norms(&y64));
+        let mut differ = 0;
+        for i in 0..m {
+            for r in 0..k {
+                let (a, b) = (blk[i * k + r] as usize, dir[i * k + r] as usize);
+                if a == b {
+                    continue;
+                }
+                differ += 1;
+                let tol = 8.0 * f32::EPSILON as f64 * (xn[i] + yn[a].max(yn[b]));
+                assert!(
+                    (d2[i][a] - d2[i][b]).abs() <= tol,
+                    "{name}: row {i} rank {r}: blocks pick {a} ({}), direct {b} ({}), tol {tol:e}",
+                    d2[i][a],
+                    d2[i][b]
+                );
+            }
+        }
+        println!(
+            "{name}: ArgKMin({k}), f32, D = {d}: {differ} of {} slots differ (ties)",
+            m * k
+        );
+    }
+}
+
+#[test]
+fn the_gradients_of_a_block_reduction_are_matrix_products_on_blocks() {
+    use lazy_kernels::backend::census;
+    let mut rng = Rng(31);
+    let (m, n, d) = (60, 130, 40);
+    let x = Var::from_tensor(&rng.tensor(&[m, d], 0.0, 1.0)).unwrap();
+    let y = Var::from_tensor(&rng.tensor(&[n, d], 0.0, 1.0)).unwrap();
+    census::start();
+    let k = (-LazyTensor::vi(&x)
+        .unwrap()
+        .sqdist(&LazyTensor::vj(&y).unwrap())
+        .unwrap())
+    .exp();
+    let out = k.sum(Axis::J).unwrap();
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    let seen = census::stop();
+    assert!(grads.get(&x).is_some() && grads.get(&y).is_some());
+    let used: Vec<(String, Path, bool)> = seen
+        .kernels
+        .iter()
+        .filter(|k| k.dispatches > 0)
+        .map(|k| (format!("{}: {}", k.reduction, k.formula), k.path, k.matmul))
+        .collect();
+    let products = used.iter().filter(|k| k.1 == Path::Blocks && k.2).count();
+    // The gradients with respect to x (over j) and y (over i): c_ij (x_i - y_j), run as C Y
+    // and C^T X.
+    assert!(products >= 2, "{used:#?}");
+    assert!(
+        used.iter()
+            .all(|k| k.1 == Path::Blocks || !k.0.contains("Vj(")),
+        "a reduction over pairs ran on the direct path: {used:#?}"
+    );
+}

@@ -64,6 +64,12 @@ pub struct KernelRecord {
     pub formula: String,
     /// The variables by position: category and components.
     pub vars: Vec<(VarCat, usize)>,
+    /// The path of the plans that use it: [`crate::Path::Direct`] or [`crate::Path::Blocks`]
+    /// (inner products by matrix products, see [`crate::op::gram`]).
+    pub path: crate::Path,
+    /// On the block path: whether the plan is a `Sum` of `c_ij * t_ij` run as a matrix
+    /// product `C V`.
+    pub matmul: bool,
     /// How many reductions used it while the census was on (0: compiled ahead of a use that
     /// did not come).
     pub dispatches: usize,
@@ -288,6 +294,11 @@ fn record<'a>(
                 reduction: plan.kernel_reduction().to_string(),
                 formula: plan.formula.to_string(),
                 vars: plan.kernel_vars(),
+                path: match plan.blocks {
+                    Some(_) => crate::Path::Blocks,
+                    None => crate::Path::Direct,
+                },
+                matmul: plan.blocks.as_ref().is_some_and(|b| b.matmul.is_some()),
                 dispatches: 0,
                 source: kernel.source.clone(),
                 nvrtc_seconds: None,

@@ -222,8 +222,16 @@ impl ReductionPlan {
     /// What determines the generated module besides the dtype: the reduction kind, the
     /// formula and the variables (not the sizes, and not the user's axis).
     pub(crate) fn kernel_key(&self) -> String {
+        let path = match &self.blocks {
+            None => String::new(),
+            Some(b) => {
+                let pairs: Vec<String> = b.pairs.iter().map(|p| p.node.to_string()).collect();
+                let matmul = b.matmul.as_ref().map(|m| m.coef.to_string());
+                format!(":blocks{pairs:?}:{matmul:?}")
+            }
+        };
         format!(
-            "{}:{}:{:?}",
+            "{}:{}:{:?}{path}",
             self.kernel_reduction(),
             self.formula,
             self.kernel_vars()

@@ -133,6 +133,13 @@ struct Found {
     y: Var,
 }
 
+/// A distance of the block path below `NEAR` times `|x|^2 + |y|^2` is recomputed directly as
+/// `|x - y|^2`: above, the expansion `|x|^2 + |y|^2 - 2 <x, y>` (error a few units in the last
+/// place of `|x|^2 + |y|^2`) is accurate to a few units in the last place of the distance
+/// too, about the direct path's accuracy; below, it would lose `log2(1 / ratio)` bits. Only
+/// near pairs (clusters, duplicates) take the direct computation.
+pub(crate) const NEAR: f64 = 0.25;
+
 /// Inner products of fewer components are computed in the elementwise pass, not by matrix
 /// products.
 const MIN_PAIR_DIM: usize = 8;
@@ -222,17 +229,64 @@ fn pair_work(f: &Expr) -> usize {
         .sum()
 }
 
-/// `Mul(c, v_j)` (either order) with `c` one component and `v_j` a j-variable of several: a
-/// `Sum` of it over `j` is the matrix product `C V`.
-pub(crate) fn matmul_parts(f: &Expr) -> Option<(Expr, Var)> {
+/// The matrix-product form of a `Sum`'s term `c_ij * t_ij` (either order), `c` one
+/// component: `t = v_j` (a j-variable), `t = u_i - v_j` or `t = v_j - u_i` (an i-variable and
+/// a j-variable of one dimension, the gradients' shape). Its sum over `j` is
+/// `v_sign (C V)_i + u_sign u_i (sum_j c_ij)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MatMul {
+    /// The coefficient `c`.
+    pub coef: Expr,
+    /// Position of `v`, and whether it is negated.
+    pub v: usize,
+    /// Whether `C V` is subtracted.
+    pub v_neg: bool,
+    /// Position of `u`, if any, and whether it is negated.
+    pub u: Option<(usize, bool)>,
+}
+
+fn matmul_parts(f: &Expr) -> Option<(MatMul, usize)> {
     if *f.op() != Op::Binary(BinaryOp::Mul) {
         return None;
     }
     let (a, b) = (&f.args()[0], &f.args()[1]);
-    for (c, v) in [(a, b), (b, a)] {
-        if let Op::Var(v) = v.op() {
-            if v.cat == VarCat::J && v.dim > 1 && c.dim() == 1 {
-                return Some((c.clone(), *v));
+    let var = |e: &Expr, cat: VarCat| match e.op() {
+        Op::Var(v) if v.cat == cat => Some(*v),
+        _ => None,
+    };
+    for (c, t) in [(a, b), (b, a)] {
+        if c.dim() != 1 || t.dim() < 2 {
+            continue;
+        }
+        let coef = c.clone();
+        if let Some(v) = var(t, VarCat::J) {
+            let m = MatMul {
+                coef,
+                v: v.pos,
+                v_neg: false,
+                u: None,
+            };
+            return Some((m, v.dim));
+        }
+        if *t.op() == Op::Binary(BinaryOp::Sub) {
+            let (p, q) = (&t.args()[0], &t.args()[1]);
+            if let (Some(u), Some(v)) = (var(p, VarCat::I), var(q, VarCat::J)) {
+                let m = MatMul {
+                    coef,
+                    v: v.pos,
+                    v_neg: true,
+                    u: Some((u.pos, false)),
+                };
+                return Some((m, v.dim));
+            }
+            if let (Some(v), Some(u)) = (var(p, VarCat::J), var(q, VarCat::I)) {
+                let m = MatMul {
+                    coef,
+                    v: v.pos,
+                    v_neg: false,
+                    u: Some((u.pos, true)),
+                };
+                return Some((m, v.dim));
             }
         }
     }
@@ -272,7 +326,7 @@ fn analyze(f: &Expr, kind: ReductionKind) -> Analysis {
         );
     }
     let rest = replace(f, &with);
-    let matmul = kind == ReductionKind::Sum && matmul_parts(&rest).is_some();
+    let matmul = kind == ReductionKind::Sum && matmul_parts(&rest).is_some_and(|(_, d)| d >= 2);
     Analysis {
         found,
         rest,
@@ -396,12 +450,16 @@ pub(crate) fn choose(
     decide(&analyze(formula, kind), target, opts)
 }
 
-/// The pair inputs of a block plan: the nodes `Dot(x_i, y_j)` of the bound formula, each with
-/// the positions of its i-variable and its j-variable.
+/// The pair inputs of a block plan: the nodes `SqDist(x_i, y_j)` and `Dot(x_i, y_j)` of the
+/// bound formula, each with the positions of its i-variable and its j-variable. Backends
+/// compute `S = X Y^T` for each, and for a distance `|x|^2 + |y|^2 - 2 S`, recomputed directly
+/// where it cancels (see [`NEAR`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PairInput {
     /// The node, as it is in the formula.
     pub node: Expr,
+    /// Whether the node is a squared distance (else an inner product).
+    pub distance: bool,
     /// Position of the i-variable.
     pub x: usize,
     /// Position of the j-variable.
@@ -415,8 +473,8 @@ pub(crate) struct PairInput {
 pub(crate) struct BlockPlan {
     /// The pair inputs, read from blocks of inner products.
     pub pairs: Vec<PairInput>,
-    /// For a `Sum` of `c_ij * v_j`: the coefficient `c` and the position of `v`.
-    pub matmul: Option<(Expr, usize)>,
+    /// For a `Sum` of `c_ij * t_ij` with `t` linear in the points: its matrix-product form.
+    pub matmul: Option<MatMul>,
     /// The product arithmetic.
     pub precision: Precision,
     /// The memory budget of blocks in flight, in bytes.
@@ -435,10 +493,20 @@ pub(crate) fn block_plan(
     if decide(&a, target, opts)?.path != Path::Blocks {
         return Ok(None);
     }
-    if a.found.iter().any(|p| p.shape != Shape::Dot) {
+    let weighted = a
+        .found
+        .iter()
+        .any(|p| matches!(p.shape, Shape::Weighted(_)));
+    if weighted && (opts.path != Path::Blocks || super::ahead::backward_active()) {
+        return Ok(None);
+    }
+    if weighted {
         return Err(Error::InvalidArgument {
             op: "block path",
-            detail: format!("the formula {formula} was not rewritten into inner products"),
+            detail: format!(
+                "the weighted distances of {formula} were not rewritten into distances of \
+                 scaled points (their weights must be positive)"
+            ),
         });
     }
     let pairs = a
@@ -446,13 +514,14 @@ pub(crate) fn block_plan(
         .iter()
         .map(|p| PairInput {
             node: p.node.clone(),
+            distance: p.shape == Shape::SqDist,
             x: p.x.pos,
             y: p.y.pos,
             dim: p.x.dim,
         })
         .collect();
     let matmul = if a.matmul {
-        matmul_parts(formula).map(|(c, v)| (c, v.pos))
+        matmul_parts(formula).map(|(m, _)| m)
     } else {
         None
     };
@@ -495,6 +564,10 @@ pub(crate) fn rewrite(
     opts: &ReductionOptions,
     fresh: &mut dyn FnMut() -> usize,
 ) -> candle_core::Result<Option<(Expr, Vec<Binding>)>> {
+    // A backward pass's formulas come from rewritten ones: their points are centred already.
+    if super::ahead::backward_active() {
+        return Ok(None);
+    }
     let a = analyze(formula, kind);
     if decide(&a, target, opts)?.path != Path::Blocks
         || a.found.iter().all(|p| p.shape == Shape::Dot)
@@ -534,32 +607,22 @@ pub(crate) fn rewrite(
         let (m, n) = (x.dims()[0], y.dims()[0]);
         // The centre: the mean of all the points, a constant for autodiff.
         let c = ((x.sum_keepdim(0)? + y.sum_keepdim(0)?)? / (m + n) as f64)?.detach();
-        let (xc, yc) = (x.broadcast_sub(&c)?, y.broadcast_sub(&c)?);
-        let (xs, xn, yn) = match p.shape {
-            Shape::Weighted(w) => {
-                let w = find(w)?.tensor.flatten_all()?.unsqueeze(0)?;
-                let xs = xc.broadcast_mul(&w)?;
-                let xn = (&xs * &xc)?.sum_keepdim(1)?;
-                let yn = yc.sqr()?.broadcast_mul(&w)?.sum_keepdim(1)?;
-                (xs, xn, yn)
+        let (mut xc, mut yc) = (x.broadcast_sub(&c)?, y.broadcast_sub(&c)?);
+        if let Shape::Weighted(w) = p.shape {
+            // sum_d w_d (x_d - y_d)^2 = |sqrt(w) x - sqrt(w) y|^2 for positive weights.
+            let w = find(w)?.tensor.flatten_all()?;
+            let smallest = w
+                .to_dtype(candle_core::DType::F64)?
+                .min(0)?
+                .to_scalar::<f64>()?;
+            if smallest.is_nan() || smallest <= 0.0 {
+                return Ok(None);
             }
-            _ => (
-                xc.clone(),
-                xc.sqr()?.sum_keepdim(1)?,
-                yc.sqr()?.sum_keepdim(1)?,
-            ),
-        };
-        let xs = bind(VarCat::I, xs)?;
-        let yc = bind(VarCat::J, yc)?;
-        let xn = bind(VarCat::I, xn)?;
-        let yn = bind(VarCat::J, yn)?;
-        let dot = Expr::dot(&xs, &yc)?;
-        let two_dot = Expr::binary(BinaryOp::Mul, &Expr::constant(2.0)?, &dot)?;
-        let norms = Expr::binary(BinaryOp::Add, &xn, &yn)?;
-        let d = Expr::unary(
-            UnaryOp::Relu,
-            &Expr::binary(BinaryOp::Sub, &norms, &two_dot)?,
-        );
+            let r = w.sqrt()?.unsqueeze(0)?;
+            xc = xc.broadcast_mul(&r)?;
+            yc = yc.broadcast_mul(&r)?;
+        }
+        let d = Expr::sqdist(&bind(VarCat::I, xc)?, &bind(VarCat::J, yc)?)?;
         made.insert(key, d.clone());
         with.insert(p.node.clone(), d);
     }

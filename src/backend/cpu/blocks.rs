@@ -114,18 +114,66 @@ fn inputs<'a, T: Real>(
     inputs
 }
 
-/// The blocks of inner products of the task `rows x terms`, into `bufs` (one per pair input,
-/// `rows.len() x ld` each).
-fn inner_products<'a, T: Real>(
+/// The squared norms of the rows of a `rows x d` matrix, summed in `f64`.
+fn norms<T: Real>(m: &[T], d: usize) -> Vec<T> {
+    m.chunks_exact(d)
+        .map(|r| T::from_f64(r.iter().map(|v| v.to_f64() * v.to_f64()).sum()))
+        .collect()
+}
+
+/// `|x - y|^2`, summed in `f64` (the distances that the expansion would cancel).
+fn sqdist_exact<T: Real>(x: &[T], y: &[T]) -> T {
+    let mut acc = [0f64; 4];
+    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for k in 0..4 {
+            let t = a[k].to_f64() - b[k].to_f64();
+            acc[k] += t * t;
+        }
+    }
+    let tail: f64 = xr
+        .iter()
+        .zip(yr)
+        .map(|(a, b)| (a.to_f64() - b.to_f64()).powi(2))
+        .sum();
+    T::from_f64(acc.iter().sum::<f64>() + tail)
+}
+
+/// The squared norms of the points of every distance pair input (`None` for inner products):
+/// (i-side, j-side).
+type Norms<T> = Vec<Option<(Vec<T>, Vec<T>)>>;
+
+fn pair_norms<T: Real>(plan: &ReductionPlan, bp: &BlockPlan, data: &[T]) -> Norms<T> {
+    bp.pairs
+        .iter()
+        .map(|p| {
+            p.distance.then(|| {
+                let (x, y) = (&plan.vars[p.x], &plan.vars[p.y]);
+                let xs = &data[x.offset..x.offset + x.rows * p.dim];
+                let ys = &data[y.offset..y.offset + y.rows * p.dim];
+                (norms(xs, p.dim), norms(ys, p.dim))
+            })
+        })
+        .collect()
+}
+
+/// The blocks of the pair inputs of the task `rows x terms`, into `bufs` (one per pair input,
+/// `rows.len() x ld` each): `S = X_blk Y_blk^T` by a matrix product, and for a distance
+/// `|x|^2 + |y|^2 - 2 S`, recomputed as `|x - y|^2` where it falls below
+/// [`crate::op::gram::NEAR`] times `|x|^2 + |y|^2` (where the expansion loses accuracy).
+#[allow(clippy::too_many_arguments)]
+fn pair_blocks<'a, T: Real>(
     plan: &ReductionPlan,
     bp: &BlockPlan,
+    norms: &Norms<T>,
     data: &[T],
     rows: &Range<usize>,
     terms: &Range<usize>,
     bufs: &'a mut [Vec<T>],
     ld: usize,
 ) -> Vec<PairBlock<'a, T>> {
-    for (p, buf) in bp.pairs.iter().zip(bufs.iter_mut()) {
+    for ((p, buf), nm) in bp.pairs.iter().zip(bufs.iter_mut()).zip(norms) {
         let (x, y) = (&plan.vars[p.x], &plan.vars[p.y]);
         let d = p.dim;
         let xs = &data[x.offset + rows.start * d..x.offset + rows.end * d];
@@ -141,6 +189,22 @@ fn inner_products<'a, T: Real>(
                 (ys.as_ptr(), 1, d),
             )
         };
+        let Some((xn, yn)) = nm else { continue };
+        let near = T::from_f64(crate::op::gram::NEAR);
+        let two = T::from_f64(2.0);
+        for (r, i) in rows.clone().enumerate() {
+            let row = &mut buf[r * ld..r * ld + terms.len()];
+            for (l, s) in row.iter_mut().enumerate() {
+                let j = terms.start + l;
+                let scale = xn[i] + yn[j];
+                let e = scale - two * *s;
+                *s = if e < near * scale {
+                    sqdist_exact(&xs[r * d..(r + 1) * d], &ys[l * d..(l + 1) * d])
+                } else {
+                    e
+                };
+            }
+        }
     }
     bufs.iter()
         .map(|b| PairBlock {
@@ -172,21 +236,23 @@ pub(crate) fn reduce<T: Real>(
         .collect();
     let cats: Vec<(VarCat, usize)> = plan.vars.iter().map(|v| (v.cat, v.dim)).collect();
     let nodes: Vec<Expr> = bp.pairs.iter().map(|p| p.node.clone()).collect();
+    let norms = pair_norms(plan, bp, data);
     let isa = isa::detect();
     let buffers = |n: usize| -> Vec<Vec<T>> { (0..n).map(|_| vec![T::ZERO; rb * tb]).collect() };
-    if let Some((coef, v)) = &bp.matmul {
-        // Sum_j c_ij v_j: C_blk V_blk per task.
-        let prog = Program::compile_with_pairs(coef, &cats, ReductionKind::Max, &nodes);
-        let ctx = context(plan, &prog, inputs(plan, coef, bp, data), 1);
-        let vs = plan.vars[*v];
+    if let Some(mm) = &bp.matmul {
+        // sum_j c_ij (u_i - v_j) = u_i sum_j c_ij - (C V)_i: C_blk V_blk and C's row sums per
+        // task, added in the order of the terms.
+        let prog = Program::compile_with_pairs(&mm.coef, &cats, ReductionKind::Max, &nodes);
+        let ctx = context(plan, &prog, inputs(plan, &mm.coef, bp, data), 1);
+        let vs = plan.vars[mm.v];
         let e = vs.dim;
-        let parts: Vec<Vec<T>> = tasks
+        let parts: Vec<(Vec<T>, Vec<f64>)> = tasks
             .par_iter()
             .map_init(
                 || (buffers(bp.pairs.len()), vec![T::ZERO; rb * tb]),
                 |(bufs, c), &(b, ch)| {
                     let (rows, terms) = (&blocks[b], &chunks[ch]);
-                    let pairs = inner_products(plan, bp, data, rows, terms, bufs, tb);
+                    let pairs = pair_blocks(plan, bp, &norms, data, rows, terms, bufs, tb);
                     values_on(isa, &ctx, rows.clone(), terms.clone(), &pairs, c, tb);
                     let mut out = vec![T::ZERO; rows.len() * e];
                     let vdata = &data[vs.offset + terms.start * e..vs.offset + terms.end * e];
@@ -200,15 +266,39 @@ pub(crate) fn reduce<T: Real>(
                             (vdata.as_ptr(), e, 1),
                         )
                     };
-                    out
+                    let sums = (0..rows.len())
+                        .map(|r| {
+                            c[r * tb..r * tb + terms.len()]
+                                .iter()
+                                .map(|v| v.to_f64())
+                                .sum()
+                        })
+                        .collect();
+                    (out, sums)
                 },
             )
             .collect();
-        let mut vals = vec![0.0f64; plan.rows * e];
-        for (&(b, _), part) in tasks.iter().zip(&parts) {
-            let at = blocks[b].start * e;
-            for (acc, p) in vals[at..at + part.len()].iter_mut().zip(part) {
+        let mut cv = vec![0.0f64; plan.rows * e];
+        let mut csum = vec![0.0f64; plan.rows];
+        for (&(b, _), (part, sums)) in tasks.iter().zip(&parts) {
+            let r0 = blocks[b].start;
+            for (acc, p) in cv[r0 * e..r0 * e + part.len()].iter_mut().zip(part) {
                 *acc += p.to_f64();
+            }
+            for (acc, s) in csum[r0..r0 + sums.len()].iter_mut().zip(sums) {
+                *acc += s;
+            }
+        }
+        let v_sign = if mm.v_neg { -1.0 } else { 1.0 };
+        let mut vals: Vec<f64> = cv.iter().map(|v| v_sign * v).collect();
+        if let Some((u, u_neg)) = mm.u {
+            let us = plan.vars[u];
+            let sign = if u_neg { -1.0 } else { 1.0 };
+            let ud = &data[us.offset..us.offset + us.rows * e];
+            for (i, row) in vals.chunks_exact_mut(e).enumerate() {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v += sign * ud[i * e + c].to_f64() * csum[i];
+                }
             }
         }
         return (vals, Vec::new());
@@ -222,7 +312,7 @@ pub(crate) fn reduce<T: Real>(
             || buffers(bp.pairs.len()),
             |bufs, &(b, ch)| {
                 let (rows, terms) = (&blocks[b], &chunks[ch]);
-                let pairs = inner_products(plan, bp, data, rows, terms, bufs, tb);
+                let pairs = pair_blocks(plan, bp, &norms, data, rows, terms, bufs, tb);
                 run_block_on(isa, &ctx, rows.clone(), terms.clone(), &pairs)
             },
         )
