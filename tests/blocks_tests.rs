@@ -94,12 +94,8 @@ fn the_gaussian_sum_on_blocks_matches_a_dense_f64_sum() {
         Path::Blocks
     );
     let got = f.sum(Axis::J).unwrap();
-    let want = (dense_sqdist(&x, &y) * -0.1)
-        .unwrap()
-        .exp()
-        .unwrap()
-        .matmul(&b)
-        .unwrap();
+    let kxy = (dense_sqdist(&x, &y) * -0.1).unwrap().exp().unwrap();
+    let want = lazy_kernels::linalg::matmul(&kxy, &b).unwrap();
     assert_close(&flat(&got), &flat(&want), 1e-12, 1e-13, "Gaussian sum");
 }
 
@@ -438,7 +434,8 @@ fn in_f32_argkmin_on_blocks_matches_the_direct_path_up_to_ties_within_the_stated
 fn the_gradients_of_a_block_reduction_are_matrix_products_on_blocks() {
     use lazy_kernels::backend::census;
     let mut rng = Rng(31);
-    let (m, n, d) = (60, 130, 40);
+    // A dimension no other test of this file uses: the census sees their reductions too.
+    let (m, n, d) = (60, 130, 44);
     let x = Var::from_tensor(&rng.tensor(&[m, d], 0.0, 1.0)).unwrap();
     let y = Var::from_tensor(&rng.tensor(&[n, d], 0.0, 1.0)).unwrap();
     census::start();
@@ -454,7 +451,7 @@ fn the_gradients_of_a_block_reduction_are_matrix_products_on_blocks() {
     let used: Vec<(String, Path, bool)> = seen
         .kernels
         .iter()
-        .filter(|k| k.dispatches > 0)
+        .filter(|k| k.dispatches > 0 && k.formula.contains(",44)"))
         .map(|k| (format!("{}: {}", k.reduction, k.formula), k.path, k.matmul))
         .collect();
     let products = used.iter().filter(|k| k.1 == Path::Blocks && k.2).count();

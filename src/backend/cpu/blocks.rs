@@ -121,23 +121,23 @@ fn norms<T: Real>(m: &[T], d: usize) -> Vec<T> {
         .collect()
 }
 
-/// `|x - y|^2`, summed in `f64` (the distances that the expansion would cancel).
+/// `|x - y|^2` in the compute type, with eight partial sums (vectorised): the direct path's
+/// accuracy, for the distances that the expansion would cancel.
 fn sqdist_exact<T: Real>(x: &[T], y: &[T]) -> T {
-    let mut acc = [0f64; 4];
-    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
+    let mut acc = [T::ZERO; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
     let (xr, yr) = (xc.remainder(), yc.remainder());
     for (a, b) in xc.zip(yc) {
-        for k in 0..4 {
-            let t = a[k].to_f64() - b[k].to_f64();
+        for k in 0..8 {
+            let t = a[k] - b[k];
             acc[k] += t * t;
         }
     }
-    let tail: f64 = xr
-        .iter()
-        .zip(yr)
-        .map(|(a, b)| (a.to_f64() - b.to_f64()).powi(2))
-        .sum();
-    T::from_f64(acc.iter().sum::<f64>() + tail)
+    for (k, (a, b)) in xr.iter().zip(yr).enumerate() {
+        let t = *a - *b;
+        acc[k] += t * t;
+    }
+    acc.iter().fold(T::ZERO, |s, &v| s + v)
 }
 
 /// The squared norms of the points of every distance pair input (`None` for inner products):
