@@ -486,6 +486,7 @@ fn bench_dim(cfg: &Config, d: usize, dev: &Device, log: bool) -> Res<DimResult> 
     jobs.push((Task::Sum, Method::Matmul));
     let mut direct_estimate = Vec::new();
     for (task, method) in jobs {
+        let mut seen = String::new();
         let cell = match timed(task, method, &probe) {
             Err(e) => Cell::Failed(first_line(&*e)),
             Ok((t, _)) => {
@@ -502,18 +503,22 @@ fn bench_dim(cfg: &Config, d: usize, dev: &Device, log: bool) -> Res<DimResult> 
                 } else {
                     match timed(task, method, &p) {
                         Err(e) => Cell::Failed(first_line(&*e)),
-                        Ok((t, output)) => Cell::Ran {
-                            output,
-                            reps: ((CELL_SECONDS / t) as usize).clamp(MIN_REPS, MAX_REPS),
-                            times: Vec::new(),
-                        },
+                        Ok((t, output)) => {
+                            seen =
+                                format!("estimate {}, untimed run {}", fmt_s(estimate), fmt_s(t));
+                            Cell::Ran {
+                                output,
+                                reps: ((CELL_SECONDS / t) as usize).clamp(MIN_REPS, MAX_REPS),
+                                times: Vec::new(),
+                            }
+                        }
                     }
                 }
             }
         };
         if log {
             let state = match &cell {
-                Cell::Ran { .. } => "ran".to_string(),
+                Cell::Ran { .. } => seen,
                 Cell::Skipped(why) => format!("skipped: {why}"),
                 Cell::Failed(why) => format!("error: {why}"),
             };
