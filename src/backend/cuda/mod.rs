@@ -12,6 +12,8 @@
 //! that needs a module being compiled waits for it rather than compiling it again. The
 //! census ([`crate::backend::census`]) counts the modules, compiles and seconds.
 
+#[cfg(feature = "cuda")]
+pub(crate) mod block_launch;
 pub mod blocks;
 pub mod cache;
 pub mod codegen;
