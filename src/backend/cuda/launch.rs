@@ -445,6 +445,49 @@ mod tests {
         }
     }
 
+    /// A block plan's modules (inner products read from blocks, and a matrix product's
+    /// coefficient kernel) compile for both architectures.
+    #[test]
+    fn nvrtc_compiles_block_plan_kernels() {
+        use crate::backend::cuda::{generate_values, generate_with_pairs};
+        let v = |cat, pos, dim| Expr::var(Var { cat, pos, dim }).unwrap();
+        let (x, y, b) = (v(VarCat::I, 0, 64), v(VarCat::J, 1, 64), v(VarCat::J, 2, 1));
+        let vars = [(VarCat::I, 64), (VarCat::J, 64), (VarCat::J, 1)];
+        let dot = Expr::dot(&x, &y).unwrap();
+        let pairs = [dot.clone()];
+        let coef = dot.neg().exp();
+        let f = Expr::binary(crate::formula::BinaryOp::Mul, &coef, &b).unwrap();
+        for storage in [Storage::F32, Storage::F64] {
+            let mut kernels = Vec::new();
+            for kind in [
+                ReductionKind::Sum,
+                ReductionKind::LogSumExp,
+                ReductionKind::ArgKMin(10),
+                ReductionKind::MinArgMin,
+            ] {
+                kernels.push(generate_with_pairs(&f, kind, &vars, &pairs, storage).unwrap());
+            }
+            kernels.push(generate_values(&coef, &vars, &pairs, storage).unwrap());
+            for k in &kernels {
+                for arch in ["compute_80", "compute_90"] {
+                    let ptx = compile(k, arch, None)
+                        .unwrap_or_else(|e| panic!("{} {storage:?} {arch}: {e}", k.name));
+                    let entries: &[&str] = if k.values {
+                        &["values"]
+                    } else {
+                        &["main", "combine"]
+                    };
+                    for e in entries {
+                        assert!(ptx.contains(&format!("{}_{e}", k.name)), "{storage:?}");
+                    }
+                }
+            }
+        }
+        // Half precision never takes the block path.
+        let err = generate_with_pairs(&f, ReductionKind::Sum, &vars, &pairs, Storage::F16);
+        assert!(matches!(err, Err(Error::NotImplemented { .. })));
+    }
+
     pub(super) fn scratch_cache() -> std::path::PathBuf {
         std::env::temp_dir().join(format!("lk-unit-cache-{}", std::process::id()))
     }
