@@ -222,6 +222,7 @@ fn nvrtc_times(a: &Args, sets: &[(DType, Census)]) -> Res<()> {
                 out_vals: 0,
                 out_idx: 0,
                 rows_per_thread: 1,
+                values: false,
             })
             .collect();
         let t = Instant::now();

@@ -17,7 +17,7 @@ use std::process::Command;
 use candle_core::{DType, Tensor};
 use common::{table_op_sources, Rng};
 use lazy_kernels::backend::cuda::codegen::{formula_function, MATH_CUH};
-use lazy_kernels::backend::cuda::{generate, Storage};
+use lazy_kernels::backend::cuda::{generate, generate_values, generate_with_pairs, Storage};
 use lazy_kernels::formula::{grad, BinaryOp, Expr, TernaryOp, UnaryOp, Var, VarCat};
 use lazy_kernels::{Axis, LazyTensor, ReductionKind};
 
@@ -215,6 +215,73 @@ fn grad_formulas() -> Vec<(String, Expr)> {
     out
 }
 
+/// A block plan's formula, variables and pair inputs.
+type BlockFormula = (Expr, Vec<(VarCat, usize)>, Vec<Expr>);
+
+/// Block plans as `crate::op::gram` makes them (distances rewritten into `Dot`s of centred
+/// points and norms): each reduction (`Some(kind)`) of one- and two-component formulas over
+/// one or two pair inputs, and coefficient kernels (`None`) of matrix products.
+fn block_plan_formulas() -> Vec<(BlockFormula, Option<ReductionKind>)> {
+    let d = 64;
+    let vars = vec![
+        (VarCat::I, d),
+        (VarCat::J, d),
+        (VarCat::I, 1),
+        (VarCat::J, 1),
+        (VarCat::J, 1),
+        (VarCat::P, 1),
+        (VarCat::I, 32),
+        (VarCat::J, 32),
+    ];
+    let (x, y, xn, yn, b, s) = (
+        var(VarCat::I, 0, d),
+        var(VarCat::J, 1, d),
+        var(VarCat::I, 2, 1),
+        var(VarCat::J, 3, 1),
+        var(VarCat::J, 4, 1),
+        var(VarCat::P, 5, 1),
+    );
+    let (u, v) = (var(VarCat::I, 6, 32), var(VarCat::J, 7, 32));
+    let bin = |op, a: &Expr, c: &Expr| Expr::binary(op, a, c).unwrap();
+    let dot = Expr::dot(&x, &y).unwrap();
+    let dist = Expr::unary(
+        UnaryOp::Relu,
+        &bin(
+            BinaryOp::Sub,
+            &bin(BinaryOp::Add, &xn, &yn),
+            &bin(BinaryOp::Mul, &k(2.0), &dot),
+        ),
+    );
+    let gauss = bin(BinaryOp::Mul, &dist, &s).neg().exp();
+    let uv = Expr::dot(&u, &v).unwrap();
+    let two = Expr::new(
+        lazy_kernels::formula::Op::Concat,
+        vec![dist.clone(), bin(BinaryOp::Mul, &uv, &b)],
+    )
+    .unwrap();
+    let softmax = Expr::new(
+        lazy_kernels::formula::Op::Concat,
+        vec![dist.neg(), y.clone()],
+    )
+    .unwrap();
+    let one = vec![dot.clone()];
+    let both = vec![dot.clone(), uv.clone()];
+    let mut out = Vec::new();
+    for kind in ReductionKind::all(3) {
+        let (f, pairs) = match kind {
+            ReductionKind::Sum => (bin(BinaryOp::Mul, &gauss, &b), &one),
+            ReductionKind::SumSoftMaxWeight => (softmax.clone(), &one),
+            _ => (two.clone(), &both),
+        };
+        out.push(((f, vars.clone(), pairs.clone()), Some(kind)));
+    }
+    // Coefficients of `Sum_j c_ij y_j`: the Gaussian's, and a gradient's (with both pairs).
+    out.push(((gauss.clone(), vars.clone(), one), None));
+    let grad_coef = bin(BinaryOp::Mul, &bin(BinaryOp::Mul, &gauss, &uv), &b);
+    out.push(((grad_coef, vars, both), None));
+    out
+}
+
 /// Writes the corpus, one file per group of modules; returns the files and the number of
 /// modules.
 fn write_corpus(dir: &Path) -> (Vec<PathBuf>, usize) {
@@ -294,6 +361,18 @@ fn write_corpus(dir: &Path) -> (Vec<PathBuf>, usize) {
             add("wide", k.source);
         }
     }
+    // Block plans: every reduction over inner products read from blocks, and the coefficient
+    // kernels of matrix products (gradients' shape), in f32 and f64.
+    for (src, kind) in block_plan_formulas() {
+        let (f, vars, pairs) = src;
+        for s in [Storage::F32, Storage::F64] {
+            let k = match kind {
+                Some(kind) => generate_with_pairs(&f, kind, &vars, &pairs, s),
+                None => generate_values(&f, &vars, &pairs, s),
+            };
+            add("blocks", k.unwrap().source);
+        }
+    }
     let mut files = Vec::new();
     let mut count = 0;
     for (g, srcs) in groups {
@@ -316,9 +395,10 @@ fn corpus_of_generated_kernels_is_written() {
         let text = std::fs::read_to_string(f).unwrap();
         let mains = text.matches("_main(").count();
         let combines = text.matches("_combine(").count();
+        let values = text.matches("_values(").count();
         assert!(
-            mains > 0 && mains == combines,
-            "{}: {mains} main, {combines} combine",
+            (mains > 0 || values > 0) && mains == combines,
+            "{}: {mains} main, {combines} combine, {values} values",
             f.display()
         );
     }

@@ -30,9 +30,12 @@ use std::process::{Child, Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 use common::Rng;
-use lazy_kernels::backend::cuda::{generate, CudaKernel, Grid, Storage};
+use lazy_kernels::backend::cuda::blocks::{product_blocks, schedule};
+use lazy_kernels::backend::cuda::{
+    generate_values, generate_with_pairs, values_grid, CudaKernel, Grid, Storage,
+};
 use lazy_kernels::formula::{parse, Expr, Var, VarCat};
-use lazy_kernels::{Axis, LazyTensor, ReductionKind};
+use lazy_kernels::{Axis, LazyTensor, Path as ReductionPath, ReductionKind, ReductionOptions};
 
 /// The CUDA stand-ins and the launcher the generated programs include.
 const SHIM: &str = include_str!("emu/cuda_host_shim.h");
@@ -75,6 +78,9 @@ enum Inputs {
     Special { inf_b: bool },
     /// x_i and y_j of `dim` components.
     Wide { dim: usize },
+    /// A block plan's inputs: x_i, y_j (`dim` components, distinct random points), their
+    /// squared norms xn_i, yn_j, and b_j (1, positive).
+    Gram { dim: usize },
 }
 
 /// One reduction of one formula, launched on one size.
@@ -86,6 +92,8 @@ struct Case {
     storage: Storage,
     size: Size,
     inputs: Inputs,
+    /// A block plan's pair inputs (`Dot(x, y)`), read from blocks; empty for the direct path.
+    pairs: Vec<Expr>,
 }
 
 fn dtype(s: Storage) -> DType {
@@ -112,6 +120,13 @@ fn variables(inputs: Inputs) -> Vec<(&'static str, VarCat, usize)> {
         ],
         Inputs::Special { .. } => vec![("w", VarCat::I, 1), ("b", VarCat::J, 1)],
         Inputs::Wide { dim } => vec![("x", VarCat::I, dim), ("y", VarCat::J, dim)],
+        Inputs::Gram { dim } => vec![
+            ("x", VarCat::I, dim),
+            ("y", VarCat::J, dim),
+            ("xn", VarCat::I, 1),
+            ("yn", VarCat::J, 1),
+            ("b", VarCat::J, 1),
+        ],
     }
 }
 
@@ -123,7 +138,12 @@ fn case(src: &str, inputs: Inputs, kind: ReductionKind, storage: Storage, size: 
         .map(|(pos, &(name, cat, dim))| (name, var(cat, pos, dim)))
         .collect();
     let formula = parse(src, &names).unwrap_or_else(|e| panic!("{src}: {e}"));
+    let pairs = match inputs {
+        Inputs::Gram { .. } => vec![parse("Dot(x, y)", &names).unwrap()],
+        _ => Vec::new(),
+    };
     Case {
+        pairs,
         label: format!("{kind:?} of {src} ({storage:?}, {inputs:?}, {size:?})"),
         formula,
         vars: vars.iter().map(|&(_, cat, dim)| (cat, dim)).collect(),
@@ -308,6 +328,14 @@ fn input_values(c: &Case, rng: &mut Rng) -> Vec<Tensor> {
                 .collect();
             vec![mat(w, rows, 1), mat(b, terms, 1)]
         }
+        Inputs::Gram { dim } => {
+            let x = rng.tensor(&[rows, dim], -1.0, 1.0);
+            let y = rng.tensor(&[terms, dim], -1.0, 1.0);
+            let xn = x.sqr().unwrap().sum_keepdim(1).unwrap();
+            let yn = y.sqr().unwrap().sum_keepdim(1).unwrap();
+            let b: Vec<f64> = (0..terms).map(|_| rng.uniform(0.5, 2.0)).collect();
+            vec![x, y, xn, yn, mat(b, terms, 1)]
+        }
         Inputs::Wide { dim } => vec![
             mat(
                 (0..rows * dim).map(|_| rng.uniform(-1.0, 1.0)).collect(),
@@ -349,8 +377,14 @@ fn prepare(case: Case, seed: u64) -> Prepared {
         .iter()
         .map(|t| t.to_dtype(dt).unwrap())
         .collect();
-    let kernel = generate(&case.formula, case.kind, &case.vars, case.storage)
-        .unwrap_or_else(|e| panic!("{}: {e}", case.label));
+    let kernel = generate_with_pairs(
+        &case.formula,
+        case.kind,
+        &case.vars,
+        &case.pairs,
+        case.storage,
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", case.label));
     let Size { rows, terms, sms } = case.size;
     let grid = kernel.grid(rows, terms, sms);
     Prepared {
@@ -370,11 +404,12 @@ fn flat_f64(t: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
-fn reference(p: &Prepared) -> Reference {
+/// The CPU backend's outputs for a case, on the path of `options`.
+fn reference(p: &Prepared, options: &ReductionOptions) -> Reference {
     let c = &p.case;
     let args: Vec<&Tensor> = p.tensors.iter().collect();
     let out = LazyTensor::from_formula(&c.formula, &args)
-        .and_then(|l| l.reduce(c.kind, Axis::J))
+        .and_then(|l| l.reduce_with(c.kind, Axis::J, options))
         .unwrap_or_else(|e| panic!("CPU backend, {}: {e}", c.label));
     let vals = out.values.as_ref().map(flat_f64).unwrap_or_default();
     let idx = out
@@ -507,13 +542,17 @@ fn cxx() -> String {
     }
 }
 
+/// The driver's call of a case: its id, the case, and its inputs' offsets in the packed input.
+type CaseCall<'a> = &'a dyn Fn(usize, &Prepared, &[usize]) -> String;
+
 /// Writes the program of a group of cases (their modules once each, and a `main` running the
-/// cases) and starts compiling it.
+/// cases, each by its `call`) and starts compiling it.
 fn start_compile(
     cxx: &str,
     dir: &Path,
     group: &str,
     cases: &[(usize, &Prepared)],
+    call: CaseCall,
 ) -> (PathBuf, Child) {
     let mut src = String::from("#include \"cuda_host_shim.h\"\n");
     let mut seen = std::collections::HashSet::new();
@@ -527,7 +566,7 @@ fn start_compile(
     for &(id, p) in cases {
         let (bytes, offsets) = packed_input(p);
         std::fs::write(dir.join(format!("case_{id}.in")), bytes).unwrap();
-        src.push_str(&case_call(id, p, &offsets));
+        src.push_str(&call(id, p, &offsets));
     }
     src.push_str("return 0;\n}\n");
     let cpp = dir.join(format!("emu_{group}.cpp"));
@@ -638,6 +677,60 @@ fn compare(id: usize, p: &Prepared, want: &Reference, dir: &Path) -> Vec<String>
     errors
 }
 
+/// Runs the cases on the host, one program per storage group (compiled while the CPU
+/// backend computes the references), each case by its `call`; returns what differs from
+/// `reference`.
+fn emulate(
+    cxx: &str,
+    dir: &Path,
+    prepared: &[Prepared],
+    call: CaseCall,
+    reference: &dyn Fn(&Prepared) -> Reference,
+) -> Vec<String> {
+    let groups: Vec<(&str, Vec<(usize, &Prepared)>)> = [
+        ("f32", &[Storage::F32][..]),
+        ("f64", &[Storage::F64]),
+        ("half", &[Storage::F16, Storage::BF16]),
+    ]
+    .into_iter()
+    .map(|(g, ss)| {
+        let members = prepared
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| ss.contains(&p.case.storage))
+            .collect();
+        (g, members)
+    })
+    .filter(|(_, members): &(&str, Vec<_>)| !members.is_empty())
+    .collect();
+    let compiles: Vec<(PathBuf, Child)> = groups
+        .iter()
+        .map(|(g, members)| start_compile(cxx, dir, g, members, call))
+        .collect();
+    let references: Vec<Reference> = prepared.iter().map(reference).collect();
+
+    let mut errors = Vec::new();
+    for ((exe, child), (group, members)) in compiles.into_iter().zip(&groups) {
+        let out = child.wait_with_output().unwrap();
+        check_status(
+            &format!("compiling the {group} cases with {cxx}"),
+            &out,
+            dir,
+        );
+        let run = Command::new(&exe)
+            .arg(dir)
+            .env("ASAN_OPTIONS", "detect_leaks=0")
+            .env("UBSAN_OPTIONS", "print_stacktrace=1")
+            .output()
+            .unwrap();
+        check_status(&format!("running {}", exe.display()), &run, dir);
+        for &(id, p) in members {
+            errors.extend(compare(id, p, &references[id], dir));
+        }
+    }
+    errors
+}
+
 #[test]
 fn generated_modules_emulated_on_the_host_match_the_cpu_backend() {
     let cxx = cxx();
@@ -666,50 +759,328 @@ fn generated_modules_emulated_on_the_host_match_the_cpu_backend() {
     assert!(reached(|p| !p.kernel.shared));
     assert!(reached(|p| p.kernel.shared && p.kernel.block < 256));
 
-    // One program per storage group, compiled while the CPU backend computes the references.
-    let groups: Vec<(&str, Vec<(usize, &Prepared)>)> = [
-        ("f32", &[Storage::F32][..]),
-        ("f64", &[Storage::F64]),
-        ("half", &[Storage::F16, Storage::BF16]),
-    ]
-    .into_iter()
-    .map(|(g, ss)| {
-        let members = prepared
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| ss.contains(&p.case.storage))
-            .collect();
-        (g, members)
-    })
-    .collect();
-    let compiles: Vec<(PathBuf, Child)> = groups
-        .iter()
-        .map(|(g, members)| start_compile(&cxx, &dir, g, members))
-        .collect();
-    let references: Vec<Reference> = prepared.iter().map(reference).collect();
-
-    let mut errors = Vec::new();
-    for ((exe, child), (group, members)) in compiles.into_iter().zip(&groups) {
-        let out = child.wait_with_output().unwrap();
-        check_status(
-            &format!("compiling the {group} cases with {cxx}"),
-            &out,
-            &dir,
-        );
-        let run = Command::new(&exe)
-            .arg(&dir)
-            .env("ASAN_OPTIONS", "detect_leaks=0")
-            .env("UBSAN_OPTIONS", "print_stacktrace=1")
-            .output()
-            .unwrap();
-        check_status(&format!("running {}", exe.display()), &run, &dir);
-        for &(id, p) in members {
-            errors.extend(compare(id, p, &references[id], &dir));
-        }
-    }
+    let direct = ReductionOptions {
+        path: ReductionPath::Direct,
+        ..Default::default()
+    };
+    let errors = emulate(&cxx, &dir, &prepared, &case_call, &|p| {
+        reference(p, &direct)
+    });
     assert!(
         errors.is_empty(),
         "{} of {} cases differ from the CPU backend (files kept in {}):\n{}",
+        errors.len(),
+        prepared.len(),
+        dir.display(),
+        errors.join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The sizes of a block-plan case: its launch [`Size`], and its memory budget in pairs (the
+/// budget in bytes is that many pairs' blocks).
+#[derive(Clone, Copy, Debug)]
+struct BlockSize {
+    size: Size,
+    budget_pairs: usize,
+}
+
+/// One launch: the whole reduction.
+const BIG: usize = usize::MAX >> 8;
+const B_ONE: BlockSize = BlockSize {
+    size: Size {
+        rows: 700,
+        terms: 900,
+        sms: 1,
+    },
+    budget_pairs: BIG,
+};
+/// Term blocks of 512 terms (the rows of one row block).
+const B_TERMS: BlockSize = BlockSize {
+    size: Size {
+        rows: 700,
+        terms: 2500,
+        sms: 2,
+    },
+    budget_pairs: 700 * 600,
+};
+/// Row blocks of all the terms.
+const B_ROWS: BlockSize = BlockSize {
+    size: Size {
+        rows: 2100,
+        terms: 300,
+        sms: 1,
+    },
+    budget_pairs: 1100 * 300,
+};
+/// One launch of several chunks (the 2D scheme).
+const B_CHUNKS: BlockSize = BlockSize {
+    size: Size {
+        rows: 5,
+        terms: 3001,
+        sms: 2,
+    },
+    budget_pairs: BIG,
+};
+/// Term blocks of 2048 terms, each of several chunks.
+const B_BOTH: BlockSize = BlockSize {
+    size: Size {
+        rows: 5,
+        terms: 5000,
+        sms: 2,
+    },
+    budget_pairs: 5 * 2048,
+};
+
+/// A block-plan case: the case (its pair inputs set), its budget, and for a matrix product
+/// the coefficient's source (`Sum` of it times `y`).
+struct BlockCase {
+    case: Case,
+    budget_pairs: usize,
+    coef: Option<&'static str>,
+}
+
+fn block_cases() -> Vec<BlockCase> {
+    use ReductionKind::*;
+    use Storage::{F32, F64};
+    const DIST: &str = "Relu(xn + yn - 2 * Dot(x, y))";
+    const GAUSS: &str = "Exp(-Relu(xn + yn - 2 * Dot(x, y)) * 0.1)";
+    let gram = Inputs::Gram { dim: 16 };
+    let mut out = Vec::new();
+    let mut add = |src: String, kind, s, b: BlockSize, coef| {
+        out.push(BlockCase {
+            case: case(&src, gram, kind, s, b.size),
+            budget_pairs: b.budget_pairs,
+            coef,
+        })
+    };
+    for b in [B_ONE, B_TERMS, B_ROWS, B_CHUNKS, B_BOTH] {
+        for s in [F32, F64] {
+            add(format!("{GAUSS} * b"), Sum, s, b, None);
+        }
+    }
+    for (s, b) in [
+        (F32, B_TERMS),
+        (F32, B_BOTH),
+        (F64, B_ROWS),
+        (F64, B_CHUNKS),
+    ] {
+        add(format!("-{DIST}"), LogSumExp, s, b, None);
+    }
+    add(DIST.into(), Min, F32, B_TERMS, None);
+    add(DIST.into(), Max, F64, B_CHUNKS, None);
+    // Indices in f64, where the points' distances are far apart next to the rounding.
+    for b in [B_TERMS, B_ROWS, B_BOTH] {
+        for kind in [ArgMin, MinArgMin, ArgKMin(5), KMinArgKMin(3)] {
+            add(DIST.into(), kind, F64, b, None);
+        }
+    }
+    for b in [B_ONE, B_TERMS, B_ROWS] {
+        for s in [F32, F64] {
+            add(format!("{GAUSS} * y"), Sum, s, b, Some(GAUSS));
+        }
+    }
+    out
+}
+
+/// The offsets of a launch's variables as C expressions: i-variables from row `r0`,
+/// j-variables from term `t0`.
+fn launch_offsets(p: &Prepared, offsets: &[usize]) -> String {
+    p.case
+        .vars
+        .iter()
+        .zip(offsets)
+        .map(|(&(cat, d), o)| match cat {
+            VarCat::I => format!("{o}LL + (long long)r0 * {d}, "),
+            VarCat::J => format!("{o}LL + (long long)t0 * {d}, "),
+            VarCat::P => format!("{o}LL, "),
+        })
+        .collect()
+}
+
+/// The pair inputs of a case as `lk_emu_pair`s.
+fn emu_pairs(p: &Prepared, offsets: &[usize]) -> String {
+    let pairs: Vec<String> = p
+        .case
+        .pairs
+        .iter()
+        .map(|node| {
+            let vars = node.vars();
+            let x = vars.iter().find(|v| v.cat == VarCat::I).unwrap();
+            let y = vars.iter().find(|v| v.cat == VarCat::J).unwrap();
+            format!("{{{}LL, {}LL, {}}}", offsets[x.pos], offsets[y.pos], x.dim)
+        })
+        .collect();
+    format!("{{{}}}", pairs.join(", "))
+}
+
+/// The driver's call of a block-plan case (`lk_emu_blocks_case` or `lk_emu_matmul_case` in the
+/// shim), with the launches of the CUDA backend's schedule for a budget of `budget_pairs`
+/// pairs.
+fn block_call(id: usize, p: &Prepared, offsets: &[usize], budget_pairs: usize) -> String {
+    let (k, c) = (&p.kernel, &p.case);
+    let t = c.storage.c_type();
+    let Size { rows, terms, sms } = c.size;
+    let in_len = p.tensors.iter().map(Tensor::elem_count).sum::<usize>();
+    let elem = c.storage.compute_bytes();
+    let npairs = c.pairs.len();
+    let offs = launch_offsets(p, offsets);
+    let blocks: String = (0..npairs).map(|n| format!("s[{n}], ")).collect();
+    let pairs = emu_pairs(p, offsets);
+    if k.values {
+        let buffers = npairs + 1;
+        let launches: Vec<String> =
+            product_blocks((rows, terms), buffers, elem, budget_pairs * buffers * elem)
+                .into_iter()
+                .map(|(r, tr)| {
+                    let (gx, gy) = values_grid(r.len(), tr.len());
+                    // Fewer blocks along the terms than the device gets: each covers several.
+                    let gy = gy.min(7);
+                    format!(
+                        "{{{}, {}, {}, {}, {gx}, {gy}, 0, 0}}",
+                        r.start, r.end, tr.start, tr.end
+                    )
+                })
+                .collect();
+        let v = c
+            .vars
+            .iter()
+            .position(|v| v.0 == VarCat::J && v.1 > 1)
+            .unwrap();
+        return format!(
+            "lk_emu_matmul_case<{t}>(dir, {id}, {in_len}, {rows}, {}LL, {}, {pairs}, {{{}}},\n    \
+             +[](const {t}* in, int r0, int t0, int rows, int terms, const {t}* const* s, {t}* coef) \
+             {{ {name}_values(in, {offs}rows, terms, {blocks}coef); }});\n",
+            offsets[v],
+            c.vars[v].1,
+            launches.join(", "),
+            name = k.name,
+        );
+    }
+    let plan = schedule(
+        k,
+        (rows, terms),
+        npairs,
+        elem,
+        budget_pairs * npairs * elem,
+        sms,
+    );
+    let row_blocks: Vec<String> = plan
+        .iter()
+        .map(|rb| {
+            let launches: Vec<String> = rb
+                .terms
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{{{}, {}, {}, {}, {}, {}, {}, {}}}",
+                        rb.rows.start,
+                        rb.rows.end,
+                        l.terms.start,
+                        l.terms.end,
+                        l.grid.blocks_x,
+                        l.grid.chunks,
+                        l.grid.chunk,
+                        l.chunk_base
+                    )
+                })
+                .collect();
+            format!(
+                "{{{}, {}, {}, {{{}}}}}",
+                rb.rows.start,
+                rb.rows.end,
+                rb.chunks,
+                launches.join(", ")
+            )
+        })
+        .collect();
+    format!(
+        "lk_emu_blocks_case<{t}>(dir, {id}, lk_emu_shape{{{in_len}, {rows}, {terms}, 0, 0, 0, \
+         {block}, {nv}, {ni}, {sv}, {si}}}, {pairs}, {{{}}},\n    \
+         +[](const {t}* in, int r0, int t0, int rows, int terms, int chunk, {t}* ov, long long* oi, \
+         double* pv, long long* pi, const {t}* const* s, long long jbase, int chunk_base) \
+         {{ {name}_main(in, {offs}rows, terms, chunk, ov, oi, pv, pi, {blocks}jbase, chunk_base); }},\n    \
+         {name}_combine);\n",
+        row_blocks.join(", "),
+        block = k.block,
+        nv = k.out_vals,
+        ni = k.out_idx,
+        sv = k.state_vals,
+        si = k.state_idx,
+        name = k.name,
+    )
+}
+
+#[test]
+fn block_plan_modules_emulated_on_the_host_match_the_cpu_block_path() {
+    let cxx = cxx();
+    let dir = std::env::temp_dir().join(format!("lk-cuda-emu-blocks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cuda_host_shim.h"), SHIM).unwrap();
+
+    let cases = block_cases();
+    let budgets: Vec<usize> = cases.iter().map(|c| c.budget_pairs).collect();
+    let prepared: Vec<Prepared> = cases
+        .into_iter()
+        .enumerate()
+        .map(|(n, bc)| {
+            let coef = bc.coef.map(|src| {
+                let names: Vec<(&str, Expr)> = variables(bc.case.inputs)
+                    .iter()
+                    .enumerate()
+                    .map(|(pos, &(name, cat, dim))| (name, var(cat, pos, dim)))
+                    .collect();
+                parse(src, &names).unwrap()
+            });
+            let mut p = prepare(bc.case, 0xb10c_0000 + n as u64);
+            if let Some(coef) = coef {
+                let c = &p.case;
+                p.kernel = generate_values(&coef, &c.vars, &c.pairs, c.storage)
+                    .unwrap_or_else(|e| panic!("{}: {e}", c.label));
+                // Values per output row (for the messages).
+                p.kernel.out_vals = c.formula.dim();
+            }
+            p
+        })
+        .collect();
+    // The schedules the cases are meant to reach.
+    let plans: Vec<Vec<lazy_kernels::backend::cuda::blocks::RowBlock>> = prepared
+        .iter()
+        .zip(&budgets)
+        .filter(|(p, _)| !p.kernel.values)
+        .map(|(p, &b)| {
+            let Size { rows, terms, sms } = p.case.size;
+            let elem = p.case.storage.compute_bytes();
+            schedule(&p.kernel, (rows, terms), 1, elem, b * elem, sms)
+        })
+        .collect();
+    assert!(plans.iter().any(|s| s.len() > 1));
+    assert!(plans.iter().any(|s| s[0].terms.len() > 1));
+    assert!(plans
+        .iter()
+        .any(|s| s[0].terms.iter().filter(|l| l.grid.chunks > 1).count() > 1));
+    assert!(plans
+        .iter()
+        .any(|s| s.len() == 1 && s[0].terms.len() == 1 && s[0].chunks > 1));
+    assert!(plans.iter().any(|s| s[0].terms[0].chunk_base < 0));
+
+    let blocks = ReductionOptions {
+        path: ReductionPath::Blocks,
+        ..Default::default()
+    };
+    let call = |id: usize, p: &Prepared, offsets: &[usize]| block_call(id, p, offsets, budgets[id]);
+    let errors = emulate(&cxx, &dir, &prepared, &call, &|p| {
+        let args: Vec<&Tensor> = p.tensors.iter().collect();
+        let report = LazyTensor::from_formula(&p.case.formula, &args)
+            .and_then(|l| l.explain(p.case.kind, Axis::J, &blocks))
+            .unwrap();
+        assert_eq!(report.path, ReductionPath::Blocks, "{}", p.case.label);
+        assert_eq!(report.matmul_epilogue, p.kernel.values, "{}", p.case.label);
+        reference(p, &blocks)
+    });
+    assert!(
+        errors.is_empty(),
+        "{} of {} block-plan cases differ from the CPU block path (files kept in {}):\n{}",
         errors.len(),
         prepared.len(),
         dir.display(),

@@ -42,7 +42,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use common::{flat, flat_i64, Rng};
 use lazy_kernels::ReductionKind::{self, *};
-use lazy_kernels::{Axis, Kernel, KernelOperator, LazyTensor, SolveOptions};
+use lazy_kernels::{
+    Axis, Kernel, KernelOperator, LazyTensor, Path, Precision, ReductionOptions, SolveOptions,
+};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 /// The body of a check: what it measured, or why it failed.
@@ -318,6 +320,32 @@ fn all_checks() -> Vec<Check> {
             ));
         }
     }
+    // The block path: one launch, few rows (chunks), and a budget of 1 MiB (row blocks of
+    // term blocks); gradients at D = 64 take it too (matrix products C V).
+    for (size, mib) in [
+        ((3000, 5000, 64), 256),
+        ((7, 200_000, 128), 256),
+        ((3000, 5000, 64), 1),
+    ] {
+        for dtype in both {
+            for axis in [Axis::J, Axis::I] {
+                v.push(blocks(GAUSS, Sum, axis, dtype, size, mib << 20));
+                for kind in [LogSumExp, MinArgMin, ArgKMin(4), KMinArgKMin(10)] {
+                    v.push(blocks(SQDIST, kind, axis, dtype, size, mib << 20));
+                }
+            }
+        }
+    }
+    for dtype in both {
+        let size = (2000, 3000, 64);
+        v.push(check(
+            format!("blocks/grad/gauss/x,y,b,s/{}/{}", dt(dtype), sz(size)),
+            move |ctx| gauss_grads(ctx, size, dtype),
+        ));
+    }
+    v.push(check("blocks/tf32/gauss/j/f32/4000x6000xD256", |ctx| {
+        blocks_tf32(ctx, (4000, 6000, 256))
+    }));
     for dtype in both {
         v.push(check(
             format!("operator/gaussian/matmul,solve,grad/{}", dt(dtype)),
@@ -542,8 +570,68 @@ fn reduction(
         if nan {
             p = p.with_nan()?;
         }
-        compare_reduction(&ctx.dev, &p, src, kind, axis, dtype, nan)
+        let opts = ReductionOptions::default();
+        compare_reduction(&ctx.dev, &p, src, (kind, axis, &opts), dtype, nan)
     })
+}
+
+/// The block path (matrix products of inner products, `crate::op::gram`) on the device under
+/// test against the CPU's block path, both forced with a memory budget of `block_bytes`: the
+/// device's path must be the block path, and the outputs those of the CPU.
+fn blocks(
+    src: &'static str,
+    kind: ReductionKind,
+    axis: Axis,
+    dtype: DType,
+    size: (usize, usize, usize),
+    block_bytes: usize,
+) -> Check {
+    let name = format!(
+        "blocks/{kind:?}/{}/{}/{}/{}/{}MiB",
+        short(src),
+        axis_name(axis),
+        dt(dtype),
+        sz(size),
+        block_bytes >> 20
+    );
+    check(name, move |ctx| {
+        let (m, n, d) = size;
+        let p = ctx.problem(m, n, d)?;
+        let opts = ReductionOptions {
+            path: Path::Blocks,
+            block_bytes,
+            ..Default::default()
+        };
+        let report = p
+            .to(&ctx.dev, dtype)?
+            .lazy(src)?
+            .explain(kind, axis, &opts)?;
+        if report.path != Path::Blocks {
+            return Err(format!("the device takes the {report}").into());
+        }
+        compare_reduction(&ctx.dev, &p, src, (kind, axis, &opts), dtype, false)
+    })
+}
+
+/// A Gaussian sum on TF32 tensor cores against the CPU in f32 (relative error of the
+/// distances about 4e-4 at D = 256, so the tolerance is 1e-2).
+fn blocks_tf32(ctx: &Ctx, (m, n, d): (usize, usize, usize)) -> Res<String> {
+    let p = ctx.problem(m, n, d)?;
+    let opts = ReductionOptions {
+        path: Path::Blocks,
+        precision: Precision::Tf32,
+        ..Default::default()
+    };
+    let got = p.to(&ctx.dev, DType::F32)?.lazy(GAUSS)?;
+    let got = got
+        .reduce_with(Sum, Axis::J, &opts)?
+        .values
+        .ok_or("no values")?;
+    let want = p.to(&Device::Cpu, DType::F32)?.lazy(GAUSS)?.sum(Axis::J)?;
+    Ok(format!(
+        "error {:.1e}",
+        rel_err(&got, &want, 1e-2, "values")?
+    ))
 }
 
 /// Runs one reduction on CUDA and on the CPU (same dtype) and compares values and indices.
@@ -551,8 +639,7 @@ fn compare_reduction(
     dev: &Device,
     p: &Problem,
     src: &str,
-    kind: ReductionKind,
-    axis: Axis,
+    (kind, axis, opts): (ReductionKind, Axis, &ReductionOptions),
     dtype: DType,
     nan: bool,
 ) -> Res<String> {
@@ -561,8 +648,11 @@ fn compare_reduction(
         _ => src.to_string(),
     };
     let cpu = p.to(&Device::Cpu, dtype)?;
-    let got = p.to(dev, dtype)?.lazy(&src)?.reduce(kind, axis)?;
-    let want = cpu.lazy(&src)?.reduce(kind, axis)?;
+    let got = p
+        .to(dev, dtype)?
+        .lazy(&src)?
+        .reduce_with(kind, axis, opts)?;
+    let want = cpu.lazy(&src)?.reduce_with(kind, axis, opts)?;
     let mut report = Vec::new();
     match (&got.values, &want.values) {
         (Some(g), Some(w)) => {

@@ -206,35 +206,46 @@ impl ReductionPlan {
     }
 
     /// The CUDA module of this plan for inputs stored as `storage`: generated (in every
-    /// build), not compiled.
+    /// build), not compiled. A block plan's module reads its pair inputs from blocks of inner
+    /// products; for a matrix product, it is the coefficient kernel alone.
     pub(crate) fn cuda_kernel(
         &self,
         storage: cuda::Storage,
     ) -> crate::error::Result<cuda::CudaKernel> {
-        cuda::generate(
-            &self.formula,
-            self.reduction.kind,
-            &self.kernel_vars(),
-            storage,
-        )
+        let vars = self.kernel_vars();
+        let Some(bp) = &self.blocks else {
+            return cuda::generate(&self.formula, self.reduction.kind, &vars, storage);
+        };
+        let pairs = bp.pair_nodes();
+        match &bp.matmul {
+            Some(mm) => cuda::generate_values(&mm.coef, &vars, &pairs, storage),
+            None => cuda::generate_with_pairs(
+                &self.formula,
+                self.reduction.kind,
+                &vars,
+                &pairs,
+                storage,
+            ),
+        }
     }
 
     /// What determines the generated module besides the dtype: the reduction kind, the
-    /// formula and the variables (not the sizes, and not the user's axis).
+    /// formula and the variables (not the sizes, and not the user's axis), and for a block
+    /// plan its pair inputs and matrix product.
     pub(crate) fn kernel_key(&self) -> String {
-        let path = match &self.blocks {
-            None => String::new(),
-            Some(b) => {
-                let pairs: Vec<String> = b.pairs.iter().map(|p| p.node.to_string()).collect();
-                let matmul = b.matmul.as_ref().map(|m| m.coef.to_string());
-                format!(":blocks{pairs:?}:{matmul:?}")
-            }
-        };
-        format!(
-            "{}:{}:{:?}{path}",
+        let key = format!(
+            "{}:{}:{:?}",
             self.kernel_reduction(),
             self.formula,
             self.kernel_vars()
-        )
+        );
+        match &self.blocks {
+            None => key,
+            Some(bp) => {
+                let pairs: Vec<String> = bp.pairs.iter().map(|p| p.node.to_string()).collect();
+                let coef = bp.matmul.as_ref().map(|m| format!("{m:?}"));
+                format!("{key}:blocks{pairs:?}:{coef:?}")
+            }
+        }
     }
 }

@@ -481,6 +481,13 @@ pub(crate) struct BlockPlan {
     pub block_bytes: usize,
 }
 
+impl BlockPlan {
+    /// The pair inputs' nodes, in order.
+    pub(crate) fn pair_nodes(&self) -> Vec<Expr> {
+        self.pairs.iter().map(|p| p.node.clone()).collect()
+    }
+}
+
 /// The block plan of a bound, rewritten formula (every pair node a `Dot`), when the choice is
 /// the block path; `None` for the direct path.
 pub(crate) fn block_plan(

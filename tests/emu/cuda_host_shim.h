@@ -230,4 +230,158 @@ void lk_emu_case(const std::string& dir, int id, const lk_emu_shape& s,
     }
 }
 
+// The drivers of block-plan cases: the launches of the schedule (src/backend/cuda/blocks.rs,
+// written out by the test), each after its blocks of inner products S_k^T, computed here in
+// long double from the packed input and rounded to T, as cuBLAS would hand them over.
+
+// Pair input k: its i-variable's and j-variable's offsets in the packed input, and their
+// dimension.
+struct lk_emu_pair {
+    long long x, y;
+    int dim;
+};
+// One launch: rows [r0, r1), terms [t0, t1), its grid, its first chunk (-1: outputs).
+struct lk_emu_launch_of {
+    int r0, r1, t0, t1;
+    unsigned blocks_x, chunks;
+    int chunk, chunk_base;
+};
+// A row block: rows [r0, r1), chunks of states in all, its launches.
+struct lk_emu_row_block {
+    int r0, r1, chunks;
+    std::vector<lk_emu_launch_of> launches;
+};
+
+template <class T> std::vector<T> lk_emu_read_input(const std::string& base, long long len) {
+    std::vector<T> in((size_t)len);
+    std::FILE* f = std::fopen((base + ".in").c_str(), "rb");
+    if (!f || std::fread(in.data(), sizeof(T), in.size(), f) != in.size()) {
+        lk_emu_fail("cannot read " + base + ".in");
+    }
+    std::fclose(f);
+    return in;
+}
+
+inline void lk_emu_write(const std::string& path, const void* p, size_t bytes) {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f || std::fwrite(p, 1, bytes, f) != bytes) lk_emu_fail("cannot write " + path);
+    std::fclose(f);
+}
+
+// The blocks S_k^T of rows [r0, r1) and terms [t0, t1): pair k of (r0 + i, t0 + j) at
+// [k][j * (r1 - r0) + i].
+template <class T>
+std::vector<std::vector<T>> lk_emu_inner(const std::vector<T>& in,
+                                         const std::vector<lk_emu_pair>& pairs, int r0, int r1,
+                                         int t0, int t1) {
+    std::vector<std::vector<T>> out;
+    const long long rows = r1 - r0;
+    for (const lk_emu_pair& p : pairs) {
+        std::vector<T> s((size_t)(rows * (t1 - t0) > 0 ? rows * (t1 - t0) : 1));
+        for (int j = t0; j < t1; ++j) {
+            for (int i = r0; i < r1; ++i) {
+                long double acc = 0;
+                for (int c = 0; c < p.dim; ++c) {
+                    acc += (long double)in[(size_t)(p.x + (long long)i * p.dim + c)] *
+                           (long double)in[(size_t)(p.y + (long long)j * p.dim + c)];
+                }
+                s[(size_t)((j - t0) * rows + (i - r0))] = (T)acc;
+            }
+        }
+        out.push_back(std::move(s));
+    }
+    return out;
+}
+
+// Runs block-plan case `id` twice (poisoned as `lk_emu_case` does) and writes its outputs.
+// `main(in, r0, t0, rows, terms, chunk, out_vals, out_idx, part_vals, part_idx, s, jbase,
+// chunk_base)` calls the module's main kernel with the launch's input offsets.
+template <class T>
+void lk_emu_blocks_case(
+    const std::string& dir, int id, const lk_emu_shape& s, const std::vector<lk_emu_pair>& pairs,
+    const std::vector<lk_emu_row_block>& schedule,
+    void (*main)(const T*, int, int, int, int, int, T*, long long*, double*, long long*,
+                 const T* const*, long long, int),
+    void (*combine)(int, int, const double*, const long long*, T*, long long*)) {
+    const std::string base = dir + "/case_" + std::to_string(id);
+    const std::vector<T> in = lk_emu_read_input<T>(base, s.in_len);
+    const auto at_least_one = [](long long n) { return (size_t)(n > 0 ? n : 1); };
+    const long long rows = s.rows;
+    for (int run = 0; run < 2; ++run) {
+        const auto poison = [run](auto& v) {
+            std::memset((void*)v.data(), run == 0 ? 0xff : 0x41, v.size() * sizeof(v[0]));
+        };
+        std::vector<T> out_vals(at_least_one(rows * s.out_vals));
+        std::vector<long long> out_idx(at_least_one(rows * s.out_idx));
+        poison(out_vals);
+        poison(out_idx);
+        for (const lk_emu_row_block& rb : schedule) {
+            const long long n = rb.r1 - rb.r0;
+            std::vector<double> part_vals(at_least_one(rb.chunks * n * s.state_vals));
+            std::vector<long long> part_idx(at_least_one(rb.chunks * n * s.state_idx));
+            poison(part_vals);
+            poison(part_idx);
+            T* ov = out_vals.data() + rb.r0 * s.out_vals;
+            long long* oi = out_idx.data() + rb.r0 * s.out_idx;
+            for (const lk_emu_launch_of& l : rb.launches) {
+                const auto blocks = lk_emu_inner(in, pairs, l.r0, l.r1, l.t0, l.t1);
+                std::vector<const T*> sp;
+                for (const auto& b : blocks) sp.push_back(b.data());
+                lk_emu_launch(l.blocks_x, l.chunks, s.block, [&] {
+                    main(in.data(), l.r0, l.t0, l.r1 - l.r0, l.t1 - l.t0, l.chunk, ov, oi,
+                         part_vals.data(), part_idx.data(), sp.data(), l.t0, l.chunk_base);
+                });
+            }
+            if (rb.chunks > 1) {
+                lk_emu_launch((unsigned)((n + 255) / 256), 1, 256, [&] {
+                    combine((int)n, rb.chunks, part_vals.data(), part_idx.data(), ov, oi);
+                });
+            }
+        }
+        const std::string name = base + ".run" + std::to_string(run);
+        lk_emu_write(name + ".vals", out_vals.data(), (size_t)(rows * s.out_vals) * sizeof(T));
+        lk_emu_write(name + ".idx", out_idx.data(), (size_t)(rows * s.out_idx) * sizeof(long long));
+    }
+}
+
+// Runs the matrix-product case `id` (a `Sum` of c_ij v_j, v at offset `v_off` with `e`
+// columns) twice: per launch the coefficient kernel writes C^T on a `gx` x `gy` grid
+// (`values(in, r0, t0, rows, terms, s, coef)` calls it with the launch's offsets), then
+// out[r0..r1) += C_blk V_blk, accumulated in T as cuBLAS does with beta = 1.
+template <class T>
+void lk_emu_matmul_case(const std::string& dir, int id, long long in_len, int rows_all,
+                        long long v_off, int e, const std::vector<lk_emu_pair>& pairs,
+                        const std::vector<lk_emu_launch_of>& launches,
+                        void (*values)(const T*, int, int, int, int, const T* const*, T*)) {
+    const std::string base = dir + "/case_" + std::to_string(id);
+    const std::vector<T> in = lk_emu_read_input<T>(base, in_len);
+    for (int run = 0; run < 2; ++run) {
+        std::vector<T> out((size_t)rows_all * e > 0 ? (size_t)rows_all * e : 1, (T)0);
+        for (const lk_emu_launch_of& l : launches) {
+            const long long n = l.r1 - l.r0, m = l.t1 - l.t0;
+            const auto blocks = lk_emu_inner(in, pairs, l.r0, l.r1, l.t0, l.t1);
+            std::vector<const T*> sp;
+            for (const auto& b : blocks) sp.push_back(b.data());
+            std::vector<T> coef((size_t)(n * m > 0 ? n * m : 1));
+            std::memset((void*)coef.data(), run == 0 ? 0xff : 0x41, coef.size() * sizeof(T));
+            lk_emu_launch(l.blocks_x, l.chunks, 256, [&] {
+                values(in.data(), l.r0, l.t0, (int)n, (int)m, sp.data(), coef.data());
+            });
+            for (long long i = 0; i < n; ++i) {
+                for (int c = 0; c < e; ++c) {
+                    T acc = 0;
+                    for (long long j = 0; j < m; ++j) {
+                        acc += coef[(size_t)(j * n + i)] *
+                               in[(size_t)(v_off + (l.t0 + j) * e + c)];
+                    }
+                    out[(size_t)((l.r0 + i) * e + c)] += acc;
+                }
+            }
+        }
+        const std::string name = base + ".run" + std::to_string(run);
+        lk_emu_write(name + ".vals", out.data(), (size_t)rows_all * e * sizeof(T));
+        lk_emu_write(name + ".idx", out.data(), 0);
+    }
+}
+
 #endif // LK_CUDA_HOST_SHIM_H

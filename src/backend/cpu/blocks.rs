@@ -235,7 +235,7 @@ pub(crate) fn reduce<T: Real>(
         .flat_map(|b| (0..chunks.len()).map(move |c| (b, c)))
         .collect();
     let cats: Vec<(VarCat, usize)> = plan.vars.iter().map(|v| (v.cat, v.dim)).collect();
-    let nodes: Vec<Expr> = bp.pairs.iter().map(|p| p.node.clone()).collect();
+    let nodes = bp.pair_nodes();
     let norms = pair_norms(plan, bp, data);
     let isa = isa::detect();
     let buffers = |n: usize| -> Vec<Vec<T>> { (0..n).map(|_| vec![T::ZERO; rb * tb]).collect() };

@@ -90,7 +90,8 @@ impl Storage {
         }
     }
 
-    fn compute_bytes(self) -> usize {
+    /// Bytes of a value of the compute type.
+    pub fn compute_bytes(self) -> usize {
         match self {
             Storage::F64 => 8,
             Storage::F32 | Storage::F16 | Storage::BF16 => 4,
@@ -121,6 +122,9 @@ pub struct CudaKernel {
     /// Output rows each thread of the main kernel computes: a block covers
     /// `block * rows_per_thread` rows, thread `t` has rows `base + t + r * block`.
     pub rows_per_thread: usize,
+    /// Whether the module is a block plan's coefficient kernel `<name>_values` alone
+    /// ([`generate_values`]), without main and combine kernels.
+    pub values: bool,
 }
 
 /// How a reduction is launched: `blocks_x * chunks` blocks of [`CudaKernel::block`] threads,
@@ -211,7 +215,7 @@ pub fn formula_function(
     fname: &str,
 ) -> Result<String> {
     let tc = storage.compute();
-    let sec = Sections::new(formula, nvars, tc)?;
+    let sec = Sections::new(formula, nvars, &[], tc)?;
     let mut s = String::new();
     let params: Vec<String> = (0..nvars)
         .map(|k| format!("const {tc}* __restrict__ a{k}"))
@@ -272,7 +276,64 @@ pub fn generate(
     vars: &[(VarCat, usize)],
     storage: Storage,
 ) -> Result<CudaKernel> {
+    generate_with_pairs(formula, kind, vars, &[], storage)
+}
+
+/// Checks a block plan's pair inputs: scalar nodes of the formula, in f32 or f64 (half
+/// precision never takes the block path: the expansion of distances cancels too much).
+fn check_pairs(formula: &Expr, pairs: &[Expr], storage: Storage) -> Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    if !matches!(storage, Storage::F32 | Storage::F64) {
+        return Err(Error::NotImplemented {
+            what: "the CUDA block path in half precision",
+            detail: format!("{storage:?} inputs with inner products read from blocks"),
+        });
+    }
+    let nodes = formula.topo_order();
+    match pairs.iter().find(|p| p.dim() != 1 || !nodes.contains(p)) {
+        Some(p) => Err(invalid(
+            "CUDA codegen",
+            format!("pair input {p} is not a scalar node of {formula}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// [`generate`] for a block plan (`crate::op::gram`): the scalar nodes `pairs[k]` of the
+/// formula (inner products `<x_i, y_j>`) are not computed but read from blocks of inner
+/// products that a matrix product computed. With pairs, the main kernel takes, after the
+/// parameters of [`generate`]'s, `const TC* s0, .., long long jbase, int chunk_base`: block
+/// `k` holds the value of pair `k` for the launch's row `i` and term `j` at
+/// `s_k[j * rows + i]` (transposed, so that a warp's rows are consecutive addresses); `jbase`
+/// is the launch's first term in the whole reduction (indices are global); with
+/// `chunk_base < 0` the kernel writes the outputs (one chunk in all), otherwise block `y`
+/// writes its states as chunk `chunk_base + y` for the combine kernel. Without pairs, the
+/// module of [`generate`], byte for byte. f32 and f64 only.
+///
+/// ```
+/// use lazy_kernels::backend::cuda::{generate_with_pairs, Storage};
+/// use lazy_kernels::formula::{Expr, Var, VarCat};
+/// use lazy_kernels::ReductionKind;
+/// let x = Expr::var(Var { cat: VarCat::I, pos: 0, dim: 64 })?;
+/// let y = Expr::var(Var { cat: VarCat::J, pos: 1, dim: 64 })?;
+/// let dot = Expr::dot(&x, &y)?;
+/// let vars = [(VarCat::I, 64), (VarCat::J, 64)];
+/// let k = generate_with_pairs(&dot.exp(), ReductionKind::Sum, &vars, &[dot], Storage::F32)?;
+/// assert!(k.source.contains("long long jbase, int chunk_base)"));
+/// # Ok::<(), lazy_kernels::Error>(())
+/// ```
+pub fn generate_with_pairs(
+    formula: &Expr,
+    kind: ReductionKind,
+    vars: &[(VarCat, usize)],
+    pairs: &[Expr],
+    storage: Storage,
+) -> Result<CudaKernel> {
     check_vars(formula, vars)?;
+    check_pairs(formula, pairs, storage)?;
+    let blocks = !pairs.is_empty();
     let red = Reduction::new(kind, Axis::J);
     let f = formula.dim();
     let out = red.output_spec(f)?;
@@ -280,11 +341,27 @@ pub fn generate(
     let tc = storage.compute();
     let t = storage.c_type();
 
-    let sec = Sections::new(formula, vars.len(), tc)?;
+    let sec = Sections::new(formula, vars.len(), pairs, tc)?;
     let code = kind.cuda_code(f, tc, out.values);
 
-    // The pair section and the reduction's update of one row, for one term.
-    let mut pair_code = format!("{{\n{}", sec.code[Level::Pair as usize]);
+    // The pair section and the reduction's update of one row, for one term (after the row's
+    // values of the pair inputs, zeros past the last row).
+    let mut pair_code = String::from("{\n");
+    if blocks {
+        let _ = writeln!(
+            pair_code,
+            // The tile length, known below.
+            "const int i = i0 + r * LKBLOCK; {tc} sp[{}];",
+            pairs.len()
+        );
+        for k in 0..pairs.len() {
+            let _ = writeln!(
+                pair_code,
+                "sp[{k}] = i < rows ? s{k}[(long long)(j0 + jj) * rows + i] : ({tc})0;"
+            );
+        }
+    }
+    pair_code.push_str(&sec.code[Level::Pair as usize]);
     for (c, x) in sec.out.iter().enumerate() {
         let _ = writeln!(pair_code, "    f[{c}] = {x};");
     }
@@ -315,6 +392,7 @@ pub fn generate(
         block /= 2;
     }
     let shared = block * per_term <= SHARED_BYTES;
+    let pair_code = pair_code.replace("LKBLOCK", &block.to_string());
 
     let (sv, si) = (st.vals, st.idx);
     let rows = rows_per_thread(vars, &sec, &code, sv + si, storage, shared);
@@ -363,12 +441,20 @@ pub fn generate(
     let offs: String = (0..vars.len())
         .map(|k| format!("long long o{k}, "))
         .collect();
+    let block_params: String = if blocks {
+        (0..pairs.len())
+            .map(|k| format!(", const {tc}* __restrict__ s{k}"))
+            .chain(std::iter::once(", long long jbase, int chunk_base".into()))
+            .collect()
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         s,
         "extern \"C\" __global__ void __launch_bounds__({block}) LKNAME_main(\
          const {t}* __restrict__ in, {offs}int rows, int terms, int chunk, \
          {t}* __restrict__ out_vals, long long* __restrict__ out_idx, \
-         double* __restrict__ part_vals, long long* __restrict__ part_idx) {{"
+         double* __restrict__ part_vals, long long* __restrict__ part_idx{block_params}) {{"
     );
     let _ = writeln!(
         s,
@@ -500,8 +586,13 @@ pub fn generate(
         }
         term_code.push_str("}\n");
     }
-    let body =
-        format!("{{\nconst long long j = (long long)(j0 + jj); (void)j;\n{local_j}{term_code}}}\n");
+    // The term's index in the whole reduction (a block plan's launch starts at `jbase`).
+    let j_index = if blocks {
+        "jbase + j0 + jj"
+    } else {
+        "(long long)(j0 + jj)"
+    };
+    let body = format!("{{\nconst long long j = {j_index}; (void)j;\n{local_j}{term_code}}}\n");
     let _ = writeln!(s, "const int jbeg = blockIdx.y * chunk;");
     let _ = writeln!(s, "const int jend = min(terms, jbeg + chunk);");
     let _ = writeln!(s, "for (int j0 = jbeg; j0 < jend; j0 += {block}) {{");
@@ -521,14 +612,16 @@ pub fn generate(
     s.push_str(&per_row(&bind(&code.tile_end, &[])));
     let _ = writeln!(s, "}}\n}}");
     // Outputs, or the chunk's states (2D scheme).
+    let (one_chunk, chunk_at) = if blocks {
+        ("chunk_base < 0", "(long long)(chunk_base + blockIdx.y)")
+    } else {
+        ("gridDim.y == 1", "(long long)blockIdx.y")
+    };
     let mut fin = String::new();
-    let _ = writeln!(fin, "if (gridDim.y == 1) {{");
+    let _ = writeln!(fin, "if ({one_chunk}) {{");
     fin.push_str(&code.finalize);
     let _ = writeln!(fin, "}} else {{");
-    let _ = writeln!(
-        fin,
-        "const long long at = (long long)blockIdx.y * rows + i;"
-    );
+    let _ = writeln!(fin, "const long long at = {chunk_at} * rows + i;");
     copy_state(&mut fin, ("part_vals[at * {n} + c]", "sv[c]"), sv, si);
     let _ = writeln!(fin, "}}");
     s.push_str(&per_row(&format!(
@@ -605,7 +698,139 @@ pub fn generate(
         out_vals: out.values,
         out_idx: out.indices,
         rows_per_thread: rows,
+        values: false,
     })
+}
+
+/// Threads per block of a coefficient kernel ([`generate_values`]).
+pub const VALUES_BLOCK: usize = 256;
+
+/// Generates the coefficient kernel of a block plan's matrix product (`Sum_j c_ij v_j` runs as
+/// `C V`): `<name>_values(const T* in, long long o0, .., int rows, int terms, const TC* s0, ..,
+/// TC* coef)` writes the scalar `coef_formula` of the launch's pair `(i, j)` at
+/// `coef[j * rows + i]` (stored as the blocks of inner products are, which it reads like the
+/// main kernel of [`generate_with_pairs`]). Thread `x` of block `(bx, by)` has row
+/// `bx * VALUES_BLOCK + x` and the terms `by, by + gridDim.y, ..` ([`values_grid`]). The
+/// module has no main and combine kernels ([`CudaKernel::values`]). f32 and f64 only.
+///
+/// ```
+/// use lazy_kernels::backend::cuda::{generate_values, Storage};
+/// use lazy_kernels::formula::{Expr, Var, VarCat};
+/// let x = Expr::var(Var { cat: VarCat::I, pos: 0, dim: 64 })?;
+/// let y = Expr::var(Var { cat: VarCat::J, pos: 1, dim: 64 })?;
+/// let dot = Expr::dot(&x, &y)?;
+/// let vars = [(VarCat::I, 64), (VarCat::J, 64)];
+/// let k = generate_values(&dot.neg().exp(), &vars, &[dot], Storage::F64)?;
+/// assert!(k.values && k.source.contains(&format!("{}_values(", k.name)));
+/// # Ok::<(), lazy_kernels::Error>(())
+/// ```
+pub fn generate_values(
+    coef_formula: &Expr,
+    vars: &[(VarCat, usize)],
+    pairs: &[Expr],
+    storage: Storage,
+) -> Result<CudaKernel> {
+    check_vars(coef_formula, vars)?;
+    check_pairs(coef_formula, pairs, storage)?;
+    if coef_formula.dim() != 1 {
+        return Err(invalid(
+            "CUDA codegen",
+            format!(
+                "a coefficient has one component, {coef_formula} has {}",
+                coef_formula.dim()
+            ),
+        ));
+    }
+    let (tc, t) = (storage.compute(), storage.c_type());
+    let sec = Sections::new(coef_formula, vars.len(), pairs, tc)?;
+    let mut body = String::new();
+    let _ = writeln!(
+        body,
+        "{}\n{{\n{}}}",
+        sec.decl(Level::Param, tc),
+        sec.code[0]
+    );
+    let _ = writeln!(body, "{}\n{{\n{}}}", sec.decl(Level::Row, tc), sec.code[1]);
+    let _ = writeln!(
+        body,
+        "for (int j = blockIdx.y; j < terms; j += gridDim.y) {{\nLKTERMLOADS"
+    );
+    let _ = writeln!(body, "{}\n{{\n{}}}", sec.decl(Level::Term, tc), sec.code[2]);
+    let _ = writeln!(body, "{tc} sp[{}]; (void)sp;", pairs.len().max(1));
+    for k in 0..pairs.len() {
+        let _ = writeln!(body, "sp[{k}] = s{k}[(long long)j * rows + i];");
+    }
+    let _ = writeln!(
+        body,
+        "{{\n{}coef[(long long)j * rows + i] = {};\n}}\n}}",
+        sec.code[Level::Pair as usize],
+        sec.out[0]
+    );
+    // The variables the code reads: parameters and the row's i-variables before it, the
+    // term's j-variables in the loop.
+    let (mut loads, mut term_loads) = (String::new(), String::new());
+    for (k, &(cat, d)) in vars.iter().enumerate() {
+        if !reads(&body, &format!("a{k}")) {
+            continue;
+        }
+        let (at, to) = match cat {
+            VarCat::P => ("", &mut loads),
+            VarCat::I => ("(long long)i * ", &mut loads),
+            VarCat::J => ("(long long)j * ", &mut term_loads),
+        };
+        let _ = writeln!(
+            to,
+            "{tc} a{k}[{d}];\nfor (int c = 0; c < {d}; ++c) a{k}[c] = lk_load(in + o{k} + {at}{d} + c);"
+        );
+    }
+    let body = body.replace("LKTERMLOADS\n", &term_loads);
+    let offs: String = (0..vars.len())
+        .map(|k| format!("long long o{k}, "))
+        .collect();
+    let blocks: String = (0..pairs.len())
+        .map(|k| format!("const {tc}* __restrict__ s{k}, "))
+        .collect();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "// lazy-kernels generated coefficient kernel: {coef_formula}"
+    );
+    let _ = writeln!(s, "// inputs {storage:?}, variables {vars:?}, pair inputs:");
+    for p in pairs {
+        let _ = writeln!(s, "//   {p}");
+    }
+    s.push_str(MATH_CUH);
+    s.push_str(&reduce_header());
+    let _ = writeln!(
+        s,
+        "extern \"C\" __global__ void __launch_bounds__({VALUES_BLOCK}) LKNAME_values(\
+         const {t}* __restrict__ in, {offs}int rows, int terms, {blocks}{tc}* __restrict__ coef) {{"
+    );
+    let _ = writeln!(
+        s,
+        "const int i = blockIdx.x * {VALUES_BLOCK} + threadIdx.x;"
+    );
+    let _ = writeln!(s, "if (i >= rows) return;\n{loads}{body}}}");
+    let name = format!("lk_{:016x}", fnv1a(s.as_bytes()));
+    Ok(CudaKernel {
+        source: s.replace("LKNAME", &name),
+        name,
+        block: VALUES_BLOCK,
+        shared: false,
+        state_vals: 0,
+        state_idx: 0,
+        out_vals: 1,
+        out_idx: 0,
+        rows_per_thread: 1,
+        values: true,
+    })
+}
+
+/// The grid of a coefficient kernel ([`generate_values`]) over `rows x terms` pairs: blocks
+/// along the rows, and along the terms as many as the grid allows (each then covers several
+/// terms).
+pub fn values_grid(rows: usize, terms: usize) -> (usize, usize) {
+    (rows.div_ceil(VALUES_BLOCK).max(1), terms.clamp(1, 65535))
 }
 
 /// Output rows per thread of the main kernel: each term's shared-memory load and term section

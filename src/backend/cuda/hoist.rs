@@ -25,6 +25,10 @@
 //!
 //! Components are emitted on demand, so a component no one reads is never computed, and each
 //! node's components are computed once (the formula is hash-consed).
+//!
+//! A block plan's pair nodes (`crate::op::gram`: the inner products `<x_i, y_j>` computed by
+//! matrix products) are leaves of the pair section: pair node `k` is read as `sp[k]`, which the
+//! kernel loads from its block of inner products, and its arguments are not computed.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -93,11 +97,18 @@ pub(crate) struct Sections {
 
 impl Sections {
     /// Splits `formula`, whose variable at position `k` is `a{k}` (`nvars` of them), for the
-    /// compute type `tc` (`float` or `double`).
-    pub(crate) fn new(formula: &Expr, nvars: usize, tc: &'static str) -> Result<Sections> {
+    /// compute type `tc` (`float` or `double`); the scalar nodes `pairs[k]` are read as `sp[k]`
+    /// in the pair section (see the module documentation).
+    pub(crate) fn new(
+        formula: &Expr,
+        nvars: usize,
+        pairs: &[Expr],
+        tc: &'static str,
+    ) -> Result<Sections> {
         let mut g = Gen {
             tc,
             nvars,
+            pairs,
             s: Sections::default(),
             names: HashMap::new(),
             handed: HashMap::new(),
@@ -124,9 +135,11 @@ pub(crate) fn literal(c: f64, tc: &str) -> String {
     format!("(({tc})({c:e}))")
 }
 
-struct Gen {
+struct Gen<'p> {
     tc: &'static str,
     nvars: usize,
+    /// Pair nodes read from `sp[k]`.
+    pairs: &'p [Expr],
     s: Sections,
     /// Components emitted so far: their names in their own level's section.
     names: HashMap<(Expr, usize), String>,
@@ -136,7 +149,7 @@ struct Gen {
     count: usize,
 }
 
-impl Gen {
+impl Gen<'_> {
     fn level(&mut self, e: &Expr) -> Level {
         if let Some(&l) = self.levels.get(e) {
             return l;
@@ -170,6 +183,15 @@ impl Gen {
             }
             Op::Const(k) => return Ok(literal(k, self.tc)),
             _ => {}
+        }
+        if let Some(k) = self.pairs.iter().position(|p| p == e) {
+            if at != Level::Pair || e.dim() != 1 {
+                return Err(invalid(
+                    "CUDA codegen",
+                    format!("pair input {e} read at {at:?} (dimension {})", e.dim()),
+                ));
+            }
+            return Ok(format!("sp[{k}]"));
         }
         let name = self.emit(e, c)?;
         let l = self.level(e);
@@ -372,8 +394,8 @@ mod tests {
             &b,
         );
         for tc in ["float", "double"] {
-            let c = Sections::new(&constant, 4, tc).unwrap();
-            let p = Sections::new(&sigma, 4, tc).unwrap();
+            let c = Sections::new(&constant, 4, &[], tc).unwrap();
+            let p = Sections::new(&sigma, 4, &[], tc).unwrap();
             let pair = &p.code[Level::Pair as usize];
             assert_eq!(
                 lines(&c.code[Level::Pair as usize]),
@@ -417,7 +439,7 @@ mod tests {
         );
         let xy = Expr::new(Op::Elem(1), vec![bin(BinaryOp::Mul, &x, &y)]).unwrap();
         let f = bin(BinaryOp::Add, &f, &xy);
-        let sec = Sections::new(&f, 4, "float").unwrap();
+        let sec = Sections::new(&f, 4, &[], "float").unwrap();
         let [param, row_code, term_code, pair] = &sec.code;
         assert!(param.contains("lk_inv(a3[0])"), "{param}");
         assert!(

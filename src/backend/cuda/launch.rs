@@ -34,16 +34,21 @@ use crate::backend::{Outputs, ReductionPlan};
 use crate::error::Error;
 
 /// A compiled module, and its functions once loaded into a device's context.
-struct Compiled {
-    kernel: CudaKernel,
+pub(super) struct Compiled {
+    pub(super) kernel: CudaKernel,
     /// Loaded (`None` for a module compiled without a device, in tests).
-    loaded: Option<Loaded>,
+    pub(super) loaded: Option<Loaded>,
 }
 
 /// A module loaded into a context: the driver's JIT has turned its PTX into machine code.
-struct Loaded {
-    main: CudaFunction,
-    combine: CudaFunction,
+pub(super) enum Loaded {
+    /// A reduction's main and combine kernels.
+    Reduction {
+        main: CudaFunction,
+        combine: CudaFunction,
+    },
+    /// A matrix-product plan's coefficient kernel ([`CudaKernel::values`]).
+    Values(CudaFunction),
 }
 
 /// A module's identity: the plan's kernel key, the storage, the architecture and the device
@@ -61,7 +66,7 @@ pub(crate) fn arch_of(dev: &CudaDevice) -> candle_core::Result<String> {
     Ok(format!("compute_{major}{minor}"))
 }
 
-fn multiprocessors(dev: &CudaDevice) -> usize {
+pub(super) fn multiprocessors(dev: &CudaDevice) -> usize {
     dev.cuda_stream()
         .context()
         .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -123,9 +128,13 @@ fn load(ctx: &Arc<CudaContext>, kernel: &CudaKernel, ptx: String) -> Result<Load
             .load_function(&format!("{}_{suffix}", kernel.name))
             .map_err(|e| fail("finding a function", e))
     };
-    Ok(Loaded {
-        main: function("main")?,
-        combine: function("combine")?,
+    Ok(if kernel.values {
+        Loaded::Values(function("values")?)
+    } else {
+        Loaded::Reduction {
+            main: function("main")?,
+            combine: function("combine")?,
+        }
     })
 }
 
@@ -184,7 +193,7 @@ fn key_of(plan: &ReductionPlan, storage: Storage, arch: &str, ctx: Option<&CudaC
 
 /// The module of `plan`, from memory, or obtained now, or waited for when a background
 /// thread is compiling it.
-fn compiled(
+pub(super) fn compiled(
     plan: &ReductionPlan,
     storage: Storage,
     arch: &str,
@@ -230,7 +239,7 @@ pub(crate) fn prepare_on(
     }
 }
 
-fn too_large(what: &str, n: usize) -> candle_core::Error {
+pub(super) fn too_large(what: &str, n: usize) -> candle_core::Error {
     Error::Shape {
         op: "CUDA reduction",
         detail: format!("{n} {what} exceed the CUDA backend's limit of 2^31 - 1"),
@@ -246,6 +255,18 @@ pub(crate) fn reduce(
 ) -> candle_core::Result<Outputs<CudaStorage>> {
     let (start, end) = crate::backend::packed_range(layout)?;
     let dev = storage.device().clone();
+    if let Some(bp) = &plan.blocks {
+        use super::block_launch::run as blocks;
+        return match storage.dtype() {
+            DType::F32 => blocks::<f32>(plan, bp, &dev, storage.as_cuda_slice()?.slice(start..end)),
+            DType::F64 => blocks::<f64>(plan, bp, &dev, storage.as_cuda_slice()?.slice(start..end)),
+            other => Err(Error::NotImplemented {
+                what: "the CUDA block path in this dtype",
+                detail: format!("{other:?} inputs (the block path takes f32 and f64)"),
+            }
+            .into()),
+        };
+    }
     match storage.dtype() {
         DType::F32 => run::<f32>(
             plan,
@@ -301,6 +322,13 @@ where
         what: "CUDA reduction",
         detail: format!("kernel {} was compiled but not loaded", k.name),
     })?;
+    let Loaded::Reduction { main, combine } = loaded else {
+        return Err(Error::Backend {
+            what: "CUDA reduction",
+            detail: format!("module {} has no main kernel", k.name),
+        }
+        .into());
+    };
     let block = k.block;
 
     let sms = multiprocessors(dev);
@@ -320,7 +348,7 @@ where
     let part_idx: CudaSlice<i64> = dev.alloc_zeros::<i64>((parts * k.state_idx).max(1))?;
     let offsets: Vec<i64> = plan.vars.iter().map(|v| v.offset as i64).collect();
 
-    let mut b = stream.launch_builder(&loaded.main);
+    let mut b = stream.launch_builder(main);
     b.arg(&input);
     for o in &offsets {
         b.arg(o);
@@ -343,7 +371,7 @@ where
     unsafe { b.launch(cfg) }.w()?;
     if chunks > 1 {
         let chunks_i = int("chunks", chunks)?;
-        let mut b = stream.launch_builder(&loaded.combine);
+        let mut b = stream.launch_builder(combine);
         b.arg(&rows);
         b.arg(&chunks_i);
         b.arg(&part_vals);
@@ -415,6 +443,49 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A block plan's modules (inner products read from blocks, and a matrix product's
+    /// coefficient kernel) compile for both architectures.
+    #[test]
+    fn nvrtc_compiles_block_plan_kernels() {
+        use crate::backend::cuda::{generate_values, generate_with_pairs};
+        let v = |cat, pos, dim| Expr::var(Var { cat, pos, dim }).unwrap();
+        let (x, y, b) = (v(VarCat::I, 0, 64), v(VarCat::J, 1, 64), v(VarCat::J, 2, 1));
+        let vars = [(VarCat::I, 64), (VarCat::J, 64), (VarCat::J, 1)];
+        let dot = Expr::dot(&x, &y).unwrap();
+        let pairs = [dot.clone()];
+        let coef = dot.neg().exp();
+        let f = Expr::binary(crate::formula::BinaryOp::Mul, &coef, &b).unwrap();
+        for storage in [Storage::F32, Storage::F64] {
+            let mut kernels = Vec::new();
+            for kind in [
+                ReductionKind::Sum,
+                ReductionKind::LogSumExp,
+                ReductionKind::ArgKMin(10),
+                ReductionKind::MinArgMin,
+            ] {
+                kernels.push(generate_with_pairs(&f, kind, &vars, &pairs, storage).unwrap());
+            }
+            kernels.push(generate_values(&coef, &vars, &pairs, storage).unwrap());
+            for k in &kernels {
+                for arch in ["compute_80", "compute_90"] {
+                    let ptx = compile(k, arch, None)
+                        .unwrap_or_else(|e| panic!("{} {storage:?} {arch}: {e}", k.name));
+                    let entries: &[&str] = if k.values {
+                        &["values"]
+                    } else {
+                        &["main", "combine"]
+                    };
+                    for e in entries {
+                        assert!(ptx.contains(&format!("{}_{e}", k.name)), "{storage:?}");
+                    }
+                }
+            }
+        }
+        // Half precision never takes the block path.
+        let err = generate_with_pairs(&f, ReductionKind::Sum, &vars, &pairs, Storage::F16);
+        assert!(matches!(err, Err(Error::NotImplemented { .. })));
     }
 
     pub(super) fn scratch_cache() -> std::path::PathBuf {

@@ -12,6 +12,9 @@
 //! that needs a module being compiled waits for it rather than compiling it again. The
 //! census ([`crate::backend::census`]) counts the modules, compiles and seconds.
 
+#[cfg(feature = "cuda")]
+pub(crate) mod block_launch;
+pub mod blocks;
 pub mod cache;
 pub mod codegen;
 pub(crate) mod hoist;
@@ -19,7 +22,9 @@ pub(crate) mod inflight;
 #[cfg(feature = "cuda")]
 pub(crate) mod launch;
 
-pub use codegen::{generate, CudaKernel, Grid, Storage};
+pub use codegen::{
+    generate, generate_values, generate_with_pairs, values_grid, CudaKernel, Grid, Storage,
+};
 pub use inflight::{worker_count as compile_threads, THREADS_VAR};
 
 /// Compiles a generated module with NVRTC for `arch` (`compute_XY`), with the options the
