@@ -66,7 +66,7 @@ fn one(m: usize, n: usize, d: usize) -> candle_core::Result<()> {
     let peak = peak_bytes().unwrap_or(0);
     let dense = (m as f64) * (n as f64) * 4.0;
     println!(
-        "| {m} | {n} | {d} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |",
+        "| {m} | {n} | {d} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |",
         inputs as f64 / MIB,
         before as f64 / MIB,
         peak as f64 / MIB,
