@@ -223,6 +223,7 @@ fn nvrtc_times(a: &Args, sets: &[(DType, Census)]) -> Res<()> {
                 out_idx: 0,
                 rows_per_thread: 1,
                 values: false,
+                blocks: false,
             })
             .collect();
         let t = Instant::now();

@@ -34,7 +34,7 @@ use lazy_kernels::backend::cuda::blocks::{product_blocks, schedule};
 use lazy_kernels::backend::cuda::{
     generate_values, generate_with_pairs, values_grid, CudaKernel, Grid, Storage,
 };
-use lazy_kernels::formula::{parse, Expr, Var, VarCat};
+use lazy_kernels::formula::{parse, Expr, Op, UnaryOp, Var, VarCat};
 use lazy_kernels::{Axis, LazyTensor, Path as ReductionPath, ReductionKind, ReductionOptions};
 
 /// The CUDA stand-ins and the launcher the generated programs include.
@@ -138,8 +138,16 @@ fn case(src: &str, inputs: Inputs, kind: ReductionKind, storage: Storage, size: 
         .map(|(pos, &(name, cat, dim))| (name, var(cat, pos, dim)))
         .collect();
     let formula = parse(src, &names).unwrap_or_else(|e| panic!("{src}: {e}"));
+    // The pair inputs: the inner products and squared distances of x and y in the formula.
     let pairs = match inputs {
-        Inputs::Gram { .. } => vec![parse("Dot(x, y)", &names).unwrap()],
+        Inputs::Gram { .. } => {
+            let nodes = formula.topo_order();
+            ["Dot(x, y)", "SqDist(x, y)"]
+                .iter()
+                .map(|src| parse(src, &names).unwrap())
+                .filter(|p| nodes.contains(p))
+                .collect()
+        }
         _ => Vec::new(),
     };
     Case {
@@ -880,6 +888,24 @@ fn block_cases() -> Vec<BlockCase> {
             add(format!("{GAUSS} * y"), Sum, s, b, Some(GAUSS));
         }
     }
+    // Squared distances as pair inputs: the module's helpers turn the blocks of inner products
+    // into distances (recomputed where the expansion cancels), as the CPU block path does.
+    const SQ: &str = "SqDist(x, y)";
+    for (s, b) in [(F32, B_TERMS), (F64, B_BOTH), (F64, B_ONE)] {
+        add(format!("Exp(-{SQ} * 0.1) * b"), Sum, s, b, None);
+    }
+    for b in [B_ROWS, B_BOTH] {
+        for kind in [MinArgMin, ArgKMin(5)] {
+            add(SQ.into(), kind, F64, b, None);
+        }
+    }
+    add(
+        format!("Exp(-{SQ} * 0.1) * y"),
+        Sum,
+        F64,
+        B_TERMS,
+        Some("Exp(-SqDist(x, y) * 0.1)"),
+    );
     out
 }
 
@@ -908,7 +934,18 @@ fn emu_pairs(p: &Prepared, offsets: &[usize]) -> String {
             let vars = node.vars();
             let x = vars.iter().find(|v| v.cat == VarCat::I).unwrap();
             let y = vars.iter().find(|v| v.cat == VarCat::J).unwrap();
-            format!("{{{}LL, {}LL, {}}}", offsets[x.pos], offsets[y.pos], x.dim)
+            // A squared distance is `Sum(Square(x - y))`.
+            let distance = node
+                .args()
+                .first()
+                .is_some_and(|a| *a.op() == Op::Unary(UnaryOp::Square));
+            format!(
+                "{{{}LL, {}LL, {}, {}}}",
+                offsets[x.pos],
+                offsets[y.pos],
+                x.dim,
+                i32::from(distance)
+            )
         })
         .collect();
     format!("{{{}}}", pairs.join(", "))
@@ -927,6 +964,18 @@ fn block_call(id: usize, p: &Prepared, offsets: &[usize], budget_pairs: usize) -
     let offs = launch_offsets(p, offsets);
     let blocks: String = (0..npairs).map(|n| format!("s[{n}], ")).collect();
     let pairs = emu_pairs(p, offsets);
+    // The distance blocks: the module's helpers, norms then distances, on the launch's points.
+    let fix = format!(
+        "+[](const {t}* in, const lk_emu_pair& p, int r0, int t0, int rows, int terms, {t}* s) {{\n    \
+         std::vector<{t}> xn((size_t)rows), yn((size_t)terms);\n    \
+         const {t}* x = in + p.x + (long long)r0 * p.dim;\n    \
+         const {t}* y = in + p.y + (long long)t0 * p.dim;\n    \
+         lk_emu_launch((unsigned)((rows + 255) / 256), 1, 256, [&] {{ {name}_sqnorms(x, rows, p.dim, xn.data()); }});\n    \
+         lk_emu_launch((unsigned)((terms + 255) / 256), 1, 256, [&] {{ {name}_sqnorms(y, terms, p.dim, yn.data()); }});\n    \
+         lk_emu_launch(3, 1, 256, [&] {{ {name}_distances(x, y, xn.data(), yn.data(), rows, terms, p.dim, ({t}){near:?}, s); }});\n}}",
+        name = k.name,
+        near = lazy_kernels::op::gram::NEAR,
+    );
     if k.values {
         let buffers = npairs + 1;
         let launches: Vec<String> =
@@ -950,7 +999,7 @@ fn block_call(id: usize, p: &Prepared, offsets: &[usize], budget_pairs: usize) -
         return format!(
             "lk_emu_matmul_case<{t}>(dir, {id}, {in_len}, {rows}, {}LL, {}, {pairs}, {{{}}},\n    \
              +[](const {t}* in, int r0, int t0, int rows, int terms, const {t}* const* s, {t}* coef) \
-             {{ {name}_values(in, {offs}rows, terms, {blocks}coef); }});\n",
+             {{ {name}_values(in, {offs}rows, terms, {blocks}coef); }},\n    {fix});\n",
             offsets[v],
             c.vars[v].1,
             launches.join(", "),
@@ -1000,7 +1049,7 @@ fn block_call(id: usize, p: &Prepared, offsets: &[usize], budget_pairs: usize) -
          +[](const {t}* in, int r0, int t0, int rows, int terms, int chunk, {t}* ov, long long* oi, \
          double* pv, long long* pi, const {t}* const* s, long long jbase, int chunk_base) \
          {{ {name}_main(in, {offs}rows, terms, chunk, ov, oi, pv, pi, {blocks}jbase, chunk_base); }},\n    \
-         {name}_combine);\n",
+         {name}_combine,\n    {fix});\n",
         row_blocks.join(", "),
         block = k.block,
         nv = k.out_vals,

@@ -138,7 +138,7 @@ struct Found {
 /// place of `|x|^2 + |y|^2`) is accurate to a few units in the last place of the distance
 /// too, about the direct path's accuracy; below, it would lose `log2(1 / ratio)` bits. Only
 /// near pairs (clusters, duplicates) take the direct computation.
-pub(crate) const NEAR: f64 = 0.25;
+pub const NEAR: f64 = 0.25;
 
 /// Inner products of fewer components are computed in the elementwise pass, not by matrix
 /// products.

@@ -239,6 +239,7 @@ void lk_emu_case(const std::string& dir, int id, const lk_emu_shape& s,
 struct lk_emu_pair {
     long long x, y;
     int dim;
+    int distance; // 1: the block holds squared distances (the module's `_distances` helper)
 };
 // One launch: rows [r0, r1), terms [t0, t1), its grid, its first chunk (-1: outputs).
 struct lk_emu_launch_of {
@@ -302,7 +303,8 @@ void lk_emu_blocks_case(
     const std::vector<lk_emu_row_block>& schedule,
     void (*main)(const T*, int, int, int, int, int, T*, long long*, double*, long long*,
                  const T* const*, long long, int),
-    void (*combine)(int, int, const double*, const long long*, T*, long long*)) {
+    void (*combine)(int, int, const double*, const long long*, T*, long long*),
+    void (*fix)(const T*, const lk_emu_pair&, int, int, int, int, T*)) {
     const std::string base = dir + "/case_" + std::to_string(id);
     const std::vector<T> in = lk_emu_read_input<T>(base, s.in_len);
     const auto at_least_one = [](long long n) { return (size_t)(n > 0 ? n : 1); };
@@ -324,7 +326,13 @@ void lk_emu_blocks_case(
             T* ov = out_vals.data() + rb.r0 * s.out_vals;
             long long* oi = out_idx.data() + rb.r0 * s.out_idx;
             for (const lk_emu_launch_of& l : rb.launches) {
-                const auto blocks = lk_emu_inner(in, pairs, l.r0, l.r1, l.t0, l.t1);
+                auto blocks = lk_emu_inner(in, pairs, l.r0, l.r1, l.t0, l.t1);
+                for (size_t k = 0; k < pairs.size(); ++k) {
+                    if (pairs[k].distance) {
+                        fix(in.data(), pairs[k], l.r0, l.t0, l.r1 - l.r0, l.t1 - l.t0,
+                            blocks[k].data());
+                    }
+                }
                 std::vector<const T*> sp;
                 for (const auto& b : blocks) sp.push_back(b.data());
                 lk_emu_launch(l.blocks_x, l.chunks, s.block, [&] {
@@ -352,14 +360,20 @@ template <class T>
 void lk_emu_matmul_case(const std::string& dir, int id, long long in_len, int rows_all,
                         long long v_off, int e, const std::vector<lk_emu_pair>& pairs,
                         const std::vector<lk_emu_launch_of>& launches,
-                        void (*values)(const T*, int, int, int, int, const T* const*, T*)) {
+                        void (*values)(const T*, int, int, int, int, const T* const*, T*),
+                        void (*fix)(const T*, const lk_emu_pair&, int, int, int, int, T*)) {
     const std::string base = dir + "/case_" + std::to_string(id);
     const std::vector<T> in = lk_emu_read_input<T>(base, in_len);
     for (int run = 0; run < 2; ++run) {
         std::vector<T> out((size_t)rows_all * e > 0 ? (size_t)rows_all * e : 1, (T)0);
         for (const lk_emu_launch_of& l : launches) {
             const long long n = l.r1 - l.r0, m = l.t1 - l.t0;
-            const auto blocks = lk_emu_inner(in, pairs, l.r0, l.r1, l.t0, l.t1);
+            auto blocks = lk_emu_inner(in, pairs, l.r0, l.r1, l.t0, l.t1);
+            for (size_t k = 0; k < pairs.size(); ++k) {
+                if (pairs[k].distance) {
+                    fix(in.data(), pairs[k], l.r0, l.t0, (int)n, (int)m, blocks[k].data());
+                }
+            }
             std::vector<const T*> sp;
             for (const auto& b : blocks) sp.push_back(b.data());
             std::vector<T> coef((size_t)(n * m > 0 ? n * m : 1));

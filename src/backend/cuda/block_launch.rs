@@ -24,13 +24,13 @@ use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId, Wr
 
 use super::blocks::{product_blocks, schedule};
 use super::codegen::{values_grid, Storage, VALUES_BLOCK};
-use super::launch::{compiled, multiprocessors, too_large, Loaded};
+use super::launch::{compiled, multiprocessors, too_large, BlockHelpers, Loaded};
 use crate::backend::{Outputs, ReductionPlan};
 use crate::error::Error;
 use crate::op::gram::{BlockPlan, Precision};
 
 /// An element type of the block path's products: f32 or f64.
-pub(crate) trait BlasElem: CudaDType + DeviceRepr + ValidAsZeroBits {
+pub(crate) trait BlasElem: CudaDType + DeviceRepr + ValidAsZeroBits + Copy {
     /// The storage of the generated kernels.
     const STORAGE: Storage;
     /// cuBLAS's name of the type.
@@ -40,6 +40,10 @@ pub(crate) trait BlasElem: CudaDType + DeviceRepr + ValidAsZeroBits {
     const ZERO: Self;
     /// The compute type of a product in `precision`.
     fn compute(precision: Precision) -> blas_sys::cublasComputeType_t;
+    /// `crate::op::gram::NEAR` in this type.
+    fn near() -> Self;
+    /// `-1` or `1`.
+    fn sign(negative: bool) -> Self;
 }
 
 impl BlasElem for f32 {
@@ -47,6 +51,16 @@ impl BlasElem for f32 {
     const DATA: blas_sys::cudaDataType = blas_sys::cudaDataType::CUDA_R_32F;
     const ONE: f32 = 1.0;
     const ZERO: f32 = 0.0;
+    fn near() -> f32 {
+        crate::op::gram::NEAR as f32
+    }
+    fn sign(negative: bool) -> f32 {
+        if negative {
+            -1.0
+        } else {
+            1.0
+        }
+    }
     fn compute(precision: Precision) -> blas_sys::cublasComputeType_t {
         match precision {
             Precision::Full => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
@@ -62,6 +76,16 @@ impl BlasElem for f64 {
     const ZERO: f64 = 0.0;
     fn compute(_: Precision) -> blas_sys::cublasComputeType_t {
         blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_64F
+    }
+    fn near() -> f64 {
+        crate::op::gram::NEAR
+    }
+    fn sign(negative: bool) -> f64 {
+        if negative {
+            -1.0
+        } else {
+            1.0
+        }
     }
 }
 
@@ -147,16 +171,73 @@ fn gemm<T: BlasElem>(
     .map_err(blas_error)
 }
 
-/// The blocks `S_k^T` of the launch `rows x terms` of every pair input, into `bufs`.
+/// The squared norms of the points of a distance pair input, on the device: (i-side, j-side).
+type Norms<T> = Vec<Option<(CudaSlice<T>, CudaSlice<T>)>>;
+
+/// Grid-stride launch geometry of a helper kernel over `n` items.
+fn helper_cfg(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 65535) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The squared norms of the points of every distance pair input (`<name>_sqnorms`).
+fn pair_norms<T: BlasElem>(
+    h: &BlockHelpers,
+    dev: &CudaDevice,
+    plan: &ReductionPlan,
+    bp: &BlockPlan,
+    input: &CudaView<'_, T>,
+) -> candle_core::Result<Norms<T>> {
+    let stream = dev.cuda_stream();
+    let norms = |v: usize, d: usize| -> candle_core::Result<CudaSlice<T>> {
+        let vs = &plan.vars[v];
+        let mut out = dev.alloc_zeros::<T>(vs.rows.max(1))?;
+        let x = input.slice(vs.offset..vs.offset + vs.rows * d);
+        let (n, d) = (int("points", vs.rows)?, int("dimension", d)?);
+        let mut b = stream.launch_builder(&h.sqnorms);
+        b.arg(&x);
+        b.arg(&n);
+        b.arg(&d);
+        b.arg(&mut out);
+        let cfg = LaunchConfig {
+            grid_dim: (vs.rows.div_ceil(256).max(1) as u32, 1, 1),
+            ..helper_cfg(0)
+        };
+        // SAFETY: the arguments match `<name>_sqnorms(x, n, d, out)`: `x` holds `n x d`
+        // values, `out` `n`.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(out)
+    };
+    bp.pairs
+        .iter()
+        .map(|p| {
+            if p.distance {
+                Ok(Some((norms(p.x, p.dim)?, norms(p.y, p.dim)?)))
+            } else {
+                Ok(None)
+            }
+        })
+        .collect()
+}
+
+/// The blocks of the launch `rows x terms` of every pair input, into `bufs`: `S_k^T` by
+/// cuBLAS, and for a distance its squared distances (`<name>_distances`: the expansion, or the
+/// direct computation where the expansion cancels, see `crate::op::gram::NEAR`).
+#[allow(clippy::too_many_arguments)]
 fn inner_products<T: BlasElem>(
     blas: &Blas<'_>,
+    h: &BlockHelpers,
+    norms: &Norms<T>,
     plan: &ReductionPlan,
     bp: &BlockPlan,
     input: &CudaView<'_, T>,
     (rows, terms): (&std::ops::Range<usize>, &std::ops::Range<usize>),
     bufs: &mut [CudaSlice<T>],
 ) -> candle_core::Result<()> {
-    for (p, buf) in bp.pairs.iter().zip(bufs.iter_mut()) {
+    for ((p, buf), nm) in bp.pairs.iter().zip(bufs.iter_mut()).zip(norms) {
         let (x, y, d) = (&plan.vars[p.x], &plan.vars[p.y], p.dim);
         let xs = input.slice(x.offset + rows.start * d..x.offset + rows.end * d);
         let ys = input.slice(y.offset + terms.start * d..y.offset + terms.end * d);
@@ -170,6 +251,29 @@ fn inner_products<T: BlasElem>(
             T::ZERO,
             (buf, rows.len(), 0),
         )?;
+        if let Some((xn, yn)) = nm {
+            let xn = xn.slice(rows.clone());
+            let yn = yn.slice(terms.clone());
+            let (n, m, dd) = (
+                int("rows", rows.len())?,
+                int("terms", terms.len())?,
+                int("dimension", d)?,
+            );
+            let near = T::near();
+            let mut b = blas.stream.launch_builder(&h.distances);
+            b.arg(&xs);
+            b.arg(&ys);
+            b.arg(&xn);
+            b.arg(&yn);
+            b.arg(&n);
+            b.arg(&m);
+            b.arg(&dd);
+            b.arg(&near);
+            b.arg(buf);
+            // SAFETY: the arguments match `<name>_distances(x, y, xn, yn, rows, terms, d, near,
+            // s)`: the points and norms of the launch's rows and terms, and its block.
+            unsafe { b.launch(helper_cfg(rows.len() * terms.len())) }.w()?;
+        }
     }
     Ok(())
 }
@@ -208,6 +312,7 @@ pub(crate) fn run<T: BlasElem>(
         detail: format!("kernel {} was compiled but not loaded", k.name),
     };
     let loaded = c.loaded.as_ref().ok_or_else(not_loaded)?;
+    let helpers = c.helpers.as_ref().ok_or_else(not_loaded)?;
     let handle = cublas(dev)?;
     let blas = Blas {
         handle: &handle,
@@ -217,10 +322,13 @@ pub(crate) fn run<T: BlasElem>(
     let elem = T::STORAGE.compute_bytes();
     let npairs = bp.pairs.len();
     let alloc = |n: usize| dev.alloc_zeros::<T>(n.max(1));
+    let norms = pair_norms(helpers, dev, plan, bp, &input)?;
 
-    if let (Some((_, v)), Loaded::Values(values)) = (&bp.matmul, loaded) {
-        // Sum_j c_ij v_j: C_blk^T by the coefficient kernel, then out_blk += C_blk V_blk.
-        let vs = plan.vars[*v];
+    if let (Some(mm), Loaded::Values(values)) = (&bp.matmul, loaded) {
+        // Sum_j c_ij (u_i - v_j) = u_i sum_j c_ij - (C V)_i: C_blk^T by the coefficient
+        // kernel, then out_blk += C_blk V_blk and csum_blk += C_blk 1 by cuBLAS; the signs and
+        // the u term at the end (`<name>_finish_matmul`).
+        let vs = plan.vars[mm.v];
         let e = vs.dim;
         let launches = product_blocks((plan.rows, plan.terms), npairs + 1, elem, bp.block_bytes);
         let most = launches
@@ -232,8 +340,20 @@ pub(crate) fn run<T: BlasElem>(
             (0..npairs).map(|_| alloc(most)).collect::<Result<_, _>>()?;
         let mut coef = alloc(most)?;
         let mut out: CudaSlice<T> = alloc(plan.rows * e)?;
+        let mut csum: CudaSlice<T> = alloc(plan.rows)?;
+        let most_terms = launches.iter().map(|(_, t)| t.len()).max().unwrap_or(1);
+        let ones: CudaSlice<T> = stream.clone_htod(&vec![T::ONE; most_terms.max(1)]).w()?;
         for (rows, terms) in &launches {
-            inner_products(&blas, plan, bp, &input, (rows, terms), &mut bufs)?;
+            inner_products(
+                &blas,
+                helpers,
+                &norms,
+                plan,
+                bp,
+                &input,
+                (rows, terms),
+                &mut bufs,
+            )?;
             let (n, m) = (int("rows", rows.len())?, int("terms", terms.len())?);
             let offs = offsets(plan, rows.start, terms.start);
             let (gx, gy) = values_grid(rows.len(), terms.len());
@@ -269,7 +389,40 @@ pub(crate) fn run<T: BlasElem>(
                 T::ONE,
                 (&mut out, e, rows.start * e),
             )?;
+            if mm.u.is_some() {
+                // csum_blk (rows) += C_blk (column-major rows x terms, ld rows) 1.
+                gemm(
+                    &blas,
+                    (false, false),
+                    (rows.len(), 1, terms.len()),
+                    (&coef.slice(..), rows.len()),
+                    (&ones.slice(..), terms.len()),
+                    T::ONE,
+                    (&mut csum, plan.rows, rows.start),
+                )?;
+            }
         }
+        let (n, ee) = (int("rows", plan.rows)?, int("columns", e)?);
+        let (v_sign, u_sign) = (T::sign(mm.v_neg), T::sign(mm.u.is_some_and(|u| u.1)));
+        let u = mm.u.map(|(u, _)| {
+            let us = &plan.vars[u];
+            input.slice(us.offset..us.offset + us.rows * e)
+        });
+        let mut b = stream.launch_builder(&helpers.finish_matmul);
+        b.arg(&mut out);
+        let null: u64 = 0;
+        match &u {
+            Some(u) => b.arg(u),
+            None => b.arg(&null),
+        };
+        b.arg(&csum);
+        b.arg(&n);
+        b.arg(&ee);
+        b.arg(&v_sign);
+        b.arg(&u_sign);
+        // SAFETY: the arguments match `<name>_finish_matmul(out, u, csum, rows, e, v_sign,
+        // u_sign)`: `out` and `u` hold `rows x e` values (`u` may be null), `csum` `rows`.
+        unsafe { b.launch(helper_cfg(plan.rows * e)) }.w()?;
         return Ok(Outputs {
             primary: CudaStorage::wrap_cuda_slice(out, dev.clone()),
             indices: None,
@@ -316,7 +469,16 @@ pub(crate) fn run<T: BlasElem>(
         let mut ov = out_vals.slice_mut(rb.rows.start * k.out_vals..);
         let mut oi = out_idx.slice_mut(rb.rows.start * k.out_idx..);
         for l in &rb.terms {
-            inner_products(&blas, plan, bp, &input, (&rb.rows, &l.terms), &mut bufs)?;
+            inner_products(
+                &blas,
+                helpers,
+                &norms,
+                plan,
+                bp,
+                &input,
+                (&rb.rows, &l.terms),
+                &mut bufs,
+            )?;
             let m = int("terms", l.terms.len())?;
             let chunk = int("terms per chunk", l.grid.chunk)?;
             let jbase = l.terms.start as i64;

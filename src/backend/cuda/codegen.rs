@@ -125,6 +125,84 @@ pub struct CudaKernel {
     /// Whether the module is a block plan's coefficient kernel `<name>_values` alone
     /// ([`generate_values`]), without main and combine kernels.
     pub values: bool,
+    /// Whether the module is a block plan's: it then has the helpers of [`block_helpers`]
+    /// (`<name>_sqnorms`, `<name>_distances`, `<name>_finish_matmul`).
+    pub blocks: bool,
+}
+
+/// The block path's helper kernels, appended to every block-plan module (`LKNAME` is the
+/// module's name, `TC` its compute type):
+///
+/// - `LKNAME_sqnorms(x, n, d, out)`: the squared norms of `n` points of `d` components,
+///   summed in `double`;
+/// - `LKNAME_distances(x, y, xn, yn, rows, terms, d, near, s)`: turns the block of inner
+///   products `s` (`s[j * rows + i]`) of the points `x` (the launch's rows) and `y` (its
+///   terms) into their squared distances `xn_i + yn_j - 2 s`, recomputed as `|x_i - y_j|^2`
+///   (eight partial sums, as the CPU does) where that is below `near (xn_i + yn_j)`: the rule
+///   of `crate::op::gram::NEAR`;
+/// - `LKNAME_finish_matmul(out, u, csum, rows, e, v_sign, u_sign)`: the outputs of a matrix
+///   product plan, `out = v_sign out + u_sign u_i csum_i` (`u` null: no `u` term).
+pub fn block_helpers(tc: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "extern \"C\" __global__ void LKNAME_sqnorms(const {tc}* __restrict__ x, int n, int d, \
+         {tc}* __restrict__ out) {{
+const int r = blockIdx.x * blockDim.x + threadIdx.x;
+if (r >= n) return;
+double acc = 0.0;
+for (int c = 0; c < d; ++c) {{ const double v = (double)x[(long long)r * d + c]; acc += v * v; }}
+out[r] = ({tc})acc;
+}}"
+    );
+    let _ = writeln!(
+        s,
+        "extern \"C\" __global__ void LKNAME_distances(const {tc}* __restrict__ x, \
+         const {tc}* __restrict__ y, const {tc}* __restrict__ xn, const {tc}* __restrict__ yn, \
+         int rows, int terms, int d, {tc} near, {tc}* __restrict__ s) {{
+const long long n = (long long)rows * terms;
+for (long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x; q < n;
+     q += (long long)gridDim.x * blockDim.x) {{
+    const int i = (int)(q % rows);
+    const long long j = q / rows;
+    const {tc} scale = xn[i] + yn[j];
+    {tc} e = scale - ({tc})2 * s[q];
+    if (e < near * scale) {{
+        const {tc}* a = x + (long long)i * d;
+        const {tc}* b = y + j * d;
+        {tc} acc[8] = {{0, 0, 0, 0, 0, 0, 0, 0}};
+        int c = 0;
+        for (; c + 8 <= d; c += 8) {{
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {{ const {tc} t = a[c + k] - b[c + k]; acc[k] += t * t; }}
+        }}
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {{
+            if (c + k < d) {{ const {tc} t = a[c + k] - b[c + k]; acc[k] += t * t; }}
+        }}
+        e = ({tc})0;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) e += acc[k];
+    }}
+    s[q] = e;
+}}
+}}"
+    );
+    let _ = writeln!(
+        s,
+        "extern \"C\" __global__ void LKNAME_finish_matmul({tc}* __restrict__ out, \
+         const {tc}* __restrict__ u, const {tc}* __restrict__ csum, int rows, int e, \
+         {tc} v_sign, {tc} u_sign) {{
+const long long n = (long long)rows * e;
+for (long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x; q < n;
+     q += (long long)gridDim.x * blockDim.x) {{
+    {tc} v = v_sign * out[q];
+    if (u != 0) v += u_sign * u[q] * csum[q / e];
+    out[q] = v;
+}}
+}}"
+    );
+    s
 }
 
 /// How a reduction is launched: `blocks_x * chunks` blocks of [`CudaKernel::block`] threads,
@@ -685,6 +763,9 @@ pub fn generate_with_pairs(
     let _ = writeln!(s, "}}");
     s.push_str(&code.finalize);
     let _ = writeln!(s, "}}");
+    if blocks {
+        s.push_str(&block_helpers(tc));
+    }
 
     let name = format!("lk_{:016x}", fnv1a(s.as_bytes()));
     let source = s.replace("LKNAME", &name);
@@ -699,6 +780,7 @@ pub fn generate_with_pairs(
         out_idx: out.indices,
         rows_per_thread: rows,
         values: false,
+        blocks,
     })
 }
 
@@ -811,6 +893,7 @@ pub fn generate_values(
         "const int i = blockIdx.x * {VALUES_BLOCK} + threadIdx.x;"
     );
     let _ = writeln!(s, "if (i >= rows) return;\n{loads}{body}}}");
+    s.push_str(&block_helpers(tc));
     let name = format!("lk_{:016x}", fnv1a(s.as_bytes()));
     Ok(CudaKernel {
         source: s.replace("LKNAME", &name),
@@ -823,6 +906,7 @@ pub fn generate_values(
         out_idx: 0,
         rows_per_thread: 1,
         values: true,
+        blocks: true,
     })
 }
 

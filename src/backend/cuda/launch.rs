@@ -38,6 +38,8 @@ pub(super) struct Compiled {
     pub(super) kernel: CudaKernel,
     /// Loaded (`None` for a module compiled without a device, in tests).
     pub(super) loaded: Option<Loaded>,
+    /// A block plan's helper kernels, once loaded.
+    pub(super) helpers: Option<BlockHelpers>,
 }
 
 /// A module loaded into a context: the driver's JIT has turned its PTX into machine code.
@@ -49,6 +51,13 @@ pub(super) enum Loaded {
     },
     /// A matrix-product plan's coefficient kernel ([`CudaKernel::values`]).
     Values(CudaFunction),
+}
+
+/// The helper kernels of a block-plan module ([`super::block_helpers`]).
+pub(super) struct BlockHelpers {
+    pub(super) sqnorms: CudaFunction,
+    pub(super) distances: CudaFunction,
+    pub(super) finish_matmul: CudaFunction,
 }
 
 /// A module's identity: the plan's kernel key, the storage, the architecture and the device
@@ -115,7 +124,11 @@ pub(crate) fn compile(
 }
 
 /// Loads PTX into `ctx` (the driver compiles it for the device) and finds the functions.
-fn load(ctx: &Arc<CudaContext>, kernel: &CudaKernel, ptx: String) -> Result<Loaded, Error> {
+fn load(
+    ctx: &Arc<CudaContext>,
+    kernel: &CudaKernel,
+    ptx: String,
+) -> Result<(Loaded, Option<BlockHelpers>), Error> {
     let fail = |step: &str, e: DriverError| Error::Backend {
         what: "CUDA module load",
         detail: format!("{step} of kernel {}: {e:?}", kernel.name),
@@ -128,14 +141,24 @@ fn load(ctx: &Arc<CudaContext>, kernel: &CudaKernel, ptx: String) -> Result<Load
             .load_function(&format!("{}_{suffix}", kernel.name))
             .map_err(|e| fail("finding a function", e))
     };
-    Ok(if kernel.values {
+    let loaded = if kernel.values {
         Loaded::Values(function("values")?)
     } else {
         Loaded::Reduction {
             main: function("main")?,
             combine: function("combine")?,
         }
-    })
+    };
+    let helpers = if kernel.blocks {
+        Some(BlockHelpers {
+            sqnorms: function("sqnorms")?,
+            distances: function("distances")?,
+            finish_matmul: function("finish_matmul")?,
+        })
+    } else {
+        None
+    };
+    Ok((loaded, helpers))
 }
 
 /// The module of `plan`: generated, then read from the disk cache or compiled (and stored
@@ -167,10 +190,17 @@ fn obtain(
         }
     };
     let t = Instant::now();
-    let loaded = ctx.map(|ctx| load(ctx, &kernel, ptx)).transpose()?;
+    let (loaded, helpers) = match ctx.map(|ctx| load(ctx, &kernel, ptx)).transpose()? {
+        Some((l, h)) => (Some(l), h),
+        None => (None, None),
+    };
     let load_seconds = ctx.is_some().then(|| t.elapsed().as_secs_f64());
     census::obtained(plan, storage, &kernel, how, load_seconds);
-    Ok(Arc::new(Compiled { kernel, loaded }))
+    Ok(Arc::new(Compiled {
+        kernel,
+        loaded,
+        helpers,
+    }))
 }
 
 /// The disk cache (unit tests: one of their own, so that they neither read nor fill the
@@ -579,6 +609,7 @@ mod tests {
                 Ok(Arc::new(Compiled {
                     kernel: k,
                     loaded: None,
+                    helpers: None,
                 }))
             }
         };
