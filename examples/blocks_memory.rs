@@ -11,6 +11,8 @@
 //! Each size runs in a child process of its own (this binary with `--one MxN`), so that each
 //! peak is its own. Linux only (the peak is `VmHWM` of `/proc/self/status`).
 
+mod device;
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -78,7 +80,13 @@ fn one(m: usize, n: usize, d: usize) -> candle_core::Result<()> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (choice, args) = device::choice_from_args();
+    if device::open_or_exit(choice).is_cuda() {
+        device::fail(
+            "blocks_memory measures the CPU's resident memory: run it with --device cpu",
+            2,
+        );
+    }
     let mut sizes = vec![(100_000, 100_000), (1_000_000, 10_000), (10_000, 1_000_000)];
     let mut d = 256;
     let mut k = 0;

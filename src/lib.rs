@@ -52,7 +52,8 @@
 //! host protocol, CPU tile loop, CUDA state code and gradient rule), [`backend`] (the
 //! devices' executors: the CPU's SIMD tile executor, and generated CUDA kernels with feature
 //! `cuda`, behind one dispatch point from a Candle device to its backend), [`op`] (binding,
-//! input checks, planning, and the Candle custom op that hands a plan to the backend) and
+//! input checks, planning, with the block path of matrix products for inner products of high
+//! dimension in [`op::gram`], and the Candle custom op that hands a plan to the backend) and
 //! [`lazy`] (the [`LazyTensor`] builder). [`formula::grad()`] differentiates formulas and
 //! `op`'s backward pass turns the gradient of each reduction into new reductions. On top:
 //! [`operator`] (kernel matrices as linear operators), [`solve`] (preconditioned conjugate

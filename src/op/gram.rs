@@ -5,27 +5,30 @@
 //! while a matrix product gets all of a block's inner products `S = X_blk Y_blk^T` at the
 //! machine's peak. So, at planning:
 //!
-//! 1. *Recognition* ([`analyze`]): the formula's pair nodes are found: `SqDist(x_i, y_j)`,
+//! 1. *Recognition* (`analyze`): the formula's pair nodes are found: `SqDist(x_i, y_j)`,
 //!    `WeightedSqDist(w, x_i, y_j)` with a parameter `w` (scalar or diagonal) and
-//!    `Dot(x_i, y_j)`, each over an i-variable and a j-variable of equal dimension. Once they
-//!    are replaced by scalars, what is left of the formula must be cheap per pair, or be a
-//!    `Sum` of `c_ij * v_j` (the gradients' shape), which is itself a matrix product `C V`.
-//! 2. *Choice* ([`decide`]): a cost model from the pairs' dimension, the sizes, the dtype and
+//!    `Dot(x_i, y_j)`, each over an i-variable and a j-variable of one dimension (at least
+//!    8). Once they are replaced by scalars, what is left of the formula must be cheap per
+//!    pair, or be a `Sum` of `c_ij * t_ij` with `t` one of `v_j`, `u_i - v_j`, `v_j - u_i` (the
+//!    gradients' shape), which is itself a matrix product: `sum_j c_ij (u_i - v_j) =
+//!    u_i sum_j c_ij - (C V)_i`.
+//! 2. *Choice* (`decide`): a cost model from the pairs' dimension, the sizes, the dtype and
 //!    the device chooses this path or the direct one, unless [`ReductionOptions::path`]
 //!    forces either. [`crate::LazyTensor::explain`] reports the choice and why.
-//! 3. *Rewrite* ([`rewrite`]): distances become inner products of centred points,
-//!    `Relu(|x'|^2 + |y'|^2 - 2 <x', y'>)` with `x' = x - c`, `y' = y - c` (`c` the mean of
-//!    all points: distances do not change, and the cancellation of the expansion shrinks with
-//!    the points' spread instead of their distance to the origin); weights go into the
-//!    i-side points (`<w x', y'>`) and the norms. The new tensors (centred points, norms) are
-//!    computed with Candle ops, so autodiff flows through them; they take `O((M + N) D)`.
-//! 4. *Plan* ([`block_plan`]): on the bound formula, the `Dot(x_i, y_j)` nodes are the pair
-//!    inputs that the backends read from `S` instead of computing; a `Sum` of `c_ij * v_j`
-//!    runs as `C_blk V_blk`.
+//! 3. *Rewrite* (`rewrite`): the points of a distance are centred on the mean of all of them
+//!    (distances do not change, and the cancellation of the expansion below shrinks with the
+//!    points' spread instead of their distance to the origin); positive weights are folded
+//!    into the points (`sqrt(w) x`). The new tensors are computed with Candle ops, so autodiff
+//!    flows through them; they take `O((M + N) D)`.
+//! 4. *Plan* (`block_plan`): on the bound formula, the `SqDist` and `Dot` nodes of point
+//!    pairs are the pair inputs that the backends read from blocks instead of computing: for an
+//!    inner product the block of `S`, for a distance `|x|^2 + |y|^2 - 2 S`, recomputed
+//!    directly as `|x - y|^2` where that falls below [`NEAR`] times `|x|^2 + |y|^2` (the only
+//!    place where the expansion loses accuracy). A `Sum` of `c_ij * t_ij` runs as `C_blk V_blk`.
 //!
-//! Gradients need no rule of their own: the gradient of `Dot(x', y')` with respect to `x'`
-//! is `c_ij y'_j`, whose reduction over `j` is again a block plan (`C Y`), and the norms and
-//! the centring are Candle ops.
+//! Gradients need no rule of their own: the gradient of `SqDist(x', y')` with respect to `x'`
+//! is `c_ij (x'_i - y'_j)`, whose reduction over `j` is again a block plan, a matrix product,
+//! and the centring is a Candle op.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -23,10 +23,12 @@ use crate::math::Real;
 use crate::op::gram::BlockPlan;
 use crate::reduction::ReductionKind;
 
-/// Output rows per task.
-pub(crate) const ROWS: usize = 64;
+/// Output rows per task: 512 rows of 2,048 terms (4 MiB of f32 inner products per thread)
+/// measured 1.4x faster than 64 x 4,096 at M = N = 2e4, D = 256, f32, 2 cores (each task's
+/// product packs its chunk of `Y` once for more rows).
+pub(crate) const ROWS: usize = 512;
 /// Terms per task at most (a multiple of every tile length).
-pub(crate) const TERMS: usize = 2 * FUSED_TILE;
+pub(crate) const TERMS: usize = FUSED_TILE;
 
 /// The sizes of a block plan's tasks on the CPU: rows and terms, so that every thread's
 /// buffers (one `rows x terms` block per pair input, and one of coefficients for a matrix
