@@ -435,7 +435,7 @@ fn the_gradients_of_a_block_reduction_are_matrix_products_on_blocks() {
     use lazy_kernels::backend::census;
     let mut rng = Rng(31);
     // A dimension no other test of this file uses: the census sees their reductions too.
-    let (m, n, d) = (60, 130, 44);
+    let (m, n, d) = (100, 130, 44);
     let x = Var::from_tensor(&rng.tensor(&[m, d], 0.0, 1.0)).unwrap();
     let y = Var::from_tensor(&rng.tensor(&[n, d], 0.0, 1.0)).unwrap();
     census::start();
@@ -463,4 +463,36 @@ fn the_gradients_of_a_block_reduction_are_matrix_products_on_blocks() {
             .all(|k| k.1 == Path::Blocks || !k.0.contains("Vj(")),
         "a reduction over pairs ran on the direct path: {used:#?}"
     );
+}
+
+#[test]
+fn block_results_do_not_depend_on_the_number_of_threads() {
+    let mut rng = Rng(37);
+    // Two row blocks and ten chunks of terms: the chunks are split into groups per row block,
+    // combined in order.
+    let (m, n, d) = (700, 20_000, 32);
+    let x = rng.tensor(&[m, d], 0.0, 1.0).to_dtype(DType::F32).unwrap();
+    let y = rng.tensor(&[n, d], 0.0, 1.0).to_dtype(DType::F32).unwrap();
+    let b = rng.tensor(&[n, 3], -1.0, 1.0).to_dtype(DType::F32).unwrap();
+    let (xl, yl) = (LazyTensor::vi(&x).unwrap(), LazyTensor::vj(&y).unwrap());
+    let k = (-xl.sqdist(&yl).unwrap() * 0.2).exp();
+    let sum = k.clone() * LazyTensor::vj(&b).unwrap();
+    let all = || {
+        let (s, _) = run(&k, ReductionKind::Sum, Axis::J, Path::Blocks);
+        let (v, _) = run(&sum, ReductionKind::Sum, Axis::J, Path::Blocks);
+        let (_, i) = run(
+            &xl.sqdist(&yl).unwrap(),
+            ReductionKind::ArgKMin(7),
+            Axis::J,
+            Path::Blocks,
+        );
+        (s, v, i)
+    };
+    let many = all();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let one = pool.install(all);
+    assert!(many.0 == one.0 && many.1 == one.1 && many.2 == one.2);
 }

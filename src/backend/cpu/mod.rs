@@ -170,15 +170,7 @@ fn finish<T: Real>(
         let mut acc = states.next().expect("one state per block and chunk");
         for _ in 1..chunks {
             let part = states.next().expect("one state per block and chunk");
-            for r in 0..b.len() {
-                plan.reduction.combine(
-                    dim,
-                    &mut acc.vals[r * sv..(r + 1) * sv],
-                    &mut acc.idx[r * si..(r + 1) * si],
-                    &part.vals[r * sv..(r + 1) * sv],
-                    &part.idx[r * si..(r + 1) * si],
-                );
-            }
+            combine_into(plan, ctx, &mut acc, &part);
         }
         for (r, i) in b.clone().enumerate() {
             plan.reduction.finalize(
@@ -191,6 +183,30 @@ fn finish<T: Real>(
         }
     }
     (vals, idx)
+}
+
+/// Merges the states of `part` (a block's rows over later terms) into `acc`, row by row.
+fn combine_into<T: Real>(
+    plan: &ReductionPlan,
+    ctx: &Context<'_, T>,
+    acc: &mut States,
+    part: &States,
+) {
+    let (sv, si) = (ctx.state_vals, ctx.state_idx);
+    let rows = if sv > 0 {
+        acc.vals.len() / sv
+    } else {
+        acc.idx.len() / si.max(1)
+    };
+    for r in 0..rows {
+        plan.reduction.combine(
+            ctx.dim,
+            &mut acc.vals[r * sv..(r + 1) * sv],
+            &mut acc.idx[r * si..(r + 1) * si],
+            &part.vals[r * sv..(r + 1) * sv],
+            &part.idx[r * si..(r + 1) * si],
+        );
+    }
 }
 
 /// `rows x dim` values, component-major with `padded` values per component (zeros after the
