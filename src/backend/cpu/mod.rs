@@ -193,11 +193,11 @@ fn combine_into<T: Real>(
     part: &States,
 ) {
     let (sv, si) = (ctx.state_vals, ctx.state_idx);
-    let rows = if sv > 0 {
-        acc.vals.len() / sv
-    } else {
-        acc.idx.len() / si.max(1)
-    };
+    let rows = acc
+        .vals
+        .len()
+        .checked_div(sv)
+        .unwrap_or_else(|| acc.idx.len() / si.max(1));
     for r in 0..rows {
         plan.reduction.combine(
             ctx.dim,
