@@ -14,9 +14,9 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::exec::{Context, InputData, PairBlock, States, FUSED_TILE, PAD};
+use super::exec::{InputData, PairBlock, States, FUSED_TILE, PAD};
 use super::program::Program;
-use super::{columns, isa, run_block_on, values_on};
+use super::{context, isa, run_block_on, values_on};
 use crate::backend::ReductionPlan;
 use crate::formula::{Expr, VarCat};
 use crate::math::Real;
@@ -99,21 +99,7 @@ fn inputs<'a, T: Real>(
     data: &'a [T],
 ) -> Vec<InputData<'a, T>> {
     let read = crate::op::gram::outside_pairs(formula, bp);
-    let padded = plan.terms.div_ceil(PAD) * PAD;
-    let mut inputs: Vec<InputData<'a, T>> = plan
-        .vars
-        .iter()
-        .enumerate()
-        .map(|(pos, v)| {
-            let src = &data[v.offset..v.offset + v.rows * v.dim];
-            match v.cat {
-                _ if !read.contains(&pos) => InputData::Unused,
-                VarCat::I => InputData::Rows(src),
-                VarCat::P => InputData::Param(src),
-                VarCat::J => columns(src, v.dim, padded),
-            }
-        })
-        .collect();
+    let mut inputs = super::plan_inputs(plan, data, &|pos| read.contains(&pos));
     inputs.extend((0..bp.pairs.len()).map(InputData::Pair));
     inputs
 }
@@ -348,24 +334,4 @@ pub(crate) fn reduce<T: Real>(
         )
         .collect();
     super::finish(plan, &ctx, &blocks, groups.len(), states)
-}
-
-/// The executor's context of `prog` for a formula of `dim` components.
-fn context<'a, T: Real>(
-    plan: &ReductionPlan,
-    prog: &'a Program,
-    inputs: Vec<InputData<'a, T>>,
-    dim: usize,
-) -> Context<'a, T> {
-    let st = plan.reduction.state_spec(dim);
-    Context {
-        prog,
-        inputs,
-        reduction: plan.reduction,
-        dim,
-        state_vals: st.vals,
-        state_idx: st.idx,
-        out_vals: plan.out.values,
-        out_idx: plan.out.indices,
-    }
 }

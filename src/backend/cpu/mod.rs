@@ -98,31 +98,8 @@ pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Ve
     }
     let cats: Vec<(VarCat, usize)> = plan.vars.iter().map(|v| (v.cat, v.dim)).collect();
     let prog = Program::compile(&plan.formula, &cats, plan.reduction.kind);
-    let padded = plan.terms.div_ceil(PAD) * PAD;
-    let inputs: Vec<InputData<'_, T>> = plan
-        .vars
-        .iter()
-        .map(|v| {
-            let src = &data[v.offset..v.offset + v.rows * v.dim];
-            match v.cat {
-                VarCat::I => InputData::Rows(src),
-                VarCat::P => InputData::Param(src),
-                VarCat::J => columns(src, v.dim, padded),
-            }
-        })
-        .collect();
-    let dim = plan.formula.dim();
-    let st = plan.reduction.state_spec(dim);
-    let ctx = Context {
-        prog: &prog,
-        inputs,
-        reduction: plan.reduction,
-        dim,
-        state_vals: st.vals,
-        state_idx: st.idx,
-        out_vals: plan.out.values,
-        out_idx: plan.out.indices,
-    };
+    let inputs = plan_inputs(plan, data, &|_| true);
+    let ctx = context(plan, &prog, inputs, plan.formula.dim());
     let isa = isa::detect();
     let blocks: Vec<Range<usize>> = (0..plan.rows)
         .step_by(BLOCK_ROWS)
@@ -148,6 +125,50 @@ pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Ve
         .map(|(b, terms)| run_block_on(isa, &ctx, blocks[*b].clone(), terms.clone(), &[]))
         .collect();
     finish(plan, &ctx, &blocks, chunks.len(), states)
+}
+
+/// The executor's inputs of `plan`'s variables from its packed data: the i-variables and
+/// parameters in place, the j-variables transposed and padded ([`columns`]), and those that
+/// `read` says the program does not read as [`InputData::Unused`].
+fn plan_inputs<'a, T: Real>(
+    plan: &ReductionPlan,
+    data: &'a [T],
+    read: &dyn Fn(usize) -> bool,
+) -> Vec<InputData<'a, T>> {
+    let padded = plan.terms.div_ceil(PAD) * PAD;
+    plan.vars
+        .iter()
+        .enumerate()
+        .map(|(pos, v)| {
+            let src = &data[v.offset..v.offset + v.rows * v.dim];
+            match v.cat {
+                _ if !read(pos) => InputData::Unused,
+                VarCat::I => InputData::Rows(src),
+                VarCat::P => InputData::Param(src),
+                VarCat::J => columns(src, v.dim, padded),
+            }
+        })
+        .collect()
+}
+
+/// The executor's context of `prog` for `plan`, reducing a formula of `dim` components.
+fn context<'a, T: Real>(
+    plan: &ReductionPlan,
+    prog: &'a Program,
+    inputs: Vec<InputData<'a, T>>,
+    dim: usize,
+) -> Context<'a, T> {
+    let st = plan.reduction.state_spec(dim);
+    Context {
+        prog,
+        inputs,
+        reduction: plan.reduction,
+        dim,
+        state_vals: st.vals,
+        state_idx: st.idx,
+        out_vals: plan.out.values,
+        out_idx: plan.out.indices,
+    }
 }
 
 /// Combines the states of `states` (block after block, the states of each of `chunks`

@@ -24,7 +24,7 @@ use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId, Wr
 
 use super::blocks::{product_blocks, schedule};
 use super::codegen::{values_grid, Storage, VALUES_BLOCK};
-use super::launch::{compiled, multiprocessors, too_large, BlockHelpers, Loaded};
+use super::launch::{compiled, multiprocessors, outputs, too_large, BlockHelpers, Loaded};
 use crate::backend::{Outputs, ReductionPlan};
 use crate::error::Error;
 use crate::op::gram::{BlockPlan, Precision};
@@ -530,17 +530,5 @@ pub(crate) fn run<T: BlasElem>(
             unsafe { b.launch(cfg) }.w()?;
         }
     }
-    let vals = CudaStorage::wrap_cuda_slice(out_vals, dev.clone());
-    let idx = CudaStorage::wrap_cuda_slice(out_idx, dev.clone());
-    Ok(if k.out_vals > 0 {
-        Outputs {
-            primary: vals,
-            indices: (k.out_idx > 0).then_some(idx),
-        }
-    } else {
-        Outputs {
-            primary: idx,
-            indices: None,
-        }
-    })
+    Ok(outputs(k, out_vals, out_idx, dev))
 }

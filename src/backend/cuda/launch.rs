@@ -416,9 +416,20 @@ where
         // SAFETY: as above, for the combine kernel's signature.
         unsafe { b.launch(cfg) }.w()?;
     }
+    Ok(outputs(k, out_vals, out_idx, dev))
+}
+
+/// The outputs of a reduction kernel `k` from its value and index buffers: values (with their
+/// indices when the kernel has both), or the indices alone.
+pub(super) fn outputs<T: candle_core::cuda_backend::CudaDType>(
+    k: &CudaKernel,
+    out_vals: CudaSlice<T>,
+    out_idx: CudaSlice<i64>,
+    dev: &CudaDevice,
+) -> Outputs<CudaStorage> {
     let vals = CudaStorage::wrap_cuda_slice(out_vals, dev.clone());
     let idx = CudaStorage::wrap_cuda_slice(out_idx, dev.clone());
-    Ok(if k.out_vals > 0 {
+    if k.out_vals > 0 {
         Outputs {
             primary: vals,
             indices: (k.out_idx > 0).then_some(idx),
@@ -428,7 +439,7 @@ where
             primary: idx,
             indices: None,
         }
-    })
+    }
 }
 
 #[cfg(test)]
