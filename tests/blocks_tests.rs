@@ -496,3 +496,24 @@ fn block_results_do_not_depend_on_the_number_of_threads() {
     let one = pool.install(all);
     assert!(many.0 == one.0 && many.1 == one.1 && many.2 == one.2);
 }
+
+#[test]
+fn mixed_dtypes_on_the_block_path_get_the_validation_error() {
+    let mut rng = Rng(41);
+    let x = rng.tensor(&[50, 64], 0.0, 1.0);
+    let y = rng
+        .tensor(&[80, 64], 0.0, 1.0)
+        .to_dtype(DType::F32)
+        .unwrap();
+    let f = LazyTensor::vi(&x)
+        .unwrap()
+        .sqdist(&LazyTensor::vj(&y).unwrap())
+        .unwrap();
+    for path in [Path::Auto, Path::Blocks] {
+        let err = f
+            .reduce_with(ReductionKind::ArgKMin(3), Axis::J, &with(path))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("one dtype"), "{path:?}: {err}");
+    }
+}

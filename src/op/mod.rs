@@ -311,7 +311,7 @@ pub(crate) fn reduce_sized(
 }
 
 /// The target of a reduction of `formula` before binding: dtype, device and sizes from the
-/// bound tensors (`None` when they do not say; validation reports it later).
+/// bound tensors (`None` when they do not say, or disagree: validation reports it later).
 fn target_of(
     formula: &Expr,
     bindings: &[Binding],
@@ -324,6 +324,14 @@ fn target_of(
         .filter_map(|v| bindings.iter().find(|b| b.id == v.pos))
         .collect();
     let first = tensors.first()?;
+    // Mixed dtypes or devices: validation names the problem, no block path is planned.
+    let (dtype, device) = (first.tensor.dtype(), first.tensor.device());
+    if tensors
+        .iter()
+        .any(|b| b.tensor.dtype() != dtype || !b.tensor.device().same_device(device))
+    {
+        return None;
+    }
     let rows_of = |cat: VarCat| {
         tensors
             .iter()
@@ -336,12 +344,7 @@ fn target_of(
         Axis::J => (ni, nj),
         Axis::I => (nj, ni),
     };
-    Some(Target::of(
-        first.tensor.dtype(),
-        first.tensor.device(),
-        rows,
-        terms,
-    ))
+    Some(Target::of(dtype, device, rows, terms))
 }
 
 /// A `Sum` of a `Concat` whose parts take different paths (a gradient's `c_ij * y_j`, a matrix
