@@ -225,11 +225,23 @@ fn replace(f: &Expr, with: &HashMap<Expr, Expr>) -> Expr {
 
 /// Per-pair work of `f`: the components of its nodes that depend on both `i` and `j`.
 fn pair_work(f: &Expr) -> usize {
-    f.topo_order()
-        .iter()
-        .filter(|n| n.depends_on(VarCat::I) && n.depends_on(VarCat::J))
-        .map(Expr::dim)
-        .sum()
+    // Whether each node reads an i- and a j-variable, in one pass: arguments come first.
+    let mut reads: HashMap<Expr, (bool, bool)> = HashMap::new();
+    let mut work = 0;
+    for n in f.topo_order() {
+        let (i, j) = match n.op() {
+            Op::Var(v) => (v.cat == VarCat::I, v.cat == VarCat::J),
+            _ => n.args().iter().fold((false, false), |(i, j), a| {
+                let (ai, aj) = reads[a];
+                (i || ai, j || aj)
+            }),
+        };
+        if i && j {
+            work += n.dim();
+        }
+        reads.insert(n, (i, j));
+    }
+    work
 }
 
 /// The matrix-product form of a `Sum`'s term `c_ij * t_ij` (either order), `c` one
@@ -307,6 +319,14 @@ struct Analysis {
 
 fn analyze(f: &Expr, kind: ReductionKind) -> Analysis {
     let found: Vec<Found> = f.topo_order().iter().filter_map(pair_node).collect();
+    if found.is_empty() {
+        // Nothing to replace (the direct path, which most formulas take).
+        return Analysis {
+            found,
+            rest: f.clone(),
+            matmul: false,
+        };
+    }
     let mut with = HashMap::new();
     for (k, p) in found.iter().enumerate() {
         // A stand-in of the pair's levels: the product of a fresh i- and j-variable.
@@ -382,7 +402,12 @@ fn decide(a: &Analysis, t: Target, opts: &ReductionOptions) -> crate::error::Res
         reason,
     };
     let gram: usize = dims.iter().sum();
-    let rest = if a.matmul { 1 } else { pair_work(&a.rest) };
+    // The remaining per-pair work (not computed without inner products: then it is moot).
+    let rest = match (a.found.is_empty(), a.matmul) {
+        (true, _) => 0,
+        (false, true) => 1,
+        (false, false) => pair_work(&a.rest),
+    };
     let why_not = if a.found.is_empty() {
         Some(
             "the formula has no inner product <x_i, y_j> (SqDist, WeightedSqDist, Dot of an \

@@ -35,6 +35,8 @@ pub(crate) const TERMS: usize = FUSED_TILE;
 /// The sizes of a block plan's tasks on the CPU: rows and terms, so that every thread's
 /// buffers (one `rows x terms` block per pair input, and one of coefficients for a matrix
 /// product) fit `budget` bytes.
+/// The default budget binds only past 64 threads in f32; where a budget binds, the sizes (and
+/// so the last bits of f32 sums, which are summed by tile) depend on the number of threads.
 pub(crate) fn task_sizes(plan: &ReductionPlan, bp: &BlockPlan, elem: usize) -> (usize, usize) {
     let buffers = bp.pairs.len() + usize::from(bp.matmul.is_some());
     let threads = rayon::current_num_threads().max(1);
