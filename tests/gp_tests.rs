@@ -29,7 +29,7 @@ mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use common::Rng;
-use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, Positive};
+use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, NllMethod, Positive};
 use lazy_kernels::{Kernel, KernelOperator, LogdetOptions, Preconditioner, Ridge, SolveOptions};
 
 const LOG_2PI: f64 = 1.837_877_066_409_345_3;
@@ -1006,6 +1006,7 @@ fn nll_and_gradient_match_dense_1d() {
     // (0.014 here, from terms of order 1): the default training tolerance (1e-3) leaves an
     // error of 15% in it, which depends on where CG stops, so the solves go to 1e-6.
     let gp = gaussian_gp(&x, &y, &[0.5], 1.0, 0.05).with_settings(GpSettings {
+        nll_method: NllMethod::Stochastic,
         probes: 128,
         train_tol: 1e-6,
         ..GpSettings::default()
@@ -1018,6 +1019,7 @@ fn nll_and_gradient_match_dense_3d_per_dim_lengthscales() {
     let mut rng = Rng(202);
     let (x, pts, y) = synthetic(&mut rng, 150, 3, 5.0, 0.1);
     let gp = gaussian_gp(&x, &y, &[0.8, 1.0, 1.2], 1.0, 0.05).with_settings(GpSettings {
+        nll_method: NllMethod::Stochastic,
         probes: 128,
         ..GpSettings::default()
     });
@@ -1165,6 +1167,7 @@ fn fit_reaches_the_dense_optimum_1d() {
     }
 
     let mut gp = gaussian_gp(&x, &y, &[l0], s0, noise0).with_settings(GpSettings {
+        nll_method: NllMethod::Stochastic,
         probes: 16,
         ..GpSettings::default()
     });
@@ -1266,6 +1269,7 @@ fn small_gp(seed: u64) -> ExactGp {
     let mut rng = Rng(seed);
     let (x, _, y) = synthetic(&mut rng, 60, 1, 6.0, 0.1);
     gaussian_gp(&x, &y, &[0.3], 1.0, 0.05).with_settings(GpSettings {
+        nll_method: NllMethod::Stochastic,
         probes: 8,
         ..GpSettings::default()
     })
@@ -1709,6 +1713,7 @@ fn model_sees_hyperparameter_updates() {
     let mut rng = Rng(701);
     let (x, pts, y) = synthetic(&mut rng, 80, 1, 6.0, 0.1);
     let gp = gaussian_gp(&x, &y, &[0.3], 1.0, 0.05).with_settings(GpSettings {
+        nll_method: NllMethod::Stochastic,
         probes: 32,
         ..GpSettings::default()
     });
@@ -1772,6 +1777,7 @@ fn f32_model_matches_the_f64_model() {
         })
         .unwrap()
         .with_settings(GpSettings {
+            nll_method: NllMethod::Stochastic,
             probes: 16,
             ..GpSettings::default()
         })
@@ -1808,5 +1814,220 @@ fn f32_model_matches_the_f64_model() {
         &vec1(&p64.variance),
         1e-2,
         "f32 variance",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. The exact path (`NllMethod::Exact`): dense Cholesky on the model's device
+// ---------------------------------------------------------------------------------------------
+
+/// The exact path's NLL, its parts and its gradient with respect to every `Var` against the
+/// dense reference (the host Cholesky of this file): to rounding, since both are exact.
+fn check_exact(gp: &ExactGp, pts: &[Vec<f64>], y: &[f64], what: &str) -> Vec<f64> {
+    let (rk, noise, m, chain) = read_model(gp);
+    let want = dense_nll(&rk, pts, y, noise, m);
+    let (nll, rep) = gp.nll().unwrap();
+    assert_eq!(rep.method, NllMethod::Exact, "{what}");
+    assert_eq!(
+        (
+            rep.logdet_std_error,
+            rep.iterations,
+            rep.preconditioner_rank
+        ),
+        (0.0, (0, 0), 0)
+    );
+    eprintln!(
+        "{what}: exact nll {:.12} dense {:.12}; logdet {:.12} dense {:.12}",
+        rep.nll, want.nll, rep.logdet, want.logdet
+    );
+    assert!(
+        rel(rep.nll, want.nll) < 1e-10,
+        "{what}: {rep:?} vs {}",
+        want.nll
+    );
+    assert!(rel(rep.logdet, want.logdet) < 1e-10, "{what}: {rep:?}");
+    assert!(rel(rep.data_fit, want.data_fit) < 1e-9, "{what}: {rep:?}");
+    assert!(rel(scalar(&nll), rep.nll) < 1e-12, "{what}");
+    let grads = nll.backward().unwrap();
+    let mut got_all = Vec::new();
+    let mut k = 0;
+    for (v, ch) in gp.vars().iter().zip(&chain) {
+        for (g, ch) in vec1(grads.get(v).expect("a gradient for every Var"))
+            .iter()
+            .zip(ch)
+        {
+            let w = want.grad[k] * ch;
+            eprintln!("{what}: gradient[{k}] {g:.12} dense {w:.12}");
+            assert!(
+                (g - w).abs() <= 1e-8 * w.abs().max(1.0),
+                "{what}: gradient[{k}] {g} vs dense {w}"
+            );
+            got_all.push(*g);
+            k += 1;
+        }
+    }
+    got_all
+}
+
+/// Sizes on one panel and across three (the factor's panels are 256 columns), 1D and 3D with
+/// per-dimension lengthscales; `Auto` takes the exact path at these sizes.
+#[test]
+fn exact_nll_and_gradient_match_dense() {
+    let mut rng = Rng(901);
+    for (n, d, ls) in [(120, 1, vec![0.3]), (600, 3, vec![0.4, 0.6, 0.9])] {
+        let (x, pts, y) = synthetic(&mut rng, n, d, 5.0, 0.1);
+        let gp = gaussian_gp(&x, &y, &ls, 1.3, 0.03);
+        assert_eq!(gp.settings.nll_method, NllMethod::Auto);
+        assert_eq!(gp.nll_method().unwrap(), NllMethod::Exact);
+        check_exact(&gp, &pts, &y, &format!("exact N = {n}, D = {d}"));
+    }
+}
+
+/// The exact gradient against central finite differences of the exact NLL in every raw
+/// parameter (the model's own values, nothing from the reference), and against the stochastic
+/// path's gradient (128 probes, solves to 1e-8) within 5%.
+#[test]
+fn exact_gradient_matches_finite_differences_and_the_stochastic_path() {
+    let mut rng = Rng(902);
+    let (x, _, y) = synthetic(&mut rng, 300, 2, 5.0, 0.1);
+    let gp = gaussian_gp(&x, &y, &[0.5, 0.7], 1.0, 0.05).with_settings(GpSettings {
+        nll_method: NllMethod::Exact,
+        ..GpSettings::default()
+    });
+    let (nll, _) = gp.nll().unwrap();
+    let grads = nll.backward().unwrap();
+    let h = 1e-5;
+    for (vi, v) in gp.vars().iter().enumerate() {
+        let g = vec1(grads.get(v).unwrap());
+        let raw = vec1(v.as_tensor());
+        for c in 0..raw.len() {
+            let at = |delta: f64| {
+                let mut r = raw.clone();
+                r[c] += delta;
+                v.set(&Tensor::new(r.as_slice(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let value = gp.nll().unwrap().1.nll;
+                v.set(&Tensor::new(raw.as_slice(), &Device::Cpu).unwrap())
+                    .unwrap();
+                value
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            eprintln!(
+                "var {vi}[{c}]: exact {:.9} finite differences {fd:.9}",
+                g[c]
+            );
+            assert!(
+                (g[c] - fd).abs() <= 1e-5 * fd.abs().max(1.0),
+                "var {vi}[{c}]: exact {} vs finite differences {fd}",
+                g[c]
+            );
+        }
+    }
+    // The stochastic path estimates the same gradient.
+    let mut slq = gaussian_gp(&x, &y, &[0.5, 0.7], 1.0, 0.05);
+    slq.settings = GpSettings {
+        nll_method: NllMethod::Stochastic,
+        probes: 128,
+        train_tol: 1e-8,
+        ..GpSettings::default()
+    };
+    let (nll_s, rep_s) = slq.nll().unwrap();
+    assert_eq!(rep_s.method, NllMethod::Stochastic);
+    let gs = nll_s.backward().unwrap();
+    for (v, w) in gp.vars().iter().zip(slq.vars()) {
+        let (e, s) = (vec1(grads.get(v).unwrap()), vec1(gs.get(&w).unwrap()));
+        eprintln!("exact {e:?} stochastic {s:?}");
+        for (e, s) in e.iter().zip(&s) {
+            assert!(
+                (e - s).abs() <= 0.05 * e.abs().max(1.0),
+                "exact {e} vs stochastic {s}"
+            );
+        }
+    }
+}
+
+/// An f32 model on the exact path factors its matrix in f64: the same NLL as the f64 model to
+/// the rounding of its inputs, and the gradient to f32 precision.
+#[test]
+fn exact_path_of_an_f32_model_matches_f64() {
+    let dev = Device::Cpu;
+    let mut rng = Rng(903);
+    let (x, _, y) = synthetic(&mut rng, 200, 1, 6.0, 0.1);
+    let model = |dtype: DType| {
+        let l = Positive::new("lengthscale", &[0.2], dtype, &dev).unwrap();
+        let s = Positive::new("outputscale", &[1.0], dtype, &dev).unwrap();
+        let noise = Positive::new("noise", &[0.02], dtype, &dev).unwrap();
+        let (lc, sc) = (l.clone(), s.clone());
+        let yd = Tensor::new(y.as_slice(), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        ExactGp::new(
+            &x.to_dtype(dtype).unwrap(),
+            &yd,
+            vec![l, s],
+            noise,
+            move || Ok(Kernel::gaussian(&lc.value()?).scale(&sc.value()?)),
+        )
+        .unwrap()
+    };
+    let (g64, g32) = (model(DType::F64), model(DType::F32));
+    let (n64, r64) = g64.nll().unwrap();
+    let (n32, r32) = g32.nll().unwrap();
+    assert_eq!((r32.method, n32.dtype()), (NllMethod::Exact, DType::F32));
+    eprintln!("exact f32 {} f64 {}", r32.nll, r64.nll);
+    assert!(rel(r32.nll, r64.nll) < 1e-5, "{r32:?} vs {r64:?}");
+    let (d64, d32) = (n64.backward().unwrap(), n32.backward().unwrap());
+    for (v64, v32) in g64.vars().iter().zip(g32.vars()) {
+        let (a, b) = (vec1(d64.get(v64).unwrap()), vec1(d32.get(&v32).unwrap()));
+        assert_close_all(&b, &a, 1e-3, "exact f32 gradient");
+    }
+}
+
+/// `fit` on the exact path is deterministic (two fits from one start agree bit for bit), its
+/// NLL falls, and what it reports is the dense NLL.
+#[test]
+fn exact_fit_is_deterministic_and_lowers_the_nll() {
+    let mut rng = Rng(904);
+    let (x, pts, y) = synthetic(&mut rng, 100, 1, 6.0, 0.1);
+    let fit = || {
+        let mut gp = gaussian_gp(&x, &y, &[0.1], 1.0, 0.05);
+        let r = gp
+            .fit(&FitOptions {
+                steps: 40,
+                lr: 0.1,
+                tol: 0.0,
+                progress: false,
+                ..FitOptions::default()
+            })
+            .unwrap();
+        (gp, r)
+    };
+    let ((gp, a), (_, b)) = (fit(), fit());
+    let nlls = |r: &lazy_kernels::gp::FitReport| -> Vec<f64> {
+        r.trajectory.iter().map(|s| s.report.nll).collect()
+    };
+    assert_eq!(nlls(&a), nlls(&b), "two fits from one start agree exactly");
+    let (first, last) = (nlls(&a)[0], *nlls(&a).last().unwrap());
+    assert!(last < first - 10.0, "the NLL fell: {first} -> {last}");
+    // Each step's reported NLL is the dense NLL at that step's values.
+    let (rk, noise, m, _) = read_model(&gp);
+    let (_, rep) = gp.nll().unwrap();
+    assert!(rel(rep.nll, dense_nll_value(&rk, &pts, &y, noise, m)) < 1e-10);
+}
+
+/// A matrix that is not positive definite in f64 (repeated points, no noise, no floor) is a
+/// clear error on the exact path, naming the remedy.
+#[test]
+fn exact_path_rejects_a_singular_matrix() {
+    let x = Tensor::new(&[[0.1f64], [0.1], [0.5], [0.5], [0.9]], &Device::Cpu).unwrap();
+    let y = [1.0, 1.0, 2.0, 2.0, 0.5];
+    let mut gp = gaussian_gp(&x, &y, &[10.0], 1.0, 1e-300);
+    gp.settings.noise_floor = 0.0;
+    gp.settings.nll_method = NllMethod::Exact;
+    let msg = err_msg(gp.nll(), "singular");
+    assert!(
+        msg.contains("not positive definite") && msg.contains("noise_floor"),
+        "{msg}"
     );
 }

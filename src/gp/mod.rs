@@ -1,6 +1,7 @@
-//! Exact Gaussian-process regression on a [`KernelOperator`], without building the kernel
-//! matrix: the marginal likelihood through the differentiable solve and stochastic Lanczos
-//! quadrature, hyperparameters learned by gradients ([`ExactGp::fit`]), predictions with
+//! Exact Gaussian-process regression on a [`KernelOperator`]: the marginal likelihood through
+//! the differentiable solve and stochastic Lanczos quadrature, without building the kernel
+//! matrix, or exactly by a dense Cholesky factorisation on the device for problems small
+//! enough ([`NllMethod`], chosen by size by default), hyperparameters learned by gradients ([`ExactGp::fit`]), predictions with
 //! variances ([`ExactGp::predict`]: LOVE or batched solves), the mean alone
 //! ([`ExactGp::predict_mean`]), joint posterior samples ([`ExactGp::posterior_samples`]), and
 //! models saved and loaded in safetensors ([`persist`]).
@@ -31,11 +32,13 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+mod exact;
 mod fit;
 pub mod persist;
 mod positive;
 mod predict;
 
+pub use exact::NllMethod;
 pub use fit::{FitOptions, FitReport, FitStep};
 pub use persist::SavedGp;
 pub use positive::{Positive, Transform};
@@ -50,6 +53,10 @@ use crate::{Kernel, KernelOperator};
 /// Settings of the solves and estimates of an [`ExactGp`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct GpSettings {
+    /// How the marginal likelihood is computed (default [`NllMethod::Auto`]: exactly up to
+    /// [`NllMethod::exact_limit`] points, stochastically above). The settings below up to
+    /// `quadrature_tol` are those of the stochastic path.
+    pub nll_method: NllMethod,
     /// CG tolerance (relative residual) of the training solves (default `1e-3`).
     pub train_tol: f64,
     /// CG tolerance of the prediction solves (default `1e-8`; solves that stall at the
@@ -88,6 +95,7 @@ pub struct GpSettings {
 impl Default for GpSettings {
     fn default() -> Self {
         GpSettings {
+            nll_method: NllMethod::Auto,
             train_tol: 1e-3,
             predict_tol: 1e-8,
             probes: 16,
@@ -122,6 +130,9 @@ pub struct NllReport {
     pub converged: bool,
     /// Rank of the pivoted-Cholesky preconditioner (0 without one).
     pub preconditioner_rank: usize,
+    /// The path taken: [`NllMethod::Exact`] (then the standard error is 0, the iterations
+    /// `(0, 0)` and the rank 0) or [`NllMethod::Stochastic`].
+    pub method: NllMethod,
 }
 
 /// The kernel closure of an [`ExactGp`].
@@ -279,13 +290,31 @@ impl ExactGp {
     }
 
     /// The negative log marginal likelihood `-log p(y)` (total over the points) as a
-    /// differentiable scalar, with the probes of seed `settings.seed`.
+    /// differentiable scalar, by the path of `settings.nll_method` (with the probes of seed
+    /// `settings.seed` on the stochastic path).
     pub fn nll(&self) -> candle_core::Result<(Tensor, NllReport)> {
         self.nll_seeded(self.settings.seed)
     }
 
-    /// [`ExactGp::nll`] with the probes of `seed`.
+    /// The path [`ExactGp::nll`] takes for this model: [`NllMethod::Exact`] or
+    /// [`NllMethod::Stochastic`].
+    pub fn nll_method(&self) -> candle_core::Result<NllMethod> {
+        Ok(self
+            .settings
+            .nll_method
+            .resolve(self.x.dim(0)?, self.x.device()))
+    }
+
+    /// [`ExactGp::nll`] with the probes of `seed` (which the exact path does not use).
     pub fn nll_seeded(&self, seed: u64) -> candle_core::Result<(Tensor, NllReport)> {
+        match self.nll_method()? {
+            NllMethod::Exact => self.nll_exact(),
+            _ => self.nll_stochastic(seed),
+        }
+    }
+
+    /// `-log p(y)` by the CG solve and stochastic Lanczos quadrature.
+    fn nll_stochastic(&self, seed: u64) -> candle_core::Result<(Tensor, NllReport)> {
         let s = &self.settings;
         let n = self.x.dim(0)?;
         let k = self.operator()?;
@@ -317,6 +346,7 @@ impl ExactGp {
             ),
             converged: info.all_converged(),
             preconditioner_rank: info.preconditioner_rank,
+            method: NllMethod::Stochastic,
         };
         Ok((nll, report))
     }

@@ -24,7 +24,7 @@
 //! | `hypers.<name>.transform`, `noise.transform` | `softplus` or `exp` ([`Transform`]) |
 //! | `noise.name` | the noise's name (informative, not checked) |
 //! | `data` | `true` or `false` |
-//! | `settings.<field>` | each field of [`GpSettings`]: numbers in Rust's shortest round-trip form, the preconditioner as `none`, `fixed:<rank>` or `auto:<max>`, the variances as `exact` or `love:<tol>:<max_rank>`, the log-determinant estimator as `hutchinson` or `diagonal-corrected` |
+//! | `settings.<field>` | each field of [`GpSettings`]: numbers in Rust's shortest round-trip form, the preconditioner as `none`, `fixed:<rank>` or `auto:<max>`, the variances as `exact` or `love:<tol>:<max_rank>`, the log-determinant estimator as `hutchinson` or `diagonal-corrected`, the NLL method as `auto`, `exact` or `stochastic` |
 //!
 //! # Loading
 //!
@@ -84,7 +84,7 @@ use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 use safetensors::SafeTensors;
 
-use super::{ExactGp, GpSettings, Positive, Transform, Variances};
+use super::{ExactGp, GpSettings, NllMethod, Positive, Transform, Variances};
 use crate::error::Error;
 use crate::solve::{LogdetEstimator, Preconditioner, Rank};
 use crate::Kernel;
@@ -116,6 +116,7 @@ fn transform_name(t: Transform) -> &'static str {
 /// [`GpSettings`] does not compile until it is saved (and loaded, in [`settings_from`]).
 fn settings_entries(s: &GpSettings) -> Vec<(&'static str, String)> {
     let GpSettings {
+        nll_method,
         train_tol,
         predict_tol,
         probes,
@@ -150,6 +151,15 @@ fn settings_entries(s: &GpSettings) -> Vec<(&'static str, String)> {
         ("settings.noise_floor", format!("{noise_floor:e}")),
         ("settings.predict_chunk", predict_chunk.to_string()),
         ("settings.learn_mean", learn_mean.to_string()),
+        (
+            "settings.nll_method",
+            match nll_method {
+                NllMethod::Auto => "auto",
+                NllMethod::Exact => "exact",
+                NllMethod::Stochastic => "stochastic",
+            }
+            .to_string(),
+        ),
         ("settings.variances", variances),
         (
             "settings.logdet_estimator",
@@ -246,7 +256,23 @@ fn settings_from(m: &Meta) -> candle_core::Result<GpSettings> {
             ))
         }
     };
+    let key = "settings.nll_method";
+    let nll_method = match m.get(key)? {
+        "auto" => NllMethod::Auto,
+        "exact" => NllMethod::Exact,
+        "stochastic" => NllMethod::Stochastic,
+        other => {
+            return Err(invalid(
+                LOAD,
+                format!(
+                    "the file's metadata key '{key}' is '{other}', not 'auto', 'exact' or \
+                     'stochastic'"
+                ),
+            ))
+        }
+    };
     Ok(GpSettings {
+        nll_method,
         train_tol: m.parse("settings.train_tol", NUM)?,
         predict_tol: m.parse("settings.predict_tol", NUM)?,
         probes: m.parse("settings.probes", INT)?,

@@ -23,7 +23,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, Positive};
+use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, NllMethod, Positive};
 use lazy_kernels::{
     linalg, Axis, Kernel, KernelOperator, LazyTensor, LogdetOptions, Preconditioner, Rank, Ridge,
     SolveInfo, SolveOptions, Stop,
@@ -63,13 +63,16 @@ pub(super) fn checks(v: &mut Vec<Check>) {
         ));
     }
     for dtype in both {
-        v.push(check(
-            format!("gp/nll,backward/{}", dt(dtype)),
-            move |ctx| gp_nll(ctx, dtype),
-        ));
-        v.push(check(format!("gp/fit 3 steps/{}", dt(dtype)), move |ctx| {
-            gp_fit(ctx, dtype)
-        }));
+        for method in [NllMethod::Stochastic, NllMethod::Exact] {
+            v.push(check(
+                format!("gp/nll,backward/{method:?}/{}", dt(dtype)),
+                move |ctx| gp_nll(ctx, dtype, method),
+            ));
+            v.push(check(
+                format!("gp/fit 3 steps/{method:?}/{}", dt(dtype)),
+                move |ctx| gp_fit(ctx, dtype, method),
+            ));
+        }
         v.push(check(
             format!("gp/predict mean,variance/{}", dt(dtype)),
             move |ctx| gp_predict(ctx, dtype),
@@ -561,10 +564,12 @@ fn gp_data() -> Res<(Tensor, Tensor, Tensor)> {
 /// Settings of the GP checks. The probes have a fixed seed. In f64 the training solves go to
 /// 1e-8 (the default 1e-3 would let the two devices' estimates differ by the solves' error
 /// where rounding makes a column stop one iteration apart); f32 keeps the default. Chunks of
-/// 16 test points, so `predict` runs several variance solves.
+/// 16 test points, so `predict` runs several variance solves. The NLL by the stochastic path
+/// (what `nll_method` is for the checks that take one).
 fn gp_settings(dtype: DType) -> GpSettings {
     let d = GpSettings::default();
     GpSettings {
+        nll_method: NllMethod::Stochastic,
         probes: 8,
         seed: 11,
         predict_chunk: 16,
@@ -598,10 +603,14 @@ fn gp_model(
     Ok(gp.with_settings(settings.clone()))
 }
 
-/// `nll` and the gradient of every learned `Var` (lengthscales, output scale, noise, mean).
-fn gp_nll(ctx: &Ctx, dtype: DType) -> Res<String> {
+/// `nll` and the gradient of every learned `Var` (lengthscales, output scale, noise, mean), by
+/// the path `method` (the exact one factors the dense matrix on the device).
+fn gp_nll(ctx: &Ctx, dtype: DType, method: NllMethod) -> Res<String> {
     let data = gp_data()?;
-    let settings = gp_settings(dtype);
+    let settings = GpSettings {
+        nll_method: method,
+        ..gp_settings(dtype)
+    };
     let runs = runs(ctx, dtype, true, |dev, dt| {
         let gp = gp_model(&data, dev, dt, &settings)?;
         let (nll, report) = gp.nll()?;
@@ -621,6 +630,13 @@ fn gp_nll(ctx: &Ctx, dtype: DType) -> Res<String> {
         })
     })?;
     let (rd, rc) = (&runs.dev.extra, &runs.cpu.extra);
+    if rd.method != method || rc.method != method {
+        return Err(format!(
+            "asked for {method:?}, took {:?} / {:?}",
+            rd.method, rc.method
+        )
+        .into());
+    }
     if !(rd.converged && rc.converged) {
         return Err(format!("the data solve did not converge: {rd:?} / {rc:?}").into());
     }
@@ -639,9 +655,12 @@ fn gp_nll(ctx: &Ctx, dtype: DType) -> Res<String> {
 }
 
 /// Three steps of `fit` (AdamW): the NLL of each step and every hyperparameter after them.
-fn gp_fit(ctx: &Ctx, dtype: DType) -> Res<String> {
+fn gp_fit(ctx: &Ctx, dtype: DType, method: NllMethod) -> Res<String> {
     let data = gp_data()?;
-    let settings = gp_settings(dtype);
+    let settings = GpSettings {
+        nll_method: method,
+        ..gp_settings(dtype)
+    };
     let opts = FitOptions {
         steps: 3,
         lr: 0.05,

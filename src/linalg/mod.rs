@@ -1,4 +1,5 @@
-//! Matrix products that every Candle backend accepts, written once.
+//! Matrix products that every Candle backend accepts, written once, and the dense
+//! factorisation built on them ([`Cholesky`], blocked, on any device).
 //!
 //! Candle's CPU matmul takes operands of any strides; its CUDA matmul hands them to cuBLAS,
 //! which takes a matrix only if it is row-major or column-major with unit stride along one
@@ -30,6 +31,9 @@
 use candle_core::{Layout, Tensor};
 
 use crate::error::Error;
+
+pub mod cholesky;
+pub use cholesky::Cholesky;
 
 /// Why cuBLAS (through Candle's CUDA matmul) would reject the product of operands with these
 /// layouts (`lhs`: `(.., M, K)`, `rhs`: `(.., K, N)`), or `None` if it accepts them.
