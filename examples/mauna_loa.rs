@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! cargo run --release --example mauna_loa -- [--every K] [--monthly] [--steps S] [--out DIR]
-//!     [--lr LR] [--rank R] [--probes P] [--tol T] [--data CSV] [--device D]
+//!     [--lr LR] [--method auto|exact|stochastic] [--stop S] [--rank R] [--probes P] [--tol T]
+//!     [--data CSV] [--device D]
 //! ```
 //!
 //! `--device cpu|cuda|cuda:N` (default `cpu`): where the data live and the fit runs.
@@ -19,7 +20,7 @@
 //! one point in K; `--monthly` trains on the monthly means instead (521 months, dated mid-month),
 //! data like those of Rasmussen & Williams, whose published values it then comes close to.
 //!
-//! The kernel, with `r = x - x'` in years:
+//! The kernel (`r = x - x'` in years; see `examples/mauna_loa_model/mod.rs`):
 //!
 //! ```text
 //! k1 = th1^2 exp(-r^2 / (2 th2^2))                                   long-term trend
@@ -28,192 +29,95 @@
 //! k4 = th9^2 exp(-r^2 / (2 th10^2)) + th11^2 delta(r)                correlated and white noise
 //! ```
 //!
-//! built from the crate's kernels: `k1 = gaussian(th2).scale(th1^2)`,
-//! `k2 = (gaussian(th4) * periodic(th5, 1)).scale(th3^2)` (the period is a fixed tensor, 1
-//! year), `k3 = rational_quadratic(th7, th8).scale(th6^2)` (the crate's
-//! `(1 + r^2 / (2 alpha l^2))^(-alpha)` is eq. 5.17 with `l = th7`, `alpha = th8`),
-//! `k4 = gaussian(th10).scale(th9^2)`, and the GP's noise variance `th11^2`. The constant mean
-//! of the GP is learned too (it starts at the data mean).
+//! with a learned constant mean (it starts at the data mean). Each of `th1..th10` is a
+//! [`Positive`](lazy_kernels::gp::Positive) with the exp transform, `th = exp(raw)`, so that
+//! every hyperparameter moves by a similar relative step whatever its units; the noise variance
+//! `th11^2` is a softplus one. The start is that of scikit-learn's Mauna Loa example.
 //!
-//! Each of `th1..th10` is a [`Positive`] with the [`Transform::Exp`] transform,
-//! `th = exp(raw)`, so that every hyperparameter moves by a similar relative step whatever its
-//! units (with softplus, AdamW's steps of about `lr` on `raw` would move `th1 = 50 ppm` by about
-//! `lr` ppm per step, and take hundreds of steps); the noise variance `th11^2` is a softplus
-//! [`Positive`]. The start is that of scikit-learn's Mauna Loa example.
+//! The fit: AdamW on the marginal likelihood, by default (`--method auto`) on the exact path
+//! for these sizes (the dense kernel matrix and a blocked Cholesky factorisation on the
+//! device, [`NllMethod::Exact`]): the NLL it watches is then exact and the gradient too, so
+//! the fit stops when the NLL per point has improved by less than `--stop` (default `1e-6`)
+//! over 5 steps. `--method stochastic` trains on the estimate (CG and stochastic Lanczos
+//! quadrature, 16 probes, a pivoted-Cholesky preconditioner of rank `min(600, N/2)`), with no
+//! early stop. Defaults: at most 300 steps of learning rate 0.1, the first 250 at that rate,
+//! the rest at a tenth of it (`--steps`, `--lr`).
 //!
-//! Defaults: 150 AdamW steps of learning rate 0.1, training CG tolerance `1e-3`, 16 probes, a
-//! pivoted-Cholesky preconditioner of rank `min(600, N/2)`. After the fit the NLL is also
-//! computed exactly (dense Cholesky, `O(N^3)`, a few seconds at N = 2,225) at the learned and at
-//! the published values. Figures: `DIR/mauna_loa.png` (1958-2025) and `DIR/mauna_loa_zoom.png`
+//! Printed after the fit: the learned values beside scikit-learn's optimum for the weekly data
+//! and Rasmussen & Williams' published values; the exact NLL (dense Cholesky) at each of the
+//! three; the stochastic estimate at the learned values, with its standard error, beside the
+//! exact value. Figures: `DIR/mauna_loa.png` (1958-2025) and `DIR/mauna_loa_zoom.png`
 //! (1995-2025): data (black), posterior mean (red), 95% interval of a new observation (blue).
 
-#[path = "dense/mod.rs"]
-mod dense;
 #[path = "device/mod.rs"]
 mod device;
+#[path = "mauna_loa_model/mod.rs"]
+mod mauna_loa_model;
 #[path = "plot/mod.rs"]
 mod plot;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, Positive, Transform};
-use lazy_kernels::{Kernel, Preconditioner, Rank};
+use candle_core::{Device, Tensor};
+use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, NllMethod, NllReport};
+use lazy_kernels::{Preconditioner, Rank};
+use mauna_loa_model::{PUBLISHED, SKLEARN, SKLEARN_NLL, START};
 
-/// A hyperparameter of eq. 5.15-5.18 (not the noise).
-struct Hyper {
-    name: &'static str,
-    unit: &'static str,
-    /// Rasmussen & Williams' value (Section 5.4.3).
-    published: f64,
-    /// Where the fit starts.
-    start: f64,
-    /// The learned value.
-    value: Positive,
+/// `values` (th1..th10, then the noise variance) put into the model.
+fn set_values(gp: &ExactGp, values: &[f64; 11]) -> candle_core::Result<()> {
+    for (h, v) in gp.hypers().iter().zip(values) {
+        h.set(&[*v])?;
+    }
+    gp.noise().set(&[values[10]])
 }
 
-impl Hyper {
-    fn current(&self) -> candle_core::Result<f64> {
-        Ok(self.value.values()?[0])
+/// The model's th1..th10 and noise variance.
+fn get_values(gp: &ExactGp) -> candle_core::Result<[f64; 11]> {
+    let mut v = [0.0; 11];
+    for (slot, h) in v.iter_mut().zip(gp.hypers()) {
+        *slot = h.values()?[0];
     }
+    v[10] = gp.noise().values()?[0];
+    Ok(v)
 }
 
-/// Published values: Rasmussen & Williams (2006), section 5.4.3 (th10 = 1.6 months).
-const PUBLISHED: [(&str, &str, f64); 11] = [
-    ("th1", "ppm", 66.0),
-    ("th2", "yr", 67.0),
-    ("th3", "ppm", 2.4),
-    ("th4", "yr", 90.0),
-    ("th5", "", 1.3),
-    ("th6", "ppm", 0.66),
-    ("th7", "yr", 1.2),
-    ("th8", "", 0.78),
-    ("th9", "ppm", 0.18),
-    ("th10", "yr", 1.6 / 12.0),
-    ("th11", "ppm", 0.19),
-];
-
-/// The starting point of the fit, th1..th11 (the initial kernel of scikit-learn's Mauna Loa
-/// example: `50^2 RBF(50) + 2^2 RBF(100) ExpSineSquared(1, 1) + 0.5^2 RQ(1, 1)
-/// + 0.1^2 RBF(0.1) + White(0.1^2)`).
-const START: [f64; 11] = [50.0, 50.0, 2.0, 100.0, 1.0, 0.5, 1.0, 1.0, 0.1, 0.1, 0.1];
-
-/// `YYYYMMDD` as a decimal year: `year + (day of the year - 1) / days in the year`.
-fn decimal_year(date: &str) -> Option<f64> {
-    if date.len() != 8 {
-        return None;
-    }
-    let year: i32 = date[0..4].parse().ok()?;
-    let month: usize = date[4..6].parse().ok()?;
-    let day: u32 = date[6..8].parse().ok()?;
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let mut days = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if leap {
-        days[1] = 29;
-    }
-    if !(1..=12).contains(&month) || day == 0 || day > days[month - 1] {
-        return None;
-    }
-    let before: u32 = days[..month - 1].iter().sum();
-    let in_year = if leap { 366.0 } else { 365.0 };
-    Some(year as f64 + (before + day - 1) as f64 / in_year)
+/// The NLL by `method` at the model's current values, with the seconds it took.
+fn nll_by(gp: &mut ExactGp, method: NllMethod) -> candle_core::Result<(NllReport, f64)> {
+    let keep = gp.settings.nll_method;
+    gp.settings.nll_method = method;
+    let start = Instant::now();
+    let out = gp.nll();
+    gp.settings.nll_method = keep;
+    Ok((out?.1, start.elapsed().as_secs_f64()))
 }
 
-/// A row of the data: year, month, the date as a decimal year, CO2 in ppm.
-type Row = (i32, usize, f64, f64);
-
-/// The rows of the CSV (`date,co2`, a header line) that have a value.
-fn read_co2(path: &std::path::Path) -> std::io::Result<Vec<Row>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    let mut out = Vec::new();
-    for (k, line) in text.lines().enumerate().skip(1) {
-        let mut fields = line.trim().split(',');
-        let (date, co2) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
-        if co2.trim().is_empty() {
-            continue; // a missing week
-        }
-        let bad = || std::io::Error::other(format!("{}:{}: bad row {line:?}", path.display(), k));
-        let x = decimal_year(date.trim()).ok_or_else(bad)?;
-        let y: f64 = co2.trim().parse().map_err(|_| bad())?;
-        let (year, month) = (
-            date[0..4].parse().unwrap_or(0),
-            date[4..6].parse().unwrap_or(0),
-        );
-        out.push((year, month, x, y));
-    }
-    Ok(out)
-}
-
-/// The mean of the weekly values of each calendar month that has any, dated at mid-month.
-fn monthly_means(rows: &[Row]) -> Vec<(f64, f64)> {
-    let mut out: Vec<(f64, f64)> = Vec::new();
-    let mut k = 0;
-    while k < rows.len() {
-        let (year, month) = (rows[k].0, rows[k].1);
-        let same = rows[k..]
-            .iter()
-            .take_while(|r| (r.0, r.1) == (year, month))
-            .count();
-        let mean = rows[k..k + same].iter().map(|r| r.3).sum::<f64>() / same as f64;
-        out.push((year as f64 + (month as f64 - 0.5) / 12.0, mean));
-        k += same;
-    }
-    out
-}
-
-/// The exact NLL of the model at its current values (the dense kernel matrix, `O(N^2)` memory,
-/// built on the model's device, factored on the CPU).
-fn exact_nll(gp: &ExactGp, ys: &[f64]) -> candle_core::Result<f64> {
-    let n = ys.len();
-    let noise = gp.noise().values()?[0] + gp.settings.noise_floor;
-    let k = gp.operator()?.to_dense()?;
-    let k = (&k + Tensor::eye(n, DType::F64, k.device())?.affine(noise, 0.0)?)?;
-    let mean = gp.mean().as_tensor().to_vec1::<f64>()?[0];
-    let r: Vec<f64> = ys.iter().map(|v| v - mean).collect();
-    let k = k.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f64>()?;
-    Ok(dense::dense_nll(k, &r))
-}
-
-/// The data file's name in `examples/data/`.
-const DATA_FILE: &str = "mauna_loa_co2_weekly.csv";
-
-/// Where the data file is when `--data` does not say: `$LK_DATA_DIR/FILE`, then
-/// `examples/data/FILE` under the current directory, then under this crate's directory (where
-/// it was built); an error naming every place tried if it is in none.
-fn find_data() -> std::io::Result<PathBuf> {
-    let mut tried = Vec::new();
-    if let Some(dir) = std::env::var_os("LK_DATA_DIR") {
-        tried.push(PathBuf::from(dir).join(DATA_FILE));
-    }
-    tried.push(PathBuf::from("examples").join("data").join(DATA_FILE));
-    tried.push(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("examples")
-            .join("data")
-            .join(DATA_FILE),
-    );
-    if let Some(found) = tried.iter().find(|p| p.is_file()) {
-        return Ok(found.clone());
-    }
-    let places: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
-    Err(std::io::Error::new(
-        std::io::ErrorKind::NotFound,
-        format!(
-            "the data file {DATA_FILE} is in none of: {} (set LK_DATA_DIR to its folder, or \
-             give --data CSV)",
-            places.join(", ")
+/// Stops the program with `msg` and the options (exit code 2).
+fn usage_error(msg: String) -> ! {
+    device::fail(
+        &format!(
+            "{msg} (options: --every K, --monthly, --steps S, --out DIR, --lr LR, \
+             --method auto|exact|stochastic, --stop S, --rank R, --probes P, --tol T, \
+             --data CSV, --device D)"
         ),
-    ))
+        2,
+    )
+}
+
+/// The value `v` of the option `a`, or a usage error.
+fn num<T: std::str::FromStr>(a: &str, v: String) -> T {
+    v.parse()
+        .unwrap_or_else(|_| usage_error(format!("{a}: {v:?} is not a valid number")))
 }
 
 fn main() -> candle_core::Result<()> {
     let mut every = 1usize;
-    let mut steps = 150usize;
+    let mut steps = 300usize;
     let mut out_dir = PathBuf::from("figures");
     let mut monthly = false;
     let mut lr = 0.1;
+    let mut method = NllMethod::Auto;
+    let mut stop = 1e-6;
     let mut rank: Option<usize> = None;
     let mut probes = 16usize;
     let mut tol = 1e-3;
@@ -221,42 +125,50 @@ fn main() -> candle_core::Result<()> {
     let (dev, args) = device::from_args();
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
-        let mut next = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        let mut next = || {
+            args.next()
+                .unwrap_or_else(|| usage_error(format!("{a} needs a value")))
+        };
         match a.as_str() {
-            "--every" => every = next().parse().expect("--every K: a number >= 1"),
+            "--every" => every = num(&a, next()),
             "--monthly" => monthly = true,
-            "--steps" => steps = next().parse().expect("--steps S: a number"),
+            "--steps" => steps = num(&a, next()),
             "--out" => out_dir = next().into(),
-            "--lr" => lr = next().parse().expect("--lr LR: a number"),
-            "--rank" => rank = Some(next().parse().expect("--rank R: a number")),
-            "--probes" => probes = next().parse().expect("--probes P: a number"),
-            "--tol" => tol = next().parse().expect("--tol T: a number"),
+            "--lr" => lr = num(&a, next()),
+            "--method" => {
+                method = match next().as_str() {
+                    "auto" => NllMethod::Auto,
+                    "exact" => NllMethod::Exact,
+                    "stochastic" => NllMethod::Stochastic,
+                    m => usage_error(format!("--method: {m:?} is not auto, exact or stochastic")),
+                }
+            }
+            "--stop" => stop = num(&a, next()),
+            "--rank" => rank = Some(num(&a, next())),
+            "--probes" => probes = num(&a, next()),
+            "--tol" => tol = num(&a, next()),
             "--data" => data = Some(next().into()),
-            s => panic!(
-                "unknown argument {s:?} (expected --every K, --monthly, --steps S, --out DIR, \
-                 --lr LR, --rank R, --probes P, --tol T, --data CSV, --device D)"
-            ),
+            s => usage_error(format!("unknown argument {s:?}")),
         }
     }
     let every = every.max(1);
     let data = match data {
         Some(path) => path,
-        None => find_data().unwrap_or_else(|e| device::fail(&e.to_string(), 1)),
+        None => mauna_loa_model::find_data().unwrap_or_else(|e| device::fail(&e.to_string(), 1)),
     };
     std::fs::create_dir_all(&out_dir)?;
     let cpu = Device::Cpu;
-    let dt = DType::F64;
     if !dev.is_cpu() {
         println!("device: {}", device::describe(&dev));
     }
 
     // ---------------------------------------------------------------- data
-    let rows = read_co2(&data)?;
+    let rows = mauna_loa_model::read_co2(&data)?;
     if rows.is_empty() {
         return Err(std::io::Error::other(format!("{}: no data", data.display())).into());
     }
     let (kept, what): (Vec<(f64, f64)>, String) = if monthly {
-        let m = monthly_means(&rows);
+        let m = mauna_loa_model::monthly_means(&rows);
         let kept: Vec<(f64, f64)> = m.iter().step_by(every).cloned().collect();
         let what = format!(
             "the means of the {} months with data{}",
@@ -277,6 +189,8 @@ fn main() -> candle_core::Result<()> {
         };
         (kept, what)
     };
+    // scikit-learn's optimum is that of the weekly data, every week.
+    let weekly = !monthly && every == 1;
     let n = kept.len();
     let xs: Vec<f64> = kept.iter().map(|p| p.0).collect();
     let ys: Vec<f64> = kept.iter().map(|p| p.1).collect();
@@ -291,38 +205,16 @@ fn main() -> candle_core::Result<()> {
     let y = Tensor::from_vec(ys.clone(), n, &cpu)?.to_device(&dev)?;
 
     // ---------------------------------------------------------------- model
-    let hypers: Vec<Hyper> = PUBLISHED[..10]
-        .iter()
-        .zip(START)
-        .map(|(&(name, unit, published), start)| {
-            Ok(Hyper {
-                name,
-                unit,
-                published,
-                start,
-                value: Positive::with_transform(name, &[start], Transform::Exp, dt, &dev)?,
-            })
-        })
-        .collect::<candle_core::Result<_>>()?;
-    let noise = Positive::new("th11^2", &[START[10] * START[10]], dt, &dev)?;
-    let values: Vec<Positive> = hypers.iter().map(|h| h.value.clone()).collect();
-    let th = values.clone();
-    let one_year = Tensor::new(&[1.0f64], &dev)?;
-    let kernel = move || -> candle_core::Result<Kernel> {
-        let t = |i: usize| -> candle_core::Result<Tensor> { th[i - 1].value() };
-        let k1 = Kernel::gaussian(&t(2)?).scale(&t(1)?.sqr()?);
-        let k2 =
-            (Kernel::gaussian(&t(4)?) * Kernel::periodic(&t(5)?, &one_year)).scale(&t(3)?.sqr()?);
-        let k3 = Kernel::rational_quadratic(&t(7)?, &t(8)?).scale(&t(6)?.sqr()?);
-        let k4 = Kernel::gaussian(&t(10)?).scale(&t(9)?.sqr()?);
-        Ok(k1 + k2 + k3 + k4)
-    };
+    let mut start = START;
+    start[10] = START[10] * START[10];
+    let (gp, _) = mauna_loa_model::model(&x, &y, &start, &dev)?;
     // A preconditioner of rank N would be a dense Cholesky factorisation: by default at most
     // half the points. Measured on the first 20 steps with the 2,225 weekly points: rank 100
     // takes 11 to 23 CG iterations per step, 300 takes 5 to 9, 600 takes 1 to 6 and is the
     // fastest per step; with the 521 monthly means, 200 beats 50 and 521.
     let rank = rank.unwrap_or(600.min(n / 2)).min(n);
     let settings = GpSettings {
+        nll_method: method,
         train_tol: tol,
         predict_tol: 1e-6,
         probes,
@@ -331,22 +223,54 @@ fn main() -> candle_core::Result<()> {
         predict_chunk: 256,
         ..GpSettings::default()
     };
-    println!(
-        "settings: CG tolerance {tol:e} (training), {:e} (prediction), {probes} probes, \
-         pivoted-Cholesky preconditioner of rank {rank}, noise floor {:e}",
-        settings.predict_tol, settings.noise_floor
-    );
-    let mut gp = ExactGp::new(&x, &y, values, noise, kernel)?.with_settings(settings);
+    let mut gp = gp.with_settings(settings);
+    let path = gp.nll_method()?;
+    match path {
+        NllMethod::Exact => println!(
+            "NLL: exact (dense Cholesky on {}, --method {method:?}); early stop below {stop:e} \
+             per point over 5 steps",
+            device::describe(&dev)
+        ),
+        _ => println!(
+            "NLL: stochastic estimate: CG tolerance {tol:e}, {probes} probes, pivoted-Cholesky \
+             preconditioner of rank {rank}, noise floor {:e}; no early stop",
+            gp.settings.noise_floor
+        ),
+    }
 
     // ---------------------------------------------------------------- fit
-    let opts = FitOptions {
-        steps,
-        lr,
-        tol: 0.0, // no early stop: the NLL estimate changes with the probes at every step
-        ..FitOptions::default()
-    };
-    println!("fitting: AdamW, lr {lr}, {steps} steps");
-    let report = gp.fit(&opts)?;
+    // The exact NLL is deterministic: the fit can stop on it. The estimate changes with the
+    // probes at every step: no early stop.
+    let exact_fit = path == NllMethod::Exact;
+    let tail = steps / 6;
+    let phases = [(steps - tail, lr), (tail, lr / 10.0)];
+    println!(
+        "fitting: AdamW, at most {} steps at lr {lr}, then {} at {}",
+        phases[0].0,
+        phases[1].0,
+        lr / 10.0
+    );
+    let mut trajectory = Vec::new();
+    let mut seconds = 0.0;
+    let mut stopped = false;
+    for (k, &(s, rate)) in phases.iter().enumerate() {
+        if s == 0 {
+            continue;
+        }
+        let report = gp.fit(&FitOptions {
+            steps: s,
+            lr: rate,
+            tol: if exact_fit { stop } else { 0.0 },
+            ..FitOptions::default()
+        })?;
+        seconds += report.seconds;
+        let offset = trajectory.len();
+        trajectory.extend(report.trajectory.into_iter().map(|mut st| {
+            st.step += offset;
+            st
+        }));
+        stopped |= report.stopped_early && k + 1 == phases.len();
+    }
     let head: Vec<String> = (1..=11).map(|i| format!("th{i}")).collect();
     println!(
         "{:>4} {:>9} {}  {:>7} {:>9}",
@@ -359,17 +283,16 @@ fn main() -> candle_core::Result<()> {
         "mean",
         "CG its"
     );
-    let last = report.trajectory.len().saturating_sub(1);
-    for st in &report.trajectory {
-        if st.step % 10 != 0 && st.step != last {
+    let last = trajectory.len().saturating_sub(1);
+    for st in &trajectory {
+        if st.step % 20 != 0 && st.step != last {
             continue;
         }
         let mut row = String::new();
-        for (_, v) in st.values.iter().take(hypers.len()) {
+        for (_, v) in st.values.iter().take(10) {
             row += &format!("{:>8.3}", v[0]);
         }
-        let noise = st.values[10].1[0];
-        row += &format!("{:>8.3}", noise.sqrt());
+        row += &format!("{:>8.3}", st.values[10].1[0].sqrt());
         println!(
             "{:>4} {:>9.5} {row}  {:>7.2} {:>9}",
             st.step,
@@ -379,75 +302,89 @@ fn main() -> candle_core::Result<()> {
         );
     }
     println!(
-        "{} steps in {:.1}s ({:.2}s per step){}",
-        report.trajectory.len(),
-        report.seconds,
-        report.seconds / report.trajectory.len().max(1) as f64,
-        if report.stopped_early {
-            ", stopped early"
-        } else {
-            ""
-        }
+        "{} steps in {seconds:.1}s ({:.3}s per step){}",
+        trajectory.len(),
+        seconds / trajectory.len().max(1) as f64,
+        if stopped { ", stopped early" } else { "" }
     );
 
-    // ---------------------------------------------------------------- learned vs published
-    let (nll, info) = gp.nll()?;
-    let nll = nll.to_scalar::<f64>()?;
+    // ---------------------------------------------------------------- learned vs references
+    let learned = get_values(&gp)?;
+    let mut published = [0.0; 11];
+    for (p, v) in published.iter_mut().zip(PUBLISHED) {
+        *p = v.2;
+    }
+    published[10] *= published[10];
+    let sd = |v: &[f64; 11], i: usize| if i == 10 { v[10].sqrt() } else { v[i] };
     println!(
-        "\n{:>5} {:>10} {:>10} {:>10}  unit",
-        "", "start", "learned", "R&W 2006"
+        "\n{:>5} {:>10} {:>10} {:>12} {:>10}  unit",
+        "", "start", "learned", "scikit-learn", "R&W 2006"
     );
-    for h in &hypers {
+    for (i, (name, unit, _)) in PUBLISHED.iter().enumerate() {
+        let sk = if weekly {
+            format!("{:>12.4}", sd(&SKLEARN, i))
+        } else {
+            format!("{:>12}", "-")
+        };
+        let unit = if i == 10 { "ppm (noise sd)" } else { unit };
         println!(
-            "{:>5} {:>10.4} {:>10.4} {:>10.4}  {}",
-            h.name,
-            h.start,
-            h.current()?,
-            h.published,
-            h.unit
+            "{name:>5} {:>10.4} {:>10.4} {sk} {:>10.4}  {unit}",
+            sd(&start, i),
+            sd(&learned, i),
+            sd(&published, i),
         );
     }
-    let th11 = gp.noise().values()?[0].sqrt();
-    println!(
-        "{:>5} {:>10.4} {:>10.4} {:>10.4}  ppm (noise sd)",
-        "th11", START[10], th11, PUBLISHED[10].2
-    );
     let mean = gp.mean().as_tensor().to_vec1::<f64>()?[0];
-    println!("constant mean {mean:.3} ppm");
     println!(
-        "NLL (estimate) {nll:.2}, {:.5} per point (log det {:.2} +- {:.2}, data fit {:.2}; \
-         log marginal likelihood {:.2}); R&W's log marginal likelihood, for their monthly data: \
-         -108.5",
-        nll / n as f64,
-        info.logdet,
-        info.logdet_std_error,
-        info.data_fit,
-        -nll
+        "constant mean {mean:.3} ppm (learned; kept for R&W's values; the data mean for \
+         scikit-learn's, which fitted y - mean(y))"
     );
-    let start = Instant::now();
-    let exact_learned = exact_nll(&gp, &ys)?;
-    let learned: Vec<f64> = hypers
-        .iter()
-        .map(|h| h.value.values())
-        .collect::<candle_core::Result<Vec<_>>>()?
-        .concat();
-    let noise_learned = gp.noise().values()?;
-    for h in &hypers {
-        h.value.set(&[h.published])?;
+    if !weekly {
+        println!("(scikit-learn's optimum is that of every week of the weekly data: not shown)");
     }
-    gp.noise().set(&[PUBLISHED[10].2 * PUBLISHED[10].2])?;
-    let exact_published = exact_nll(&gp, &ys)?;
-    for (h, v) in hypers.iter().zip(&learned) {
-        h.value.set(&[*v])?;
-    }
-    gp.noise().set(&noise_learned)?;
+    let (exact, t_exact) = nll_by(&mut gp, NllMethod::Exact)?;
+    let (estimate, t_estimate) = nll_by(&mut gp, NllMethod::Stochastic)?;
     println!(
-        "exact NLL by dense Cholesky ({:.1}s): {exact_learned:.2} ({:.5} per point) at the \
-         learned values, {exact_published:.2} ({:.5} per point) at R&W's (same mean)",
-        start.elapsed().as_secs_f64(),
-        exact_learned / n as f64,
-        exact_published / n as f64
+        "NLL at the learned values: exact {:.3} ({:.5} per point, dense Cholesky, {t_exact:.2}s); \
+         stochastic estimate {:.3} +- {:.3} (standard error; {probes} probes, {t_estimate:.2}s)",
+        exact.nll,
+        exact.nll / n as f64,
+        estimate.nll,
+        estimate.logdet_std_error / 2.0,
     );
+    let mut others = Vec::new();
+    if weekly {
+        // scikit-learn fitted y - mean(y): its constant mean is the data mean.
+        let learned_mean = gp.mean().as_tensor().copy()?;
+        let data_mean = ys.iter().sum::<f64>() / n as f64;
+        gp.mean().set(&Tensor::new(&[data_mean], &dev)?)?;
+        set_values(&gp, &SKLEARN)?;
+        others.push((
+            "scikit-learn's optimum",
+            nll_by(&mut gp, NllMethod::Exact)?.0.nll,
+        ));
+        gp.mean().set(&learned_mean)?;
+    }
+    set_values(&gp, &published)?;
+    others.push((
+        "R&W's published values",
+        nll_by(&mut gp, NllMethod::Exact)?.0.nll,
+    ));
+    set_values(&gp, &learned)?;
+    for (what, v) in others {
+        println!(
+            "exact NLL at {what}: {v:.3} ({:.5} per point)",
+            v / n as f64
+        );
+    }
+    if weekly {
+        println!(
+            "learned vs scikit-learn's fit (-log p = {SKLEARN_NLL}): {:+.3} nats ({:+.3}%); \
+             fit time {seconds:.1}s",
+            exact.nll - SKLEARN_NLL,
+            100.0 * (exact.nll - SKLEARN_NLL) / SKLEARN_NLL
+        );
+    }
 
     // ---------------------------------------------------------------- forecast
     let (g0, g1) = (1958.0, 2025.0);

@@ -517,3 +517,47 @@ fn mixed_dtypes_on_the_block_path_get_the_validation_error() {
         assert!(err.contains("one dtype"), "{path:?}: {err}");
     }
 }
+
+/// A backward pass whose gradient parts each take the block path alone while their
+/// concatenation would not (many hyperparameters of a composite kernel, weighted by an inner
+/// product of dimension 32) is reduced once: it used to split the Concat into itself and
+/// recurse until the stack overflowed. The gradient matches the dense one.
+#[test]
+fn gradient_concat_of_block_parts_is_reduced_and_right() {
+    use lazy_kernels::{Kernel, KernelOperator};
+    let dev = Device::Cpu;
+    let (m, n, e) = (32, 300, 32);
+    let x = Tensor::rand(0f64, 3.0, (n, 1), &dev).unwrap();
+    let w = Tensor::randn(0f64, 1.0, (n, e), &dev).unwrap();
+    let eye = Tensor::eye(e, DType::F64, &dev).unwrap();
+    let vars: Vec<Var> = [0.7, 1.3, 0.9, 0.5, 2.0, 0.3]
+        .iter()
+        .map(|v| Var::new(&[*v], &dev).unwrap())
+        .collect();
+    let t = |k: usize| vars[k].as_tensor().clone();
+    let kernel = (Kernel::gaussian(&t(0)) * Kernel::periodic(&t(1), &t(2))).scale(&t(5))
+        + Kernel::rational_quadratic(&t(3), &t(4))
+        + Kernel::gaussian(&t(2)).scale(&t(1));
+    let op = KernelOperator::new(kernel, &x.narrow(0, 0, m).unwrap(), &x).unwrap();
+    // sum_ij <e_i, w_j> K_ij = sum_ij W_ij K_ij with W = w[:, :m]^T.
+    let lazy = (op.lazy().unwrap()
+        * LazyTensor::vi(&eye)
+            .unwrap()
+            .dot(&LazyTensor::vj(&w).unwrap())
+            .unwrap())
+    .sum(Axis::J)
+    .unwrap()
+    .sum_all()
+    .unwrap();
+    let weights = w.narrow(1, 0, m).unwrap().t().unwrap();
+    let dense = (op.to_dense().unwrap() * weights)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let (gl, gd) = (lazy.backward().unwrap(), dense.backward().unwrap());
+    assert_close(&flat(&lazy), &flat(&dense), 1e-10, 1e-10, "value");
+    for (k, v) in vars.iter().enumerate() {
+        let (a, b) = (gl.get(v).unwrap(), gd.get(v).unwrap());
+        assert_close(&flat(a), &flat(b), 1e-9, 1e-9, &format!("gradient {k}"));
+    }
+}

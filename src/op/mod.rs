@@ -395,8 +395,10 @@ fn split_sum(
         .enumerate()
         .map(key)
         .collect::<crate::error::Result<_>>()?;
-    let whole = gram::choose(formula, ReductionKind::Sum, target, &auto)?;
-    if keys.iter().all(|&k| k == keys[0]) && (keys[0] == 1) == (whole.path == gram::Path::Blocks) {
+    // Parts that agree are reduced together, by the whole's own choice: splitting them into
+    // one group would reduce the same formula again (and recurse without end when the whole
+    // chooses otherwise than its parts, as a large gradient Concat of block parts does).
+    if keys.iter().all(|&k| k == keys[0]) {
         return Ok(None);
     }
     let mut values = Vec::new();

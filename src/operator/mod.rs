@@ -295,6 +295,53 @@ impl KernelOperator {
         self.rows(&idx)
     }
 
+    /// `sum_ij W_ij K_ij` for a dense `(M, N)` weight matrix `w` (detached, the operator's
+    /// dtype and device), differentiable with respect to the points and hyperparameters like
+    /// [`KernelOperator::matmul`], and without a tracked `(M, N)` tensor: per block of
+    /// `block` rows `I`, one reduction `sum_{i in I} sum_j <e_i, w_j> K_ij`, whose weights
+    /// `W_ij = <e_i, w_j>` pair the one-hot rows `e_i` of the block (an i-variable of
+    /// dimension `|I|`) with the block's columns of `W` (a j-variable). One forward and one
+    /// backward reduction per block, each parallel over the block's rows, where the rows of
+    /// [`KernelOperator::to_dense`] take one of each per row.
+    pub(crate) fn weighted_sum(&self, w: &Tensor, block: usize) -> candle_core::Result<Tensor> {
+        let (m, n) = self.shape();
+        if w.dims() != [m, n] {
+            return Err(Error::Shape {
+                op: "KernelOperator::weighted_sum",
+                detail: format!("the weights must be ({m}, {n}), got {:?}", w.dims()),
+            }
+            .into());
+        }
+        let (dtype, dev) = (self.dtype(), self.rows.device());
+        let w = w.detach().to_dtype(dtype)?;
+        let mut total: Option<Tensor> = None;
+        for start in (0..m).step_by(block.max(1)) {
+            let b = block.max(1).min(m - start);
+            let part = KernelOperator {
+                kernel: self.kernel.clone(),
+                rows: self.rows.narrow(0, start, b)?,
+                cols: self.cols.clone(),
+                swapped: self.swapped,
+            };
+            let one_hot = LazyTensor::vi(&Tensor::eye(b, dtype, dev)?)?;
+            let weights = LazyTensor::vj(&w.narrow(0, start, b)?.t()?.contiguous()?)?;
+            let s = (part.lazy()? * one_hot.dot(&weights)?)
+                .sum(Axis::J)?
+                .sum_all()?;
+            total = Some(match total {
+                Some(t) => (t + s)?,
+                None => s,
+            });
+        }
+        total.ok_or_else(|| {
+            Error::Shape {
+                op: "KernelOperator::weighted_sum",
+                detail: "the operator has no rows".into(),
+            }
+            .into()
+        })
+    }
+
     /// `K_ij` computed in `dtype` from the points and hyperparameters converted first (so
     /// that the lengthscale scaling is done in `dtype` too), detached.
     pub(crate) fn detached_lazy_in(&self, dtype: DType) -> candle_core::Result<LazyTensor> {
