@@ -1,13 +1,44 @@
-//! Training: maximising the marginal likelihood with a candle-nn optimiser.
+//! Training: maximising the marginal likelihood with candle-nn's AdamW, or with L-BFGS where
+//! the likelihood is exact.
 
+use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
-use candle_core::DType;
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::{DType, Tensor, Var};
+use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
 
-use super::{ExactGp, NllReport};
+use super::{ExactGp, NllMethod, NllReport};
 use crate::error::Error;
+
+/// The optimiser of [`ExactGp::fit`].
+///
+/// ```
+/// use lazy_kernels::gp::{FitOptions, Optimizer};
+/// let o = FitOptions { optimizer: Optimizer::Lbfgs { history: 10 }, ..FitOptions::default() };
+/// assert_eq!(FitOptions::default().optimizer, Optimizer::AdamW);
+/// # let _ = o;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Optimizer {
+    /// AdamW (candle-nn) at the learning rate [`FitOptions::lr`], one NLL evaluation per
+    /// step: robust to the stochastic NLL, whose value and gradient change with the probes at
+    /// every step (the default).
+    #[default]
+    AdamW,
+    /// L-BFGS (Liu & Nocedal, "On the limited memory BFGS method for large scale
+    /// optimization", Math. Programming 45, 1989) with the last `history` steps, and a
+    /// backtracking line search that accepts a step when it decreases the NLL by at least
+    /// `1e-4` of the decrease predicted by the gradient (Armijo's condition); the first step
+    /// moves no raw value by more than [`FitOptions::lr`]. For the exact NLL only
+    /// ([`NllMethod::Exact`]; with the stochastic one `fit` returns an error), which is
+    /// deterministic: there it needs several times fewer evaluations than AdamW. Each
+    /// [`FitStep`] is one evaluation (line-search trials included); `steps` bounds them.
+    Lbfgs {
+        /// The correction pairs kept (10 is usual; at least 1).
+        history: usize,
+    },
+}
 
 /// Settings of [`ExactGp::fit`].
 ///
@@ -18,7 +49,9 @@ use crate::error::Error;
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct FitOptions {
-    /// The most optimiser steps (default 100).
+    /// The optimiser (default [`Optimizer::AdamW`]).
+    pub optimizer: Optimizer,
+    /// The most optimiser steps, NLL evaluations with L-BFGS (default 100).
     pub steps: usize,
     /// AdamW's learning rate on the raw (softplus-inverse) hyperparameters (default 0.05);
     /// the weight decay is 0.
@@ -27,7 +60,9 @@ pub struct FitOptions {
     /// steps is no more than `tol` below its mean over the `patience` steps before (default
     /// `1e-4`; 0 never stops early). Means over windows, because each step's NLL is a
     /// stochastic estimate (new probes every step): a tolerance below the estimate's noise
-    /// (about `logdet_std_error / N`) may never trigger.
+    /// (about `logdet_std_error / N`) may never trigger. With L-BFGS: when `patience`
+    /// iterations in a row each lower the NLL per point by no more than `tol`, or when the line
+    /// search finds no lower value (converged to the precision of the NLL).
     pub tol: f64,
     /// The window of `tol` (default 5).
     pub patience: usize,
@@ -39,6 +74,7 @@ pub struct FitOptions {
 impl Default for FitOptions {
     fn default() -> Self {
         FitOptions {
+            optimizer: Optimizer::AdamW,
             steps: 100,
             lr: 0.05,
             tol: 1e-4,
@@ -89,9 +125,10 @@ impl ExactGp {
         Ok(v)
     }
 
-    /// Maximises the marginal likelihood by AdamW on every `Var` of the model
-    /// ([`ExactGp::vars`]). Step `s` evaluates the NLL with the probes of seed
-    /// `settings.seed + s` and its gradient, then updates the hyperparameters.
+    /// Maximises the marginal likelihood on every `Var` of the model ([`ExactGp::vars`]) by
+    /// `opts.optimizer`. With AdamW, step `s` evaluates the NLL (with the probes of seed
+    /// `settings.seed + s` on the stochastic path) and its gradient, then updates the
+    /// hyperparameters; L-BFGS evaluates the NLL once per step too (see [`Optimizer`]).
     pub fn fit(&mut self, opts: &FitOptions) -> candle_core::Result<FitReport> {
         if !(opts.lr.is_finite() && opts.lr > 0.0) {
             return Err(Error::InvalidArgument {
@@ -99,6 +136,9 @@ impl ExactGp {
                 detail: format!("the learning rate must be finite and > 0, got {}", opts.lr),
             }
             .into());
+        }
+        if let Optimizer::Lbfgs { history } = opts.optimizer {
+            return self.fit_lbfgs(opts, history);
         }
         let start = Instant::now();
         let mut adam = AdamW::new(
@@ -144,6 +184,213 @@ impl ExactGp {
             }
             let grads = loss.backward()?;
             adam.step(&grads)?;
+        }
+        if bar {
+            eprintln!();
+        }
+        Ok(FitReport {
+            trajectory,
+            stopped_early,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// The raw values of `vars`, flattened in order, as `f64`.
+fn flatten(vars: &[Var]) -> candle_core::Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for v in vars {
+        out.extend(
+            v.as_tensor()
+                .to_dtype(DType::F64)?
+                .flatten_all()?
+                .to_vec1::<f64>()?,
+        );
+    }
+    Ok(out)
+}
+
+/// Sets `vars` to the flat values `x` (in the order of [`flatten`]).
+fn unflatten(vars: &[Var], x: &[f64]) -> candle_core::Result<()> {
+    let mut at = 0;
+    for v in vars {
+        let t = v.as_tensor();
+        let len = t.elem_count();
+        let values = Tensor::from_slice(&x[at..at + len], t.shape(), t.device())?;
+        v.set(&values.to_dtype(t.dtype())?)?;
+        at += len;
+    }
+    Ok(())
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+impl ExactGp {
+    /// The NLL and its gradient with respect to `vars` (flat, zeros where a `Var` gets none),
+    /// at the values the `Var`s hold.
+    fn value_and_gradient(
+        &self,
+        vars: &[Var],
+        seed: u64,
+    ) -> candle_core::Result<(NllReport, Vec<f64>)> {
+        let (loss, report) = self.nll_seeded(seed)?;
+        let grads = loss.backward()?;
+        let mut g = Vec::new();
+        for v in vars {
+            let t = v.as_tensor();
+            match grads.get(t) {
+                Some(d) => g.extend(d.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?),
+                None => g.extend(std::iter::repeat_n(0.0, t.elem_count())),
+            }
+        }
+        Ok((report, g))
+    }
+
+    /// [`ExactGp::fit`] by L-BFGS (see [`Optimizer::Lbfgs`]).
+    fn fit_lbfgs(&mut self, opts: &FitOptions, history: usize) -> candle_core::Result<FitReport> {
+        const OP: &str = "ExactGp::fit";
+        if history == 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                detail: "L-BFGS needs a history of at least 1 step".into(),
+            }
+            .into());
+        }
+        if self.nll_method()? != NllMethod::Exact {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                detail: "L-BFGS needs the exact NLL (GpSettings::nll_method = NllMethod::Exact, \
+                         or Auto below NllMethod::exact_limit): the stochastic estimate changes \
+                         with its probes, which breaks the line search; use Optimizer::AdamW"
+                    .into(),
+            }
+            .into());
+        }
+        let start = Instant::now();
+        let n = self.x.dim(0)? as f64;
+        let vars = self.vars();
+        let bar = opts.progress && std::io::stderr().is_terminal();
+        let mut trajectory: Vec<FitStep> = Vec::with_capacity(opts.steps);
+        let mut stopped_early = false;
+        let seed = self.settings.seed;
+        // One evaluation at the values the `Var`s hold, recorded as a step.
+        let evaluate =
+            |gp: &ExactGp, trajectory: &mut Vec<FitStep>| -> candle_core::Result<(f64, Vec<f64>)> {
+                let values = gp.values()?;
+                let (report, g) = gp.value_and_gradient(&vars, seed)?;
+                let step = trajectory.len();
+                if bar {
+                    draw(step, opts.steps, &report, &values);
+                }
+                let f = report.nll;
+                trajectory.push(FitStep {
+                    step,
+                    report,
+                    values,
+                });
+                if !f.is_finite() || g.iter().any(|v| !v.is_finite()) {
+                    return Ok((f64::INFINITY, g));
+                }
+                Ok((f, g))
+            };
+        let mut x = flatten(&vars)?;
+        if opts.steps == 0 {
+            return Ok(FitReport {
+                trajectory,
+                stopped_early,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+        }
+        let (mut f, mut g) = evaluate(self, &mut trajectory)?;
+        if !f.is_finite() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                detail: format!("the NLL or its gradient is not finite at the start ({f})"),
+            }
+            .into());
+        }
+        let mut pairs: VecDeque<(Vec<f64>, Vec<f64>, f64)> = VecDeque::with_capacity(history);
+        let mut small = 0;
+        'outer: while trajectory.len() < opts.steps {
+            // The two-loop recursion: d = -H g.
+            let mut q = g.clone();
+            let mut alphas = Vec::with_capacity(pairs.len());
+            for (s, y, rho) in pairs.iter().rev() {
+                let a = rho * dot(s, &q);
+                q.iter_mut().zip(y).for_each(|(qi, yi)| *qi -= a * yi);
+                alphas.push(a);
+            }
+            let gamma = match pairs.back() {
+                Some((s, y, _)) => dot(s, y) / dot(y, y),
+                None => {
+                    let gmax = g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    opts.lr / gmax.max(f64::MIN_POSITIVE)
+                }
+            };
+            q.iter_mut().for_each(|v| *v *= gamma);
+            for ((s, y, rho), a) in pairs.iter().zip(alphas.iter().rev()) {
+                let b = rho * dot(y, &q);
+                q.iter_mut().zip(s).for_each(|(qi, si)| *qi += (a - b) * si);
+            }
+            let mut d: Vec<f64> = q.iter().map(|v| -v).collect();
+            let mut slope = dot(&g, &d);
+            if slope >= 0.0 {
+                // Not a descent direction (curvature lost): restart from the gradient.
+                pairs.clear();
+                let gmax = g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                d = g
+                    .iter()
+                    .map(|v| -v * opts.lr / gmax.max(f64::MIN_POSITIVE))
+                    .collect();
+                slope = dot(&g, &d);
+                if slope >= 0.0 {
+                    break; // a zero gradient: converged
+                }
+            }
+            // Backtracking line search (Armijo).
+            let mut t = 1.0;
+            loop {
+                if trajectory.len() >= opts.steps {
+                    unflatten(&vars, &x)?;
+                    break 'outer;
+                }
+                let trial: Vec<f64> = x.iter().zip(&d).map(|(xi, di)| xi + t * di).collect();
+                unflatten(&vars, &trial)?;
+                let (ft, gt) = evaluate(self, &mut trajectory)?;
+                if ft <= f + 1e-4 * t * slope {
+                    let s: Vec<f64> = trial.iter().zip(&x).map(|(a, b)| a - b).collect();
+                    let y: Vec<f64> = gt.iter().zip(&g).map(|(a, b)| a - b).collect();
+                    let sy = dot(&s, &y);
+                    if sy > 1e-12 * dot(&s, &s).sqrt() * dot(&y, &y).sqrt() {
+                        if pairs.len() == history {
+                            pairs.pop_front();
+                        }
+                        pairs.push_back((s, y, 1.0 / sy));
+                    }
+                    let decrease = (f - ft) / n;
+                    x = trial;
+                    (f, g) = (ft, gt);
+                    small = if opts.tol > 0.0 && decrease <= opts.tol {
+                        small + 1
+                    } else {
+                        0
+                    };
+                    if opts.tol > 0.0 && small >= opts.patience.max(1) {
+                        stopped_early = true;
+                        break 'outer;
+                    }
+                    break;
+                }
+                t *= 0.5;
+                if t < 1e-10 {
+                    // No lower value along the direction: converged to the NLL's precision.
+                    unflatten(&vars, &x)?;
+                    stopped_early = true;
+                    break 'outer;
+                }
+            }
         }
         if bar {
             eprintln!();

@@ -39,7 +39,7 @@ mod positive;
 mod predict;
 
 pub use exact::NllMethod;
-pub use fit::{FitOptions, FitReport, FitStep};
+pub use fit::{FitOptions, FitReport, FitStep, Optimizer};
 pub use persist::SavedGp;
 pub use positive::{Positive, Transform};
 pub use predict::{LoveReport, Prediction, Variances, MAX_SAMPLE_POINTS};

@@ -662,6 +662,7 @@ fn gp_fit(ctx: &Ctx, dtype: DType, method: NllMethod) -> Res<String> {
         ..gp_settings(dtype)
     };
     let opts = FitOptions {
+        optimizer: lazy_kernels::gp::Optimizer::AdamW,
         steps: 3,
         lr: 0.05,
         tol: 0.0,
