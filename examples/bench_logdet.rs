@@ -4,7 +4,7 @@
 //! dense Cholesky factorisation.
 //!
 //! ```text
-//! cargo run --release --example bench_logdet -- [--seeds S] [--methods before,after]
+//! cargo run --release --example bench_logdet -- [--seeds S] [--methods before,after,block]
 //!     [--point sklearn|learned] [--rank R|auto] [--probes P] [--tol T] [--qtol Q] [--every K]
 //!     [--data CSV] [--device D]
 //! ```
@@ -102,15 +102,17 @@ fn read_co2(path: &std::path::Path) -> std::io::Result<Vec<(f64, f64)>> {
 }
 
 /// The settings of an estimator: `before` (the solve's preconditioner for the probes, which
-/// stop at the CG tolerance), `after` (the defaults), `corrected` (the diagonal correction
-/// alone), `quadrature` (the quadrature stop alone).
+/// stop at the CG tolerance), `after` (the diagonal correction with the quadrature stop),
+/// `block` (the block correction with the quadrature stop), `corrected` (the diagonal
+/// correction alone), `quadrature` (the quadrature stop alone).
 fn method(name: &str, base: &GpSettings) -> GpSettings {
     let (estimator, quadrature_tol) = match name {
         "before" => (LogdetEstimator::Hutchinson, 0.0),
         "after" => (LogdetEstimator::DiagonalCorrected, base.quadrature_tol),
         "corrected" => (LogdetEstimator::DiagonalCorrected, 0.0),
+        "block" => (LogdetEstimator::BlockCorrected, base.quadrature_tol),
         "quadrature" => (LogdetEstimator::Hutchinson, base.quadrature_tol),
-        s => panic!("unknown method {s:?} (before, after, corrected, quadrature)"),
+        s => panic!("unknown method {s:?} (before, after, block, corrected, quadrature)"),
     };
     GpSettings {
         logdet_estimator: estimator,
@@ -129,7 +131,11 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 fn main() -> candle_core::Result<()> {
     let (dev, args) = device::from_args();
     let mut seeds = 10u64;
-    let mut methods = vec!["before".to_string(), "after".to_string()];
+    let mut methods = vec![
+        "before".to_string(),
+        "after".to_string(),
+        "block".to_string(),
+    ];
     let mut settings = GpSettings::default();
     let mut every = 1usize;
     let mut point = SKLEARN;
