@@ -1,8 +1,9 @@
 //! The log-determinant estimate of `KernelOperator::solve_logdet` against the exact
 //! `log det(K + alpha I)` from `KernelOperator::to_dense` and a dense `f64` Cholesky
 //! factorisation, on a kernel with a short-range part (where the diagonal and block
-//! corrections of the probes' preconditioner matter): spread, bias, reported standard error, gradient (against
-//! finite differences of the dense value), the quadrature's stop rule, and bad settings.
+//! corrections of the probes' preconditioner matter): spread, bias, reported standard error,
+//! gradient (against finite differences of the dense value), the quadrature's stop rule, and
+//! bad settings.
 
 use candle_core::{DType, Device, Tensor, Var};
 use lazy_kernels::{

@@ -21,9 +21,10 @@
 //! correlated-noise term, a rough Matern kernel): there `P = L^T L + alpha I` leaves
 //! `log(I + P^-1/2 E P^-1/2)` with a flat spectrum of `N` eigenvalues, which no low-rank
 //! deflation (Hutchinson++, XTrace) can remove and more pivots remove one at a time.
-//! [`LogdetEstimator::DiagonalCorrected`] therefore adds the diagonal of the remainder, `P = L^T L + D`, `D = alpha I + diag(K - L^T L)`: the FITC
-//! preconditioner of Cutajar, Osborne, Cunningham & Filippone ("Preconditioning kernel
-//! matrices", ICML 2016, arXiv:1602.06693), whose log-determinant is exact by the matrix
+//! [`LogdetEstimator::DiagonalCorrected`] therefore adds the diagonal of the remainder,
+//! `P = L^T L + D`, `D = alpha I + diag(K - L^T L)`: the FITC preconditioner of Cutajar,
+//! Osborne, Cunningham & Filippone ("Preconditioning kernel matrices", ICML 2016,
+//! arXiv:1602.06693), whose log-determinant is exact by the matrix
 //! determinant lemma, `log det D + log det(I_r + L D^-1 L^T)`, and whose inverse and samples
 //! cost two `(r, N)` products, like those of `L^T L + alpha I`. Measured: on a smooth kernel
 //! plus a short-range one (`tests/logdet_tests.rs`) it halves the spread of the estimate; on
@@ -79,8 +80,8 @@ pub enum LogdetEstimator {
     /// low-rank deflation such as Hutchinson++ cannot remove either).
     Hutchinson,
     /// `P = L^T L + alpha I + diag(K - L^T L)`, the pivoted-Cholesky factor with its diagonal
-    /// corrected: the FITC preconditioner of Cutajar, Osborne, Cunningham &
-    /// Filippone ("Preconditioning kernel matrices", ICML 2016, arXiv:1602.06693), with an
+    /// corrected: the FITC preconditioner of Cutajar, Osborne, Cunningham & Filippone
+    /// ("Preconditioning kernel matrices", ICML 2016, arXiv:1602.06693), with an
     /// exact log-determinant by the matrix determinant lemma and the cost of `L^T L + alpha I`.
     /// It halves the spread on a smooth plus short-range kernel (`tests/logdet_tests.rs`); on
     /// the weekly Mauna Loa problem it lowers the reported standard error by about a fifth.
