@@ -66,7 +66,7 @@ pub struct GpSettings {
     pub probes: usize,
     /// The largest Lanczos tridiagonal per probe (default 100).
     pub lanczos_iters: usize,
-    /// The probes' preconditioner (default [`LogdetEstimator::DiagonalCorrected`], see
+    /// The probes' preconditioner (default [`LogdetEstimator::BlockCorrected`], see
     /// [`LogdetOptions::estimator`]).
     pub logdet_estimator: LogdetEstimator,
     /// How far each probe's Lanczos quadrature is converged, in nats (default `1e-2`, see
@@ -100,7 +100,7 @@ impl Default for GpSettings {
             predict_tol: 1e-8,
             probes: 16,
             lanczos_iters: 100,
-            logdet_estimator: LogdetEstimator::DiagonalCorrected,
+            logdet_estimator: LogdetEstimator::BlockCorrected,
             quadrature_tol: 1e-2,
             preconditioner: Preconditioner::PivotedCholesky(Rank::Auto { max: 100 }),
             max_iters: 1000,

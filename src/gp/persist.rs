@@ -24,7 +24,7 @@
 //! | `hypers.<name>.transform`, `noise.transform` | `softplus` or `exp` ([`Transform`]) |
 //! | `noise.name` | the noise's name (informative, not checked) |
 //! | `data` | `true` or `false` |
-//! | `settings.<field>` | each field of [`GpSettings`]: numbers in Rust's shortest round-trip form, the preconditioner as `none`, `fixed:<rank>` or `auto:<max>`, the variances as `exact` or `love:<tol>:<max_rank>`, the log-determinant estimator as `hutchinson` or `diagonal-corrected`, the NLL method as `auto`, `exact` or `stochastic` |
+//! | `settings.<field>` | each field of [`GpSettings`]: numbers in Rust's shortest round-trip form, the preconditioner as `none`, `fixed:<rank>` or `auto:<max>`, the variances as `exact` or `love:<tol>:<max_rank>`, the log-determinant estimator as `hutchinson`, `diagonal-corrected` or `block-corrected`, the NLL method as `auto`, `exact` or `stochastic` |
 //!
 //! # Loading
 //!
@@ -166,6 +166,7 @@ fn settings_entries(s: &GpSettings) -> Vec<(&'static str, String)> {
             match logdet_estimator {
                 LogdetEstimator::Hutchinson => "hutchinson",
                 LogdetEstimator::DiagonalCorrected => "diagonal-corrected",
+                LogdetEstimator::BlockCorrected => "block-corrected",
             }
             .to_string(),
         ),
@@ -249,10 +250,11 @@ fn settings_from(m: &Meta) -> candle_core::Result<GpSettings> {
     let logdet_estimator = match m.get(key)? {
         "hutchinson" => LogdetEstimator::Hutchinson,
         "diagonal-corrected" => LogdetEstimator::DiagonalCorrected,
+        "block-corrected" => LogdetEstimator::BlockCorrected,
         other => {
             return Err(invalid(
                 LOAD,
-                format!("the file's metadata key '{key}' is '{other}', not 'hutchinson' or 'diagonal-corrected'"),
+                format!("the file's metadata key '{key}' is '{other}', not 'hutchinson', 'diagonal-corrected' or 'block-corrected'"),
             ))
         }
     };

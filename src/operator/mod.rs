@@ -237,6 +237,41 @@ impl KernelOperator {
         sub.rows_paired(&sub.rows, ROWS_MEMORY)
     }
 
+    /// The diagonal blocks `K[g, g]` of the groups `g` of `b` consecutive indices of `idx`
+    /// (checked, `idx.len()` a non-zero multiple of `b`, indices `< min(M, N)`), as one
+    /// `(idx.len() / b, b, b)` tensor: pointwise evaluations over the paired points of the
+    /// groups, as many groups at once as fit in the paired points' memory budget (the block
+    /// preconditioner of the log-determinant needs `O(N b)` values, not rows).
+    pub(crate) fn blocks(&self, idx: &[usize], b: usize) -> candle_core::Result<Tensor> {
+        let groups = idx.len() / b;
+        let ids = index_tensor(idx, self.rows.device())?;
+        let left = self.rows.index_select(&ids, 0)?;
+        let right = self.cols.index_select(&ids, 0)?;
+        let d = left.dim(1)?;
+        let bytes_per_group = 2 * b * b * d * self.dtype().size_in_bytes();
+        let chunk = (ROWS_MEMORY / bytes_per_group).clamp(1, groups);
+        let mut out = Vec::with_capacity(groups.div_ceil(chunk));
+        for start in (0..groups).step_by(chunk) {
+            let c = chunk.min(groups - start);
+            let pair = |points: &Tensor, axis: usize| -> candle_core::Result<Tensor> {
+                points
+                    .narrow(0, start * b, c * b)?
+                    .reshape((c, b, d))?
+                    .unsqueeze(axis)?
+                    .broadcast_as((c, b, b, d))?
+                    .contiguous()?
+                    .reshape((c * b * b, d))
+            };
+            let (l, r) = (pair(&left, 2)?, pair(&right, 1)?);
+            out.push(
+                self.formula_of(&l, VarCat::I, &r, VarCat::I)?
+                    .pointwise()?
+                    .reshape((c, b, b))?,
+            );
+        }
+        Tensor::cat(&out, 0)
+    }
+
     /// [`KernelOperator::rows`], one pointwise evaluation per row (checked indices).
     pub(crate) fn rows_one_by_one(&self, idx: &[usize]) -> candle_core::Result<Tensor> {
         let n = self.shape().1;

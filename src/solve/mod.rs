@@ -4,6 +4,7 @@
 //!
 //! The entry point is [`KernelOperator::solve`].
 
+mod block_corrected;
 mod cg;
 mod implicit;
 mod lanczos;
