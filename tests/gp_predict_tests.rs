@@ -8,7 +8,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::Rng;
-use lazy_kernels::gp::{ExactGp, Positive, Variances};
+use lazy_kernels::gp::{ExactGp, GpSettings, NllMethod, Positive, Variances};
 use lazy_kernels::{Kernel, KernelOperator};
 
 /// Lower Cholesky factor (row-major) of `a + shift I`.
@@ -101,7 +101,13 @@ fn case(shape: Shape, d: usize, n: usize, m: usize, ls: f64, noise: f64, dtype: 
     let gp = ExactGp::new(&x, &y, vec![l, s], nz, move || {
         Ok(kernel(shape, &lc.value()?, &sc.value()?))
     })
-    .unwrap();
+    .unwrap()
+    // LOVE and the CG solves are the stochastic path's; `Auto` would take the exact one at
+    // these sizes (checked separately in `check`).
+    .with_settings(GpSettings {
+        nll_method: NllMethod::Stochastic,
+        ..GpSettings::default()
+    });
     Case { gp, x, xt, shape }
 }
 
@@ -201,6 +207,21 @@ fn check(shape: Shape, d: usize, ls: f64, noise: f64) {
     let ex_err = max_rel(&vec1(&exact.variance), &var);
     assert!(mean_err(&vec1(&exact.mean)) < 1e-6);
     assert!(ex_err < 1e-5, "exact variance error {ex_err:.2e}");
+
+    // The exact path predicts from its dense factor whatever `variances` says: to rounding.
+    c.gp.settings.nll_method = NllMethod::Exact;
+    for method in [Variances::default(), Variances::Exact] {
+        c.gp.settings.variances = method;
+        let dense = c.gp.predict(&c.xt).unwrap();
+        assert!(dense.love.is_none(), "no LOVE factor on the exact path");
+        let (dm, dv) = (vec1(&dense.mean), vec1(&dense.variance));
+        let dv_err = max_rel(&dv, &var);
+        eprintln!("exact path ({method:?}): mean {:.2e} variance {dv_err:.2e}", mean_err(&dm));
+        assert!(mean_err(&dm) < 1e-10 && dv_err < 1e-8, "{dv_err:.2e}");
+        assert!(mean_err(&vec1(&c.gp.predict_mean(&c.xt).unwrap())) < 1e-10);
+    }
+    let msg = err(c.gp.love_report());
+    assert!(msg.contains("LOVE is not built on the exact path"), "{msg}");
 }
 
 #[test]

@@ -94,6 +94,8 @@ pub struct FitStep {
     /// Each hyperparameter's name and values, then `("noise", [sigma^2])` and
     /// `("mean", [m])`.
     pub values: Vec<(String, Vec<f64>)>,
+    /// Seconds from the start of the fit to the end of this step's evaluation.
+    pub seconds: f64,
 }
 
 /// What [`ExactGp::fit`] did.
@@ -171,6 +173,7 @@ impl ExactGp {
                 step,
                 report,
                 values,
+                seconds: start.elapsed().as_secs_f64(),
             });
             if opts.tol > 0.0 && trajectory.len() >= 2 * w {
                 let mean = |steps: &[FitStep]| {
@@ -289,6 +292,7 @@ impl ExactGp {
                     step,
                     report,
                     values,
+                    seconds: start.elapsed().as_secs_f64(),
                 });
                 if !f.is_finite() || g.iter().any(|v| !v.is_finite()) {
                     return Ok((f64::INFINITY, g));

@@ -2,7 +2,11 @@
 //!
 //! Every prediction works from a cache built once per model state ([`PredictCache`]): the
 //! training operator in `f64`, the mean's solve `a = (K + s^2 I)^-1 (y - m)` with its
-//! preconditioned solver, and, when asked for, the LOVE factor. The cache is keyed on the
+//! preconditioned solver, and, when asked for, the LOVE factor. On the exact path
+//! ([`NllMethod::Exact`](super::NllMethod::Exact), which [`NllMethod::Auto`](super::NllMethod::Auto)
+//! takes for small problems) the cache holds the dense Cholesky factor of `K + s^2 I` instead,
+//! and every mean, variance and covariance comes from it (exact, two matrix products per panel
+//! of the factor per batch of test points), whatever [`GpSettings::variances`] says. The cache is keyed on the
 //! values of the kernel's parameters, the noise, the mean and the settings: changing any of
 //! them (a `fit` step, [`Positive::set`](super::Positive::set), `gp.mean().set(..)`, new
 //! settings) rebuilds it at the next prediction.
@@ -21,7 +25,7 @@ use candle_core::{DType, Tensor};
 
 use super::{ExactGp, GpSettings, OP};
 use crate::error::Error;
-use crate::linalg::matmul;
+use crate::linalg::{matmul, Cholesky};
 use crate::solve::{SolveInfo, Solver, Stop};
 use crate::{Kernel, KernelOperator};
 
@@ -78,6 +82,8 @@ const LOVE_WINDOW: usize = 10;
 const LOVE_PROBES: usize = 64;
 /// Bytes of kernel rows `k(x*, X)` held at once by the LOVE products and the samples.
 const ROWS_BYTES: usize = 1 << 24;
+/// Test points per batch of solves with the dense factor of the exact path.
+const DENSE_CHUNK: usize = 1024;
 /// The most test points of [`ExactGp::posterior_samples`] (their covariance is dense).
 pub const MAX_SAMPLE_POINTS: usize = 4096;
 
@@ -158,6 +164,15 @@ struct Love {
     options: (f64, usize),
 }
 
+/// How a prediction cache solves with `K + s^2 I`.
+enum Solves {
+    /// The preconditioned CG solver (exact variances, LOVE's operator): the stochastic path.
+    Iterative(Solver),
+    /// The dense factor, on the exact path ([`super::NllMethod::Exact`]): every variance and
+    /// covariance is then computed from it, whatever [`GpSettings::variances`] says.
+    Dense(Cholesky),
+}
+
 /// What predictions share for one model state (see the module documentation).
 pub(super) struct PredictCache {
     /// The values it was built from: kernel parameters, noise, mean.
@@ -177,8 +192,8 @@ pub(super) struct PredictCache {
     a: Tensor,
     /// `y - m`, `(N, 1)`, `f64`.
     residual: Tensor,
-    /// The preconditioned solver of `K + s^2 I` (exact variances, LOVE's operator).
-    solver: Solver,
+    /// How the cache solves with `K + s^2 I`.
+    system: Solves,
     love: Option<Love>,
 }
 
@@ -265,11 +280,27 @@ impl ExactGp {
             .flatten_all()?
             .to_vec1::<f64>()?[0];
         let residual = (self.y.detach().to_dtype(DType::F64)? - mean)?.reshape((self.n(), 1))?;
-        let opts = self.solve_options(self.settings.predict_tol);
         let r_work = residual.to_dtype(work)?;
-        let solver = op.solver(&r_work, noise, &opts)?;
-        let (a, info) = solver.solve(&r_work)?;
-        accept(&info, "the mean's solve")?;
+        let (system, a) = if self.nll_method()? == super::NllMethod::Exact {
+            let n = self.n();
+            let dense = (op.to_dense()?.to_dtype(DType::F64)?
+                + Tensor::eye(n, DType::F64, x.device())?.affine(noise, 0.0)?)?;
+            let factor = Cholesky::new(&dense).map_err(|e| Error::InvalidArgument {
+                op: OP,
+                detail: format!(
+                    "the prediction's Cholesky factorisation of K + sigma^2 I failed ({e}); \
+                     raise the noise or GpSettings::noise_floor"
+                ),
+            })?;
+            let a = factor.solve(&residual)?;
+            (Solves::Dense(factor), a)
+        } else {
+            let opts = self.solve_options(self.settings.predict_tol);
+            let solver = op.solver(&r_work, noise, &opts)?;
+            let (a, info) = solver.solve(&r_work)?;
+            accept(&info, "the mean's solve")?;
+            (Solves::Iterative(solver), a)
+        };
         Ok(PredictCache {
             key,
             settings: self.settings.clone(),
@@ -280,7 +311,7 @@ impl ExactGp {
             noise,
             a: a.to_dtype(DType::F64)?,
             residual,
-            solver,
+            system,
             love: None,
         })
     }
@@ -380,17 +411,15 @@ impl ExactGp {
     /// The posterior mean and variance at `x_new` (`(M, D)` or `(M,)`), with the current
     /// hyperparameters (no gradients), the variances as [`GpSettings::variances`] says:
     /// [`Variances::Love`] (the default: a factor built once per model state, then `O(N k)`
-    /// per point) or [`Variances::Exact`] (batched solves). Memory: `O(N (k + c))` with `c`
+    /// per point) or [`Variances::Exact`] (batched solves); on the exact path from the dense
+    /// factor (see the [module documentation](self)). Memory: `O(N (k + c))` with `c`
     /// the test points handled at once (16 MiB of kernel rows for LOVE,
     /// [`GpSettings::predict_chunk`] for exact variances), never `O(N M)`.
     pub fn predict(&self, x_new: &Tensor) -> candle_core::Result<Prediction> {
         let x_new = self.test_points(x_new)?;
         let dtype = self.x.dtype();
         let m = x_new.dim(0)?;
-        let love = match self.settings.variances {
-            Variances::Exact => None,
-            Variances::Love { tol, max_rank } => Some(check_love(tol, max_rank)?),
-        };
+        let love = self.love_options()?;
         self.with_cache(love, |c| {
             let noise = c.noise;
             if m == 0 {
@@ -425,6 +454,21 @@ impl ExactGp {
                 love: c.love.as_ref().map(|l| l.report.clone()),
             })
         })
+    }
+
+    /// LOVE's options if predictions use it: [`Variances::Love`] on the stochastic path (the
+    /// exact path predicts from its dense factor).
+    fn love_options(&self) -> candle_core::Result<Option<(f64, usize)>> {
+        match self.settings.variances {
+            Variances::Love { tol, max_rank } if self.nll_method()? != super::NllMethod::Exact => {
+                Ok(Some(check_love(tol, max_rank)?))
+            }
+            Variances::Love { tol, max_rank } => {
+                check_love(tol, max_rank)?;
+                Ok(None)
+            }
+            Variances::Exact => Ok(None),
+        }
     }
 
     /// Builds the LOVE factor of the current model state (if not cached) with the options of
@@ -476,10 +520,7 @@ impl ExactGp {
         if m == 0 || count == 0 {
             return Tensor::zeros((count, m), dtype, x_new.device());
         }
-        let love = match self.settings.variances {
-            Variances::Exact => None,
-            Variances::Love { tol, max_rank } => Some(check_love(tol, max_rank)?),
-        };
+        let love = self.love_options()?;
         self.with_cache(love, |c| {
             let xn = c.xn(&x_new)?;
             let cross = c.cross(&x_new)?;
@@ -572,6 +613,29 @@ fn gram(cross: &KernelOperator) -> candle_core::Result<Tensor> {
 }
 
 impl PredictCache {
+    /// `(K + s^2 I)^-1 b` for the columns `b` (`(N, c)`, the working dtype), in `f64` from the
+    /// dense factor, else in the working dtype from the CG solver (checked).
+    fn solve_columns(&self, b: &Tensor, what: &str) -> candle_core::Result<Tensor> {
+        match &self.system {
+            Solves::Dense(factor) => factor.solve(&b.to_dtype(DType::F64)?),
+            Solves::Iterative(solver) => {
+                let (v, info) = solver.solve(b)?;
+                accept(&info, what)?;
+                Ok(v)
+            }
+        }
+    }
+
+    /// Test points per batch of variance solves: [`GpSettings::predict_chunk`] for CG, at least
+    /// [`DENSE_CHUNK`] with the dense factor (whose solves cost two matrix products per panel,
+    /// whatever the number of columns).
+    fn chunk(&self) -> usize {
+        match self.system {
+            Solves::Dense(_) => self.settings.predict_chunk.max(DENSE_CHUNK),
+            Solves::Iterative(_) => self.settings.predict_chunk.max(1),
+        }
+    }
+
     /// The test points in the working dtype.
     fn xn(&self, x_new: &Tensor) -> candle_core::Result<Tensor> {
         x_new.to_dtype(self.work)
@@ -586,14 +650,13 @@ impl PredictCache {
     /// batched solves of `settings.predict_chunk` columns.
     fn exact_explained(&self, cross: &KernelOperator) -> candle_core::Result<(Tensor, Tensor)> {
         let m = cross.shape().0;
-        let chunk = self.settings.predict_chunk.max(1);
+        let chunk = self.chunk();
         let (mut means, mut parts) = (Vec::new(), Vec::new());
         for start in (0..m).step_by(chunk) {
             let idx: Vec<usize> = (start..(start + chunk).min(m)).collect();
             let rows = cross.rows(&idx)?; // (c, N), working dtype
             let b = rows.t()?.contiguous()?;
-            let (v, info) = self.solver.solve(&b)?;
-            accept(&info, "a variance solve")?;
+            let v = self.solve_columns(&b, "a variance solve")?;
             let (b64, v64) = (b.to_dtype(DType::F64)?, v.to_dtype(DType::F64)?);
             parts.push((&b64 * &v64)?.sum(0)?);
             means.push(matmul(&b64.t()?, &self.a)?.reshape(idx.len())?);
@@ -605,13 +668,12 @@ impl PredictCache {
     /// of `settings.predict_chunk` columns and lazy products.
     fn exact_covariance(&self, cross: &KernelOperator) -> candle_core::Result<(Tensor, Tensor)> {
         let m = cross.shape().0;
-        let chunk = self.settings.predict_chunk.max(1);
+        let chunk = self.chunk();
         let (mut means, mut cols) = (Vec::new(), Vec::new());
         for start in (0..m).step_by(chunk) {
             let idx: Vec<usize> = (start..(start + chunk).min(m)).collect();
             let b = cross.rows(&idx)?.t()?.contiguous()?;
-            let (v, info) = self.solver.solve(&b)?;
-            accept(&info, "a covariance solve")?;
+            let v = self.solve_columns(&b, "a covariance solve")?;
             let v64 = v.to_dtype(DType::F64)?;
             means.push(matmul(&b.to_dtype(DType::F64)?.t()?, &self.a)?.reshape(idx.len())?);
             cols.push(rows_times(cross, &v64)?.0); // (M, c)
@@ -634,7 +696,17 @@ impl PredictCache {
         } else {
             crate::solve::normals(0, n, 1, &self.residual)?
         };
-        let mut lanczos = self.solver.lanczos(&start.to_dtype(self.work)?)?;
+        let Solves::Iterative(solver) = &self.system else {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                detail: "LOVE is not built on the exact path: its predictions come from the \
+                         dense Cholesky factor (set GpSettings::nll_method to Stochastic for \
+                         LOVE)"
+                    .into(),
+            }
+            .into());
+        };
+        let mut lanczos = solver.lanczos(&start.to_dtype(self.work)?)?;
         // Probes: evenly spaced training points.
         let p = LOVE_PROBES.min(n);
         let idx: Vec<usize> = (0..p).map(|i| i * n / p).collect();
