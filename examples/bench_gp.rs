@@ -1,44 +1,45 @@
 //! One training step of an exact Gaussian process (the negative log marginal likelihood and its
-//! gradient: `gp.nll()?` then `backward()`), ours against a dense Cholesky reference.
+//! gradient: `gp.nll()?` then `backward()`) by the two paths of [`NllMethod`]: the stochastic
+//! one (CG and stochastic Lanczos quadrature) against the exact one (dense matrix, blocked
+//! Cholesky), on the same model and device.
 //!
 //! ```text
 //! cargo run --release --example bench_gp                          # N = 10^4 and 10^5
-//! cargo run --release --example bench_gp -- --sizes 1e4 --runs 5
-//! cargo run --release --example bench_gp -- --no-dense --f32
-//! cargo run --release --features cuda --example bench_gp -- --device cuda   # ours on CUDA
+//! cargo run --release --example bench_gp -- --sizes 1000,2000,4000 --runs 5
+//! cargo run --release --example bench_gp -- --no-exact --f32
+//! cargo run --release --features cuda --example bench_gp -- --device cuda
 //! ```
 //!
-//! `--device cpu|cuda|cuda:N` (default `cpu`): where ours runs (its child process gets the
-//! same `--device`); the dense reference always runs on the CPU.
+//! `--device cpu|cuda|cuda:N` (default `cpu`): where both methods run (each child process gets
+//! the same `--device`).
 //!
 //! The problem: `N` points uniform in the unit cube (seed 0),
 //! `y = sin(2 pi x0) cos(pi x1) + 0.5 sin(3 x2) + 0.1 eps`, `eps ~ N(0, 1)`; a Gaussian kernel
 //! with per-dimension lengthscales and an outputscale, and the noise variance, all
-//! [`Positive`], at fixed values (see [`LENGTHSCALES`], [`OUTPUTSCALE`], [`NOISE`]); the
-//! constant mean at the mean of `y`; default [`GpSettings`].
+//! [`Positive`](lazy_kernels::gp::Positive), at fixed values (see [`LENGTHSCALES`],
+//! [`OUTPUTSCALE`], [`NOISE`]); the constant mean at the mean of `y` (the model of
+//! `gp_problem`, in `f64`, or `f32` with `--f32`).
 //!
-//! * Ours: [`ExactGp::nll`] (CG solve and stochastic Lanczos log-determinant) and `backward()`
-//!   on it; the gradients are read back to the host inside the timed region (which also
-//!   synchronises a GPU).
-//! * Dense (CPU, `f64`): build `A = K + (sigma^2 + floor) I` (`N^2` doubles), factor it
-//!   `A = L L^T` with the blocked right-looking Cholesky of this file (panels of 512 columns;
-//!   the panel solve and the trailing update are matrix products by Candle's CPU `matmul`,
-//!   the `gemm` crate on rayon; copies and updates rayon over rows; the 512 x 512 diagonal
-//!   blocks serial), `a = A^-1 (y - m)` by two triangular solves, the exact NLL
-//!   `(y - m)^T a / 2 + sum log L_ii + N log(2 pi) / 2`, then the exact gradient
-//!   `0.5 tr((A^-1 - a a^T) dA/dtheta)` with `A^-1` formed: `L^-1` in place (blocked), then
-//!   `A^-1 = L^-T L^-1` tile by tile (1024 x 1024), each tile consumed at once with
-//!   `dA/dtheta` computed pair by pair (never stored). About `N^3` flops in all, memory one
-//!   `N x N` matrix plus panels. The table also gives the dense NLL alone (build, Cholesky,
-//!   solve: what any dense step costs before its gradient), since forming `A^-1` is the
-//!   larger part of the exact gradient.
+//! * Stochastic: the default [`GpSettings`] with `nll_method: NllMethod::Stochastic` (CG solve
+//!   and stochastic Lanczos log-determinant; an estimate with a standard error).
+//! * Exact: the same model with `nll_method: NllMethod::Exact` (the dense `K + sigma^2 I` by
+//!   `KernelOperator::to_dense`, `linalg::Cholesky` on the device, `A^-1` formed in the
+//!   backward pass; the factorisation is in `f64` for `f32` models too). It runs where its
+//!   peak, about [`EXACT_PEAK_DOUBLES`] `N^2` doubles (measured on the CPU), fits in
+//!   [`MEMORY_SHARE`] of the available memory: the host's `MemAvailable` on the CPU, the
+//!   device's free memory on CUDA (up to [`EXACT_UNCHECKED_MAX`] points when that cannot be
+//!   read).
+//! * Each step is `nll()`, `backward()` and the gradients read back to the host (which also
+//!   synchronises a GPU), timed as a whole; the report also gives the `nll()` part alone.
 //! * Memory: each method runs in its own child process (this program re-executed with a
 //!   hidden `--child` flag) that reads its peak RSS (`VmHWM` of `/proc/self/status`) after its
-//!   timed runs; the inputs are a few MB. On CUDA it is the host's peak RSS only.
+//!   timed runs; the inputs are a few MB. On CUDA the child also samples the device's used
+//!   memory (`cuMemGetInfo`) every millisecond in a background thread during its timed runs:
+//!   the peak over the samples minus the value before the warm-up (with the model's data
+//!   already on the device), so a shorter peak between two samples is missed.
 //! * Timing: median of `R` runs (`--runs R`, default 3) after a warm-up run; at `N >= 50,000`,
 //!   `ceil(R / 3)` runs after a warm-up on the same problem at `N = 2,000` (same code paths,
-//!   a fraction of the cost). The dense method runs where its matrix fits in half the
-//!   available memory, else the table says what it would need.
+//!   a fraction of the cost).
 
 #[path = "device/mod.rs"]
 mod device;
@@ -48,14 +49,12 @@ mod gp_problem;
 mod report;
 use std::error::Error;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use candle_core::{DType, Device, Tensor, Var};
-use lazy_kernels::gp::{ExactGp, GpSettings, NllReport};
-use lazy_kernels::{linalg, SolveOptions};
-use rayon::prelude::*;
+use lazy_kernels::gp::{ExactGp, GpSettings, NllMethod, NllReport};
 
-use gp_problem::{build_gp, Problem, D, LENGTHSCALES, NOISE, NOISE_SD, OUTPUTSCALE};
+use gp_problem::{build_gp, Problem, LENGTHSCALES, NOISE, NOISE_SD, OUTPUTSCALE};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -63,15 +62,20 @@ type Res<T> = Result<T, Box<dyn Error>>;
 const LARGE: usize = 50_000;
 /// The warm-up problem's size for large `N`.
 const WARMUP_N: usize = 2_000;
-/// Column panel of the dense Cholesky and of the triangular inverse.
-const NB: usize = 512;
-/// Row chunk of the dense trailing updates.
-const CHUNK: usize = 512;
-/// Tile of `A^-1` in the dense gradient.
-const TILE: usize = 1024;
+/// The exact path's peak memory in `N^2` doubles, as this benchmark measured it on the CPU at
+/// commit 3fd02d2 (peak RSS from 24.5 to 28 `N^2` doubles at `N` = 1,000 to 8,000, most of it
+/// in the backward pass through the dense matrix, built one row at a time on the CPU). The
+/// backward pass's own matrices (the factor, `A^-1`, `a a^T`, their difference, the gradient
+/// of the dense matrix) are about 5 `N^2`; update this when the library gets there.
+const EXACT_PEAK_DOUBLES: f64 = 28.0;
+/// The share of the available memory the exact path may plan to take.
+const MEMORY_SHARE: f64 = 0.9;
+/// The largest `N` the exact path runs at on a CUDA device whose free memory cannot be read
+/// ([`EXACT_PEAK_DOUBLES`] `N^2` doubles: 22 GB at this size).
+const EXACT_UNCHECKED_MAX: usize = 10_000;
 
 // ---------------------------------------------------------------------------------------------
-// The problem.
+// One step.
 
 /// What one step found: the NLL, its parts and the gradient with respect to the raw (softplus
 /// inverse) lengthscales, outputscale and noise, and the mean.
@@ -84,21 +88,47 @@ struct Step {
     grads: Vec<f64>,
     iters: (usize, usize),
     converged: bool,
-    /// Seconds of `nll()` and of `backward()` (with the read-back), ours only.
+    rank: usize,
+    /// Seconds of `nll()` and of `backward()` (with the read-back).
     split: (f64, f64),
 }
 
 const GRAD_NAMES: [&str; 6] = ["raw l0", "raw l1", "raw l2", "raw s", "raw noise", "mean"];
 
-// ---------------------------------------------------------------------------------------------
-// Ours.
+/// The two methods, by their names in the table and on a child's command line.
+const METHODS: [(&str, NllMethod); 2] = [
+    ("stochastic", NllMethod::Stochastic),
+    ("exact", NllMethod::Exact),
+];
+
+fn method_from_name(name: &str) -> Res<NllMethod> {
+    METHODS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, m)| *m)
+        .ok_or_else(|| format!("unknown method {name} (stochastic or exact)").into())
+}
+
+/// The problem's model on `dev` in `dtype`, with the NLL forced to `method`.
+fn model(p: &Problem, dev: &Device, dtype: DType, method: NllMethod) -> Res<ExactGp> {
+    let mut gp = build_gp(p, dev, dtype)?;
+    gp.settings.nll_method = method;
+    Ok(gp)
+}
 
 /// One training step's work: the NLL, `backward()`, the gradients read back.
-fn ours_step(gp: &ExactGp) -> Res<Step> {
+fn step(gp: &ExactGp) -> Res<Step> {
     let dev = gp.data().0.device().clone();
     let t = Instant::now();
     let (loss, report): (Tensor, NllReport) = gp.nll()?;
     let forward = device::elapsed(&dev, t)?;
+    if report.method != gp.settings.nll_method {
+        return Err(format!(
+            "asked for {:?}, the NLL took {:?}",
+            gp.settings.nll_method, report.method
+        )
+        .into());
+    }
     let grads = loss.backward()?;
     let mut g = Vec::with_capacity(GRAD_NAMES.len());
     // The hyperparameters' and the noise's raw `Var`s, then the mean (named one by one:
@@ -120,344 +150,107 @@ fn ours_step(gp: &ExactGp) -> Res<Step> {
         grads: g,
         iters: report.iterations,
         converged: report.converged,
+        rank: report.preconditioner_rank,
         split: (forward, device::elapsed(&dev, t)? - forward),
     })
 }
 
-/// The preconditioner's rank in the NLL's solve. `NllReport` does not carry it, so the same
-/// system (the same operator, ridge and preconditioner settings) is set up again with one CG
-/// iteration: the automatic rank depends only on `K` and the ridge.
-fn preconditioner_rank(gp: &ExactGp) -> Res<usize> {
-    let k = gp.operator()?;
-    let (_, y) = gp.data();
-    let r = y.broadcast_sub(gp.mean().as_tensor())?;
-    let ridge = gp.noise().values()?[0] + gp.settings.noise_floor;
-    let opts = SolveOptions {
-        tol: gp.settings.train_tol,
-        max_iters: 1,
-        preconditioner: gp.settings.preconditioner,
-        ..SolveOptions::default()
-    };
-    let (_, info) = k.solve(&r.detach(), ridge, &opts)?;
-    Ok(info.preconditioner_rank)
-}
-
 // ---------------------------------------------------------------------------------------------
-// Dense reference (CPU, f64): a row-major N x N matrix, lower triangle used, upper kept zero.
+// Device memory (CUDA only; the same functions return `None` without the `cuda` feature).
 
-/// Seconds of each phase of the dense step.
-#[derive(Clone, Debug, Default)]
-struct Phases {
-    build: f64,
-    cholesky: f64,
-    solve: f64,
-    inverse: f64,
-    gradient: f64,
-}
+#[cfg(feature = "cuda")]
+mod device_memory {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+    use std::time::Duration;
 
-/// `a[r0..r1, c0..c1]` as a tensor (a copy).
-fn get_block(a: &[f64], n: usize, rows: (usize, usize), cols: (usize, usize)) -> Res<Tensor> {
-    let w = cols.1 - cols.0;
-    let mut v = vec![0.0; (rows.1 - rows.0) * w];
-    v.par_chunks_mut(w.max(1)).enumerate().for_each(|(i, row)| {
-        let start = (rows.0 + i) * n + cols.0;
-        row.copy_from_slice(&a[start..start + w]);
-    });
-    Ok(Tensor::from_vec(v, (rows.1 - rows.0, w), &Device::Cpu)?)
-}
+    use candle_core::cuda_backend::cudarc::driver::{result, CudaContext};
+    use candle_core::Device;
 
-/// Writes the `(r1 - r0, c1 - c0)` tensor `t` into `a[r0..r1, c0..c1]`.
-fn set_block(a: &mut [f64], n: usize, r0: usize, c0: usize, t: &Tensor) -> Res<()> {
-    let (h, w) = t.dims2()?;
-    with_data(t, |v| {
-        a[r0 * n..(r0 + h) * n]
-            .par_chunks_mut(n)
-            .enumerate()
-            .for_each(|(i, row)| row[c0..c0 + w].copy_from_slice(&v[i * w..(i + 1) * w]))
-    })
-}
-
-/// Calls `f` on the values of a CPU `f64` tensor in row-major order, without a copy when the
-/// tensor is contiguous.
-fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f64]) -> R) -> Res<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Err("the dense reference needs CPU tensors".into());
-    };
-    let start = layout.start_offset();
-    Ok(f(&cpu.as_slice::<f64>()?[start..start + t.elem_count()]))
-}
-
-/// Cholesky factor of a small dense `b x b` SPD matrix (row-major, lower), in place.
-fn cholesky_small(m: &mut [f64], b: usize, offset: usize) -> Res<()> {
-    for j in 0..b {
-        let mut d = m[j * b + j];
-        for p in 0..j {
-            d -= m[j * b + p] * m[j * b + p];
-        }
-        if d.is_nan() || d <= 0.0 {
-            return Err(format!(
-                "dense Cholesky: pivot {} is {d:e}: not positive definite",
-                offset + j
-            )
-            .into());
-        }
-        let djj = d.sqrt();
-        m[j * b + j] = djj;
-        for i in j + 1..b {
-            let mut s = m[i * b + j];
-            for p in 0..j {
-                s -= m[i * b + p] * m[j * b + p];
-            }
-            m[i * b + j] = s / djj;
-        }
-        for i in 0..j {
-            m[i * b + j] = 0.0;
-        }
+    fn context(dev: &Device) -> Option<Arc<CudaContext>> {
+        Some(dev.as_cuda_device().ok()?.cuda_stream().context().clone())
     }
-    Ok(())
-}
 
-/// The inverse of a small lower-triangular `b x b` matrix (row-major), a new matrix.
-fn inverse_lower_small(l: &[f64], b: usize) -> Vec<f64> {
-    let mut inv = vec![0.0; b * b];
-    for j in 0..b {
-        inv[j * b + j] = 1.0 / l[j * b + j];
-        for i in j + 1..b {
-            let mut s = 0.0;
-            for p in j..i {
-                s += l[i * b + p] * inv[p * b + j];
-            }
-            inv[i * b + j] = -s / l[i * b + i];
-        }
+    /// The device's free and total memory in bytes, when `dev` is a CUDA device.
+    pub fn free_total(dev: &Device) -> Option<(usize, usize)> {
+        let ctx = context(dev)?;
+        ctx.bind_to_thread().ok()?;
+        result::mem_get_info().ok()
     }
-    inv
-}
 
-/// `a = L L^T` in place (lower triangle), blocked right-looking: per panel of `NB` columns,
-/// the diagonal block (serial), the panel below it (`A21 L11^-T`, a matrix product), and the
-/// trailing update `A22 -= L21 L21^T` by row chunks of `CHUNK` (matrix products, lower part
-/// only written back).
-fn cholesky(a: &mut [f64], n: usize) -> Res<()> {
-    for k0 in (0..n).step_by(NB) {
-        let k1 = (k0 + NB).min(n);
-        let b = k1 - k0;
-        let mut diag = get_block(a, n, (k0, k1), (k0, k1))?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        cholesky_small(&mut diag, b, k0)?;
-        set_block(
-            a,
-            n,
-            k0,
-            k0,
-            &Tensor::from_vec(diag.clone(), (b, b), &Device::Cpu)?,
-        )?;
-        let m = n - k1;
-        if m == 0 {
-            break;
-        }
-        let inv_t = Tensor::from_vec(inverse_lower_small(&diag, b), (b, b), &Device::Cpu)?.t()?;
-        let panel = linalg::matmul(&get_block(a, n, (k1, n), (k0, k1))?, &inv_t)?;
-        set_block(a, n, k1, k0, &panel)?;
-        for r0 in (0..m).step_by(CHUNK) {
-            let r1 = (r0 + CHUNK).min(m);
-            let upd = linalg::matmul(
-                &panel.narrow(0, r0, r1 - r0)?,
-                &panel.narrow(0, 0, r1)?.t()?,
-            )?;
-            with_data(&upd, |v| {
-                a[(k1 + r0) * n..(k1 + r1) * n]
-                    .par_chunks_mut(n)
-                    .enumerate()
-                    .for_each(|(ii, row)| {
-                        let len = r0 + ii + 1; // columns k1 .. k1 + len: the lower part
-                        let src = &v[ii * r1..ii * r1 + len];
-                        for (dst, s) in row[k1..k1 + len].iter_mut().zip(src) {
-                            *dst -= s;
-                        }
-                    })
-            })?;
-        }
+    /// The device's used memory (`total - free`), when `dev` is a CUDA device.
+    pub fn used(dev: &Device) -> Option<usize> {
+        free_total(dev).map(|(free, total)| total - free)
     }
-    Ok(())
-}
 
-/// `L^-1` in place of `L` (lower), blocked: from the last panel to the first,
-/// `X21 = -X22 L21 X11` with `X22 = L22^-1` already in place (products by row chunks).
-fn inverse_lower(a: &mut [f64], n: usize) -> Res<()> {
-    let starts: Vec<usize> = (0..n).step_by(NB).collect();
-    for &j0 in starts.iter().rev() {
-        let j1 = (j0 + NB).min(n);
-        let b = j1 - j0;
-        let diag = get_block(a, n, (j0, j1), (j0, j1))?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        let x11 = Tensor::from_vec(inverse_lower_small(&diag, b), (b, b), &Device::Cpu)?;
-        set_block(a, n, j0, j0, &x11)?;
-        let m = n - j1;
-        if m == 0 {
-            continue;
-        }
-        let l21 = get_block(a, n, (j1, n), (j0, j1))?;
-        let mut parts = Vec::with_capacity(m.div_ceil(CHUNK));
-        for r0 in (0..m).step_by(CHUNK) {
-            let r1 = (r0 + CHUNK).min(m);
-            let x22 = get_block(a, n, (j1 + r0, j1 + r1), (j1, j1 + r1))?;
-            parts.push(linalg::matmul(&x22, &l21.narrow(0, 0, r1)?)?);
-        }
-        let x21 = linalg::matmul(&Tensor::cat(&parts, 0)?, &x11)?.neg()?;
-        set_block(a, n, j1, j0, &x21)?;
+    /// The device's name, when `dev` is a CUDA device.
+    pub fn name(dev: &Device) -> Option<String> {
+        context(dev)?.name().ok()
     }
-    Ok(())
-}
 
-/// `a = (L L^T)^-1 r`: `L z = r`, then `L^T a = z`, with `L` in the lower triangle of `l`.
-fn cholesky_solve(l: &[f64], n: usize, r: &[f64]) -> Vec<f64> {
-    let mut z = r.to_vec();
-    for i in 0..n {
-        let row = &l[i * n..i * n + i];
-        let s: f64 = row.iter().zip(&z[..i]).map(|(a, b)| a * b).sum();
-        z[i] = (z[i] - s) / l[i * n + i];
+    /// A background thread that reads the device's used memory every millisecond and keeps
+    /// the largest value.
+    pub struct Sampler {
+        stop: Arc<AtomicBool>,
+        handle: JoinHandle<Option<usize>>,
     }
-    for i in (0..n).rev() {
-        z[i] /= l[i * n + i];
-        let zi = z[i];
-        let row = &l[i * n..i * n + i];
-        for (zj, lij) in z[..i].iter_mut().zip(row) {
-            *zj -= lij * zi;
-        }
-    }
-    z
-}
 
-/// Sums over one tile of `A^-1` (rows `i0..`, columns `j0..`) of `W_ij dA_ij / dtheta` without
-/// the constant factors, `W = A^-1 - a a^T`: `[sum W K0 d0^2, .. d1^2, .. d2^2, sum W K0,
-/// sum_i W_ii]`, `K0` the unscaled kernel and `d = x_i - x_j`.
-fn tile_sums(tile: &[f64], i0: usize, j0: usize, tj: usize, x: &[f64], alpha: &[f64]) -> [f64; 5] {
-    let inv_l2: Vec<f64> = LENGTHSCALES.iter().map(|l| 1.0 / (l * l)).collect();
-    tile.par_chunks(tj)
-        .enumerate()
-        .map(|(ii, row)| {
-            let i = i0 + ii;
-            let xi = &x[i * D..i * D + D];
-            let mut acc = [0.0; 5];
-            for (jj, &inv) in row.iter().enumerate() {
-                let j = j0 + jj;
-                let xj = &x[j * D..j * D + D];
-                let d0 = xi[0] - xj[0];
-                let d1 = xi[1] - xj[1];
-                let d2 = xi[2] - xj[2];
-                let (s0, s1, s2) = (d0 * d0, d1 * d1, d2 * d2);
-                let k0 = (-0.5 * (s0 * inv_l2[0] + s1 * inv_l2[1] + s2 * inv_l2[2])).exp();
-                let w = inv - alpha[i] * alpha[j];
-                let wk = w * k0;
-                acc[0] += wk * s0;
-                acc[1] += wk * s1;
-                acc[2] += wk * s2;
-                acc[3] += wk;
-                if i == j {
-                    acc[4] += w;
+    impl Sampler {
+        pub fn start(dev: &Device) -> Option<Sampler> {
+            let ctx = context(dev)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let handle = std::thread::spawn(move || {
+                ctx.bind_to_thread().ok()?;
+                let mut peak = 0;
+                loop {
+                    let (free, total) = result::mem_get_info().ok()?;
+                    peak = peak.max(total - free);
+                    if flag.load(Ordering::Relaxed) {
+                        return Some(peak);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-            }
-            acc
-        })
-        .reduce(
-            || [0.0; 5],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        )
+            });
+            Some(Sampler { stop, handle })
+        }
+
+        /// Stops the thread: the largest used memory it saw.
+        pub fn peak(self) -> Option<usize> {
+            self.stop.store(true, Ordering::Relaxed);
+            self.handle.join().ok()?
+        }
+    }
 }
 
-/// The dense step: exact NLL and exact gradient, in `f64` on the CPU.
-fn dense_step(p: &Problem) -> Res<(Step, Phases)> {
-    let n = p.n;
-    let mut ph = Phases::default();
-    let floor = GpSettings::default().noise_floor;
-    let ridge = NOISE + floor;
-    let inv_l2: Vec<f64> = LENGTHSCALES.iter().map(|l| 1.0 / (l * l)).collect();
+#[cfg(not(feature = "cuda"))]
+mod device_memory {
+    use candle_core::Device;
 
-    let t = Instant::now();
-    let mut a = vec![0.0f64; n * n];
-    a.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-        let xi = &p.x[i * D..i * D + D];
-        for (j, v) in row[..=i].iter_mut().enumerate() {
-            let xj = &p.x[j * D..j * D + D];
-            let q: f64 = (0..D).map(|d| (xi[d] - xj[d]).powi(2) * inv_l2[d]).sum();
-            *v = OUTPUTSCALE * (-0.5 * q).exp();
+    pub fn free_total(_: &Device) -> Option<(usize, usize)> {
+        None
+    }
+
+    pub fn used(_: &Device) -> Option<usize> {
+        None
+    }
+
+    pub fn name(_: &Device) -> Option<String> {
+        None
+    }
+
+    pub struct Sampler;
+
+    impl Sampler {
+        pub fn start(_: &Device) -> Option<Sampler> {
+            None
         }
-        row[i] += ridge;
-    });
-    ph.build = t.elapsed().as_secs_f64();
 
-    let t = Instant::now();
-    cholesky(&mut a, n)?;
-    ph.cholesky = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    let mean = p.mean();
-    let r: Vec<f64> = p.y.iter().map(|y| y - mean).collect();
-    let alpha = cholesky_solve(&a, n, &r);
-    let logdet = 2.0 * (0..n).map(|i| a[i * n + i].ln()).sum::<f64>();
-    let data_fit = 0.5 * r.iter().zip(&alpha).map(|(a, b)| a * b).sum::<f64>();
-    let nll = data_fit + 0.5 * logdet + 0.5 * n as f64 * (2.0 * std::f64::consts::PI).ln();
-    ph.solve = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    inverse_lower(&mut a, n)?;
-    ph.inverse = t.elapsed().as_secs_f64();
-
-    // A^-1[I, J] = X[i0.., I]^T X[i0.., J] for J <= I (X = L^-1, zero above the diagonal).
-    let t = Instant::now();
-    let mut sums = [0.0; 5];
-    for i0 in (0..n).step_by(TILE) {
-        let i1 = (i0 + TILE).min(n);
-        let ci = get_block(&a, n, (i0, n), (i0, i1))?;
-        for j0 in (0..=i0).step_by(TILE) {
-            let j1 = (j0 + TILE).min(n);
-            let cj = if j0 == i0 {
-                ci.clone()
-            } else {
-                get_block(&a, n, (i0, n), (j0, j1))?
-            };
-            let tile = linalg::matmul(&ci.t()?, &cj)?;
-            let part = with_data(&tile, |t| tile_sums(t, i0, j0, j1 - j0, &p.x, &alpha))?;
-            let weight = if j0 == i0 { 1.0 } else { 2.0 };
-            for (s, v) in sums.iter_mut().zip(part) {
-                *s += weight * v;
-            }
+        pub fn peak(self) -> Option<usize> {
+            None
         }
     }
-    drop(a);
-    // dNLL/dv = 0.5 sum_ij W_ij dA_ij/dv; d v / d raw = sigmoid(raw) = 1 - exp(-v).
-    let dsoft = |v: f64| 1.0 - (-v).exp();
-    let mut grads = Vec::with_capacity(GRAD_NAMES.len());
-    for (d, l) in LENGTHSCALES.iter().enumerate() {
-        grads.push(0.5 * OUTPUTSCALE / l.powi(3) * sums[d] * dsoft(*l));
-    }
-    grads.push(0.5 * sums[3] * dsoft(OUTPUTSCALE));
-    grads.push(0.5 * sums[4] * dsoft(NOISE));
-    grads.push(-alpha.iter().sum::<f64>());
-    ph.gradient = t.elapsed().as_secs_f64();
-
-    Ok((
-        Step {
-            nll,
-            data_fit,
-            logdet,
-            logdet_se: 0.0,
-            grads,
-            iters: (0, 0),
-            converged: true,
-            split: (0.0, 0.0),
-        },
-        ph,
-    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -471,10 +264,10 @@ fn read_status_kib(field: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn mem_available_bytes() -> Option<f64> {
+fn meminfo_bytes(field: &str) -> Option<f64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     s.lines()
-        .find(|l| l.starts_with("MemAvailable:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .map(|k| k * 1024.0)
@@ -499,72 +292,50 @@ fn median(v: &[f64]) -> f64 {
 
 /// Child mode: one method at one size; prints a `RESULT` line.
 fn child(method: &str, n: usize, runs: usize, dev: &Device, dtype: DType) -> Res<()> {
-    if method == "dense" && !dev.is_cpu() {
-        return Err("the dense reference runs on the CPU only".into());
-    }
+    let method = method_from_name(method)?;
     let problem = Problem::new(n);
     let base_kib = read_status_kib("VmHWM:").unwrap_or(0);
-    let large = n >= LARGE;
+    let gp = model(&problem, dev, dtype, method)?;
+    device::sync(dev)?;
+    let device_base = device_memory::used(dev);
+    if n >= LARGE {
+        step(&model(&Problem::new(WARMUP_N), dev, dtype, method)?)?;
+    } else {
+        step(&gp)?;
+    }
+    let sampler = device_memory::Sampler::start(dev);
     let mut times = Vec::with_capacity(runs);
-    let (step, extra) = match method {
-        "ours" => {
-            let gp = build_gp(&problem, dev, dtype)?;
-            if large {
-                ours_step(&build_gp(&Problem::new(WARMUP_N), dev, dtype)?)?;
-            } else {
-                ours_step(&gp)?;
-            }
-            let mut step = Step::default();
-            for _ in 0..runs {
-                let t = Instant::now();
-                step = ours_step(&gp)?;
-                times.push(t.elapsed().as_secs_f64());
-            }
-            let hwm = read_status_kib("VmHWM:").unwrap_or(0);
-            let rank = preconditioner_rank(&gp)?;
-            (step, format!("hwm_kib={hwm} rank={rank}"))
-        }
-        "dense" => {
-            dense_step(&Problem::new(if large { WARMUP_N } else { n }))?;
-            let mut out = (Step::default(), Phases::default());
-            let mut nll_part = Vec::with_capacity(runs);
-            for _ in 0..runs {
-                let t = Instant::now();
-                out = dense_step(&problem)?;
-                times.push(t.elapsed().as_secs_f64());
-                nll_part.push(out.1.build + out.1.cholesky + out.1.solve);
-            }
-            let hwm = read_status_kib("VmHWM:").unwrap_or(0);
-            let ph = out.1;
-            (
-                out.0,
-                format!(
-                    "hwm_kib={hwm} phases={},{},{},{},{} nllpart={}",
-                    ph.build,
-                    ph.cholesky,
-                    ph.solve,
-                    ph.inverse,
-                    ph.gradient,
-                    join(&nll_part)
-                ),
-            )
-        }
-        other => return Err(format!("unknown method {other}").into()),
+    let mut forward = Vec::with_capacity(runs);
+    let mut last = Step::default();
+    for _ in 0..runs {
+        let t = Instant::now();
+        last = step(&gp)?;
+        times.push(t.elapsed().as_secs_f64());
+        forward.push(last.split.0);
+    }
+    let device_peak = match (sampler.and_then(|s| s.peak()), device_base) {
+        (Some(peak), Some(base)) => peak.saturating_sub(base) as f64,
+        _ => -1.0,
     };
+    let hwm = read_status_kib("VmHWM:").unwrap_or(0);
     println!(
-        "RESULT times={} nll={:e} fit={:e} logdet={:e} logdet_se={:e} grads={} iters={},{} \
-         converged={} split={},{} base_kib={base_kib} {extra}",
+        "RESULT times={} forward={} nll={:e} fit={:e} logdet={:e} logdet_se={:e} grads={} \
+         iters={},{} converged={} rank={} split={},{} base_kib={base_kib} hwm_kib={hwm} \
+         device_peak={device_peak:e} device_base={:e}",
         join(&times),
-        step.nll,
-        step.data_fit,
-        step.logdet,
-        step.logdet_se,
-        join(&step.grads),
-        step.iters.0,
-        step.iters.1,
-        step.converged,
-        step.split.0,
-        step.split.1,
+        join(&forward),
+        last.nll,
+        last.data_fit,
+        last.logdet,
+        last.logdet_se,
+        join(&last.grads),
+        last.iters.0,
+        last.iters.1,
+        last.converged,
+        last.rank,
+        last.split.0,
+        last.split.1,
+        device_base.map_or(-1.0, |b| b as f64),
     );
     Ok(())
 }
@@ -573,17 +344,27 @@ fn child(method: &str, n: usize, runs: usize, dev: &Device, dtype: DType) -> Res
 #[derive(Clone, Debug, Default)]
 struct ChildResult {
     times: Vec<f64>,
+    /// The `nll()` part of each run.
+    forward: Vec<f64>,
     step: Step,
     hwm_kib: f64,
     base_kib: f64,
-    rank: Option<usize>,
-    phases: Vec<f64>,
-    /// Dense only: build + Cholesky + solve of each run (the NLL without its gradient).
-    nll_part: Vec<f64>,
+    /// Bytes: the sampled peak of the device's used memory minus its value before the warm-up,
+    /// and that value; `None` on the CPU.
+    device_peak: Option<f64>,
+    device_base: Option<f64>,
 }
 
 fn parse_list(v: &str) -> Vec<f64> {
     v.split(',').filter_map(|x| x.parse().ok()).collect()
+}
+
+/// Two numbers `a,b`.
+fn parse_pair(v: &str) -> Res<(f64, f64)> {
+    match parse_list(v)[..] {
+        [a, b] => Ok((a, b)),
+        _ => Err(format!("expected two numbers, got {v}").into()),
+    }
 }
 
 fn run_child(
@@ -618,31 +399,33 @@ fn run_child(
         .find(|l| l.starts_with("RESULT "))
         .ok_or("the child printed no RESULT line")?;
     let mut r = ChildResult::default();
+    let non_negative = |v: &str| -> Res<Option<f64>> {
+        let x: f64 = v.parse()?;
+        Ok((x >= 0.0).then_some(x))
+    };
     for kv in line.split_whitespace().skip(1) {
         let Some((k, v)) = kv.split_once('=') else {
             continue;
         };
         match k {
             "times" => r.times = parse_list(v),
+            "forward" => r.forward = parse_list(v),
             "nll" => r.step.nll = v.parse()?,
             "fit" => r.step.data_fit = v.parse()?,
             "logdet" => r.step.logdet = v.parse()?,
             "logdet_se" => r.step.logdet_se = v.parse()?,
             "grads" => r.step.grads = parse_list(v),
             "iters" => {
-                let it = parse_list(v);
-                r.step.iters = (it[0] as usize, it[1] as usize);
+                let (a, b) = parse_pair(v)?;
+                r.step.iters = (a as usize, b as usize);
             }
             "converged" => r.step.converged = v == "true",
-            "split" => {
-                let sp = parse_list(v);
-                r.step.split = (sp[0], sp[1]);
-            }
+            "rank" => r.step.rank = v.parse()?,
+            "split" => r.step.split = parse_pair(v)?,
             "hwm_kib" => r.hwm_kib = v.parse()?,
             "base_kib" => r.base_kib = v.parse()?,
-            "rank" => r.rank = Some(v.parse()?),
-            "phases" => r.phases = parse_list(v),
-            "nllpart" => r.nll_part = parse_list(v),
+            "device_peak" => r.device_peak = non_negative(v)?,
+            "device_base" => r.device_base = non_negative(v)?,
             _ => {}
         }
     }
@@ -684,6 +467,56 @@ fn grad_rel(g: &[f64], h: &[f64]) -> f64 {
     (num / den).sqrt()
 }
 
+/// Today's date and time in UTC, `YYYY-MM-DD HH:MM UTC` (days to civil date: H. Hinnant's
+/// `civil_from_days`).
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Whether the exact path fits at `n` points on `dev`: `Ok(bytes it needs)` or why not.
+fn exact_fits(n: usize, dev: &Device) -> Result<f64, String> {
+    let need = EXACT_PEAK_DOUBLES * (n as f64).powi(2) * 8.0;
+    let (avail, what) = if dev.is_cpu() {
+        (meminfo_bytes("MemAvailable:"), "available (host)")
+    } else {
+        (
+            device_memory::free_total(dev).map(|(free, _)| free as f64),
+            "free on the device",
+        )
+    };
+    match avail {
+        Some(avail) if need <= MEMORY_SHARE * avail => Ok(need),
+        Some(avail) => Err(format!(
+            "not run: needs about {} ({EXACT_PEAK_DOUBLES} N^2 doubles), {} {what}",
+            fmt_bytes(need),
+            fmt_bytes(avail)
+        )),
+        None if !dev.is_cpu() && n <= EXACT_UNCHECKED_MAX => Ok(need),
+        None => Err(format!(
+            "not run: needs about {}, and the free memory cannot be read (runs unchecked up to \
+             N = {EXACT_UNCHECKED_MAX} only)",
+            fmt_bytes(need)
+        )),
+    }
+}
+
 fn main() -> Res<()> {
     let all_args: Vec<String> = std::env::args().skip(1).collect();
     let (choice, args) = device::choice_from_args();
@@ -698,7 +531,7 @@ fn main() -> Res<()> {
     let start = Instant::now();
     let mut sizes = vec![10_000, 100_000];
     let mut runs = 3usize;
-    let mut dense = true;
+    let mut exact = true;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -713,11 +546,11 @@ fn main() -> Res<()> {
                 }
                 i += 1;
             }
-            "--no-dense" => dense = false,
+            "--no-exact" => exact = false,
             "--f32" => {}
             other => {
                 return Err(format!(
-                    "unknown argument {other} (options: --sizes 1e4,1e5 --runs R --no-dense --f32 \
+                    "unknown argument {other} (options: --sizes 1e4,1e5 --runs R --no-exact --f32 \
                      --device cpu|cuda|cuda:N)"
                 )
                 .into())
@@ -727,18 +560,11 @@ fn main() -> Res<()> {
     }
 
     let nproc = std::thread::available_parallelism().map_or(0, |p| p.get());
-    let mem_total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or("?".into(), |k| fmt_bytes(k * 1024.0));
+    let mem_total = meminfo_bytes("MemTotal:").map_or("?".into(), fmt_bytes);
     let dtype_name = if f32 { "f32" } else { "f64" };
     println!(
-        "# Exact GP training step: `cargo run --release{} --example bench_gp{}{}`",
+        "# Exact GP training step, stochastic and exact NLL: `cargo run --release{} --example \
+         bench_gp{}{}`",
         if cfg!(feature = "cuda") {
             " --features cuda"
         } else {
@@ -748,83 +574,78 @@ fn main() -> Res<()> {
         all_args.join(" ")
     );
     println!();
+    println!("Date: {}", utc_now());
     println!(
-        "Machine: {nproc} CPUs (nproc), {}, {} RAM, rayon threads {}, ISA {}",
+        "Machine: {}, {nproc} CPUs (nproc), {} RAM, rayon threads {}, ISA {}",
         report::cpu_model(),
         mem_total,
         rayon::current_num_threads(),
         lazy_kernels::backend::cpu::isa::detect().name()
     );
+    let device_name = device_memory::name(&dev).map_or(String::new(), |n| format!(", {n}"));
+    let device_total = device_memory::free_total(&dev)
+        .map_or(String::new(), |(_, t)| format!(", {}", fmt_bytes(t as f64)));
+    println!(
+        "Device: both methods on {}{device_name}{device_total} (`--device {choice}`).",
+        device::describe(&dev)
+    );
     let s = GpSettings::default();
     println!(
         "Problem: N uniform points in [0,1]^3, y = sin(2 pi x0) cos(pi x1) + 0.5 sin(3 x2) + \
          {NOISE_SD} eps; Gaussian kernel, lengthscales {LENGTHSCALES:?}, outputscale \
-         {OUTPUTSCALE}, noise variance {NOISE} (+ floor {}); ours in {dtype_name}, default \
-         GpSettings (train tol {}, {} probes, preconditioner {:?}); dense in f64.",
+         {OUTPUTSCALE}, noise variance {NOISE} (+ floor {}); the model in {dtype_name}, default \
+         GpSettings but for nll_method (stochastic: train tol {}, {} probes, preconditioner \
+         {:?}; exact: Cholesky in f64).",
         s.noise_floor, s.train_tol, s.probes, s.preconditioner
     );
     println!();
 
-    println!(
-        "Device: ours on {} (`--device {choice}`), the dense reference on the CPU.",
-        device::describe(&dev)
-    );
-    println!();
-
+    struct Row {
+        n: usize,
+        runs: usize,
+        stochastic: Res<ChildResult>,
+        exact: Result<ChildResult, String>,
+    }
     let mut rows = Vec::new();
-    let mut notes = Vec::new();
     for &n in &sizes {
         let r = if n >= LARGE { runs.div_ceil(3) } else { runs };
-        let dense_bytes = (n as f64) * (n as f64) * 8.0;
-        let avail = mem_available_bytes().unwrap_or(0.0);
-        let dense_res = if !dense {
-            Err("not run (--no-dense)".to_string())
-        } else if dense_bytes > 0.5 * avail {
-            Err(format!(
-                "does not fit: the matrix alone needs {:.1} GB ({}), {} available",
-                dense_bytes / 1e9,
-                fmt_bytes(dense_bytes),
-                fmt_bytes(avail)
-            ))
+        let exact_res = if !exact {
+            Err("not run (--no-exact)".to_string())
         } else {
-            eprintln!("bench_gp: dense N = {n}, runs: {r}...");
-            run_child("dense", n, r, device::Choice::Cpu, false).map_err(|e| format!("failed: {e}"))
+            exact_fits(n, &dev).and_then(|_| {
+                eprintln!("bench_gp: exact N = {n} on {choice}, runs: {r}...");
+                run_child("exact", n, r, choice, f32).map_err(|e| format!("failed: {e}"))
+            })
         };
-        eprintln!("bench_gp: ours N = {n} on {choice}, runs: {r}...");
-        let ours = run_child("ours", n, r, choice, f32);
-        rows.push((n, choice.spec(), r, ours, dense_res.clone(), dense_bytes));
-        if let Ok(d) = &dense_res {
-            let ph = &d.phases;
-            if ph.len() == 5 {
-                notes.push(format!(
-                    "dense N = {}: build {:.2} s, Cholesky {:.2} s ({:.1} GFLOP/s), solve {:.2} s, \
-                     L^-1 {:.2} s, A^-1 tiles and gradient {:.2} s (last run)",
-                    report::fmt_n(n),
-                    ph[0],
-                    ph[1],
-                    (n as f64).powi(3) / 3.0 / ph[1] / 1e9,
-                    ph[2],
-                    ph[3],
-                    ph[4]
-                ));
-            }
-        }
+        eprintln!("bench_gp: stochastic N = {n} on {choice}, runs: {r}...");
+        let stochastic = run_child("stochastic", n, r, choice, f32);
+        rows.push(Row {
+            n,
+            runs: r,
+            stochastic,
+            exact: exact_res,
+        });
     }
 
     println!(
-        "| N | device | runs | ours (s/step) | dense (s/step) | dense / ours | dense NLL only, \
-         no gradient (s) | dense NLL only / ours | peak RSS ours | peak RSS dense | dense matrix \
-         N^2 f64 | NLL ours | NLL dense | NLL rel. diff | grad rel. diff | CG iterations (data, \
-         max probe) | preconditioner rank |"
+        "| N | device | runs | stochastic (s/step) | exact (s/step) | exact / stochastic | exact \
+         nll() only (s) | peak RSS stochastic | peak RSS exact | peak device mem. stochastic | \
+         peak device mem. exact | NLL stochastic | its std. error (nats) | NLL exact | NLL rel. \
+         diff | (stoch. - exact) / std. error | grad rel. diff | CG iterations (data, max \
+         probe) | preconditioner rank |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let kib = 1024.0;
-    for (n, device, r, ours, dense_res, dense_bytes) in &rows {
-        let (ours_t, ours_mem, nll_o, iters, rank) = match ours {
-            Ok(o) => (
+    let dash = || "-".to_string();
+    let device_mem = |c: &ChildResult| c.device_peak.map_or_else(dash, fmt_bytes);
+    for row in &rows {
+        let [sto_t, sto_rss, sto_dev, nll_s, se, iters, rank] = match &row.stochastic {
+            Ok(o) => [
                 format!("{:.3}", median(&o.times)),
                 fmt_bytes(o.hwm_kib * kib),
+                device_mem(o),
                 format!("{:.6e}", o.step.nll),
+                format!("{:.2}", o.step.logdet_se / 2.0),
                 format!(
                     "{}, {}{}",
                     o.step.iters.0,
@@ -835,106 +656,98 @@ fn main() -> Res<()> {
                         " (NOT converged)"
                     }
                 ),
-                o.rank.map_or("?".into(), |r| r.to_string()),
-            ),
-            Err(e) => {
-                let e = format!("failed: {e}");
-                (e.clone(), e.clone(), e.clone(), e.clone(), e)
-            }
+                o.step.rank.to_string(),
+            ],
+            Err(e) => std::array::from_fn(|_| format!("failed: {e}")),
         };
-        let dash = || "-".to_string();
-        let [dense_t, ratio, part_t, part_ratio, dense_mem, nll_d, nll_rel, g_rel] =
-            match (dense_res, ours) {
+        let [ex_t, ratio, ex_fwd, ex_rss, ex_dev, nll_e, nll_rel, z, g_rel] =
+            match (&row.exact, &row.stochastic) {
                 (Ok(d), o) => {
                     let dt = median(&d.times);
-                    let pt = median(&d.nll_part);
-                    let [ratio, part_ratio, nr, gr] = match o {
-                        Ok(o) => {
-                            let ot = median(&o.times);
-                            [
-                                format!("{:.1}x", dt / ot),
-                                format!("{:.1}x", pt / ot),
-                                format!("{:.2e}", rel(o.step.nll, d.step.nll)),
-                                format!("{:.2e}", grad_rel(&o.step.grads, &d.step.grads)),
-                            ]
-                        }
-                        Err(_) => [dash(), dash(), dash(), dash()],
+                    let [ratio, nr, z, gr] = match o {
+                        Ok(o) => [
+                            format!("{:.2}x", dt / median(&o.times)),
+                            format!("{:.2e}", rel(o.step.nll, d.step.nll)),
+                            format!(
+                                "{:+.2}",
+                                (o.step.nll - d.step.nll) / (o.step.logdet_se / 2.0)
+                            ),
+                            format!("{:.2e}", grad_rel(&o.step.grads, &d.step.grads)),
+                        ],
+                        Err(_) => std::array::from_fn(|_| dash()),
                     };
                     [
                         format!("{dt:.3}"),
                         ratio,
-                        format!("{pt:.3}"),
-                        part_ratio,
+                        format!("{:.3}", median(&d.forward)),
                         fmt_bytes(d.hwm_kib * kib),
+                        device_mem(d),
                         format!("{:.6e}", d.step.nll),
                         nr,
+                        z,
                         gr,
                     ]
                 }
-                (Err(e), _) => [
-                    e.clone(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                ],
+                (Err(e), _) => std::array::from_fn(|i| if i == 0 { e.clone() } else { dash() }),
             };
         println!(
-            "| {} | {device} | {r} | {ours_t} | {dense_t} | {ratio} | {part_t} | {part_ratio} | \
-             {ours_mem} | {dense_mem} | {} | {nll_o} | {nll_d} | {nll_rel} | {g_rel} | {iters} | \
-             {rank} |",
-            report::fmt_n(*n),
-            fmt_bytes(*dense_bytes),
+            "| {} | {choice} | {} | {sto_t} | {ex_t} | {ratio} | {ex_fwd} | {sto_rss} | {ex_rss} | \
+             {sto_dev} | {ex_dev} | {nll_s} | {se} | {nll_e} | {nll_rel} | {z} | {g_rel} | \
+             {iters} | {rank} |",
+            report::fmt_n(row.n),
+            row.runs,
         );
     }
     println!();
     println!(
         "Times: median of the runs after a warm-up (one full run below N = {LARGE}, a run at \
-         N = {WARMUP_N} from there on); dense on the CPU in f64 with the exact gradient (A^-1 \
-         formed, about N^3 flops). Dense NLL only: the build, Cholesky and solve of the same \
-         runs (median), what any dense step costs before its gradient (a dense step with a \
-         Hutchinson gradient would cost about that plus O(N^2) per probe). Peak RSS: VmHWM of the method's own child process after its \
-         runs (its baseline, the process with the data, in the details below); on CUDA the \
-         host's only. NLL rel. diff: |ours - dense| / |dense|; grad rel. diff: |g_ours - \
-         g_dense| / |g_dense| over the gradient w.r.t. (raw l0, l1, l2, raw outputscale, raw \
-         noise, mean)."
+         N = {WARMUP_N} from there on); a step is nll(), backward() and the gradients read \
+         back. Exact nll() only: the value's part of the same runs (dense matrix, Cholesky, \
+         solve), the rest being the backward pass (A^-1, the gradient through the dense \
+         matrix). Peak RSS: VmHWM of the method's own child process after its runs (its \
+         baseline, the process with the data, in the details below). Peak device memory (CUDA \
+         only, \"-\" on the CPU): the device's used memory sampled every millisecond during \
+         the timed runs, peak minus the value before the warm-up; a sample, so it can miss a \
+         short peak. Std. error: the stochastic NLL's, half the log-determinant's. NLL rel. \
+         diff: |stoch. - exact| / |exact|; grad rel. diff: |g_stoch. - g_exact| / |g_exact| \
+         over the gradient w.r.t. (raw l0, l1, l2, raw outputscale, raw noise, mean). The \
+         exact method runs where about {EXACT_PEAK_DOUBLES} N^2 doubles fit in {:.0}% of the \
+         available memory (host MemAvailable on the CPU, the device's free memory on CUDA).",
+        MEMORY_SHARE * 100.0
     );
     println!();
     println!("Details:");
-    for (n, device, _, ours, dense_res, _) in &rows {
-        if let Ok(o) = ours {
+    for row in &rows {
+        let n2_doubles = (row.n as f64).powi(2) * 8.0;
+        for (name, res) in [
+            ("stochastic", row.stochastic.as_ref().ok()),
+            ("exact", row.exact.as_ref().ok()),
+        ] {
+            let Some(c) = res else { continue };
+            let device_base = c.device_base.map_or(String::new(), |b| {
+                format!(", device memory before {}", fmt_bytes(b))
+            });
+            // What the exact path's memory is in units of its estimate's.
+            let per_n2 = if name == "exact" {
+                format!(", peak RSS {:.2} N^2 doubles", c.hwm_kib * kib / n2_doubles)
+            } else {
+                String::new()
+            };
             println!(
-                "- ours N = {} on {device}: times {:?} s (last run: nll() {:.3} s, backward() \
-                 {:.3} s); data fit {:.6e}, log det {:.6e} +- {:.2e} (probe std. error); \
-                 baseline RSS {}",
-                report::fmt_n(*n),
-                o.times,
-                o.step.split.0,
-                o.step.split.1,
-                o.step.data_fit,
-                o.step.logdet,
-                o.step.logdet_se,
-                fmt_bytes(o.base_kib * kib)
+                "- {name} N = {} on {choice}: times {:?} s (last run: nll() {:.3} s, backward() \
+                 {:.3} s); data fit {:.6e}, log det {:.6e} +- {:.2e}{per_n2}; baseline RSS \
+                 {}{device_base}",
+                report::fmt_n(row.n),
+                c.times,
+                c.step.split.0,
+                c.step.split.1,
+                c.step.data_fit,
+                c.step.logdet,
+                c.step.logdet_se,
+                fmt_bytes(c.base_kib * kib),
             );
-            println!("  gradient ours:  {}", fmt_grads(&o.step.grads));
+            println!("  gradient: {}", fmt_grads(&c.step.grads));
         }
-        if let Ok(d) = dense_res {
-            println!(
-                "- dense N = {}: times {:?} s; data fit {:.6e}, log det {:.6e}; baseline RSS {}",
-                report::fmt_n(*n),
-                d.times,
-                d.step.data_fit,
-                d.step.logdet,
-                fmt_bytes(d.base_kib * kib)
-            );
-            println!("  gradient dense: {}", fmt_grads(&d.step.grads));
-        }
-    }
-    for note in &notes {
-        println!("- {note}");
     }
     println!();
     println!(
