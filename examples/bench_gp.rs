@@ -25,7 +25,7 @@
 //! * Exact: the same model with `nll_method: NllMethod::Exact` (the dense `K + sigma^2 I` by
 //!   `KernelOperator::to_dense`, `linalg::Cholesky` on the device, `A^-1` formed in the
 //!   backward pass; the factorisation is in `f64` for `f32` models too). It runs where its
-//!   peak, about [`EXACT_PEAK_DOUBLES`] `N^2` doubles (measured on the CPU), fits in
+//!   peak, `NllMethod::exact_memory(N)` (the library's estimate), fits in
 //!   [`MEMORY_SHARE`] of the available memory: the host's `MemAvailable` on the CPU, the
 //!   device's free memory on CUDA (up to [`EXACT_UNCHECKED_MAX`] points when that cannot be
 //!   read).
@@ -49,7 +49,7 @@ mod gp_problem;
 mod report;
 use std::error::Error;
 use std::process::{Command, Stdio};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use lazy_kernels::gp::{ExactGp, GpSettings, NllMethod, NllReport};
@@ -62,16 +62,10 @@ type Res<T> = Result<T, Box<dyn Error>>;
 const LARGE: usize = 50_000;
 /// The warm-up problem's size for large `N`.
 const WARMUP_N: usize = 2_000;
-/// The exact path's peak memory in `N^2` doubles, as this benchmark measured it on the CPU at
-/// commit 3fd02d2 (peak RSS from 24.5 to 28 `N^2` doubles at `N` = 1,000 to 8,000, most of it
-/// in the backward pass through the dense matrix, built one row at a time on the CPU). The
-/// backward pass's own matrices (the factor, `A^-1`, `a a^T`, their difference, the gradient
-/// of the dense matrix) are about 5 `N^2`; update this when the library gets there.
-const EXACT_PEAK_DOUBLES: f64 = 28.0;
 /// The share of the available memory the exact path may plan to take.
 const MEMORY_SHARE: f64 = 0.9;
 /// The largest `N` the exact path runs at on a CUDA device whose free memory cannot be read
-/// ([`EXACT_PEAK_DOUBLES`] `N^2` doubles: 22 GB at this size).
+/// (`NllMethod::exact_memory`: 6.4 GB at this size).
 const EXACT_UNCHECKED_MAX: usize = 10_000;
 
 // ---------------------------------------------------------------------------------------------
@@ -467,32 +461,9 @@ fn grad_rel(g: &[f64], h: &[f64]) -> f64 {
     (num / den).sqrt()
 }
 
-/// Today's date and time in UTC, `YYYY-MM-DD HH:MM UTC` (days to civil date: H. Hinnant's
-/// `civil_from_days`).
-fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
-}
-
 /// Whether the exact path fits at `n` points on `dev`: `Ok(bytes it needs)` or why not.
 fn exact_fits(n: usize, dev: &Device) -> Result<f64, String> {
-    let need = EXACT_PEAK_DOUBLES * (n as f64).powi(2) * 8.0;
+    let need = NllMethod::exact_memory(n) as f64;
     let (avail, what) = if dev.is_cpu() {
         (meminfo_bytes("MemAvailable:"), "available (host)")
     } else {
@@ -504,7 +475,7 @@ fn exact_fits(n: usize, dev: &Device) -> Result<f64, String> {
     match avail {
         Some(avail) if need <= MEMORY_SHARE * avail => Ok(need),
         Some(avail) => Err(format!(
-            "not run: needs about {} ({EXACT_PEAK_DOUBLES} N^2 doubles), {} {what}",
+            "not run: needs about {} (NllMethod::exact_memory), {} {what}",
             fmt_bytes(need),
             fmt_bytes(avail)
         )),
@@ -574,7 +545,7 @@ fn main() -> Res<()> {
         all_args.join(" ")
     );
     println!();
-    println!("Date: {}", utc_now());
+    println!("Date: {}", report::utc_now());
     println!(
         "Machine: {}, {nproc} CPUs (nproc), {} RAM, rayon threads {}, ISA {}",
         report::cpu_model(),
@@ -711,7 +682,7 @@ fn main() -> Res<()> {
          short peak. Std. error: the stochastic NLL's, half the log-determinant's. NLL rel. \
          diff: |stoch. - exact| / |exact|; grad rel. diff: |g_stoch. - g_exact| / |g_exact| \
          over the gradient w.r.t. (raw l0, l1, l2, raw outputscale, raw noise, mean). The \
-         exact method runs where about {EXACT_PEAK_DOUBLES} N^2 doubles fit in {:.0}% of the \
+         exact method runs where NllMethod::exact_memory(N) fits in {:.0}% of the \
          available memory (host MemAvailable on the CPU, the device's free memory on CUDA).",
         MEMORY_SHARE * 100.0
     );

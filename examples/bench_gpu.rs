@@ -550,7 +550,7 @@ fn main() -> Res<()> {
         args.join(" ")
     );
     println!();
-    println!("- date: unix {}", unix.as_secs());
+    println!("- date: {} (unix {})", report::utc_now(), unix.as_secs());
     let query = ["--query-gpu=name,driver_version", "--format=csv,noheader"];
     let gpu = first_line("nvidia-smi", &query).unwrap_or_else(|| "unknown".into());
     println!("- GPU: {gpu} (name, driver)");

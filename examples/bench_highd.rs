@@ -722,7 +722,7 @@ fn main() -> Res<()> {
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
     println!();
-    println!("- date: unix {unix}");
+    println!("- date: {} (unix {unix})", report::utc_now());
     println!("- CPU: {}", report::cpu_model());
     println!("- device: {}", device::describe(&dev));
     println!(

@@ -287,16 +287,7 @@ fn date() -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let human = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    match human {
-        Some(h) => format!("{h} (unix {unix})"),
-        None => format!("unix {unix}"),
-    }
+    format!("{} (unix {unix})", report::utc_now())
 }
 
 fn fmt_mib(m: Option<f64>) -> String {

@@ -216,7 +216,10 @@ fn check(shape: Shape, d: usize, ls: f64, noise: f64) {
         assert!(dense.love.is_none(), "no LOVE factor on the exact path");
         let (dm, dv) = (vec1(&dense.mean), vec1(&dense.variance));
         let dv_err = max_rel(&dv, &var);
-        eprintln!("exact path ({method:?}): mean {:.2e} variance {dv_err:.2e}", mean_err(&dm));
+        eprintln!(
+            "exact path ({method:?}): mean {:.2e} variance {dv_err:.2e}",
+            mean_err(&dm)
+        );
         assert!(mean_err(&dm) < 1e-10 && dv_err < 1e-8, "{dv_err:.2e}");
         assert!(mean_err(&vec1(&c.gp.predict_mean(&c.xt).unwrap())) < 1e-10);
     }

@@ -13,9 +13,9 @@
 //!
 //! Costs: `N^2` kernel values for `A`, `2 N^3 / 3` flops for the factor and `2 N^3` for
 //! `A^-1` (formed with every evaluation, since `W` is part of the graph), then `N^2` kernel
-//! values and gradients for `sum W K` and its backward pass; memory `O(N^2)` (about four
-//! `N x N` matrices of `f64` at the peak), which is why [`NllMethod::Auto`] takes this path
-//! only up to [`NllMethod::exact_limit`].
+//! values and gradients for `sum W K` and its backward pass; memory `O(N^2)`
+//! ([`NllMethod::exact_memory`]), which is why [`NllMethod::Auto`] takes this path only up to
+//! [`NllMethod::exact_limit`].
 
 use candle_core::{DType, Device, Tensor};
 
@@ -29,14 +29,14 @@ use crate::linalg::Cholesky;
 /// use candle_core::Device;
 /// use lazy_kernels::gp::NllMethod;
 /// assert_eq!(NllMethod::default(), NllMethod::Auto);
-/// assert_eq!(NllMethod::Auto.resolve(1_000, &Device::Cpu), NllMethod::Exact);
+/// assert_eq!(NllMethod::Auto.resolve(2_000, &Device::Cpu), NllMethod::Exact);
 /// assert_eq!(NllMethod::Auto.resolve(100_000, &Device::Cpu), NllMethod::Stochastic);
 /// assert_eq!(NllMethod::Stochastic.resolve(1_000, &Device::Cpu), NllMethod::Stochastic);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum NllMethod {
-    /// [`NllMethod::Exact`] up to [`NllMethod::exact_limit`] points, where it is the faster
-    /// of the two, else [`NllMethod::Stochastic`] (the default).
+    /// [`NllMethod::Exact`] up to [`NllMethod::exact_limit`] points, else
+    /// [`NllMethod::Stochastic`] (the default).
     #[default]
     Auto,
     /// The dense kernel matrix and a blocked Cholesky factorisation on the model's device
@@ -53,17 +53,35 @@ impl NllMethod {
     /// The most training points for which [`NllMethod::Auto`] takes the exact path on
     /// `device`.
     ///
-    /// On the CPU it is where the exact step (value and gradient) stops being faster than the
-    /// stochastic one with the default settings, measured by `bench_gp` on the 2-core machine
-    /// of the README. On CUDA it is a guess, not yet measured: the factorisation runs at the
-    /// device's `f64` matrix-product speed, so the crossover lies further out; memory
-    /// (`5 N^2` doubles at the peak of the backward pass, 4 GB at this limit) bounds it too.
+    /// Where the exact step is faster than the stochastic one depends on how hard the solves
+    /// are. Measured on the 2-core CPU of the README (value and gradient, default settings):
+    /// on a well-conditioned problem (`bench_gp`: 3D Gaussian kernel, CG converges in 3 to 5
+    /// iterations) the exact step is faster up to N = 200 and 2.2x, 5.3x, 12x slower at 500,
+    /// 2,000, 4,000 (0.06, 0.87, 5.8 s); on the ill-conditioned weekly Mauna Loa problem
+    /// (N = 2,225, a composite kernel with a short-range term) it is faster: 1.6 s against
+    /// 2.0 s. The CPU limit, 2,500, keeps the exact path where its step costs about a second
+    /// or less on that machine and where hard problems gain from it; its value is exact and
+    /// deterministic, which lets [`Optimizer::Lbfgs`](super::Optimizer::Lbfgs) train on it.
+    /// On CUDA the limit is a guess, not yet measured: the factorisation runs at the device's
+    /// `f64` matrix-product speed, and [`NllMethod::exact_memory`] at the limit is 6.4 GB.
     pub fn exact_limit(device: &Device) -> usize {
         if device.is_cpu() {
             EXACT_LIMIT_CPU
         } else {
             EXACT_LIMIT_CUDA
         }
+    }
+
+    /// About the most memory the exact path takes at `n` training points, in bytes: eight
+    /// `n x n` matrices of `f64` (measured on the CPU by `bench_gp`: 881 MiB of peak resident
+    /// memory at N = 4,000, 7.2 such matrices).
+    ///
+    /// ```
+    /// use lazy_kernels::gp::NllMethod;
+    /// assert_eq!(NllMethod::exact_memory(1000), 64_000_000);
+    /// ```
+    pub fn exact_memory(n: usize) -> usize {
+        n.saturating_mul(n).saturating_mul(8 * 8)
     }
 
     /// What this choice means for `n` training points on `device`: [`NllMethod::Auto`]
@@ -78,7 +96,7 @@ impl NllMethod {
 }
 
 /// See [`NllMethod::exact_limit`].
-const EXACT_LIMIT_CPU: usize = 4_000;
+const EXACT_LIMIT_CPU: usize = 2_500;
 /// See [`NllMethod::exact_limit`].
 const EXACT_LIMIT_CUDA: usize = 10_000;
 
