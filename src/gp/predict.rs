@@ -167,7 +167,7 @@ struct Love {
 /// How a prediction cache solves with `K + s^2 I`.
 enum Solves {
     /// The preconditioned CG solver (exact variances, LOVE's operator): the stochastic path.
-    Iterative(Solver),
+    Iterative(Box<Solver>),
     /// The dense factor, on the exact path ([`super::NllMethod::Exact`]): every variance and
     /// covariance is then computed from it, whatever [`GpSettings::variances`] says.
     Dense(Cholesky),
@@ -299,7 +299,7 @@ impl ExactGp {
             let solver = op.solver(&r_work, noise, &opts)?;
             let (a, info) = solver.solve(&r_work)?;
             accept(&info, "the mean's solve")?;
-            (Solves::Iterative(solver), a)
+            (Solves::Iterative(Box::new(solver)), a)
         };
         Ok(PredictCache {
             key,
