@@ -1,5 +1,6 @@
 //! Predictions of an exact GP: the mean alone, mean and variance by LOVE and by exact batched
-//! solves, timed, with the largest error against a dense `f64` reference on a subset.
+//! solves (the stochastic path's predictions), and by the exact path's dense Cholesky factor,
+//! timed, with the largest error against a dense `f64` reference on a subset.
 //!
 //! ```text
 //! cargo run --release --example bench_predict                    # N = 2,000, M = 10^4, 2D Matern 5/2
@@ -14,7 +15,8 @@
 //! The problem: `N` training points uniform in the unit square (or interval, `--dim 1`),
 //! `y = sin(6 x0) + cos(4 x1) + 0.1 eps`; `M` test points uniform in `[-0.1, 1.1]^D`; a
 //! Matern 5/2 (or `--kernel gauss` Gaussian) kernel of lengthscale 0.2, outputscale 1, noise
-//! variance 0.01; default settings otherwise.
+//! variance 0.01; default settings otherwise, with `nll_method` set per row (`Stochastic`
+//! for the first five, `Exact` for the dense factor's).
 //!
 //! Rows: "cold" includes what the model caches once per hyperparameter state (the mean's
 //! solve and, for LOVE, the factor), "warm" reuses it (what a second call costs). Times are the
@@ -30,7 +32,7 @@ use std::error::Error;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use lazy_kernels::gp::{ExactGp, Positive, Variances};
+use lazy_kernels::gp::{ExactGp, NllMethod, Positive, Variances};
 use lazy_kernels::{Kernel, KernelOperator};
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -252,6 +254,8 @@ fn main() -> Res<()> {
         "LOVE mean + variance, cold",
         "LOVE mean + variance, warm",
         "exact mean + variance, warm",
+        "dense factor (exact path), cold",
+        "dense factor (exact path), warm",
     ];
     let mut rows: Vec<Row> = names
         .iter()
@@ -267,7 +271,12 @@ fn main() -> Res<()> {
             } else {
                 Variances::default()
             };
-            if i == 0 || i == 2 {
+            gp.settings.nll_method = if i >= 5 {
+                NllMethod::Exact
+            } else {
+                NllMethod::Stochastic
+            };
+            if i == 0 || i == 2 || i == 5 {
                 gp.clear_prediction_cache();
             }
             let t = Instant::now();

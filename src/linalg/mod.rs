@@ -161,7 +161,7 @@ mod tests {
         let err = matmul(&coef, &done);
         if cfg!(debug_assertions) {
             let msg = err.unwrap_err().to_string();
-            assert!(msg.contains("linalg.rs"), "names the caller: {msg}");
+            assert!(msg.contains("linalg/mod.rs"), "names the caller: {msg}");
         } else {
             let got = err.unwrap();
             let diff = (got - &cpu).unwrap().abs().unwrap().max_all().unwrap();
