@@ -11,7 +11,7 @@
 //! and `(r - r) . a`. From there Candle's autodiff reaches every hyperparameter, the noise and
 //! the mean.
 //!
-//! Costs: `N^2` kernel values for `A`, `2 N^3 / 3` flops for the factor and `2 N^3` for
+//! Costs: `N^2` kernel values for `A`, `2 N^3 / 3` flops for the factor and as many for
 //! `A^-1` (formed with every evaluation, since `W` is part of the graph), then `N^2` kernel
 //! values and gradients for `sum W K` and its backward pass; memory `O(N^2)`
 //! ([`NllMethod::exact_memory`]), which is why [`NllMethod::Auto`] takes this path only up to

@@ -13,7 +13,7 @@
 //!
 //! Costs: about `2 N^3 / 3` flops for the factor (the trailing update forms the whole square
 //! `L21 L21^T`, twice what a symmetric rank-k update needs, in exchange for one plain product),
-//! `2 N^2 E` per solve of `E` columns, `2 N^3` for [`Cholesky::inverse`]; memory: the factor
+//! `2 N^2 E` per solve of `E` columns, `2 N^3 / 3` for [`Cholesky::inverse`]; memory: the factor
 //! holds `N^2 / 2` values, and the factorisation needs up to three `N x N` matrices at once
 //! (the input, the product and the next trailing matrix).
 
@@ -209,9 +209,59 @@ impl Cholesky {
         }
     }
 
-    /// `A^-1`, `(N, N)`: [`Cholesky::solve`] of the identity (`2 N^3` flops, `N^2` values).
+    /// `A^-1`, `(N, N)`, as `X^T X` with `X = L^-1`, both by panels and only where `X` is not
+    /// zero (`2 N^3 / 3` flops, where a solve of the identity would take `2 N^3`): the column
+    /// panels of `X` by forward substitution from their diagonal block down, then each block
+    /// `(i, j)`, `i <= j`, of `A^-1` as one product of two of them (the block `(j, i)` its
+    /// transpose). Memory: `X`'s `N^2 / 2` values beside the result.
     pub fn inverse(&self) -> candle_core::Result<Tensor> {
-        self.solve(&Tensor::eye(self.n, self.dtype, &self.device)?)
+        let p = self.panels.len();
+        // X[s_j.., panel j], (N - s_j, b_j): X_jj = L_jj^-1, then X_kj = L_kk^-1 (rest)_k with
+        // rest = -(L below panel j) X_jj, updated panel by panel as in `solve`.
+        let mut cols: Vec<Tensor> = Vec::with_capacity(p);
+        for j in 0..p {
+            let xjj = self.panels[j].inv_diag.clone();
+            let mut pieces = vec![xjj.clone()];
+            if let Some(l21) = &self.panels[j].below {
+                let mut rest = matmul(l21, &xjj)?.neg()?;
+                for panel in &self.panels[j + 1..] {
+                    let bk = panel.inv_diag.dim(0)?;
+                    let zk = matmul(&panel.inv_diag, &rest.narrow(0, 0, bk)?)?;
+                    if let Some(below) = &panel.below {
+                        let m = rest.dim(0)? - bk;
+                        rest = (rest.narrow(0, bk, m)? - matmul(below, &zk)?)?;
+                    }
+                    pieces.push(zk);
+                }
+            }
+            cols.push(Tensor::cat(&pieces, 0)?);
+        }
+        // (A^-1)_ij = sum_{k >= max(i, j)} X_ki^T X_kj: rows s_j.. of column panel i against
+        // column panel j, for i <= j.
+        let mut upper: Vec<Vec<Tensor>> = Vec::with_capacity(p);
+        for i in 0..p {
+            let mut row = Vec::with_capacity(p - i);
+            for j in i..p {
+                let (si, sj) = (self.panels[i].start, self.panels[j].start);
+                let len = self.n - sj;
+                row.push(matmul(&cols[i].narrow(0, sj - si, len)?.t()?, &cols[j])?);
+            }
+            upper.push(row);
+        }
+        let mut rows = Vec::with_capacity(p);
+        for i in 0..p {
+            let row: Vec<Tensor> = (0..p)
+                .map(|j| {
+                    if i <= j {
+                        Ok(upper[i][j - i].clone())
+                    } else {
+                        upper[j][i - j].t()
+                    }
+                })
+                .collect::<candle_core::Result<_>>()?;
+            rows.push(Tensor::cat(&row, 1)?);
+        }
+        Tensor::cat(&rows, 0)
     }
 }
 
