@@ -317,6 +317,12 @@ mod tests {
         (a + (Tensor::eye(n, DType::F64, &Device::Cpu).unwrap() * shift).unwrap()).unwrap()
     }
 
+    /// `max |t|` in f64.
+    fn max_abs(t: &Tensor) -> f64 {
+        let m = t.abs().unwrap().max_all().unwrap();
+        m.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    }
+
     /// Unblocked reference: log det and `A^-1 b` by a plain Cholesky on the host.
     fn reference(a: &Tensor, b: &[f64]) -> (f64, Vec<f64>) {
         let n = b.len();
@@ -360,14 +366,7 @@ mod tests {
             // Several columns, and the inverse: A A^-1 = I.
             let inv = c.inverse().unwrap();
             let eye = matmul(&a, &inv).unwrap();
-            let off = (eye - Tensor::eye(n, DType::F64, &Device::Cpu).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let off = max_abs(&(eye - Tensor::eye(n, DType::F64, &Device::Cpu).unwrap()).unwrap());
             assert!(off < 1e-10, "n = {n}: |A A^-1 - I| = {off:e}");
         }
     }
@@ -383,14 +382,7 @@ mod tests {
         let x64 = c64.solve(&b).unwrap();
         let x32 = c32.solve(&b).unwrap();
         assert_eq!(x32.dtype(), DType::F32);
-        let diff = (x32.to_dtype(DType::F64).unwrap() - &x64)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let diff = max_abs(&(x32.to_dtype(DType::F64).unwrap() - &x64).unwrap());
         assert!(diff < 1e-4, "{diff:e}");
     }
 
