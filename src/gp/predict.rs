@@ -4,9 +4,10 @@
 //! training operator in `f64`, the mean's solve `a = (K + s^2 I)^-1 (y - m)` with its
 //! preconditioned solver, and, when asked for, the LOVE factor. On the exact path
 //! ([`NllMethod::Exact`](super::NllMethod::Exact), which [`NllMethod::Auto`](super::NllMethod::Auto)
-//! takes for small problems) the cache holds the dense Cholesky factor of `K + s^2 I` instead,
-//! and every mean, variance and covariance comes from it (exact, two matrix products per panel
-//! of the factor per batch of test points), whatever [`GpSettings::variances`] says. The cache is keyed on the
+//! takes for small problems) the cache holds the dense Cholesky factor of `K + s^2 I` instead:
+//! the mean, [`Variances::Exact`] variances (`|L^-1 k(X, x*)|^2`, a forward substitution by
+//! panels per batch of 1024 test points) and the exact covariances of the samples come from
+//! it; LOVE, when asked for, is built as on the stochastic path. The cache is keyed on the
 //! values of the kernel's parameters, the noise, the mean and the settings: changing any of
 //! them (a `fit` step, [`Positive::set`](super::Positive::set), `gp.mean().set(..)`, new
 //! settings) rebuilds it at the next prediction.
@@ -164,15 +165,6 @@ struct Love {
     options: (f64, usize),
 }
 
-/// How a prediction cache solves with `K + s^2 I`.
-enum Solves {
-    /// The preconditioned CG solver (exact variances, LOVE's operator): the stochastic path.
-    Iterative(Box<Solver>),
-    /// The dense factor, on the exact path ([`super::NllMethod::Exact`]): every variance and
-    /// covariance is then computed from it, whatever [`GpSettings::variances`] says.
-    Dense(Cholesky),
-}
-
 /// What predictions share for one model state (see the module documentation).
 pub(super) struct PredictCache {
     /// The values it was built from: kernel parameters, noise, mean.
@@ -192,8 +184,15 @@ pub(super) struct PredictCache {
     a: Tensor,
     /// `y - m`, `(N, 1)`, `f64`.
     residual: Tensor,
-    /// How the cache solves with `K + s^2 I`.
-    system: Solves,
+    /// The training operator in the working dtype.
+    op: KernelOperator,
+    /// The dense factor of `K + s^2 I`, on the exact path ([`super::NllMethod::Exact`]): the
+    /// mean, [`Variances::Exact`] variances and exact covariances come from it.
+    factor: Option<Cholesky>,
+    /// The preconditioned CG solver of `K + s^2 I` (exact variances on the stochastic path,
+    /// LOVE's operator on both): built with the cache on the stochastic path, when LOVE is
+    /// first asked for on the exact path.
+    solver: Option<Box<Solver>>,
     love: Option<Love>,
 }
 
@@ -248,6 +247,11 @@ impl ExactGp {
         if let Some(opts) = love {
             if cache.love.as_ref().map(|l| l.options) != Some(opts) {
                 cache.love = None;
+                if cache.solver.is_none() {
+                    let r = cache.residual.to_dtype(cache.work)?;
+                    let settings = self.solve_options(self.settings.predict_tol);
+                    cache.solver = Some(Box::new(cache.op.solver(&r, cache.noise, &settings)?));
+                }
                 cache.love = Some(cache.build_love(opts)?);
             }
         }
@@ -281,7 +285,7 @@ impl ExactGp {
             .to_vec1::<f64>()?[0];
         let residual = (self.y.detach().to_dtype(DType::F64)? - mean)?.reshape((self.n(), 1))?;
         let r_work = residual.to_dtype(work)?;
-        let (system, a) = if self.nll_method()? == super::NllMethod::Exact {
+        let (factor, solver, a) = if self.nll_method()? == super::NllMethod::Exact {
             let n = self.n();
             let dense = (op.to_dense()?.to_dtype(DType::F64)?
                 + Tensor::eye(n, DType::F64, x.device())?.affine(noise, 0.0)?)?;
@@ -293,13 +297,13 @@ impl ExactGp {
                 ),
             })?;
             let a = factor.solve(&residual)?;
-            (Solves::Dense(factor), a)
+            (Some(factor), None, a)
         } else {
             let opts = self.solve_options(self.settings.predict_tol);
             let solver = op.solver(&r_work, noise, &opts)?;
             let (a, info) = solver.solve(&r_work)?;
             accept(&info, "the mean's solve")?;
-            (Solves::Iterative(Box::new(solver)), a)
+            (None, Some(Box::new(solver)), a)
         };
         Ok(PredictCache {
             key,
@@ -311,7 +315,9 @@ impl ExactGp {
             noise,
             a: a.to_dtype(DType::F64)?,
             residual,
-            system,
+            op,
+            factor,
+            solver,
             love: None,
         })
     }
@@ -411,8 +417,8 @@ impl ExactGp {
     /// The posterior mean and variance at `x_new` (`(M, D)` or `(M,)`), with the current
     /// hyperparameters (no gradients), the variances as [`GpSettings::variances`] says:
     /// [`Variances::Love`] (the default: a factor built once per model state, then `O(N k)`
-    /// per point) or [`Variances::Exact`] (batched solves); on the exact path from the dense
-    /// factor (see the [module documentation](self)). Memory: `O(N (k + c))` with `c`
+    /// per point) or [`Variances::Exact`] (batched solves; on the exact path from the dense
+    /// factor, see the [module documentation](self)). Memory: `O(N (k + c))` with `c`
     /// the test points handled at once (16 MiB of kernel rows for LOVE,
     /// [`GpSettings::predict_chunk`] for exact variances), never `O(N M)`.
     pub fn predict(&self, x_new: &Tensor) -> candle_core::Result<Prediction> {
@@ -456,17 +462,10 @@ impl ExactGp {
         })
     }
 
-    /// LOVE's options if predictions use it: [`Variances::Love`] on the stochastic path (the
-    /// exact path predicts from its dense factor).
+    /// LOVE's options if [`GpSettings::variances`] asks for it.
     fn love_options(&self) -> candle_core::Result<Option<(f64, usize)>> {
         match self.settings.variances {
-            Variances::Love { tol, max_rank } if self.nll_method()? != super::NllMethod::Exact => {
-                Ok(Some(check_love(tol, max_rank)?))
-            }
-            Variances::Love { tol, max_rank } => {
-                check_love(tol, max_rank)?;
-                Ok(None)
-            }
+            Variances::Love { tol, max_rank } => Ok(Some(check_love(tol, max_rank)?)),
             Variances::Exact => Ok(None),
         }
     }
@@ -612,17 +611,27 @@ fn gram(cross: &KernelOperator) -> candle_core::Result<Tensor> {
     Tensor::cat(&bands, 0)
 }
 
+/// The error of a cache without its solver (`with_cache` builds it before it is needed).
+fn missing_solver() -> candle_core::Error {
+    Error::Backend {
+        what: "ExactGp prediction cache",
+        detail: "no CG solver was built for this prediction (a bug of lazy-kernels)".into(),
+    }
+    .into()
+}
+
 impl PredictCache {
     /// `(K + s^2 I)^-1 b` for the columns `b` (`(N, c)`, the working dtype), in `f64` from the
     /// dense factor, else in the working dtype from the CG solver (checked).
     fn solve_columns(&self, b: &Tensor, what: &str) -> candle_core::Result<Tensor> {
-        match &self.system {
-            Solves::Dense(factor) => factor.solve(&b.to_dtype(DType::F64)?),
-            Solves::Iterative(solver) => {
+        match (&self.factor, &self.solver) {
+            (Some(factor), _) => factor.solve(&b.to_dtype(DType::F64)?),
+            (None, Some(solver)) => {
                 let (v, info) = solver.solve(b)?;
                 accept(&info, what)?;
                 Ok(v)
             }
+            (None, None) => Err(missing_solver()),
         }
     }
 
@@ -630,9 +639,10 @@ impl PredictCache {
     /// [`DENSE_CHUNK`] with the dense factor (whose solves cost two matrix products per panel,
     /// whatever the number of columns).
     fn chunk(&self) -> usize {
-        match self.system {
-            Solves::Dense(_) => self.settings.predict_chunk.max(DENSE_CHUNK),
-            Solves::Iterative(_) => self.settings.predict_chunk.max(1),
+        if self.factor.is_some() {
+            self.settings.predict_chunk.max(DENSE_CHUNK)
+        } else {
+            self.settings.predict_chunk.max(1)
         }
     }
 
@@ -656,9 +666,15 @@ impl PredictCache {
             let idx: Vec<usize> = (start..(start + chunk).min(m)).collect();
             let rows = cross.rows(&idx)?; // (c, N), working dtype
             let b = rows.t()?.contiguous()?;
-            let v = self.solve_columns(&b, "a variance solve")?;
-            let (b64, v64) = (b.to_dtype(DType::F64)?, v.to_dtype(DType::F64)?);
-            parts.push((&b64 * &v64)?.sum(0)?);
+            let b64 = b.to_dtype(DType::F64)?;
+            // b^T A^-1 b: |L^-1 b|^2 from the factor (half a solve), else b . (A^-1 b).
+            parts.push(match &self.factor {
+                Some(factor) => factor.forward(&b64)?.sqr()?.sum(0)?,
+                None => {
+                    let v = self.solve_columns(&b, "a variance solve")?;
+                    (&b64 * v.to_dtype(DType::F64)?)?.sum(0)?
+                }
+            });
             means.push(matmul(&b64.t()?, &self.a)?.reshape(idx.len())?);
         }
         Ok((Tensor::cat(&means, 0)?, Tensor::cat(&parts, 0)?))
@@ -696,15 +712,8 @@ impl PredictCache {
         } else {
             crate::solve::normals(0, n, 1, &self.residual)?
         };
-        let Solves::Iterative(solver) = &self.system else {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                detail: "LOVE is not built on the exact path: its predictions come from the \
-                         dense Cholesky factor (set GpSettings::nll_method to Stochastic for \
-                         LOVE)"
-                    .into(),
-            }
-            .into());
+        let Some(solver) = &self.solver else {
+            return Err(missing_solver());
         };
         let mut lanczos = solver.lanczos(&start.to_dtype(self.work)?)?;
         // Probes: evenly spaced training points.

@@ -174,19 +174,7 @@ impl Cholesky {
             }
             .into());
         }
-        let b2 = b2.detach().to_dtype(self.dtype)?.contiguous()?;
-        // L z = b, panel by panel: z_k = L11^-1 rest_k, rest <- rest_below - L21 z_k.
-        let mut z = Vec::with_capacity(self.panels.len());
-        let mut rest = b2;
-        for p in &self.panels {
-            let bk = p.inv_diag.dim(0)?;
-            let zk = matmul(&p.inv_diag, &rest.narrow(0, 0, bk)?)?;
-            if let Some(l21) = &p.below {
-                let m = rest.dim(0)? - bk;
-                rest = (rest.narrow(0, bk, m)? - matmul(l21, &zk)?)?;
-            }
-            z.push(zk);
-        }
+        let z = self.forward_panels(&b2.detach().to_dtype(self.dtype)?.contiguous()?)?;
         // L^T x = z, from the last panel: x_k = L11^-T (z_k - L21^T x_below).
         let mut x: Vec<Tensor> = Vec::with_capacity(self.panels.len());
         for (p, zk) in self.panels.iter().zip(z).rev() {
@@ -207,6 +195,58 @@ impl Cholesky {
         } else {
             Ok(out)
         }
+    }
+
+    /// `L^-1 b` for `b` of shape `(N, E)` (the factor's dtype and device): half of
+    /// [`Cholesky::solve`], what `b^T A^-1 b = |L^-1 b|^2` needs.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::linalg::Cholesky;
+    /// let a = Tensor::new(&[[4f64, 2.], [2., 3.]], &Device::Cpu)?;
+    /// let b = Tensor::new(&[[2f64], [1.]], &Device::Cpu)?;
+    /// let z = Cholesky::new(&a)?.forward(&b)?;                    // L = [[2, 0], [1, sqrt 2]]
+    /// let q: f64 = z.sqr()?.sum_all()?.to_scalar()?;              // b^T A^-1 b = 1
+    /// assert!((q - 1.0).abs() < 1e-14);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn forward(&self, b: &Tensor) -> candle_core::Result<Tensor> {
+        match b.dims() {
+            [m, _] if *m == self.n => {}
+            dims => {
+                return Err(Error::Shape {
+                    op: OP,
+                    detail: format!("the right-hand side must be ({}, E), got {dims:?}", self.n),
+                }
+                .into())
+            }
+        }
+        if !b.device().same_device(&self.device) {
+            return Err(Error::Device {
+                op: OP,
+                detail: "the right-hand side is not on the factor's device".into(),
+            }
+            .into());
+        }
+        let z = self.forward_panels(&b.detach().to_dtype(self.dtype)?.contiguous()?)?;
+        Tensor::cat(&z, 0)
+    }
+
+    /// `L z = b` panel by panel (`b` checked, contiguous, the factor's dtype):
+    /// `z_k = L11^-1 rest_k`, `rest <- rest_below - L21 z_k`; the blocks `z_k`.
+    fn forward_panels(&self, b: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let mut z = Vec::with_capacity(self.panels.len());
+        let mut rest = b.clone();
+        for p in &self.panels {
+            let bk = p.inv_diag.dim(0)?;
+            let zk = matmul(&p.inv_diag, &rest.narrow(0, 0, bk)?)?;
+            if let Some(l21) = &p.below {
+                let m = rest.dim(0)? - bk;
+                rest = (rest.narrow(0, bk, m)? - matmul(l21, &zk)?)?;
+            }
+            z.push(zk);
+        }
+        Ok(z)
     }
 
     /// `A^-1`, `(N, N)`, as `X^T X` with `X = L^-1`, both by panels and only where `X` is not
