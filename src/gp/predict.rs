@@ -417,8 +417,9 @@ impl ExactGp {
     /// The posterior mean and variance at `x_new` (`(M, D)` or `(M,)`), with the current
     /// hyperparameters (no gradients), the variances as [`GpSettings::variances`] says:
     /// [`Variances::Love`] (the default: a factor built once per model state, then `O(N k)`
-    /// per point) or [`Variances::Exact`] (batched solves; on the exact path from the dense
-    /// factor, see the [module documentation](self)). Memory: `O(N (k + c))` with `c`
+    /// per point) or [`Variances::Exact`] (batched CG solves; on the exact path,
+    /// [`NllMethod::Exact`](super::NllMethod::Exact), `|L^-1 k(X, x*)|^2` from the dense
+    /// Cholesky factor `L` of `K + s^2 I`, which also gives the mean there). Memory: `O(N (k + c))` with `c`
     /// the test points handled at once (16 MiB of kernel rows for LOVE,
     /// [`GpSettings::predict_chunk`] for exact variances), never `O(N M)`.
     pub fn predict(&self, x_new: &Tensor) -> candle_core::Result<Prediction> {
