@@ -1,7 +1,8 @@
 //! Exact Gaussian-process regression on a [`KernelOperator`]: the marginal likelihood through
 //! the differentiable solve and stochastic Lanczos quadrature, without building the kernel
 //! matrix, or exactly by a dense Cholesky factorisation on the device for problems small
-//! enough ([`NllMethod`], chosen by size by default), hyperparameters learned by gradients ([`ExactGp::fit`]), predictions with
+//! enough ([`NllMethod`], chosen by size by default), hyperparameters learned by gradients
+//! ([`ExactGp::fit`]: AdamW, or L-BFGS on the exact path), predictions with
 //! variances ([`ExactGp::predict`]: LOVE or batched solves), the mean alone
 //! ([`ExactGp::predict_mean`]), joint posterior samples ([`ExactGp::posterior_samples`]), and
 //! models saved and loaded in safetensors ([`persist`]).

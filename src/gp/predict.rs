@@ -3,8 +3,8 @@
 //! Every prediction works from a cache built once per model state ([`PredictCache`]): the
 //! training operator in `f64`, the mean's solve `a = (K + s^2 I)^-1 (y - m)` with its
 //! preconditioned solver, and, when asked for, the LOVE factor. On the exact path
-//! ([`NllMethod::Exact`](super::NllMethod::Exact), which [`NllMethod::Auto`](super::NllMethod::Auto)
-//! takes for small problems) the cache holds the dense Cholesky factor of `K + s^2 I` instead:
+//! ([`NllMethod::Exact`](super::NllMethod::Exact), which
+//! [`NllMethod::Auto`](super::NllMethod::Auto) takes for small problems) the cache holds the dense Cholesky factor of `K + s^2 I` instead:
 //! the mean, [`Variances::Exact`] variances (`|L^-1 k(X, x*)|^2`, a forward substitution by
 //! panels per batch of 1024 test points) and the exact covariances of the samples come from
 //! it; LOVE, when asked for, is built as on the stochastic path. The cache is keyed on the
@@ -419,9 +419,10 @@ impl ExactGp {
     /// [`Variances::Love`] (the default: a factor built once per model state, then `O(N k)`
     /// per point) or [`Variances::Exact`] (batched CG solves; on the exact path,
     /// [`NllMethod::Exact`](super::NllMethod::Exact), `|L^-1 k(X, x*)|^2` from the dense
-    /// Cholesky factor `L` of `K + s^2 I`, which also gives the mean there). Memory: `O(N (k + c))` with `c`
-    /// the test points handled at once (16 MiB of kernel rows for LOVE,
-    /// [`GpSettings::predict_chunk`] for exact variances), never `O(N M)`.
+    /// Cholesky factor `L` of `K + s^2 I`, which also gives the mean there). Memory:
+    /// `O(N (k + c))` with `c` the test points handled at once (16 MiB of kernel rows for
+    /// LOVE, [`GpSettings::predict_chunk`] for exact variances, at least 1,024 with the dense
+    /// factor), never `O(N M)`; the exact path's factor holds `N^2 / 2` values.
     pub fn predict(&self, x_new: &Tensor) -> candle_core::Result<Prediction> {
         let x_new = self.test_points(x_new)?;
         let dtype = self.x.dtype();
