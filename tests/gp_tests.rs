@@ -1110,6 +1110,24 @@ fn dense_nll_value(rk: &RefKernel, pts: &[Vec<f64>], y: &[f64], noise: f64, m: f
         + 0.5 * n as f64 * LOG_2PI
 }
 
+/// The minimiser of the dense NLL of a 1D Gaussian-kernel GP found by Newton's method on the
+/// NLL profiled over the output scale and the mean, from `(lengthscale, scale, noise)`: the
+/// minimum and `[lengthscale, scale, noise, mean]` (the noise without the `floor`).
+fn dense_optimum_1d(
+    pts: &[Vec<f64>],
+    y: &[f64],
+    (l0, s0, noise0): (f64, f64, f64),
+    floor: f64,
+) -> (f64, [f64; 4]) {
+    let f = |a: f64, b: f64| profiled_nll(pts, y, a.exp(), b.exp()).0;
+    let opt = newton_2d(&f, [l0.ln(), (noise0 / s0).ln()]);
+    let (best, s_best, m_best) = profiled_nll(pts, y, opt[0].exp(), opt[1].exp());
+    (
+        best,
+        [opt[0].exp(), s_best, opt[1].exp() * s_best - floor, m_best],
+    )
+}
+
 /// `(name, values)` of a model as plain numbers.
 fn named(v: &[(String, Vec<f64>)]) -> Vec<f64> {
     v.iter().flat_map(|(_, x)| x.iter().cloned()).collect()
@@ -1131,12 +1149,8 @@ fn fit_reaches_the_dense_optimum_1d() {
     let (l0, s0, noise0) = (0.1f64, 1.0f64, 0.05f64);
 
     // The dense optimum, from the same start.
-    let f = |a: f64, b: f64| profiled_nll(&pts, &y, a.exp(), b.exp()).0;
-    let opt = newton_2d(&f, [l0.ln(), (noise0 / s0).ln()]);
-    let (best, s_best, m_best) = profiled_nll(&pts, &y, opt[0].exp(), opt[1].exp());
-    let l_best = opt[0].exp();
-    let noise_best = opt[1].exp() * s_best - floor;
-    let want = [l_best, s_best, noise_best, m_best];
+    let (best, want) = dense_optimum_1d(&pts, &y, (l0, s0, noise0), floor);
+    let [l_best, s_best, noise_best, m_best] = want;
     eprintln!("dense optimum: {want:?}, nll {best:.6}");
     // It is a minimum of the full dense NLL in all four values: a zero gradient, and a higher
     // NLL 1% away on each side in each value.
@@ -2055,10 +2069,7 @@ fn lbfgs_on_the_exact_path_reaches_the_dense_optimum() {
     let (x, pts, y) = synthetic(&mut rng, n, 1, 25.0, 0.1);
     let floor = GpSettings::default().noise_floor;
     let (l0, s0, noise0) = (0.1f64, 1.0f64, 0.05f64);
-    let f = |a: f64, b: f64| profiled_nll(&pts, &y, a.exp(), b.exp()).0;
-    let opt = newton_2d(&f, [l0.ln(), (noise0 / s0).ln()]);
-    let (best, s_best, m_best) = profiled_nll(&pts, &y, opt[0].exp(), opt[1].exp());
-    let want = [opt[0].exp(), s_best, opt[1].exp() * s_best - floor, m_best];
+    let (best, want) = dense_optimum_1d(&pts, &y, (l0, s0, noise0), floor);
 
     let mut gp = gaussian_gp(&x, &y, &[l0], s0, noise0);
     let opts = FitOptions {

@@ -167,14 +167,7 @@ impl Cholesky {
                 .into())
             }
         };
-        if !b.device().same_device(&self.device) {
-            return Err(Error::Device {
-                op: OP,
-                detail: "the right-hand side is not on the factor's device".into(),
-            }
-            .into());
-        }
-        let z = self.forward_panels(&b2.detach().to_dtype(self.dtype)?.contiguous()?)?;
+        let z = self.forward_panels(&self.rhs(&b2)?)?;
         // L^T x = z, from the last panel: x_k = L11^-T (z_k - L21^T x_below).
         let mut x: Vec<Tensor> = Vec::with_capacity(self.panels.len());
         for (p, zk) in self.panels.iter().zip(z).rev() {
@@ -221,6 +214,13 @@ impl Cholesky {
                 .into())
             }
         }
+        let z = self.forward_panels(&self.rhs(b)?)?;
+        Tensor::cat(&z, 0)
+    }
+
+    /// A right-hand side `(N, E)` of shape already checked: on the factor's device (else an
+    /// error), detached, in its dtype, contiguous.
+    fn rhs(&self, b: &Tensor) -> candle_core::Result<Tensor> {
         if !b.device().same_device(&self.device) {
             return Err(Error::Device {
                 op: OP,
@@ -228,11 +228,10 @@ impl Cholesky {
             }
             .into());
         }
-        let z = self.forward_panels(&b.detach().to_dtype(self.dtype)?.contiguous()?)?;
-        Tensor::cat(&z, 0)
+        b.detach().to_dtype(self.dtype)?.contiguous()
     }
 
-    /// `L z = b` panel by panel (`b` checked, contiguous, the factor's dtype):
+    /// `L z = b` panel by panel (`b` from [`Cholesky::rhs`]):
     /// `z_k = L11^-1 rest_k`, `rest <- rest_below - L21 z_k`; the blocks `z_k`.
     fn forward_panels(&self, b: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         let mut z = Vec::with_capacity(self.panels.len());
