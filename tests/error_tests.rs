@@ -273,3 +273,98 @@ fn malformed_strings_name_the_column() {
         &["Add"],
     );
 }
+
+/// `f_k(x)`: `k` nested ops, alternately `sin` and `* 1.5`, and its derivative, by the chain
+/// rule in `f64` (the reference).
+fn chain_reference(x: f64, k: usize) -> (f64, f64) {
+    let (mut v, mut d) = (x, 1.0);
+    for i in 0..k {
+        if i % 2 == 0 {
+            d *= v.cos();
+            v = v.sin();
+        } else {
+            v *= 1.5;
+            d *= 1.5;
+        }
+    }
+    (v, d)
+}
+
+/// The same chain as a lazy formula over `x`.
+fn chain(x: &LazyTensor, k: usize) -> LazyTensor {
+    let c = LazyTensor::constant(1.5);
+    let mut f = x.clone();
+    for i in 0..k {
+        f = if i % 2 == 0 { f.sin() } else { &f * &c };
+    }
+    f
+}
+
+/// Issue 17: formulas of any depth can be built, printed, compared and dropped on a thread
+/// with the default (2 MiB) stack; a reduction refuses one deeper than `MAX_DEPTH` with an
+/// error naming the limit, and runs one just under it (its gradient too, whose formula is
+/// deeper still), against the chain rule in f64.
+#[test]
+fn deep_formulas_never_overflow_the_stack() {
+    use lazy_kernels::formula::expr::MAX_DEPTH;
+    std::thread::spawn(|| {
+        let xs = [0.5f64, -0.25];
+        let xt = Tensor::new(&[[xs[0]], [xs[1]]], &Device::Cpu).unwrap();
+        let yt = Tensor::new(&[[1f64]], &Device::Cpu).unwrap();
+        let (x, y) = (LazyTensor::vi(&xt).unwrap(), LazyTensor::vj(&yt).unwrap());
+
+        // A million nested ops through the API.
+        let deep = chain(&x, 1_000_000);
+        let f = deep.expr().unwrap();
+        assert_eq!(f.depth(), 1_000_001);
+        let printed = f.to_string();
+        assert!(printed.len() > 5_000_000 && printed.starts_with("Sin("));
+        assert!(deep.expr().unwrap() == chain(&x, 1_000_000).expr().unwrap());
+        let e = err_text((&deep * &y).sum(Axis::J));
+        assert_mentions(
+            &e,
+            &["1000002 ops deep", "MAX_DEPTH", &MAX_DEPTH.to_string()],
+        );
+        drop((deep, printed));
+
+        // Just under the limit: values; and a gradient, whose backward formula is about twice
+        // as deep as the chain (it goes through the same check as the forward formula).
+        let k = MAX_DEPTH - 2;
+        let v = (&chain(&x, k) * &y).sum(Axis::J).unwrap();
+        let v = v.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for (i, &x0) in xs.iter().enumerate() {
+            let (want, _) = chain_reference(x0, k);
+            assert!(
+                (v[i] - want).abs() <= 1e-12 * want.abs().max(1e-300),
+                "{} vs {want}",
+                v[i]
+            );
+        }
+        let xv = candle_core::Var::from_tensor(&xt).unwrap();
+        let xl = LazyTensor::vi(xv.as_tensor()).unwrap();
+        let k = MAX_DEPTH / 4;
+        let s = (&chain(&xl, k) * &y)
+            .sum(Axis::J)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let g = s.backward().unwrap();
+        let g = g
+            .get(xv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        for (i, &x0) in xs.iter().enumerate() {
+            let (_, want) = chain_reference(x0, k);
+            assert!(
+                (g[i] - want).abs() <= 1e-10 * want.abs().max(1e-300),
+                "{} vs {want}",
+                g[i]
+            );
+        }
+    })
+    .join()
+    .unwrap();
+}
