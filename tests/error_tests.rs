@@ -368,3 +368,104 @@ fn deep_formulas_never_overflow_the_stack() {
     .join()
     .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Resource limits (issue 17): every allocation sized by user input is checked first against
+// the memory the machine reports, and a request too large is an error giving the size.
+// ---------------------------------------------------------------------------------------------
+
+/// The error of `r`, which must be an out-of-memory error naming `what` and a size.
+fn oom<T: std::fmt::Debug>(r: candle_core::Result<T>, what: &str) -> String {
+    let e = err_text(r);
+    assert_mentions(&e, &["out of memory", what, "needs", "bytes"]);
+    e
+}
+
+#[test]
+fn too_large_requests_are_errors_that_give_the_size() {
+    use lazy_kernels::backend::memory::available;
+    use lazy_kernels::gp::{ExactGp, GpSettings, NllMethod, Positive};
+    use lazy_kernels::{Kernel, KernelOperator, LogdetOptions, Preconditioner, Rank, SolveOptions};
+    let dev = Device::Cpu;
+    let (free, source) = available(&dev);
+    eprintln!("available: {free} bytes ({source})");
+    let x = LazyTensor::vi(&t(&[3, 2], DType::F32)).unwrap();
+    let y = LazyTensor::vj(&t(&[5, 2], DType::F32)).unwrap();
+    let d = x.sqdist(&y).unwrap();
+
+    // k: the issue's case (an abort in the allocator before), and larger.
+    let e = oom(
+        d.argkmin(1_000_000_000_000, Axis::J),
+        "the output (3 rows x 0 values",
+    );
+    eprintln!("{e}");
+    oom(d.kmin_argkmin(usize::MAX / 4, Axis::J), "the output");
+    // A k whose output fits but whose partial states (32 rows per task) do not.
+    let k = free / 64;
+    oom(d.argkmin(k, Axis::J), "the partial states");
+
+    // Output rows x components: many rows of a wide k-min.
+    let many = LazyTensor::vi(&t(&[200_000, 1], DType::F32)).unwrap();
+    let wide = many.sqdist(&LazyTensor::vj(&t(&[4, 1], DType::F32)).unwrap());
+    oom(
+        wide.unwrap().kmin(free / 100_000, Axis::J),
+        "the output (200000 rows",
+    );
+
+    // Dense rows and dense matrices of a kernel operator.
+    let pts = Tensor::zeros((1_000_000, 1), DType::F32, &dev).unwrap();
+    let ls = Tensor::new(&[0.5f32], &dev).unwrap();
+    let op = KernelOperator::new(Kernel::gaussian(&ls), &pts, &pts).unwrap();
+    oom(op.to_dense(), "1000000 dense rows of 1000000 kernel values");
+    let idx: Vec<usize> = (0..1_000_000).collect();
+    oom(op.rows(&idx), "dense rows");
+
+    // A batch of right-hand sides (a broadcast view: nothing is allocated to ask).
+    let b = Tensor::zeros((1, 1), DType::F32, &dev)
+        .unwrap()
+        .broadcast_as((1_000_000, 10_000_000))
+        .unwrap();
+    oom(
+        op.solve(&b, 0.1, &SolveOptions::default()),
+        "the CG buffers",
+    );
+
+    // The preconditioner's rank.
+    let b1 = Tensor::zeros((1_000_000, 1), DType::F32, &dev).unwrap();
+    let ranked = SolveOptions {
+        preconditioner: Preconditioner::PivotedCholesky(Rank::Fixed(1_000_000)),
+        ..SolveOptions::default()
+    };
+    oom(op.solve(&b1, 0.1, &ranked), "a factor of rank 1000000");
+
+    // The log-determinant's probes.
+    let probes = LogdetOptions {
+        probes: 1_000_000_000,
+        ..LogdetOptions::default()
+    };
+    let small = Tensor::zeros((1000, 1), DType::F32, &dev).unwrap();
+    let op_small = KernelOperator::new(Kernel::gaussian(&ls), &small, &small).unwrap();
+    let b_small = Tensor::zeros((1000, 1), DType::F32, &dev).unwrap();
+    oom(
+        op_small.solve_logdet(&b_small, 0.1, &SolveOptions::default(), &probes),
+        "1000000000 probes",
+    );
+
+    // The exact GP path on a million points.
+    let yv = Tensor::zeros(1_000_000, DType::F32, &dev).unwrap();
+    let l = Positive::new("lengthscale", &[0.5], DType::F32, &dev).unwrap();
+    let noise = Positive::new("noise", &[0.1], DType::F32, &dev).unwrap();
+    let lc = l.clone();
+    let gp = ExactGp::new(&pts, &yv, vec![l], noise, move || {
+        Ok(Kernel::gaussian(&lc.value()?))
+    })
+    .unwrap()
+    .with_settings(GpSettings {
+        nll_method: NllMethod::Exact,
+        ..GpSettings::default()
+    });
+    oom(
+        gp.nll(),
+        "the exact NLL's dense f64 matrices for N = 1000000",
+    );
+}

@@ -324,7 +324,7 @@ fn reduce_unchecked(
     let run = run_kind(reduction, bound.formula.dim(), &needs_grad)?;
     let (dtype, device) = agree(&bound.tensors, op)?;
     let (vars, rows, terms) = layout(&bound.tensors, reduction.axis, sizes, op)?;
-    check_output(rows, run.out, op)?;
+    check_output(rows, run.out, dtype, &device, op)?;
     // A rewritten formula was chosen for the block path: its plan is one.
     let forced = ReductionOptions {
         path: gram::Path::Blocks,
@@ -703,20 +703,32 @@ fn known_sizes(
     Ok((rows, terms))
 }
 
-/// Validation: the output (`rows` times the widest of `out`'s values and indices) is not too
-/// large to allocate.
-fn check_output(rows: usize, out: OutputSpec, op: &'static str) -> crate::error::Result<()> {
-    let cols = out.values.max(out.indices);
-    let fits = rows
-        .checked_mul(cols)
-        .is_some_and(|c| c <= (isize::MAX as usize) / 16);
-    if fits {
-        return Ok(());
-    }
-    Err(Error::InvalidArgument {
+/// Validation: the output (`rows` rows of `out`'s values in `dtype` and indices in `i64`,
+/// with the backends' `f64`/`i64` staging copies of them) fits in `device`'s memory.
+fn check_output(
+    rows: usize,
+    out: OutputSpec,
+    dtype: DType,
+    device: &Device,
+    op: &'static str,
+) -> crate::error::Result<()> {
+    use crate::backend::memory::{bytes, reserve};
+    let vals = rows.checked_mul(out.values);
+    let idx = rows.checked_mul(out.indices);
+    let need = vals
+        .zip(idx)
+        .and_then(|(v, i)| bytes(&[(v, dtype.size_in_bytes()), (v, 8), (i, 8), (i, 8)]));
+    reserve(
         op,
-        detail: format!("the output ({rows} rows x {cols} columns) is too large"),
-    })
+        || {
+            format!(
+                "the output ({rows} rows x {} values and {} indices)",
+                out.values, out.indices
+            )
+        },
+        need,
+        device,
+    )
 }
 
 /// Dispatch: in planning mode, records `plan` and answers with stand-ins; otherwise finds the
