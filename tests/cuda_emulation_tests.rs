@@ -465,11 +465,9 @@ fn reference(p: &Prepared, options: &ReductionOptions) -> Reference {
 }
 
 /// For the [`Inputs::Special`] cases of Sum, LogSumExp and SumSoftMaxWeight: each row's value
-/// by the IEEE rules of `src/reduction/mod.rs`, from plain `f64` loops over the formula's
-/// values `F = Log(b - w)` (and `G = Exp(-b * b)`), computed in the storage type as the
-/// kernels do: the plain sum (`+inf` with `+inf` terms, `NaN` with both infinities); the
-/// log-sum-exp (`+inf` with a `+inf` term, `-inf` when all are `-inf`); the softmax-weighted
-/// mean of `G` with the `+inf` scores sharing the weight, and 0 for a row of `-inf` scores.
+/// by the IEEE rules of `src/reduction/mod.rs` ([`common::ieee_rule`], plain `f64` loops) over
+/// the formula's values `F = Log(b - w)` (and `G = Exp(-b * b)`), computed in the storage type
+/// as the kernels do.
 fn ieee_rule(p: &Prepared) -> Option<Vec<f64>> {
     let c = &p.case;
     if !matches!(c.inputs, Inputs::Special { .. }) {
@@ -489,35 +487,9 @@ fn ieee_rule(p: &Prepared) -> Option<Vec<f64>> {
         .to_vec2::<f64>()
         .unwrap();
     let g: Vec<f64> = flat_f64(b).iter().map(|b| (-b * b).exp()).collect();
-    let rule = |row: &[f64]| -> f64 {
-        let nan = row.iter().any(|v| v.is_nan());
-        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        match c.kind {
-            ReductionKind::Sum => row.iter().sum(),
-            _ if nan => f64::NAN,
-            ReductionKind::LogSumExp if m.is_infinite() => m,
-            ReductionKind::LogSumExp => m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln(),
-            _ if m == f64::NEG_INFINITY => 0.0,
-            _ => {
-                let wt: Vec<f64> = row
-                    .iter()
-                    .map(|&v| match (v == f64::INFINITY, m == f64::INFINITY) {
-                        (true, _) => 1.0,
-                        (false, true) => 0.0,
-                        _ => (v - m).exp(),
-                    })
-                    .collect();
-                let num: f64 = wt.iter().zip(&g).map(|(w, g)| w * g).sum();
-                num / wt.iter().sum::<f64>()
-            }
-        }
-    };
-    match c.kind {
-        ReductionKind::Sum | ReductionKind::LogSumExp | ReductionKind::SumSoftMaxWeight => {
-            Some(f.iter().map(|row| rule(row)).collect())
-        }
-        _ => None,
-    }
+    f.iter()
+        .map(|row| common::ieee_rule(c.kind, row, &g))
+        .collect()
 }
 
 /// The packed input buffer of a case (variable `k` at the `k`-th offset, row-major), as the

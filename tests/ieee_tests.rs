@@ -5,7 +5,10 @@
 //! against plain loops implementing the documented rule. Then the gradients of these cases,
 //! `KernelOperator::matmul` with infinite weights, and an f32 sum of 10^7 terms against f64.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::{flat, flat_i64};
 use lazy_kernels::{Axis, Kernel, KernelOperator, LazyTensor, ReductionKind};
 
 const INF: f64 = f64::INFINITY;
@@ -55,19 +58,6 @@ fn col(v: &[f64], dtype: DType) -> Tensor {
         .unwrap()
         .to_dtype(dtype)
         .unwrap()
-}
-
-fn flat(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn flat_i64(t: &Tensor) -> Vec<i64> {
-    t.flatten_all().unwrap().to_vec1().unwrap()
 }
 
 /// The formula's two shapes: `x * y` (the CPU backend's fused product root for Sum) and
@@ -252,30 +242,6 @@ fn logsumexp_follows_ieee_and_dense_candle() {
     });
 }
 
-/// The documented SumSoftMaxWeight of one row of scores `s` and values `g`: `NaN` with a `NaN`
-/// score; the mean of `g` over the `+inf` scores; 0 when every score is `-inf`; else the
-/// softmax-weighted mean.
-fn softmax_rule(s: &[f64], g: &[f64]) -> f64 {
-    if s.iter().any(|v| v.is_nan()) {
-        return NAN;
-    }
-    let infs: Vec<f64> = s
-        .iter()
-        .zip(g)
-        .filter(|(v, _)| **v == INF)
-        .map(|(_, g)| *g)
-        .collect();
-    if !infs.is_empty() {
-        return infs.iter().sum::<f64>() / infs.len() as f64;
-    }
-    let m = s.iter().cloned().fold(-INF, f64::max);
-    if m == -INF {
-        return 0.0;
-    }
-    let w: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
-    w.iter().zip(g).map(|(w, g)| w * g).sum::<f64>() / w.iter().sum::<f64>()
-}
-
 /// SumSoftMaxWeight: the documented rule, and dense Candle (`exp(F) G / sum exp(F)`) wherever
 /// Candle's result is not `NaN`.
 #[test]
@@ -283,7 +249,11 @@ fn softmax_weights_follow_the_limit_rule() {
     for_each_case(|name, what, p, dtype| {
         let (got, _) = p.reduce(ReductionKind::SumSoftMaxWeight);
         let g = flat(&p.g);
-        let want: Vec<f64> = p.rows().iter().map(|s| softmax_rule(s, &g)).collect();
+        let want: Vec<f64> = p
+            .rows()
+            .iter()
+            .map(|s| common::ieee_rule(ReductionKind::SumSoftMaxWeight, s, &g).unwrap())
+            .collect();
         let tols = vec![20.0 * rtol(dtype); got.len()];
         check_values(&got, &want, &tols, what);
         let d64 = p.dense.to_dtype(DType::F64).unwrap();
