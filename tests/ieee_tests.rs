@@ -260,7 +260,7 @@ fn softmax_weights_follow_the_limit_rule() {
         let w = d64.exp().unwrap();
         let g64 = p.g.to_dtype(DType::F64).unwrap();
         let dense = flat(
-            &w.matmul(&g64)
+            &lazy_kernels::linalg::matmul(&w, &g64)
                 .unwrap()
                 .div(&w.sum_keepdim(1).unwrap())
                 .unwrap(),
@@ -498,7 +498,8 @@ fn kernel_matmul_with_infinite_weights() {
             );
             // Dense: the kernel matrix from the operator's rows, times b.
             let dense = k.rows(&(0..20).collect::<Vec<_>>()).unwrap();
-            let dense = flat(&dense.matmul(&bt.reshape((20, 1)).unwrap()).unwrap());
+            let dense =
+                flat(&lazy_kernels::linalg::matmul(&dense, &bt.reshape((20, 1)).unwrap()).unwrap());
             assert!(
                 dense.iter().all(|&g| same(g, want, 0.0)),
                 "dense {name}: {dense:?}"
