@@ -469,3 +469,42 @@ fn too_large_requests_are_errors_that_give_the_size() {
         "the exact NLL's dense f64 matrices for N = 1000000",
     );
 }
+
+/// Kernels too: a sum of a million kernels builds, prints and drops on a default-stack thread,
+/// and an operator refuses it (more than `MAX_KERNEL_DEPTH` levels); a sum just under the
+/// limit runs, against the closed form.
+#[test]
+fn deep_kernel_compositions_never_overflow_the_stack() {
+    use lazy_kernels::operator::MAX_KERNEL_DEPTH;
+    use lazy_kernels::{Kernel, KernelOperator};
+    std::thread::spawn(|| {
+        let dev = Device::Cpu;
+        let ls = Tensor::new(&[1.0f64], &dev).unwrap();
+        let x = Tensor::new(&[[0.0f64], [1.0]], &dev).unwrap();
+        let sum_of = |n: usize| {
+            let mut k = Kernel::gaussian(&ls);
+            for _ in 1..n {
+                k = k + Kernel::gaussian(&ls);
+            }
+            k
+        };
+        let deep = sum_of(1_000_000);
+        assert!(format!("{deep:?}").contains("1000000 levels deep"));
+        let copy = deep.clone();
+        let e = err_text(KernelOperator::new(copy, &x, &x));
+        assert_mentions(&e, &["MAX_KERNEL_DEPTH", "1000000"]);
+        drop(deep);
+        // n kernels of depth n: n Gaussians summed, K_01 = n exp(-1/2).
+        let n = MAX_KERNEL_DEPTH;
+        let k = KernelOperator::new(sum_of(n), &x, &x).unwrap();
+        let dense = k.to_dense().unwrap().to_vec2::<f64>().unwrap();
+        let want = n as f64 * (-0.5f64).exp();
+        assert!(
+            (dense[0][1] - want).abs() < 1e-9 * want,
+            "{} vs {want}",
+            dense[0][1]
+        );
+    })
+    .join()
+    .unwrap();
+}

@@ -4,7 +4,7 @@
 
 mod kernel;
 
-pub use kernel::{Kernel, KernelFn, Nu};
+pub use kernel::{Kernel, KernelFn, Nu, MAX_KERNEL_DEPTH};
 
 use candle_core::{DType, Tensor};
 
