@@ -23,6 +23,8 @@ struct Node {
     dim: usize,
     /// The longest path to a leaf, in nodes (1 for a leaf).
     depth: usize,
+    /// Nodes of the tree the DAG unfolds to (what the printed form spells out), saturating.
+    size: usize,
     hash: u64,
 }
 
@@ -158,13 +160,24 @@ impl Expr {
         }
         let hash = h.finish();
         let depth = 1 + args.iter().map(Expr::depth).max().unwrap_or(0);
+        let size = args
+            .iter()
+            .fold(1usize, |acc, a| acc.saturating_add(a.0.size));
         Ok(Expr(Arc::new(Node {
             op,
             args,
             dim,
             depth,
+            size,
             hash,
         })))
+    }
+
+    /// The formula for messages and comments: its printed form when that is at most
+    /// [`BRIEF_NODES`] nodes long, otherwise a summary (a DAG that reuses subformulas prints
+    /// as a tree, which can be exponentially larger than the DAG: `x + x` nested 60 times).
+    pub(crate) fn brief(&self) -> Brief<'_> {
+        Brief(self)
     }
 
     /// The longest chain of nested ops, in nodes (1 for a variable or a constant).
@@ -457,6 +470,27 @@ fn precedence(e: &Expr) -> u8 {
 pub(crate) fn fmt_const(c: f64) -> String {
     // `{:?}` is the shortest representation that round-trips, and always has a '.' or 'e'.
     format!("{c:?}")
+}
+
+/// The most nodes [`Expr::brief`] prints.
+pub(crate) const BRIEF_NODES: usize = 4096;
+
+/// See [`Expr::brief`].
+pub(crate) struct Brief<'a>(&'a Expr);
+
+impl fmt::Display for Brief<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = self.0;
+        if e.0.size <= BRIEF_NODES {
+            return write_expr(e, f);
+        }
+        write!(
+            f,
+            "<a formula of {} distinct nodes, {} deep, too long to print>",
+            e.node_count(),
+            e.depth()
+        )
+    }
 }
 
 /// One step of the printer: text to write, or a formula to print.

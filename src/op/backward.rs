@@ -447,7 +447,10 @@ fn reduce_values(
         .ok_or_else(|| {
             Error::InvalidArgument {
                 op: reduction.kind.name(),
-                detail: format!("the backward pass's reduction of {formula} returned no values"),
+                detail: format!(
+                    "the backward pass's reduction of {} returned no values",
+                    formula.brief()
+                ),
             }
             .into()
         })
