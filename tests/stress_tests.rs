@@ -770,12 +770,12 @@ fn mem_jobs() -> [MemJob; 3] {
             MemJob {
                 what: "solve",
                 m: 0,
-                n: 100_000,
+                n: 25_000,
             },
             MemJob {
                 what: "gp",
                 m: 0,
-                n: 100_000,
+                n: 25_000,
             },
         ]
     }
