@@ -8,9 +8,7 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
-use lazy_kernels::{
-    Axis, Kernel, KernelOperator, LazyTensor, Preconditioner, Rank, SolveOptions,
-};
+use lazy_kernels::{Axis, Kernel, KernelOperator, LazyTensor, Preconditioner, Rank, SolveOptions};
 
 use super::common::Rng;
 use super::{check, dt, on_device, Check, Ctx, Res};
@@ -23,7 +21,10 @@ pub(super) fn checks(v: &mut Vec<Check>) {
         for shared in [true, false] {
             let what = if shared { "shared" } else { "separate" };
             v.push(check(
-                format!("threads/{THREADS} threads vs 1/{what} tensors/{}", dt(dtype)),
+                format!(
+                    "threads/{THREADS} threads vs 1/{what} tensors/{}",
+                    dt(dtype)
+                ),
                 move |ctx| threads(ctx, dtype, shared),
             ));
         }
@@ -74,11 +75,15 @@ fn bits(t: &Tensor) -> Result<Vec<u64>, String> {
         .and_then(|t| t.to_device(&Device::Cpu))
         .map_err(|e| e.to_string())?;
     let r = match t.dtype() {
-        DType::F64 => t.to_vec1::<f64>().map(|v| v.iter().map(|x| x.to_bits()).collect()),
+        DType::F64 => t
+            .to_vec1::<f64>()
+            .map(|v| v.iter().map(|x| x.to_bits()).collect()),
         DType::F32 => t
             .to_vec1::<f32>()
             .map(|v| v.iter().map(|x| x.to_bits() as u64).collect()),
-        DType::I64 => t.to_vec1::<i64>().map(|v| v.iter().map(|&x| x as u64).collect()),
+        DType::I64 => t
+            .to_vec1::<i64>()
+            .map(|v| v.iter().map(|&x| x as u64).collect()),
         other => return Err(format!("unexpected dtype {other:?}")),
     };
     r.map_err(|e| e.to_string())
