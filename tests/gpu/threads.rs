@@ -129,7 +129,7 @@ fn run_jobs(p: &Inputs, first: usize) -> Out {
         },
         &|| {
             let vars = [&p.x, &p.y, &p.b, &p.s]
-                .map(|t| Var::from_tensor(t))
+                .map(Var::from_tensor)
                 .into_iter()
                 .collect::<candle_core::Result<Vec<_>>>()
                 .map_err(e)?;
