@@ -17,7 +17,9 @@
 //!
 //! The checks of the rest of the public surface (preconditioned and plain solves and their
 //! gradients, `solve_logdet`, `gp::ExactGp`, every `Kernel` family, `rows`, `diag`,
-//! `to_dense`, `t`) live in `tests/gpu/surface.rs`; its header says how they compare.
+//! `to_dense`, `t`) live in `tests/gpu/surface.rs`; its header says how they compare. The
+//! `threads/` checks (`tests/gpu/threads.rs`) run reductions, gradients and solves from eight
+//! host threads at once and require results bit-identical to one thread.
 //!
 //! Dry run: `LK_GPU_TESTS_DEVICE=cpu` makes the CPU the device under test, so that every
 //! check's logic (its runs, comparisons, residuals and device checks) runs on a machine
@@ -30,6 +32,8 @@
 mod common;
 #[path = "gpu/surface.rs"]
 mod surface;
+#[path = "gpu/threads.rs"]
+mod threads;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -379,6 +383,8 @@ fn all_checks() -> Vec<Check> {
         ));
     }
     surface::checks(&mut v);
+    // Eight host threads at once against one (issue 17, stress).
+    threads::checks(&mut v);
     bad_input(&mut v);
     v
 }
