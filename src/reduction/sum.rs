@@ -9,12 +9,14 @@
 //! with both to `NaN`; a `NaN` term gives `NaN`; a sum that overflows is `±inf`. Subnormal
 //! terms are added like any other (no flush to zero). The compensation would break this: once
 //! the running sum is infinite, Neumaier's correction `(s - t) + v` is `inf - inf = NaN`, and
-//! the final `sum + comp` would be `NaN` in every row holding an infinity. So [`kahan_add`]
-//! (and `lk_kahan_add`, its C twin) leaves the compensation alone when the new sum is not
-//! finite: the compensation is always finite, and `sum + comp` is the sum itself whenever
-//! that is infinite or `NaN`. Every Sum path of the CPU backend (the family's tiles and the
-//! fused products of `backend/cpu/exec.rs`) and of the CUDA kernels adds through these two
-//! functions, so none needs a rule of its own.
+//! the final `sum + comp` would be `NaN` in every row holding an infinity. An infinite or `NaN`
+//! sum absorbs every later term, so the value of a state is the sum alone whenever that is
+//! not finite: [`kahan_total`] (and `lk_kahan_total`, its C twin, in every CUDA kernel's
+//! finalisation) returns it, and `sum + comp` otherwise. The rule costs nothing per term (a
+//! branch in `lk_kahan_add`, run per tile, cost the CUDA Gaussian kernels a register over the
+//! SASS budget). Every Sum path of the CPU backend (the family's tiles and the fused products
+//! of `backend/cpu/exec.rs`) and of the CUDA kernels ends in `Sum::finalize` or its C code, so
+//! none needs a rule of its own.
 //!
 //! Within a tile the CPU and CUDA backends add the terms in the compute type before the `f64`
 //! state, so in `f32` a tile whose partial sum exceeds `f32::MAX` is `±inf` even when later
@@ -36,16 +38,12 @@ pub(crate) struct Sum;
 
 /// Adds `v` to a Kahan (Neumaier) compensated sum held in `(sum, comp)`.
 ///
-/// When the new sum is infinite or `NaN`, the compensation is left as it is (finite): the
-/// correction would be `inf - inf = NaN`, and the total `sum + comp` must be the IEEE sum
-/// (see the [module documentation](self)).
+/// Once the sum is infinite or `NaN` the compensation may become `NaN` (`inf - inf`); the sum
+/// then stays infinite or `NaN` (those values absorb every later term), and [`kahan_total`]
+/// returns it without the compensation (see the [module documentation](self)).
 #[inline]
 pub(crate) fn kahan_add(sum: &mut f64, comp: &mut f64, v: f64) {
     let t = *sum + v;
-    if !t.is_finite() {
-        *sum = t;
-        return;
-    }
     if sum.abs() >= v.abs() {
         *comp += (*sum - t) + v;
     } else {
@@ -54,14 +52,27 @@ pub(crate) fn kahan_add(sum: &mut f64, comp: &mut f64, v: f64) {
     *sum = t;
 }
 
-/// [`kahan_add`] in C.
-const CUDA: &str = r"// Neumaier-compensated sum in (s, c); c is left alone (finite) once the sum is infinite or NaN,
-// so that s + c is the IEEE sum (no inf - inf in the correction).
+/// The value of a compensated sum: `sum + comp`, or `sum` itself when it is infinite or `NaN`
+/// (the IEEE sum; the compensation is meaningless there, and may be `NaN`).
+#[inline]
+pub(crate) fn kahan_total(sum: f64, comp: f64) -> f64 {
+    if sum.is_finite() {
+        sum + comp
+    } else {
+        sum
+    }
+}
+
+/// [`kahan_add`] and [`kahan_total`] in C.
+const CUDA: &str = r"// Neumaier-compensated sum in (s, c).
 __device__ __forceinline__ void lk_kahan_add(double& s, double& c, double v) {
     double t = s + v;
-    if (!(fabs(t) < lk_inf())) { s = t; return; }
     if (fabs(s) >= fabs(v)) c += (s - t) + v; else c += (v - t) + s;
     s = t;
+}
+// Its value: s + c, or s when s is infinite or NaN (then c may be NaN: inf - inf).
+__device__ __forceinline__ double lk_kahan_total(double s, double c) {
+    return fabs(s) < lk_inf() ? s + c : s;
 }
 ";
 
@@ -117,7 +128,7 @@ impl Family for Sum {
         _out_idx: &mut [i64],
     ) {
         for c in 0..dim {
-            out_vals[c] = vals[c] + vals[dim + c];
+            out_vals[c] = kahan_total(vals[c], vals[dim + c]);
         }
     }
 
@@ -158,7 +169,7 @@ impl Family for Sum {
                 "lk_kahan_add(sv[{c}], sv[{0}], sv2[{c}]); sv[{0}] += sv2[{0}];",
                 f + c
             );
-            k.finalize += &cuda_store(nv, c, format!("sv[{c}] + sv[{}]", f + c));
+            k.finalize += &cuda_store(nv, c, format!("lk_kahan_total(sv[{c}], sv[{}])", f + c));
         }
         k
     }
