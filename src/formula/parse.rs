@@ -230,9 +230,16 @@ impl Parser<'_> {
     fn unary(&mut self) -> Result<Expr, ParseError> {
         if *self.peek() == Tok::Punct('-') {
             self.next();
-            self.enter()?;
+            // `-(` is one level, counted by the parenthesis: the printer writes `--x` as
+            // `-(-x)`, which must parse back within the depth that `--x` took.
+            let counted = *self.peek() != Tok::Punct('(');
+            if counted {
+                self.enter()?;
+            }
             let e = self.unary()?;
-            self.depth -= 1;
+            if counted {
+                self.depth -= 1;
+            }
             return Ok(e.neg());
         }
         self.atom()
