@@ -1,0 +1,124 @@
+//! The failures `tests/fuzz_tests.rs` found, each as its minimal input (issue 17, point 5).
+//!
+//! A test marked `#[ignore]` is a failure that another point of issue 17 fixes; its reason
+//! names the point. Run them with `cargo test --test fuzz_corpus -- --ignored` (the one that
+//! aborts the process today says so).
+
+use candle_core::{DType, Device, Tensor};
+use lazy_kernels::formula::parse;
+use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, NllMethod, Optimizer, Positive};
+use lazy_kernels::{Axis, Kernel, LazyTensor};
+
+/// A 1D GP of 8 points with a Gaussian kernel, with `settings`.
+fn small_gp(settings: GpSettings) -> ExactGp {
+    let dev = Device::Cpu;
+    let x = Tensor::new(&[0.0f64, 0.1, 0.25, 0.4, 0.5, 0.7, 0.8, 0.95], &dev).unwrap();
+    let y = (x.clone() * 3.0).unwrap().sin().unwrap();
+    let l = Positive::new("lengthscale", &[0.3], DType::F64, &dev).unwrap();
+    let noise = Positive::new("noise", &[1e-2], DType::F64, &dev).unwrap();
+    let lc = l.clone();
+    ExactGp::new(&x, &y, vec![l], noise, move || {
+        Ok(Kernel::gaussian(&lc.value()?))
+    })
+    .unwrap()
+    .with_settings(settings)
+}
+
+/// A formula nested near the parser's depth cap parses back from its canonical form: `--x`
+/// prints as `-(-x)`, and the parser used to count that parenthesis as a second level, so
+/// 200 negations printed as 400 levels, over the cap of 256. Fixed in `src/formula/parse.rs`.
+#[test]
+fn printed_negation_chain_parses_back() {
+    let src = format!("{}Vi(0,1)", "-".repeat(200));
+    let f = parse(&src, &[]).unwrap();
+    let printed = f.to_string();
+    assert!(printed.starts_with("-(-(-("), "{printed}");
+    assert_eq!(parse(&printed, &[]).unwrap(), f);
+    // The cap still holds for parenthesised negations.
+    let deep = format!("{}Vi(0,1){}", "-(".repeat(300), ")".repeat(300));
+    assert!(parse(&deep, &[]).is_err());
+}
+
+/// `probes: usize::MAX` on the stochastic path: `rows * cols` of the probe block overflows in
+/// `src/solve/random.rs` ("attempt to multiply with overflow" in debug builds).
+#[test]
+#[ignore = "issue 17 point 1 (resource limits): the probe count is not checked before its allocation"]
+fn huge_probe_count_is_an_error() {
+    let gp = small_gp(GpSettings {
+        nll_method: NllMethod::Stochastic,
+        probes: usize::MAX,
+        ..GpSettings::default()
+    });
+    assert!(gp.nll().is_err());
+}
+
+/// `Optimizer::Lbfgs { history: usize::MAX }`: `VecDeque::with_capacity(history)` in
+/// `src/gp/fit.rs` panics with "capacity overflow" (a large finite history would abort).
+#[test]
+#[ignore = "issue 17 point 1 (resource limits): the L-BFGS history is allocated up front"]
+fn huge_lbfgs_history_is_an_error() {
+    let mut gp = small_gp(GpSettings {
+        nll_method: NllMethod::Exact,
+        ..GpSettings::default()
+    });
+    let opts = FitOptions {
+        optimizer: Optimizer::Lbfgs {
+            history: usize::MAX,
+        },
+        steps: 2,
+        progress: false,
+        ..FitOptions::default()
+    };
+    let _ = gp.fit(&opts);
+}
+
+/// `FitOptions { steps: usize::MAX }`: `Vec::with_capacity(opts.steps)` in `src/gp/fit.rs`
+/// panics with "capacity overflow" (a large finite count would abort), before any step.
+#[test]
+#[ignore = "issue 17 point 1 (resource limits): the trajectory is allocated for every step up front"]
+fn huge_step_count_is_not_an_allocation() {
+    let mut gp = small_gp(GpSettings {
+        nll_method: NllMethod::Exact,
+        ..GpSettings::default()
+    });
+    let opts = FitOptions {
+        steps: usize::MAX,
+        tol: 1.0, // stops at the first window
+        patience: 1,
+        progress: false,
+        ..FitOptions::default()
+    };
+    let _ = gp.fit(&opts);
+}
+
+/// `FitOptions { patience: usize::MAX }`: `2 * w` in the early-stopping test of
+/// `src/gp/fit.rs` overflows ("attempt to multiply with overflow" in debug builds).
+#[test]
+#[ignore = "issue 17 point 4 (fit's early stopping): 2 * patience overflows"]
+fn huge_patience_is_not_an_overflow() {
+    let mut gp = small_gp(GpSettings {
+        nll_method: NllMethod::Exact,
+        ..GpSettings::default()
+    });
+    let opts = FitOptions {
+        steps: 2,
+        patience: usize::MAX,
+        progress: false,
+        ..FitOptions::default()
+    };
+    let report = gp.fit(&opts).unwrap();
+    assert_eq!(report.trajectory.len(), 2);
+}
+
+/// The issue's own case: `argkmin(10^9)` aborts the process (256 GB allocation), so the fuzz
+/// generator draws `k` in {0, 1, 2, 3, N, N + 1, M + 1, usize::MAX / 2, usize::MAX} only.
+#[test]
+#[ignore = "issue 17 point 1 (resource limits): aborts the process today"]
+fn argkmin_of_a_billion_is_an_error() {
+    let x = Tensor::rand(0f32, 1., (32, 3), &Device::Cpu).unwrap();
+    let d = LazyTensor::vi(&x)
+        .unwrap()
+        .sqdist(&LazyTensor::vj(&x).unwrap())
+        .unwrap();
+    assert!(d.argkmin(1_000_000_000, Axis::J).is_err());
+}
