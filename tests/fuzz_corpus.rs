@@ -39,6 +39,17 @@ fn printed_negation_chain_parses_back() {
     assert!(parse(&deep, &[]).is_err());
 }
 
+/// A bound name at the parser's depth cap parses back from its canonical form: the name
+/// prints as the leaf `Vi(0,1)`, a call, which the parser used to count as one more level.
+/// Fixed in `src/formula/parse.rs`.
+#[test]
+fn printed_leaf_at_the_depth_cap_parses_back() {
+    let x = parse("Vi(0,1)", &[]).unwrap();
+    let src = format!("{}x", "-".repeat(255));
+    let f = parse(&src, &[("x", x)]).unwrap();
+    assert_eq!(parse(&f.to_string(), &[]).unwrap(), f);
+}
+
 /// `probes: usize::MAX` on the stochastic path: `rows * cols` of the probe block overflows in
 /// `src/solve/random.rs` ("attempt to multiply with overflow" in debug builds).
 #[test]
