@@ -378,7 +378,7 @@ fn fuzz_parse_mutations_of_valid_formulas() {
     for src in &valid {
         assert!(parse(src, &parse_names()).is_ok(), "{src} must parse");
     }
-    fuzz("parse (mutated formulas)", cases(1500), |seed| {
+    fuzz("parse (mutated formulas)", cases(2500), |seed| {
         let mut r = Rng(seed | 1);
         let base = &valid[r.below(valid.len())];
         let src = mutate(&mut r, base);
@@ -390,7 +390,7 @@ fn fuzz_parse_mutations_of_valid_formulas() {
 fn fuzz_parse_random_strings() {
     let (x, y, u) = parse_lazies();
     let lazies = [("x", &x), ("y", &y), ("u", &u)];
-    fuzz("parse (random strings)", cases(1500), |seed| {
+    fuzz("parse (random strings)", cases(20000), |seed| {
         let mut r = Rng(seed | 1);
         parse_case(&random_string(&mut r), &lazies)
     });
@@ -811,7 +811,19 @@ fn formula_case(seed: u64, stats: &std::cell::RefCell<[usize; 4]>) -> Result<(),
         .map(|l| l.expr().unwrap().vars()[0].pos)
         .collect();
     let depth = 1 + r.below(4);
-    let lt = match no_panic(what, || random_tree(&mut r, &lazies, depth))? {
+    // With a gradient to check, draw until the formula is smooth (a few tries), since only
+    // smooth formulas have a dense gradient reference.
+    let build = |r: &mut Rng| {
+        let mut lt = random_tree(r, &lazies, depth);
+        for _ in 0..if as_var { 30 } else { 0 } {
+            match &lt {
+                Ok(l) if l.expr().is_ok_and(|e| smooth(e) && e.depends_on(VarCat::I)) => break,
+                _ => lt = random_tree(r, &lazies, depth),
+            }
+        }
+        lt
+    };
+    let lt = match no_panic(what, || build(&mut r))? {
         Ok(lt) => lt,
         Err(err) => {
             debug("build", &err);
@@ -957,7 +969,7 @@ fn formula_case(seed: u64, stats: &std::cell::RefCell<[usize; 4]>) -> Result<(),
 #[test]
 fn fuzz_formulas_through_the_api() {
     let stats = std::cell::RefCell::new([0usize; 4]);
-    fuzz("formula", cases(400), |seed| formula_case(seed, &stats));
+    fuzz("formula", cases(5000), |seed| formula_case(seed, &stats));
     let [ok, err, values, grads] = *stats.borrow();
     eprintln!(
         "fuzz: formula cases: {ok} Ok ({values} checked against the dense reference, {grads} \
@@ -1383,7 +1395,7 @@ fn norm(v: &[f64]) -> f64 {
 #[test]
 fn fuzz_kernel_operator_solve() {
     let stats = std::cell::RefCell::new([0usize; 3]);
-    fuzz("solve", cases(300), |seed| solve_case(seed, &stats));
+    fuzz("solve", cases(1500), |seed| solve_case(seed, &stats));
     let [ok, err, checked] = *stats.borrow();
     eprintln!("fuzz: solve cases: {ok} Ok ({checked} checked against a dense residual), {err} Err");
 }
@@ -1697,7 +1709,7 @@ fn gp_case(seed: u64, stats: &std::cell::RefCell<[usize; 4]>) -> Result<(), Test
 #[test]
 fn fuzz_exact_gp() {
     let stats = std::cell::RefCell::new([0usize; 4]);
-    fuzz("GP", cases(120), |seed| gp_case(seed, &stats));
+    fuzz("GP", cases(150), |seed| gp_case(seed, &stats));
     let [ok, err, checked, fits] = *stats.borrow();
     eprintln!(
         "fuzz: GP cases: {ok} with an NLL ({checked} checked against the dense exact NLL and \
