@@ -1738,3 +1738,128 @@ fn fuzz_exact_gp() {
          prediction), {err} Err at new or nll, {fits} fits Ok"
     );
 }
+
+/// One random kernel operator: `matmul`, `t().matmul`, `diag`, `rows` and `to_dense` against
+/// the kernel's definition, with random shapes (non-square, mismatched `b`) and indices (some
+/// out of range).
+fn operator_case(seed: u64, stats: &std::cell::RefCell<[usize; 3]>) -> Result<(), TestCaseError> {
+    let mut r = Rng(seed | 1);
+    let dtype = [
+        DType::F64,
+        DType::F64,
+        DType::F64,
+        DType::F32,
+        DType::BF16,
+        DType::U8,
+    ][r.below(6)];
+    let (m, n) = ([0, 1, 3, 17, 40][r.below(5)], [1, 2, 9, 33][r.below(4)]);
+    let d = 1 + r.below(3);
+    let spec = random_kspec(&mut r, d, 2);
+    let special = r.below(8) == 0;
+    let x = Tensor::from_vec(random_points(&mut r, m, d, special), (m, d), &Device::Cpu).unwrap();
+    let y = Tensor::from_vec(random_points(&mut r, n, d, false), (n, d), &Device::Cpu).unwrap();
+    let (x, y) = (x.to_dtype(dtype).unwrap(), y.to_dtype(dtype).unwrap());
+    // Non-contiguous points sometimes: the transpose of a contiguous transpose.
+    let x = if r.below(4) == 0 {
+        x.t().unwrap().contiguous().unwrap().t().unwrap()
+    } else {
+        x
+    };
+    let (b_rows, e) = (if r.below(10) == 0 { n + 1 } else { n }, 1 + r.below(3));
+    let b = Tensor::from_vec(
+        (0..b_rows * e)
+            .map(|_| r.uniform(-1.0, 1.0))
+            .collect::<Vec<f64>>(),
+        (b_rows, e),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .to_dtype(dtype)
+    .unwrap();
+    let idx: Vec<usize> = (0..r.below(4)).map(|_| r.below(m + 2)).collect();
+    let what = || {
+        format!(
+            "seed {seed}: {spec:?} {dtype:?} M {m} N {n} D {d} b {:?} rows {idx:?}",
+            b.dims()
+        )
+    };
+    let k = match no_panic(what, || KernelOperator::new(spec.kernel(dtype)?, &x, &y))? {
+        Ok(k) => k,
+        Err(err) => {
+            debug("KernelOperator::new", &err);
+            stats.borrow_mut()[1] += 1;
+            return Ok(());
+        }
+    };
+    let kb = no_panic(what, || k.matmul(&b))?;
+    let ktc = no_panic(what, || {
+        k.t().matmul(&Tensor::ones((m, 1), dtype, &Device::Cpu)?)
+    })?;
+    let diag = no_panic(what, || k.diag())?;
+    let rows = no_panic(what, || k.rows(&idx))?;
+    let dense = no_panic(what, || k.to_dense())?;
+    check(rows.is_ok() || idx.iter().any(|&i| i >= m), || {
+        format!("{}: rows failed: {rows:?}", what())
+    })?;
+    check(rows.is_err() || idx.iter().all(|&i| i < m), || {
+        format!("{}: an index out of range was accepted", what())
+    })?;
+    stats.borrow_mut()[0] += 1;
+    if dtype != DType::F64 || special || !spec.valid(d) || !spec.moderate() {
+        return Ok(());
+    }
+    let (xs, ys) = (rows_of(&x), rows_of(&y));
+    let kd = spec.dense(&xs, &ys);
+    let scale = 1.0 + kd.iter().flatten().map(|v| v.abs()).fold(0.0, f64::max);
+    let fail =
+        |what_: &str, msg: String| TestCaseError::fail(format!("{}: {what_}: {msg}", what()));
+    if let Ok(dense) = &dense {
+        if let Some(msg) = close(&flat(dense), &kd.concat(), 1e-12, 1e-12 * scale) {
+            return Err(fail("to_dense", msg));
+        }
+    }
+    if let (Ok(kb), true) = (&kb, b_rows == n) {
+        let bv = rows_of(&b);
+        let want: Vec<f64> = kd
+            .iter()
+            .flat_map(|row| {
+                (0..e)
+                    .map(|c| row.iter().zip(&bv).map(|(k, b)| k * b[c]).sum::<f64>())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if let Some(msg) = close(&flat(kb), &want, 1e-10, 1e-10 * scale * n as f64) {
+            return Err(fail("matmul", msg));
+        }
+    }
+    if let Ok(kt) = &ktc {
+        let want: Vec<f64> = (0..n).map(|j| (0..m).map(|i| kd[i][j]).sum()).collect();
+        if let Some(msg) = close(&flat(kt), &want, 1e-10, 1e-10 * scale * m as f64) {
+            return Err(fail("t().matmul", msg));
+        }
+    }
+    if let Ok(dg) = &diag {
+        let want: Vec<f64> = (0..m.min(n)).map(|i| kd[i][i]).collect();
+        if let Some(msg) = close(&flat(dg), &want, 1e-12, 1e-12 * scale) {
+            return Err(fail("diag", msg));
+        }
+    }
+    if let Ok(rw) = &rows {
+        let want: Vec<f64> = idx.iter().flat_map(|&i| kd[i].clone()).collect();
+        if let Some(msg) = close(&flat(rw), &want, 1e-12, 1e-12 * scale) {
+            return Err(fail("rows", msg));
+        }
+    }
+    stats.borrow_mut()[2] += 1;
+    Ok(())
+}
+
+#[test]
+fn fuzz_kernel_operator_products() {
+    let stats = std::cell::RefCell::new([0usize; 3]);
+    fuzz("operator", cases(1500), |seed| operator_case(seed, &stats));
+    let [ok, err, checked] = *stats.borrow();
+    eprintln!(
+        "fuzz: operator cases: {ok} built ({checked} checked against the dense kernel), {err} Err"
+    );
+}
