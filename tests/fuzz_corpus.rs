@@ -1,4 +1,5 @@
-//! The failures `tests/fuzz_tests.rs` found, each as its minimal input (issue 17, point 5).
+//! The failures `tests/fuzz_tests.rs` and `tests/fuzz_gp_tests.rs` found, each as its minimal
+//! input (issue 17, point 5).
 //!
 //! A test marked `#[ignore]` is a failure that another point of issue 17 fixes; its reason
 //! names the point. Run them with `cargo test --test fuzz_corpus -- --ignored` (the one that
