@@ -147,7 +147,7 @@ fn main() -> candle_core::Result<()> {
         );
     }
     println!(
-        "{} steps in {:.2}s ({:.3}s per step){}",
+        "{} steps in {:.2}s ({:.3}s per step){}; the model keeps step {}'s values (FitReport::best_step)",
         report.trajectory.len(),
         report.seconds,
         report.seconds / report.trajectory.len().max(1) as f64,
@@ -155,7 +155,8 @@ fn main() -> candle_core::Result<()> {
             ", stopped early"
         } else {
             ""
-        }
+        },
+        report.best_step.map_or("none".to_string(), |b| b.to_string()),
     );
     let (nll, _) = gp.nll()?;
     let vals = gp.values()?;

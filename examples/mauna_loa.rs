@@ -281,10 +281,12 @@ fn main() -> candle_core::Result<()> {
     let mut trajectory = Vec::new();
     let mut seconds = 0.0;
     let mut stopped = false;
+    let mut best = None;
     for opts in &phases {
         let report = gp.fit(opts)?;
         seconds += report.seconds;
         let offset = trajectory.len();
+        best = report.best_step.map(|b| b + offset);
         trajectory.extend(report.trajectory.into_iter().map(|mut st| {
             st.step += offset;
             st
@@ -322,10 +324,11 @@ fn main() -> candle_core::Result<()> {
         );
     }
     println!(
-        "{} steps in {seconds:.1}s ({:.3}s per step){}",
+        "{} steps in {seconds:.1}s ({:.3}s per step){}; the model keeps step {}'s values",
         trajectory.len(),
         seconds / trajectory.len().max(1) as f64,
-        if stopped { ", stopped early" } else { "" }
+        if stopped { ", stopped early" } else { "" },
+        best.map_or("none".to_string(), |b: usize| b.to_string()),
     );
 
     // ---------------------------------------------------------------- learned vs references

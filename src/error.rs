@@ -58,6 +58,15 @@ pub enum Error {
         /// The devices involved.
         detail: String,
     },
+    /// An allocation would not fit in the memory the machine or the device reports as
+    /// available (see [`crate::backend::memory`]); `detail` gives the size needed.
+    #[error("{op}: out of memory: {detail}")]
+    OutOfMemory {
+        /// The operation that would allocate.
+        op: &'static str,
+        /// What would be allocated, its size, and what is available.
+        detail: String,
+    },
     /// A formula string could not be parsed.
     #[error("{0}")]
     Parse(#[from] ParseError),

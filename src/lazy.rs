@@ -383,7 +383,10 @@ impl LazyTensor {
         if f.depends_on(VarCat::J) {
             return Err(Error::InvalidArgument {
                 op: "LazyTensor::pointwise",
-                detail: format!("the formula {f} has j-variables: reduce it instead"),
+                detail: format!(
+                    "the formula {} has j-variables: reduce it instead",
+                    f.brief()
+                ),
             }
             .into());
         }
@@ -394,7 +397,7 @@ impl LazyTensor {
             .map(|b| b.tensor.elem_count() / b.dim)
             .ok_or_else(|| Error::InvalidArgument {
                 op: "LazyTensor::pointwise",
-                detail: format!("the formula {f} has no i-variable, so no rows"),
+                detail: format!("the formula {} has no i-variable, so no rows", f.brief()),
             })?;
         crate::op::reduce_sized(
             f,

@@ -14,7 +14,10 @@
 //! `j`-variables too wide for shared memory; sizes that are not multiples of the block, the 2D
 //! scheme (several chunks and the combine kernel) and a single row; ties between repeated
 //! points (the smallest index must win, also across tiles and chunks), and `-inf`, `+inf` and
-//! `NaN` formula values.
+//! `NaN` formula values, for which the CPU backend's values are also checked against the IEEE
+//! rules of `src/reduction/mod.rs` computed by plain loops ([`ieee_rule`]: +inf sums are +inf
+//! and not NaN, the softmax weights of `+inf` scores are their limit, a fully masked row is 0),
+//! so that the kernels matching the CPU backend means they follow those rules too.
 //!
 //! What this cannot see: timing and occupancy; the device's own arithmetic (the host runs
 //! `lk_ex2` as `exp2f`, not `ex2.approx.ftz`, flushes no subnormals and does not contract
@@ -255,6 +258,9 @@ fn cases() -> Vec<Case> {
                 ] {
                     out.push(case("Log(b - w)", Inputs::Special { inf_b }, kind, s, size));
                 }
+                let softmax = "Concat(Log(b - w), Exp(-b * b))";
+                let inputs = Inputs::Special { inf_b };
+                out.push(case(softmax, inputs, SumSoftMaxWeight, s, size));
             }
         }
     }
@@ -446,7 +452,44 @@ fn reference(p: &Prepared, options: &ReductionOptions) -> Reference {
         ReductionKind::LogSumExp | ReductionKind::SumSoftMaxWeight => vec![1.0; vals.len()],
         _ => vec![0.0; vals.len()],
     };
+    if let Some(rule) = ieee_rule(p) {
+        for (n, (&v, &r)) in vals.iter().zip(&rule).enumerate() {
+            assert!(
+                close(v, r, scale[n], c.storage),
+                "CPU backend, {}: row {n} is {v:e}, the IEEE rule gives {r:e}",
+                c.label
+            );
+        }
+    }
     Reference { vals, idx, scale }
+}
+
+/// For the [`Inputs::Special`] cases of Sum, LogSumExp and SumSoftMaxWeight: each row's value
+/// by the IEEE rules of `src/reduction/mod.rs` ([`common::ieee_rule`], plain `f64` loops) over
+/// the formula's values `F = Log(b - w)` (and `G = Exp(-b * b)`), computed in the storage type
+/// as the kernels do.
+fn ieee_rule(p: &Prepared) -> Option<Vec<f64>> {
+    let c = &p.case;
+    if !matches!(c.inputs, Inputs::Special { .. }) {
+        return None;
+    }
+    let (w, b) = (&p.tensors[0], &p.tensors[1]);
+    // F_ij in the storage type: broadcast, subtract and log with Candle, as the kernel does.
+    let f = b
+        .t()
+        .unwrap()
+        .broadcast_sub(w)
+        .unwrap()
+        .log()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    let g: Vec<f64> = flat_f64(b).iter().map(|b| (-b * b).exp()).collect();
+    f.iter()
+        .map(|row| common::ieee_rule(c.kind, row, &g))
+        .collect()
 }
 
 /// The packed input buffer of a case (variable `k` at the `k`-th offset, row-major), as the

@@ -160,7 +160,7 @@ fn bad_reduction_arguments() {
     );
     assert_mentions(
         &err_text(d.kmin(usize::MAX, Axis::J)),
-        &["KMin", "too large"],
+        &["KMin", "out of memory", "usize overflows"],
     );
 }
 
@@ -272,4 +272,239 @@ fn malformed_strings_name_the_column() {
         &err_text(LazyTensor::parse("Exp(b)", &[("b", &bad)])),
         &["Add"],
     );
+}
+
+/// `f_k(x)`: `k` nested ops, alternately `sin` and `* 1.5`, and its derivative, by the chain
+/// rule in `f64` (the reference).
+fn chain_reference(x: f64, k: usize) -> (f64, f64) {
+    let (mut v, mut d) = (x, 1.0);
+    for i in 0..k {
+        if i % 2 == 0 {
+            d *= v.cos();
+            v = v.sin();
+        } else {
+            v *= 1.5;
+            d *= 1.5;
+        }
+    }
+    (v, d)
+}
+
+/// The same chain as a lazy formula over `x`.
+fn chain(x: &LazyTensor, k: usize) -> LazyTensor {
+    let c = LazyTensor::constant(1.5);
+    let mut f = x.clone();
+    for i in 0..k {
+        f = if i % 2 == 0 { f.sin() } else { &f * &c };
+    }
+    f
+}
+
+/// Issue 17: formulas of any depth can be built, printed, compared and dropped on a thread
+/// with the default (2 MiB) stack; a reduction refuses one deeper than `MAX_DEPTH` with an
+/// error naming the limit, and runs one just under it (its gradient too, whose formula is
+/// deeper still), against the chain rule in f64.
+#[test]
+fn deep_formulas_never_overflow_the_stack() {
+    use lazy_kernels::formula::expr::MAX_DEPTH;
+    std::thread::spawn(|| {
+        let xs = [0.5f64, -0.25];
+        let xt = Tensor::new(&[[xs[0]], [xs[1]]], &Device::Cpu).unwrap();
+        let yt = Tensor::new(&[[1f64]], &Device::Cpu).unwrap();
+        let (x, y) = (LazyTensor::vi(&xt).unwrap(), LazyTensor::vj(&yt).unwrap());
+
+        // A million nested ops through the API.
+        let deep = chain(&x, 1_000_000);
+        let f = deep.expr().unwrap();
+        assert_eq!(f.depth(), 1_000_001);
+        let printed = f.to_string();
+        assert!(printed.len() > 5_000_000 && printed.starts_with("Sin("));
+        assert!(deep.expr().unwrap() == chain(&x, 1_000_000).expr().unwrap());
+        let e = err_text((&deep * &y).sum(Axis::J));
+        assert_mentions(
+            &e,
+            &["1000002 ops deep", "MAX_DEPTH", &MAX_DEPTH.to_string()],
+        );
+        drop((deep, printed));
+
+        // Just under the limit: values; and a gradient, whose backward formula is about twice
+        // as deep as the chain (it goes through the same check as the forward formula).
+        let k = MAX_DEPTH - 2;
+        let v = (&chain(&x, k) * &y).sum(Axis::J).unwrap();
+        let v = v.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for (i, &x0) in xs.iter().enumerate() {
+            let (want, _) = chain_reference(x0, k);
+            assert!(
+                (v[i] - want).abs() <= 1e-12 * want.abs().max(1e-300),
+                "{} vs {want}",
+                v[i]
+            );
+        }
+        let xv = candle_core::Var::from_tensor(&xt).unwrap();
+        let xl = LazyTensor::vi(xv.as_tensor()).unwrap();
+        let k = MAX_DEPTH / 4;
+        let s = (&chain(&xl, k) * &y)
+            .sum(Axis::J)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let g = s.backward().unwrap();
+        let g = g
+            .get(xv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        for (i, &x0) in xs.iter().enumerate() {
+            let (_, want) = chain_reference(x0, k);
+            assert!(
+                (g[i] - want).abs() <= 1e-10 * want.abs().max(1e-300),
+                "{} vs {want}",
+                g[i]
+            );
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resource limits (issue 17): every allocation sized by user input is checked first against
+// the memory the machine reports, and a request too large is an error giving the size.
+// ---------------------------------------------------------------------------------------------
+
+/// The error of `r`, which must be an out-of-memory error naming `what` and a size.
+fn oom<T: std::fmt::Debug>(r: candle_core::Result<T>, what: &str) -> String {
+    let e = err_text(r);
+    assert_mentions(&e, &["out of memory", what, "needs", "bytes"]);
+    e
+}
+
+#[test]
+fn too_large_requests_are_errors_that_give_the_size() {
+    use lazy_kernels::backend::memory::available;
+    use lazy_kernels::gp::{ExactGp, GpSettings, NllMethod, Positive};
+    use lazy_kernels::{Kernel, KernelOperator, LogdetOptions, Preconditioner, Rank, SolveOptions};
+    let dev = Device::Cpu;
+    let (free, source) = available(&dev);
+    eprintln!("available: {free} bytes ({source})");
+    let x = LazyTensor::vi(&t(&[3, 2], DType::F32)).unwrap();
+    let y = LazyTensor::vj(&t(&[5, 2], DType::F32)).unwrap();
+    let d = x.sqdist(&y).unwrap();
+
+    // k: the issue's case (an abort in the allocator before), and larger.
+    let e = oom(
+        d.argkmin(1_000_000_000_000, Axis::J),
+        "the output (3 rows x 0 values",
+    );
+    eprintln!("{e}");
+    oom(d.kmin_argkmin(usize::MAX / 4, Axis::J), "the output");
+    // A k whose output fits but whose partial states (32 rows per task) do not.
+    let k = free / 64;
+    oom(d.argkmin(k, Axis::J), "the partial states");
+
+    // Output rows x components: many rows of a wide k-min.
+    let many = LazyTensor::vi(&t(&[200_000, 1], DType::F32)).unwrap();
+    let wide = many.sqdist(&LazyTensor::vj(&t(&[4, 1], DType::F32)).unwrap());
+    oom(
+        wide.unwrap().kmin(free / 100_000, Axis::J),
+        "the output (200000 rows",
+    );
+
+    // Dense rows and dense matrices of a kernel operator.
+    let pts = Tensor::zeros((1_000_000, 1), DType::F32, &dev).unwrap();
+    let ls = Tensor::new(&[0.5f32], &dev).unwrap();
+    let op = KernelOperator::new(Kernel::gaussian(&ls), &pts, &pts).unwrap();
+    oom(op.to_dense(), "1000000 dense rows of 1000000 kernel values");
+    let idx: Vec<usize> = (0..1_000_000).collect();
+    oom(op.rows(&idx), "dense rows");
+
+    // A batch of right-hand sides (a broadcast view: nothing is allocated to ask).
+    let b = Tensor::zeros((1, 1), DType::F32, &dev)
+        .unwrap()
+        .broadcast_as((1_000_000, 10_000_000))
+        .unwrap();
+    oom(
+        op.solve(&b, 0.1, &SolveOptions::default()),
+        "the CG buffers",
+    );
+
+    // The preconditioner's rank.
+    let b1 = Tensor::zeros((1_000_000, 1), DType::F32, &dev).unwrap();
+    let ranked = SolveOptions {
+        preconditioner: Preconditioner::PivotedCholesky(Rank::Fixed(1_000_000)),
+        ..SolveOptions::default()
+    };
+    oom(op.solve(&b1, 0.1, &ranked), "a factor of rank 1000000");
+
+    // The log-determinant's probes.
+    let probes = LogdetOptions {
+        probes: 1_000_000_000,
+        ..LogdetOptions::default()
+    };
+    let small = Tensor::zeros((1000, 1), DType::F32, &dev).unwrap();
+    let op_small = KernelOperator::new(Kernel::gaussian(&ls), &small, &small).unwrap();
+    let b_small = Tensor::zeros((1000, 1), DType::F32, &dev).unwrap();
+    oom(
+        op_small.solve_logdet(&b_small, 0.1, &SolveOptions::default(), &probes),
+        "1000000000 probes",
+    );
+
+    // The exact GP path on a million points.
+    let yv = Tensor::zeros(1_000_000, DType::F32, &dev).unwrap();
+    let l = Positive::new("lengthscale", &[0.5], DType::F32, &dev).unwrap();
+    let noise = Positive::new("noise", &[0.1], DType::F32, &dev).unwrap();
+    let lc = l.clone();
+    let gp = ExactGp::new(&pts, &yv, vec![l], noise, move || {
+        Ok(Kernel::gaussian(&lc.value()?))
+    })
+    .unwrap()
+    .with_settings(GpSettings {
+        nll_method: NllMethod::Exact,
+        ..GpSettings::default()
+    });
+    oom(
+        gp.nll(),
+        "the exact NLL's dense f64 matrices for N = 1000000",
+    );
+}
+
+/// Kernels too: a sum of a million kernels builds, prints and drops on a default-stack thread,
+/// and an operator refuses it (more than `MAX_KERNEL_DEPTH` levels); a sum just under the
+/// limit runs, against the closed form.
+#[test]
+fn deep_kernel_compositions_never_overflow_the_stack() {
+    use lazy_kernels::operator::MAX_KERNEL_DEPTH;
+    use lazy_kernels::{Kernel, KernelOperator};
+    std::thread::spawn(|| {
+        let dev = Device::Cpu;
+        let ls = Tensor::new(&[1.0f64], &dev).unwrap();
+        let x = Tensor::new(&[[0.0f64], [1.0]], &dev).unwrap();
+        let sum_of = |n: usize| {
+            let mut k = Kernel::gaussian(&ls);
+            for _ in 1..n {
+                k = k + Kernel::gaussian(&ls);
+            }
+            k
+        };
+        let deep = sum_of(1_000_000);
+        assert!(format!("{deep:?}").contains("1000000 levels deep"));
+        let copy = deep.clone();
+        let e = err_text(KernelOperator::new(copy, &x, &x));
+        assert_mentions(&e, &["MAX_KERNEL_DEPTH", "1000000"]);
+        drop(deep);
+        // n kernels of depth n: n Gaussians summed, K_01 = n exp(-1/2).
+        let n = MAX_KERNEL_DEPTH;
+        let k = KernelOperator::new(sum_of(n), &x, &x).unwrap();
+        let dense = k.to_dense().unwrap().to_vec2::<f64>().unwrap();
+        let want = n as f64 * (-0.5f64).exp();
+        assert!(
+            (dense[0][1] - want).abs() < 1e-9 * want,
+            "{} vs {want}",
+            dense[0][1]
+        );
+    })
+    .join()
+    .unwrap();
 }

@@ -1306,10 +1306,12 @@ fn fit_stops_early_with_a_large_tolerance() {
     let r = gp.fit(&quiet(50, 1e3, 3)).unwrap();
     assert!(r.stopped_early);
     assert_eq!(r.trajectory.len(), 6, "two windows of 3 steps");
+    let best = r.best_step.unwrap();
+    assert!(best < 6);
     assert_eq!(
         named(&gp.values().unwrap()),
-        named(&r.trajectory[5].values),
-        "no update after the last evaluation"
+        named(&r.trajectory[best].values),
+        "the values of an evaluated step"
     );
     assert_ne!(
         named(&r.trajectory[0].values),
@@ -1353,6 +1355,145 @@ fn fit_stops_early_with_a_large_tolerance() {
     let (_, rep7) = small_gp(401).nll_seeded(7).unwrap();
     assert_eq!(rep7, r2.trajectory[0].report);
     assert_ne!(rep7, r0.trajectory[0].report);
+}
+
+/// Issue 17's case: AdamW at `lr: 0.1` (the rate of the `FitOptions` doc example) overshoots
+/// near the optimum, and the early-stopping rule ends on a rise of the NLL (here by 1.3 nats:
+/// step 19 is the lowest of 26). `fit` must leave the model at the step of the lowest NLL
+/// (exact path: deterministic), not at the last. Then the same for L-BFGS, and the window
+/// rule of the stochastic path, computed here independently.
+#[test]
+fn fit_returns_the_best_step_not_the_last() {
+    let mut rng = Rng(501);
+    let (x, pts, y) = synthetic(&mut rng, 80, 1, 6.0, 0.1);
+    let model = || {
+        gaussian_gp(&x, &y, &[0.3], 1.0, 0.05).with_settings(GpSettings {
+            nll_method: NllMethod::Exact,
+            ..GpSettings::default()
+        })
+    };
+    let opts = FitOptions {
+        steps: 80,
+        lr: 0.1,
+        progress: false,
+        ..FitOptions::default()
+    };
+    // The dense NLL at the model's values, from the reference.
+    let dense_at = |gp: &ExactGp| {
+        let (rk, noise, m, _) = read_model(gp);
+        dense_nll_value(&rk, &pts, &y, noise, m)
+    };
+    let check = |gp: &ExactGp, r: &lazy_kernels::gp::FitReport, what: &str| {
+        let nll: Vec<f64> = r.trajectory.iter().map(|s| s.report.nll).collect();
+        let best = r.best_step.expect("steps ran");
+        assert!(
+            nll.iter().all(|&v| v >= nll[best]),
+            "{what}: step {best} is not the lowest: {nll:?}"
+        );
+        assert_eq!(
+            named(&gp.values().unwrap()),
+            named(&r.trajectory[best].values),
+            "{what}: the model holds the best step's values"
+        );
+        let (_, rep) = gp.nll().unwrap();
+        assert!(
+            rel(rep.nll, nll[best]) < 1e-12,
+            "{what}: {} vs {}",
+            rep.nll,
+            nll[best]
+        );
+        let dense = dense_at(gp);
+        assert!(
+            rel(dense, nll[best]) < 1e-9,
+            "{what}: dense {dense} vs {}",
+            nll[best]
+        );
+        (nll, best)
+    };
+
+    let mut gp = model();
+    let r = gp.fit(&opts).unwrap();
+    let (nll, best) = check(&gp, &r, "AdamW");
+    eprintln!(
+        "AdamW: {} steps, best {best} ({:.5}), last {:.5}",
+        nll.len(),
+        nll[best],
+        nll[nll.len() - 1]
+    );
+    assert!(r.stopped_early);
+    assert!(
+        nll[nll.len() - 1] > nll[best] + 0.5,
+        "the case needs an overshoot: {nll:?}"
+    );
+    // Too few steps to stop early: the end of the budget restores the best too.
+    let mut gp = model();
+    let r = gp
+        .fit(&FitOptions {
+            steps: 23,
+            ..opts.clone()
+        })
+        .unwrap();
+    assert!(!r.stopped_early);
+    check(&gp, &r, "AdamW, budget");
+
+    let mut gp = model();
+    let r = gp
+        .fit(&FitOptions {
+            optimizer: Optimizer::Lbfgs { history: 10 },
+            steps: 12,
+            ..opts.clone()
+        })
+        .unwrap();
+    check(&gp, &r, "L-BFGS");
+
+    // The stochastic path: the last step of the last window of `patience` steps whose mean
+    // NLL is within one standard error of the lowest mean.
+    let mut gp = small_gp(402);
+    let r = gp
+        .fit(&FitOptions {
+            steps: 30,
+            lr: 0.1,
+            tol: 0.0,
+            patience: 4,
+            progress: false,
+            ..FitOptions::default()
+        })
+        .unwrap();
+    let window: Vec<(f64, f64)> = r
+        .trajectory
+        .windows(4)
+        .map(|w| {
+            let mean = w.iter().map(|s| s.report.nll).sum::<f64>() / 4.0;
+            let se2: f64 = w
+                .iter()
+                .map(|s| (s.report.logdet_std_error / 2.0).powi(2))
+                .sum();
+            (mean, se2 / 16.0)
+        })
+        .collect();
+    let (lo, lo_var) = window
+        .iter()
+        .copied()
+        .reduce(|a, b| if b.0 < a.0 { b } else { a })
+        .unwrap();
+    let within: Vec<usize> = (0..window.len())
+        .filter(|&k| window[k].0 - lo <= (window[k].1 + lo_var).sqrt())
+        .collect();
+    let want = within.last().unwrap() + 3;
+    eprintln!("stochastic: windows within the noise {within:?}, best step {want}");
+    assert_eq!(r.best_step, Some(want));
+    assert_eq!(
+        named(&gp.values().unwrap()),
+        named(&r.trajectory[want].values)
+    );
+    // No step: nothing to restore.
+    let r = small_gp(402)
+        .fit(&FitOptions {
+            steps: 0,
+            ..FitOptions::default()
+        })
+        .unwrap();
+    assert_eq!(r.best_step, None);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,7 +17,9 @@
 //!
 //! The checks of the rest of the public surface (preconditioned and plain solves and their
 //! gradients, `solve_logdet`, `gp::ExactGp`, every `Kernel` family, `rows`, `diag`,
-//! `to_dense`, `t`) live in `tests/gpu/surface.rs`; its header says how they compare.
+//! `to_dense`, `t`) live in `tests/gpu/surface.rs`; its header says how they compare. The
+//! `threads/` checks (`tests/gpu/threads.rs`) run reductions, gradients and solves from eight
+//! host threads at once and require results bit-identical to one thread.
 //!
 //! Dry run: `LK_GPU_TESTS_DEVICE=cpu` makes the CPU the device under test, so that every
 //! check's logic (its runs, comparisons, residuals and device checks) runs on a machine
@@ -30,6 +32,8 @@
 mod common;
 #[path = "gpu/surface.rs"]
 mod surface;
+#[path = "gpu/threads.rs"]
+mod threads;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -312,6 +316,32 @@ fn all_checks() -> Vec<Check> {
             v.push(reduction(SQDIST, kind, axis, F32, (50, 300, 3), true));
         }
     }
+    // IEEE rules (src/reduction/mod.rs): rows with +inf, -inf, both, only -inf, only +inf.
+    let ieee_kinds = [
+        Sum,
+        LogSumExp,
+        SumSoftMaxWeight,
+        MinArgMin,
+        MaxArgMax,
+        KMinArgKMin(3),
+    ];
+    for kind in ieee_kinds {
+        for dtype in both {
+            for axis in [Axis::J, Axis::I] {
+                for inf_terms in [false, true] {
+                    let name = format!(
+                        "ieee{}/{kind:?}/{}/{}",
+                        if inf_terms { "+inf" } else { "" },
+                        axis_name(axis),
+                        dt(dtype)
+                    );
+                    v.push(check(name, move |ctx| {
+                        ieee(ctx, kind, axis, dtype, inf_terms)
+                    }));
+                }
+            }
+        }
+    }
     for size in [tall, (3000, 5000, 3)] {
         for dtype in both {
             v.push(check(
@@ -353,6 +383,8 @@ fn all_checks() -> Vec<Check> {
         ));
     }
     surface::checks(&mut v);
+    // Eight host threads at once against one (issue 17, stress).
+    threads::checks(&mut v);
     bad_input(&mut v);
     v
 }
@@ -712,6 +744,103 @@ fn compare_reduction(
         }
         (None, None) => {}
         _ => return Err("indices present on one device only".into()),
+    }
+    Ok(report.join(", "))
+}
+
+/// `F = Log(ReLU(t - r))` for row scalars `r` and terms `t` (5000, crossing tiles and
+/// blocks): rows whose terms are finite and `+inf` (r = -1, with `inf_terms`), `-inf` and
+/// finite (0), `-inf` and `+inf` (-0.5, with `inf_terms`), only `-inf` (10, without
+/// `inf_terms`), only `+inf` (r = -inf), then random rows. The device against the CPU (non-finite
+/// values exactly, indices exactly), and the CPU's Sum, LogSumExp and SumSoftMaxWeight (with
+/// `G = Exp(-t * t)`) against the IEEE rules of plain loops (`common::ieee_rule`).
+fn ieee(ctx: &Ctx, kind: ReductionKind, axis: Axis, dtype: DType, inf_terms: bool) -> Res<String> {
+    let mut rng = Rng(17);
+    let inf = f64::INFINITY;
+    let n = 5000;
+    let terms: Vec<f64> = (0..n)
+        .map(|j| match j {
+            2 | 2502 if inf_terms => inf,
+            _ if j % 50 == 0 => 0.0,
+            _ if j % 50 == 1 => -0.5,
+            _ => rng.uniform(0.5, 2.0),
+        })
+        .collect();
+    let mut rows = vec![-1.0, -0.5, 0.0, 10.0, -inf];
+    rows.extend((0..20).map(|_| rng.uniform(-2.0, 0.5)));
+    let col = |v: &[f64]| -> Res<Tensor> {
+        Ok(Tensor::from_vec(v.to_vec(), (v.len(), 1), &Device::Cpu)?.to_dtype(dtype)?)
+    };
+    let (r, t) = (col(&rows)?, col(&terms)?);
+    let (x, y, f, g) = match axis {
+        Axis::J => (&r, &t, "Log(ReLU(y - x))", "Exp(-y * y)"),
+        Axis::I => (&t, &r, "Log(ReLU(x - y))", "Exp(-x * x)"),
+    };
+    let src = match kind {
+        SumSoftMaxWeight => format!("Concat({f}, {g})"),
+        _ => f.to_string(),
+    };
+    let run = |dev: &Device| -> Res<lazy_kernels::ReductionOutput> {
+        let (x, y) = (
+            LazyTensor::vi(&x.to_device(dev)?)?,
+            LazyTensor::vj(&y.to_device(dev)?)?,
+        );
+        Ok(LazyTensor::parse(&src, &[("x", &x), ("y", &y)])?.reduce(kind, axis)?)
+    };
+    let (got, want) = (run(&ctx.dev)?, run(&Device::Cpu)?);
+    // The terms' values, rows x terms, in f64 from the dtype's.
+    let dense = t
+        .t()?
+        .broadcast_sub(&r)?
+        .relu()?
+        .log()?
+        .to_dtype(DType::F64)?;
+    let dense = dense.to_vec2::<f64>()?;
+    let gv: Vec<f64> = flat(&t).iter().map(|t| (-t * t).exp()).collect();
+    let mut report = Vec::new();
+    if let (Some(gt), Some(wt)) = (&got.values, &want.values) {
+        same_kind(gt, wt, "values")?;
+        let (gvals, wvals) = (flat(&gt.to_device(&Device::Cpu)?), flat(wt));
+        let scale: Vec<f64> = match kind {
+            Sum => dense
+                .iter()
+                .map(|row| row.iter().map(|v| v.abs()).filter(|v| v.is_finite()).sum())
+                .collect(),
+            _ => wvals.iter().map(|v| v.abs().max(1.0)).collect(),
+        };
+        let stride = wvals.len() / rows.len();
+        let err = max_err(&gvals, &wvals, &scale);
+        if err > tol(dtype) {
+            return Err(format!(
+                "values: error {err:.2e} > {:.0e} against the CPU",
+                tol(dtype)
+            )
+            .into());
+        }
+        report.push(format!("values err {err:.1e}"));
+        let rule: Option<Vec<f64>> = dense
+            .iter()
+            .map(|row| common::ieee_rule(kind, row, &gv))
+            .collect();
+        if let Some(rule) = rule {
+            let w1: Vec<f64> = wvals.iter().step_by(stride).cloned().collect();
+            let rule_err = max_err(&w1, &rule, &scale);
+            if rule_err > tol(dtype) {
+                return Err(format!(
+                    "CPU values: error {rule_err:.2e} against the IEEE rule: {:?} vs {:?}",
+                    &w1[..5],
+                    &rule[..5]
+                )
+                .into());
+            }
+            report.push(format!("rule err {rule_err:.1e}"));
+        }
+    }
+    if let (Some(gi), Some(wi)) = (&got.indices, &want.indices) {
+        if flat_i64(&gi.to_device(&Device::Cpu)?) != flat_i64(wi) {
+            return Err("indices differ from the CPU's".into());
+        }
+        report.push("indices equal".into());
     }
     Ok(report.join(", "))
 }

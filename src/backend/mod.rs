@@ -24,6 +24,7 @@
 pub mod census;
 pub mod cpu;
 pub mod cuda;
+pub mod memory;
 
 use candle_core::{DType, Device};
 

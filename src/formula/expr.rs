@@ -21,7 +21,33 @@ struct Node {
     op: Op,
     args: Vec<Expr>,
     dim: usize,
+    /// The longest path to a leaf, in nodes (1 for a leaf).
+    depth: usize,
+    /// Nodes of the tree the DAG unfolds to (what the printed form spells out), saturating.
+    size: usize,
     hash: u64,
+}
+
+/// The deepest formula a reduction runs, gradients' formulas included. Building, printing,
+/// comparing, simplifying, differentiating and dropping a formula work at any depth (they
+/// never recurse, so a chain of a million ops is fine); the backends' compilers recurse, so
+/// [`crate::LazyTensor::reduce`] and the other entry points refuse a deeper formula with
+/// [`crate::Error::InvalidArgument`] before compiling it, and compile one deeper than a few
+/// hundred levels on a thread whose stack is sized for it. (The parser stops at 256 levels.)
+pub const MAX_DEPTH: usize = 10_000;
+
+/// Dropping a formula frees its nodes one after another, without recursion, so that the drop
+/// of a deep chain cannot overflow the stack.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut stack = std::mem::take(&mut self.args);
+        while let Some(e) = stack.pop() {
+            // The last reference to a node: take its arguments before it is freed.
+            if let Ok(mut node) = Arc::try_unwrap(e.0) {
+                stack.append(&mut node.args);
+            }
+        }
+    }
 }
 
 /// A formula: a node of the expression DAG.
@@ -42,12 +68,24 @@ struct Node {
 pub struct Expr(Arc<Node>);
 
 impl PartialEq for Expr {
+    /// Structural equality, by an explicit stack of node pairs (no recursion).
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-            || (self.0.hash == other.0.hash
-                && self.0.dim == other.0.dim
-                && op_key(&self.0.op) == op_key(&other.0.op)
-                && self.0.args == other.0.args)
+        let mut pairs: Vec<(&Expr, &Expr)> = vec![(self, other)];
+        while let Some((a, b)) = pairs.pop() {
+            if Arc::ptr_eq(&a.0, &b.0) {
+                continue;
+            }
+            let same_node = a.0.hash == b.0.hash
+                && a.0.dim == b.0.dim
+                && a.0.depth == b.0.depth
+                && op_key(&a.0.op) == op_key(&b.0.op)
+                && a.0.args.len() == b.0.args.len();
+            if !same_node {
+                return false;
+            }
+            pairs.extend(a.0.args.iter().zip(&b.0.args));
+        }
+        true
     }
 }
 impl Eq for Expr {}
@@ -121,12 +159,51 @@ impl Expr {
             a.0.hash.hash(&mut h);
         }
         let hash = h.finish();
+        let depth = 1 + args.iter().map(Expr::depth).max().unwrap_or(0);
+        let size = args
+            .iter()
+            .fold(1usize, |acc, a| acc.saturating_add(a.0.size));
         Ok(Expr(Arc::new(Node {
             op,
             args,
             dim,
+            depth,
+            size,
             hash,
         })))
+    }
+
+    /// The formula for messages and comments: its printed form when that is at most
+    /// [`BRIEF_NODES`] nodes long, otherwise a summary (a DAG that reuses subformulas prints
+    /// as a tree, which can be exponentially larger than the DAG: `x + x` nested 60 times).
+    pub(crate) fn brief(&self) -> Brief<'_> {
+        Brief(self)
+    }
+
+    /// The longest chain of nested ops, in nodes (1 for a variable or a constant).
+    ///
+    /// ```
+    /// use lazy_kernels::formula::parse;
+    /// assert_eq!(parse("Exp(-Vi(0,1))", &[])?.depth(), 3);
+    /// # Ok::<(), lazy_kernels::Error>(())
+    /// ```
+    pub fn depth(&self) -> usize {
+        self.0.depth
+    }
+
+    /// `Ok` when the formula is at most [`MAX_DEPTH`] deep, an error naming `op` otherwise.
+    pub(crate) fn check_depth(&self, op: &'static str) -> Result<()> {
+        if self.depth() <= MAX_DEPTH {
+            return Ok(());
+        }
+        Err(invalid(
+            op,
+            format!(
+                "the formula is {} ops deep, more than the {MAX_DEPTH} a reduction compiles \
+                 (lazy_kernels::formula::expr::MAX_DEPTH); gradients count too",
+                self.depth()
+            ),
+        ))
     }
 
     /// A variable leaf; it needs at least one component.
@@ -395,83 +472,135 @@ pub(crate) fn fmt_const(c: f64) -> String {
     format!("{c:?}")
 }
 
-fn write_expr(e: &Expr, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    let wrap = |child: &Expr, min: u8, f: &mut fmt::Formatter<'_>| -> fmt::Result {
-        if precedence(child) < min {
-            write!(f, "(")?;
-            write_expr(child, f)?;
-            write!(f, ")")
-        } else {
-            write_expr(child, f)
+/// The most nodes [`Expr::brief`] prints.
+pub(crate) const BRIEF_NODES: usize = 4096;
+
+/// See [`Expr::brief`].
+pub(crate) struct Brief<'a>(&'a Expr);
+
+impl fmt::Display for Brief<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = self.0;
+        if e.0.size <= BRIEF_NODES {
+            return write_expr(e, f);
         }
-    };
-    let a = e.args();
-    match *e.op() {
-        Op::Var(v) => write!(f, "{}({},{})", e.op().name(), v.pos, v.dim),
-        Op::Const(c) => write!(f, "{}", fmt_const(c)),
-        Op::Unary(UnaryOp::Neg) => {
-            write!(f, "-")?;
-            // `--x` would not re-parse as written; `-(-x)` does.
-            wrap(&a[0], PREC_ATOM.min(PREC_NEG + 1), f)
-        }
-        Op::Unary(UnaryOp::Pow(n)) => {
-            write!(f, "Pow(")?;
-            write_expr(&a[0], f)?;
-            write!(f, ",{n})")
-        }
-        Op::Unary(u) => {
-            write!(f, "{}(", u.name())?;
-            write_expr(&a[0], f)?;
-            write!(f, ")")
-        }
-        Op::Binary(b) => match b.infix() {
-            Some(sym) => {
-                let p = precedence(e);
-                // Left-associative: the left operand may share the precedence, the right may not.
-                wrap(&a[0], p, f)?;
-                write!(f, " {sym} ")?;
-                wrap(&a[1], p + 1, f)
-            }
-            None => {
-                write!(f, "{}(", b.name())?;
-                write_expr(&a[0], f)?;
-                write!(f, ",")?;
-                write_expr(&a[1], f)?;
-                write!(f, ")")
-            }
-        },
-        Op::Ternary(t) => {
-            write!(f, "{}(", t.name())?;
-            write_expr(&a[0], f)?;
-            write!(f, ",")?;
-            write_expr(&a[1], f)?;
-            write!(f, ",")?;
-            write_expr(&a[2], f)?;
-            write!(f, ")")
-        }
-        Op::Sum => {
-            write!(f, "Sum(")?;
-            write_expr(&a[0], f)?;
-            write!(f, ")")
-        }
-        Op::Elem(m) => {
-            write!(f, "Elem(")?;
-            write_expr(&a[0], f)?;
-            write!(f, ",{m})")
-        }
-        Op::Extract { start, len } => {
-            write!(f, "Extract(")?;
-            write_expr(&a[0], f)?;
-            write!(f, ",{start},{len})")
-        }
-        Op::Concat | Op::MatVecMult => {
-            write!(f, "{}(", e.op().name())?;
-            write_expr(&a[0], f)?;
-            write!(f, ",")?;
-            write_expr(&a[1], f)?;
-            write!(f, ")")
-        }
+        write!(
+            f,
+            "<a formula of {} distinct nodes, {} deep, too long to print>",
+            e.node_count(),
+            e.depth()
+        )
     }
+}
+
+/// One step of the printer: text to write, or a formula to print.
+enum Piece<'a> {
+    Text(&'static str),
+    Owned(String),
+    Expr(&'a Expr),
+}
+
+/// Prints `e` in the canonical form, with an explicit stack of pieces (no recursion, so any
+/// depth prints).
+fn write_expr<'a>(e: &'a Expr, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let mut todo: Vec<Piece<'a>> = vec![Piece::Expr(e)];
+    while let Some(piece) = todo.pop() {
+        let e = match piece {
+            Piece::Text(t) => {
+                f.write_str(t)?;
+                continue;
+            }
+            Piece::Owned(t) => {
+                f.write_str(&t)?;
+                continue;
+            }
+            Piece::Expr(e) => e,
+        };
+        // The pieces of `e`, in printing order; pushed reversed below.
+        let mut out: Vec<Piece<'a>> = Vec::new();
+        let a = e.args();
+        let wrapped = |child: &'a Expr, min: u8, out: &mut Vec<Piece<'a>>| {
+            if precedence(child) < min {
+                out.extend([Piece::Text("("), Piece::Expr(child), Piece::Text(")")]);
+            } else {
+                out.push(Piece::Expr(child));
+            }
+        };
+        match *e.op() {
+            Op::Var(v) => out.push(Piece::Owned(format!(
+                "{}({},{})",
+                e.op().name(),
+                v.pos,
+                v.dim
+            ))),
+            Op::Const(c) => out.push(Piece::Owned(fmt_const(c))),
+            Op::Unary(UnaryOp::Neg) => {
+                out.push(Piece::Text("-"));
+                // `--x` would not re-parse as written; `-(-x)` does.
+                wrapped(&a[0], PREC_ATOM.min(PREC_NEG + 1), &mut out);
+            }
+            Op::Unary(UnaryOp::Pow(n)) => out.extend([
+                Piece::Text("Pow("),
+                Piece::Expr(&a[0]),
+                Piece::Owned(format!(",{n})")),
+            ]),
+            Op::Unary(u) => out.extend([
+                Piece::Text(u.name()),
+                Piece::Text("("),
+                Piece::Expr(&a[0]),
+                Piece::Text(")"),
+            ]),
+            Op::Binary(b) => match b.infix() {
+                Some(sym) => {
+                    let p = precedence(e);
+                    // Left-associative: the left operand may share the precedence, the right
+                    // may not.
+                    wrapped(&a[0], p, &mut out);
+                    out.push(Piece::Owned(format!(" {sym} ")));
+                    wrapped(&a[1], p + 1, &mut out);
+                }
+                None => out.extend([
+                    Piece::Text(b.name()),
+                    Piece::Text("("),
+                    Piece::Expr(&a[0]),
+                    Piece::Text(","),
+                    Piece::Expr(&a[1]),
+                    Piece::Text(")"),
+                ]),
+            },
+            Op::Ternary(t) => out.extend([
+                Piece::Text(t.name()),
+                Piece::Text("("),
+                Piece::Expr(&a[0]),
+                Piece::Text(","),
+                Piece::Expr(&a[1]),
+                Piece::Text(","),
+                Piece::Expr(&a[2]),
+                Piece::Text(")"),
+            ]),
+            Op::Sum => out.extend([Piece::Text("Sum("), Piece::Expr(&a[0]), Piece::Text(")")]),
+            Op::Elem(m) => out.extend([
+                Piece::Text("Elem("),
+                Piece::Expr(&a[0]),
+                Piece::Owned(format!(",{m})")),
+            ]),
+            Op::Extract { start, len } => out.extend([
+                Piece::Text("Extract("),
+                Piece::Expr(&a[0]),
+                Piece::Owned(format!(",{start},{len})")),
+            ]),
+            Op::Concat | Op::MatVecMult => out.extend([
+                Piece::Text(e.op().name()),
+                Piece::Text("("),
+                Piece::Expr(&a[0]),
+                Piece::Text(","),
+                Piece::Expr(&a[1]),
+                Piece::Text(")"),
+            ]),
+        }
+        todo.extend(out.into_iter().rev());
+    }
+    Ok(())
 }
 
 impl fmt::Display for Expr {

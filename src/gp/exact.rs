@@ -115,6 +115,12 @@ impl ExactGp {
         let k = self.operator()?;
         let noise = self.noise_variance()?;
         let noise64 = noise.detach().to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        crate::backend::memory::reserve(
+            OP,
+            || format!("the exact NLL's dense f64 matrices for N = {n} (NllMethod::exact_memory)"),
+            n.checked_mul(n).and_then(|nn| nn.checked_mul(64)),
+            dev,
+        )?;
         let a = (k.detached_in(DType::F64)?.to_dense()?
             + Tensor::eye(n, DType::F64, dev)?.affine(noise64, 0.0)?)?;
         let factor = Cholesky::new(&a).map_err(|e| Error::InvalidArgument {

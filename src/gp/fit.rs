@@ -103,6 +103,14 @@ pub struct FitStep {
 pub struct FitReport {
     /// Every step, in order.
     pub trajectory: Vec<FitStep>,
+    /// The step whose hyperparameters the model holds after the fit (`None` when no step
+    /// ran): `fit` returns the best values it evaluated, not the last, because a step can
+    /// overshoot. On the exact path, the (last) step of the lowest NLL. On the stochastic
+    /// path, where each NLL is an estimate, windows of [`FitOptions::patience`] consecutive
+    /// steps (those of the stopping rule) are compared by their mean NLL: the last step of the
+    /// last window whose mean is within one standard error of the lowest mean (so that the
+    /// probes' luck does not choose). Its values are `trajectory[best_step].values`.
+    pub best_step: Option<usize>,
     /// Whether the tolerance stopped the fit before `steps`.
     pub stopped_early: bool,
     /// Wall time.
@@ -131,6 +139,11 @@ impl ExactGp {
     /// `opts.optimizer`. With AdamW, step `s` evaluates the NLL (with the probes of seed
     /// `settings.seed + s` on the stochastic path) and its gradient, then updates the
     /// hyperparameters; L-BFGS evaluates the NLL once per step too (see [`Optimizer`]).
+    ///
+    /// When the steps run out or the tolerance stops the fit, the model is left with the
+    /// best hyperparameters evaluated, which need not be the last ones (a step can
+    /// overshoot): [`FitReport::best_step`] says which step they come from and how "best" is
+    /// decided on the stochastic path.
     pub fn fit(&mut self, opts: &FitOptions) -> candle_core::Result<FitReport> {
         if !(opts.lr.is_finite() && opts.lr > 0.0) {
             return Err(Error::InvalidArgument {
@@ -153,11 +166,14 @@ impl ExactGp {
         )?;
         let n = self.x.dim(0)? as f64;
         let bar = opts.progress && std::io::stderr().is_terminal();
+        let vars = self.vars();
         let mut trajectory: Vec<FitStep> = Vec::with_capacity(opts.steps);
+        let mut raw: Vec<Vec<f64>> = Vec::with_capacity(opts.steps);
         let mut stopped_early = false;
         let w = opts.patience.max(1);
         for step in 0..opts.steps {
             let values = self.values()?;
+            raw.push(flatten(&vars)?);
             let (loss, report) = self.nll_seeded(self.settings.seed.wrapping_add(step as u64))?;
             if !report.nll.is_finite() {
                 return Err(Error::InvalidArgument {
@@ -191,12 +207,70 @@ impl ExactGp {
         if bar {
             eprintln!();
         }
+        let window = match self.nll_method()? {
+            NllMethod::Exact => 1,
+            _ => w,
+        };
+        let best_step = restore_best(&vars, &trajectory, &raw, window)?;
         Ok(FitReport {
             trajectory,
+            best_step,
             stopped_early,
             seconds: start.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// The step [`FitReport::best_step`] names, among the steps of `trajectory`, with windows of
+/// `window` consecutive steps: the lowest mean NLL is the best window's; the chosen window is
+/// the last one whose mean is within one standard error (of the difference of the two means)
+/// of it, and the step its last one. With an exact NLL (standard errors 0) and windows of
+/// one step, the last step of the lowest NLL. `None` for an empty trajectory.
+///
+/// Why the last window within the noise, and not the lowest: each stochastic NLL is an
+/// estimate, so among many windows near the optimum the lowest mean is mostly the luckiest
+/// probes, not the best values; the later windows have had more steps. A rise beyond the
+/// noise (an overshoot) still moves the choice back.
+fn best_step(trajectory: &[FitStep], window: usize) -> Option<usize> {
+    if trajectory.is_empty() {
+        return None;
+    }
+    let w = window.clamp(1, trajectory.len());
+    // Each window's mean NLL and the variance of that mean (the NLL's standard error is half
+    // the log-determinant's; the steps use independent probes).
+    let windows: Vec<(f64, f64)> = trajectory
+        .windows(w)
+        .map(|steps| {
+            let mean = steps.iter().map(|s| s.report.nll).sum::<f64>() / w as f64;
+            let var = steps
+                .iter()
+                .map(|s| (0.5 * s.report.logdet_std_error).powi(2))
+                .sum::<f64>()
+                / (w * w) as f64;
+            (mean, var)
+        })
+        .collect();
+    // `fit` stops on a NaN NLL, so every mean is a number; `total_cmp` keeps this total anyway.
+    let (best_mean, best_var) = *windows.iter().min_by(|a, b| a.0.total_cmp(&b.0))?;
+    let last = windows
+        .iter()
+        .rposition(|&(mean, var)| mean <= best_mean + (var + best_var).sqrt())?;
+    Some(last + w - 1)
+}
+
+/// Sets `vars` to the raw values of the [`best_step`] of `trajectory` (`raw[k]` holds step
+/// `k`'s, in the order of [`flatten`]) and returns that step.
+fn restore_best(
+    vars: &[Var],
+    trajectory: &[FitStep],
+    raw: &[Vec<f64>],
+    window: usize,
+) -> candle_core::Result<Option<usize>> {
+    let best = best_step(trajectory, window);
+    if let Some(k) = best {
+        unflatten(vars, &raw[k])?;
+    }
+    Ok(best)
 }
 
 /// The raw values of `vars`, flattened in order, as `f64`.
@@ -276,38 +350,43 @@ impl ExactGp {
         let vars = self.vars();
         let bar = opts.progress && std::io::stderr().is_terminal();
         let mut trajectory: Vec<FitStep> = Vec::with_capacity(opts.steps);
+        let mut raw: Vec<Vec<f64>> = Vec::with_capacity(opts.steps);
         let mut stopped_early = false;
         let seed = self.settings.seed;
         // One evaluation at the values the `Var`s hold, recorded as a step.
-        let evaluate =
-            |gp: &ExactGp, trajectory: &mut Vec<FitStep>| -> candle_core::Result<(f64, Vec<f64>)> {
-                let values = gp.values()?;
-                let (report, g) = gp.value_and_gradient(&vars, seed)?;
-                let step = trajectory.len();
-                if bar {
-                    draw(step, opts.steps, &report, &values);
-                }
-                let f = report.nll;
-                trajectory.push(FitStep {
-                    step,
-                    report,
-                    values,
-                    seconds: start.elapsed().as_secs_f64(),
-                });
-                if !f.is_finite() || g.iter().any(|v| !v.is_finite()) {
-                    return Ok((f64::INFINITY, g));
-                }
-                Ok((f, g))
-            };
+        let evaluate = |gp: &ExactGp,
+                        trajectory: &mut Vec<FitStep>,
+                        raw: &mut Vec<Vec<f64>>|
+         -> candle_core::Result<(f64, Vec<f64>)> {
+            let values = gp.values()?;
+            raw.push(flatten(&vars)?);
+            let (report, g) = gp.value_and_gradient(&vars, seed)?;
+            let step = trajectory.len();
+            if bar {
+                draw(step, opts.steps, &report, &values);
+            }
+            let f = report.nll;
+            trajectory.push(FitStep {
+                step,
+                report,
+                values,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+            if !f.is_finite() || g.iter().any(|v| !v.is_finite()) {
+                return Ok((f64::INFINITY, g));
+            }
+            Ok((f, g))
+        };
         let mut x = flatten(&vars)?;
         if opts.steps == 0 {
             return Ok(FitReport {
                 trajectory,
+                best_step: None,
                 stopped_early,
                 seconds: start.elapsed().as_secs_f64(),
             });
         }
-        let (mut f, mut g) = evaluate(self, &mut trajectory)?;
+        let (mut f, mut g) = evaluate(self, &mut trajectory, &mut raw)?;
         if !f.is_finite() {
             return Err(Error::InvalidArgument {
                 op: OP,
@@ -357,12 +436,11 @@ impl ExactGp {
             let mut t = 1.0;
             loop {
                 if trajectory.len() >= opts.steps {
-                    unflatten(&vars, &x)?;
                     break 'outer;
                 }
                 let trial: Vec<f64> = x.iter().zip(&d).map(|(xi, di)| xi + t * di).collect();
                 unflatten(&vars, &trial)?;
-                let (ft, gt) = evaluate(self, &mut trajectory)?;
+                let (ft, gt) = evaluate(self, &mut trajectory, &mut raw)?;
                 if ft <= f + 1e-4 * t * slope {
                     let s: Vec<f64> = trial.iter().zip(&x).map(|(a, b)| a - b).collect();
                     let y: Vec<f64> = gt.iter().zip(&g).map(|(a, b)| a - b).collect();
@@ -390,7 +468,6 @@ impl ExactGp {
                 t *= 0.5;
                 if t < 1e-10 {
                     // No lower value along the direction: converged to the NLL's precision.
-                    unflatten(&vars, &x)?;
                     stopped_early = true;
                     break 'outer;
                 }
@@ -399,8 +476,12 @@ impl ExactGp {
         if bar {
             eprintln!();
         }
+        // The NLL is exact: the lowest value evaluated (a line-search trial rejected for too
+        // small a decrease can still be the lowest).
+        let best_step = restore_best(&vars, &trajectory, &raw, 1)?;
         Ok(FitReport {
             trajectory,
+            best_step,
             stopped_early,
             seconds: start.elapsed().as_secs_f64(),
         })

@@ -165,6 +165,10 @@ impl Backward<'_> {
             Some((plan.rows, plan.terms)),
             self.options,
         )?;
+        // A fully masked row (lse = -inf) returns the constant 0: its weights must be 0, not
+        // exp(-inf + inf) = NaN, so its lse is taken as +inf (see reduction/softmax.rs).
+        let masked = lse.eq(f64::NEG_INFINITY)?;
+        let lse = masked.where_cond(&(lse.ones_like()? * f64::INFINITY)?, &lse)?;
         let n = bindings.len();
         let (g, g_bind) = self.incoming(grad_res)?;
         let out = var(VarCat::I, n + 1, e)?;
@@ -443,7 +447,10 @@ fn reduce_values(
         .ok_or_else(|| {
             Error::InvalidArgument {
                 op: reduction.kind.name(),
-                detail: format!("the backward pass's reduction of {formula} returned no values"),
+                detail: format!(
+                    "the backward pass's reduction of {} returned no values",
+                    formula.brief()
+                ),
             }
             .into()
         })

@@ -542,8 +542,9 @@ pub(crate) fn block_plan(
         return Err(Error::InvalidArgument {
             op: "block path",
             detail: format!(
-                "the weighted distances of {formula} were not rewritten into distances of \
-                 scaled points (their weights must be positive)"
+                "the weighted distances of {} were not rewritten into distances of scaled \
+                 points (their weights must be positive)",
+                formula.brief()
             ),
         });
     }

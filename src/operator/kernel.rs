@@ -39,9 +39,9 @@ enum Node {
     RationalQuadratic { lengthscale: Tensor, alpha: Tensor },
     Periodic { lengthscale: Tensor, period: Tensor },
     Linear,
-    Scale { scale: Tensor, kernel: Box<Kernel> },
-    Sum(Box<Kernel>, Box<Kernel>),
-    Product(Box<Kernel>, Box<Kernel>),
+    Scale { scale: Tensor, kernel: Arc<Kernel> },
+    Sum(Arc<Kernel>, Arc<Kernel>),
+    Product(Arc<Kernel>, Arc<Kernel>),
     Formula(Arc<KernelFn>),
 }
 
@@ -67,10 +67,45 @@ enum Node {
 #[derive(Clone)]
 pub struct Kernel {
     node: Node,
+    /// Nesting of sums, products and scales (1 for a base kernel).
+    depth: usize,
+}
+
+/// The deepest composition of kernels (sums, products, scales) a [`crate::KernelOperator`]
+/// takes: building, cloning and dropping deeper ones works (they never recurse), but building
+/// the operator's formula does (about 4 KiB of stack per level in a debug build: 256 levels
+/// use half of a spawned thread's 2 MiB), so [`crate::KernelOperator::new`] refuses them with
+/// an error.
+pub const MAX_KERNEL_DEPTH: usize = 256;
+
+/// Dropping a kernel frees its sub-kernels one after another, without recursion, so that a
+/// sum of a million kernels cannot overflow the stack.
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        let mut stack: Vec<Arc<Kernel>> = Vec::new();
+        let take = |node: &mut Node, stack: &mut Vec<Arc<Kernel>>| match std::mem::replace(
+            node,
+            Node::Linear,
+        ) {
+            Node::Sum(a, b) | Node::Product(a, b) => stack.extend([a, b]),
+            Node::Scale { kernel, .. } => stack.push(kernel),
+            _ => {}
+        };
+        take(&mut self.node, &mut stack);
+        while let Some(k) = stack.pop() {
+            // The last reference to a sub-kernel: take its children before it is freed.
+            if let Ok(mut k) = Arc::try_unwrap(k) {
+                take(&mut k.node, &mut stack);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Kernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.depth > MAX_KERNEL_DEPTH {
+            return write!(f, "Kernel({} levels deep)", self.depth);
+        }
         match &self.node {
             Node::Gaussian { lengthscale } => write!(f, "Gaussian(l{:?})", lengthscale.dims()),
             Node::Matern { nu, lengthscale } => {
@@ -98,7 +133,12 @@ impl fmt::Debug for Kernel {
 }
 
 fn kernel(node: Node) -> Kernel {
-    Kernel { node }
+    let depth = match &node {
+        Node::Sum(a, b) | Node::Product(a, b) => 1 + a.depth.max(b.depth),
+        Node::Scale { kernel, .. } => 1 + kernel.depth,
+        _ => 1,
+    };
+    Kernel { node, depth }
 }
 
 impl Kernel {
@@ -184,12 +224,13 @@ impl Kernel {
     pub fn scale(&self, scale: &Tensor) -> Kernel {
         kernel(Node::Scale {
             scale: scale.clone(),
-            kernel: Box::new(self.clone()),
+            kernel: Arc::new(self.clone()),
         })
     }
 
     /// The hyperparameter tensors, in a fixed order (for checks; a formula kernel's captured
-    /// tensors are not listed).
+    /// tensors are not listed; none for a kernel deeper than [`MAX_KERNEL_DEPTH`], which no
+    /// operator takes).
     pub fn parameters(&self) -> Vec<Tensor> {
         let mut out = Vec::new();
         let _ = self.visit(&mut |_, _, t| {
@@ -205,6 +246,9 @@ impl Kernel {
         &self,
         f: &mut dyn FnMut(&'static str, bool, &Tensor) -> candle_core::Result<()>,
     ) -> candle_core::Result<()> {
+        if self.depth > MAX_KERNEL_DEPTH {
+            return Ok(()); // never recursed into: `check` refuses such a kernel
+        }
         match &self.node {
             Node::Gaussian { lengthscale } | Node::Matern { lengthscale, .. } => {
                 f("lengthscale", true, lengthscale)
@@ -260,12 +304,12 @@ impl Kernel {
             Node::Formula(k) => Node::Formula(k.clone()),
             Node::Scale { scale, kernel } => Node::Scale {
                 scale: f(scale)?,
-                kernel: Box::new(kernel.map(f)?),
+                kernel: Arc::new(kernel.map(f)?),
             },
-            Node::Sum(a, b) => Node::Sum(Box::new(a.map(f)?), Box::new(b.map(f)?)),
-            Node::Product(a, b) => Node::Product(Box::new(a.map(f)?), Box::new(b.map(f)?)),
+            Node::Sum(a, b) => Node::Sum(Arc::new(a.map(f)?), Arc::new(b.map(f)?)),
+            Node::Product(a, b) => Node::Product(Arc::new(a.map(f)?), Arc::new(b.map(f)?)),
         };
-        Ok(Kernel { node })
+        Ok(kernel(node))
     }
 
     /// The same kernel with every hyperparameter detached and converted to `dtype` (a formula
@@ -278,6 +322,17 @@ impl Kernel {
     /// shapes, dtypes, devices, and values (finite and positive).
     pub(crate) fn check(&self, d: usize, dtype: DType, device: &Device) -> candle_core::Result<()> {
         let op = "Kernel";
+        if self.depth > MAX_KERNEL_DEPTH {
+            return Err(Error::InvalidArgument {
+                op,
+                detail: format!(
+                    "the kernel nests {} sums, products and scales, more than \
+                     MAX_KERNEL_DEPTH = {MAX_KERNEL_DEPTH}",
+                    self.depth
+                ),
+            }
+            .into());
+        }
         self.visit(&mut |name, per_dim, t| {
             if t.dtype() != dtype {
                 return Err(Error::DType {
@@ -327,6 +382,27 @@ impl Kernel {
     /// (`(I, J)` for a kernel matrix, `(I, I)` for its values at paired rows). Both tensors are
     /// `(rows, D)`.
     pub(crate) fn formula(
+        &self,
+        x: &Tensor,
+        xc: VarCat,
+        y: &Tensor,
+        yc: VarCat,
+    ) -> candle_core::Result<LazyTensor> {
+        // The recursion over compositions keeps a small frame (a debug build's frame of the
+        // base kernels' code is about 18 KiB): `base_formula` holds that code.
+        Ok(match &self.node {
+            Node::Scale { scale, kernel } => {
+                LazyTensor::param(&scale.flatten_all()?)? * kernel.formula(x, xc, y, yc)?
+            }
+            Node::Sum(a, b) => a.formula(x, xc, y, yc)? + b.formula(x, xc, y, yc)?,
+            Node::Product(a, b) => a.formula(x, xc, y, yc)? * b.formula(x, xc, y, yc)?,
+            _ => self.base_formula(x, xc, y, yc)?,
+        })
+    }
+
+    /// [`Kernel::formula`] of a base kernel (not a sum, a product or a scale).
+    #[inline(never)]
+    fn base_formula(
         &self,
         x: &Tensor,
         xc: VarCat,
@@ -387,11 +463,9 @@ impl Kernel {
                 ((a - b).sin().square() * w).component_sum().exp()
             }
             Node::Linear => bind(x, xc)?.dot(&bind(y, yc)?)?,
-            Node::Scale { scale, kernel } => {
-                LazyTensor::param(&scale.flatten_all()?)? * kernel.formula(x, xc, y, yc)?
+            Node::Scale { .. } | Node::Sum(..) | Node::Product(..) => {
+                return self.formula(x, xc, y, yc)
             }
-            Node::Sum(a, b) => a.formula(x, xc, y, yc)? + b.formula(x, xc, y, yc)?,
-            Node::Product(a, b) => a.formula(x, xc, y, yc)? * b.formula(x, xc, y, yc)?,
             Node::Formula(f) => {
                 let k = f(&bind(x, xc)?, &bind(y, yc)?)?;
                 let dim = k.dim()?;
@@ -414,7 +488,7 @@ impl std::ops::Add for Kernel {
     type Output = Kernel;
     /// The sum of two kernels.
     fn add(self, rhs: Kernel) -> Kernel {
-        kernel(Node::Sum(Box::new(self), Box::new(rhs)))
+        kernel(Node::Sum(Arc::new(self), Arc::new(rhs)))
     }
 }
 
@@ -422,7 +496,7 @@ impl std::ops::Mul for Kernel {
     type Output = Kernel;
     /// The product of two kernels.
     fn mul(self, rhs: Kernel) -> Kernel {
-        kernel(Node::Product(Box::new(self), Box::new(rhs)))
+        kernel(Node::Product(Arc::new(self), Arc::new(rhs)))
     }
 }
 

@@ -4,7 +4,7 @@
 
 mod kernel;
 
-pub use kernel::{Kernel, KernelFn, Nu};
+pub use kernel::{Kernel, KernelFn, Nu, MAX_KERNEL_DEPTH};
 
 use candle_core::{DType, Tensor};
 
@@ -213,6 +213,15 @@ impl KernelOperator {
         if idx.is_empty() {
             return Tensor::zeros((0, n), self.dtype(), self.rows.device());
         }
+        // The rows, and their pieces before they are concatenated.
+        crate::backend::memory::reserve(
+            "KernelOperator::rows",
+            || format!("{} dense rows of {n} kernel values", idx.len()),
+            idx.len()
+                .checked_mul(n)
+                .and_then(|c| c.checked_mul(2 * self.dtype().size_in_bytes())),
+            self.rows.device(),
+        )?;
         if self.rows.device().is_cpu() {
             self.rows_one_by_one(idx)
         } else {

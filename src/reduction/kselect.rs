@@ -4,6 +4,12 @@
 //! State: per component, the sorted list of the `k` smallest values so far and their indices
 //! (`[component][rank]`; empty slots hold `+inf` and index `-1` and sort last). The order is the
 //! minimum order of [`super::select::before`].
+//!
+//! # IEEE semantics
+//!
+//! That of [`super::select`]: `NaN` terms come first (in index order), then `-inf`, the finite
+//! values, `+inf`. A `+inf` term fills a slot with its own index, so only a row with fewer
+//! than `k` terms has slots of index `-1`. The gradient goes to the selected terms.
 
 use std::fmt::Write;
 

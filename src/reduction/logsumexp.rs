@@ -2,6 +2,20 @@
 //!
 //! State: the `dim` running maxima `m`, then the `dim` sums `s`, the pair holding
 //! `s * exp(m)`.
+//!
+//! # IEEE semantics
+//!
+//! As `log(sum(exp(F)))` in exact IEEE arithmetic, with no overflow for large finite terms: a
+//! row with a `+inf` term is `+inf`; `-inf` terms add nothing (`exp(-inf) = 0`), so a row whose
+//! terms are all `-inf` is `-inf` (`log 0`); a `NaN` term gives `NaN` (also beside `+inf`).
+//! [`lse_merge`] never subtracts two infinite maxima: equal maxima add their sums, and a
+//! `-inf` maximum with a non-`NaN` sum is the empty state.
+//!
+//! The gradient is `G_i exp(F_ij - out_i)` (the softmax weights): 0 for the finite and `-inf`
+//! terms of a row whose output is `+inf`, `NaN` for its `+inf` terms (`exp(inf - inf)`: the
+//! derivative with respect to an infinite term does not exist); `NaN` for every term of a row
+//! whose terms are all `-inf` (`exp(-inf + inf)`); 0 for a `-inf` term of a row with a finite
+//! output. A dense `log(sum(exp(F)))` differentiated by Candle gives the same values.
 
 use std::fmt::Write;
 

@@ -10,6 +10,26 @@
 //! terms in the compute type and add the tile's partial sum into the `f64` state with Kahan
 //! compensation.
 //!
+//! # IEEE semantics
+//!
+//! Infinite, `NaN` and subnormal terms give the results below on every backend (the CPU, the
+//! CUDA kernels, the fused and block paths); each family's file says how and gives the
+//! gradients:
+//!
+//! | reduction | row with `+inf` | `-inf` | both | `NaN` | all `-inf` |
+//! |---|---|---|---|---|---|
+//! | `Sum` | `+inf` | `-inf` | `NaN` | `NaN` | `-inf` |
+//! | `LogSumExp` | `+inf` | ignored | `+inf` | `NaN` | `-inf` |
+//! | `SumSoftMaxWeight` (scores) | mean of `G` over the `+inf` terms | weight 0 | as `+inf` | `NaN` | 0 |
+//! | `Min`, `ArgMin`, `KMin` | ordinary value | ordinary value | ordinary | `NaN` first | `-inf` |
+//! | `Max`, `ArgMax` | ordinary value | ordinary value | ordinary | `NaN` first | `-inf` |
+//!
+//! `Sum` and `LogSumExp` agree with a dense Candle `sum` and `log(sum(exp))`. `SumSoftMaxWeight`
+//! returns the limit of the weights where a dense softmax computes `inf / inf` or `0 / 0`
+//! (`NaN`), and 0 for a fully masked row as FlashAttention does. The selections put `NaN` first
+//! (it propagates) where Candle's `min`/`max` skip it. Subnormal terms are neither flushed nor
+//! treated specially by the CPU backend.
+//!
 //! # Design: one file per family
 //!
 //! Every [`ReductionKind`] belongs to a *family*, a type implementing the crate-internal trait

@@ -5,6 +5,16 @@
 //!
 //! The order of these reductions, and of the `K*` ones ([`super::kselect`]), is here once:
 //! [`before`] in Rust and `lk_before` in C ([`CUDA`]).
+//!
+//! # IEEE semantics
+//!
+//! Infinities are ordinary values of the order: the minimum of a row holding `-inf` is `-inf`
+//! at its first index, the maximum of a row holding `+inf` is `+inf`; a row of `+inf` only has
+//! the minimum `+inf` at index 0 (states are told empty by their index, not their value). A
+//! `NaN` comes before everything, infinities included: a row with a `NaN` term returns `NaN`
+//! and the index of its first `NaN`. Dense Candle's `min`/`max` ignore `NaN` instead. The
+//! gradient goes to the selected term only, whatever its value (`G_i` times the formula's
+//! derivative at that pair).
 
 use std::fmt::Write;
 

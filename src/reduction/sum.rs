@@ -1,6 +1,27 @@
 //! `Sum`: `sum_j F`, a Kahan (Neumaier) compensated sum per component.
 //!
 //! State: the `dim` sums, then their `dim` compensations.
+//!
+//! # IEEE semantics
+//!
+//! The result is that of the exact sum in IEEE arithmetic, as a dense `sum` gives it: a row
+//! with `+inf` terms (and no `-inf` nor `NaN`) sums to `+inf`, with `-inf` terms to `-inf`,
+//! with both to `NaN`; a `NaN` term gives `NaN`; a sum that overflows is `±inf`. Subnormal
+//! terms are added like any other (no flush to zero). The compensation would break this: once
+//! the running sum is infinite, Neumaier's correction `(s - t) + v` is `inf - inf = NaN`, and
+//! the final `sum + comp` would be `NaN` in every row holding an infinity. So [`kahan_add`]
+//! (and `lk_kahan_add`, its C twin) leaves the compensation alone when the new sum is not
+//! finite: the compensation is always finite, and `sum + comp` is the sum itself whenever
+//! that is infinite or `NaN`. Every Sum path of the CPU backend (the family's tiles and the
+//! fused products of `backend/cpu/exec.rs`) and of the CUDA kernels adds through these two
+//! functions, so none needs a rule of its own.
+//!
+//! Within a tile the CPU and CUDA backends add the terms in the compute type before the `f64`
+//! state, so in `f32` a tile whose partial sum exceeds `f32::MAX` is `±inf` even when later
+//! terms would bring the total back into range (as a dense `f32` sum in any order would be).
+//!
+//! The gradient with respect to every term is the incoming gradient `G_i`, whatever the term's
+//! value (infinite and `NaN` terms included): `d (sum_j F_ij) / d F_ij = 1`.
 
 use std::fmt::Write;
 
@@ -14,9 +35,17 @@ use crate::math::Real;
 pub(crate) struct Sum;
 
 /// Adds `v` to a Kahan (Neumaier) compensated sum held in `(sum, comp)`.
+///
+/// When the new sum is infinite or `NaN`, the compensation is left as it is (finite): the
+/// correction would be `inf - inf = NaN`, and the total `sum + comp` must be the IEEE sum
+/// (see the [module documentation](self)).
 #[inline]
 pub(crate) fn kahan_add(sum: &mut f64, comp: &mut f64, v: f64) {
     let t = *sum + v;
+    if !t.is_finite() {
+        *sum = t;
+        return;
+    }
     if sum.abs() >= v.abs() {
         *comp += (*sum - t) + v;
     } else {
@@ -26,9 +55,11 @@ pub(crate) fn kahan_add(sum: &mut f64, comp: &mut f64, v: f64) {
 }
 
 /// [`kahan_add`] in C.
-const CUDA: &str = r"// Neumaier-compensated sum in (s, c).
+const CUDA: &str = r"// Neumaier-compensated sum in (s, c); c is left alone (finite) once the sum is infinite or NaN,
+// so that s + c is the IEEE sum (no inf - inf in the correction).
 __device__ __forceinline__ void lk_kahan_add(double& s, double& c, double v) {
     double t = s + v;
+    if (!(fabs(t) < lk_inf())) { s = t; return; }
     if (fabs(s) >= fabs(v)) c += (s - t) + v; else c += (v - t) + s;
     s = t;
 }

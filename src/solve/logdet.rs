@@ -313,6 +313,20 @@ impl KernelOperator {
             }
             .into());
         }
+        // The probes are solved with the data as one batch of right-hand sides: about six f64
+        // copies of (N, probes), and the Lanczos coefficients.
+        let n = self.shape().0;
+        crate::backend::memory::reserve(
+            OP,
+            || {
+                format!(
+                    "{} probes over {n} points (the CG buffers of the batch)",
+                    ld.probes
+                )
+            },
+            n.checked_mul(ld.probes).and_then(|c| c.checked_mul(6 * 8)),
+            self.points().0.device(),
+        )?;
         let setup = self.setup(b, alpha.into(), opts)?;
         let (n, e, p) = (setup.n, setup.b64.dim(1)?, ld.probes);
         if setup.k.tracks_grad() {

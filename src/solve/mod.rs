@@ -302,6 +302,13 @@ impl KernelOperator {
     /// Checks the inputs of a solve and builds its system (with the preconditioner).
     fn setup(&self, b: &Tensor, alpha: Ridge, opts: &SolveOptions) -> candle_core::Result<Setup> {
         let reads_start = host_reads();
+        // CG keeps about six f64 copies of the right-hand sides (x, r, z, p, A p, the f64 b).
+        crate::backend::memory::reserve(
+            OP,
+            || format!("the CG buffers of right-hand sides of shape {:?}", b.dims()),
+            b.elem_count().checked_mul(6 * 8),
+            b.device(),
+        )?;
         let (m, n) = self.shape();
         if m != n {
             return Err(Error::Shape {

@@ -144,6 +144,13 @@ impl PivotedCholesky {
             Rank::Auto { max } => max.min(n).min((AUTO_MEMORY / 8 / n).max(1)),
         };
         let auto = matches!(rank, Rank::Auto { .. });
+        // The factor's buffer grows by doubling: up to twice the rows it keeps.
+        crate::backend::memory::reserve(
+            "pivoted Cholesky preconditioner",
+            || format!("a factor of rank {max_rank} over {n} points (f64, with its growth)"),
+            max_rank.checked_mul(n).and_then(|c| c.checked_mul(16)),
+            &device,
+        )?;
         let mut d = diag.flatten_all()?.contiguous()?;
         // The remainder's diagonal on the host: sampled from, and its trace is the stop rule.
         let mut d_host = host_read(d.to_vec1::<f64>())?;

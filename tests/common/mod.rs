@@ -327,3 +327,34 @@ pub fn table_op_sources(args: [&str; 3]) -> Vec<(String, String)> {
     }
     out
 }
+
+/// The value of one row of terms `row` under the IEEE rules of `src/reduction/mod.rs`, by
+/// plain `f64` loops, for `Sum` (the plain sum: `+inf` with `+inf` terms, `NaN` with both
+/// infinities or a `NaN`), `LogSumExp` (`+inf` with a `+inf` term, `-inf` when every term is
+/// `-inf`) and `SumSoftMaxWeight` of the scores `row` and values `g` (the `+inf` scores share
+/// the weight, `-inf` ones weigh 0, a row of `-inf` scores is 0); `None` for other kinds.
+pub fn ieee_rule(kind: lazy_kernels::ReductionKind, row: &[f64], g: &[f64]) -> Option<f64> {
+    use lazy_kernels::ReductionKind::{LogSumExp, Sum, SumSoftMaxWeight};
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    let any_nan = row.iter().any(|v| v.is_nan());
+    let m = row.iter().cloned().fold(-inf, f64::max);
+    Some(match kind {
+        Sum => row.iter().sum(),
+        LogSumExp | SumSoftMaxWeight if any_nan => nan,
+        LogSumExp if m.is_infinite() => m,
+        LogSumExp => m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln(),
+        SumSoftMaxWeight if m == -inf => 0.0,
+        SumSoftMaxWeight => {
+            let w: Vec<f64> = row
+                .iter()
+                .map(|&v| match (v == inf, m == inf) {
+                    (true, _) => 1.0,
+                    (false, true) => 0.0,
+                    _ => (v - m).exp(),
+                })
+                .collect();
+            w.iter().zip(g).map(|(w, g)| w * g).sum::<f64>() / w.iter().sum::<f64>()
+        }
+        _ => return None,
+    })
+}

@@ -44,6 +44,7 @@ pub(crate) fn reduce_storage(
     layout: &Layout,
 ) -> candle_core::Result<Outputs<CpuStorage>> {
     let (start, end) = super::packed_range(layout)?;
+    check_states(plan)?;
     let (vals, idx) = match storage {
         CpuStorage::F32(v) => reduce::<f32>(plan, &v[start..end]),
         CpuStorage::F64(v) => reduce::<f64>(plan, &v[start..end]),
@@ -105,18 +106,7 @@ pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Ve
         .step_by(BLOCK_ROWS)
         .map(|r0| r0..(r0 + BLOCK_ROWS).min(plan.rows))
         .collect();
-    // Few output rows and many terms: split the terms too, so that every core works, and
-    // combine the partial states in order. The split depends on the sizes only (never on the
-    // number of threads), so results stay deterministic.
-    let chunks: Vec<Range<usize>> =
-        if blocks.len() < SPLIT_BELOW_BLOCKS && plan.terms >= 2 * SPLIT_TERMS {
-            (0..plan.terms)
-                .step_by(SPLIT_TERMS)
-                .map(|j0| j0..(j0 + SPLIT_TERMS).min(plan.terms))
-                .collect()
-        } else {
-            std::iter::once(0..plan.terms).collect()
-        };
+    let chunks = term_chunks(blocks.len(), plan.terms);
     let tasks: Vec<(usize, Range<usize>)> = (0..blocks.len())
         .flat_map(|b| chunks.iter().map(move |c| (b, c.clone())))
         .collect();
@@ -169,6 +159,49 @@ fn context<'a, T: Real>(
         out_vals: plan.out.values,
         out_idx: plan.out.indices,
     }
+}
+
+/// The chunks of terms of a reduction over `blocks` blocks of rows: few output rows and many
+/// terms split the terms too, so that every core works, and the partial states are combined
+/// in order. The split depends on the sizes only (never on the number of threads), so results
+/// stay deterministic.
+fn term_chunks(blocks: usize, terms: usize) -> Vec<Range<usize>> {
+    if blocks < SPLIT_BELOW_BLOCKS && terms >= 2 * SPLIT_TERMS {
+        (0..terms)
+            .step_by(SPLIT_TERMS)
+            .map(|j0| j0..(j0 + SPLIT_TERMS).min(terms))
+            .collect()
+    } else {
+        std::iter::once(0..terms).collect()
+    }
+}
+
+/// The partial states of [`reduce`] (one per block of rows and chunk of terms, all held until
+/// they are combined) fit in memory: the `k` of a k-nearest search makes them large.
+fn check_states(plan: &ReductionPlan) -> candle_core::Result<()> {
+    use crate::backend::memory::{bytes, reserve};
+    if plan.blocks.is_some() {
+        return Ok(()); // the block path sizes its own buffers
+    }
+    let st = plan.reduction.state_spec(plan.formula.dim());
+    let blocks = plan.rows.div_ceil(BLOCK_ROWS);
+    let tasks = blocks.saturating_mul(term_chunks(blocks, plan.terms).len());
+    let rows = tasks.checked_mul(BLOCK_ROWS);
+    let need = rows
+        .and_then(|r| bytes(&[(r, st.vals), (r, st.idx)]))
+        .and_then(|b| b.checked_mul(8));
+    Ok(reserve(
+        plan.reduction.kind.name(),
+        || {
+            format!(
+                "the partial states ({tasks} tasks of {BLOCK_ROWS} rows, {} values and {} \
+                 indices per row)",
+                st.vals, st.idx
+            )
+        },
+        need,
+        &candle_core::Device::Cpu,
+    )?)
 }
 
 /// Combines the states of `states` (block after block, the states of each of `chunks`

@@ -91,11 +91,11 @@ impl DiskCache {
     pub fn store(&self, name: &str, arch: &str, source: &str, ptx: &str) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path(name, arch);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let tmp = path.with_extension(format!("tmp{}-{nanos}", std::process::id()));
+        // A name no other store uses at the same time: the process, and a counter within it
+        // (two threads of one process storing the same entry get different files).
+        static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let count = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{count}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(Self::header(name, arch, source, ptx).as_bytes())?;

@@ -299,7 +299,7 @@ pub fn formula_function(
         .map(|k| format!("const {tc}* __restrict__ a{k}"))
         .chain(std::iter::once(format!("{tc}* __restrict__ out")))
         .collect();
-    let _ = writeln!(s, "// {formula}");
+    let _ = writeln!(s, "// {}", formula.brief());
     let _ = writeln!(s, "LK_FN void {fname}({}) {{", params.join(", "));
     for level in [Level::Param, Level::Row, Level::Term] {
         let _ = writeln!(s, "{}", sec.decl(level, tc));
@@ -373,7 +373,7 @@ fn check_pairs(formula: &Expr, pairs: &[Expr], storage: Storage) -> Result<()> {
     match pairs.iter().find(|p| p.dim() != 1 || !nodes.contains(p)) {
         Some(p) => Err(invalid(
             "CUDA codegen",
-            format!("pair input {p} is not a scalar node of {formula}"),
+            format!("pair input {p} is not a scalar node of {}", formula.brief()),
         )),
         None => Ok(()),
     }
@@ -477,7 +477,11 @@ pub fn generate_with_pairs(
     let unroll = (16 / rows).max(1);
 
     let mut s = String::new();
-    let _ = writeln!(s, "// lazy-kernels generated kernel: {red} of {formula}");
+    let _ = writeln!(
+        s,
+        "// lazy-kernels generated kernel: {red} of {}",
+        formula.brief()
+    );
     let _ = writeln!(s, "// inputs {storage:?}, variables {vars:?}");
     s.push_str(MATH_CUH);
     s.push_str(&reduce_header());
@@ -875,7 +879,8 @@ pub fn generate_values(
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "// lazy-kernels generated coefficient kernel: {coef_formula}"
+        "// lazy-kernels generated coefficient kernel: {}",
+        coef_formula.brief()
     );
     let _ = writeln!(s, "// inputs {storage:?}, variables {vars:?}, pair inputs:");
     for p in pairs {

@@ -371,9 +371,21 @@ where
 
     let n_vals = (plan.rows * k.out_vals).max(1);
     let n_idx = (plan.rows * k.out_idx).max(1);
+    let parts = if chunks > 1 { chunks * plan.rows } else { 1 };
+    {
+        use crate::backend::memory::{bytes, reserve};
+        let per_part = (k.state_vals.checked_add(k.state_idx)).and_then(|s| s.checked_mul(8));
+        let need = per_part
+            .and_then(|p| bytes(&[(n_vals, std::mem::size_of::<T>()), (n_idx, 8), (parts, p)]));
+        reserve(
+            plan.reduction.kind.name(),
+            || format!("the output and the {parts} partial states on the device"),
+            need,
+            &candle_core::Device::Cuda(dev.clone()),
+        )?;
+    }
     let out_vals: CudaSlice<T> = dev.alloc_zeros::<T>(n_vals)?;
     let out_idx: CudaSlice<i64> = dev.alloc_zeros::<i64>(n_idx)?;
-    let parts = if chunks > 1 { chunks * plan.rows } else { 1 };
     let part_vals: CudaSlice<f64> = dev.alloc_zeros::<f64>((parts * k.state_vals).max(1))?;
     let part_idx: CudaSlice<i64> = dev.alloc_zeros::<i64>((parts * k.state_idx).max(1))?;
     let offsets: Vec<i64> = plan.vars.iter().map(|v| v.offset as i64).collect();
