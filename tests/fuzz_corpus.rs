@@ -1,9 +1,8 @@
 //! The failures `tests/fuzz_tests.rs` and `tests/fuzz_gp_tests.rs` found, each as its minimal
 //! input (issue 17, point 5).
 //!
-//! A test marked `#[ignore]` is a failure that another point of issue 17 fixes; its reason
-//! names the point. Run them with `cargo test --test fuzz_corpus -- --ignored` (the one that
-//! aborts the process today says so).
+//! A test marked `#[ignore]` is a failure not fixed yet; its reason names the place. Run them
+//! with `cargo test --test fuzz_corpus -- --ignored` (the hang fails after 60 s).
 
 use candle_core::{DType, Device, Tensor};
 use lazy_kernels::formula::parse;
@@ -51,10 +50,10 @@ fn printed_leaf_at_the_depth_cap_parses_back() {
     assert_eq!(parse(&f.to_string(), &[]).unwrap(), f);
 }
 
-/// `probes: usize::MAX` on the stochastic path: `rows * cols` of the probe block overflows in
-/// `src/solve/random.rs` ("attempt to multiply with overflow" in debug builds).
+/// `probes: usize::MAX` on the stochastic path: `rows * cols` of the probe block overflowed in
+/// `src/solve/random.rs` ("attempt to multiply with overflow" in debug builds); fixed by the
+/// resource limits of issue 17 point 1.
 #[test]
-#[ignore = "issue 17 point 1 (resource limits): the probe count is not checked before its allocation"]
 fn huge_probe_count_is_an_error() {
     let gp = small_gp(GpSettings {
         nll_method: NllMethod::Stochastic,
@@ -67,7 +66,7 @@ fn huge_probe_count_is_an_error() {
 /// `Optimizer::Lbfgs { history: usize::MAX }`: `VecDeque::with_capacity(history)` in
 /// `src/gp/fit.rs` panics with "capacity overflow" (a large finite history would abort).
 #[test]
-#[ignore = "issue 17 point 1 (resource limits): the L-BFGS history is allocated up front"]
+#[ignore = "src/gp/fit.rs: VecDeque::with_capacity(history) panics (capacity overflow)"]
 fn huge_lbfgs_history_is_an_error() {
     let mut gp = small_gp(GpSettings {
         nll_method: NllMethod::Exact,
@@ -87,7 +86,7 @@ fn huge_lbfgs_history_is_an_error() {
 /// `FitOptions { steps: usize::MAX }`: `Vec::with_capacity(opts.steps)` in `src/gp/fit.rs`
 /// panics with "capacity overflow" (a large finite count would abort), before any step.
 #[test]
-#[ignore = "issue 17 point 1 (resource limits): the trajectory is allocated for every step up front"]
+#[ignore = "src/gp/fit.rs: Vec::with_capacity(opts.steps) panics (capacity overflow)"]
 fn huge_step_count_is_not_an_allocation() {
     let mut gp = small_gp(GpSettings {
         nll_method: NllMethod::Exact,
@@ -106,7 +105,7 @@ fn huge_step_count_is_not_an_allocation() {
 /// `FitOptions { patience: usize::MAX }`: `2 * w` in the early-stopping test of
 /// `src/gp/fit.rs` overflows ("attempt to multiply with overflow" in debug builds).
 #[test]
-#[ignore = "issue 17 point 4 (fit's early stopping): 2 * patience overflows"]
+#[ignore = "src/gp/fit.rs: 2 * patience overflows in the early-stopping test"]
 fn huge_patience_is_not_an_overflow() {
     let mut gp = small_gp(GpSettings {
         nll_method: NllMethod::Exact,
@@ -122,10 +121,9 @@ fn huge_patience_is_not_an_overflow() {
     assert_eq!(report.trajectory.len(), 2);
 }
 
-/// The issue's own case: `argkmin(10^9)` aborts the process (256 GB allocation), so the fuzz
-/// generator draws `k` in {0, 1, 2, 3, N, N + 1, M + 1, usize::MAX / 2, usize::MAX} only.
+/// The issue's own case: `argkmin(10^9)` aborted the process (a 256 GB allocation); fixed by
+/// the resource limits of issue 17 point 1.
 #[test]
-#[ignore = "issue 17 point 1 (resource limits): aborts the process today"]
 fn argkmin_of_a_billion_is_an_error() {
     let x = Tensor::rand(0f32, 1., (32, 3), &Device::Cpu).unwrap();
     let d = LazyTensor::vi(&x)

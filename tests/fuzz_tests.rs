@@ -708,8 +708,20 @@ fn formula_case(seed: u64, stats: &std::cell::RefCell<[usize; 4]>) -> Result<(),
     } else {
         lt
     };
-    let kinds =
-        ReductionKind::all([0, 1, 2, 3, n, n + 1, m + 1, usize::MAX, usize::MAX / 2][r.below(9)]);
+    let kinds = ReductionKind::all(
+        [
+            0,
+            1,
+            2,
+            3,
+            n,
+            n + 1,
+            m + 1,
+            1_000_000_000,
+            usize::MAX / 2,
+            usize::MAX,
+        ][r.below(10)],
+    );
     let kind = kinds[r.below(kinds.len())];
     // Half the cases with a gradient reduce by Sum, whose gradient has a dense reference.
     let kind = if as_var && r.below(2) == 0 {
