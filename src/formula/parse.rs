@@ -230,9 +230,16 @@ impl Parser<'_> {
     fn unary(&mut self) -> Result<Expr, ParseError> {
         if *self.peek() == Tok::Punct('-') {
             self.next();
-            self.enter()?;
+            // `-(` is one level, counted by the parenthesis: the printer writes `--x` as
+            // `-(-x)`, which must parse back within the depth that `--x` took.
+            let counted = *self.peek() != Tok::Punct('(');
+            if counted {
+                self.enter()?;
+            }
             let e = self.unary()?;
-            self.depth -= 1;
+            if counted {
+                self.depth -= 1;
+            }
             return Ok(e.neg());
         }
         self.atom()
@@ -306,9 +313,15 @@ impl Parser<'_> {
 
     fn call(&mut self, name: &str, start: usize, name_end: usize) -> Result<Expr, ParseError> {
         self.expect('(', "after the function name")?;
-        self.enter()?;
         let sig = signature(name)
             .ok_or_else(|| self.err_at(format!("unknown function '{name}'"), start, name_end))?;
+        // A call without formula arguments (a leaf `Vi(0,3)`) recurses no further, so it is no
+        // level: the printer writes a bound name as such a leaf, which must parse back within
+        // the depth that the name took.
+        let nested = sig.iter().any(|a| matches!(a, Arg::Formula));
+        if nested {
+            self.enter()?;
+        }
         let mut formulas = Vec::new();
         let mut ints = Vec::new();
         for (k, kind) in sig.iter().enumerate() {
@@ -324,7 +337,9 @@ impl Parser<'_> {
         }
         let what = format!("to close {name}(..) (it takes {} arguments)", sig.len());
         self.expect(')', &what)?;
-        self.depth -= 1;
+        if nested {
+            self.depth -= 1;
+        }
         let end = self.toks[self.pos.saturating_sub(1)].end;
         build(name, &formulas, &ints).map_err(|e| self.err_at(e.to_string(), start, end))
     }
