@@ -66,7 +66,6 @@ fn huge_probe_count_is_an_error() {
 /// `Optimizer::Lbfgs { history: usize::MAX }`: `VecDeque::with_capacity(history)` in
 /// `src/gp/fit.rs` panics with "capacity overflow" (a large finite history would abort).
 #[test]
-#[ignore = "src/gp/fit.rs: VecDeque::with_capacity(history) panics (capacity overflow)"]
 fn huge_lbfgs_history_is_an_error() {
     let mut gp = small_gp(GpSettings {
         nll_method: NllMethod::Exact,
@@ -86,7 +85,6 @@ fn huge_lbfgs_history_is_an_error() {
 /// `FitOptions { steps: usize::MAX }`: `Vec::with_capacity(opts.steps)` in `src/gp/fit.rs`
 /// panics with "capacity overflow" (a large finite count would abort), before any step.
 #[test]
-#[ignore = "src/gp/fit.rs: Vec::with_capacity(opts.steps) panics (capacity overflow)"]
 fn huge_step_count_is_not_an_allocation() {
     let mut gp = small_gp(GpSettings {
         nll_method: NllMethod::Exact,
@@ -105,7 +103,6 @@ fn huge_step_count_is_not_an_allocation() {
 /// `FitOptions { patience: usize::MAX }`: `2 * w` in the early-stopping test of
 /// `src/gp/fit.rs` overflows ("attempt to multiply with overflow" in debug builds).
 #[test]
-#[ignore = "src/gp/fit.rs: 2 * patience overflows in the early-stopping test"]
 fn huge_patience_is_not_an_overflow() {
     let mut gp = small_gp(GpSettings {
         nll_method: NllMethod::Exact,
@@ -135,11 +132,10 @@ fn argkmin_of_a_billion_is_an_error() {
 
 /// `SolveOptions { max_iters: usize::MAX, check_residual: false }` on a numerically singular
 /// system (50 points of the unit square, a Gaussian kernel of lengthscale 1.06, no ridge) whose
-/// tolerance `1e-8` the recurrence never reaches: only the residual checks detect a stall, so
-/// the solve never returns. The test fails after 60 s (its thread runs on until the process
-/// ends).
+/// tolerance `1e-8` the recurrence never reaches: only the residual checks detected a stall, so
+/// the solve never returned; the recurrence's own stall rule stops it now. The test fails
+/// after 60 s (its thread runs on until the process ends).
 #[test]
-#[ignore = "hang: CG detects stalls only with check_residual (src/solve/cg.rs)"]
 fn unbounded_iterations_without_residual_checks_terminate() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -155,10 +151,12 @@ fn unbounded_iterations_without_residual_checks_terminate() {
             x0: None,
             check_residual: false,
         };
-        let _ = tx.send(k.solve(&b, 0.0, &opts).is_ok());
+        let _ = tx.send(
+            k.solve(&b, 0.0, &opts)
+                .map(|(_, info)| info.all_converged()),
+        );
     });
-    assert!(
-        rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok(),
-        "no answer in 60 s"
-    );
+    let answer = rx.recv_timeout(std::time::Duration::from_secs(60));
+    // It returns, reporting columns that did not converge (stalled).
+    assert!(matches!(answer, Ok(Ok(false))), "{answer:?}");
 }

@@ -11,6 +11,10 @@ use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
 use super::{ExactGp, NllMethod, NllReport};
 use crate::error::Error;
 
+/// Steps (and L-BFGS pairs) whose room is reserved ahead; more grow as they come, so that a
+/// huge `steps` or `history` allocates nothing up front.
+const PREALLOCATED: usize = 1024;
+
 /// The optimiser of [`ExactGp::fit`].
 ///
 /// ```
@@ -167,8 +171,8 @@ impl ExactGp {
         let n = self.x.dim(0)? as f64;
         let bar = opts.progress && std::io::stderr().is_terminal();
         let vars = self.vars();
-        let mut trajectory: Vec<FitStep> = Vec::with_capacity(opts.steps);
-        let mut raw: Vec<Vec<f64>> = Vec::with_capacity(opts.steps);
+        let mut trajectory: Vec<FitStep> = Vec::with_capacity(opts.steps.min(PREALLOCATED));
+        let mut raw: Vec<Vec<f64>> = Vec::with_capacity(opts.steps.min(PREALLOCATED));
         let mut stopped_early = false;
         let w = opts.patience.max(1);
         for step in 0..opts.steps {
@@ -191,7 +195,7 @@ impl ExactGp {
                 values,
                 seconds: start.elapsed().as_secs_f64(),
             });
-            if opts.tol > 0.0 && trajectory.len() >= 2 * w {
+            if opts.tol > 0.0 && trajectory.len() >= w.saturating_mul(2) {
                 let mean = |steps: &[FitStep]| {
                     steps.iter().map(|s| s.report.nll).sum::<f64>() / (steps.len() as f64 * n)
                 };
@@ -349,8 +353,8 @@ impl ExactGp {
         let n = self.x.dim(0)? as f64;
         let vars = self.vars();
         let bar = opts.progress && std::io::stderr().is_terminal();
-        let mut trajectory: Vec<FitStep> = Vec::with_capacity(opts.steps);
-        let mut raw: Vec<Vec<f64>> = Vec::with_capacity(opts.steps);
+        let mut trajectory: Vec<FitStep> = Vec::with_capacity(opts.steps.min(PREALLOCATED));
+        let mut raw: Vec<Vec<f64>> = Vec::with_capacity(opts.steps.min(PREALLOCATED));
         let mut stopped_early = false;
         let seed = self.settings.seed;
         // One evaluation at the values the `Var`s hold, recorded as a step.
@@ -394,7 +398,8 @@ impl ExactGp {
             }
             .into());
         }
-        let mut pairs: VecDeque<(Vec<f64>, Vec<f64>, f64)> = VecDeque::with_capacity(history);
+        let mut pairs: VecDeque<(Vec<f64>, Vec<f64>, f64)> =
+            VecDeque::with_capacity(history.min(PREALLOCATED));
         let mut small = 0;
         'outer: while trajectory.len() < opts.steps {
             // The two-loop recursion: d = -H g.

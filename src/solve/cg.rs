@@ -408,6 +408,25 @@ pub(crate) fn cg(
                 }
             }
         }
+        if !s.check_residual && it % MONITOR_EVERY == 0 {
+            // Without the checks, the recurrence's own residual is all there is: a column whose
+            // recurrence stops improving (a numerically singular system below its tolerance)
+            // stops by the same rule, rather than running to `max_iters`.
+            for c in 0..e {
+                if !(active[c] && !broken[c] && !converged[c] && quad_done[c]) {
+                    continue;
+                }
+                if res[c] <= 0.9 * best_seen[c] {
+                    best_seen[c] = res[c];
+                    idle_looks[c] = 0;
+                } else if idle_looks[c] + 1 < IDLE_LOOKS {
+                    idle_looks[c] += 1;
+                } else {
+                    broken[c] = true;
+                    stops[c] = Stop::Stalled;
+                }
+            }
+        }
         for c in 0..e {
             let l = &mut lanczos[c];
             if restart[c] || broken[c] {

@@ -73,7 +73,9 @@ pub struct SolveOptions {
     /// Confirm convergence on the true residual `b - (K + alpha I) a`, recomputed with one more
     /// product when the recurrence says a column has converged; iterations go on from the true
     /// residual if it is above `tol` (default `true`). With `false`, the reported residuals are
-    /// those of the recurrence, which can be optimistic in low precision.
+    /// those of the recurrence, which can be optimistic in low precision, and a column whose
+    /// recurrence residual improves by less than 10% over three looks 100 iterations apart
+    /// stops as stalled (so that no `max_iters` makes a solve run forever).
     pub check_residual: bool,
 }
 
