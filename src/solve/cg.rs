@@ -413,7 +413,7 @@ pub(crate) fn cg(
             // recurrence stops improving (a numerically singular system below its tolerance)
             // stops by the same rule, rather than running to `max_iters`.
             for c in 0..e {
-                if !(active[c] && !broken[c] && !converged[c] && quad_done[c]) {
+                if !active[c] || broken[c] || converged[c] || !quad_done[c] {
                     continue;
                 }
                 if res[c] <= 0.9 * best_seen[c] {
