@@ -468,6 +468,39 @@ fn too_large_requests_are_errors_that_give_the_size() {
         gp.nll(),
         "the exact NLL's dense f64 matrices for N = 1000000",
     );
+
+    // The chunk of test points of exact predictive variances: chunk x N dense kernel rows.
+    use lazy_kernels::gp::Variances;
+    let n = 500;
+    let xs = Tensor::arange(0u32, n as u32, &dev)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .affine(0.01, 0.0)
+        .unwrap()
+        .reshape((n, 1))
+        .unwrap();
+    let ys = xs.sin().unwrap().flatten_all().unwrap();
+    let l = Positive::new("lengthscale", &[0.5], DType::F32, &dev).unwrap();
+    let noise = Positive::new("noise", &[0.1], DType::F32, &dev).unwrap();
+    let lc = l.clone();
+    let gp = ExactGp::new(&xs, &ys, vec![l], noise, move || {
+        Ok(Kernel::gaussian(&lc.value()?))
+    })
+    .unwrap()
+    .with_settings(GpSettings {
+        nll_method: NllMethod::Exact,
+        variances: Variances::Exact,
+        predict_chunk: usize::MAX,
+        ..GpSettings::default()
+    });
+    // Twice the test points whose kernel rows (f32, and their pieces) fill the memory.
+    let m = free / (4 * n);
+    let x_new = Tensor::zeros((m, 1), DType::F32, &dev).unwrap();
+    oom(
+        gp.predict(&x_new),
+        &format!("{m} dense rows of {n} kernel values"),
+    );
 }
 
 /// Kernels too: a sum of a million kernels builds, prints and drops on a default-stack thread,
