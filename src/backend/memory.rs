@@ -100,7 +100,7 @@ fn host_available() -> (usize, &'static str) {
 
 /// Bytes in a short human form (`1.5 GiB`).
 pub(crate) fn human(bytes: usize) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut v = bytes as f64;
     let mut u = 0;
     while v >= 1024.0 && u + 1 < UNITS.len() {
@@ -177,7 +177,7 @@ mod tests {
         let e = reserve("t", || "the thing".into(), Some(CAP), &Device::Cpu).unwrap_err();
         assert!(
             e.to_string()
-                .contains("out of memory: the thing needs 8192.0 TiB"),
+                .contains("out of memory: the thing needs 8.0 EiB"),
             "{e}"
         );
     }
