@@ -1,7 +1,8 @@
-//! Resource limits: every allocation whose size depends on user input (the `k` of a k-nearest
-//! search, an output's rows and components, a preconditioner's rank, a batch of right-hand
-//! sides or probes, a chunk of predictions, a dense matrix) is checked here before it is
-//! made, against the memory the machine or the device reports as available. A request that
+//! Resource limits: the allocations whose size a user's choice sets or that grow faster than
+//! the inputs (the `k` of a k-nearest search, an output's rows and components, the partial
+//! states of a reduction, a preconditioner's rank, a batch of right-hand sides or probes, a
+//! chunk of predictions, a dense matrix) are checked here before they are made, against the
+//! memory the machine or the device reports as available. A request that
 //! does not fit is an [`Error::OutOfMemory`] giving the size it would have needed, instead
 //! of an abort in the allocator.
 //!
