@@ -100,9 +100,9 @@ fn main() -> candle_core::Result<()> {
                 let b_j = LazyTensor::vj(&bv)?;
                 let s = LazyTensor::param(&sv)?;
                 let k = if case.laplacian {
-                    (-x_i.sqdist(&y_j)?.sqrt() / s).exp()
+                    (-x_i.sqdist(&y_j).sqrt() / s).exp()
                 } else {
-                    (-x_i.sqdist(&y_j)? / (2.0 * s.square())).exp()
+                    (-x_i.sqdist(&y_j) / (2.0 * s.square())).exp()
                 };
                 (k * b_j).sum(Axis::J)
             };

@@ -239,7 +239,7 @@ impl Task {
 
     /// The lazy formula of the task on `p`.
     fn formula(self, p: &Problem) -> Res<LazyTensor> {
-        let d = LazyTensor::vi(&p.x)?.sqdist(&LazyTensor::vj(&p.y)?)?;
+        let d = LazyTensor::vi(&p.x)?.sqdist(&LazyTensor::vj(&p.y)?);
         Ok(match self {
             Task::Sum => (-d * p.gamma).exp() * LazyTensor::vj(&p.b)?,
             Task::Knn => d,

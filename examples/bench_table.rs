@@ -87,7 +87,7 @@ impl Lazy {
         let y_j = LazyTensor::vj(&inp.y)?;
         let b_j = LazyTensor::vj(&inp.b)?;
         let s = LazyTensor::param(&inp.sigma)?;
-        let d_ij = x_i.sqdist(&y_j)?;
+        let d_ij = x_i.sqdist(&y_j);
         let scaled = -&d_ij / (2.0 * s.square());
         Ok(Lazy {
             gauss: scaled.exp() * b_j,

@@ -32,7 +32,7 @@ fn main() -> candle_core::Result<()> {
     let y_j = LazyTensor::vj(&y)?;
     let b_j = LazyTensor::vj(&b)?;
     let s = LazyTensor::param(&sigma)?;
-    let d_ij = x_i.sqdist(&y_j)?;
+    let d_ij = x_i.sqdist(&y_j);
     let k_ij = (-&d_ij / (2.0 * s.square())).exp();
 
     // 1. Gaussian kernel matrix-vector product, never materialising the N x N matrix.
@@ -90,7 +90,7 @@ fn main() -> candle_core::Result<()> {
     let sv = Var::from_tensor(&sigma)?;
     let gauss_sum = |x: &Tensor, sigma: &Tensor, y: &Tensor, b: &Tensor| {
         let s = LazyTensor::param(sigma)?;
-        let k = (-LazyTensor::vi(x)?.sqdist(&LazyTensor::vj(y)?)? / (2.0 * s.square())).exp();
+        let k = (-LazyTensor::vi(x)?.sqdist(&LazyTensor::vj(y)?) / (2.0 * s.square())).exp();
         (k * LazyTensor::vj(b)?).sum(Axis::J)
     };
     let t = Instant::now();
@@ -121,7 +121,7 @@ fn main() -> candle_core::Result<()> {
     let dense = linalg::matmul(&(d * (-1.0 / (2.0 * 0.01)))?.exp()?, &bs)?;
     let dense_secs = device::elapsed(&dev, t)?;
     let t = Instant::now();
-    let lazy = (LazyTensor::vi(&xs)?.sqdist(&LazyTensor::vj(&ys)?)? * (-1.0 / (2.0 * 0.01)))
+    let lazy = (LazyTensor::vi(&xs)?.sqdist(&LazyTensor::vj(&ys)?) * (-1.0 / (2.0 * 0.01)))
         .exp()
         .mul_sum(&LazyTensor::vj(&bs)?)?;
     let lazy_secs = device::elapsed(&dev, t)?;

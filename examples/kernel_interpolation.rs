@@ -1,7 +1,10 @@
 //! Kernel interpolation (kriging), ported from KeOps' "Kernel interpolation - NumPy API"
-//! example (../shared/seed/): solve `(K_xx + alpha I) a = b` for a Gaussian kernel in 1D and a
-//! Laplacian kernel in 2D, with a kernel matrix that is never built, then evaluate the fitted
-//! model on a grid and draw it.
+//! example (../shared/seed/) as KeOps writes it: the kernels are symbolic matrices built from
+//! `LazyTensor`s (`gaussian_kernel(x, x)`), `K_xx.solve(&b, alpha, ..)` solves
+//! `(K_xx + alpha I) a = b` for a Gaussian kernel in 1D and a Laplacian kernel in 2D, and
+//! `K_tx.matmul(&a)` (KeOps' `K_tx @ a`) evaluates the fitted model on a grid, which is drawn.
+//! The matrix is never built. (The same with the library's kernel families:
+//! `KernelOperator::new(Kernel::gaussian(&sigma), &x, &x)?.solve(..)`, see the README.)
 //!
 //! ```text
 //! cargo run --release --example kernel_interpolation -- [N] [--out DIR] [--f32] [--device D]
@@ -20,7 +23,7 @@ mod seed;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use lazy_kernels::{Kernel, KernelOperator, SolveInfo, SolveOptions};
+use lazy_kernels::{LazyTensor, SolveInfo, SolveOptions};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -55,16 +58,33 @@ fn report(info: &SolveInfo) {
     );
 }
 
+/// The seed's `gaussian_kernel(x, y, sigma)`: the `(M, N)` symbolic matrix
+/// `exp(-|x_i - y_j|^2 / (2 sigma^2))`.
+fn gaussian_kernel(x: &Tensor, y: &Tensor, sigma: f64) -> candle_core::Result<LazyTensor> {
+    let x_i = LazyTensor::vi(x)?; // (M, D), indexed by i
+    let y_j = LazyTensor::vj(y)?; // (N, D), indexed by j
+    let d_ij = x_i.sqdist(&y_j); // (M, N) symbolic squared distances
+    Ok((-d_ij / (2.0 * sigma * sigma)).exp())
+}
+
+/// The seed's `laplacian_kernel(x, y, sigma)`: `exp(-|x_i - y_j| / sigma)`.
+fn laplacian_kernel(x: &Tensor, y: &Tensor, sigma: f64) -> candle_core::Result<LazyTensor> {
+    let (x_i, y_j) = (LazyTensor::vi(x)?, LazyTensor::vj(y)?);
+    Ok((-x_i.sqdist(&y_j).sqrt() / sigma).exp())
+}
+
+type KernelFn = fn(&Tensor, &Tensor, f64) -> candle_core::Result<LazyTensor>;
+
 /// Solves `(K_xx + alpha I) a = b`, timed and printed like the seed, and reports the solve.
 fn interpolate(
-    kernel: &Kernel,
+    kernel: KernelFn,
     x: &Tensor,
     b: &Tensor,
     alpha: f64,
     label: &str,
 ) -> candle_core::Result<Tensor> {
     let start = Instant::now();
-    let k_xx = KernelOperator::new(kernel.clone(), x, x)?;
+    let k_xx = kernel(x, x, SIGMA)?;
     let (a, info) = k_xx.solve(b, alpha, &SolveOptions::default())?;
     let elapsed = device::elapsed(x.device(), start)?;
     println!(
@@ -76,14 +96,17 @@ fn interpolate(
 }
 
 /// The fitted model `K_tx a` at the points `t`.
-fn predict(kernel: &Kernel, t: &Tensor, x: &Tensor, a: &Tensor) -> candle_core::Result<Vec<f64>> {
-    KernelOperator::new(kernel.clone(), t, x)?
+fn predict(kernel: KernelFn, t: &Tensor, x: &Tensor, a: &Tensor) -> candle_core::Result<Vec<f64>> {
+    kernel(t, x, SIGMA)?
         .matmul(a)?
         .to_dtype(DType::F64)?
         .flatten_all()?
         .to_device(&Device::Cpu)?
         .to_vec1::<f64>()
 }
+
+/// The seed's bandwidth.
+const SIGMA: f64 = 0.1;
 
 fn main() -> candle_core::Result<()> {
     let mut n = 10_000usize;
@@ -118,18 +141,14 @@ fn main() -> candle_core::Result<()> {
     let b = Tensor::from_vec(bs.clone(), (n, 1), &cpu)?
         .to_dtype(dtype)?
         .to_device(&dev)?;
-    let sigma = Tensor::new(&[0.1f64], &cpu)?
-        .to_dtype(dtype)?
-        .to_device(&dev)?;
-    let gaussian = Kernel::gaussian(&sigma);
-    let a = interpolate(&gaussian, &x, &b, 1.0, "1D")?; // ridge regularization alpha = 1
+    let a = interpolate(gaussian_kernel, &x, &b, 1.0, "1D")?; // ridge regularization alpha = 1
 
     // Extrapolate on a uniform sample and draw the fit over the noisy samples.
     let t: Vec<f64> = (0..1001).map(|k| k as f64 / 1000.0).collect();
     let t_tensor = Tensor::from_vec(t.clone(), (1001, 1), &cpu)?
         .to_dtype(dtype)?
         .to_device(&dev)?;
-    let mean_t = predict(&gaussian, &t_tensor, &x, &a)?;
+    let mean_t = predict(gaussian_kernel, &t_tensor, &x, &a)?;
     let mut fig = plot::Canvas::new(800, 600, (0.0, 1.0), (0.0, 1.0));
     fig.scatter(&xs, &bs, &[plot::BLUE], (100.0 / n as f64).sqrt().max(0.5));
     fig.line(&t, &mean_t, plot::RED, 2.0);
@@ -146,8 +165,7 @@ fn main() -> candle_core::Result<()> {
     let b = Tensor::from_vec(bs.clone(), (n, 1), &cpu)?
         .to_dtype(dtype)?
         .to_device(&dev)?;
-    let laplacian = Kernel::laplacian(&sigma);
-    let a = interpolate(&laplacian, &x, &b, 10.0, "2D")?;
+    let a = interpolate(laplacian_kernel, &x, &b, 10.0, "2D")?;
 
     // The model on a 101 x 101 grid (row 0 at y = 0), under the samples.
     let g = 101;
@@ -157,7 +175,7 @@ fn main() -> candle_core::Result<()> {
     let t_tensor = Tensor::from_vec(grid, (g * g, 2), &cpu)?
         .to_dtype(dtype)?
         .to_device(&dev)?;
-    let mean_t = predict(&laplacian, &t_tensor, &x, &a)?;
+    let mean_t = predict(laplacian_kernel, &t_tensor, &x, &a)?;
     let mut fig = plot::Canvas::new(800, 800, (0.0, 1.0), (0.0, 1.0));
     let (lo, hi) = mean_t
         .iter()

@@ -36,7 +36,7 @@ fn main() -> candle_core::Result<()> {
         LazyTensor::vj(&c)?,
         LazyTensor::vj(&b)?,
     );
-    let d2 = x_i.sqdist(&c_j)?;
+    let d2 = x_i.sqdist(&c_j);
     let kernel_sum = |sigma: &Tensor| -> candle_core::Result<Tensor> {
         let s = LazyTensor::param(sigma)?;
         ((-&d2 / (2.0 * s.square())).exp() * &b_j).sum(Axis::J)

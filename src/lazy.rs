@@ -2,9 +2,10 @@
 //!
 //! A `LazyTensor` is a formula ([`Expr`]) plus the tensors its variables refer to. Building
 //! one costs nothing; a reduction ([`LazyTensor::sum`], [`LazyTensor::argkmin`], ...) runs it
-//! and returns a Candle tensor. Operator overloads cannot return `Result`, so a failing `+`
-//! (mismatched dimensions) yields a `LazyTensor` carrying the error, which the first fallible
-//! call returns, naming the failing op.
+//! and returns a Candle tensor. Building never returns `Result`, so that formulas read as
+//! maths: a failing op (mismatched dimensions in `+` or `sqdist`) yields a `LazyTensor`
+//! carrying the error, which the reduction returns, naming the op and its operands
+//! ([`LazyTensor::checked`] returns it at once).
 //!
 //! Reductions are differentiable: for every bound tensor that tracks gradients (a Candle `Var`
 //! or a tensor computed from one), `backward()` on a loss built from the result gives its
@@ -34,12 +35,12 @@ use crate::reduction::{Axis, Reduction, ReductionKind};
 /// let y = Tensor::new(&[[0f32, 0.], [0., 1.], [3., 3.]], &dev)?; // (N, D) = (3, 2)
 /// let b = Tensor::new(&[1f32, 2., 3.], &dev)?;                // (N,)
 /// let (x_i, y_j, b_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&y)?, LazyTensor::vj(&b)?);
-/// let k_ij = (-x_i.sqdist(&y_j)?).exp();                      // exp(-|x_i - y_j|^2)
+/// let k_ij = (-x_i.sqdist(&y_j)).exp();                      // exp(-|x_i - y_j|^2)
 /// let out = (k_ij * b_j).sum(Axis::J)?;                       // (M, 1)
 /// let v = out.to_vec2::<f32>()?;
 /// let expected = 1.0 + 2.0 * (-1f32).exp() + 3.0 * (-18f32).exp();
 /// assert!((v[0][0] - expected).abs() < 1e-6);
-/// let nn = x_i.sqdist(&y_j)?.argkmin(2, Axis::J)?;            // (M, 2) i64 indices
+/// let nn = x_i.sqdist(&y_j).argkmin(2, Axis::J)?;            // (M, 2) i64 indices
 /// assert_eq!(nn.to_vec2::<i64>()?, vec![vec![0, 1], vec![0, 1]]);
 /// # Ok::<(), candle_core::Error>(())
 /// ```
@@ -66,6 +67,37 @@ fn merge(a: &[Binding], b: &[Binding]) -> Arc<Vec<Binding>> {
         }
     }
     Arc::new(out)
+}
+
+/// `e` for a message: its formula, each variable numbered by its place among `bindings`
+/// (as a reduction numbers them), and the shapes and dtypes of the tensors they are bound to.
+pub(crate) fn describe(e: &Expr, bindings: &[Binding]) -> String {
+    let place = |v: &Var| bindings.iter().position(|b| b.id == v.pos);
+    let numbered = e.map_vars(&mut |v| Var {
+        pos: place(&v).unwrap_or(v.pos),
+        ..v
+    });
+    let tensors: Vec<String> = e
+        .vars()
+        .iter()
+        .filter_map(|v| {
+            let p = place(v)?;
+            let t = &bindings[p].tensor;
+            let var = Expr::var(Var { pos: p, ..*v }).ok()?;
+            Some(format!("{var} is a {:?} {:?} tensor", t.dims(), t.dtype()))
+        })
+        .collect();
+    if tensors.is_empty() {
+        format!("{}", numbered.brief())
+    } else {
+        format!("{} (where {})", numbered.brief(), tensors.join(", "))
+    }
+}
+
+/// `err`, the error of an op on `operands`, with the operands described.
+fn with_operands(err: Error, operands: &[&Expr], bindings: &[Binding]) -> Error {
+    let described: Vec<String> = operands.iter().map(|e| describe(e, bindings)).collect();
+    err.with_detail(&format!("operands: {}", described.join(" and ")))
 }
 
 impl LazyTensor {
@@ -215,14 +247,12 @@ impl LazyTensor {
         other: &LazyTensor,
         f: impl FnOnce(&Expr, &Expr) -> crate::error::Result<Expr>,
     ) -> LazyTensor {
+        let bindings = merge(&self.bindings, &other.bindings);
         let expr = match (&self.expr, &other.expr) {
-            (Ok(a), Ok(b)) => f(a, b),
+            (Ok(a), Ok(b)) => f(a, b).map_err(|e| with_operands(e, &[a, b], &bindings)),
             (Err(e), _) | (_, Err(e)) => Err(e.clone()),
         };
-        LazyTensor {
-            expr,
-            bindings: merge(&self.bindings, &other.bindings),
-        }
+        LazyTensor { expr, bindings }
     }
 
     fn zip3(
@@ -231,17 +261,34 @@ impl LazyTensor {
         c: &LazyTensor,
         f: impl FnOnce(&Expr, &Expr, &Expr) -> crate::error::Result<Expr>,
     ) -> LazyTensor {
+        let bindings = merge(&merge(&self.bindings, &b.bindings), &c.bindings);
         let expr = match (&self.expr, &b.expr, &c.expr) {
-            (Ok(x), Ok(y), Ok(z)) => f(x, y, z),
+            (Ok(x), Ok(y), Ok(z)) => {
+                f(x, y, z).map_err(|e| with_operands(e, &[x, y, z], &bindings))
+            }
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.clone()),
         };
-        LazyTensor {
-            expr,
-            bindings: merge(&merge(&self.bindings, &b.bindings), &c.bindings),
-        }
+        LazyTensor { expr, bindings }
     }
 
-    fn checked(self) -> candle_core::Result<LazyTensor> {
+    /// `self`, or the error of the first operation that failed while building it: for an
+    /// error at the line that made it rather than at the reduction. Every method that builds
+    /// a formula (`sqdist`, `dot`, `+`, `exp`, ...) returns a `LazyTensor` and defers its
+    /// error, so that formulas read as maths; the reductions return the deferred error,
+    /// naming the op and its operands.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Axis, LazyTensor};
+    /// let x_i = LazyTensor::vi(&Tensor::zeros((4, 3), candle_core::DType::F32, &Device::Cpu)?)?;
+    /// let y_j = LazyTensor::vj(&Tensor::zeros((5, 2), candle_core::DType::F32, &Device::Cpu)?)?;
+    /// let k = (-x_i.sqdist(&y_j)).exp();            // 3 against 2 components: no error yet
+    /// let err = k.sum(Axis::J).unwrap_err().to_string();
+    /// assert!(err.contains("SqDist") && err.contains("(4, 3)") && err.contains("(5, 2)"));
+    /// assert!(x_i.sqdist(&y_j).checked().is_err()); // the same error, at once
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn checked(self) -> candle_core::Result<LazyTensor> {
         self.expr()?;
         Ok(self)
     }
@@ -271,51 +318,42 @@ impl LazyTensor {
         self.map(|e| Ok(Expr::normalize(e)))
     }
     /// Squared Euclidean distance `|self - other|^2`.
-    pub fn sqdist(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.zip(other, Expr::sqdist).checked()
+    pub fn sqdist(&self, other: &LazyTensor) -> LazyTensor {
+        self.zip(other, Expr::sqdist)
     }
     /// Weighted squared distance `sum_d w_d (self_d - other_d)^2`, with `w` of 1 component
     /// (scalar weight) or `dim` components (diagonal weights).
-    pub fn weighted_sqdist(
-        &self,
-        other: &LazyTensor,
-        w: &LazyTensor,
-    ) -> candle_core::Result<LazyTensor> {
+    pub fn weighted_sqdist(&self, other: &LazyTensor, w: &LazyTensor) -> LazyTensor {
         self.zip3(other, w, |a, b, w| Expr::weighted_sqdist(w, a, b))
-            .checked()
     }
     /// Weighted squared norm `sum_d w_d self_d^2` (scalar or diagonal `w`).
-    pub fn weighted_sqnorm(&self, w: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.zip(w, |a, w| Expr::weighted_sqnorm(w, a)).checked()
+    pub fn weighted_sqnorm(&self, w: &LazyTensor) -> LazyTensor {
+        self.zip(w, |a, w| Expr::weighted_sqnorm(w, a))
     }
     /// Scalar product of the components of `self` and `other` (same dimension).
-    pub fn dot(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        self.zip(other, Expr::dot).checked()
+    pub fn dot(&self, other: &LazyTensor) -> LazyTensor {
+        self.zip(other, Expr::dot)
     }
     /// Component `m`.
-    pub fn elem(&self, m: usize) -> candle_core::Result<LazyTensor> {
+    pub fn elem(&self, m: usize) -> LazyTensor {
         self.map(|e| Expr::new(Op::Elem(m), vec![e.clone()]))
-            .checked()
     }
     /// Components `start .. start + len`.
-    pub fn extract(&self, start: usize, len: usize) -> candle_core::Result<LazyTensor> {
+    pub fn extract(&self, start: usize, len: usize) -> LazyTensor {
         self.map(|e| Expr::new(Op::Extract { start, len }, vec![e.clone()]))
-            .checked()
     }
     /// The components of `self` followed by those of `other`.
-    pub fn concat(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
+    pub fn concat(&self, other: &LazyTensor) -> LazyTensor {
         self.zip(other, |a, b| {
             Expr::new(Op::Concat, vec![a.clone(), b.clone()])
         })
-        .checked()
     }
     /// Matrix-vector product: `self` is an `n x m` matrix (row-major, `n * m` components) and
     /// `v` an `m`-vector.
-    pub fn matvecmult(&self, v: &LazyTensor) -> candle_core::Result<LazyTensor> {
+    pub fn matvecmult(&self, v: &LazyTensor) -> LazyTensor {
         self.zip(v, |a, b| {
             Expr::new(Op::MatVecMult, vec![a.clone(), b.clone()])
         })
-        .checked()
     }
 
     /// The symbolic gradient `(d self / d wrt)^T eta` (KeOps' `Grad`): a new lazy tensor with
@@ -325,7 +363,7 @@ impl LazyTensor {
     /// a formula of constants (which cannot be reduced on its own: it has no variable).
     ///
     /// Reducing the result gives gradients by hand, without Candle's autodiff: for example
-    /// `sum_j (d F_ij / d x_i)^T eta_i` is `f.grad(&x_i, &eta_i)?.sum(Axis::J)`.
+    /// `sum_j (d F_ij / d x_i)^T eta_i` is `f.grad(&x_i, &eta_i).sum(Axis::J)`.
     ///
     /// ```
     /// use candle_core::{Device, Tensor};
@@ -334,35 +372,33 @@ impl LazyTensor {
     /// let y = Tensor::new(&[[0f64], [3.0]], &Device::Cpu)?;
     /// let ones = Tensor::ones((2, 1), candle_core::DType::F64, &Device::Cpu)?;
     /// let (x_i, y_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&y)?);
-    /// let f = x_i.sqdist(&y_j)?;                                  // (x_i - y_j)^2
-    /// let g = f.grad(&x_i, &LazyTensor::vi(&ones)?)?.sum(Axis::J)?; // sum_j 2 (x_i - y_j)
+    /// let f = x_i.sqdist(&y_j);                                  // (x_i - y_j)^2
+    /// let g = f.grad(&x_i, &LazyTensor::vi(&ones)?).sum(Axis::J)?; // sum_j 2 (x_i - y_j)
     /// assert_eq!(g.to_vec2::<f64>()?, vec![vec![2.0 * (1.0 + -2.0)], vec![2.0 * (2.0 + -1.0)]]);
     /// # Ok::<(), candle_core::Error>(())
     /// ```
-    pub fn grad(&self, wrt: &LazyTensor, eta: &LazyTensor) -> candle_core::Result<LazyTensor> {
-        let v = match wrt.expr()?.op() {
-            Op::Var(v) => *v,
-            _ => {
-                return Err(Error::InvalidArgument {
+    pub fn grad(&self, wrt: &LazyTensor, eta: &LazyTensor) -> LazyTensor {
+        let bindings = merge(&merge(&self.bindings, &eta.bindings), &wrt.bindings);
+        let expr = match (&self.expr, &wrt.expr, &eta.expr) {
+            (Ok(f), Ok(w), Ok(e)) => match w.op() {
+                Op::Var(v) => crate::formula::grad(f, &[*v], e)
+                    .map(|mut g| {
+                        let g = g.pop().flatten();
+                        g.unwrap_or_else(|| crate::formula::grad::zeros(v.dim))
+                    })
+                    .map_err(|err| with_operands(err, &[f, e], &bindings)),
+                _ => Err(Error::InvalidArgument {
                     op: "LazyTensor::grad",
                     detail: format!(
                         "can only differentiate with respect to a variable (vi, vj or param), \
                          not the formula {}",
-                        wrt.expr()?
+                        describe(w, &bindings)
                     ),
-                }
-                .into())
-            }
+                }),
+            },
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.clone()),
         };
-        let out = self.zip(eta, |f, e| {
-            let g = crate::formula::grad(f, &[v], e)?.pop().flatten();
-            Ok(g.unwrap_or_else(|| crate::formula::grad::zeros(v.dim)))
-        });
-        LazyTensor {
-            expr: out.expr,
-            bindings: merge(&out.bindings, &wrt.bindings),
-        }
-        .checked()
+        LazyTensor { expr, bindings }
     }
 
     /// Evaluates a formula that has no `j`-variable row by row: a `(M, E)` tensor whose row `i`
@@ -374,7 +410,7 @@ impl LazyTensor {
     /// use lazy_kernels::LazyTensor;
     /// let x = Tensor::new(&[[3f64, 4.], [0., 1.]], &Device::Cpu)?;
     /// let y = Tensor::new(&[[0f64, 0.], [0., 0.]], &Device::Cpu)?;
-    /// let d = LazyTensor::vi(&x)?.sqdist(&LazyTensor::vi(&y)?)?.pointwise()?;
+    /// let d = LazyTensor::vi(&x)?.sqdist(&LazyTensor::vi(&y)?).pointwise()?;
     /// assert_eq!(d.to_vec2::<f64>()?, vec![vec![25.0], vec![1.0]]);
     /// # Ok::<(), candle_core::Error>(())
     /// ```
@@ -416,7 +452,7 @@ impl LazyTensor {
     }
 
     /// The same formula with every bound tensor replaced by `f(tensor)`.
-    fn map_tensors(
+    pub(crate) fn map_tensors(
         &self,
         f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
     ) -> candle_core::Result<LazyTensor> {
@@ -453,7 +489,7 @@ impl LazyTensor {
     /// use lazy_kernels::{Axis, LazyTensor, ReductionKind};
     /// let x = Tensor::new(&[[0f32], [10.]], &Device::Cpu)?;
     /// let y = Tensor::new(&[[9f32], [1.], [2.]], &Device::Cpu)?;
-    /// let d = LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&y)?)?;
+    /// let d = LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&y)?);
     /// let out = d.reduce(ReductionKind::KMinArgKMin(2), Axis::J)?;
     /// assert_eq!(out.values.unwrap().to_vec2::<f32>()?, vec![vec![1., 4.], vec![1., 64.]]);
     /// assert_eq!(out.indices.unwrap().to_vec2::<i64>()?, vec![vec![1, 2], vec![0, 2]]);
@@ -472,7 +508,7 @@ impl LazyTensor {
     /// use lazy_kernels::{Axis, LazyTensor, Path, ReductionKind, ReductionOptions};
     /// let x = Tensor::rand(0f64, 1., (40, 64), &Device::Cpu)?;
     /// let y = Tensor::rand(0f64, 1., (100, 64), &Device::Cpu)?;
-    /// let k = (-LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&y)?)?).exp();
+    /// let k = (-LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&y)?)).exp();
     /// let blocks = ReductionOptions { path: Path::Blocks, ..Default::default() };
     /// let direct = ReductionOptions { path: Path::Direct, ..Default::default() };
     /// let a = k.reduce_with(ReductionKind::Sum, Axis::J, &blocks)?.values.unwrap();
@@ -504,7 +540,7 @@ impl LazyTensor {
     /// let knn = |d: usize| -> candle_core::Result<Path> {
     ///     let x = LazyTensor::vi(&Tensor::zeros((1000, d), candle_core::DType::F32, &dev)?)?;
     ///     let y = LazyTensor::vj(&Tensor::zeros((1000, d), candle_core::DType::F32, &dev)?)?;
-    ///     let r = x.sqdist(&y)?.explain(ReductionKind::ArgKMin(10), Axis::J, &Default::default())?;
+    ///     let r = x.sqdist(&y).explain(ReductionKind::ArgKMin(10), Axis::J, &Default::default())?;
     ///     Ok(r.path)
     /// };
     /// assert_eq!(knn(3)?, Path::Direct);
@@ -592,7 +628,7 @@ impl LazyTensor {
             }
             .into());
         }
-        self.concat(weights)?
+        self.concat(weights)
             .values(ReductionKind::SumSoftMaxWeight, axis)
     }
     /// Minimum over `axis`, component by component.
@@ -618,7 +654,7 @@ impl LazyTensor {
     /// use lazy_kernels::{Axis, LazyTensor};
     /// let x = LazyTensor::vi(&Tensor::new(&[[0f32], [5.]], &Device::Cpu)?)?;
     /// let y = LazyTensor::vj(&Tensor::new(&[[4f32], [1.], [4.]], &Device::Cpu)?)?;
-    /// let (v, i) = x.sqdist(&y)?.min_argmin(Axis::I)?;      // for each j, the nearest i
+    /// let (v, i) = x.sqdist(&y).min_argmin(Axis::I)?;      // for each j, the nearest i
     /// assert_eq!(v.to_vec2::<f32>()?, vec![vec![1.], vec![1.], vec![1.]]);
     /// assert_eq!(i.to_vec2::<i64>()?, vec![vec![1], vec![0], vec![1]]);
     /// # Ok::<(), candle_core::Error>(())
@@ -643,6 +679,245 @@ impl LazyTensor {
     /// The `k` smallest values and their indices, in one pass.
     pub fn kmin_argkmin(&self, k: usize, axis: Axis) -> candle_core::Result<(Tensor, Tensor)> {
         self.both(ReductionKind::KMinArgKMin(k), axis)
+    }
+}
+
+/// The symbolic matrix: a one-component formula of `i`-variables (rows `M`), `j`-variables
+/// (rows `N`) and parameters is the `M x N` matrix `K_ij`, which is multiplied, transposed and
+/// solved against without ever being built, as KeOps' `K @ b`, `K.t()` and `K.solve(b)`.
+impl LazyTensor {
+    /// The bindings of the formula's variables of category `cat`.
+    fn bound(&self, cat: VarCat) -> candle_core::Result<Vec<&Binding>> {
+        let vars = self.expr()?.vars();
+        Ok(self
+            .bindings
+            .iter()
+            .filter(|b| b.cat == cat && vars.iter().any(|v| v.pos == b.id))
+            .collect())
+    }
+
+    /// `(M, N)` for `op`: the rows of the `i`-variables and of the `j`-variables.
+    fn matrix_shape(&self, op: &'static str) -> candle_core::Result<(usize, usize)> {
+        let rows = |cat: VarCat, name: &str| -> candle_core::Result<usize> {
+            let bound = self.bound(cat)?;
+            let Some(first) = bound.first() else {
+                return Err(Error::InvalidArgument {
+                    op,
+                    detail: format!(
+                        "a matrix needs a {name}-variable (its {}), the formula {} has none",
+                        if name == "i" { "rows" } else { "columns" },
+                        describe(self.expr()?, &self.bindings)
+                    ),
+                }
+                .into());
+            };
+            let n = first.tensor.dim(0)?;
+            if let Some(other) = bound.iter().find(|b| b.tensor.dim(0).ok() != Some(n)) {
+                return Err(Error::Shape {
+                    op,
+                    detail: format!(
+                        "the {name}-variables have different numbers of rows: {:?} and {:?}",
+                        first.tensor.dims(),
+                        other.tensor.dims()
+                    ),
+                }
+                .into());
+            }
+            Ok(n)
+        };
+        Ok((rows(VarCat::I, "i")?, rows(VarCat::J, "j")?))
+    }
+
+    /// `(M, N)`: the shape of the matrix `K_ij`, from the rows of the tensors bound as
+    /// `i`-variables and as `j`-variables (an error if either is missing).
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use lazy_kernels::LazyTensor;
+    /// let x = LazyTensor::vi(&Tensor::zeros((5, 3), DType::F32, &Device::Cpu)?)?;
+    /// let y = LazyTensor::vj(&Tensor::zeros((7, 3), DType::F32, &Device::Cpu)?)?;
+    /// assert_eq!((-x.sqdist(&y)).exp().shape()?, (5, 7));
+    /// assert_eq!((-x.sqdist(&y)).exp().t().shape()?, (7, 5));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn shape(&self) -> candle_core::Result<(usize, usize)> {
+        self.matrix_shape("LazyTensor::shape")
+    }
+
+    /// `K b = sum_j K_ij b_j` (KeOps' `K @ b`), lazily and differentiably (with respect to `b`
+    /// and every bound tensor): `b` is `(N,)` (giving `(M,)`) or `(N, E)` (giving `(M, E)`),
+    /// and `self` a one-component formula. The same reduction as [`crate::KernelOperator::matmul`],
+    /// with its fused paths.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::LazyTensor;
+    /// let dev = Device::Cpu;
+    /// let x = Tensor::new(&[[0f64], [1.0]], &dev)?;
+    /// let y = Tensor::new(&[[0f64], [2.0], [3.0]], &dev)?;
+    /// let b = Tensor::new(&[1f64, 2.0, 3.0], &dev)?;
+    /// let k = (-LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&y)?)).exp();   // (2, 3)
+    /// let kb = k.matmul(&b)?.to_vec1::<f64>()?;                            // (2,)
+    /// let want = 1.0 + 2.0 * (-4f64).exp() + 3.0 * (-9f64).exp();
+    /// assert!((kb[0] - want).abs() < 1e-12);
+    /// let ktc = k.t().matmul(&Tensor::new(&[1f64, 1.0], &dev)?)?;          // K^T c: (3,)
+    /// assert_eq!(ktc.dims(), &[3]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn matmul(&self, b: &Tensor) -> candle_core::Result<Tensor> {
+        let op = "LazyTensor::matmul";
+        let shape = self.matrix_shape(op)?;
+        let dim = self.dim()?;
+        if dim != 1 {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "a matrix is a formula of one component, this one has {dim}: {}",
+                    describe(self.expr()?, &self.bindings)
+                ),
+            }
+            .into());
+        }
+        crate::operator::matmul_lazy(self, b, shape, op)
+    }
+
+    /// The transpose: `i` and `j` exchanged, so that `K^T_ji = K_ij` (KeOps' `K.t()`). The
+    /// `i`-variables become `j`-variables and the reverse; nothing is computed.
+    pub fn t(&self) -> LazyTensor {
+        let swap = |c: VarCat| match c {
+            VarCat::I => VarCat::J,
+            VarCat::J => VarCat::I,
+            VarCat::P => VarCat::P,
+        };
+        LazyTensor {
+            expr: self.expr.as_ref().map(Expr::swap_ij).map_err(Clone::clone),
+            bindings: Arc::new(
+                self.bindings
+                    .iter()
+                    .map(|b| Binding {
+                        cat: swap(b.cat),
+                        ..b.clone()
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Solves `(K + alpha I) a = b` (KeOps' `K.solve(b, alpha=alpha)`) for a square,
+    /// symmetric `K`: a formula of one `i`-variable and one `j`-variable bound to the same
+    /// points, and parameters. It runs [`crate::KernelOperator::solve`] on
+    /// [`crate::KernelOperator::from_lazy`]: the same batched, preconditioned conjugate
+    /// gradients (the pivoted-Cholesky preconditioner is built from the formula's rows), the
+    /// same [`crate::SolveInfo`] and the same implicit gradients, with respect to `b`, the
+    /// points, the parameters and a tensor `alpha`.
+    ///
+    /// A non-square formula, points that differ between `i` and `j`, and a formula whose
+    /// values at a sample of pairs are visibly not symmetric are errors.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{LazyTensor, SolveOptions};
+    /// let dev = Device::Cpu;
+    /// let x = Tensor::rand(0f64, 1., (500, 2), &dev)?;
+    /// let b = Tensor::rand(0f64, 1., (500, 1), &dev)?;
+    /// let (x_i, x_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&x)?);
+    /// let s = LazyTensor::param(&Tensor::new(&[0.2f64], &dev)?)?;
+    /// let k_xx = (-x_i.sqdist(&x_j) / (2.0 * s.square())).exp();
+    /// let (a, info) = k_xx.solve(&b, 0.1, &SolveOptions::default())?;
+    /// assert!(info.all_converged());
+    /// let r = ((k_xx.matmul(&a)? + (&a * 0.1)?)? - &b)?;                  // (K + 0.1 I) a - b
+    /// assert!(r.abs()?.max_all()?.to_scalar::<f64>()? < 1e-5);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn solve(
+        &self,
+        b: &Tensor,
+        alpha: impl Into<crate::solve::Ridge>,
+        opts: &crate::SolveOptions,
+    ) -> candle_core::Result<(Tensor, crate::SolveInfo)> {
+        crate::KernelOperator::from_lazy(self)?.solve(b, alpha, opts)
+    }
+
+    /// The bindings of the formula's only `i`-variable and only `j`-variable (an error of
+    /// `op` otherwise): the points of a kernel `k(x_i, y_j)`.
+    fn pair_bindings(&self, op: &'static str) -> candle_core::Result<(&Binding, &Binding)> {
+        let one = |cat: VarCat, name: &str| -> candle_core::Result<&Binding> {
+            match self.bound(cat)?.as_slice() {
+                [b] => Ok(*b),
+                bound => Err(Error::InvalidArgument {
+                    op,
+                    detail: format!(
+                        "a kernel k(x_i, y_j) needs exactly one {name}-variable, the formula {} \
+                         has {} (concatenate several with `concat`)",
+                        describe(self.expr()?, &self.bindings),
+                        bound.len()
+                    ),
+                }
+                .into()),
+            }
+        };
+        Ok((one(VarCat::I, "i")?, one(VarCat::J, "j")?))
+    }
+
+    /// The tensors bound to the formula's only `i`-variable and only `j`-variable (an error of
+    /// `op` otherwise): the points of a kernel `k(x_i, y_j)`.
+    pub(crate) fn pair_points(&self, op: &'static str) -> candle_core::Result<(Tensor, Tensor)> {
+        let (bi, bj) = self.pair_bindings(op)?;
+        Ok((bi.tensor.clone(), bj.tensor.clone()))
+    }
+
+    /// The formula with its only `i`-variable bound to `x` as a variable of category `xc` and
+    /// its only `j`-variable to `y` as `yc` (checked by [`LazyTensor::pair_points`]), its
+    /// parameters kept: the kernel `k(x, y)` of [`crate::Kernel`] at other points.
+    pub(crate) fn rebind_pair(
+        &self,
+        x: &Tensor,
+        xc: VarCat,
+        y: &Tensor,
+        yc: VarCat,
+    ) -> candle_core::Result<LazyTensor> {
+        let op = "LazyTensor (as a kernel)";
+        let e = self.expr()?;
+        let (bi, bj) = self.pair_bindings(op)?;
+        let mut bindings: Vec<Binding> = self
+            .bindings
+            .iter()
+            .filter(|b| b.cat == VarCat::P)
+            .cloned()
+            .collect();
+        let mut ids = Vec::new();
+        for (old, t, cat) in [(bi, x, xc), (bj, y, yc)] {
+            let dim = check_bindable(t, cat, op)?;
+            if dim != old.dim {
+                return Err(Error::Shape {
+                    op,
+                    detail: format!(
+                        "the formula's points have {} components, got a tensor of shape {:?}",
+                        old.dim,
+                        t.dims()
+                    ),
+                }
+                .into());
+            }
+            let id = fresh_id();
+            ids.push((old.id, id, cat));
+            bindings.push(Binding {
+                id,
+                cat,
+                dim,
+                tensor: t.clone(),
+            });
+        }
+        let expr = e.map_vars(
+            &mut |v| match ids.iter().find(|(old, _, _)| *old == v.pos) {
+                Some(&(_, pos, cat)) => Var { cat, pos, ..v },
+                None => v,
+            },
+        );
+        Ok(LazyTensor {
+            expr: Ok(expr),
+            bindings: Arc::new(bindings),
+        })
     }
 }
 
@@ -767,8 +1042,8 @@ macro_rules! binary_method {
     ([$($doc:tt)*] _ $V:ident) => {};
     ([$($doc:tt)*] $method:ident $V:ident) => {
         $($doc)*
-        pub fn $method(&self, other: &LazyTensor) -> candle_core::Result<LazyTensor> {
-            self.binary(BinaryOp::$V, other).checked()
+        pub fn $method(&self, other: &LazyTensor) -> LazyTensor {
+            self.binary(BinaryOp::$V, other)
         }
     };
 }
@@ -782,9 +1057,8 @@ macro_rules! ternary_methods {
         impl LazyTensor {
             $(
                 $(#[doc = $doc])*
-                pub fn $method(&self, $b: &LazyTensor, $c: &LazyTensor) -> candle_core::Result<LazyTensor> {
+                pub fn $method(&self, $b: &LazyTensor, $c: &LazyTensor) -> LazyTensor {
                     self.zip3($b, $c, |x, y, z| Expr::ternary(TernaryOp::$V, x, y, z))
-                        .checked()
                 }
             )*
         }

@@ -15,11 +15,11 @@
 //! let sigma = Tensor::new(&[0.5f32], &dev)?;
 //! let (x_i, y_j, b_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&y)?, LazyTensor::vj(&b)?);
 //! let s = LazyTensor::param(&sigma)?;
-//! let k_ij = (-x_i.sqdist(&y_j)? / (2.0 * s.square())).exp(); // Gaussian kernel, lazily
+//! let k_ij = (-x_i.sqdist(&y_j) / (2.0 * s.square())).exp(); // Gaussian kernel, lazily
 //! let out = (k_ij * b_j).sum(Axis::J)?;                      // (1000, 2): K @ b
 //! assert_eq!(out.dims(), &[1000, 2]);
-//! let knn = x_i.sqdist(&y_j)?.argkmin(5, Axis::J)?;          // (1000, 5) i64 indices
-//! let lse = (-x_i.sqdist(&y_j)?).logsumexp(Axis::J)?;        // (1000, 1)
+//! let knn = x_i.sqdist(&y_j).argkmin(5, Axis::J)?;          // (1000, 5) i64 indices
+//! let lse = (-x_i.sqdist(&y_j)).logsumexp(Axis::J)?;        // (1000, 1)
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 //!
@@ -35,7 +35,7 @@
 //! let sigma = Var::new(&[0.5f64], &dev)?;                      // a learnable bandwidth
 //! let (x_i, y_j) = (LazyTensor::vi(x.as_tensor())?, LazyTensor::vj(&y)?);
 //! let s = LazyTensor::param(sigma.as_tensor())?;
-//! let out = (-x_i.sqdist(&y_j)? / (2.0 * s.square())).exp().sum(Axis::J)?; // (2, 1)
+//! let out = (-x_i.sqdist(&y_j) / (2.0 * s.square())).exp().sum(Axis::J)?; // (2, 1)
 //! let grads = out.sum_all()?.backward()?;
 //! let gx = grads.get(&x).expect("x is a Var").to_vec2::<f64>()?;      // (2, 1), like x
 //! // d/dx_0 of sum_j exp(-(x_0 - y_j)^2 / 0.5) = sum_j -4 (x_0 - y_j) exp(..)
@@ -74,6 +74,13 @@ pub mod operator;
 pub mod reduction;
 pub mod solve;
 
+/// The Candle this crate is built against, re-exported (as Candle's own crates do) so that a
+/// user's tensors and this crate's are always of the same version:
+/// `use lazy_kernels::candle_core::{Device, Tensor};`.
+pub use candle_core;
+/// Candle's neural-network crate at the version this crate uses (its optimisers drive
+/// [`gp::ExactGp::fit`]).
+pub use candle_nn;
 pub use error::Error;
 pub use lazy::LazyTensor;
 pub use op::gram::{Path, PathReport, Precision, ReductionOptions};

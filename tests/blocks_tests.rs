@@ -31,11 +31,11 @@ fn dense_sqdist(x: &Tensor, y: &Tensor) -> Tensor {
 /// A formula for each kind: a Gaussian kernel times 3 weights for `Sum`, the kernel with the
 /// weights for `SumSoftMaxWeight`, the scaled distance otherwise.
 fn formula_for(kind: ReductionKind, x: &LazyTensor, y: &LazyTensor, b: &LazyTensor) -> LazyTensor {
-    let d = x.sqdist(y).unwrap();
+    let d = x.sqdist(y);
     match kind {
         ReductionKind::Sum => (-&d * 0.05).exp() * b,
         ReductionKind::LogSumExp => -&d * 0.05,
-        ReductionKind::SumSoftMaxWeight => (-&d * 0.05).concat(b).unwrap(),
+        ReductionKind::SumSoftMaxWeight => (-&d * 0.05).concat(b),
         _ => d,
     }
 }
@@ -83,7 +83,6 @@ fn the_gaussian_sum_on_blocks_matches_a_dense_f64_sum() {
     let k = (-LazyTensor::vi(&x)
         .unwrap()
         .sqdist(&LazyTensor::vj(&y).unwrap())
-        .unwrap()
         * 0.1)
         .exp();
     let f = k * LazyTensor::vj(&b).unwrap();
@@ -108,8 +107,8 @@ fn weighted_distances_and_inner_products_take_the_block_path() {
     let w = rng.tensor(&[d], 0.1, 2.0);
     let (xl, yl) = (LazyTensor::vi(&x).unwrap(), LazyTensor::vj(&y).unwrap());
     let wl = LazyTensor::param(&w).unwrap();
-    let weighted = (-xl.weighted_sqdist(&yl, &wl).unwrap() * 0.1).exp();
-    let dot = xl.dot(&yl).unwrap().tanh();
+    let weighted = (-xl.weighted_sqdist(&yl, &wl) * 0.1).exp();
+    let dot = xl.dot(&yl).tanh();
     for f in [weighted, dot] {
         let r = f
             .explain(ReductionKind::Sum, Axis::J, &Default::default())
@@ -144,14 +143,11 @@ fn the_choice_is_reported_and_a_forced_block_path_that_cannot_run_is_an_error() 
         (&x8, &y8, Path::Direct),
         (&x64, &y64, Path::Blocks),
     ] {
-        let r = x.sqdist(y).unwrap().explain(knn, Axis::J, &auto).unwrap();
+        let r = x.sqdist(y).explain(knn, Axis::J, &auto).unwrap();
         assert_eq!(r.path, want, "{r}");
         assert!(!r.reason.is_empty());
     }
-    let forced_direct = x64
-        .sqdist(&y64)
-        .unwrap()
-        .explain(knn, Axis::J, &with(Path::Direct));
+    let forced_direct = x64.sqdist(&y64).explain(knn, Axis::J, &with(Path::Direct));
     assert_eq!(forced_direct.unwrap().path, Path::Direct);
     // The periodic kernel's sin(x - y) is not a function of <x, y>.
     let periodic = (x64.clone() - y64.clone()).sin().square().component_sum();
@@ -164,11 +160,7 @@ fn the_choice_is_reported_and_a_forced_block_path_that_cannot_run_is_an_error() 
     let h = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
     let xh = LazyTensor::vi(&h(&pts(1000, 64))).unwrap();
     let yh = LazyTensor::vj(&h(&pts(1000, 64))).unwrap();
-    let r = xh
-        .sqdist(&yh)
-        .unwrap()
-        .explain(knn, Axis::J, &auto)
-        .unwrap();
+    let r = xh.sqdist(&yh).explain(knn, Axis::J, &auto).unwrap();
     assert_eq!(r.path, Path::Direct, "{r}");
 }
 
@@ -180,8 +172,7 @@ fn a_small_memory_budget_gives_small_blocks_and_the_same_result() {
     let y = rng.tensor(&[n, d], 0.0, 1.0);
     let f = (-LazyTensor::vi(&x)
         .unwrap()
-        .sqdist(&LazyTensor::vj(&y).unwrap())
-        .unwrap())
+        .sqdist(&LazyTensor::vj(&y).unwrap()))
     .exp();
     let tiny = ReductionOptions {
         path: Path::Blocks,
@@ -202,7 +193,7 @@ fn a_small_memory_budget_gives_small_blocks_and_the_same_result() {
 fn gaussian_grads(x: &Var, y: &Var, s: &Var, b: &Var, w: &Tensor, path: Path) -> Vec<Vec<f64>> {
     let (xl, yl) = (LazyTensor::vi(x).unwrap(), LazyTensor::vj(y).unwrap());
     let sl = LazyTensor::param(s).unwrap();
-    let k = (-xl.sqdist(&yl).unwrap() / (sl.square() * 2.0)).exp();
+    let k = (-xl.sqdist(&yl) / (sl.square() * 2.0)).exp();
     let out = (k * LazyTensor::vj(b).unwrap())
         .reduce_with(ReductionKind::Sum, Axis::J, &with(path))
         .unwrap()
@@ -237,7 +228,7 @@ fn gradients_through_blocks_match_the_direct_path_and_finite_differences() {
             LazyTensor::vj(y.as_tensor()).unwrap(),
         );
         let sl = LazyTensor::param(&s).unwrap();
-        let k = (-xl.sqdist(&yl).unwrap() / (sl.square() * 2.0)).exp();
+        let k = (-xl.sqdist(&yl) / (sl.square() * 2.0)).exp();
         let out = (k * LazyTensor::vj(&b).unwrap())
             .reduce_with(ReductionKind::Sum, Axis::J, &with(Path::Blocks))
             .unwrap()
@@ -281,8 +272,7 @@ fn gradients_of_logsumexp_and_kmin_on_blocks_match_the_direct_path() {
         let grads = |path: Path| -> Vec<Vec<f64>> {
             let f = -LazyTensor::vi(&x)
                 .unwrap()
-                .sqdist(&LazyTensor::vj(&y).unwrap())
-                .unwrap();
+                .sqdist(&LazyTensor::vj(&y).unwrap());
             let out = f
                 .reduce_with(kind, Axis::J, &with(path))
                 .unwrap()
@@ -367,7 +357,6 @@ fn in_f32_the_block_path_is_within_10x_of_the_direct_paths_error() {
             let k = (-LazyTensor::vi(&x)
                 .unwrap()
                 .sqdist(&LazyTensor::vj(&y).unwrap())
-                .unwrap()
                 * (1.0 / scale))
                 .exp();
             let err = |path| normwise_error(&run(&k, ReductionKind::Sum, Axis::J, path).0, &want);
@@ -391,8 +380,7 @@ fn in_f32_argkmin_on_blocks_matches_the_direct_path_up_to_ties_within_the_stated
     for (name, x, y) in datasets(&mut rng, m, n, d) {
         let f = LazyTensor::vi(&x)
             .unwrap()
-            .sqdist(&LazyTensor::vj(&y).unwrap())
-            .unwrap();
+            .sqdist(&LazyTensor::vj(&y).unwrap());
         let kind = ReductionKind::ArgKMin(k);
         let (_, blk) = run(&f, kind, Axis::J, Path::Blocks);
         let (_, dir) = run(&f, kind, Axis::J, Path::Direct);
@@ -441,8 +429,7 @@ fn the_gradients_of_a_block_reduction_are_matrix_products_on_blocks() {
     census::start();
     let k = (-LazyTensor::vi(&x)
         .unwrap()
-        .sqdist(&LazyTensor::vj(&y).unwrap())
-        .unwrap())
+        .sqdist(&LazyTensor::vj(&y).unwrap()))
     .exp();
     let out = k.sum(Axis::J).unwrap();
     let grads = out.sum_all().unwrap().backward().unwrap();
@@ -475,13 +462,13 @@ fn block_results_do_not_depend_on_the_number_of_threads() {
     let y = rng.tensor(&[n, d], 0.0, 1.0).to_dtype(DType::F32).unwrap();
     let b = rng.tensor(&[n, 3], -1.0, 1.0).to_dtype(DType::F32).unwrap();
     let (xl, yl) = (LazyTensor::vi(&x).unwrap(), LazyTensor::vj(&y).unwrap());
-    let k = (-xl.sqdist(&yl).unwrap() * 0.2).exp();
+    let k = (-xl.sqdist(&yl) * 0.2).exp();
     let sum = k.clone() * LazyTensor::vj(&b).unwrap();
     let all = || {
         let (s, _) = run(&k, ReductionKind::Sum, Axis::J, Path::Blocks);
         let (v, _) = run(&sum, ReductionKind::Sum, Axis::J, Path::Blocks);
         let (_, i) = run(
-            &xl.sqdist(&yl).unwrap(),
+            &xl.sqdist(&yl),
             ReductionKind::ArgKMin(7),
             Axis::J,
             Path::Blocks,
@@ -507,8 +494,7 @@ fn mixed_dtypes_on_the_block_path_get_the_validation_error() {
         .unwrap();
     let f = LazyTensor::vi(&x)
         .unwrap()
-        .sqdist(&LazyTensor::vj(&y).unwrap())
-        .unwrap();
+        .sqdist(&LazyTensor::vj(&y).unwrap());
     for path in [Path::Auto, Path::Blocks] {
         let err = f
             .reduce_with(ReductionKind::ArgKMin(3), Axis::J, &with(path))
@@ -543,8 +529,7 @@ fn gradient_concat_of_block_parts_is_reduced_and_right() {
     let lazy = (op.lazy().unwrap()
         * LazyTensor::vi(&eye)
             .unwrap()
-            .dot(&LazyTensor::vj(&w).unwrap())
-            .unwrap())
+            .dot(&LazyTensor::vj(&w).unwrap()))
     .sum(Axis::J)
     .unwrap()
     .sum_all()

@@ -30,25 +30,38 @@ fn assert_mentions(text: &str, words: &[&str]) {
 fn mismatched_dimensions() {
     let x = LazyTensor::vi(&t(&[4, 3], DType::F32)).unwrap();
     let y = LazyTensor::vj(&t(&[5, 2], DType::F32)).unwrap();
-    assert_mentions(&err_text(x.sqdist(&y)), &["SqDist", "dimension", "3", "2"]);
-    assert_mentions(&err_text(x.dot(&y)), &["Dot", "3", "2"]);
+    assert_mentions(
+        &err_text(x.sqdist(&y).checked()),
+        &["SqDist", "dimension", "3", "2"],
+    );
+    assert_mentions(&err_text(x.dot(&y).checked()), &["Dot", "3", "2"]);
+    // Every builder defers its error to the reduction, naming the op and its operands.
+    let k = (-x.sqdist(&y) / (2.0 * LazyTensor::constant(0.5).square())).exp();
+    assert_mentions(
+        &err_text(k.sum(Axis::J)),
+        &[
+            "SqDist",
+            "dimension",
+            "Vi(0,3) is a [4, 3] F32 tensor",
+            "Vj(1,2) is a [5, 2] F32 tensor",
+        ],
+    );
     // Operators defer the error to the first fallible call, naming the op.
     let bad = (&x + &y).exp() * 2.0;
     assert_mentions(&err_text(bad.sum(Axis::J)), &["Add", "dimension", "[3, 2]"]);
     assert_mentions(&err_text(bad.dim()), &["Add"]);
-    assert_mentions(&err_text(x.elem(3)), &["Elem", "component 3"]);
-    assert_mentions(&err_text(x.extract(2, 5)), &["Extract"]);
-    assert_mentions(&err_text(x.matvecmult(&y)), &["MatVecMult"]);
+    assert_mentions(&err_text(x.elem(3).checked()), &["Elem", "component 3"]);
+    assert_mentions(&err_text(x.extract(2, 5).checked()), &["Extract"]);
+    assert_mentions(&err_text(x.matvecmult(&y).checked()), &["MatVecMult"]);
     let w = LazyTensor::param(&t(&[2], DType::F32)).unwrap();
     assert_mentions(
-        &err_text(x.weighted_sqdist(&x, &w)),
+        &err_text(x.weighted_sqdist(&x, &w).checked()),
         &["WeightedSqDist", "2 components"],
     );
     let s = LazyTensor::vj(&t(&[5, 3], DType::F32)).unwrap();
     assert_mentions(
         &err_text(
             x.sqdist(&s)
-                .unwrap()
                 .sum_softmax_weight(&s, Axis::J)
                 .map(|_| ())
                 .and(s.sum_softmax_weight(&s, Axis::J)),
@@ -63,7 +76,7 @@ fn mismatched_rows_dtypes_and_missing_axes() {
     let x2 = LazyTensor::vi(&t(&[6, 3], DType::F32)).unwrap();
     let y = LazyTensor::vj(&t(&[5, 3], DType::F32)).unwrap();
     let y64 = LazyTensor::vj(&t(&[5, 3], DType::F64)).unwrap();
-    let f = (x.sqdist(&y).unwrap() + x2.sqdist(&y).unwrap()).exp();
+    let f = (x.sqdist(&y) + x2.sqdist(&y)).exp();
     assert_mentions(
         &err_text(f.sum(Axis::J)),
         &[
@@ -78,7 +91,7 @@ fn mismatched_rows_dtypes_and_missing_axes() {
         &["i-variables have different numbers of rows"],
     );
     assert_mentions(
-        &err_text(x.sqdist(&y64).unwrap().sum(Axis::J)),
+        &err_text(x.sqdist(&y64).sum(Axis::J)),
         &["dtype", "F32", "F64"],
     );
     assert_mentions(&err_text(x.exp().sum(Axis::J)), &["no j-variable"]);
@@ -136,24 +149,21 @@ fn empty_inputs() {
     let y0 = LazyTensor::vj(&t(&[0, 3], DType::F32)).unwrap();
     let x4 = LazyTensor::vi(&t(&[4, 3], DType::F32)).unwrap();
     assert_mentions(
-        &err_text(x.sqdist(&y).unwrap().sum(Axis::J)),
+        &err_text(x.sqdist(&y).sum(Axis::J)),
         &["empty input", "0 i-rows"],
     );
     assert_mentions(
-        &err_text(x4.sqdist(&y0).unwrap().argkmin(3, Axis::J)),
+        &err_text(x4.sqdist(&y0).argkmin(3, Axis::J)),
         &["empty input", "0 j-rows"],
     );
-    assert_mentions(
-        &err_text(x4.sqdist(&y0).unwrap().min(Axis::I)),
-        &["empty input"],
-    );
+    assert_mentions(&err_text(x4.sqdist(&y0).min(Axis::I)), &["empty input"]);
 }
 
 #[test]
 fn bad_reduction_arguments() {
     let x = LazyTensor::vi(&t(&[4, 3], DType::F32)).unwrap();
     let y = LazyTensor::vj(&t(&[5, 3], DType::F32)).unwrap();
-    let d = x.sqdist(&y).unwrap();
+    let d = x.sqdist(&y);
     assert_mentions(
         &err_text(d.argkmin(0, Axis::J)),
         &["ArgKMin", "k must be at least 1"],
@@ -171,7 +181,7 @@ fn nan_inputs_propagate_without_crashing() {
     let x = Tensor::from_vec(xv, (4, 3), &Device::Cpu).unwrap();
     let y = t(&[700, 3], DType::F32);
     let (xi, yj) = (LazyTensor::vi(&x).unwrap(), LazyTensor::vj(&y).unwrap());
-    let d = xi.sqdist(&yj).unwrap();
+    let d = xi.sqdist(&yj);
     let s = d.exp().sum(Axis::J).unwrap().to_vec2::<f32>().unwrap();
     assert!(s[1][0].is_nan() && s[0][0].is_finite() && s[2][0].is_finite());
     let l = (-d.clone())
@@ -202,7 +212,7 @@ fn nan_inputs_propagate_without_crashing() {
     assert!(w[1][0].is_nan() && w[0][0].is_finite());
     // Infinite inputs give infinities or NaN, not a crash.
     let xinf = Tensor::new(&[[f32::INFINITY, 0., 0.]], &Device::Cpu).unwrap();
-    let di = LazyTensor::vi(&xinf).unwrap().sqdist(&yj).unwrap();
+    let di = LazyTensor::vi(&xinf).unwrap().sqdist(&yj);
     assert_eq!(
         di.min(Axis::J).unwrap().to_vec2::<f32>().unwrap()[0][0],
         f32::INFINITY
@@ -235,8 +245,7 @@ fn cuda_tensors_get_a_clear_error_or_are_skipped() {
             let x = t(&[4, 3], DType::F32).to_device(&dev).unwrap();
             let f = LazyTensor::vi(&x)
                 .unwrap()
-                .sqdist(&LazyTensor::vj(&x).unwrap())
-                .unwrap();
+                .sqdist(&LazyTensor::vj(&x).unwrap());
             assert_mentions(
                 &err_text(f.sum(Axis::J)),
                 &["CUDA backend", "not implemented yet"],
@@ -244,8 +253,7 @@ fn cuda_tensors_get_a_clear_error_or_are_skipped() {
             let y = t(&[4, 3], DType::F32);
             let g = LazyTensor::vi(&x)
                 .unwrap()
-                .sqdist(&LazyTensor::vj(&y).unwrap())
-                .unwrap();
+                .sqdist(&LazyTensor::vj(&y).unwrap());
             assert_mentions(&err_text(g.sum(Axis::J)), &["device mismatch"]);
         }
         Err(_) => eprintln!("skipped: no CUDA device (or not built with --features cuda)"),
@@ -391,7 +399,7 @@ fn too_large_requests_are_errors_that_give_the_size() {
     eprintln!("available: {free} bytes ({source})");
     let x = LazyTensor::vi(&t(&[3, 2], DType::F32)).unwrap();
     let y = LazyTensor::vj(&t(&[5, 2], DType::F32)).unwrap();
-    let d = x.sqdist(&y).unwrap();
+    let d = x.sqdist(&y);
 
     // k: the case (an abort in the allocator before), and larger.
     let e = oom(
@@ -408,7 +416,7 @@ fn too_large_requests_are_errors_that_give_the_size() {
     let many = LazyTensor::vi(&t(&[200_000, 1], DType::F32)).unwrap();
     let wide = many.sqdist(&LazyTensor::vj(&t(&[4, 1], DType::F32)).unwrap());
     oom(
-        wide.unwrap().kmin(free / 100_000, Axis::J),
+        wide.kmin(free / 100_000, Axis::J),
         "the output (200000 rows",
     );
 

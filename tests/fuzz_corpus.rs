@@ -125,8 +125,7 @@ fn argkmin_of_a_billion_is_an_error() {
     let x = Tensor::rand(0f32, 1., (32, 3), &Device::Cpu).unwrap();
     let d = LazyTensor::vi(&x)
         .unwrap()
-        .sqdist(&LazyTensor::vj(&x).unwrap())
-        .unwrap();
+        .sqdist(&LazyTensor::vj(&x).unwrap());
     assert!(d.argkmin(1_000_000_000, Axis::J).is_err());
 }
 

@@ -95,7 +95,7 @@ impl KSpec {
             KSpec::Sum(a, b) => a.kernel(dtype)? + b.kernel(dtype)?,
             KSpec::Product(a, b) => a.kernel(dtype)? * b.kernel(dtype)?,
             KSpec::InverseMultiquadric => {
-                Kernel::from_formula(|x, y| Ok((x.sqdist(y)? + 1.0).rsqrt()))
+                Kernel::from_formula(|x, y| Ok((x.sqdist(y) + 1.0).rsqrt()))
             }
         })
     }

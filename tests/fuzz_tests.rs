@@ -453,20 +453,20 @@ fn random_tree(
             _ => 0.5 * &a - 1.0,
         },
         // Mostly valid arguments of the vector ops, sometimes not.
-        8 if valid && b.dim().ok() != Some(dim) => a.sqdist(&a.sin())?,
-        8 => a.sqdist(&b)?,
-        9 if valid && b.dim().ok() != Some(dim) => a.dot(&(&a + &b))?,
-        9 => a.dot(&b)?,
-        10 if valid => a.elem(r.below(dim))?,
-        10 => a.elem(dim)?,
+        8 if valid && b.dim().ok() != Some(dim) => a.sqdist(&a.sin()),
+        8 => a.sqdist(&b),
+        9 if valid && b.dim().ok() != Some(dim) => a.dot(&(&a + &b)),
+        9 => a.dot(&b),
+        10 if valid => a.elem(r.below(dim)),
+        10 => a.elem(dim),
         11 if valid => {
             let start = r.below(dim);
-            a.extract(start, 1 + r.below(dim - start))?
+            a.extract(start, 1 + r.below(dim - start))
         }
-        11 => a.extract(r.below(dim + 1), r.below(dim + 2))?,
-        12 => a.concat(&b)?,
-        13 if valid && dim % b.dim().unwrap_or(1) != 0 => a.matvecmult(&b.component_sum())?,
-        13 => a.matvecmult(&b)?,
+        11 => a.extract(r.below(dim + 1), r.below(dim + 2)),
+        12 => a.concat(&b),
+        13 if valid && dim % b.dim().unwrap_or(1) != 0 => a.matvecmult(&b.component_sum()),
+        13 => a.matvecmult(&b),
         14 => match r.below(5) {
             0 => a.exp(),
             1 => a.sqnorm2(),
@@ -474,10 +474,8 @@ fn random_tree(
             3 => a.normalize(),
             _ => a.component_sum(),
         },
-        _ if valid && b.dim().ok() != Some(dim) => {
-            a.weighted_sqdist(&a.exp(), &b.component_sum())?
-        }
-        _ => a.weighted_sqdist(&b, &random_tree(r, leaves, 0)?)?,
+        _ if valid && b.dim().ok() != Some(dim) => a.weighted_sqdist(&a.exp(), &b.component_sum()),
+        _ => a.weighted_sqdist(&b, &random_tree(r, leaves, 0)?),
     })
 }
 
@@ -743,7 +741,9 @@ fn formula_case(seed: u64, stats: &std::cell::RefCell<[usize; 4]>) -> Result<(),
     // SumSoftMaxWeight reduces Concat(F, G) with a 1-component F.
     let lt = match (
         kind,
-        lt.component_sum().concat(&lazies[r.below(lazies.len())]),
+        lt.component_sum()
+            .concat(&lazies[r.below(lazies.len())])
+            .checked(),
     ) {
         (ReductionKind::SumSoftMaxWeight, Ok(sm)) if r.below(4) != 0 => sm,
         _ => lt,

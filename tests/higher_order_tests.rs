@@ -48,7 +48,7 @@ impl Problem {
         let (x_i, y_j) = (LazyTensor::vi(x)?, LazyTensor::vj(&self.y)?);
         let (b_j, w_i) = (LazyTensor::vj(&self.b)?, LazyTensor::vi(&self.w)?);
         let s = LazyTensor::param(s)?;
-        let k = (-x_i.sqdist(&y_j)? / (2.0 * s.square())).exp();
+        let k = (-x_i.sqdist(&y_j) / (2.0 * s.square())).exp();
         match axis {
             // sum_i w_i (K b)_i
             Axis::J => (k * b_j).sum(Axis::J)?.squeeze(1)?.mul(&self.w)?.sum_all(),
@@ -256,19 +256,19 @@ fn hessian_vector_products_through_other_reductions() {
     // Energies of (x, y).
     type Energy<'a> = &'a dyn Fn(&Tensor, &Tensor) -> Result<Tensor>;
     let score = |x: &Tensor, y: &Tensor| -> Result<LazyTensor> {
-        Ok(-LazyTensor::vi(x)?.sqdist(&LazyTensor::vj(y)?)? / LazyTensor::param(&t)?)
+        Ok(-LazyTensor::vi(x)?.sqdist(&LazyTensor::vj(y)?) / LazyTensor::param(&t)?)
     };
     let softmin = |x: &Tensor, y: &Tensor| -> Result<Tensor> {
         let lse = score(x, y)?.logsumexp(Axis::J)?;
         lse.squeeze(1)?.mul(&w)?.sum_all()
     };
     let softmax = |x: &Tensor, y: &Tensor| -> Result<Tensor> {
-        let b_j = LazyTensor::vj(&b)? * LazyTensor::vj(y)?.elem(0)?;
+        let b_j = LazyTensor::vj(&b)? * LazyTensor::vj(y)?.elem(0);
         let avg = score(x, y)?.sum_softmax_weight(&b_j, Axis::J)?;
         avg.sum(1)?.mul(&w)?.sum_all()
     };
     let hardmin = |x: &Tensor, y: &Tensor| -> Result<Tensor> {
-        let e = LazyTensor::vi(x)?.sqdist(&LazyTensor::vj(y)?)?;
+        let e = LazyTensor::vi(x)?.sqdist(&LazyTensor::vj(y)?);
         e.min(Axis::J)?.squeeze(1)?.mul(&w)?.sum_all()
     };
     let energies: [(&str, Energy); 3] = [
@@ -319,7 +319,6 @@ fn hessian_vector_products_through_other_reductions() {
                     let nearest = LazyTensor::vi(&x0)
                         .unwrap()
                         .sqdist(&LazyTensor::vj(&y0).unwrap())
-                        .unwrap()
                         .argmin(Axis::J)
                         .unwrap();
                     let mut c = vec![0.0; n];

@@ -126,7 +126,7 @@ impl Problem {
                 Axis::J => LazyTensor::vj(&self.g),
                 Axis::I => LazyTensor::vi(&self.g),
             };
-            self.formula().concat(&g.unwrap()).unwrap()
+            self.formula().concat(&g.unwrap())
         } else {
             self.formula()
         };

@@ -44,7 +44,7 @@ fn learn(dim: usize, m: usize, n_centres: usize, seed: u64) -> f64 {
         LazyTensor::vj(&c).unwrap(),
         LazyTensor::vj(&b).unwrap(),
     );
-    let d2 = x_i.sqdist(&c_j).unwrap();
+    let d2 = x_i.sqdist(&c_j);
     let log_sigma = Var::new(&[0.5f64.ln()], &dev).unwrap();
     let params = ParamsAdamW {
         lr: 0.05,

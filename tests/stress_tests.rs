@@ -139,11 +139,11 @@ fn jobs() -> Vec<Job> {
         ("sum over i", |p| Ok(vec![bits(&gauss(p)?.sum(Axis::I)?)])),
         ("logsumexp over j", |p| {
             let (x, y) = (LazyTensor::vi(&p.x)?, LazyTensor::vj(&p.y)?);
-            Ok(vec![bits(&(-x.sqdist(&y)?).logsumexp(Axis::J)?)])
+            Ok(vec![bits(&(-x.sqdist(&y)).logsumexp(Axis::J)?)])
         }),
         ("argkmin(5) over j and i", |p| {
             let (x, y) = (LazyTensor::vi(&p.x)?, LazyTensor::vj(&p.y)?);
-            let d = x.sqdist(&y)?;
+            let d = x.sqdist(&y);
             Ok(vec![
                 bits(&d.argkmin(5, Axis::J)?),
                 bits(&d.argkmin(5, Axis::I)?),
@@ -640,7 +640,7 @@ fn points(seed: u64, n: usize, d: usize) -> Tensor {
 /// plain loop in f64.
 fn memory_reduce(m: usize, n: usize) -> Res<String> {
     let (x, y) = (points(3, m, 1), points(4, n, 1));
-    let out = (-LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&y)?)?)
+    let out = (-LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&y)?))
         .exp()
         .sum(Axis::J)?;
     let got = out.flatten_all()?.to_vec1::<f64>()?;

@@ -29,7 +29,7 @@
 //! let (x_i, y_j, b_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&x)?, LazyTensor::vj(&b)?);
 //! census::start();
 //! for _ in 0..3 {
-//!     ((-x_i.sqdist(&y_j)?).exp() * &b_j).sum(Axis::J)?;
+//!     ((-x_i.sqdist(&y_j)).exp() * &b_j).sum(Axis::J)?;
 //! }
 //! let c = census::stop();
 //! assert_eq!((c.dispatches, c.distinct()), (3, 1)); // three reductions, one kernel

@@ -90,26 +90,7 @@ impl Positive {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Positive> {
-        if init.is_empty() {
-            return Err(Error::InvalidArgument {
-                op: "Positive::new",
-                detail: format!("the hyperparameter {name} needs at least one value"),
-            }
-            .into());
-        }
-        if let Some(bad) = init.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
-            return Err(Error::InvalidArgument {
-                op: "Positive::new",
-                detail: format!("the hyperparameter {name} must be finite and > 0, got {bad}"),
-            }
-            .into());
-        }
-        let inverse = |v: f64| match transform {
-            Transform::Softplus => softplus_inv(v),
-            Transform::Exp => v.ln(),
-        };
-        let raw: Vec<f64> = init.iter().map(|&v| inverse(v)).collect();
-        let raw = Tensor::from_vec(raw, init.len(), device)?.to_dtype(dtype)?;
+        let raw = raw_of("Positive::new", name, init, transform, dtype, device)?;
         Ok(Positive {
             name: name.to_string(),
             raw: Var::from_tensor(&raw)?,
@@ -161,14 +142,15 @@ impl Positive {
 
     /// Sets the values (each finite and `> 0`).
     pub fn set(&self, values: &[f64]) -> candle_core::Result<()> {
-        let fresh = Positive::with_transform(
+        let raw = raw_of(
+            "Positive::set",
             &self.name,
             values,
             self.transform,
             self.raw.dtype(),
             self.raw.device(),
         )?;
-        if fresh.raw.dims() != self.raw.dims() {
+        if raw.dims() != self.raw.dims() {
             return Err(Error::Shape {
                 op: "Positive::set",
                 detail: format!(
@@ -180,6 +162,38 @@ impl Positive {
             }
             .into());
         }
-        self.raw.set(fresh.raw.as_tensor())
+        self.raw.set(&raw)
     }
+}
+
+/// The raw tensor of a hyperparameter named `name` with `values` (each finite and `> 0`,
+/// else an error of `op`).
+fn raw_of(
+    op: &'static str,
+    name: &str,
+    values: &[f64],
+    transform: Transform,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    if values.is_empty() {
+        return Err(Error::InvalidArgument {
+            op,
+            detail: format!("the hyperparameter {name} needs at least one value"),
+        }
+        .into());
+    }
+    if let Some(bad) = values.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+        return Err(Error::InvalidArgument {
+            op,
+            detail: format!("the hyperparameter {name} must be finite and > 0, got {bad}"),
+        }
+        .into());
+    }
+    let inverse = |v: f64| match transform {
+        Transform::Softplus => softplus_inv(v),
+        Transform::Exp => v.ln(),
+    };
+    let raw: Vec<f64> = values.iter().map(|&v| inverse(v)).collect();
+    Tensor::from_vec(raw, values.len(), device)?.to_dtype(dtype)
 }

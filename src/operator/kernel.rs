@@ -34,15 +34,31 @@ pub enum Nu {
 
 #[derive(Clone)]
 enum Node {
-    Gaussian { lengthscale: Tensor },
-    Matern { nu: Nu, lengthscale: Tensor },
-    RationalQuadratic { lengthscale: Tensor, alpha: Tensor },
-    Periodic { lengthscale: Tensor, period: Tensor },
+    Gaussian {
+        lengthscale: Tensor,
+    },
+    Matern {
+        nu: Nu,
+        lengthscale: Tensor,
+    },
+    RationalQuadratic {
+        lengthscale: Tensor,
+        alpha: Tensor,
+    },
+    Periodic {
+        lengthscale: Tensor,
+        period: Tensor,
+    },
     Linear,
-    Scale { scale: Tensor, kernel: Arc<Kernel> },
+    Scale {
+        scale: Tensor,
+        kernel: Arc<Kernel>,
+    },
     Sum(Arc<Kernel>, Arc<Kernel>),
     Product(Arc<Kernel>, Arc<Kernel>),
     Formula(Arc<KernelFn>),
+    /// A symbolic matrix `K_ij` of one `i`- and one `j`-variable, rebound to other points.
+    Lazy(Arc<LazyTensor>),
 }
 
 /// A covariance kernel `k(x, y)` between points of `R^D`.
@@ -128,6 +144,10 @@ impl fmt::Debug for Kernel {
             Node::Sum(a, b) => write!(f, "({a:?} + {b:?})"),
             Node::Product(a, b) => write!(f, "({a:?} * {b:?})"),
             Node::Formula(_) => write!(f, "Formula"),
+            Node::Lazy(k) => match k.expr() {
+                Ok(e) => write!(f, "LazyTensor({})", e.brief()),
+                Err(_) => write!(f, "LazyTensor(<error>)"),
+            },
         }
     }
 }
@@ -207,7 +227,7 @@ impl Kernel {
     /// use candle_core::{Device, Tensor};
     /// use lazy_kernels::{Kernel, KernelOperator};
     /// // The inverse multiquadric kernel 1 / sqrt(1 + |x - y|^2).
-    /// let k = Kernel::from_formula(|x, y| Ok((x.sqdist(y)? + 1.0).rsqrt()));
+    /// let k = Kernel::from_formula(|x, y| Ok((x.sqdist(y) + 1.0).rsqrt()));
     /// let x = Tensor::new(&[[0f64], [1.0]], &Device::Cpu)?;
     /// let d = KernelOperator::new(k, &x, &x)?.to_dense()?.to_vec2::<f64>()?;
     /// assert!((d[0][1] - 0.5f64.sqrt()).abs() < 1e-12);
@@ -218,6 +238,41 @@ impl Kernel {
         F: Fn(&LazyTensor, &LazyTensor) -> candle_core::Result<LazyTensor> + Send + Sync + 'static,
     {
         kernel(Node::Formula(Arc::new(f)))
+    }
+
+    /// The kernel of a symbolic matrix `K_ij = k(x_i, y_j)`: a one-component formula of one
+    /// `i`-variable, one `j`-variable and parameters, with the points it is bound to (`x`,
+    /// `y`), what [`crate::KernelOperator::from_lazy`] builds on.
+    pub(crate) fn of_lazy(
+        k_ij: &LazyTensor,
+        op: &'static str,
+    ) -> candle_core::Result<(Kernel, Tensor, Tensor)> {
+        let dim = k_ij.dim()?;
+        if dim != 1 {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "a kernel matrix is a formula of one component, this one has {dim}"
+                ),
+            }
+            .into());
+        }
+        let (x, y) = k_ij.pair_points(op)?;
+        Ok((kernel(Node::Lazy(Arc::new(k_ij.clone()))), x, y))
+    }
+
+    /// Whether the kernel holds a user formula (a closure or a symbolic matrix), which nothing
+    /// guarantees symmetric.
+    pub(crate) fn has_formula(&self) -> bool {
+        if self.depth > MAX_KERNEL_DEPTH {
+            return false; // never recursed into: `check` refuses such a kernel
+        }
+        match &self.node {
+            Node::Formula(_) | Node::Lazy(_) => true,
+            Node::Scale { kernel, .. } => kernel.has_formula(),
+            Node::Sum(a, b) | Node::Product(a, b) => a.has_formula() || b.has_formula(),
+            _ => false,
+        }
     }
 
     /// `scale * k`, with `scale` a positive tensor of shape `(1,)` (or a scalar tensor).
@@ -264,7 +319,7 @@ impl Kernel {
                 f("lengthscale", true, lengthscale)?;
                 f("period", true, period)
             }
-            Node::Linear | Node::Formula(_) => Ok(()),
+            Node::Linear | Node::Formula(_) | Node::Lazy(_) => Ok(()),
             Node::Scale { scale, kernel } => {
                 f("scale", false, scale)?;
                 kernel.visit(f)
@@ -302,6 +357,7 @@ impl Kernel {
             },
             Node::Linear => Node::Linear,
             Node::Formula(k) => Node::Formula(k.clone()),
+            Node::Lazy(k) => Node::Lazy(Arc::new(k.map_tensors(f)?)),
             Node::Scale { scale, kernel } => Node::Scale {
                 scale: f(scale)?,
                 kernel: Arc::new(kernel.map(f)?),
@@ -429,7 +485,7 @@ impl Kernel {
         Ok(match &self.node {
             Node::Gaussian { lengthscale } => {
                 let (a, b) = scaled(lengthscale, 1.0)?;
-                (a.sqdist(&b)? * -0.5).exp()
+                (a.sqdist(&b) * -0.5).exp()
             }
             Node::Matern { nu, lengthscale } => {
                 let c = match nu {
@@ -438,7 +494,7 @@ impl Kernel {
                     Nu::FiveHalves => 5f64.sqrt(),
                 };
                 let (a, b) = scaled(lengthscale, c)?;
-                let d2 = a.sqdist(&b)?;
+                let d2 = a.sqdist(&b);
                 let r = d2.sqrt();
                 let e = (-r.clone()).exp();
                 match nu {
@@ -452,7 +508,7 @@ impl Kernel {
                 let alpha = alpha.flatten_all()?;
                 let half_inv = LazyTensor::param(&(alpha.recip()? * 0.5)?)?;
                 let neg = LazyTensor::param(&alpha.neg()?)?;
-                (a.sqdist(&b)? * half_inv + 1.0).powf(&neg)?
+                (a.sqdist(&b) * half_inv + 1.0).powf(&neg)
             }
             Node::Periodic {
                 lengthscale,
@@ -462,10 +518,11 @@ impl Kernel {
                 let w = LazyTensor::param(&(lengthscale.flatten_all()?.sqr()?.recip()? * -2.0)?)?;
                 ((a - b).sin().square() * w).component_sum().exp()
             }
-            Node::Linear => bind(x, xc)?.dot(&bind(y, yc)?)?,
+            Node::Linear => bind(x, xc)?.dot(&bind(y, yc)?),
             Node::Scale { .. } | Node::Sum(..) | Node::Product(..) => {
                 return self.formula(x, xc, y, yc)
             }
+            Node::Lazy(k) => k.rebind_pair(x, xc, y, yc)?,
             Node::Formula(f) => {
                 let k = f(&bind(x, xc)?, &bind(y, yc)?)?;
                 let dim = k.dim()?;

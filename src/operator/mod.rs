@@ -112,6 +112,29 @@ impl KernelOperator {
         Ok(k)
     }
 
+    /// The operator of a symbolic matrix `K_ij` built as a [`LazyTensor`]: a one-component
+    /// formula of one `i`-variable (the row points), one `j`-variable (the column points) and
+    /// parameters, which may track gradients. Everything a [`Kernel`] operator has works on it
+    /// ([`KernelOperator::solve`] with its preconditioner built from the formula's rows,
+    /// [`KernelOperator::rows`], gradients, ...): the formula is evaluated at other points by
+    /// binding them in place of its variables. [`LazyTensor::solve`] is this, then `solve`.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{KernelOperator, LazyTensor};
+    /// let x = Tensor::new(&[[0f64], [1.0], [3.0]], &Device::Cpu)?;
+    /// let (x_i, x_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&x)?);
+    /// let k = KernelOperator::from_lazy(&(x_i.sqdist(&x_j) + 1.0).rsqrt())?; // 1 / sqrt(1 + r^2)
+    /// assert_eq!(k.shape(), (3, 3));
+    /// let d = k.to_dense()?.to_vec2::<f64>()?;
+    /// assert!((d[0][1] - 0.5f64.sqrt()).abs() < 1e-15 && d[1][1] == 1.0);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn from_lazy(k_ij: &LazyTensor) -> candle_core::Result<KernelOperator> {
+        let (kernel, x, y) = Kernel::of_lazy(k_ij, "KernelOperator::from_lazy")?;
+        KernelOperator::new(kernel, &x, &y)
+    }
+
     /// `(M, N)`.
     pub fn shape(&self) -> (usize, usize) {
         (self.rows.dims()[0], self.cols.dims()[0])
@@ -369,7 +392,7 @@ impl KernelOperator {
             };
             let one_hot = LazyTensor::vi(&Tensor::eye(b, dtype, dev)?)?;
             let weights = LazyTensor::vj(&w.narrow(0, start, b)?.t()?.contiguous()?)?;
-            let s = (part.lazy()? * one_hot.dot(&weights)?)
+            let s = (part.lazy()? * one_hot.dot(&weights))
                 .sum(Axis::J)?
                 .sum_all()?;
             total = Some(match total {

@@ -323,6 +323,12 @@ impl KernelOperator {
         // The hyperparameters again: a `Var` may have been updated since the operator was built.
         self.kernel()
             .check(rows.dim(1)?, rows.dtype(), rows.device())?;
+        for (points, name) in [(rows, "row"), (cols, "column")] {
+            check_finite_points(points, name)?;
+            if rows.id() == cols.id() {
+                break;
+            }
+        }
         if rows.id() != cols.id() {
             let same = rows
                 .eq(cols)?
@@ -336,6 +342,9 @@ impl KernelOperator {
                         .into(),
                 ));
             }
+        }
+        if self.kernel().has_formula() {
+            self.check_symmetric()?;
         }
         let alpha_value = match &alpha {
             Ridge::Value(v) => *v,
@@ -488,6 +497,69 @@ impl KernelOperator {
             setup_seconds,
             reads_start,
         })
+    }
+}
+
+/// The points of a solve (`name`: row or column) contain no `NaN` or infinite value (else the
+/// error names the first bad row, rather than the preconditioner's NaN diagonal).
+fn check_finite_points(points: &Tensor, name: &str) -> candle_core::Result<()> {
+    let p64 = points.detach().to_dtype(DType::F64)?;
+    let total = host_read(p64.sum_all()?.to_scalar::<f64>())?;
+    if total.is_finite() {
+        return Ok(());
+    }
+    let d = p64.dim(1)?;
+    let values = host_read(p64.flatten_all()?.to_vec1::<f64>())?;
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(at) => Err(bad(format!(
+            "the {name} points contain {} at row {}, component {}",
+            values[at],
+            at / d,
+            at % d
+        ))),
+        // Finite values whose sum overflows.
+        None => Ok(()),
+    }
+}
+
+/// Pairs sampled by [`KernelOperator::check_symmetric`]: the block of `K` at this many indices.
+const SYMMETRY_SAMPLE: usize = 8;
+
+impl KernelOperator {
+    /// Checks that `K` is visibly symmetric: its block at [`SYMMETRY_SAMPLE`] indices spread
+    /// over the points equals its transpose (to a tolerance of the dtype's rounding). A user
+    /// formula (`Kernel::from_formula`, [`KernelOperator::from_lazy`]) is not symmetric by
+    /// construction, and CG on a non-symmetric matrix returns wrong numbers without noticing.
+    fn check_symmetric(&self) -> candle_core::Result<()> {
+        let n = self.shape().0;
+        let s = SYMMETRY_SAMPLE.min(n);
+        let mut idx: Vec<usize> = (0..s).map(|t| t * (n - 1) / (s - 1).max(1)).collect();
+        idx.dedup();
+        let block = self.block(&idx)?.detach().to_dtype(DType::F64)?;
+        let k = host_read(block.flatten_all()?.to_vec1::<f64>())?;
+        let m = idx.len();
+        let scale = k
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, |a, v| a.max(v.abs()));
+        let tol = match self.dtype() {
+            DType::F64 => 1e-12,
+            DType::F32 => 1e-5,
+            _ => 1e-2,
+        } * scale.max(f64::MIN_POSITIVE);
+        for a in 0..m {
+            for b in a + 1..m {
+                let (ab, ba) = (k[a * m + b], k[b * m + a]);
+                if (ab - ba).abs() > tol {
+                    return Err(bad(format!(
+                        "the kernel is not symmetric: K[{}, {}] = {ab:e} but K[{}, {}] = {ba:e}; \
+                         a solve needs a symmetric positive-definite matrix",
+                        idx[a], idx[b], idx[b], idx[a]
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -801,7 +801,7 @@ fn kernel_specs() -> Vec<KernelSpec> {
         spec("from_formula imq", &[("c", &[4.0])], |h| {
             let c = h[0].clone();
             Kernel::from_formula(move |x, y| {
-                Ok((x.sqdist(y)? * LazyTensor::param(&c)? + 1.0).rsqrt())
+                Ok((x.sqdist(y) * LazyTensor::param(&c)? + 1.0).rsqrt())
             })
         }),
         spec("gaussian per-dim l", &[("l", &[0.2, 0.5])], |h| {

@@ -114,13 +114,13 @@ fn run_jobs(p: &Inputs, first: usize) -> Out {
         },
         &|| {
             let d = LazyTensor::vi(&p.x)
-                .and_then(|x| x.sqdist(&LazyTensor::vj(&p.y)?))
+                .and_then(|x| Ok(x.sqdist(&LazyTensor::vj(&p.y)?)))
                 .map_err(e)?;
             Ok(vec![bits(&(-d).logsumexp(Axis::J).map_err(e)?)?])
         },
         &|| {
             let d = LazyTensor::vi(&p.x)
-                .and_then(|x| x.sqdist(&LazyTensor::vj(&p.y)?))
+                .and_then(|x| Ok(x.sqdist(&LazyTensor::vj(&p.y)?)))
                 .map_err(e)?;
             Ok(vec![
                 bits(&d.argkmin(5, Axis::J).map_err(e)?)?,
