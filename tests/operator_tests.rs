@@ -1178,3 +1178,142 @@ fn error_custom_formula_with_two_components() {
     let msg = err_of(KernelOperator::new(k, &x, &y));
     assert_err_contains(&msg, &["component"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. LazyTensor as a symbolic matrix: matmul, t, from_lazy
+// ---------------------------------------------------------------------------------------------
+
+/// The non-symmetric formula of [`nonsymmetric`], written with `LazyTensor`s:
+/// `K_ij = 2 x_i . y_j + sum_d x_id`.
+fn lazy_nonsymmetric(x: &Tensor, y: &Tensor) -> Result<LazyTensor> {
+    let (x_i, y_j) = (LazyTensor::vi(x)?, LazyTensor::vj(y)?);
+    Ok(x_i.dot(&(y_j * 2.0)) + x_i.component_sum())
+}
+
+#[test]
+fn lazy_matmul_and_transpose_match_dense() -> Result<()> {
+    let mut rng = Rng(51);
+    let (m, n) = (11, 7);
+    let x = rng.tensor(&[m, 3], -1.0, 1.0);
+    let y = rng.tensor(&[n, 3], -1.0, 1.0);
+    let k = lazy_nonsymmetric(&x, &y)?;
+    let want = ref_nonsymmetric(&x, &y)?; // (M, N)
+    let want_t = want.t()?.contiguous()?;
+    assert_eq!(k.shape()?, (m, n));
+    assert_eq!(k.t().shape()?, (n, m));
+    for (b, c) in [
+        (rng.tensor(&[n], -1.0, 1.0), rng.tensor(&[m], -1.0, 1.0)),
+        (
+            rng.tensor(&[n, 3], -1.0, 1.0),
+            rng.tensor(&[m, 2], -1.0, 1.0),
+        ),
+    ] {
+        let what = format!("b{:?}", b.dims());
+        assert_t(&k.matmul(&b)?, &dense_mm(&want, &b)?, 1e-12, &what);
+        assert_t(&k.t().matmul(&c)?, &dense_mm(&want_t, &c)?, 1e-12, "K^T c");
+        assert_t(
+            &k.t().t().matmul(&b)?,
+            &dense_mm(&want, &b)?,
+            1e-12,
+            "(K^T)^T b",
+        );
+    }
+    // The operator of the same formula: every method against the dense reference.
+    let op = KernelOperator::from_lazy(&k)?;
+    check_operator(&op, &want, None, &mut rng, "from_lazy")?;
+    check_operator(&op.t(), &want_t, None, &mut rng, "from_lazy(K)^T")?;
+    check_operator(
+        &KernelOperator::from_lazy(&k.t())?,
+        &want_t,
+        None,
+        &mut rng,
+        "from_lazy(K^T)",
+    )?;
+    assert_t(
+        &op.rows(&[10, 0])?,
+        &want.index_select(&Tensor::new(&[10u32, 0], &cpu())?, 0)?,
+        1e-12,
+        "from_lazy rows",
+    );
+    Ok(())
+}
+
+#[test]
+fn lazy_matmul_gradients_match_dense_autodiff() -> Result<()> {
+    let mut rng = Rng(52);
+    let (m, n) = (9, 13);
+    let x = Var::from_tensor(&rng.tensor(&[m, 2], -1.0, 1.0))?;
+    let y = Var::from_tensor(&rng.tensor(&[n, 2], -1.0, 1.0))?;
+    let b = Var::from_tensor(&rng.tensor(&[n, 2], -1.0, 1.0))?;
+    let s = Var::from_tensor(&t1(&[0.7]))?;
+    let w = rng.tensor(&[m, 2], -1.0, 1.0);
+    // K_ij = exp(-|x_i - y_j|^2 / (2 s^2)) through the LazyTensor API ...
+    let (x_i, y_j) = (
+        LazyTensor::vi(x.as_tensor())?,
+        LazyTensor::vj(y.as_tensor())?,
+    );
+    let sp = LazyTensor::param(s.as_tensor())?;
+    let k = (-x_i.sqdist(&y_j) / (2.0 * sp.square())).exp();
+    let loss = (k.matmul(b.as_tensor())? * &w)?.sum_all()?;
+    let got = loss.backward()?;
+    // ... and densely with Candle ops.
+    let s2 = (s.as_tensor().sqr()? * 2.0)?;
+    let kd = pair_diff(x.as_tensor(), y.as_tensor())?
+        .sqr()?
+        .sum(2)?
+        .broadcast_div(&s2)?
+        .neg()?
+        .exp()?;
+    let dense_loss = (linalg::matmul(&kd, b.as_tensor())? * &w)?.sum_all()?;
+    let want = dense_loss.backward()?;
+    assert_close(
+        &[loss.to_scalar::<f64>()?],
+        &[dense_loss.to_scalar::<f64>()?],
+        1e-12,
+        1e-12,
+        "loss",
+    );
+    for (v, name) in [(&x, "x"), (&y, "y"), (&b, "b"), (&s, "s")] {
+        let g = got.get(v).expect("a gradient");
+        let d = want.get(v).expect("a dense gradient");
+        assert_t(g, d, 1e-10, &format!("d loss / d {name}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn lazy_matrix_misuse_is_an_error() -> Result<()> {
+    let mut rng = Rng(53);
+    let x = rng.tensor(&[6, 3], -1.0, 1.0);
+    let y = rng.tensor(&[4, 3], -1.0, 1.0);
+    let (x_i, y_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&y)?);
+    let msg = |r: Result<Tensor>| r.unwrap_err().to_string();
+    // Three components are not a matrix.
+    let e = msg((&x_i - &y_j).matmul(&t1(&[1.0, 2.0, 3.0, 4.0])));
+    assert!(e.contains("one component, this one has 3"), "{e}");
+    // b with the wrong number of rows.
+    let e = msg(x_i.sqdist(&y_j).matmul(&t1(&[1.0, 2.0])));
+    assert!(e.contains("N = 4"), "{e}");
+    // No j-variable: no columns.
+    let e = x_i.sqnorm2().shape().unwrap_err().to_string();
+    assert!(e.contains("j-variable"), "{e}");
+    // A deferred error surfaces at matmul, naming the op.
+    let bad = LazyTensor::vj(&rng.tensor(&[4, 2], -1.0, 1.0))?;
+    let e = msg(x_i.sqdist(&bad).exp().matmul(&t1(&[1.0; 4])));
+    assert!(e.contains("SqDist"), "{e}");
+    // i-variables of different lengths.
+    let x2 = LazyTensor::vi(&rng.tensor(&[5, 3], -1.0, 1.0))?;
+    let e = (x_i.sqdist(&y_j) + x2.sqdist(&y_j))
+        .shape()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("different numbers of rows"), "{e}");
+    // from_lazy takes exactly one i-variable and one j-variable.
+    let x_i2 = LazyTensor::vi(&x)?; // the same tensor, a second variable
+    let e = KernelOperator::from_lazy(&(x_i.sqdist(&y_j) + x_i2.sqdist(&y_j)))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exactly one i-variable"), "{e}");
+    Ok(())
+}

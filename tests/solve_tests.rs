@@ -1282,3 +1282,167 @@ fn solve_reads_the_device_per_round_and_per_iteration_not_per_pivot() {
         "{plain:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// LazyTensor::solve: any symmetric formula, KeOps' `K_xx.solve(b, alpha=alpha)`
+// ---------------------------------------------------------------------------------------------
+
+/// `(1 + c |x_i - x_j|^2)^(-1/2)` (inverse multiquadric, positive definite), as a formula.
+fn imq_formula(x: &Tensor, c: &Tensor) -> Result<lazy_kernels::LazyTensor> {
+    use lazy_kernels::LazyTensor;
+    let (x_i, x_j) = (LazyTensor::vi(x)?, LazyTensor::vj(x)?);
+    Ok((x_i.sqdist(&x_j) * LazyTensor::param(c)? + 1.0).rsqrt())
+}
+
+fn imq_matrix(pts: &[Vec<f64>], c: f64) -> Vec<Vec<f64>> {
+    let d2 = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(a, b)| (a - b).powi(2)).sum::<f64>();
+    pts.iter()
+        .map(|p| {
+            pts.iter()
+                .map(|q| 1.0 / (1.0 + c * d2(p, q)).sqrt())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn lazy_solve_of_a_formula_matches_dense_cholesky() -> Result<()> {
+    use lazy_kernels::LazyTensor;
+    let mut rng = Rng(71);
+    let (n, alpha) = (150, 0.05);
+    let x = rand_points(&mut rng, n, 2);
+    let pts = host_points(&x);
+    // A formula no kernel family has, and the Gaussian written as KeOps writes it.
+    let c = Tensor::new(&[30f64], &Device::Cpu)?;
+    let imq = imq_formula(&x, &c)?;
+    let (x_i, x_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&x)?);
+    let gauss = (-x_i.sqdist(&x_j) / (2.0 * 0.2 * 0.2)).exp();
+    for (k, kmat, what) in [
+        (&imq, imq_matrix(&pts, 30.0), "imq"),
+        (&gauss, RefK::Gauss(vec![0.2]).matrix(&pts), "gauss"),
+    ] {
+        for pre in [Preconditioner::None, Preconditioner::default()] {
+            for b in [rng.tensor(&[n], -1.0, 1.0), rng.tensor(&[n, 3], -1.0, 1.0)] {
+                let what = format!("{what} {pre:?} b{:?}", b.dims());
+                let (a, info) = k.solve(&b, alpha, &opts(1e-10, pre))?;
+                assert_eq!(a.dims(), b.dims(), "{what}");
+                assert!(info.all_converged(), "{what}: {info:?}");
+                let (ah, bh) = (host_cols(&a), host_cols(&b));
+                let e = rel_err(&ah, &cholesky_solve(&kmat, alpha, &bh), None);
+                assert!(e < 1e-8, "{what}: relative error {e:.3e}");
+                check_reported_residuals(&info, &residuals(&kmat, alpha, &ah, &bh), &what);
+                if pre != Preconditioner::None {
+                    assert!(info.preconditioner_rank > 0, "{what}: built from the rows");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn lazy_solve_gradients_match_finite_differences() -> Result<()> {
+    let mut rng = Rng(72);
+    let (n, alpha) = (40, 0.1);
+    let x0 = rand_points(&mut rng, n, 2);
+    let b0 = rng.tensor(&[n, 2], -1.0, 1.0);
+    let w = rng.tensor(&[n, 2], -1.0, 1.0);
+    let o = opts(1e-12, Preconditioner::default());
+    // loss = <w, (K + alpha I)^-1 b>, with K the inverse multiquadric of parameter c.
+    let loss = |x: &Tensor, b: &Tensor, c: &Tensor| -> Result<Tensor> {
+        let (a, _) = imq_formula(x, c)?.solve(b, alpha, &o)?;
+        (a * &w)?.sum_all()
+    };
+    let (x, b, c) = (
+        Var::from_tensor(&x0)?,
+        Var::from_tensor(&b0)?,
+        Var::new(&[30f64], &Device::Cpu)?,
+    );
+    let grads = loss(x.as_tensor(), b.as_tensor(), c.as_tensor())?.backward()?;
+    let fd = |which: usize, k: usize| -> Result<f64> {
+        let h = 1e-6;
+        let bump = |t: &Tensor, s: f64| -> Result<Tensor> {
+            let mut v = t.flatten_all()?.to_vec1::<f64>()?;
+            v[k] += s;
+            Tensor::from_vec(v, t.shape(), &Device::Cpu)
+        };
+        let c0 = Tensor::new(&[30f64], &Device::Cpu)?;
+        let at = |s: f64| -> Result<f64> {
+            let (xx, bb, cc) = match which {
+                0 => (bump(&x0, s)?, b0.clone(), c0.clone()),
+                1 => (x0.clone(), bump(&b0, s)?, c0.clone()),
+                _ => (x0.clone(), b0.clone(), bump(&c0, s * 30.0)?),
+            };
+            loss(&xx, &bb, &cc)?.to_scalar::<f64>()
+        };
+        let scale = if which == 2 { 30.0 } else { 1.0 };
+        Ok((at(h)? - at(-h)?) / (2.0 * h * scale))
+    };
+    for (which, v, name, entries) in [
+        (0, &x, "x", vec![0, 7, 2 * n - 1]),
+        (1, &b, "b", vec![0, 5, 2 * n - 2]),
+        (2, &c, "c", vec![0]),
+    ] {
+        let g = flat(grads.get(v).expect("a gradient"));
+        for k in entries {
+            let want = fd(which, k)?;
+            let ok = (g[k] - want).abs() <= 1e-5 * want.abs().max(1e-3);
+            assert!(ok, "d loss / d {name}[{k}]: {} against {want}", g[k]);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn lazy_solve_misuse_is_an_error() -> Result<()> {
+    use lazy_kernels::LazyTensor;
+    let mut rng = Rng(73);
+    let x = rand_points(&mut rng, 30, 2);
+    let y = rand_points(&mut rng, 20, 2);
+    let b = rng.tensor(&[30], -1.0, 1.0);
+    let o = SolveOptions::default();
+    let (x_i, x_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&x)?);
+    let err = |k: LazyTensor, b: &Tensor| err_msg(k.solve(b, 0.1, &o), "solve");
+    // Not square.
+    let e = err((-x_i.sqdist(&LazyTensor::vj(&y)?)).exp(), &b);
+    assert!(e.contains("square"), "{e}");
+    // Square, but the points of i and j differ.
+    let x2 = rand_points(&mut rng, 30, 2);
+    let e = err((-x_i.sqdist(&LazyTensor::vj(&x2)?)).exp(), &b);
+    assert!(e.contains("differ"), "{e}");
+    // Visibly not symmetric: exp(sum_d (x_id - x_jd)).
+    let e = err((&x_i - &x_j).component_sum().exp(), &b);
+    assert!(e.contains("not symmetric"), "{e}");
+    // A closure kernel that is not symmetric, through KernelOperator.
+    let k = Kernel::from_formula(|x, y| Ok(x.dot(&(y * 2.0)) + x.component_sum()));
+    let e = err_msg(
+        KernelOperator::new(k, &x, &x)?.solve(&b, 0.1, &o),
+        "closure",
+    );
+    assert!(e.contains("not symmetric"), "{e}");
+    // Two i-variables.
+    let w_i = LazyTensor::vi(&rng.tensor(&[30, 1], 0.0, 1.0))?;
+    let e = err((-x_i.sqdist(&x_j)).exp() * w_i.exp(), &b);
+    assert!(e.contains("exactly one i-variable"), "{e}");
+    // A vector-valued formula.
+    let e = err(&x_i - &x_j, &b);
+    assert!(e.contains("one component"), "{e}");
+    // NaN in the points: the input is named, not the kernel's diagonal.
+    let mut v = x.flatten_all()?.to_vec1::<f64>()?;
+    v[7] = f64::NAN;
+    let xn = Tensor::from_vec(v, (30, 2), &Device::Cpu)?;
+    let (xn_i, xn_j) = (LazyTensor::vi(&xn)?, LazyTensor::vj(&xn)?);
+    let e = err((-xn_i.sqdist(&xn_j)).exp(), &b);
+    assert!(e.contains("NaN at row 3, component 1"), "{e}");
+    let gauss = Kernel::gaussian(&Tensor::new(&[0.3f64], &Device::Cpu)?);
+    let e = err_msg(
+        KernelOperator::new(gauss, &xn, &xn)?.solve(&b, 0.1, &o),
+        "kernel",
+    );
+    assert!(e.contains("NaN at row 3"), "{e}");
+    // A deferred build error surfaces at the solve, naming the op.
+    let bad = LazyTensor::vj(&rand_points(&mut rng, 30, 3))?;
+    let e = err((-x_i.sqdist(&bad)).exp(), &b);
+    assert!(e.contains("SqDist"), "{e}");
+    Ok(())
+}
