@@ -21,6 +21,7 @@ use crate::formula::ops::{binary_table, ternary_table, unary_table};
 use crate::formula::{parse::parse, BinaryOp, Expr, Op, TernaryOp, UnaryOp, Var, VarCat};
 use crate::op::gram::{PathReport, ReductionOptions};
 use crate::op::{check_bindable, reduce, Binding, ReductionOutput};
+use crate::ranges::{BlockSparse, Ranges};
 use crate::reduction::{Axis, Reduction, ReductionKind};
 
 /// A symbolic tensor: a formula over `i`-indexed variables, `j`-indexed variables and
@@ -47,6 +48,8 @@ use crate::reduction::{Axis, Reduction, ReductionKind};
 pub struct LazyTensor {
     expr: Result<Expr, Error>,
     bindings: Arc<Vec<Binding>>,
+    /// The block-sparse ranges its reductions visit ([`LazyTensor::with_ranges`]).
+    ranges: Option<Arc<Ranges>>,
 }
 
 /// Identifiers of bound tensors while formulas are built (replaced by positions when a
@@ -81,6 +84,7 @@ impl LazyTensor {
                 dim,
                 tensor: t.clone(),
             }]),
+            ranges: None,
         })
     }
 
@@ -105,6 +109,7 @@ impl LazyTensor {
         LazyTensor {
             expr: Expr::constant(c),
             bindings: Arc::new(Vec::new()),
+            ranges: None,
         }
     }
 
@@ -160,6 +165,7 @@ impl LazyTensor {
         Ok(LazyTensor {
             expr: Ok(expr),
             bindings: Arc::new(bindings),
+            ranges: None,
         })
     }
 
@@ -182,14 +188,17 @@ impl LazyTensor {
     pub fn parse(src: &str, names: &[(&str, &LazyTensor)]) -> candle_core::Result<LazyTensor> {
         let mut bound: Vec<(&str, Expr)> = Vec::with_capacity(names.len());
         let mut bindings: Arc<Vec<Binding>> = Arc::new(Vec::new());
+        let mut ranges = None;
         for (name, lt) in names {
             bound.push((name, lt.expr()?.clone()));
             bindings = merge(&bindings, &lt.bindings);
+            ranges = crate::ranges::join(&ranges, &lt.ranges)?;
         }
         let expr = parse(src, &bound).map_err(Error::from)?;
         Ok(LazyTensor {
             expr: Ok(expr),
             bindings,
+            ranges,
         })
     }
 
@@ -207,6 +216,7 @@ impl LazyTensor {
         LazyTensor {
             expr: self.expr.clone().and_then(|e| f(&e)),
             bindings: self.bindings.clone(),
+            ranges: self.ranges.clone(),
         }
     }
 
@@ -215,13 +225,15 @@ impl LazyTensor {
         other: &LazyTensor,
         f: impl FnOnce(&Expr, &Expr) -> crate::error::Result<Expr>,
     ) -> LazyTensor {
-        let expr = match (&self.expr, &other.expr) {
-            (Ok(a), Ok(b)) => f(a, b),
-            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+        let ranges = crate::ranges::join(&self.ranges, &other.ranges);
+        let expr = match (&self.expr, &other.expr, &ranges) {
+            (Ok(a), Ok(b), Ok(_)) => f(a, b),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.clone()),
         };
         LazyTensor {
             expr,
             bindings: merge(&self.bindings, &other.bindings),
+            ranges: ranges.unwrap_or(None),
         }
     }
 
@@ -231,13 +243,18 @@ impl LazyTensor {
         c: &LazyTensor,
         f: impl FnOnce(&Expr, &Expr, &Expr) -> crate::error::Result<Expr>,
     ) -> LazyTensor {
-        let expr = match (&self.expr, &b.expr, &c.expr) {
-            (Ok(x), Ok(y), Ok(z)) => f(x, y, z),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.clone()),
+        let ranges = crate::ranges::join(&self.ranges, &b.ranges)
+            .and_then(|r| crate::ranges::join(&r, &c.ranges));
+        let expr = match (&self.expr, &b.expr, &c.expr, &ranges) {
+            (Ok(x), Ok(y), Ok(z), Ok(_)) => f(x, y, z),
+            (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
+                Err(e.clone())
+            }
         };
         LazyTensor {
             expr,
             bindings: merge(&merge(&self.bindings, &b.bindings), &c.bindings),
+            ranges: ranges.unwrap_or(None),
         }
     }
 
@@ -361,6 +378,7 @@ impl LazyTensor {
         LazyTensor {
             expr: out.expr,
             bindings: merge(&out.bindings, &wrt.bindings),
+            ranges: out.ranges,
         }
         .checked()
     }
@@ -404,6 +422,7 @@ impl LazyTensor {
             &self.bindings,
             Reduction::new(ReductionKind::Sum, Axis::J),
             Some((rows, 1)),
+            None,
             &ReductionOptions::default(),
         )?
         .values
@@ -433,6 +452,7 @@ impl LazyTensor {
         Ok(LazyTensor {
             expr: self.expr.clone(),
             bindings: Arc::new(bindings),
+            ranges: self.ranges.clone(),
         })
     }
 
@@ -491,6 +511,7 @@ impl LazyTensor {
             self.expr()?,
             &self.bindings,
             Reduction::new(kind, axis),
+            self.ranges.as_ref(),
             options,
         )
     }
@@ -521,8 +542,35 @@ impl LazyTensor {
             self.expr()?,
             &self.bindings,
             Reduction::new(kind, axis),
+            self.ranges.as_ref(),
             options,
         )
+    }
+
+    /// The same formula, whose reductions visit only the blocks that `ranges` keeps
+    /// (block-sparse reductions, KeOps' `ranges`; see [`crate::ranges`]). The rows of the
+    /// i-variables and the j-variables must be in the sorted orders of the clusters `ranges`
+    /// was built from; sizes are checked when a reduction runs. A formula combining lazy
+    /// tensors with different ranges fails when it is reduced. Runs on the CPU backend.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Axis, BlockSparse, Clusters, LazyTensor};
+    /// let x = Tensor::new(&[[0f64], [0.1], [5.0], [5.2]], &Device::Cpu)?;
+    /// let cl = Clusters::grid(&x, 1.0)?;                        // {0, 0.1} and {5, 5.2}
+    /// let near = BlockSparse::from_centroid_cutoff(&cl, &x, &cl, &x, 1.0)?;
+    /// let xs = cl.sort(&x)?;
+    /// let d = LazyTensor::vi(&xs)?.sqdist(&LazyTensor::vj(&xs)?)?;
+    /// let far = d.with_ranges(&near).max(Axis::J)?;            // the farthest point of its cluster
+    /// let far = far.flatten_all()?.to_vec1::<f64>()?;
+    /// assert!((far[0] - 0.01).abs() < 1e-12 && (far[3] - 0.04).abs() < 1e-12);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn with_ranges(&self, ranges: &BlockSparse) -> LazyTensor {
+        LazyTensor {
+            ranges: Some(ranges.ranges().clone()),
+            ..self.clone()
+        }
     }
 
     fn values(&self, kind: ReductionKind, axis: Axis) -> candle_core::Result<Tensor> {

@@ -71,6 +71,7 @@ pub mod linalg;
 pub mod math;
 pub mod op;
 pub mod operator;
+pub mod ranges;
 pub mod reduction;
 pub mod solve;
 
@@ -79,6 +80,7 @@ pub use lazy::LazyTensor;
 pub use op::gram::{Path, PathReport, Precision, ReductionOptions};
 pub use op::ReductionOutput;
 pub use operator::{Kernel, KernelOperator, Nu};
+pub use ranges::{BlockSparse, Clusters};
 pub use reduction::{Axis, Reduction, ReductionKind};
 pub use solve::{
     LogdetEstimator, LogdetInfo, LogdetOptions, Preconditioner, Rank, Ridge, SolveInfo,

@@ -335,5 +335,11 @@ pub(crate) fn reduce<T: Real>(
             },
         )
         .collect();
-    super::finish(plan, &ctx, &blocks, groups.len(), states)
+    super::finish(
+        plan,
+        &ctx,
+        &blocks,
+        &vec![groups.len(); blocks.len()],
+        states,
+    )
 }

@@ -414,9 +414,12 @@ unsafe fn for_each_tile<T: Real, A: Arch, const FMA: bool>(
 ///
 /// # Safety
 /// `ctx` must be consistent: inputs sized for the program's registers (`i`-variables with at
-/// least `rows.end` rows, `j`-variables padded to a multiple of [`PAD`] at least
-/// `ctx.terms`, pair blocks of `rows.len()` rows padded likewise); `terms` must lie in
-/// `0..ctx.terms` and start at a multiple of [`PAD`].
+/// least `rows.end` rows, pair blocks of `rows.len()` rows padded to a multiple of [`PAD`]);
+/// `terms` must lie in the terms, and the `j`-variables hold at least `terms.start` plus
+/// `terms.len()` rounded up to a multiple of [`PAD`] values per component (so a start at a
+/// multiple of `PAD` needs the terms padded to a multiple of `PAD`; block-sparse plans start
+/// anywhere and pad one more `PAD`). Tiles compute the terms past `terms.end` up to that
+/// bound too (padding, or terms of a skipped block), and reduce only those of `terms`.
 #[inline(always)]
 pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
     ctx: &Context<'_, T>,
