@@ -173,6 +173,7 @@ fn reference(
                 };
                 // [rank][component]
                 let mut best = vec![vec![(empty, -1i64); e]; k];
+                #[allow(clippy::needless_range_loop)] // c indexes the components of every term
                 for c in 0..e {
                     let mut v: Vec<(f64, i64)> = row.iter().map(|t| (t.1[c], t.0)).collect();
                     v.sort_by(|a, b| {
@@ -420,8 +421,9 @@ fn sum_gradients_match_dense_masked_autodiff() {
                 .sum(2)
                 .unwrap();
             let k = (d.broadcast_div(&s).unwrap().neg().unwrap().exp().unwrap() * &mask).unwrap();
-            let over_j = k.matmul(&b).unwrap();
-            let over_i = k.t().unwrap().matmul(&av).unwrap();
+            let over_j = lazy_kernels::linalg::matmul(&k, &b).unwrap();
+            let over_i =
+                lazy_kernels::linalg::matmul(&k.t().unwrap().contiguous().unwrap(), &av).unwrap();
             ((over_j * &w_out_j).unwrap().sum_all().unwrap()
                 + (over_i * &w_out_i).unwrap().sum_all().unwrap())
             .unwrap()
@@ -641,7 +643,6 @@ fn centroids_radii_and_the_cutoff_keep_every_close_pair() {
         Clusters::grid(&y, 0.2).unwrap(),
     );
     let xv = x.to_vec2::<f64>().unwrap();
-    let yv = y.to_vec2::<f64>().unwrap();
     let c = cx.centroids(&x).unwrap().to_vec2::<f64>().unwrap();
     let rad = cx.radii(&x).unwrap().to_vec1::<f64>().unwrap();
     let dist = |a: &[f64], b: &[f64]| -> f64 {
@@ -681,15 +682,14 @@ fn centroids_radii_and_the_cutoff_keep_every_close_pair() {
     let cyc = cy.centroids(&y).unwrap().to_vec2::<f64>().unwrap();
     let cut = within + 2.0 * rmax;
     let mut pairs = 0u64;
-    for k in 0..cx.num_clusters() {
-        for l in 0..cy.num_clusters() {
-            if dist(&c[k], &cyc[l]) <= cut {
+    for (k, ck) in c.iter().enumerate() {
+        for (l, cl) in cyc.iter().enumerate() {
+            if dist(ck, cl) <= cut {
                 pairs += (cx.range(k).len() * cy.range(l).len()) as u64;
             }
         }
     }
     assert_eq!(bs.kept_pairs(), pairs);
-    let _ = yv;
 }
 
 /// Under ranges the block path falls back to the direct path; `explain` says so.

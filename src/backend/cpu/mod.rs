@@ -121,15 +121,7 @@ fn reduce_scheduled<T: Real>(
         .par_iter()
         .map(|task| {
             let rows = sched.blocks[task.block].clone();
-            let mut acc: Option<States> = None;
-            for terms in sched.terms_of(task) {
-                let part = run_block_on(isa, &ctx, rows.clone(), terms, &[]);
-                match &mut acc {
-                    None => acc = Some(part),
-                    Some(acc) => combine_into(plan, &ctx, acc, &part),
-                }
-            }
-            acc.expect("a task has at least one interval of terms")
+            run_block_on(isa, &ctx, rows, sched.terms_of(task), &[])
         })
         .collect();
     finish(plan, &ctx, &sched.blocks, &sched.counts, states)
@@ -145,7 +137,8 @@ fn reduce_scheduled<T: Real>(
 /// rows outside every kept block: such a block has no task and gets the initial state).
 /// With few blocks, the terms are split in chunks of [`SPLIT_TERMS`] (long intervals only),
 /// one task each, so that every core works; otherwise a block is one task over all its
-/// intervals.
+/// intervals, run in one pass of the executor (its scratch and its rows' hoisted values made
+/// once), accumulating into one state.
 struct Schedule {
     /// The blocks of rows.
     blocks: Vec<Range<usize>>,
@@ -175,7 +168,7 @@ impl Schedule {
         // Groups of rows that share their intervals of terms, covering 0..rows in order.
         let mut groups: Vec<(Range<usize>, Vec<Range<usize>>)> = Vec::new();
         match &plan.ranges {
-            None => groups.push((0..plan.rows, vec![0..plan.terms])),
+            None => groups.push((0..plan.rows, std::iter::once(0..plan.terms).collect())),
             Some(r) => {
                 let mut at = 0;
                 for b in r.row_blocks() {
@@ -232,12 +225,11 @@ impl Schedule {
     }
 
     /// The intervals of terms of `task`, in order.
-    fn terms_of<'a>(&'a self, task: &'a Task) -> impl Iterator<Item = Range<usize>> + 'a {
-        let (group, chunk) = match &task.terms {
-            TaskTerms::Group(g) => (self.intervals[*g].as_slice(), None),
-            TaskTerms::Chunk(c) => (&[][..], Some(c.clone())),
-        };
-        group.iter().cloned().chain(chunk)
+    fn terms_of<'a>(&'a self, task: &'a Task) -> &'a [Range<usize>] {
+        match &task.terms {
+            TaskTerms::Group(g) => &self.intervals[*g],
+            TaskTerms::Chunk(c) => std::slice::from_ref(c),
+        }
     }
 }
 
@@ -499,13 +491,13 @@ unsafe fn map_avx2<T: Real>(ctx: &Context<'_, T>, terms: Range<usize>, out: &mut
     unsafe { exec::run_map::<T, isa::Avx2, true>(ctx, terms, out) }
 }
 
-/// Runs one block with the executor compiled for `isa` (`pairs`: the blocks of a block
-/// plan's pair inputs).
+/// Runs one block over the intervals `terms` with the executor compiled for `isa` (`pairs`:
+/// the blocks of a block plan's pair inputs).
 fn run_block_on<T: Real>(
     isa: Isa,
     ctx: &Context<'_, T>,
     rows: Range<usize>,
-    terms: Range<usize>,
+    terms: &[Range<usize>],
     pairs: &[PairBlock<'_, T>],
 ) -> States {
     match isa {
@@ -531,7 +523,7 @@ const BASELINE_FMA: bool = cfg!(target_arch = "aarch64");
 unsafe fn run_avx512<T: Real>(
     ctx: &Context<'_, T>,
     rows: Range<usize>,
-    terms: Range<usize>,
+    terms: &[Range<usize>],
     pairs: &[PairBlock<'_, T>],
 ) -> States {
     // SAFETY: forwarded from `run_block_on`.
@@ -543,7 +535,7 @@ unsafe fn run_avx512<T: Real>(
 unsafe fn run_avx2<T: Real>(
     ctx: &Context<'_, T>,
     rows: Range<usize>,
-    terms: Range<usize>,
+    terms: &[Range<usize>],
     pairs: &[PairBlock<'_, T>],
 ) -> States {
     // SAFETY: forwarded from `run_block_on`.
