@@ -11,7 +11,9 @@
 //!    each failure is an error naming the problem, before any backend sees the data;
 //! 3. *planning* (`run_kind`, then the `ReductionPlan`): what runs, which for `Min`, `Max`
 //!    and `KMin` with an input that needs a gradient is the kind that also finds the indices
-//!    of the selected terms (at the same cost), for the backward pass;
+//!    of the selected terms (at the same cost), for the backward pass; block-sparse ranges
+//!    ([`crate::ranges`]) are checked against the sizes and oriented for the plan's axis
+//!    (transposed for a reduction over `i`), and such a plan takes the direct path;
 //! 4. *dispatch* (`dispatch`, `run_op`): in planning mode (`ahead::intercept`) the
 //!    plan is recorded instead of run; otherwise the device's backend is found at the one
 //!    dispatch point, `crate::backend::Backend::of` (its error when this build has none: CUDA
