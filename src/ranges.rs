@@ -340,9 +340,9 @@ impl Clusters {
     ///
     /// ```
     /// use candle_core::{Device, Tensor};
-    /// let x = Tensor::new(&[[0f64], [1.], [4.], [5.], [7.]], &Device::Cpu)?;
+    /// let x = Tensor::new(&[[0f64], [1.], [4.], [5.], [6.]], &Device::Cpu)?;
     /// let cl = lazy_kernels::Clusters::from_labels(&[0, 0, 1, 1, 1])?;
-    /// assert_eq!(cl.radii(&x)?.to_vec1::<f64>()?, vec![0.5, 2.0]);
+    /// assert_eq!(cl.radii(&x)?.to_vec1::<f64>()?, vec![0.5, 1.0]);  // centroids 0.5 and 5
     /// # Ok::<(), candle_core::Error>(())
     /// ```
     pub fn radii(&self, points: &Tensor) -> candle_core::Result<Tensor> {
