@@ -22,6 +22,7 @@ use crate::formula::ops::{binary_table, ternary_table, unary_table};
 use crate::formula::{parse::parse, BinaryOp, Expr, Op, TernaryOp, UnaryOp, Var, VarCat};
 use crate::op::gram::{PathReport, ReductionOptions};
 use crate::op::{check_bindable, reduce, Binding, ReductionOutput};
+use crate::ranges::{BlockSparse, Ranges};
 use crate::reduction::{Axis, Reduction, ReductionKind};
 
 /// A symbolic tensor: a formula over `i`-indexed variables, `j`-indexed variables and
@@ -48,6 +49,8 @@ use crate::reduction::{Axis, Reduction, ReductionKind};
 pub struct LazyTensor {
     expr: Result<Expr, Error>,
     bindings: Arc<Vec<Binding>>,
+    /// The block-sparse ranges its reductions visit ([`LazyTensor::with_ranges`]).
+    ranges: Option<Arc<Ranges>>,
 }
 
 /// Identifiers of bound tensors while formulas are built (replaced by positions when a
@@ -113,6 +116,7 @@ impl LazyTensor {
                 dim,
                 tensor: t.clone(),
             }]),
+            ranges: None,
         })
     }
 
@@ -137,6 +141,7 @@ impl LazyTensor {
         LazyTensor {
             expr: Expr::constant(c),
             bindings: Arc::new(Vec::new()),
+            ranges: None,
         }
     }
 
@@ -192,6 +197,7 @@ impl LazyTensor {
         Ok(LazyTensor {
             expr: Ok(expr),
             bindings: Arc::new(bindings),
+            ranges: None,
         })
     }
 
@@ -214,14 +220,17 @@ impl LazyTensor {
     pub fn parse(src: &str, names: &[(&str, &LazyTensor)]) -> candle_core::Result<LazyTensor> {
         let mut bound: Vec<(&str, Expr)> = Vec::with_capacity(names.len());
         let mut bindings: Arc<Vec<Binding>> = Arc::new(Vec::new());
+        let mut ranges = None;
         for (name, lt) in names {
             bound.push((name, lt.expr()?.clone()));
             bindings = merge(&bindings, &lt.bindings);
+            ranges = crate::ranges::join(&ranges, &lt.ranges)?;
         }
         let expr = parse(src, &bound).map_err(Error::from)?;
         Ok(LazyTensor {
             expr: Ok(expr),
             bindings,
+            ranges,
         })
     }
 
@@ -239,6 +248,7 @@ impl LazyTensor {
         LazyTensor {
             expr: self.expr.clone().and_then(|e| f(&e)),
             bindings: self.bindings.clone(),
+            ranges: self.ranges.clone(),
         }
     }
 
@@ -248,11 +258,16 @@ impl LazyTensor {
         f: impl FnOnce(&Expr, &Expr) -> crate::error::Result<Expr>,
     ) -> LazyTensor {
         let bindings = merge(&self.bindings, &other.bindings);
-        let expr = match (&self.expr, &other.expr) {
-            (Ok(a), Ok(b)) => f(a, b).map_err(|e| with_operands(e, &[a, b], &bindings)),
-            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+        let ranges = crate::ranges::join(&self.ranges, &other.ranges);
+        let expr = match (&self.expr, &other.expr, &ranges) {
+            (Ok(a), Ok(b), Ok(_)) => f(a, b).map_err(|e| with_operands(e, &[a, b], &bindings)),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.clone()),
         };
-        LazyTensor { expr, bindings }
+        LazyTensor {
+            expr,
+            bindings,
+            ranges: ranges.unwrap_or(None),
+        }
     }
 
     fn zip3(
@@ -262,13 +277,21 @@ impl LazyTensor {
         f: impl FnOnce(&Expr, &Expr, &Expr) -> crate::error::Result<Expr>,
     ) -> LazyTensor {
         let bindings = merge(&merge(&self.bindings, &b.bindings), &c.bindings);
-        let expr = match (&self.expr, &b.expr, &c.expr) {
-            (Ok(x), Ok(y), Ok(z)) => {
+        let ranges = crate::ranges::join(&self.ranges, &b.ranges)
+            .and_then(|r| crate::ranges::join(&r, &c.ranges));
+        let expr = match (&self.expr, &b.expr, &c.expr, &ranges) {
+            (Ok(x), Ok(y), Ok(z), Ok(_)) => {
                 f(x, y, z).map_err(|e| with_operands(e, &[x, y, z], &bindings))
             }
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.clone()),
+            (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
+                Err(e.clone())
+            }
         };
-        LazyTensor { expr, bindings }
+        LazyTensor {
+            expr,
+            bindings,
+            ranges: ranges.unwrap_or(None),
+        }
     }
 
     /// `self`, or the error of the first operation that failed while building it: for an
@@ -379,8 +402,10 @@ impl LazyTensor {
     /// ```
     pub fn grad(&self, wrt: &LazyTensor, eta: &LazyTensor) -> LazyTensor {
         let bindings = merge(&merge(&self.bindings, &eta.bindings), &wrt.bindings);
-        let expr = match (&self.expr, &wrt.expr, &eta.expr) {
-            (Ok(f), Ok(w), Ok(e)) => match w.op() {
+        let ranges = crate::ranges::join(&self.ranges, &eta.ranges)
+            .and_then(|r| crate::ranges::join(&r, &wrt.ranges));
+        let expr = match (&self.expr, &wrt.expr, &eta.expr, &ranges) {
+            (Ok(f), Ok(w), Ok(e), Ok(_)) => match w.op() {
                 Op::Var(v) => crate::formula::grad(f, &[*v], e)
                     .map(|mut g| {
                         let g = g.pop().flatten();
@@ -396,9 +421,15 @@ impl LazyTensor {
                     ),
                 }),
             },
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.clone()),
+            (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
+                Err(e.clone())
+            }
         };
-        LazyTensor { expr, bindings }
+        LazyTensor {
+            expr,
+            bindings,
+            ranges: ranges.unwrap_or(None),
+        }
     }
 
     /// Evaluates a formula that has no `j`-variable row by row: a `(M, E)` tensor whose row `i`
@@ -440,6 +471,7 @@ impl LazyTensor {
             &self.bindings,
             Reduction::new(ReductionKind::Sum, Axis::J),
             Some((rows, 1)),
+            None,
             &ReductionOptions::default(),
         )?
         .values
@@ -469,6 +501,7 @@ impl LazyTensor {
         Ok(LazyTensor {
             expr: self.expr.clone(),
             bindings: Arc::new(bindings),
+            ranges: self.ranges.clone(),
         })
     }
 
@@ -527,6 +560,7 @@ impl LazyTensor {
             self.expr()?,
             &self.bindings,
             Reduction::new(kind, axis),
+            self.ranges.as_ref(),
             options,
         )
     }
@@ -557,8 +591,35 @@ impl LazyTensor {
             self.expr()?,
             &self.bindings,
             Reduction::new(kind, axis),
+            self.ranges.as_ref(),
             options,
         )
+    }
+
+    /// The same formula, whose reductions visit only the blocks that `ranges` keeps
+    /// (block-sparse reductions, KeOps' `ranges`; see [`crate::ranges`]). The rows of the
+    /// i-variables and the j-variables must be in the sorted orders of the clusters `ranges`
+    /// was built from; sizes are checked when a reduction runs. A formula combining lazy
+    /// tensors with different ranges fails when it is reduced. Runs on the CPU backend.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Axis, BlockSparse, Clusters, LazyTensor};
+    /// let x = Tensor::new(&[[0f64], [0.1], [5.0], [5.2]], &Device::Cpu)?;
+    /// let cl = Clusters::grid(&x, 1.0)?;                        // {0, 0.1} and {5, 5.2}
+    /// let near = BlockSparse::from_centroid_cutoff(&cl, &x, &cl, &x, 1.0)?;
+    /// let xs = cl.sort(&x)?;
+    /// let d = LazyTensor::vi(&xs)?.sqdist(&LazyTensor::vj(&xs)?);
+    /// let far = d.with_ranges(&near).max(Axis::J)?;            // the farthest point of its cluster
+    /// let far = far.flatten_all()?.to_vec1::<f64>()?;
+    /// assert!((far[0] - 0.01).abs() < 1e-12 && (far[3] - 0.04).abs() < 1e-12);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn with_ranges(&self, ranges: &BlockSparse) -> LazyTensor {
+        LazyTensor {
+            ranges: Some(ranges.ranges().clone()),
+            ..self.clone()
+        }
     }
 
     fn values(&self, kind: ReductionKind, axis: Axis) -> candle_core::Result<Tensor> {
@@ -782,7 +843,8 @@ impl LazyTensor {
     }
 
     /// The transpose: `i` and `j` exchanged, so that `K^T_ji = K_ij` (KeOps' `K.t()`). The
-    /// `i`-variables become `j`-variables and the reverse; nothing is computed.
+    /// `i`-variables become `j`-variables and the reverse (and block-sparse ranges are
+    /// transposed); nothing is computed.
     pub fn t(&self) -> LazyTensor {
         let swap = |c: VarCat| match c {
             VarCat::I => VarCat::J,
@@ -800,6 +862,7 @@ impl LazyTensor {
                     })
                     .collect(),
             ),
+            ranges: self.ranges.as_ref().map(|r| Arc::new(r.transposed())),
         }
     }
 
@@ -917,7 +980,13 @@ impl LazyTensor {
         Ok(LazyTensor {
             expr: Ok(expr),
             bindings: Arc::new(bindings),
+            ranges: None,
         })
+    }
+
+    /// Whether the formula carries block-sparse ranges ([`LazyTensor::with_ranges`]).
+    pub(crate) fn has_ranges(&self) -> bool {
+        self.ranges.is_some()
     }
 }
 

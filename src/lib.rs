@@ -54,7 +54,9 @@
 //! `cuda`, behind one dispatch point from a Candle device to its backend), [`op`] (binding,
 //! input checks, planning, with the block path of matrix products for inner products of high
 //! dimension in [`op::gram`], and the Candle custom op that hands a plan to the backend) and
-//! [`lazy`] (the [`LazyTensor`] builder). [`formula::grad()`] differentiates formulas and
+//! [`lazy`] (the [`LazyTensor`] builder), with [`ranges`] (block-sparse reductions, KeOps'
+//! `ranges`: clusters of rows and the kept blocks of cluster pairs, which a reduction visits
+//! alone; [`LazyTensor::with_ranges`]). [`formula::grad()`] differentiates formulas and
 //! `op`'s backward pass turns the gradient of each reduction into new reductions. On top:
 //! [`operator`] (kernel matrices as linear operators), [`solve`] (preconditioned conjugate
 //! gradients, log-determinants) and [`gp`] (exact Gaussian processes).
@@ -71,6 +73,7 @@ pub mod linalg;
 pub mod math;
 pub mod op;
 pub mod operator;
+pub mod ranges;
 pub mod reduction;
 pub mod solve;
 
@@ -86,6 +89,7 @@ pub use lazy::LazyTensor;
 pub use op::gram::{Path, PathReport, Precision, ReductionOptions};
 pub use op::ReductionOutput;
 pub use operator::{Kernel, KernelOperator, Nu};
+pub use ranges::{BlockSparse, Clusters};
 pub use reduction::{Axis, Reduction, ReductionKind};
 pub use solve::{
     LogdetEstimator, LogdetInfo, LogdetOptions, Preconditioner, Rank, Ridge, SolveInfo,

@@ -86,6 +86,12 @@ impl Backend {
         }
     }
 
+    /// Whether this backend runs block-sparse reductions (plans with `ranges`): the CPU does;
+    /// CUDA does not yet.
+    pub(crate) fn runs_ranges(&self) -> bool {
+        matches!(self, Backend::Cpu)
+    }
+
     /// Whether this backend compiles a module per kernel (so that compiling ahead of use
     /// pays): CUDA does, the CPU does not.
     pub(crate) fn compiles(&self) -> bool {
@@ -187,6 +193,9 @@ pub(crate) struct ReductionPlan {
     pub(crate) out: OutputSpec,
     /// The block path's plan (`crate::op::gram`), or `None` for the direct path.
     pub(crate) blocks: Option<BlockPlan>,
+    /// The block-sparse ranges (rows: the plan's output rows, columns: its terms): only the
+    /// kept blocks are visited; `None` visits every pair. Never with `blocks`.
+    pub(crate) ranges: Option<std::sync::Arc<crate::ranges::Ranges>>,
 }
 
 impl ReductionPlan {

@@ -16,7 +16,10 @@
 //!   j-variables.
 //!
 //! The gradient of an i-variable is then a reduction over `j`, of a j-variable a reduction over
-//! `i`, of a parameter either, followed by a sum over the rows. Gradients that reduce over the
+//! `i`, of a parameter either, followed by a sum over the rows. A block-sparse forward pass
+//! (`plan.ranges`) gives its ranges to these reductions (and to the log-sum-exp of the softmax
+//! rule), transposed for those over `i`, so skipped blocks contribute to no gradient; the
+//! pointwise evaluations at selected pairs and the scaling of sums need none. Gradients that reduce over the
 //! same axis are concatenated into one formula, so they share one pass over the pairs and
 //! every subexpression (the kernel's exponential is computed once per pair). Tensors that need
 //! no gradient get no formula: their part of the packed gradient is zeros.
@@ -163,6 +166,7 @@ impl Backward<'_> {
             bindings,
             Reduction::new(ReductionKind::LogSumExp, Axis::J),
             Some((plan.rows, plan.terms)),
+            plan.ranges.as_ref(),
             self.options,
         )?;
         // A fully masked row (lse = -inf) returns the constant 0: its weights must be 0, not
@@ -258,7 +262,10 @@ impl Backward<'_> {
             let formula = concat(split.iter().map(|(_, inner)| inner.clone()))?;
             let sizes = Some((plan.rows, plan.terms));
             let reduction = Reduction::new(ReductionKind::Sum, axis);
-            let mut sums = reduce_values(&formula, &bindings, reduction, sizes, self.options)?;
+            // Over the forward pass's blocks (transposed for a reduction over i).
+            let ranges = plan.ranges.as_ref();
+            let mut sums =
+                reduce_values(&formula, &bindings, reduction, sizes, ranges, self.options)?;
             if split.iter().any(|(outer, _)| outer.is_some()) {
                 // outer_k * sums_k, row by row: a pointwise evaluation over the output rows.
                 let out_cat = match axis {
@@ -288,6 +295,7 @@ impl Backward<'_> {
                     &with(&bindings, [binding(pos, out_cat, sums)]),
                     reduction,
                     Some(pointwise),
+                    None,
                     self.options,
                 )?;
             }
@@ -391,6 +399,7 @@ impl Backward<'_> {
             &bindings,
             Reduction::new(ReductionKind::Sum, Axis::J),
             Some((pairs, 1)),
+            None,
             self.options,
         )?;
         let mut col = 0;
@@ -440,9 +449,10 @@ fn reduce_values(
     bindings: &[Binding],
     reduction: Reduction,
     sizes: Option<(usize, usize)>,
+    ranges: Option<&std::sync::Arc<crate::ranges::Ranges>>,
     options: &ReductionOptions,
 ) -> candle_core::Result<Tensor> {
-    reduce_sized(formula, bindings, reduction, sizes, options)?
+    reduce_sized(formula, bindings, reduction, sizes, ranges, options)?
         .values
         .ok_or_else(|| {
             Error::InvalidArgument {

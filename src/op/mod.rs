@@ -11,7 +11,9 @@
 //!    each failure is an error naming the problem, before any backend sees the data;
 //! 3. *planning* (`run_kind`, then the `ReductionPlan`): what runs, which for `Min`, `Max`
 //!    and `KMin` with an input that needs a gradient is the kind that also finds the indices
-//!    of the selected terms (at the same cost), for the backward pass;
+//!    of the selected terms (at the same cost), for the backward pass; block-sparse ranges
+//!    ([`crate::ranges`]) are checked against the sizes and oriented for the plan's axis
+//!    (transposed for a reduction over `i`), and such a plan takes the direct path;
 //! 4. *dispatch* (`dispatch`, `run_op`): in planning mode (`ahead::intercept`) the
 //!    plan is recorded instead of run; otherwise the device's backend is found at the one
 //!    dispatch point, `crate::backend::Backend::of` (its error when this build has none: CUDA
@@ -42,6 +44,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use crate::backend::{census, cpu, Backend, Outputs, ReductionPlan, VarSpec};
 use crate::error::Error;
 use crate::formula::{simplify, Expr, Op, Var, VarCat};
+use crate::ranges::Ranges;
 use crate::reduction::{Axis, OutputSpec, Reduction, ReductionKind};
 
 use self::gram::{ReductionOptions, Target};
@@ -225,14 +228,16 @@ pub(crate) fn check_bindable(
     }
 }
 
-/// Runs `reduction` of `formula` over the tensors in `bindings`.
+/// Runs `reduction` of `formula` over the tensors in `bindings`, visiting only the blocks
+/// that `ranges` keeps when given (rows: the i-rows, columns: the j-rows).
 pub(crate) fn reduce(
     formula: &Expr,
     bindings: &[Binding],
     reduction: Reduction,
+    ranges: Option<&Arc<Ranges>>,
     options: &ReductionOptions,
 ) -> candle_core::Result<ReductionOutput> {
-    reduce_sized(formula, bindings, reduction, None, options)
+    reduce_sized(formula, bindings, reduction, None, ranges, options)
 }
 
 /// As [`reduce`]; `sizes` gives the numbers of rows of `i` and of `j` for formulas that have
@@ -245,13 +250,14 @@ pub(crate) fn reduce_sized(
     bindings: &[Binding],
     reduction: Reduction,
     sizes: Option<(usize, usize)>,
+    ranges: Option<&Arc<Ranges>>,
     options: &ReductionOptions,
 ) -> candle_core::Result<ReductionOutput> {
     // The compilers recurse over the formula: past a few hundred levels they run on a thread
     // whose stack is sized for the depth, up to the limit.
     formula.check_depth(reduction.kind.name())?;
     with_stack_for(formula.depth(), || {
-        reduce_unchecked(formula, bindings, reduction, sizes, options)
+        reduce_unchecked(formula, bindings, reduction, sizes, ranges, options)
     })
 }
 
@@ -296,13 +302,18 @@ fn reduce_unchecked(
     bindings: &[Binding],
     reduction: Reduction,
     sizes: Option<(usize, usize)>,
+    ranges: Option<&Arc<Ranges>>,
     options: &ReductionOptions,
 ) -> candle_core::Result<ReductionOutput> {
-    if let Some(parts) = split_sum(formula, bindings, reduction, sizes, options)? {
-        return Ok(parts);
+    // Block-sparse ranges run on the direct path (the block path does not take them).
+    let sparse = ranges.is_some();
+    if !sparse {
+        if let Some(parts) = split_sum(formula, bindings, reduction, sizes, options)? {
+            return Ok(parts);
+        }
     }
     // The block path: distances rewritten into inner products of new tensors, when chosen.
-    let target = target_of(formula, bindings, reduction.axis, sizes);
+    let target = target_of(formula, bindings, reduction.axis, sizes).filter(|_| !sparse);
     let rewritten = match target {
         Some(t) => gram::rewrite(
             formula,
@@ -325,21 +336,34 @@ fn reduce_unchecked(
     let (dtype, device) = agree(&bound.tensors, op)?;
     let (vars, rows, terms) = layout(&bound.tensors, reduction.axis, sizes, op)?;
     check_output(rows, run.out, dtype, &device, op)?;
+    let ranges = match ranges {
+        Some(r) => {
+            let (ni, nj) = match reduction.axis {
+                Axis::J => (rows, terms),
+                Axis::I => (terms, rows),
+            };
+            Some(crate::ranges::for_axis(r, reduction.axis, ni, nj, op)?)
+        }
+        None => None,
+    };
     // A rewritten formula was chosen for the block path: its plan is one.
     let forced = ReductionOptions {
         path: gram::Path::Blocks,
         ..*options
     };
-    let blocks = gram::block_plan(
-        &bound.formula,
-        run.reduction.kind,
-        Target::of(dtype, &device, rows, terms),
-        if rewritten.is_some() {
-            &forced
-        } else {
-            options
-        },
-    )?;
+    let blocks = match ranges {
+        Some(_) => None,
+        None => gram::block_plan(
+            &bound.formula,
+            run.reduction.kind,
+            Target::of(dtype, &device, rows, terms),
+            if rewritten.is_some() {
+                &forced
+            } else {
+                options
+            },
+        )?,
+    };
     let plan = ReductionPlan {
         formula: bound.formula,
         reduction: run.reduction,
@@ -348,6 +372,7 @@ fn reduce_unchecked(
         terms,
         out: run.out,
         blocks,
+        ranges,
     };
     let user_indices = run.user_indices;
     dispatch(
@@ -461,7 +486,7 @@ fn split_sum(
             group = Expr::new(Op::Concat, vec![group, parts[end].clone()])?;
             end += 1;
         }
-        let out = reduce_sized(&group, bindings, reduction, sizes, options)?;
+        let out = reduce_sized(&group, bindings, reduction, sizes, None, options)?;
         values.push(out.values.ok_or_else(|| Error::InvalidArgument {
             op: "Sum",
             detail: "a sum returned no values".into(),
@@ -479,9 +504,26 @@ pub(crate) fn explain(
     formula: &Expr,
     bindings: &[Binding],
     reduction: Reduction,
+    ranges: Option<&Arc<Ranges>>,
     options: &ReductionOptions,
 ) -> candle_core::Result<gram::PathReport> {
     formula.check_depth(reduction.kind.name())?;
+    if ranges.is_some() {
+        return Ok(gram::PathReport {
+            path: gram::Path::Direct,
+            inner_products: Vec::new(),
+            matmul_epilogue: false,
+            reason: format!(
+                "block-sparse ranges: the direct path visits only the kept blocks (the block \
+                 path does not take ranges{})",
+                if options.path == gram::Path::Blocks {
+                    ", so the option Path::Blocks is not followed"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
     let target = target_of(formula, bindings, reduction.axis, None).ok_or_else(|| {
         Error::InvalidArgument {
             op: reduction.kind.name(),
@@ -749,6 +791,18 @@ fn dispatch(
         return stand_in;
     }
     let backend = Backend::of(device).map_err(|no| no.error(&plan))?;
+    if plan.ranges.is_some() && !backend.runs_ranges() {
+        return Err(Error::NotImplemented {
+            what: "block-sparse ranges on this device",
+            detail: format!(
+                "cannot run {} with ranges on {:?}: block-sparse ranges run on the CPU backend \
+                 only for now",
+                plan.key(),
+                device.location()
+            ),
+        }
+        .into());
+    }
     census::dispatched(&plan, dtype);
     // The modules of this reduction's backward pass start compiling now, in the background
     // (on CUDA; the census notes them elsewhere). Not for a reduction of a backward pass.

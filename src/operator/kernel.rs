@@ -257,6 +257,15 @@ impl Kernel {
             }
             .into());
         }
+        if k_ij.has_ranges() {
+            return Err(Error::NotImplemented {
+                what: "a kernel operator (or solve) of a block-sparse LazyTensor",
+                detail: "its reductions (`matmul`, `sum`, ...) take the ranges; the operator's \
+                         rows, diagonal and preconditioner do not yet"
+                    .into(),
+            }
+            .into());
+        }
         let (x, y) = k_ij.pair_points(op)?;
         Ok((kernel(Node::Lazy(Arc::new(k_ij.clone()))), x, y))
     }

@@ -325,7 +325,8 @@ pub(crate) fn reduce<T: Real>(
                 let mut acc: Option<States> = None;
                 for terms in &chunks[g.clone()] {
                     let pairs = pair_blocks(plan, bp, &norms, data, rows, terms, bufs, tb);
-                    let part = run_block_on(isa, &ctx, rows.clone(), terms.clone(), &pairs);
+                    let part =
+                        run_block_on(isa, &ctx, rows.clone(), std::slice::from_ref(terms), &pairs);
                     match &mut acc {
                         None => acc = Some(part),
                         Some(a) => super::combine_into(plan, &ctx, a, &part),
@@ -335,5 +336,11 @@ pub(crate) fn reduce<T: Real>(
             },
         )
         .collect();
-    super::finish(plan, &ctx, &blocks, groups.len(), states)
+    super::finish(
+        plan,
+        &ctx,
+        &blocks,
+        &vec![groups.len(); blocks.len()],
+        states,
+    )
 }

@@ -337,9 +337,9 @@ pub(crate) struct States {
     pub idx: Vec<i64>,
 }
 
-/// Runs the program for output rows `rows` over the terms `terms`, and hands each row's tile
-/// (its registers' views, the number of valid terms and the first term) to `consume`, with
-/// the scratch tile of the reduction.
+/// Runs the program for output rows `rows` over the intervals of terms `terms` (in order), and
+/// hands each row's tile (its registers' views, the number of valid terms and the first term)
+/// to `consume`, with the scratch tile of the reduction.
 ///
 /// # Safety
 /// As for [`run_block`].
@@ -347,7 +347,7 @@ pub(crate) struct States {
 unsafe fn for_each_tile<T: Real, A: Arch, const FMA: bool>(
     ctx: &Context<'_, T>,
     rows: std::ops::Range<usize>,
-    terms: std::ops::Range<usize>,
+    terms: &[std::ops::Range<usize>],
     pairs: &[PairBlock<'_, T>],
     mut consume: impl FnMut(usize, &[View<T>], &mut [T], usize, usize),
 ) {
@@ -375,7 +375,7 @@ unsafe fn for_each_tile<T: Real, A: Arch, const FMA: bool>(
         let at = At {
             r,
             i,
-            j0: terms.start,
+            j0: terms.first().map_or(0, |t| t.start),
             row_code: true,
         };
         make_views(ctx, &mut scratch, at, pairs, &mut views, &mut outs);
@@ -385,43 +385,48 @@ unsafe fn for_each_tile<T: Real, A: Arch, const FMA: bool>(
             unsafe { exec_instr::<T, A, FMA>(ins, prog, &views, &outs, 1) };
         }
     }
-    let mut j0 = terms.start;
-    while j0 < terms.end {
-        let valid = tile.min(terms.end - j0);
-        let len = valid.div_ceil(PAD) * PAD;
-        for (r, i) in rows.clone().enumerate() {
-            let at = At {
-                r,
-                i,
-                j0,
-                row_code: false,
-            };
-            make_views(ctx, &mut scratch, at, pairs, &mut views, &mut outs);
-            for ins in &prog.tile_code {
-                // SAFETY: tile registers hold TILE >= len terms; j-inputs and pair blocks are
-                // padded to a multiple of PAD covering j0 + len.
-                unsafe { exec_instr::<T, A, FMA>(ins, prog, &views, &outs, len) };
+    for interval in terms {
+        let mut j0 = interval.start;
+        while j0 < interval.end {
+            let valid = tile.min(interval.end - j0);
+            let len = valid.div_ceil(PAD) * PAD;
+            for (r, i) in rows.clone().enumerate() {
+                let at = At {
+                    r,
+                    i,
+                    j0,
+                    row_code: false,
+                };
+                make_views(ctx, &mut scratch, at, pairs, &mut views, &mut outs);
+                for ins in &prog.tile_code {
+                    // SAFETY: tile registers hold TILE >= len terms; j-inputs and pair blocks
+                    // are padded to cover j0 + len (see `run_block`).
+                    unsafe { exec_instr::<T, A, FMA>(ins, prog, &views, &outs, len) };
+                }
+                consume(r, &views, scratch.weights.as_mut_slice(), valid, j0);
             }
-            consume(r, &views, scratch.weights.as_mut_slice(), valid, j0);
+            j0 += tile;
         }
-        j0 += tile;
     }
 }
 
-/// Runs the reduction for output rows `rows` over the terms `terms` (`FMA` must be
-/// `A::FMA`) and returns the rows' reduction states. `pairs` holds the blocks of the pair
+/// Runs the reduction for output rows `rows` over the intervals of terms `terms`, in order
+/// (`FMA` must be `A::FMA`), and returns the rows' reduction states. `pairs` holds the blocks of the pair
 /// inputs of a block plan (empty otherwise).
 ///
 /// # Safety
 /// `ctx` must be consistent: inputs sized for the program's registers (`i`-variables with at
-/// least `rows.end` rows, `j`-variables padded to a multiple of [`PAD`] at least
-/// `ctx.terms`, pair blocks of `rows.len()` rows padded likewise); `terms` must lie in
-/// `0..ctx.terms` and start at a multiple of [`PAD`].
+/// least `rows.end` rows, pair blocks of `rows.len()` rows padded to a multiple of [`PAD`]);
+/// each interval of `terms` must lie in the terms, and the `j`-variables hold at least its
+/// start plus its length rounded up to a multiple of [`PAD`] values per component (so a start at a
+/// multiple of `PAD` needs the terms padded to a multiple of `PAD`; block-sparse plans start
+/// anywhere and pad one more `PAD`). Tiles compute the terms past an interval's end up to that
+/// bound too (padding, or terms of a skipped block), and reduce only those of the interval.
 #[inline(always)]
 pub(crate) unsafe fn run_block<T: Real, A: Arch, const FMA: bool>(
     ctx: &Context<'_, T>,
     rows: std::ops::Range<usize>,
-    terms: std::ops::Range<usize>,
+    terms: &[std::ops::Range<usize>],
     pairs: &[PairBlock<'_, T>],
 ) -> States {
     debug_assert_eq!(A::FMA, FMA);
@@ -480,6 +485,7 @@ pub(crate) unsafe fn run_block_values<T: Real, A: Arch, const FMA: bool>(
         let at = r * ld + j0 - start;
         out[at..at + valid].copy_from_slice(v);
     };
+    let terms = std::slice::from_ref(&terms);
     // SAFETY: forwarded from the caller.
     unsafe { for_each_tile::<T, A, FMA>(ctx, rows, terms, pairs, consume) };
 }

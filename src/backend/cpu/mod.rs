@@ -2,7 +2,9 @@
 //! loops, rayon over blocks of output rows.
 //!
 //! Each output row is computed by one thread, in a fixed order, so results do not depend on
-//! the number of threads. The instruction set is chosen at run time ([`isa`]); the executor
+//! the number of threads. A block-sparse plan (`plan.ranges`) runs the same loop over the
+//! kept blocks only: its blocks of rows are aligned to the row intervals of the ranges, and
+//! each visits only the merged intervals of terms its interval keeps. The instruction set is chosen at run time ([`isa`]); the executor
 //! is instantiated once per level inside `#[target_feature]` functions.
 
 mod blocks;
@@ -44,12 +46,13 @@ pub(crate) fn reduce_storage(
     layout: &Layout,
 ) -> candle_core::Result<Outputs<CpuStorage>> {
     let (start, end) = super::packed_range(layout)?;
-    check_states(plan)?;
+    let sched = Schedule::of(plan);
+    check_states(plan, &sched)?;
     let (vals, idx) = match storage {
-        CpuStorage::F32(v) => reduce::<f32>(plan, &v[start..end]),
-        CpuStorage::F64(v) => reduce::<f64>(plan, &v[start..end]),
-        CpuStorage::F16(v) => reduce::<f32>(plan, &to_f32(&v[start..end])),
-        CpuStorage::BF16(v) => reduce::<f32>(plan, &to_f32(&v[start..end])),
+        CpuStorage::F32(v) => reduce_scheduled::<f32>(plan, &sched, &v[start..end]),
+        CpuStorage::F64(v) => reduce_scheduled::<f64>(plan, &sched, &v[start..end]),
+        CpuStorage::F16(v) => reduce_scheduled::<f32>(plan, &sched, &to_f32(&v[start..end])),
+        CpuStorage::BF16(v) => reduce_scheduled::<f32>(plan, &sched, &to_f32(&v[start..end])),
         other => {
             let detail = format!("unsupported dtype {:?}", other.dtype());
             return Err(Error::DType {
@@ -85,10 +88,21 @@ fn to_f32(v: &[impl Copy + Into<f32>]) -> Vec<f32> {
 /// Runs `plan` on CPU data: `data` is the packed input (every bound tensor flattened, at the
 /// offsets of `plan.vars`). Returns the values (`rows x out.values`, in `f64` for the caller to
 /// convert) and the indices (`rows x out.indices`).
+#[cfg(test)]
 pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Vec<i64>) {
+    reduce_scheduled(plan, &Schedule::of(plan), data)
+}
+
+/// [`reduce`] with the schedule of `plan` ([`Schedule::of`]).
+fn reduce_scheduled<T: Real>(
+    plan: &ReductionPlan,
+    sched: &Schedule,
+    data: &[T],
+) -> (Vec<f64>, Vec<i64>) {
     // A sum of one term of a formula without j-variables is the formula itself, row by row:
     // evaluated vectorised over the rows (the backward pass asks for such evaluations).
     if plan.terms == 1
+        && plan.ranges.is_none()
         && plan.reduction.kind == ReductionKind::Sum
         && plan.vars.iter().all(|v| v.cat != VarCat::J)
     {
@@ -102,30 +116,135 @@ pub(crate) fn reduce<T: Real>(plan: &ReductionPlan, data: &[T]) -> (Vec<f64>, Ve
     let inputs = plan_inputs(plan, data, &|_| true);
     let ctx = context(plan, &prog, inputs, plan.formula.dim());
     let isa = isa::detect();
-    let blocks: Vec<Range<usize>> = (0..plan.rows)
-        .step_by(BLOCK_ROWS)
-        .map(|r0| r0..(r0 + BLOCK_ROWS).min(plan.rows))
-        .collect();
-    let chunks = term_chunks(blocks.len(), plan.terms);
-    let tasks: Vec<(usize, Range<usize>)> = (0..blocks.len())
-        .flat_map(|b| chunks.iter().map(move |c| (b, c.clone())))
-        .collect();
-    let states: Vec<States> = tasks
+    let states: Vec<States> = sched
+        .tasks
         .par_iter()
-        .map(|(b, terms)| run_block_on(isa, &ctx, blocks[*b].clone(), terms.clone(), &[]))
+        .map(|task| {
+            let rows = sched.blocks[task.block].clone();
+            run_block_on(isa, &ctx, rows, sched.terms_of(task), &[])
+        })
         .collect();
-    finish(plan, &ctx, &blocks, chunks.len(), states)
+    finish(plan, &ctx, &sched.blocks, &sched.counts, states)
+}
+
+/// What [`reduce`] runs: blocks of at most [`BLOCK_ROWS`] rows covering every output row in
+/// order, and the tasks (run in parallel) that reduce a block over some of its terms; the
+/// states of a block's tasks are combined in order. The schedule depends on the sizes and the
+/// ranges only (never on the number of threads), so results are deterministic.
+///
+/// Without ranges every block has the terms `0..terms`. With ranges, blocks are aligned to
+/// the row intervals and each has the merged intervals of terms its interval keeps (none for
+/// rows outside every kept block: such a block has no task and gets the initial state).
+/// With few blocks, the terms are split in chunks of [`SPLIT_TERMS`] (long intervals only),
+/// one task each, so that every core works; otherwise a block is one task over all its
+/// intervals, run in one pass of the executor (its scratch and its rows' hoisted values made
+/// once), accumulating into one state.
+struct Schedule {
+    /// The blocks of rows.
+    blocks: Vec<Range<usize>>,
+    /// Per block, its number of tasks (consecutive in `tasks`).
+    counts: Vec<usize>,
+    tasks: Vec<Task>,
+    /// The intervals of terms of each group of rows (a block's `group`).
+    intervals: Vec<Vec<Range<usize>>>,
+}
+
+/// One task of a [`Schedule`].
+struct Task {
+    block: usize,
+    terms: TaskTerms,
+}
+
+/// The terms of a [`Task`].
+enum TaskTerms {
+    /// Every interval of the block's group (`Schedule::intervals[group]`), in order.
+    Group(usize),
+    /// One chunk of terms.
+    Chunk(Range<usize>),
+}
+
+impl Schedule {
+    fn of(plan: &ReductionPlan) -> Schedule {
+        // Groups of rows that share their intervals of terms, covering 0..rows in order.
+        let mut groups: Vec<(Range<usize>, Vec<Range<usize>>)> = Vec::new();
+        match &plan.ranges {
+            None => groups.push((0..plan.rows, std::iter::once(0..plan.terms).collect())),
+            Some(r) => {
+                let mut at = 0;
+                for b in r.row_blocks() {
+                    if b.rows.start > at {
+                        groups.push((at..b.rows.start, Vec::new()));
+                    }
+                    at = b.rows.end;
+                    groups.push((b.rows, b.terms));
+                }
+                if at < plan.rows {
+                    groups.push((at..plan.rows, Vec::new()));
+                }
+            }
+        }
+        let mut blocks = Vec::new();
+        let mut block_group = Vec::new();
+        for (g, (rows, _)) in groups.iter().enumerate() {
+            for r0 in rows.clone().step_by(BLOCK_ROWS) {
+                blocks.push(r0..(r0 + BLOCK_ROWS).min(rows.end));
+                block_group.push(g);
+            }
+        }
+        let split = blocks.len() < SPLIT_BELOW_BLOCKS;
+        let mut tasks = Vec::new();
+        let mut counts = vec![0; blocks.len()];
+        for (b, &g) in block_group.iter().enumerate() {
+            let intervals = &groups[g].1;
+            if intervals.is_empty() {
+                continue;
+            }
+            if split {
+                for t in intervals.iter().flat_map(|t| term_chunks(t.clone())) {
+                    tasks.push(Task {
+                        block: b,
+                        terms: TaskTerms::Chunk(t),
+                    });
+                    counts[b] += 1;
+                }
+            } else {
+                tasks.push(Task {
+                    block: b,
+                    terms: TaskTerms::Group(g),
+                });
+                counts[b] = 1;
+            }
+        }
+        let intervals = groups.into_iter().map(|(_, t)| t).collect();
+        Schedule {
+            blocks,
+            counts,
+            tasks,
+            intervals,
+        }
+    }
+
+    /// The intervals of terms of `task`, in order.
+    fn terms_of<'a>(&'a self, task: &'a Task) -> &'a [Range<usize>] {
+        match &task.terms {
+            TaskTerms::Group(g) => &self.intervals[*g],
+            TaskTerms::Chunk(c) => std::slice::from_ref(c),
+        }
+    }
 }
 
 /// The executor's inputs of `plan`'s variables from its packed data: the i-variables and
 /// parameters in place, the j-variables transposed and padded ([`columns`]), and those that
-/// `read` says the program does not read as [`InputData::Unused`].
+/// `read` says the program does not read as [`InputData::Unused`]. Block-sparse plans start
+/// intervals of terms anywhere, so their padding covers one more [`PAD`] past the last term
+/// (a tile reads its terms rounded up to a multiple of `PAD`).
 fn plan_inputs<'a, T: Real>(
     plan: &ReductionPlan,
     data: &'a [T],
     read: &dyn Fn(usize) -> bool,
 ) -> Vec<InputData<'a, T>> {
-    let padded = plan.terms.div_ceil(PAD) * PAD;
+    let extra = if plan.ranges.is_some() { PAD } else { 0 };
+    let padded = plan.terms.div_ceil(PAD) * PAD + extra;
     plan.vars
         .iter()
         .enumerate()
@@ -161,31 +280,30 @@ fn context<'a, T: Real>(
     }
 }
 
-/// The chunks of terms of a reduction over `blocks` blocks of rows: few output rows and many
-/// terms split the terms too, so that every core works, and the partial states are combined
-/// in order. The split depends on the sizes only (never on the number of threads), so results
-/// stay deterministic.
-fn term_chunks(blocks: usize, terms: usize) -> Vec<Range<usize>> {
-    if blocks < SPLIT_BELOW_BLOCKS && terms >= 2 * SPLIT_TERMS {
-        (0..terms)
+/// The chunks of an interval of terms that a [`Schedule`] with few blocks splits: chunks of
+/// [`SPLIT_TERMS`] (a multiple of every tile length) when there are at least two, else the
+/// interval.
+fn term_chunks(terms: Range<usize>) -> Vec<Range<usize>> {
+    if terms.len() >= 2 * SPLIT_TERMS {
+        terms
+            .clone()
             .step_by(SPLIT_TERMS)
-            .map(|j0| j0..(j0 + SPLIT_TERMS).min(terms))
+            .map(|j0| j0..(j0 + SPLIT_TERMS).min(terms.end))
             .collect()
     } else {
-        std::iter::once(0..terms).collect()
+        vec![terms]
     }
 }
 
-/// The partial states of [`reduce`] (one per block of rows and chunk of terms, all held until
-/// they are combined) fit in memory: the `k` of a k-nearest search makes them large.
-fn check_states(plan: &ReductionPlan) -> candle_core::Result<()> {
+/// The partial states of [`reduce`] (one per task of `sched`, all held until they are
+/// combined) fit in memory: the `k` of a k-nearest search makes them large.
+fn check_states(plan: &ReductionPlan, sched: &Schedule) -> candle_core::Result<()> {
     use crate::backend::memory::{bytes, reserve};
     if plan.blocks.is_some() {
         return Ok(()); // the block path sizes its own buffers
     }
     let st = plan.reduction.state_spec(plan.formula.dim());
-    let blocks = plan.rows.div_ceil(BLOCK_ROWS);
-    let tasks = blocks.saturating_mul(term_chunks(blocks, plan.terms).len());
+    let tasks = sched.tasks.len();
     let rows = tasks.checked_mul(BLOCK_ROWS);
     let need = rows
         .and_then(|r| bytes(&[(r, st.vals), (r, st.idx)]))
@@ -204,14 +322,14 @@ fn check_states(plan: &ReductionPlan) -> candle_core::Result<()> {
     )?)
 }
 
-/// Combines the states of `states` (block after block, the states of each of `chunks`
-/// chunks of terms in order) and finalises them: the values (`f64`) and the indices of
-/// `plan`'s rows.
+/// Combines the states of `states` (block after block, the `counts[b]` states of block `b`
+/// in order; a block without states reduces over zero terms: its initial state) and
+/// finalises them: the values (`f64`) and the indices of `plan`'s rows.
 fn finish<T: Real>(
     plan: &ReductionPlan,
     ctx: &Context<'_, T>,
     blocks: &[Range<usize>],
-    chunks: usize,
+    counts: &[usize],
     states: Vec<States>,
 ) -> (Vec<f64>, Vec<i64>) {
     let dim = ctx.dim;
@@ -220,10 +338,25 @@ fn finish<T: Real>(
     let mut vals = vec![0.0f64; plan.rows * ov];
     let mut idx = vec![0i64; plan.rows * oi];
     let mut states = states.into_iter();
-    for b in blocks {
-        let mut acc = states.next().expect("one state per block and chunk");
-        for _ in 1..chunks {
-            let part = states.next().expect("one state per block and chunk");
+    for (b, &count) in blocks.iter().zip(counts) {
+        let mut acc = if count == 0 {
+            let mut init = States {
+                vals: vec![0.0; b.len() * sv],
+                idx: vec![0; b.len() * si],
+            };
+            for r in 0..b.len() {
+                plan.reduction.init(
+                    dim,
+                    &mut init.vals[r * sv..(r + 1) * sv],
+                    &mut init.idx[r * si..(r + 1) * si],
+                );
+            }
+            init
+        } else {
+            states.next().expect("one state per task")
+        };
+        for _ in 1..count {
+            let part = states.next().expect("one state per task");
             combine_into(plan, ctx, &mut acc, &part);
         }
         for (r, i) in b.clone().enumerate() {
@@ -358,20 +491,21 @@ unsafe fn map_avx2<T: Real>(ctx: &Context<'_, T>, terms: Range<usize>, out: &mut
     unsafe { exec::run_map::<T, isa::Avx2, true>(ctx, terms, out) }
 }
 
-/// Runs one block with the executor compiled for `isa` (`pairs`: the blocks of a block
-/// plan's pair inputs).
+/// Runs one block over the intervals `terms` with the executor compiled for `isa` (`pairs`:
+/// the blocks of a block plan's pair inputs).
 fn run_block_on<T: Real>(
     isa: Isa,
     ctx: &Context<'_, T>,
     rows: Range<usize>,
-    terms: Range<usize>,
+    terms: &[Range<usize>],
     pairs: &[PairBlock<'_, T>],
 ) -> States {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only chosen when the CPU reports AVX-512F, AVX2 and FMA;
         // the context was built by `reduce` or `blocks::reduce`, which size every input as
-        // `run_block` requires and split the terms at multiples of `PAD`.
+        // `run_block` requires (padding past the last term covers a tile rounded up to
+        // `PAD` from any start) and split the terms as it requires.
         Isa::Avx512 => unsafe { run_avx512(ctx, rows, terms, pairs) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only chosen when the CPU reports AVX2 and FMA; as above.
@@ -389,7 +523,7 @@ const BASELINE_FMA: bool = cfg!(target_arch = "aarch64");
 unsafe fn run_avx512<T: Real>(
     ctx: &Context<'_, T>,
     rows: Range<usize>,
-    terms: Range<usize>,
+    terms: &[Range<usize>],
     pairs: &[PairBlock<'_, T>],
 ) -> States {
     // SAFETY: forwarded from `run_block_on`.
@@ -401,7 +535,7 @@ unsafe fn run_avx512<T: Real>(
 unsafe fn run_avx2<T: Real>(
     ctx: &Context<'_, T>,
     rows: Range<usize>,
-    terms: Range<usize>,
+    terms: &[Range<usize>],
     pairs: &[PairBlock<'_, T>],
 ) -> States {
     // SAFETY: forwarded from `run_block_on`.
@@ -546,6 +680,7 @@ mod tests {
                 .output_spec(3)
                 .unwrap(),
             blocks: None,
+            ranges: None,
         };
         let (vals, idx) = reduce::<f64>(&plan, &data);
         assert!(idx.is_empty());

@@ -577,6 +577,7 @@ mod tests {
             rows: 1,
             terms: 1,
             blocks: None,
+            ranges: None,
         }
     }
 
