@@ -120,14 +120,62 @@ impl LazyTensor {
         })
     }
 
-    /// An `i`-indexed variable from a `(M, D)` tensor (or `(M,)`, taken as `D = 1`).
+    /// An `i`-indexed variable from a `(M, D)` tensor (or `(M,)`, taken as `D = 1`), or a
+    /// batch of them from a `(B, M, D)` tensor (see [`LazyTensor::param_batched`] for batches).
     pub fn vi(t: &Tensor) -> candle_core::Result<LazyTensor> {
         LazyTensor::bind(t, VarCat::I, "LazyTensor::vi")
     }
 
-    /// A `j`-indexed variable from a `(N, D)` tensor (or `(N,)`, taken as `D = 1`).
+    /// A `j`-indexed variable from a `(N, D)` tensor (or `(N,)`, taken as `D = 1`), or a
+    /// batch of them from a `(B, N, D)` tensor.
     pub fn vj(t: &Tensor) -> candle_core::Result<LazyTensor> {
         LazyTensor::bind(t, VarCat::J, "LazyTensor::vj")
+    }
+
+    /// A parameter per batch, from a `(B, P)` tensor: batch `b` of a batched formula reads
+    /// row `b` (KeOps' and GPyTorch's batched hyperparameters; [`LazyTensor::param`] is shared
+    /// by every batch).
+    ///
+    /// A formula with a variable bound to a `(B, M, D)` or `(B, N, D)` tensor is batched: its
+    /// reductions give `(B, M, E)` (over `j`) or `(B, N, E)` (over `i`), batch `b` reducing
+    /// the pairs of batch `b` only, as one reduction over the stacked batches (one parallel
+    /// loop over `B x` row blocks: block-diagonal block-sparse ranges), differentiable like
+    /// any reduction; indices are local to their batch. A batch of 1 and an unbatched
+    /// variable are shared by every batch. Runs where block-sparse ranges run.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::{Axis, LazyTensor};
+    /// let dev = Device::Cpu;
+    /// let x = Tensor::rand(0f64, 1., (4, 100, 3), &dev)?;   // B = 4 batches of M = 100 points
+    /// let y = Tensor::rand(0f64, 1., (4, 50, 3), &dev)?;    // and of N = 50
+    /// let s = Tensor::new(&[[0.1f64], [0.2], [0.3], [0.4]], &dev)?; // one bandwidth per batch
+    /// let (x_i, y_j) = (LazyTensor::vi(&x)?, LazyTensor::vj(&y)?);
+    /// let s = LazyTensor::param_batched(&s)?;
+    /// let k = (-x_i.sqdist(&y_j) / (2.0 * s.square())).exp();
+    /// let out = k.sum(Axis::J)?;                              // (4, 100, 1)
+    /// assert_eq!(out.dims(), &[4, 100, 1]);
+    /// // Batch 2 alone, with its own bandwidth:
+    /// let (x2, y2) = (LazyTensor::vi(&x.get(2)?)?, LazyTensor::vj(&y.get(2)?)?);
+    /// let alone = (-x2.sqdist(&y2) / (2.0 * 0.3 * 0.3)).exp().sum(Axis::J)?;
+    /// let err = (out.get(2)? - alone)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    /// assert!(err < 1e-12);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn param_batched(t: &Tensor) -> candle_core::Result<LazyTensor> {
+        let op = "LazyTensor::param_batched";
+        let (b, p) = match t.dims() {
+            [b, p] if *b > 0 && *p > 0 => (*b, *p),
+            dims => {
+                return Err(Error::Shape {
+                    op,
+                    detail: format!("expected a (B, P) tensor with B, P >= 1, got {dims:?}"),
+                }
+                .into())
+            }
+        };
+        // An i-variable of one row per batch, which broadcasts over the batch's rows.
+        LazyTensor::bind(&t.reshape((b, 1, p))?, VarCat::I, op)
     }
 
     /// A parameter: a vector shared by every pair `(i, j)`, from a tensor of any shape (its
@@ -457,6 +505,21 @@ impl LazyTensor {
             }
             .into());
         }
+        if let Some(b) = self.batched(None, "LazyTensor::pointwise")? {
+            let rows = b.rows.0.unwrap_or(1);
+            let out = crate::op::reduce_sized(
+                f,
+                &b.bindings,
+                Reduction::new(ReductionKind::Sum, Axis::J),
+                Some((b.batch * rows, 1)),
+                None,
+                &ReductionOptions::default(),
+            )?;
+            return b
+                .output(out, Axis::J)?
+                .values
+                .ok_or_else(|| missing(ReductionKind::Sum, "values"));
+        }
         let rows = self
             .bindings
             .iter()
@@ -556,13 +619,49 @@ impl LazyTensor {
         axis: Axis,
         options: &ReductionOptions,
     ) -> candle_core::Result<ReductionOutput> {
+        let reduction = Reduction::new(kind, axis);
+        if let Some(b) = self.batched(Some(axis), kind.name())? {
+            let out = reduce(
+                self.expr()?,
+                &b.bindings,
+                reduction,
+                Some(&b.ranges),
+                options,
+            )?;
+            return b.output(out, axis);
+        }
         reduce(
             self.expr()?,
             &self.bindings,
-            Reduction::new(kind, axis),
+            reduction,
             self.ranges.as_ref(),
             options,
         )
+    }
+
+    /// The stacked form of a formula with batched bindings (`(B, M, D)` tensors) for a
+    /// reduction over `axis` (`None`: pointwise), or `None` when nothing is batched.
+    fn batched(
+        &self,
+        axis: Option<Axis>,
+        op: &'static str,
+    ) -> candle_core::Result<Option<crate::op::batch::Batched>> {
+        let b = crate::op::batch::unbatch(self.expr()?, &self.bindings, axis, op)?;
+        if b.is_some() && self.ranges.is_some() {
+            return Err(Error::NotImplemented {
+                what: "block-sparse ranges on a batched formula",
+                detail: "batches are reduced as block-diagonal ranges already; stack the \
+                         batches and give the ranges of the whole instead"
+                    .into(),
+            }
+            .into());
+        }
+        Ok(b)
+    }
+
+    /// Whether a bound tensor has a batch dimension (`(B, rows, D)`).
+    pub(crate) fn is_batched(&self) -> bool {
+        self.bindings.iter().any(|b| b.tensor.rank() == 3)
     }
 
     /// The path that [`LazyTensor::reduce_with`] would take with `options`, and why.
@@ -587,10 +686,15 @@ impl LazyTensor {
         axis: Axis,
         options: &ReductionOptions,
     ) -> candle_core::Result<PathReport> {
+        let reduction = Reduction::new(kind, axis);
+        if let Some(b) = self.batched(Some(axis), kind.name())? {
+            let f = self.expr()?;
+            return crate::op::explain(f, &b.bindings, reduction, Some(&b.ranges), options);
+        }
         crate::op::explain(
             self.expr()?,
             &self.bindings,
-            Reduction::new(kind, axis),
+            reduction,
             self.ranges.as_ref(),
             options,
         )
@@ -759,6 +863,16 @@ impl LazyTensor {
 
     /// `(M, N)` for `op`: the rows of the `i`-variables and of the `j`-variables.
     fn matrix_shape(&self, op: &'static str) -> candle_core::Result<(usize, usize)> {
+        if self.is_batched() {
+            return Err(Error::InvalidArgument {
+                op,
+                detail: "the formula is batched (a variable is bound to a (B, rows, D) \
+                         tensor): it is B matrices, whose reductions and `matmul` give \
+                         (B, M, E)"
+                    .into(),
+            }
+            .into());
+        }
         let rows = |cat: VarCat, name: &str| -> candle_core::Result<usize> {
             let bound = self.bound(cat)?;
             let Some(first) = bound.first() else {
@@ -827,6 +941,9 @@ impl LazyTensor {
     /// ```
     pub fn matmul(&self, b: &Tensor) -> candle_core::Result<Tensor> {
         let op = "LazyTensor::matmul";
+        if self.is_batched() || b.rank() == 3 {
+            return self.matmul_batched(b, op);
+        }
         let shape = self.matrix_shape(op)?;
         let dim = self.dim()?;
         if dim != 1 {
@@ -840,6 +957,39 @@ impl LazyTensor {
             .into());
         }
         crate::operator::matmul_lazy(self, b, shape, op)
+    }
+
+    /// [`LazyTensor::matmul`] of a batched formula (or of a batch `b`): `b` is `(B, N, E)`,
+    /// or `(N, E)` / `(N,)` shared by the batches; the result is `(B, M, E)` (`(B, M)` for a
+    /// `(N,)` `b`).
+    fn matmul_batched(&self, b: &Tensor, op: &'static str) -> candle_core::Result<Tensor> {
+        let dim = self.dim()?;
+        if dim != 1 {
+            return Err(Error::Shape {
+                op,
+                detail: format!("a matrix is a formula of one component, this one has {dim}"),
+            }
+            .into());
+        }
+        let (b3, vector) = match b.dims() {
+            [n] => (b.reshape((*n, 1))?, true),
+            [_, e] | [_, _, e] if *e > 0 => (b.clone(), false),
+            dims => {
+                return Err(Error::Shape {
+                    op,
+                    detail: format!(
+                        "b must be (B, N, E), (N, E) or (N,) with E >= 1, got {dims:?}"
+                    ),
+                }
+                .into())
+            }
+        };
+        let out = (self * LazyTensor::vj(&b3)?).sum(Axis::J)?;
+        if vector {
+            out.squeeze(2)
+        } else {
+            Ok(out)
+        }
     }
 
     /// The transpose: `i` and `j` exchanged, so that `K^T_ji = K_ij` (KeOps' `K.t()`). The

@@ -51,6 +51,7 @@ use self::gram::{ReductionOptions, Target};
 
 mod ahead;
 mod backward;
+pub(crate) mod batch;
 pub mod gram;
 
 pub(crate) use ahead::{prepare, stand_in};
@@ -218,13 +219,32 @@ pub(crate) fn check_bindable(
         VarCat::I | VarCat::J => match dims {
             [_] => Ok(1),
             [_, d] if *d > 0 => Ok(*d),
+            [b, _, d] if *b > 0 && *d > 0 => Ok(*d),
             _ => Err(Error::Shape {
                 op,
                 detail: format!(
-                    "expected a (rows, dim) or (rows,) tensor with dim >= 1, got shape {dims:?}"
+                    "expected a (rows, dim) or (rows,) tensor, or a batch (B, rows, dim), with \
+                     B, dim >= 1, got shape {dims:?}"
                 ),
             }),
         },
+    }
+}
+
+/// Batched bindings (`(B, rows, D)`) are stacked by [`batch::unbatch`] before they reach a
+/// plan, whose sizes count the rows of 2-D tensors: one that arrives here is an internal error
+/// rather than a wrong size.
+fn unbatched(bindings: &[Binding], op: &'static str) -> crate::error::Result<()> {
+    match bindings.iter().find(|b| b.tensor.rank() > 2) {
+        Some(b) => Err(Error::InvalidArgument {
+            op,
+            detail: format!(
+                "a batched tensor of shape {:?} reached a plan unstacked (reduce it through \
+                 LazyTensor)",
+                b.tensor.dims()
+            ),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -256,6 +276,7 @@ pub(crate) fn reduce_sized(
     // The compilers recurse over the formula: past a few hundred levels they run on a thread
     // whose stack is sized for the depth, up to the limit.
     formula.check_depth(reduction.kind.name())?;
+    unbatched(bindings, reduction.kind.name())?;
     with_stack_for(formula.depth(), || {
         reduce_unchecked(formula, bindings, reduction, sizes, ranges, options)
     })

@@ -266,6 +266,15 @@ impl Kernel {
             }
             .into());
         }
+        if k_ij.is_batched() {
+            return Err(Error::NotImplemented {
+                what: "a kernel operator (or solve) of a batched LazyTensor",
+                detail: "its reductions and `matmul` are batched; solve each batch's \
+                         formula (`Tensor::get(b)`) on its own"
+                    .into(),
+            }
+            .into());
+        }
         let (x, y) = k_ij.pair_points(op)?;
         Ok((kernel(Node::Lazy(Arc::new(k_ij.clone()))), x, y))
     }
