@@ -45,6 +45,28 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 //!
+//! A formula of `i`- and `j`-variables is a matrix, as in KeOps: [`LazyTensor::matmul`]
+//! (`K @ b`), [`LazyTensor::t`] and [`LazyTensor::solve`] (`K.solve(b, alpha)`, by
+//! preconditioned conjugate gradients). Variables of `(B, M, D)` tensors make a batch of
+//! reductions ([`LazyTensor::param_batched`]).
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use lazy_kernels::{LazyTensor, SolveOptions};
+//! let x = Tensor::rand(0f64, 1., (300, 1), &Device::Cpu)?;
+//! let b = (&x * 6.0)?.sin()?;
+//! let gaussian_kernel = |x: &Tensor, y: &Tensor| -> candle_core::Result<LazyTensor> {
+//!     let (x_i, y_j) = (LazyTensor::vi(x)?, LazyTensor::vj(y)?);
+//!     Ok((-x_i.sqdist(&y_j) / (2.0 * 0.1 * 0.1)).exp())
+//! };
+//! let (a, info) = gaussian_kernel(&x, &x)?.solve(&b, 0.1, &SolveOptions::default())?;
+//! assert!(info.all_converged());
+//! let t = Tensor::new(&[[0.5f64]], &Device::Cpu)?;
+//! let mean_t = gaussian_kernel(&t, &x)?.matmul(&a)?;                  // K_tx @ a: (1, 1)
+//! assert!((mean_t.to_vec2::<f64>()?[0][0] - 3f64.sin()).abs() < 0.2);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+//!
 //! Layers, from the bottom: [`math`] (the compute types and branchless, vectorisable scalar
 //! functions; it imports nothing from the crate), [`formula`] (pure symbolic formulas:
 //! expressions, the op table that defines every op in one row, parser, simplifier; nothing
@@ -54,7 +76,8 @@
 //! `cuda`, behind one dispatch point from a Candle device to its backend), [`op`] (binding,
 //! input checks, planning, with the block path of matrix products for inner products of high
 //! dimension in [`op::gram`], and the Candle custom op that hands a plan to the backend) and
-//! [`lazy`] (the [`LazyTensor`] builder), with [`ranges`] (block-sparse reductions, KeOps'
+//! [`lazy`] (the [`LazyTensor`] builder and its symbolic-matrix methods; batches in
+//! `op::batch`), with [`ranges`] (block-sparse reductions, KeOps'
 //! `ranges`: clusters of rows and the kept blocks of cluster pairs, which a reduction visits
 //! alone; [`LazyTensor::with_ranges`]). [`formula::grad()`] differentiates formulas and
 //! `op`'s backward pass turns the gradient of each reduction into new reductions. On top:
