@@ -30,6 +30,8 @@
 //! run.
 
 mod common;
+#[path = "gpu/matrix.rs"]
+mod matrix;
 #[path = "gpu/surface.rs"]
 mod surface;
 #[path = "gpu/threads.rs"]
@@ -385,6 +387,8 @@ fn all_checks() -> Vec<Check> {
     surface::checks(&mut v);
     // Eight host threads at once against one (issue 17, stress).
     threads::checks(&mut v);
+    // A formula as a matrix (matmul, t, solve) and batch dimensions (issue 18).
+    matrix::checks(&mut v);
     bad_input(&mut v);
     v
 }
