@@ -355,7 +355,7 @@ impl LazyTensor {
     /// let y_j = LazyTensor::vj(&Tensor::zeros((5, 2), candle_core::DType::F32, &Device::Cpu)?)?;
     /// let k = (-x_i.sqdist(&y_j)).exp();            // 3 against 2 components: no error yet
     /// let err = k.sum(Axis::J).unwrap_err().to_string();
-    /// assert!(err.contains("SqDist") && err.contains("(4, 3)") && err.contains("(5, 2)"));
+    /// assert!(err.contains("SqDist") && err.contains("[4, 3]") && err.contains("[5, 2]"));
     /// assert!(x_i.sqdist(&y_j).checked().is_err()); // the same error, at once
     /// # Ok::<(), candle_core::Error>(())
     /// ```
