@@ -109,8 +109,8 @@ fn mismatched_rows_dtypes_and_missing_axes() {
 #[test]
 fn bad_tensors_are_rejected_when_bound() {
     assert_mentions(
-        &err_text(LazyTensor::vi(&t(&[2, 3, 4], DType::F32))),
-        &["vi", "shape", "[2, 3, 4]"],
+        &err_text(LazyTensor::vi(&t(&[2, 3, 4, 5], DType::F32))),
+        &["vi", "shape", "[2, 3, 4, 5]", "(B, rows, dim)"],
     );
     assert_mentions(
         &err_text(LazyTensor::vj(&t(&[4, 0], DType::F32))),
