@@ -86,10 +86,14 @@ impl Backend {
         }
     }
 
-    /// Whether this backend runs block-sparse reductions (plans with `ranges`): the CPU does;
-    /// CUDA does not yet.
+    /// Whether this backend runs block-sparse reductions (plans with `ranges`): both do (CUDA
+    /// with its block-sparse modules, `cuda::generate_ranged`).
     pub(crate) fn runs_ranges(&self) -> bool {
-        matches!(self, Backend::Cpu)
+        match self {
+            Backend::Cpu => true,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(_) => true,
+        }
     }
 
     /// Whether this backend compiles a module per kernel (so that compiling ahead of use
