@@ -560,6 +560,12 @@ mod tests {
         ];
         for (kind, storage) in cases {
             let k = generate(&f, kind, &vars, storage).unwrap();
+            let ranged = crate::backend::cuda::generate_ranged(&f, kind, &vars, storage).unwrap();
+            for arch in ["compute_80", "compute_90"] {
+                let ptx = compile(&ranged, arch, None)
+                    .unwrap_or_else(|e| panic!("block-sparse {kind:?} {storage:?} {arch}: {e}"));
+                assert!(ptx.contains(&format!("{}_main", ranged.name)));
+            }
             for arch in ["compute_80", "compute_90"] {
                 let ptx = compile(&k, arch, None)
                     .unwrap_or_else(|e| panic!("{kind:?} {storage:?} {arch}: {e}"));
