@@ -872,26 +872,31 @@ fn generate_module(
     };
     let body = format!("{{\nconst long long j = {j_index}; (void)j;\n{local_j}{term_code}}}\n");
     if ranged {
-        // The block's intervals in order; chunk `y` takes the kept terms at positions
-        // `lk_cbeg .. lk_cbeg + chunk` of their concatenation (`lk_p`: the terms of the
-        // intervals before `lk_v`). Every thread of the block runs the same trips (barriers).
-        let _ = writeln!(s, "const int lk_cbeg = blockIdx.y * chunk;\nint lk_p = 0;");
-        let _ = writeln!(s, "for (int lk_v = lk_rb[2]; lk_v < lk_rb[3]; ++lk_v) {{");
+        // One loop over the tiles of the block's intervals, in order (one loop nest as in the
+        // dense kernel: nested loops over intervals and tiles made ptxas spill registers).
+        // Chunk `y` takes the kept terms at positions `lk_cbeg .. lk_cbeg + chunk` of the
+        // intervals' concatenation (`lk_p`: the terms of the intervals before `lk_v`); when a
+        // tile passes the end of its interval the next non-empty one starts. Every thread of
+        // the block runs the same trips (the barriers).
+        let _ = writeln!(
+            s,
+            "const int lk_cbeg = blockIdx.y * chunk;\nint lk_v = lk_rb[2], lk_p = 0, jend = 0;"
+        );
+        let _ = writeln!(s, "for (int j0 = 0;; j0 += {block}) {{");
+        let _ = writeln!(s, "while (j0 >= jend && lk_v < lk_rb[3]) {{");
         let _ = writeln!(
             s,
             "const int lk_t0 = tivals[2 * lk_v], lk_len = tivals[2 * lk_v + 1] - lk_t0;"
         );
-        let _ = writeln!(s, "const int jbeg = lk_t0 + max(0, lk_cbeg - lk_p);");
-        let _ = writeln!(
-            s,
-            "const int jend = lk_t0 + min(lk_len, lk_cbeg - lk_p + chunk);"
-        );
-        let _ = writeln!(s, "lk_p += lk_len;");
+        let _ = writeln!(s, "j0 = lk_t0 + max(0, lk_cbeg - lk_p);");
+        let _ = writeln!(s, "jend = lk_t0 + min(lk_len, lk_cbeg - lk_p + chunk);");
+        let _ = writeln!(s, "lk_p += lk_len;\n++lk_v;\n}}");
+        let _ = writeln!(s, "if (j0 >= jend) break;");
     } else {
         let _ = writeln!(s, "const int jbeg = blockIdx.y * chunk;");
         let _ = writeln!(s, "const int jend = min(terms, jbeg + chunk);");
+        let _ = writeln!(s, "for (int j0 = jbeg; j0 < jend; j0 += {block}) {{");
     }
-    let _ = writeln!(s, "for (int j0 = jbeg; j0 < jend; j0 += {block}) {{");
     let _ = writeln!(s, "const int n = min({block}, jend - j0);");
     if shared && j_width > 0 {
         let _ = writeln!(s, "__syncthreads();");
@@ -907,9 +912,6 @@ fn generate_module(
     );
     s.push_str(&per_row(&bind(&code.tile_end, &[])));
     let _ = writeln!(s, "}}\n}}");
-    if ranged {
-        let _ = writeln!(s, "}}");
-    }
     // Outputs, or the chunk's states (2D scheme).
     let (one_chunk, chunk_at) = if blocks {
         ("chunk_base < 0", "(long long)(chunk_base + blockIdx.y)")
