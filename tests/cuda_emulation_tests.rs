@@ -19,6 +19,15 @@
 //! and not NaN, the softmax weights of `+inf` scores are their limit, a fully masked row is 0),
 //! so that the kernels matching the CPU backend means they follow those rules too.
 //!
+//! Block-sparse modules ([`generate_ranged`]) run on the descriptors of
+//! [`CudaKernel::ranged_grid`], built here from random clusters (empty ones included, so
+//! intervals start anywhere) and kept blocks (some row clusters keep nothing, left out of the
+//! groups or listed with no terms; adjacent kept intervals are not merged), against the CPU
+//! backend's block-sparse reduction (`LazyTensor::with_ranges`) over `j`, or over `i` with the
+//! formula's `i` and `j` and the blocks transposed: every kind, the four dtypes, several thread
+//! blocks per row interval, chunks of kept terms (the 2D scheme) and one row. An interval or a
+//! chunk read past its end shows up as an AddressSanitizer error or a wrong value.
+//!
 //! What this cannot see: timing and occupancy; the device's own arithmetic (the host runs
 //! `lk_ex2` as `exp2f`, not `ex2.approx.ftz`, flushes no subnormals and does not contract
 //! products and sums into FMAs as nvcc does); and races. The blocks run one after another
@@ -1464,7 +1473,7 @@ fn ranged_modules_emulated_on_the_host_match_the_cpu_backend() {
 
     let cases = ranged_cases();
     let sparse: Vec<Sparse> = cases.iter().map(|(_, s)| s.clone()).collect();
-    let prepared: Vec<Prepared> = cases
+    let mut prepared: Vec<Prepared> = cases
         .into_iter()
         .enumerate()
         .map(|(n, (c, _))| {
@@ -1485,6 +1494,14 @@ fn ranged_modules_emulated_on_the_host_match_the_cpu_backend() {
                 .unwrap_or_else(|e| panic!("{}: {e}", p.case.label))
         })
         .collect();
+    // The launch the messages print.
+    for (p, g) in prepared.iter_mut().zip(&grids) {
+        p.grid = Grid {
+            blocks_x: g.blocks_x(),
+            chunks: g.chunks,
+            chunk: g.chunk,
+        };
+    }
     // The launches the cases are meant to reach: several blocks of one group, blocks without
     // intervals (gaps and groups that keep nothing), chunks of kept terms, intervals that
     // start inside a tile, and each rows-per-thread variant.
