@@ -224,6 +224,7 @@ fn nvrtc_times(a: &Args, sets: &[(DType, Census)]) -> Res<()> {
                 rows_per_thread: 1,
                 values: false,
                 blocks: false,
+                ranged: false,
             })
             .collect();
         let t = Instant::now();

@@ -51,10 +51,14 @@
 //! ranges (transposed for the reductions over the other axis), so a skipped block contributes
 //! nothing to any gradient either.
 //!
-//! The CPU backend runs block-sparse reductions (the direct path: the block path of matrix
-//! products, `Path::Blocks`, falls back to it, and `LazyTensor::explain` says so); on a CUDA
-//! device they are an error for now. Memory: the clusters hold `O(M + N)` indices and the
-//! kept pairs `O(kept blocks)`; nothing of size `M x N` or `Cr x Cc x M` is built.
+//! Both backends run block-sparse reductions on the direct path (the block path of matrix
+//! products, `Path::Blocks`, falls back to it, and `LazyTensor::explain` says so): the CPU's
+//! blocks of rows and the CUDA kernels' thread blocks are aligned to the row intervals, and
+//! each visits only its kept intervals of terms
+//! ([`generate_ranged`](crate::backend::cuda::generate_ranged)). Memory: the clusters hold
+//! `O(M + N)` indices and the kept pairs `O(kept blocks)` (on CUDA, the launch's
+//! descriptors `O(M / 256 + kept blocks)`); nothing of size `M x N` or `Cr x Cc x M` is
+//! built.
 
 use std::ops::Range;
 use std::sync::Arc;

@@ -17,7 +17,9 @@ use std::process::Command;
 use candle_core::{DType, Tensor};
 use common::{table_op_sources, Rng};
 use lazy_kernels::backend::cuda::codegen::{formula_function, MATH_CUH};
-use lazy_kernels::backend::cuda::{generate, generate_values, generate_with_pairs, Storage};
+use lazy_kernels::backend::cuda::{
+    generate, generate_ranged, generate_values, generate_with_pairs, Storage,
+};
 use lazy_kernels::formula::{grad, BinaryOp, Expr, TernaryOp, UnaryOp, Var, VarCat};
 use lazy_kernels::{Axis, LazyTensor, ReductionKind};
 
@@ -371,6 +373,37 @@ fn write_corpus(dir: &Path) -> (Vec<PathBuf>, usize) {
                 None => generate_values(&f, &vars, &pairs, s),
             };
             add("blocks", k.unwrap().source);
+        }
+    }
+    // Block-sparse modules (the main kernel over the launch's descriptors): every reduction
+    // in every dtype, gradient formulas, and j-variables without shared memory.
+    for s in Storage::ALL {
+        for kind in ReductionKind::all(3) {
+            let f = match kind {
+                ReductionKind::Sum => &gauss,
+                ReductionKind::SumSoftMaxWeight => &softmax,
+                _ => &two,
+            };
+            add(
+                "ranges",
+                generate_ranged(f, kind, &vars(), s).unwrap().source,
+            );
+        }
+    }
+    for (_, g) in grad_formulas().into_iter().take(3) {
+        for s in [Storage::F32, Storage::F64] {
+            let k = generate_ranged(&g, ReductionKind::Sum, &vars5, s).unwrap();
+            add("ranges", k.source);
+        }
+    }
+    {
+        let (x, y) = (var(VarCat::I, 0, 400), var(VarCat::J, 1, 400));
+        let f = Expr::sqdist(&x, &y).unwrap().neg().exp();
+        let v = [(VarCat::I, 400), (VarCat::J, 400)];
+        for s in [Storage::F32, Storage::F64] {
+            let k = generate_ranged(&f, ReductionKind::Sum, &v, s).unwrap();
+            assert!(k.ranged && !k.shared);
+            add("ranges", k.source);
         }
     }
     let mut files = Vec::new();

@@ -19,6 +19,15 @@
 //! and not NaN, the softmax weights of `+inf` scores are their limit, a fully masked row is 0),
 //! so that the kernels matching the CPU backend means they follow those rules too.
 //!
+//! Block-sparse modules ([`generate_ranged`]) run on the descriptors of
+//! [`CudaKernel::ranged_grid`], built here from random clusters (empty ones included, so
+//! intervals start anywhere) and kept blocks (some row clusters keep nothing, left out of the
+//! groups or listed with no terms; adjacent kept intervals are not merged), against the CPU
+//! backend's block-sparse reduction (`LazyTensor::with_ranges`) over `j`, or over `i` with the
+//! formula's `i` and `j` and the blocks transposed: every kind, the four dtypes, several thread
+//! blocks per row interval, chunks of kept terms (the 2D scheme) and one row. An interval or a
+//! chunk read past its end shows up as an AddressSanitizer error or a wrong value.
+//!
 //! What this cannot see: timing and occupancy; the device's own arithmetic (the host runs
 //! `lk_ex2` as `exp2f`, not `ex2.approx.ftz`, flushes no subnormals and does not contract
 //! products and sums into FMAs as nvcc does); and races. The blocks run one after another
@@ -35,7 +44,8 @@ use candle_core::{DType, Device, Tensor};
 use common::Rng;
 use lazy_kernels::backend::cuda::blocks::{product_blocks, schedule};
 use lazy_kernels::backend::cuda::{
-    generate_values, generate_with_pairs, values_grid, CudaKernel, Grid, Storage,
+    generate_ranged, generate_values, generate_with_pairs, values_grid, CudaKernel, Grid,
+    RangedGrid, Storage,
 };
 use lazy_kernels::formula::{parse, Expr, Op, UnaryOp, Var, VarCat};
 use lazy_kernels::{Axis, LazyTensor, Path as ReductionPath, ReductionKind, ReductionOptions};
@@ -420,11 +430,25 @@ fn flat_f64(t: &Tensor) -> Vec<f64> {
 
 /// The CPU backend's outputs for a case, on the path of `options`.
 fn reference(p: &Prepared, options: &ReductionOptions) -> Reference {
+    reference_by(p, &|f: &Expr, args: &[&Tensor], kind: ReductionKind| {
+        LazyTensor::from_formula(f, args).and_then(|l| l.reduce_with(kind, Axis::J, options))
+    })
+}
+
+/// How the CPU backend runs a case's formula (or its `Abs`, for the scale of sums) over its
+/// inputs with a kind: the reduction the case's module computes.
+type CpuRun<'a> = &'a dyn Fn(
+    &Expr,
+    &[&Tensor],
+    ReductionKind,
+) -> candle_core::Result<lazy_kernels::ReductionOutput>;
+
+/// [`reference`] with the CPU backend's run given by `run`.
+fn reference_by(p: &Prepared, run: CpuRun) -> Reference {
     let c = &p.case;
     let args: Vec<&Tensor> = p.tensors.iter().collect();
-    let out = LazyTensor::from_formula(&c.formula, &args)
-        .and_then(|l| l.reduce_with(c.kind, Axis::J, options))
-        .unwrap_or_else(|e| panic!("CPU backend, {}: {e}", c.label));
+    let out =
+        run(&c.formula, &args, c.kind).unwrap_or_else(|e| panic!("CPU backend, {}: {e}", c.label));
     let vals = out.values.as_ref().map(flat_f64).unwrap_or_default();
     let idx = out
         .indices
@@ -441,8 +465,9 @@ fn reference(p: &Prepared, options: &ReductionOptions) -> Reference {
                 .collect();
             let args: Vec<&Tensor> = f64s.iter().collect();
             let abs = Expr::unary(lazy_kernels::formula::UnaryOp::Abs, &c.formula);
-            let s = LazyTensor::from_formula(&abs, &args)
-                .and_then(|l| l.sum(Axis::J))
+            let s = run(&abs, &args, ReductionKind::Sum)
+                .unwrap()
+                .values
                 .unwrap();
             flat_f64(&s)
                 .into_iter()
@@ -1173,6 +1198,358 @@ fn block_plan_modules_emulated_on_the_host_match_the_cpu_block_path() {
     assert!(
         errors.is_empty(),
         "{} of {} block-plan cases differ from the CPU block path (files kept in {}):\n{}",
+        errors.len(),
+        prepared.len(),
+        dir.display(),
+        errors.join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A block-sparse case, in the orientation of the plan (rows: the output rows, terms: the
+/// reduced ones): the sizes of the clusters of rows and of terms (sorted order, empty clusters
+/// included), the kept blocks (row cluster, term cluster), and the axis the user reduces over
+/// (over `i`, the user's formula has `i` and `j` exchanged and the transposed blocks, which
+/// the crate transposes back for the plan).
+#[derive(Clone, Debug)]
+struct Sparse {
+    row_sizes: Vec<usize>,
+    term_sizes: Vec<usize>,
+    kept: Vec<(usize, usize)>,
+    axis: Axis,
+}
+
+impl Sparse {
+    /// Cluster `k`'s range of a partition into `sizes`.
+    fn range(sizes: &[usize], k: usize) -> std::ops::Range<usize> {
+        let start: usize = sizes[..k].iter().sum();
+        start..start + sizes[k]
+    }
+
+    /// The groups of the launch, computed here from the kept blocks: each row cluster with
+    /// rows and its kept term clusters in order, adjacent ones *not* merged (the backend
+    /// merges them; the kernel must not care). Clusters of even index that keep nothing are
+    /// left out (their rows are a gap between groups), those of odd index stay with no terms.
+    fn groups(&self) -> Vec<(std::ops::Range<usize>, Vec<std::ops::Range<usize>>)> {
+        (0..self.row_sizes.len())
+            .filter(|&k| self.row_sizes[k] > 0)
+            .map(|k| {
+                let mut ls: Vec<usize> =
+                    self.kept.iter().filter(|b| b.0 == k).map(|b| b.1).collect();
+                ls.sort_unstable();
+                ls.dedup();
+                let terms = ls
+                    .into_iter()
+                    .map(|l| Sparse::range(&self.term_sizes, l))
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                (k, Sparse::range(&self.row_sizes, k), terms)
+            })
+            .filter(|(k, _, t): &(usize, _, Vec<_>)| !t.is_empty() || k % 2 == 1)
+            .map(|(_, r, t)| (r, t))
+            .collect()
+    }
+
+    /// The user's blocks (transposed for a reduction over `i`).
+    fn block_sparse(&self) -> lazy_kernels::BlockSparse {
+        let clusters = |sizes: &[usize]| {
+            let labels: Vec<usize> = sizes
+                .iter()
+                .enumerate()
+                .flat_map(|(k, &n)| std::iter::repeat_n(k, n))
+                .collect();
+            lazy_kernels::Clusters::from_labels(&labels).unwrap()
+        };
+        let (rows, terms) = (clusters(&self.row_sizes), clusters(&self.term_sizes));
+        match self.axis {
+            Axis::J => lazy_kernels::BlockSparse::from_pairs(&rows, &terms, &self.kept),
+            Axis::I => {
+                let t: Vec<(usize, usize)> = self.kept.iter().map(|&(k, l)| (l, k)).collect();
+                lazy_kernels::BlockSparse::from_pairs(&terms, &rows, &t)
+            }
+        }
+        .unwrap()
+    }
+}
+
+/// Random cluster sizes in `0..=most` (about one in six empty) summing to `total`, the last
+/// one not empty (labels give no trailing empty cluster).
+fn cluster_sizes(total: usize, most: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut left = total;
+    while left > 0 {
+        let n = if rng.below(6) == 0 {
+            0
+        } else {
+            (1 + rng.below(most)).min(left)
+        };
+        sizes.push(n);
+        left -= n;
+    }
+    sizes
+}
+
+/// The shapes of block-sparse cases: (size, row cluster sizes, term cluster sizes, fraction
+/// of kept blocks, row clusters that keep nothing).
+fn sparse_layout(shape: usize, axis: Axis, rng: &mut Rng) -> (Size, Sparse) {
+    let (size, row_sizes, term_sizes, p, none): (Size, Vec<usize>, Vec<usize>, f64, Vec<usize>) =
+        match shape {
+            // Many row blocks: a first cluster of 1100 rows (several blocks of one group),
+            // then small ones; small term clusters, so intervals start anywhere and tiles are
+            // partial.
+            0 => {
+                let mut rows = vec![1100];
+                rows.extend(cluster_sizes(300, 60, rng));
+                let terms = cluster_sizes(900, 120, rng);
+                let none = vec![2, 3];
+                (
+                    Size {
+                        rows: 1400,
+                        terms: 900,
+                        sms: 1,
+                    },
+                    rows,
+                    terms,
+                    0.4,
+                    none,
+                )
+            }
+            // Few row blocks, many kept terms each: the 2D scheme (chunks of kept terms).
+            1 => {
+                let terms = cluster_sizes(5000, 400, rng);
+                let none = vec![3];
+                (
+                    Size {
+                        rows: 9,
+                        terms: 5000,
+                        sms: 4,
+                    },
+                    vec![3, 0, 4, 2],
+                    terms,
+                    0.5,
+                    none,
+                )
+            }
+            // One row keeping most term clusters (split into chunks).
+            _ => {
+                let terms = cluster_sizes(2000, 300, rng);
+                (
+                    Size {
+                        rows: 1,
+                        terms: 2000,
+                        sms: 132,
+                    },
+                    vec![1],
+                    terms,
+                    0.8,
+                    vec![],
+                )
+            }
+        };
+    let mut kept = Vec::new();
+    for k in 0..row_sizes.len() {
+        for l in 0..term_sizes.len() {
+            if !none.contains(&k) && rng.uniform(0.0, 1.0) < p {
+                kept.push((k, l));
+            }
+        }
+    }
+    let sparse = Sparse {
+        row_sizes,
+        term_sizes,
+        kept,
+        axis,
+    };
+    (size, sparse)
+}
+
+/// The block-sparse cases: every reduction kind over both axes in f32 and f64, the half
+/// precisions for a few, a formula with a parameter and j-variables too wide for shared
+/// memory; many row blocks, the 2D scheme, one row.
+fn ranged_cases() -> Vec<(Case, Sparse)> {
+    use ReductionKind::*;
+    use Storage::{BF16, F16, F32, F64};
+    let mut rng = Rng(0x5a25e);
+    let pts = Inputs::Points;
+    let mut out = Vec::new();
+    let kinds = [
+        Sum,
+        LogSumExp,
+        SumSoftMaxWeight,
+        Min,
+        Max,
+        ArgMin,
+        ArgMax,
+        MinArgMin,
+        MaxArgMax,
+        KMin(3),
+        ArgKMin(10),
+        KMinArgKMin(4),
+    ];
+    let src = |kind: ReductionKind| match kind {
+        Sum => "Exp(-SqDist(x, y) * 0.5) * b",
+        LogSumExp => "-SqDist(x, y)",
+        SumSoftMaxWeight => "Concat(-SqDist(x, y), y)",
+        _ => "SqDist(x, y)",
+    };
+    let mut add = |src: &str, inputs, kind, s, shape, axis, rng: &mut Rng| {
+        let (size, sparse) = sparse_layout(shape, axis, rng);
+        out.push((case(src, inputs, kind, s, size), sparse));
+    };
+    for kind in kinds {
+        for s in [F32, F64] {
+            add(src(kind), pts, kind, s, 0, Axis::J, &mut rng);
+            add(src(kind), pts, kind, s, 1, Axis::I, &mut rng);
+        }
+    }
+    for kind in [Sum, LogSumExp, MinArgMin, ArgKMin(10)] {
+        add(src(kind), pts, kind, F32, 2, Axis::J, &mut rng);
+        add(src(kind), pts, kind, F64, 0, Axis::I, &mut rng);
+        add(src(kind), pts, kind, F32, 1, Axis::J, &mut rng);
+    }
+    for (s, shape) in [(BF16, 0), (F16, 1)] {
+        for kind in [Sum, LogSumExp, SumSoftMaxWeight, KMinArgKMin(4)] {
+            add(src(kind), pts, kind, s, shape, Axis::J, &mut rng);
+        }
+    }
+    let gauss_s = "Exp(-SqDist(x, y) / (2 * s * s)) * b";
+    add(gauss_s, pts, Sum, F32, 0, Axis::I, &mut rng);
+    add(gauss_s, pts, Sum, F64, 1, Axis::J, &mut rng);
+    let wide = Inputs::Wide { dim: 400 };
+    for (s, shape) in [(F32, 0), (F64, 1)] {
+        add(
+            "Exp(-SqDist(x, y) * 0.01)",
+            wide,
+            Sum,
+            s,
+            shape,
+            Axis::J,
+            &mut rng,
+        );
+    }
+    out
+}
+
+/// The driver's call of a block-sparse case: its launch descriptors as static arrays, then
+/// `lk_emu_case` with them passed to the main kernel.
+fn ranged_call(id: usize, p: &Prepared, offsets: &[usize], g: &RangedGrid) -> String {
+    let (k, c) = (&p.kernel, &p.case);
+    let t = c.storage.c_type();
+    let offs: String = offsets.iter().map(|o| format!("{o}LL, ")).collect();
+    let list = |v: &[i32]| {
+        let v = if v.is_empty() { &[0][..] } else { v };
+        v.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "static const int lk_rb_{id}[] = {{{}}};\nstatic const int lk_iv_{id}[] = {{{}}};\n\
+         lk_emu_case<{t}>(dir, {id}, lk_emu_shape{{{in_len}, {rows}, {terms}, {chunk}, {bx}, \
+         {chunks}, {block}, {nv}, {ni}, {sv}, {si}}},\n    \
+         +[](const {t}* in, int rows, int terms, int chunk, {t}* ov, long long* oi, double* pv, \
+         long long* pi) {{ {name}_main(in, {offs}rows, terms, chunk, ov, oi, pv, pi, lk_rb_{id}, \
+         lk_iv_{id}); }},\n    {name}_combine);\n",
+        list(&g.blocks),
+        list(&g.intervals),
+        in_len = p.tensors.iter().map(Tensor::elem_count).sum::<usize>(),
+        rows = c.size.rows,
+        terms = c.size.terms,
+        chunk = g.chunk,
+        bx = g.blocks_x(),
+        chunks = g.chunks,
+        block = k.block,
+        nv = k.out_vals,
+        ni = k.out_idx,
+        sv = k.state_vals,
+        si = k.state_idx,
+        name = k.name,
+    )
+}
+
+#[test]
+fn ranged_modules_emulated_on_the_host_match_the_cpu_backend() {
+    let cxx = cxx();
+    let dir = std::env::temp_dir().join(format!("lk-cuda-emu-ranges-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cuda_host_shim.h"), SHIM).unwrap();
+
+    let cases = ranged_cases();
+    let sparse: Vec<Sparse> = cases.iter().map(|(_, s)| s.clone()).collect();
+    let mut prepared: Vec<Prepared> = cases
+        .into_iter()
+        .enumerate()
+        .map(|(n, (c, _))| {
+            let mut p = prepare(c, 0x7a9e_0000 + n as u64);
+            let c = &p.case;
+            p.kernel = generate_ranged(&c.formula, c.kind, &c.vars, c.storage)
+                .unwrap_or_else(|e| panic!("{}: {e}", c.label));
+            p
+        })
+        .collect();
+    let grids: Vec<RangedGrid> = prepared
+        .iter()
+        .zip(&sparse)
+        .map(|(p, sp)| {
+            let Size { rows, terms, sms } = p.case.size;
+            p.kernel
+                .ranged_grid(rows, terms, &sp.groups(), sms)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.case.label))
+        })
+        .collect();
+    // The launch the messages print.
+    for (p, g) in prepared.iter_mut().zip(&grids) {
+        p.grid = Grid {
+            blocks_x: g.blocks_x(),
+            chunks: g.chunks,
+            chunk: g.chunk,
+        };
+    }
+    // The launches the cases are meant to reach: several blocks of one group, blocks without
+    // intervals (gaps and groups that keep nothing), chunks of kept terms, intervals that
+    // start inside a tile, and each rows-per-thread variant.
+    let each = || prepared.iter().zip(&grids);
+    assert!(each().any(|(p, g)| g.chunks > 1 && p.case.size.rows > 1));
+    assert!(each().any(|(p, g)| g.chunks > 1 && p.case.size.rows == 1));
+    assert!(each().any(|(_, g)| g.blocks.chunks(4).any(|b| b[2] == b[3])));
+    assert!(each().any(|(p, g)| {
+        let per = (p.kernel.block * p.kernel.rows_per_thread) as i32;
+        g.blocks
+            .chunks(4)
+            .filter(|b| b[2] < b[3] && b[1] - b[0] == per)
+            .count()
+            > 1
+    }));
+    assert!(each().any(|(p, g)| g
+        .intervals
+        .chunks(2)
+        .any(|t| t[0] % p.kernel.block as i32 != 0)));
+    for rpt in [1, 2, 4] {
+        assert!(
+            prepared.iter().any(|p| p.kernel.rows_per_thread == rpt),
+            "{rpt} rows per thread"
+        );
+    }
+    assert!(prepared.iter().any(|p| !p.kernel.shared));
+
+    let call = |id: usize, p: &Prepared, offsets: &[usize]| ranged_call(id, p, offsets, &grids[id]);
+    let errors = emulate(&cxx, &dir, &prepared, &call, &|p| {
+        let id = prepared
+            .iter()
+            .position(|q| std::ptr::eq(q, p))
+            .expect("a prepared case");
+        let sp = &sparse[id];
+        let keep = sp.block_sparse();
+        reference_by(p, &|f: &Expr, args: &[&Tensor], kind: ReductionKind| {
+            // Over i, the user's formula has i and j exchanged.
+            let f = match sp.axis {
+                Axis::J => f.clone(),
+                Axis::I => f.swap_ij(),
+            };
+            LazyTensor::from_formula(&f, args)
+                .and_then(|l| l.with_ranges(&keep).reduce(kind, sp.axis))
+        })
+    });
+    assert!(
+        errors.is_empty(),
+        "{} of {} block-sparse cases differ from the CPU backend (files kept in {}):\n{}",
         errors.len(),
         prepared.len(),
         dir.display(),

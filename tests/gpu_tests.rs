@@ -32,6 +32,8 @@
 mod common;
 #[path = "gpu/matrix.rs"]
 mod matrix;
+#[path = "gpu/ranges.rs"]
+mod ranges;
 #[path = "gpu/surface.rs"]
 mod surface;
 #[path = "gpu/threads.rs"]
@@ -384,6 +386,8 @@ fn all_checks() -> Vec<Check> {
             move |ctx| operator(ctx, dtype),
         ));
     }
+    // Block-sparse ranges: every kind, both axes, gradients.
+    ranges::checks(&mut v);
     surface::checks(&mut v);
     // Eight host threads at once against one (issue 17, stress).
     threads::checks(&mut v);
@@ -433,7 +437,8 @@ fn reductions(
 // ---------------------------------------------------------------------------------------------
 
 /// Inputs: x (M, D) and y (N, D) uniform in a cube scaled so that distances are of order 1
-/// for every D, b (N, 2), the bandwidth s (1,), a 2 x 2 matrix a (4,).
+/// for every D, b (N, 2), the bandwidth s (1,), a 2 x 2 matrix a (4,); and block-sparse
+/// ranges that every formula of the problem carries (`tests/gpu/ranges.rs`), or none.
 #[derive(Clone)]
 struct Problem {
     x: Tensor,
@@ -441,6 +446,7 @@ struct Problem {
     b: Tensor,
     s: Tensor,
     a: Tensor,
+    ranges: Option<lazy_kernels::BlockSparse>,
 }
 
 impl Problem {
@@ -453,6 +459,7 @@ impl Problem {
             b: r.tensor(&[n, 2], -1.0, 1.0),
             s: Tensor::new(&[0.5f64], &Device::Cpu)?,
             a: r.tensor(&[4], -1.0, 1.0),
+            ranges: None,
         })
     }
 
@@ -463,6 +470,7 @@ impl Problem {
             b: f(&self.b)?,
             s: f(&self.s)?,
             a: f(&self.a)?,
+            ranges: self.ranges.clone(),
         })
     }
 
@@ -493,7 +501,11 @@ impl Problem {
         );
         let (s, a) = (LazyTensor::param(&self.s)?, LazyTensor::param(&self.a)?);
         let names = [("x", &x), ("y", &y), ("b", &b), ("s", &s), ("a", &a)];
-        Ok(LazyTensor::parse(src, &names)?)
+        let f = LazyTensor::parse(src, &names)?;
+        Ok(match &self.ranges {
+            Some(r) => f.with_ranges(r),
+            None => f,
+        })
     }
 
     /// `F(x_i, y_j)` in f64 on the CPU (from this problem's values, already rounded to its dtype).
@@ -502,6 +514,7 @@ impl Problem {
             x: self.x.narrow(0, i, 1)?,
             y: self.y.narrow(0, j, 1)?,
             b: self.b.narrow(0, j, 1)?,
+            ranges: None,
             ..self.clone()
         };
         Ok(flat(
@@ -856,8 +869,16 @@ fn ieee(ctx: &Ctx, kind: ReductionKind, axis: Axis, dtype: DType, inf_terms: boo
 /// Gradients of `sum(out * w)`, `out` the Gaussian kernel sum over j, with respect to x, y, b
 /// and the bandwidth s.
 fn gauss_grads(ctx: &Ctx, (m, n, d): (usize, usize, usize), dtype: DType) -> Res<String> {
-    let p = ctx.problem(m, n, d)?;
-    let w = Rng(7).tensor(&[m, 2], -1.0, 1.0);
+    gauss_grads_of(ctx, &ctx.problem(m, n, d)?, dtype, Axis::J)
+}
+
+/// [`gauss_grads`] of problem `p`, the sum over `axis`.
+fn gauss_grads_of(ctx: &Ctx, p: &Problem, dtype: DType, axis: Axis) -> Res<String> {
+    let rows = match axis {
+        Axis::J => p.x.dim(0)?,
+        Axis::I => p.y.dim(0)?,
+    };
+    let w = Rng(7).tensor(&[rows, 2], -1.0, 1.0);
     let grads = |dev: &Device| -> Res<Vec<Tensor>> {
         let q = p.to(dev, dtype)?;
         let vars = [&q.x, &q.y, &q.b, &q.s].map(Var::from_tensor);
@@ -868,8 +889,9 @@ fn gauss_grads(ctx: &Ctx, (m, n, d): (usize, usize, usize), dtype: DType) -> Res
             b: vars[2].as_tensor().clone(),
             s: vars[3].as_tensor().clone(),
             a: q.a,
+            ranges: q.ranges,
         };
-        let out = q.lazy(GAUSS)?.sum(Axis::J)?;
+        let out = q.lazy(GAUSS)?.sum(axis)?;
         let g = (out * w.to_dtype(dtype)?.to_device(dev)?)?
             .sum_all()?
             .backward()?;

@@ -825,23 +825,6 @@ fn bad_inputs_are_clear_errors() {
     assert!(e.contains("x has 3 components per row, y has 2"), "{e}");
 }
 
-/// On a CUDA device block-sparse ranges are an error naming the missing support (skipped
-/// without a CUDA device).
-#[test]
-fn ranges_on_cuda_are_an_error() {
-    let Ok(dev) = Device::new_cuda(0) else {
-        eprintln!("skipped: no CUDA device in this build or on this machine");
-        return;
-    };
-    let p = Problem::new(40, 50, 2, 0.5, false);
-    let (x, y) = (p.x.to_device(&dev).unwrap(), p.y.to_device(&dev).unwrap());
-    let f = LazyTensor::vi(&x)
-        .unwrap()
-        .sqdist(&LazyTensor::vj(&y).unwrap())
-        .with_ranges(&p.ranges);
-    let e = f.sum(Axis::J).unwrap_err().to_string();
-    assert!(
-        e.contains("block-sparse ranges run on the CPU backend only for now"),
-        "{e}"
-    );
-}
+// CUDA runs block-sparse reductions too: the GPU suite's `ranges/...` checks compare them
+// with the CPU (tests/gpu/ranges.rs), and tests/cuda_emulation_tests.rs runs the generated
+// block-sparse modules as host C++ against the CPU backend.

@@ -131,6 +131,21 @@ fn budget_kernels() -> BTreeMap<&'static str, KernelRecord> {
             Ok(())
         }),
     );
+    // The Gaussian sum with block-sparse ranges: the block-sparse module, whose main loop
+    // (over a tile of one kept interval) must cost what the dense one does.
+    out.insert(
+        "gauss_ranges_f32",
+        only_kernel("gauss_ranges_f32", || {
+            let (x, y, b) = points(DType::F32)?;
+            let labels: Vec<usize> = (0..N).map(|r| r / 10).collect();
+            let cl = lazy_kernels::Clusters::from_labels(&labels)?;
+            let keep = lazy_kernels::BlockSparse::from_pairs(&cl, &cl, &[(0, 0), (1, 2), (3, 3)])?;
+            ((-x.sqdist(&y) * 0.5).exp() * &b)
+                .with_ranges(&keep)
+                .sum(Axis::J)?;
+            Ok(())
+        }),
+    );
     // Nearest neighbours: the one-term selection.
     out.insert(
         "argmin_f32",

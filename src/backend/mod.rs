@@ -86,10 +86,14 @@ impl Backend {
         }
     }
 
-    /// Whether this backend runs block-sparse reductions (plans with `ranges`): the CPU does;
-    /// CUDA does not yet.
+    /// Whether this backend runs block-sparse reductions (plans with `ranges`): both do (CUDA
+    /// with its block-sparse modules, `cuda::generate_ranged`).
     pub(crate) fn runs_ranges(&self) -> bool {
-        matches!(self, Backend::Cpu)
+        match self {
+            Backend::Cpu => true,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(_) => true,
+        }
     }
 
     /// Whether this backend compiles a module per kernel (so that compiling ahead of use
@@ -223,6 +227,10 @@ impl ReductionPlan {
         storage: cuda::Storage,
     ) -> crate::error::Result<cuda::CudaKernel> {
         let vars = self.kernel_vars();
+        if self.ranges.is_some() {
+            // Ranges run on the direct path (`blocks` is `None`).
+            return cuda::generate_ranged(&self.formula, self.reduction.kind, &vars, storage);
+        }
         let Some(bp) = &self.blocks else {
             return cuda::generate(&self.formula, self.reduction.kind, &vars, storage);
         };
@@ -240,8 +248,9 @@ impl ReductionPlan {
     }
 
     /// What determines the generated module besides the dtype: the reduction kind, the
-    /// formula and the variables (not the sizes, and not the user's axis), and for a block
-    /// plan its pair inputs and matrix product.
+    /// formula and the variables (not the sizes, and not the user's axis), whether it runs
+    /// block-sparse ranges (not which), and for a block plan its pair inputs and matrix
+    /// product.
     pub(crate) fn kernel_key(&self) -> String {
         let key = format!(
             "{}:{}:{:?}",
@@ -250,6 +259,7 @@ impl ReductionPlan {
             self.kernel_vars()
         );
         match &self.blocks {
+            None if self.ranges.is_some() => format!("{key}:ranges"),
             None => key,
             Some(bp) => {
                 let pairs: Vec<String> = bp.pairs.iter().map(|p| p.node.to_string()).collect();

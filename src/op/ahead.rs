@@ -217,8 +217,15 @@ fn backward_plans(
         terms,
         out: forward.out,
         blocks: forward.blocks.clone(),
-        // The stand-ins' sizes are not the ranges'; the kernels do not depend on ranges.
-        ranges: None,
+        // Block-sparse kernels depend on whether there are ranges, not on which: the
+        // stand-ins get ranges of their own sizes (one block, kept), so that the backward
+        // pass's plans carry ranges where the real ones will.
+        ranges: forward.ranges.as_ref().and_then(|_| {
+            let one = |n: usize| std::iter::once(0..n).collect();
+            crate::ranges::Ranges::new(rows, terms, one(rows), one(terms), &[(0, 0)])
+                .ok()
+                .map(std::sync::Arc::new)
+        }),
     };
     let cpu = Device::Cpu;
     let OutputSpec {
@@ -351,6 +358,22 @@ mod tests {
                 LazyTensor::vj(y.as_tensor())?,
             );
             (0.6543 * x_i.sqdist(&y_j)).min(Axis::J)
+        });
+        // Block-sparse, over i: the backward pass's modules are block-sparse ones too.
+        let rows = crate::Clusters::from_labels(&[0, 0, 1, 1, 1, 2, 2]).unwrap();
+        let cols = crate::Clusters::from_labels(&[0, 1, 1, 2, 2]).unwrap();
+        let keep = [(0, 0), (1, 2), (2, 1), (2, 2)];
+        let keep = crate::BlockSparse::from_pairs(&rows, &cols, &keep).unwrap();
+        check_prediction("0.7654", || {
+            let (x_i, y_j) = (
+                LazyTensor::vi(x.as_tensor())?,
+                LazyTensor::vj(y.as_tensor())?,
+            );
+            let s = LazyTensor::param(s.as_tensor())?;
+            (-0.7654 * x_i.sqdist(&y_j) * s.square())
+                .exp()
+                .with_ranges(&keep)
+                .sum(Axis::I)
         });
     }
 

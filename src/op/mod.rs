@@ -816,8 +816,8 @@ fn dispatch(
         return Err(Error::NotImplemented {
             what: "block-sparse ranges on this device",
             detail: format!(
-                "cannot run {} with ranges on {:?}: block-sparse ranges run on the CPU backend \
-                 only for now",
+                "cannot run {} with ranges on {:?}: this backend does not run block-sparse \
+                 ranges",
                 plan.key(),
                 device.location()
             ),

@@ -21,6 +21,7 @@
 //! the same numbers. f16 and bf16 are read and written as such and computed in f32.
 
 use std::fmt::Write;
+use std::ops::Range;
 
 use candle_core::DType;
 
@@ -128,6 +129,9 @@ pub struct CudaKernel {
     /// Whether the module is a block plan's: it then has the helpers of [`block_helpers`]
     /// (`<name>_sqnorms`, `<name>_distances`, `<name>_finish_matmul`).
     pub blocks: bool,
+    /// Whether the module is a block-sparse plan's ([`generate_ranged`]): its main kernel
+    /// takes the launch's descriptors ([`CudaKernel::ranged_grid`]).
+    pub ranged: bool,
 }
 
 /// The block path's helper kernels, appended to every block-plan module (`LKNAME` is the
@@ -237,21 +241,147 @@ impl CudaKernel {
     /// # Ok::<(), lazy_kernels::Error>(())
     /// ```
     pub fn grid(&self, rows: usize, terms: usize, sms: usize) -> Grid {
-        let block = self.block;
-        let blocks_x = rows.div_ceil(block * self.rows_per_thread).max(1);
-        let mut chunk = terms.div_ceil(block).max(1) * block;
-        if blocks_x < 2 * sms && terms > 4 * block {
-            let want = (4 * sms)
-                .div_ceil(blocks_x)
-                .min(terms.div_ceil(4 * block))
-                .min(65535);
-            chunk = terms.div_ceil(want).div_ceil(block) * block;
-        }
+        let blocks_x = rows.div_ceil(self.block * self.rows_per_thread).max(1);
+        let chunk = self.chunk_length(blocks_x, terms, sms);
         Grid {
             blocks_x,
             chunks: terms.div_ceil(chunk),
             chunk,
         }
+    }
+
+    /// Terms per chunk of a launch of `blocks_x` blocks along the rows whose blocks reduce
+    /// (at most) `terms` terms each, on `sms` multiprocessors: all of them, or, when the
+    /// blocks alone would leave most of the device idle, chunks of at least four tiles, about
+    /// `4 sms` blocks in all (the 2D scheme). A multiple of the tile.
+    fn chunk_length(&self, blocks_x: usize, terms: usize, sms: usize) -> usize {
+        let block = self.block;
+        if blocks_x < 2 * sms && terms > 4 * block {
+            let want = (4 * sms)
+                .div_ceil(blocks_x)
+                .min(terms.div_ceil(4 * block))
+                .min(65535);
+            terms.div_ceil(want).div_ceil(block) * block
+        } else {
+            terms.div_ceil(block).max(1) * block
+        }
+    }
+
+    /// The launch of a block-sparse module ([`generate_ranged`]) for `rows` output rows and
+    /// `terms` terms on a device of `sms` multiprocessors, whose rows `groups[g].0` (sorted,
+    /// disjoint) reduce over the intervals of terms `groups[g].1` (sorted, disjoint; every
+    /// other row over none): blocks of at most `block * rows_per_thread` rows, each inside one
+    /// group (KeOps' `GpuReduc1D_ranges` aligns its blocks to the row intervals the same
+    /// way), covering every row in order, so that the rows of no group get the reduction over
+    /// zero terms from their own blocks. When the blocks are too few to fill the device,
+    /// the kept terms of each block are split into `chunks` of `chunk` terms as in
+    /// [`CudaKernel::grid`] (sized by the block that keeps the most terms; a chunk past a
+    /// block's terms writes the initial states), merged by the combine kernel.
+    ///
+    /// ```
+    /// use lazy_kernels::backend::cuda::{generate_ranged, Storage};
+    /// use lazy_kernels::formula::{Expr, Var, VarCat};
+    /// use lazy_kernels::ReductionKind;
+    /// let x = Expr::var(Var { cat: VarCat::I, pos: 0, dim: 3 })?;
+    /// let y = Expr::var(Var { cat: VarCat::J, pos: 1, dim: 3 })?;
+    /// let f = Expr::sqdist(&x, &y)?;
+    /// let k = generate_ranged(&f, ReductionKind::Min, &[(VarCat::I, 3), (VarCat::J, 3)], Storage::F32)?;
+    /// // Rows 10..20 keep terms 0..5 and 90..100; rows 0..10 and 20..30 keep nothing.
+    /// let g = k.ranged_grid(30, 100, &[(10..20, vec![0..5, 90..100])], 132)?;
+    /// assert_eq!(g.blocks, vec![0, 10, 0, 0, 10, 20, 0, 2, 20, 30, 2, 2]);
+    /// assert_eq!(g.intervals, vec![0, 5, 90, 100]);
+    /// assert_eq!((g.blocks_x(), g.chunks), (3, 1));
+    /// # Ok::<(), lazy_kernels::Error>(())
+    /// ```
+    pub fn ranged_grid(
+        &self,
+        rows: usize,
+        terms: usize,
+        groups: &[(Range<usize>, Vec<Range<usize>>)],
+        sms: usize,
+    ) -> Result<RangedGrid> {
+        const OP: &str = "CUDA block-sparse launch";
+        let int = |what: &str, n: usize| {
+            i32::try_from(n).map_err(|_| Error::Shape {
+                op: OP,
+                detail: format!("{n} {what} exceed the CUDA backend's limit of 2^31 - 1"),
+            })
+        };
+        int("output rows", rows)?;
+        int("terms", terms)?;
+        let per_block = self.block * self.rows_per_thread;
+        let (mut blocks, mut intervals) = (Vec::new(), Vec::new());
+        let mut most = 0;
+        let mut at = 0;
+        // Blocks of at most `per_block` rows over `rows`, all with the intervals `first..end`.
+        let mut push = |r: Range<usize>, first: usize, end: usize| -> Result<()> {
+            for r0 in r.clone().step_by(per_block) {
+                let r1 = (r0 + per_block).min(r.end);
+                for v in [r0, r1, first, end] {
+                    blocks.push(int("descriptor entries", v)?);
+                }
+            }
+            Ok(())
+        };
+        for (g, (r, ts)) in groups.iter().enumerate() {
+            if r.start < at || r.end < r.start || r.end > rows {
+                let detail =
+                    format!("row group {g} ({r:?}) is not sorted, disjoint and in 0..{rows}");
+                return Err(invalid(OP, detail));
+            }
+            let (first, mut end, mut kept) = (intervals.len() / 2, 0, 0);
+            for t in ts {
+                if t.start < end || t.end < t.start || t.end > terms {
+                    let detail = format!(
+                        "the terms {t:?} of row group {g} are not sorted, disjoint and in 0..{terms}"
+                    );
+                    return Err(invalid(OP, detail));
+                }
+                end = t.end;
+                kept += t.len();
+                intervals.push(int("terms", t.start)?);
+                intervals.push(int("terms", t.end)?);
+            }
+            most = most.max(kept);
+            push(at..r.start, first, first)?;
+            push(r.clone(), first, intervals.len() / 2)?;
+            at = r.end;
+        }
+        let n = intervals.len() / 2;
+        push(at..rows, n, n)?;
+        let blocks_x = blocks.len() / 4;
+        let chunk = self.chunk_length(blocks_x, most, sms);
+        let chunks = most.div_ceil(chunk).max(1);
+        int("terms in all chunks", chunks * chunk)?;
+        Ok(RangedGrid {
+            blocks,
+            intervals,
+            chunks,
+            chunk,
+        })
+    }
+}
+
+/// The launch of a block-sparse module ([`CudaKernel::ranged_grid`]): `blocks_x()` blocks
+/// along the rows, each described by four entries of `blocks` (its first row, the end of its
+/// rows, its first interval of terms and the end of its intervals), the intervals of terms
+/// (start, end), and the chunks of kept terms (blocks along `y`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangedGrid {
+    /// Four entries per block: rows `[0] .. [1]`, intervals `[2] .. [3]`.
+    pub blocks: Vec<i32>,
+    /// Two entries per interval: its terms `[0] .. [1]`.
+    pub intervals: Vec<i32>,
+    /// Chunks of each block's kept terms (blocks along `y`).
+    pub chunks: usize,
+    /// Kept terms per chunk, a multiple of the tile.
+    pub chunk: usize,
+}
+
+impl RangedGrid {
+    /// Blocks along the rows.
+    pub fn blocks_x(&self) -> usize {
+        self.blocks.len() / 4
     }
 }
 
@@ -409,7 +539,61 @@ pub fn generate_with_pairs(
     pairs: &[Expr],
     storage: Storage,
 ) -> Result<CudaKernel> {
+    generate_module(formula, kind, vars, pairs, storage, false)
+}
+
+/// [`generate`] for a block-sparse plan (KeOps' `ranges`, [`crate::ranges`]): the same module
+/// but for the main kernel's rows and terms, which come from the launch's descriptors
+/// ([`CudaKernel::ranged_grid`]) instead of the grid. The main kernel takes two more
+/// parameters after [`generate`]'s, `const int* rblocks, const int* tivals`: block `x` of the
+/// grid has the rows `rblocks[4x] .. rblocks[4x + 1]` (at most `block * rows_per_thread`, inside
+/// one row interval) and reduces them over the intervals of terms `tivals[2v] .. tivals[2v +
+/// 1]` for `v` in `rblocks[4x + 2] .. rblocks[4x + 3]`, in order; no other term is read. With
+/// `gridDim.y > 1` block `(x, y)` reduces the kept terms at positions `y * chunk .. (y + 1) *
+/// chunk` of that list and writes its states for the combine kernel (the same as
+/// [`generate`]'s). A block without intervals writes the reduction over zero terms. The
+/// dense module's source is not changed by this variant ([`CudaKernel::ranged`] tells them
+/// apart).
+///
+/// ```
+/// use lazy_kernels::backend::cuda::{generate, generate_ranged, Storage};
+/// use lazy_kernels::formula::{Expr, Var, VarCat};
+/// use lazy_kernels::ReductionKind;
+/// let x = Expr::var(Var { cat: VarCat::I, pos: 0, dim: 3 })?;
+/// let y = Expr::var(Var { cat: VarCat::J, pos: 1, dim: 3 })?;
+/// let vars = [(VarCat::I, 3), (VarCat::J, 3)];
+/// let f = Expr::sqdist(&x, &y)?.neg().exp();
+/// let k = generate_ranged(&f, ReductionKind::Sum, &vars, Storage::F32)?;
+/// assert!(k.ranged && k.source.contains("const int* __restrict__ tivals)"));
+/// assert_ne!(k.name, generate(&f, ReductionKind::Sum, &vars, Storage::F32)?.name);
+/// # Ok::<(), lazy_kernels::Error>(())
+/// ```
+pub fn generate_ranged(
+    formula: &Expr,
+    kind: ReductionKind,
+    vars: &[(VarCat, usize)],
+    storage: Storage,
+) -> Result<CudaKernel> {
+    generate_module(formula, kind, vars, &[], storage, true)
+}
+
+/// The module of [`generate_with_pairs`] (`ranged` false) or [`generate_ranged`] (`ranged` true,
+/// no pairs).
+fn generate_module(
+    formula: &Expr,
+    kind: ReductionKind,
+    vars: &[(VarCat, usize)],
+    pairs: &[Expr],
+    storage: Storage,
+    ranged: bool,
+) -> Result<CudaKernel> {
     check_vars(formula, vars)?;
+    if ranged && !pairs.is_empty() {
+        return Err(invalid(
+            "CUDA codegen",
+            "a block-sparse module reads no blocks of inner products (ranges run on the direct path)",
+        ));
+    }
     check_pairs(formula, pairs, storage)?;
     let blocks = !pairs.is_empty();
     let red = Reduction::new(kind, Axis::J);
@@ -528,9 +712,13 @@ pub fn generate_with_pairs(
             .map(|k| format!(", const {tc}* __restrict__ s{k}"))
             .chain(std::iter::once(", long long jbase, int chunk_base".into()))
             .collect()
+    } else if ranged {
+        ", const int* __restrict__ rblocks, const int* __restrict__ tivals".into()
     } else {
         String::new()
     };
+    // The end of the rows of the thread's block: all rows, or the block's descriptor's.
+    let lim = if ranged { "lk_rend" } else { "rows" };
     let _ = writeln!(
         s,
         "extern \"C\" __global__ void __launch_bounds__({block}) LKNAME_main(\
@@ -538,11 +726,19 @@ pub fn generate_with_pairs(
          {t}* __restrict__ out_vals, long long* __restrict__ out_idx, \
          double* __restrict__ part_vals, long long* __restrict__ part_idx{block_params}) {{"
     );
-    let _ = writeln!(
-        s,
-        "const int i0 = blockIdx.x * {} + threadIdx.x;",
-        block * rows
-    );
+    if ranged {
+        let _ = writeln!(
+            s,
+            "const int* __restrict__ lk_rb = rblocks + 4 * (long long)blockIdx.x;\n\
+             const int lk_rend = lk_rb[1]; (void)terms;\nconst int i0 = lk_rb[0] + threadIdx.x;"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "const int i0 = blockIdx.x * {} + threadIdx.x;",
+            block * rows
+        );
+    }
     // The variables' loads go here once the kernel's code says which it reads.
     let loads_at = s.len();
     let _ = writeln!(s, "{}", sec.decl(Level::Param, tc));
@@ -675,16 +871,39 @@ pub fn generate_with_pairs(
         "(long long)(j0 + jj)"
     };
     let body = format!("{{\nconst long long j = {j_index}; (void)j;\n{local_j}{term_code}}}\n");
-    let _ = writeln!(s, "const int jbeg = blockIdx.y * chunk;");
-    let _ = writeln!(s, "const int jend = min(terms, jbeg + chunk);");
-    let _ = writeln!(s, "for (int j0 = jbeg; j0 < jend; j0 += {block}) {{");
+    if ranged {
+        // One loop over the tiles of the block's intervals, in order (one loop nest as in the
+        // dense kernel: nested loops over intervals and tiles made ptxas spill registers).
+        // Chunk `y` takes the kept terms at positions `lk_cbeg .. lk_cbeg + chunk` of the
+        // intervals' concatenation (`lk_p`: the terms of the intervals before `lk_v`); when a
+        // tile passes the end of its interval the next non-empty one starts. Every thread of
+        // the block runs the same trips (the barriers).
+        let _ = writeln!(
+            s,
+            "const int lk_cbeg = blockIdx.y * chunk;\nint lk_v = lk_rb[2], lk_p = 0, jend = 0;"
+        );
+        let _ = writeln!(s, "for (int j0 = 0;; j0 += {block}) {{");
+        let _ = writeln!(s, "while (j0 >= jend && lk_v < lk_rb[3]) {{");
+        let _ = writeln!(
+            s,
+            "const int lk_t0 = tivals[2 * lk_v], lk_len = tivals[2 * lk_v + 1] - lk_t0;"
+        );
+        let _ = writeln!(s, "j0 = lk_t0 + max(0, lk_cbeg - lk_p);");
+        let _ = writeln!(s, "jend = lk_t0 + min(lk_len, lk_cbeg - lk_p + chunk);");
+        let _ = writeln!(s, "lk_p += lk_len;\n++lk_v;\n}}");
+        let _ = writeln!(s, "if (j0 >= jend) break;");
+    } else {
+        let _ = writeln!(s, "const int jbeg = blockIdx.y * chunk;");
+        let _ = writeln!(s, "const int jend = min(terms, jbeg + chunk);");
+        let _ = writeln!(s, "for (int j0 = jbeg; j0 < jend; j0 += {block}) {{");
+    }
     let _ = writeln!(s, "const int n = min({block}, jend - j0);");
     if shared && j_width > 0 {
         let _ = writeln!(s, "__syncthreads();");
         s.push_str(&tile_load);
         let _ = writeln!(s, "__syncthreads();");
     }
-    let _ = writeln!(s, "if (i0 < rows) {{");
+    let _ = writeln!(s, "if (i0 < {lim}) {{");
     s.push_str(&per_row(&bind(&code.tile_init, &[])));
     // Whole tiles with a constant trip count (unrolled), then the last, partial one.
     let _ = writeln!(
@@ -707,7 +926,7 @@ pub fn generate_with_pairs(
     copy_state(&mut fin, ("part_vals[at * {n} + c]", "sv[c]"), sv, si);
     let _ = writeln!(fin, "}}");
     s.push_str(&per_row(&format!(
-        "const int i = i0 + r * {block};\nif (i < rows) {{\n{}}}\n",
+        "const int i = i0 + r * {block};\nif (i < {lim}) {{\n{}}}\n",
         bind(&fin, &[])
     )));
     let _ = writeln!(s, "}}");
@@ -727,7 +946,7 @@ pub fn generate_with_pairs(
                 let _ = writeln!(
                     load_i,
                     "#pragma unroll\nfor (int c = 0; c < {d}; ++c) \
-                     a{k}_r[r][c] = i < rows ? lk_load(in + o{k} + (long long)i * {d} + c) : ({tc})0;"
+                     a{k}_r[r][c] = i < {lim} ? lk_load(in + o{k} + (long long)i * {d} + c) : ({tc})0;"
                 );
             }
             _ => {}
@@ -785,6 +1004,7 @@ pub fn generate_with_pairs(
         rows_per_thread: rows,
         values: false,
         blocks,
+        ranged,
     })
 }
 
@@ -912,6 +1132,7 @@ pub fn generate_values(
         rows_per_thread: 1,
         values: true,
         blocks: true,
+        ranged: false,
     })
 }
 

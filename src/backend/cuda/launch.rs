@@ -362,12 +362,49 @@ where
     let block = k.block;
 
     let sms = multiprocessors(dev);
+    if k.ranged != plan.ranges.is_some() {
+        return Err(Error::Backend {
+            what: "CUDA reduction",
+            detail: format!(
+                "module {} is {}a block-sparse module, the plan {} ranges",
+                k.name,
+                if k.ranged { "" } else { "not " },
+                if plan.ranges.is_some() {
+                    "has"
+                } else {
+                    "has no"
+                }
+            ),
+        }
+        .into());
+    }
+    // A block-sparse plan: blocks aligned to its row intervals, each over its kept terms
+    // (the descriptors go to the device with the launch).
+    let ranged = match &plan.ranges {
+        Some(r) => {
+            let groups: Vec<_> = r
+                .row_blocks()
+                .into_iter()
+                .map(|b| (b.rows, b.terms))
+                .collect();
+            Some(k.ranged_grid(plan.rows, plan.terms, &groups, sms)?)
+        }
+        None => None,
+    };
     let Grid {
         blocks_x,
         chunks,
         chunk,
-    } = k.grid(plan.rows, plan.terms, sms);
+    } = match &ranged {
+        Some(g) => Grid {
+            blocks_x: g.blocks_x(),
+            chunks: g.chunks,
+            chunk: g.chunk,
+        },
+        None => k.grid(plan.rows, plan.terms, sms),
+    };
     let chunk_i = int("terms per chunk", chunk)?;
+    let blocks_x_u32 = u32::try_from(blocks_x).map_err(|_| too_large("blocks", blocks_x))?;
 
     let n_vals = (plan.rows * k.out_vals).max(1);
     let n_idx = (plan.rows * k.out_idx).max(1);
@@ -375,11 +412,29 @@ where
     {
         use crate::backend::memory::{bytes, reserve};
         let per_part = (k.state_vals.checked_add(k.state_idx)).and_then(|s| s.checked_mul(8));
-        let need = per_part
-            .and_then(|p| bytes(&[(n_vals, std::mem::size_of::<T>()), (n_idx, 8), (parts, p)]));
+        // The block-sparse launch's descriptors (4-byte entries).
+        let descriptors = ranged
+            .as_ref()
+            .map_or(0, |g| g.blocks.len() + g.intervals.len().max(1));
+        let need = per_part.and_then(|p| {
+            bytes(&[
+                (n_vals, std::mem::size_of::<T>()),
+                (n_idx, 8),
+                (parts, p),
+                (descriptors, 4),
+            ])
+        });
         reserve(
             plan.reduction.kind.name(),
-            || format!("the output and the {parts} partial states on the device"),
+            || match &ranged {
+                Some(g) => format!(
+                    "the output, the {parts} partial states and the descriptors of {} blocks \
+                     and {} intervals of terms on the device",
+                    g.blocks_x(),
+                    g.intervals.len() / 2
+                ),
+                None => format!("the output and the {parts} partial states on the device"),
+            },
             need,
             &candle_core::Device::Cuda(dev.clone()),
         )?;
@@ -389,6 +444,21 @@ where
     let part_vals: CudaSlice<f64> = dev.alloc_zeros::<f64>((parts * k.state_vals).max(1))?;
     let part_idx: CudaSlice<i64> = dev.alloc_zeros::<i64>((parts * k.state_idx).max(1))?;
     let offsets: Vec<i64> = plan.vars.iter().map(|v| v.offset as i64).collect();
+    // An empty list of intervals (no kept block) still gets a buffer, never read.
+    let descriptors = match &ranged {
+        Some(g) => {
+            let intervals = if g.intervals.is_empty() {
+                vec![0, 0]
+            } else {
+                g.intervals.clone()
+            };
+            Some((
+                stream.clone_htod(&g.blocks).w()?,
+                stream.clone_htod(&intervals).w()?,
+            ))
+        }
+        None => None,
+    };
 
     let mut b = stream.launch_builder(main);
     b.arg(&input);
@@ -402,14 +472,21 @@ where
     b.arg(&out_idx);
     b.arg(&part_vals);
     b.arg(&part_idx);
+    if let Some((rblocks, tivals)) = &descriptors {
+        b.arg(rblocks);
+        b.arg(tivals);
+    }
     let cfg = LaunchConfig {
-        grid_dim: (blocks_x as u32, chunks as u32, 1),
+        grid_dim: (blocks_x_u32, chunks as u32, 1),
         block_dim: (block as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: the arguments match the generated signature (input, one offset per variable,
-    // rows, terms, chunk, outputs, partial states), every buffer has the size the kernel
-    // indexes, and all live until the launch is enqueued on the device's stream.
+    // rows, terms, chunk, outputs, partial states, and for a block-sparse module its two
+    // descriptor buffers, checked against the module above), every buffer has the size the
+    // kernel indexes (`ranged_grid` checked the descriptors' rows and terms against the
+    // plan's sizes), and all live until the launch is enqueued on the device's stream
+    // (freed after it, in stream order).
     unsafe { b.launch(cfg) }.w()?;
     if chunks > 1 {
         let chunks_i = int("chunks", chunks)?;
@@ -483,6 +560,12 @@ mod tests {
         ];
         for (kind, storage) in cases {
             let k = generate(&f, kind, &vars, storage).unwrap();
+            let ranged = crate::backend::cuda::generate_ranged(&f, kind, &vars, storage).unwrap();
+            for arch in ["compute_80", "compute_90"] {
+                let ptx = compile(&ranged, arch, None)
+                    .unwrap_or_else(|e| panic!("block-sparse {kind:?} {storage:?} {arch}: {e}"));
+                assert!(ptx.contains(&format!("{}_main", ranged.name)));
+            }
             for arch in ["compute_80", "compute_90"] {
                 let ptx = compile(&k, arch, None)
                     .unwrap_or_else(|e| panic!("{kind:?} {storage:?} {arch}: {e}"));

@@ -23,8 +23,8 @@ pub(crate) mod inflight;
 pub(crate) mod launch;
 
 pub use codegen::{
-    block_helpers, generate, generate_values, generate_with_pairs, values_grid, CudaKernel, Grid,
-    Storage,
+    block_helpers, generate, generate_ranged, generate_values, generate_with_pairs, values_grid,
+    CudaKernel, Grid, RangedGrid, Storage,
 };
 pub use inflight::{worker_count as compile_threads, THREADS_VAR};
 
