@@ -430,25 +430,33 @@ fn flat_f64(t: &Tensor) -> Vec<f64> {
 
 /// The CPU backend's outputs for a case, on the path of `options`.
 fn reference(p: &Prepared, options: &ReductionOptions) -> Reference {
-    reference_by(p, &|f: &Expr, args: &[&Tensor], kind: ReductionKind| {
-        LazyTensor::from_formula(f, args).and_then(|l| l.reduce_with(kind, Axis::J, options))
+    reference_by(p, &|f: &Expr,
+                      args: &[&Tensor],
+                      kind: ReductionKind,
+                      scale: bool| {
+        LazyTensor::from_formula(f, args).and_then(|l| match scale {
+            false => l.reduce_with(kind, Axis::J, options),
+            true => l.reduce(kind, Axis::J),
+        })
     })
 }
 
-/// How the CPU backend runs a case's formula (or its `Abs`, for the scale of sums) over its
-/// inputs with a kind: the reduction the case's module computes.
+/// How the CPU backend runs a case's formula over its inputs with a kind (the reduction the
+/// case's module computes), or, with `scale`, the sum of the formula's `Abs` (the scale of the
+/// sums' errors, on the default path).
 type CpuRun<'a> = &'a dyn Fn(
     &Expr,
     &[&Tensor],
     ReductionKind,
+    bool,
 ) -> candle_core::Result<lazy_kernels::ReductionOutput>;
 
 /// [`reference`] with the CPU backend's run given by `run`.
 fn reference_by(p: &Prepared, run: CpuRun) -> Reference {
     let c = &p.case;
     let args: Vec<&Tensor> = p.tensors.iter().collect();
-    let out =
-        run(&c.formula, &args, c.kind).unwrap_or_else(|e| panic!("CPU backend, {}: {e}", c.label));
+    let out = run(&c.formula, &args, c.kind, false)
+        .unwrap_or_else(|e| panic!("CPU backend, {}: {e}", c.label));
     let vals = out.values.as_ref().map(flat_f64).unwrap_or_default();
     let idx = out
         .indices
@@ -465,7 +473,7 @@ fn reference_by(p: &Prepared, run: CpuRun) -> Reference {
                 .collect();
             let args: Vec<&Tensor> = f64s.iter().collect();
             let abs = Expr::unary(lazy_kernels::formula::UnaryOp::Abs, &c.formula);
-            let s = run(&abs, &args, ReductionKind::Sum)
+            let s = run(&abs, &args, ReductionKind::Sum, true)
                 .unwrap()
                 .values
                 .unwrap();
@@ -1537,7 +1545,7 @@ fn ranged_modules_emulated_on_the_host_match_the_cpu_backend() {
             .expect("a prepared case");
         let sp = &sparse[id];
         let keep = sp.block_sparse();
-        reference_by(p, &|f: &Expr, args: &[&Tensor], kind: ReductionKind| {
+        reference_by(p, &|f: &Expr, args: &[&Tensor], kind: ReductionKind, _| {
             // Over i, the user's formula has i and j exchanged.
             let f = match sp.axis {
                 Axis::J => f.clone(),
