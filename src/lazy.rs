@@ -704,7 +704,7 @@ impl LazyTensor {
     /// (block-sparse reductions, KeOps' `ranges`; see [`crate::ranges`]). The rows of the
     /// i-variables and the j-variables must be in the sorted orders of the clusters `ranges`
     /// was built from; sizes are checked when a reduction runs. A formula combining lazy
-    /// tensors with different ranges fails when it is reduced. Runs on the CPU backend.
+    /// tensors with different ranges fails when it is reduced. Runs on the CPU and CUDA backends.
     ///
     /// ```
     /// use candle_core::{Device, Tensor};

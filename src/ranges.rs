@@ -57,7 +57,7 @@
 //! each visits only its kept intervals of terms
 //! ([`generate_ranged`](crate::backend::cuda::generate_ranged)). Memory: the clusters hold
 //! `O(M + N)` indices and the kept pairs `O(kept blocks)` (on CUDA, the launch's
-//! descriptors `O(M / 256 + kept blocks)`); nothing of size `M x N` or `Cr x Cc x M` is
+//! descriptors: 16 bytes per thread block, 8 per kept interval of terms); nothing of size `M x N` or `Cr x Cc x M` is
 //! built.
 
 use std::ops::Range;
