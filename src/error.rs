@@ -97,43 +97,22 @@ impl From<Error> for candle_core::Error {
 impl Error {
     /// The same error with `extra` appended to its detail (for context found by a caller: the
     /// operands of a formula op whose error is deferred to the reduction).
-    pub(crate) fn with_detail(self, extra: &str) -> Error {
-        let add = |detail: String| format!("{detail}; {extra}");
-        match self {
-            Error::DimMismatch { op, detail } => Error::DimMismatch {
-                op,
-                detail: add(detail),
-            },
-            Error::InvalidArgument { op, detail } => Error::InvalidArgument {
-                op,
-                detail: add(detail),
-            },
-            Error::Shape { op, detail } => Error::Shape {
-                op,
-                detail: add(detail),
-            },
-            Error::DType { op, detail } => Error::DType {
-                op,
-                detail: add(detail),
-            },
-            Error::Device { op, detail } => Error::Device {
-                op,
-                detail: add(detail),
-            },
-            Error::OutOfMemory { op, detail } => Error::OutOfMemory {
-                op,
-                detail: add(detail),
-            },
-            Error::NotImplemented { what, detail } => Error::NotImplemented {
-                what,
-                detail: add(detail),
-            },
-            Error::Backend { what, detail } => Error::Backend {
-                what,
-                detail: add(detail),
-            },
-            e @ Error::Parse(_) => e,
+    pub(crate) fn with_detail(mut self, extra: &str) -> Error {
+        match &mut self {
+            Error::DimMismatch { detail, .. }
+            | Error::InvalidArgument { detail, .. }
+            | Error::Shape { detail, .. }
+            | Error::DType { detail, .. }
+            | Error::Device { detail, .. }
+            | Error::OutOfMemory { detail, .. }
+            | Error::NotImplemented { detail, .. }
+            | Error::Backend { detail, .. } => {
+                detail.push_str("; ");
+                detail.push_str(extra);
+            }
+            Error::Parse(_) => {}
         }
+        self
     }
 }
 
