@@ -1,7 +1,8 @@
-//! `--device cpu|cuda|cuda:N`, shared by every example: the option is taken out of the command
-//! line (anywhere among the arguments, as `--device X` or `--device=X`), the device is opened,
-//! and the problems an example cannot get past (an unknown device, a build without CUDA
-//! support, no usable CUDA device) stop it with one line on stderr and a non-zero exit.
+//! The options every example and benchmark shares, for their `clap` parsers: `--device
+//! cpu|cuda|cuda:N` ([`DeviceArg`], flattened into each program's `#[derive(Parser)]` struct)
+//! and `--dtype f32|f64` ([`Dtype`]). The device is opened, and the problems an example cannot get
+//! past (a build without CUDA support, no usable CUDA device) stop it with one line on stderr
+//! and exit code 1; an unknown `--device` value is clap's usage error (exit code 2).
 //!
 //! The examples create their data on the CPU, move it with `.to_device(&dev)`, bring results
 //! back with `.to_device(&Device::Cpu)`, and call [`elapsed`] (which synchronises the device)
@@ -11,6 +12,50 @@
 use std::time::Instant;
 
 use candle_core::Device;
+
+/// `--device`, shared by every example: `#[command(flatten)] device: device::DeviceArg`.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct DeviceArg {
+    /// Where to run: `cpu`, `cuda` (CUDA device 0) or `cuda:N`; `cuda` needs a build with
+    /// `--features cuda`.
+    #[arg(long, value_name = "cpu|cuda|cuda:N", default_value = "cpu", value_parser = Choice::parse)]
+    pub device: Choice,
+}
+
+impl DeviceArg {
+    /// Opens the device, or stops the program (exit 1) with one line saying why it cannot be
+    /// used.
+    pub fn open(&self) -> Device {
+        open_or_exit(self.device)
+    }
+}
+
+/// `--dtype f32|f64`: the floating-point type of an example's tensors.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    /// 32-bit floats.
+    F32,
+    /// 64-bit floats.
+    F64,
+}
+
+impl Dtype {
+    /// Candle's dtype.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Dtype::F32 => candle_core::DType::F32,
+            Dtype::F64 => candle_core::DType::F64,
+        }
+    }
+
+    /// `f32` or `f64`, as `--dtype` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F64 => "f64",
+        }
+    }
+}
 
 /// What `--device` asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -46,3 +46,37 @@ pub fn utc_now() -> String {
         rem % 3600 / 60
     )
 }
+
+/// The header every benchmark prints first, so that its figures say where they came from:
+/// lines `- machine: CPU model, N cores, ISA` and `- date: ...`, and the command that ran it.
+pub fn machine_header() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!(
+        "- machine: {}, {cores} cores, {} (rayon threads: {})\n- date: {}\n- arguments: {}",
+        cpu_model(),
+        lazy_kernels::backend::cpu::isa::detect().name(),
+        rayon::current_num_threads(),
+        utc_now(),
+        if args.is_empty() {
+            "(none)".to_string()
+        } else {
+            args.join(" ")
+        }
+    )
+}
+
+/// A progress bar of `len` steps on standard error for a benchmark's long loops (indicatif:
+/// drawn only when standard error is a terminal, so a redirected table stays clean).
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
