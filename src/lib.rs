@@ -85,6 +85,7 @@
 //! gradients, log-determinants) and [`gp`] (exact Gaussian processes).
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(rustdoc::broken_intra_doc_links)]
 
 pub mod backend;
@@ -96,6 +97,7 @@ pub mod linalg;
 pub mod math;
 pub mod op;
 pub mod operator;
+mod progress;
 pub mod ranges;
 pub mod reduction;
 pub mod solve;

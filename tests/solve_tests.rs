@@ -1446,3 +1446,25 @@ fn lazy_solve_misuse_is_an_error() -> Result<()> {
     assert!(e.contains("SqDist"), "{e}");
     Ok(())
 }
+
+/// `SolveOptions::progress` draws a bar (on a terminal, after the threshold) and changes
+/// nothing else: the same solution, bit for bit, and the same iterations.
+#[test]
+fn the_progress_option_changes_nothing_but_the_bar() {
+    let dev = Device::Cpu;
+    let mut rng = Rng(11);
+    let x = rand_points(&mut rng, 300, 2);
+    let b = rand_points(&mut rng, 300, 2);
+    let l = Tensor::new(&[0.3f64], &dev).unwrap();
+    let k = KernelOperator::new(Kernel::gaussian(&l), &x, &x).unwrap();
+    let plain = opts(1e-8, Preconditioner::default());
+    let with_bar = SolveOptions {
+        progress: Some(std::time::Duration::ZERO),
+        ..plain.clone()
+    };
+    let (a0, i0) = k.solve(&b, 1e-2, &plain).unwrap();
+    let (a1, i1) = k.solve(&b, 1e-2, &with_bar).unwrap();
+    assert_eq!(host_cols(&a0), host_cols(&a1));
+    assert_eq!(i0.column_iterations, i1.column_iterations);
+    assert!(i1.all_converged());
+}

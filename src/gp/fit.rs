@@ -2,14 +2,14 @@
 //! the likelihood is exact.
 
 use std::collections::VecDeque;
-use std::io::{IsTerminal, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
 
 use super::{ExactGp, NllMethod, NllReport};
 use crate::error::Error;
+use crate::progress::Progress;
 
 /// Steps (and L-BFGS pairs) whose room is reserved ahead; more grow as they come, so that a
 /// huge `steps` or `history` allocates nothing up front.
@@ -70,8 +70,9 @@ pub struct FitOptions {
     pub tol: f64,
     /// The window of `tol` (default 5).
     pub patience: usize,
-    /// A progress bar on standard error (default `true`; drawn only when standard error is
-    /// a terminal).
+    /// A progress bar on standard error: the step, the NLL and the values (default `true`;
+    /// drawn only when standard error is a terminal, and with the crate feature `progress`,
+    /// on by default).
     pub progress: bool,
 }
 
@@ -169,7 +170,7 @@ impl ExactGp {
             },
         )?;
         let n = self.x.dim(0)? as f64;
-        let bar = opts.progress && std::io::stderr().is_terminal();
+        let mut bar = Progress::new("fit", opts.steps, opts.progress.then_some(Duration::ZERO));
         let vars = self.vars();
         let mut trajectory: Vec<FitStep> = Vec::with_capacity(opts.steps.min(PREALLOCATED));
         let mut raw: Vec<Vec<f64>> = Vec::with_capacity(opts.steps.min(PREALLOCATED));
@@ -186,9 +187,7 @@ impl ExactGp {
                 }
                 .into());
             }
-            if bar {
-                draw(step, opts.steps, &report, &values);
-            }
+            bar.update(step + 1, || line(&report, &values));
             trajectory.push(FitStep {
                 step,
                 report,
@@ -208,9 +207,7 @@ impl ExactGp {
             let grads = loss.backward()?;
             adam.step(&grads)?;
         }
-        if bar {
-            eprintln!();
-        }
+        bar.finish();
         let window = match self.nll_method()? {
             NllMethod::Exact => 1,
             _ => w,
@@ -352,7 +349,7 @@ impl ExactGp {
         let start = Instant::now();
         let n = self.x.dim(0)? as f64;
         let vars = self.vars();
-        let bar = opts.progress && std::io::stderr().is_terminal();
+        let mut bar = Progress::new("fit", opts.steps, opts.progress.then_some(Duration::ZERO));
         let mut trajectory: Vec<FitStep> = Vec::with_capacity(opts.steps.min(PREALLOCATED));
         let mut raw: Vec<Vec<f64>> = Vec::with_capacity(opts.steps.min(PREALLOCATED));
         let mut stopped_early = false;
@@ -360,15 +357,14 @@ impl ExactGp {
         // One evaluation at the values the `Var`s hold, recorded as a step.
         let evaluate = |gp: &ExactGp,
                         trajectory: &mut Vec<FitStep>,
-                        raw: &mut Vec<Vec<f64>>|
+                        raw: &mut Vec<Vec<f64>>,
+                        bar: &mut Progress|
          -> candle_core::Result<(f64, Vec<f64>)> {
             let values = gp.values()?;
             raw.push(flatten(&vars)?);
             let (report, g) = gp.value_and_gradient(&vars, seed)?;
             let step = trajectory.len();
-            if bar {
-                draw(step, opts.steps, &report, &values);
-            }
+            bar.update(step + 1, || line(&report, &values));
             let f = report.nll;
             trajectory.push(FitStep {
                 step,
@@ -390,7 +386,7 @@ impl ExactGp {
                 seconds: start.elapsed().as_secs_f64(),
             });
         }
-        let (mut f, mut g) = evaluate(self, &mut trajectory, &mut raw)?;
+        let (mut f, mut g) = evaluate(self, &mut trajectory, &mut raw, &mut bar)?;
         if !f.is_finite() {
             return Err(Error::InvalidArgument {
                 op: OP,
@@ -445,7 +441,7 @@ impl ExactGp {
                 }
                 let trial: Vec<f64> = x.iter().zip(&d).map(|(xi, di)| xi + t * di).collect();
                 unflatten(&vars, &trial)?;
-                let (ft, gt) = evaluate(self, &mut trajectory, &mut raw)?;
+                let (ft, gt) = evaluate(self, &mut trajectory, &mut raw, &mut bar)?;
                 if ft <= f + 1e-4 * t * slope {
                     let s: Vec<f64> = trial.iter().zip(&x).map(|(a, b)| a - b).collect();
                     let y: Vec<f64> = gt.iter().zip(&g).map(|(a, b)| a - b).collect();
@@ -478,9 +474,7 @@ impl ExactGp {
                 }
             }
         }
-        if bar {
-            eprintln!();
-        }
+        bar.finish();
         // The NLL is exact: the lowest value evaluated (a line-search trial rejected for too
         // small a decrease can still be the lowest).
         let best_step = restore_best(&vars, &trajectory, &raw, 1)?;
@@ -493,10 +487,8 @@ impl ExactGp {
     }
 }
 
-/// One line of the progress bar: the bar, the step, the NLL per point and the values.
-fn draw(step: usize, steps: usize, r: &NllReport, values: &[(String, Vec<f64>)]) {
-    const WIDTH: usize = 20;
-    let done = (step + 1) * WIDTH / steps.max(1);
+/// The progress bar's message: the NLL and the values.
+fn line(r: &NllReport, values: &[(String, Vec<f64>)]) -> String {
     let vals: Vec<String> = values
         .iter()
         .map(|(name, v)| {
@@ -504,16 +496,5 @@ fn draw(step: usize, steps: usize, r: &NllReport, values: &[(String, Vec<f64>)])
             format!("{name} {}", v.join(","))
         })
         .collect();
-    let mut err = std::io::stderr();
-    let _ = write!(
-        err,
-        "\r\x1b[2K[{}{}] {}/{} nll {:.4e}  {}",
-        "#".repeat(done),
-        "-".repeat(WIDTH - done),
-        step + 1,
-        steps,
-        r.nll,
-        vals.join("  ")
-    );
-    let _ = err.flush();
+    format!("nll {:.4e}  {}", r.nll, vals.join("  "))
 }

@@ -36,16 +36,16 @@
 //! | --- | --- |
 //! | [`exp_f32`] | 1.01 ulp (exhaustive), subnormal results included |
 //! | [`ln_f32`] | 0.83 ulp (exhaustive), subnormal arguments included |
-//! | [`sin_f32`], [`cos_f32`] | 2 ulp where \|result\| >= 1.3e-4 (1.53 ulp for \|x\| <= 7); else 3.8e-15 · max(1, \|x\|) absolute (exhaustive) |
+//! | [`sin_f32`], [`cos_f32`] | 2 ulp where \|result\| >= 1.3e-4 (1.53 ulp for \|x\| <= 7); else 3.8e-15 * max(1, \|x\|) absolute (exhaustive) |
 //! | [`exp_f64`], [`ln_f64`] | 1 ulp from `std` |
-//! | [`sin_f64`], [`cos_f64`] | 2 ulp from `std`; within about 1e-15 · \|x\| of a zero, 4.4e-31 · max(1, \|x\|) absolute |
+//! | [`sin_f64`], [`cos_f64`] | 2 ulp from `std`; within about 1e-15 * \|x\| of a zero, 4.4e-31 * max(1, \|x\|) absolute |
 //!
-//! The absolute bounds for `sin`/`cos` reflect the Cody–Waite reduction,
+//! The absolute bounds for `sin`/`cos` reflect the Cody-Waite reduction,
 //! whose error is absolute and so exceeds an ulp of a result that is very
 //! close to zero. The tests assert slightly looser bounds than measured
-//! (1.5 ulp for f32 `exp`/`ln`, 2 ulp for f32 `sin`/`cos` with 1e-14 ·
+//! (1.5 ulp for f32 `exp`/`ln`, 2 ulp for f32 `sin`/`cos` with 1e-14 *
 //! max(1, |x|) absolute, 2 and 3 ulp from `std` for f64 `exp`/`ln` and
-//! `sin`/`cos` with 1e-29 · max(1, |x|) absolute).
+//! `sin`/`cos` with 1e-29 * max(1, |x|) absolute).
 //!
 //! `sin`/`cos` are accurate only for `|x| <=`
 //! [`SIN_COS_ACCURATE_LIMIT_F32`] / [`SIN_COS_ACCURATE_LIMIT_F64`]; beyond
@@ -69,14 +69,14 @@ use std::f64::consts as c64;
 
 /// Largest `|x|` for which [`sin_f32`] and [`cos_f32`] are accurate.
 ///
-/// The Cody–Waite reduction multiplies the quadrant `q = round(x * 2/pi)` by
+/// The Cody-Waite reduction multiplies the quadrant `q = round(x * 2/pi)` by
 /// the leading parts of pi/2 exactly only while `q < 2^13`; past this limit
 /// the result is unspecified and callers should fall back to `f32::sin`/`cos`.
 pub const SIN_COS_ACCURATE_LIMIT_F32: f32 = 8192.0;
 
 /// Largest `|x|` for which [`sin_f64`] and [`cos_f64`] are accurate.
 ///
-/// The Cody–Waite reduction is exact only while `q = round(x * 2/pi) < 2^30`;
+/// The Cody-Waite reduction is exact only while `q = round(x * 2/pi) < 2^30`;
 /// past this limit the result is unspecified and callers should fall back to
 /// `f64::sin`/`cos`.
 pub const SIN_COS_ACCURATE_LIMIT_F64: f64 = 1.0e9;
@@ -262,7 +262,7 @@ const LN_LN2_LO_F32: f32 = -2.12194440e-4;
 /// `ln(x)` for `f32`, max error 1.5 ulp (measured 0.81), subnormal inputs
 /// included.
 ///
-/// `ln(±0) = -inf`, `ln(x < 0) = NaN`, `ln(+inf) = +inf`, `ln(NaN) = NaN`.
+/// `ln(+-0) = -inf`, `ln(x < 0) = NaN`, `ln(+inf) = +inf`, `ln(NaN) = NaN`.
 #[inline(always)]
 pub fn ln_f32<const FMA: bool>(x: f32) -> f32 {
     // Subnormals have no implicit leading bit: scale them into the normal
@@ -326,7 +326,7 @@ const LN_LN2_LO_F64: f64 = -2.121944400546905827679e-4;
 /// `ln(x)` for `f64`, within 2 ulp (measured 1) of `std`, subnormal inputs
 /// included.
 ///
-/// `ln(±0) = -inf`, `ln(x < 0) = NaN`, `ln(+inf) = +inf`, `ln(NaN) = NaN`.
+/// `ln(+-0) = -inf`, `ln(x < 0) = NaN`, `ln(+inf) = +inf`, `ln(NaN) = NaN`.
 #[inline(always)]
 pub fn ln_f64<const FMA: bool>(x: f64) -> f64 {
     let tiny = x < f64::MIN_POSITIVE;
@@ -418,10 +418,10 @@ fn sincos_reduced_f32<const FMA: bool>(x: f32) -> (f32, f32, u32) {
 }
 
 /// `sin(x)` for `f32`, accurate to 2 ulp (or, next to the zeros of sine, to
-/// 1e-14 · max(1, |x|) absolute) for `|x| <=` [`SIN_COS_ACCURATE_LIMIT_F32`].
+/// 1e-14 * max(1, |x|) absolute) for `|x| <=` [`SIN_COS_ACCURATE_LIMIT_F32`].
 ///
 /// Larger `|x|` give unspecified results; recompute them with `f32::sin`.
-/// `sin(±0) = ±0`, `sin(±inf) = NaN`, `sin(NaN) = NaN`.
+/// `sin(+-0) = +-0`, `sin(+-inf) = NaN`, `sin(NaN) = NaN`.
 #[inline(always)]
 pub fn sin_f32<const FMA: bool>(x: f32) -> f32 {
     let (s, c, q) = sincos_reduced_f32::<FMA>(x);
@@ -437,11 +437,11 @@ pub fn sin_f32<const FMA: bool>(x: f32) -> f32 {
 }
 
 /// `cos(x)` for `f32`, accurate to 2 ulp (or, next to the zeros of cosine,
-/// to 1e-14 · max(1, |x|) absolute) for `|x| <=`
+/// to 1e-14 * max(1, |x|) absolute) for `|x| <=`
 /// [`SIN_COS_ACCURATE_LIMIT_F32`].
 ///
 /// Larger `|x|` give unspecified results; recompute them with `f32::cos`.
-/// `cos(±inf) = NaN`, `cos(NaN) = NaN`.
+/// `cos(+-inf) = NaN`, `cos(NaN) = NaN`.
 #[inline(always)]
 pub fn cos_f32<const FMA: bool>(x: f32) -> f32 {
     let (s, c, q) = sincos_reduced_f32::<FMA>(x);
@@ -503,10 +503,10 @@ fn sincos_reduced_f64<const FMA: bool>(x: f64) -> (f64, f64, u64) {
 }
 
 /// `sin(x)` for `f64`, within 3 ulp of `std` (or, next to the zeros of sine,
-/// 1e-29 · max(1, |x|) absolute) for `|x| <=` [`SIN_COS_ACCURATE_LIMIT_F64`].
+/// 1e-29 * max(1, |x|) absolute) for `|x| <=` [`SIN_COS_ACCURATE_LIMIT_F64`].
 ///
 /// Larger `|x|` give unspecified results; recompute them with `f64::sin`.
-/// `sin(±0) = ±0`, `sin(±inf) = NaN`, `sin(NaN) = NaN`.
+/// `sin(+-0) = +-0`, `sin(+-inf) = NaN`, `sin(NaN) = NaN`.
 #[inline(always)]
 pub fn sin_f64<const FMA: bool>(x: f64) -> f64 {
     let (s, c, q) = sincos_reduced_f64::<FMA>(x);
@@ -520,11 +520,11 @@ pub fn sin_f64<const FMA: bool>(x: f64) -> f64 {
 }
 
 /// `cos(x)` for `f64`, within 3 ulp of `std` (or, next to the zeros of
-/// cosine, 1e-29 · max(1, |x|) absolute) for `|x| <=`
+/// cosine, 1e-29 * max(1, |x|) absolute) for `|x| <=`
 /// [`SIN_COS_ACCURATE_LIMIT_F64`].
 ///
 /// Larger `|x|` give unspecified results; recompute them with `f64::cos`.
-/// `cos(±inf) = NaN`, `cos(NaN) = NaN`.
+/// `cos(+-inf) = NaN`, `cos(NaN) = NaN`.
 #[inline(always)]
 pub fn cos_f64<const FMA: bool>(x: f64) -> f64 {
     let (s, c, q) = sincos_reduced_f64::<FMA>(x);

@@ -27,11 +27,11 @@
 //!   f32 then evaluates a polynomial on `[0, 1]`, f64 reduces further to
 //!   `|t| <= tan(pi/8)` with `(n - d) / (n + d)`. The octant offset
 //!   `k pi/4` is added with a two-part `pi/4`.
-//! - `tan`: the Cody–Waite reduction of `sin`/`cos`, then `tan(r)` as
+//! - `tan`: the Cody-Waite reduction of `sin`/`cos`, then `tan(r)` as
 //!   `r + r^3 P(r^2)` or, in odd quadrants, `-cot(r) = -(r cot r) / r`
 //!   with its own polynomial (one division either way).
 //! - `tanh`: polynomial below 0.625, `1 - 2 / (e^{2|x|} + 1)` above.
-//! - `sinh`/`cosh`: `e^|x| / 2 ± 1 / (4 (e^|x| / 2))` with an `exp` that
+//! - `sinh`/`cosh`: `e^|x| / 2 +- 1 / (4 (e^|x| / 2))` with an `exp` that
 //!   computes `e^x / 2` directly (so it overflows only where the result
 //!   does); `sinh` uses a polynomial below 1.
 //! - `asin`/`acos`: polynomial in `x^2` below 0.5, else the same polynomial
@@ -54,7 +54,7 @@
 //! (`libm::erf` for `erf`) at the same argument, in a release build on every
 //! 7th `f32` bit pattern of the whole domain plus every 7th in denser
 //! ranges where the function has structure (about 10^9 arguments per
-//! function; `atan2` on 2·10^6 random pairs); `f64` functions against
+//! function; `atan2` on 2*10^6 random pairs); `f64` functions against
 //! `std`/`libm` (themselves within 1 ulp) on 10^6 random arguments plus edge
 //! cases, so their true error is at most about one more ulp. The exhaustive
 //! `f32` sweep (`cargo test --release special_f32_exhaustive -- --ignored`)
@@ -64,7 +64,7 @@
 //! | --- | --- | --- | --- | --- | --- |
 //! | `atan` | 1.37 | 1.20 | 2 | 2 | 1.5 / 2 |
 //! | `atan2` | 1.47 | 1.47 | 2 | 2 | 2 / 2.5 |
-//! | `tan` | 1.67 | 1.82 | 2 | 2 | 2 / 3 (†) |
+//! | `tan` | 1.67 | 1.82 | 2 | 2 | 2 / 3 (note 1) |
 //! | `tanh` | 1.33 | 1.33 | 2 | 2 | 2 / 2.5 |
 //! | `asin` | 0.64 | 0.61 | 1 | 1 | 1.5 / 2 |
 //! | `acos` | 0.90 | 0.89 | 1 | 1 | 1.5 / 2 |
@@ -75,10 +75,10 @@
 //! | `erf` | 1.30 | 1.03 | 1 | 1 | 1.5 / 2 |
 //! | `floor`, `round` | exact | exact | exact | exact | bit-exact vs std |
 //!
-//! † `tan` in ulp where `1e-3 <= |tan x| < 1e3`; elsewhere every argument
+//! Note 1: `tan` in ulp where `1e-3 <= |tan x| < 1e3`; elsewhere every argument
 //! is within the ulp bound or, near the zeros of `tan` (`x` close to
-//! `k pi`), within an absolute error of 1e-14 · max(1, |x|) (f32,
-//! measured 4.4e-15) / 1e-29 · max(1, |x|) (f64, measured 4.4e-31), and
+//! `k pi`), within an absolute error of 1e-14 * max(1, |x|) (f32,
+//! measured 4.4e-15) / 1e-29 * max(1, |x|) (f64, measured 4.4e-31), and
 //! near its poles `1 / tan(x)` is within that absolute bound.
 //!
 //! `floor` and `round` are exact. The test bounds are slightly looser than
@@ -90,11 +90,11 @@
 //! `sin`/`cos`: beyond, the result is unspecified and callers recompute
 //! those elements with `std`'s `tan`.
 //!
-//! Special values follow C: NaN in gives NaN out; `atan(±inf) = ±pi/2`;
-//! `atan2` handles signed zeros and infinities like C's (`atan2(±0, -0) =
-//! ±pi`, `atan2(±inf, -inf) = ±3pi/4`, ...); `tan(±inf)`, `asin`/`acos`
+//! Special values follow C: NaN in gives NaN out; `atan(+-inf) = +-pi/2`;
+//! `atan2` handles signed zeros and infinities like C's (`atan2(+-0, -0) =
+//! +-pi`, `atan2(+-inf, -inf) = +-3pi/4`, ...); `tan(+-inf)`, `asin`/`acos`
 //! outside `[-1, 1]` and `log1p(x < -1)` are NaN; `log1p(-1) = -inf`;
-//! `tanh(±inf) = ±1`, `erf(±inf) = ±1` with `|erf| <= 1` and `|tanh| <= 1`
+//! `tanh(+-inf) = +-1`, `erf(+-inf) = +-1` with `|erf| <= 1` and `|tanh| <= 1`
 //! everywhere; `sinh`, `cosh`, `expm1` overflow to infinity where the result
 //! does; `expm1(-inf) = -1`; odd functions keep the sign of zero; subnormal
 //! arguments are handled (odd functions return them essentially unchanged).
@@ -326,7 +326,7 @@ fn atan_reduced_f64<const FMA: bool>(n: f64, d: f64) -> (f64, bool) {
 
 /// `atan(x)` for `f32`, max error 1.5 ulp.
 ///
-/// `atan(±inf) = ±pi/2`, `atan(±0) = ±0`, `atan(NaN) = NaN`.
+/// `atan(+-inf) = +-pi/2`, `atan(+-0) = +-0`, `atan(NaN) = NaN`.
 #[inline(always)]
 pub fn atan_f32<const FMA: bool>(x: f32) -> f32 {
     let a = x.abs();
@@ -345,7 +345,7 @@ pub fn atan_f32<const FMA: bool>(x: f32) -> f32 {
 
 /// `atan(x)` for `f64`, within 2 ulp of `std`.
 ///
-/// `atan(±inf) = ±pi/2`, `atan(±0) = ±0`, `atan(NaN) = NaN`.
+/// `atan(+-inf) = +-pi/2`, `atan(+-0) = +-0`, `atan(NaN) = NaN`.
 #[inline(always)]
 pub fn atan_f64<const FMA: bool>(x: f64) -> f64 {
     let a = x.abs();
@@ -363,9 +363,9 @@ pub fn atan_f64<const FMA: bool>(x: f64) -> f64 {
 /// `atan2(y, x)` for `f32`: the angle of the point `(x, y)` in
 /// `[-pi, pi]`, max error 2 ulp.
 ///
-/// Special values as C's `atan2`: `atan2(±0, +0) = ±0`,
-/// `atan2(±0, -0) = ±pi`, `atan2(±inf, +inf) = ±pi/4`,
-/// `atan2(±inf, -inf) = ±3pi/4`, NaN if either argument is NaN.
+/// Special values as C's `atan2`: `atan2(+-0, +0) = +-0`,
+/// `atan2(+-0, -0) = +-pi`, `atan2(+-inf, +inf) = +-pi/4`,
+/// `atan2(+-inf, -inf) = +-3pi/4`, NaN if either argument is NaN.
 #[inline(always)]
 pub fn atan2_f32<const FMA: bool>(y: f32, x: f32) -> f32 {
     let (ax, ay) = (x.abs(), y.abs());
@@ -503,11 +503,11 @@ const COT_P_F64: [f64; 10] = [
 /// `tan(x)` for `f32`, max error 2 ulp for `|x| <=`
 /// [`SIN_COS_ACCURATE_LIMIT_F32`](super::SIN_COS_ACCURATE_LIMIT_F32), except
 /// next to the zeros of tangent, where the error is at most
-/// 1e-14 · max(1, |x|) absolute, and next to its poles, where `1 / tan(x)`
+/// 1e-14 * max(1, |x|) absolute, and next to its poles, where `1 / tan(x)`
 /// has that accuracy.
 ///
 /// Larger `|x|` give unspecified results; recompute them with `f32::tan`.
-/// `tan(±0) = ±0`, `tan(±inf) = NaN`, `tan(NaN) = NaN`.
+/// `tan(+-0) = +-0`, `tan(+-inf) = NaN`, `tan(NaN) = NaN`.
 #[inline(always)]
 pub fn tan_f32<const FMA: bool>(x: f32) -> f32 {
     // The reduction of sin_f32/cos_f32: x = r + q pi/2, |r| <= pi/4.
@@ -542,11 +542,11 @@ pub fn tan_f32<const FMA: bool>(x: f32) -> f32 {
 /// `tan(x)` for `f64`, within 3 ulp of `std` for `|x| <=`
 /// [`SIN_COS_ACCURATE_LIMIT_F64`](super::SIN_COS_ACCURATE_LIMIT_F64), except
 /// next to the zeros of tangent, where the error is at most
-/// 1e-29 · max(1, |x|) absolute, and next to its poles, where `1 / tan(x)`
+/// 1e-29 * max(1, |x|) absolute, and next to its poles, where `1 / tan(x)`
 /// has that accuracy.
 ///
 /// Larger `|x|` give unspecified results; recompute them with `f64::tan`.
-/// `tan(±0) = ±0`, `tan(±inf) = NaN`, `tan(NaN) = NaN`.
+/// `tan(+-0) = +-0`, `tan(+-inf) = NaN`, `tan(NaN) = NaN`.
 #[inline(always)]
 pub fn tan_f64<const FMA: bool>(x: f64) -> f64 {
     let t = fma_f64::<FMA>(x, c64::FRAC_2_PI, MAGIC_F64);
@@ -646,7 +646,7 @@ const SINH_P_F64: [f64; 7] = [
 
 /// `sinh(x)` for `f32`, max error 2 ulp.
 ///
-/// Overflows to `±inf` above ~89.4 in magnitude; `sinh(±0) = ±0`.
+/// Overflows to `+-inf` above ~89.4 in magnitude; `sinh(+-0) = +-0`.
 #[inline(always)]
 pub fn sinh_f32<const FMA: bool>(x: f32) -> f32 {
     let a = x.abs();
@@ -659,7 +659,7 @@ pub fn sinh_f32<const FMA: bool>(x: f32) -> f32 {
 
 /// `sinh(x)` for `f64`, within 2.5 ulp of `std`.
 ///
-/// Overflows to `±inf` above ~710.5 in magnitude; `sinh(±0) = ±0`.
+/// Overflows to `+-inf` above ~710.5 in magnitude; `sinh(+-0) = +-0`.
 #[inline(always)]
 pub fn sinh_f64<const FMA: bool>(x: f64) -> f64 {
     let a = x.abs();
@@ -717,7 +717,7 @@ const TANH_P_F64: [f64; 12] = [
 
 /// `tanh(x)` for `f32`, max error 2 ulp.
 ///
-/// `tanh(±inf) = ±1`, `tanh(±0) = ±0`; `|tanh(x)| <= 1`.
+/// `tanh(+-inf) = +-1`, `tanh(+-0) = +-0`; `|tanh(x)| <= 1`.
 #[inline(always)]
 pub fn tanh_f32<const FMA: bool>(x: f32) -> f32 {
     let a = x.abs();
@@ -731,7 +731,7 @@ pub fn tanh_f32<const FMA: bool>(x: f32) -> f32 {
 
 /// `tanh(x)` for `f64`, within 2.5 ulp of `std`.
 ///
-/// `tanh(±inf) = ±1`, `tanh(±0) = ±0`; `|tanh(x)| <= 1`.
+/// `tanh(+-inf) = +-1`, `tanh(+-0) = +-0`; `|tanh(x)| <= 1`.
 #[inline(always)]
 pub fn tanh_f64<const FMA: bool>(x: f64) -> f64 {
     let a = x.abs();
@@ -813,7 +813,7 @@ fn asin_parts_f64<const FMA: bool>(a: f64) -> (f64, f64, f64) {
 
 /// `asin(x)` for `f32`, max error 1.5 ulp.
 ///
-/// NaN outside `[-1, 1]`; `asin(±0) = ±0`.
+/// NaN outside `[-1, 1]`; `asin(+-0) = +-0`.
 #[inline(always)]
 pub fn asin_f32<const FMA: bool>(x: f32) -> f32 {
     let a = x.abs();
@@ -826,7 +826,7 @@ pub fn asin_f32<const FMA: bool>(x: f32) -> f32 {
 
 /// `asin(x)` for `f64`, within 2 ulp of `std`.
 ///
-/// NaN outside `[-1, 1]`; `asin(±0) = ±0`.
+/// NaN outside `[-1, 1]`; `asin(+-0) = +-0`.
 #[inline(always)]
 pub fn asin_f64<const FMA: bool>(x: f64) -> f64 {
     let a = x.abs();
@@ -881,7 +881,7 @@ pub fn acos_f64<const FMA: bool>(x: f64) -> f64 {
 /// `ln(1 + x)` for `f32`, max error 1.5 ulp, accurate near 0.
 ///
 /// `log1p(-1) = -inf`, NaN below -1, `log1p(+inf) = +inf`,
-/// `log1p(±0) = ±0`.
+/// `log1p(+-0) = +-0`.
 #[inline(always)]
 pub fn log1p_f32<const FMA: bool>(x: f32) -> f32 {
     let u = 1.0 + x;
@@ -916,7 +916,7 @@ pub fn log1p_f32<const FMA: bool>(x: f32) -> f32 {
 /// near 0.
 ///
 /// `log1p(-1) = -inf`, NaN below -1, `log1p(+inf) = +inf`,
-/// `log1p(±0) = ±0`.
+/// `log1p(+-0) = +-0`.
 #[inline(always)]
 pub fn log1p_f64<const FMA: bool>(x: f64) -> f64 {
     let u = 1.0 + x;
@@ -954,7 +954,7 @@ pub fn log1p_f64<const FMA: bool>(x: f64) -> f64 {
 /// `e^x - 1` for `f32`, max error 1.5 ulp, accurate near 0.
 ///
 /// `expm1(-inf) = -1`, overflows to `+inf` above ~88.72,
-/// `expm1(±0) = ±0`.
+/// `expm1(+-0) = +-0`.
 #[inline(always)]
 pub fn expm1_f32<const FMA: bool>(x: f32) -> f32 {
     // Below -18 the result rounds to -1; 89 overflows. NaN passes.
@@ -990,7 +990,7 @@ pub fn expm1_f32<const FMA: bool>(x: f32) -> f32 {
 /// `e^x - 1` for `f64`, within 2 ulp of `std`, accurate near 0.
 ///
 /// `expm1(-inf) = -1`, overflows to `+inf` above ~709.78,
-/// `expm1(±0) = ±0`.
+/// `expm1(+-0) = +-0`.
 #[inline(always)]
 pub fn expm1_f64<const FMA: bool>(x: f64) -> f64 {
     // Below -40 the result rounds to -1; 710 overflows.
@@ -1095,7 +1095,7 @@ const ERFC_Q_F64: [f64; 8] = [
 
 /// The Gauss error function for `f32`, max error 1.5 ulp.
 ///
-/// Odd, `|erf(x)| <= 1`, `erf(±inf) = ±1` (reached from `|x| ~= 3.92`).
+/// Odd, `|erf(x)| <= 1`, `erf(+-inf) = +-1` (reached from `|x| ~= 3.92`).
 #[inline(always)]
 pub fn erf_f32<const FMA: bool>(x: f32) -> f32 {
     // erf(4) rounds to 1; NaN passes the clamp.
@@ -1114,7 +1114,7 @@ pub fn erf_f32<const FMA: bool>(x: f32) -> f32 {
 /// The Gauss error function for `f64`, within 2 ulp of
 /// `libm::erf`.
 ///
-/// Odd, `|erf(x)| <= 1`, `erf(±inf) = ±1` (reached from `|x| ~= 5.92`).
+/// Odd, `|erf(x)| <= 1`, `erf(+-inf) = +-1` (reached from `|x| ~= 5.92`).
 #[inline(always)]
 pub fn erf_f64<const FMA: bool>(x: f64) -> f64 {
     let a = x.abs();

@@ -6,7 +6,7 @@
 //!
 //! The result is that of the exact sum in IEEE arithmetic, as a dense `sum` gives it: a row
 //! with `+inf` terms (and no `-inf` nor `NaN`) sums to `+inf`, with `-inf` terms to `-inf`,
-//! with both to `NaN`; a `NaN` term gives `NaN`; a sum that overflows is `±inf`. Subnormal
+//! with both to `NaN`; a `NaN` term gives `NaN`; a sum that overflows is `+-inf`. Subnormal
 //! terms are added like any other (no flush to zero). The compensation would break this: once
 //! the running sum is infinite, Neumaier's correction `(s - t) + v` is `inf - inf = NaN`, and
 //! the final `sum + comp` would be `NaN` in every row holding an infinity. An infinite or `NaN`
@@ -19,7 +19,7 @@
 //! none needs a rule of its own.
 //!
 //! Within a tile the CPU and CUDA backends add the terms in the compute type before the `f64`
-//! state, so in `f32` a tile whose partial sum exceeds `f32::MAX` is `±inf` even when later
+//! state, so in `f32` a tile whose partial sum exceeds `f32::MAX` is `+-inf` even when later
 //! terms would bring the total back into range (as a dense `f32` sum in any order would be).
 //!
 //! The gradient with respect to every term is the incoming gradient `G_i`, whatever the term's

@@ -11,6 +11,7 @@ use candle_core::{DType, Tensor};
 
 use super::host_read;
 use crate::operator::{column_bucket, column_buckets};
+use crate::progress::Progress;
 
 /// A symmetric positive definite operator on `(N, E)` `f64` tensors.
 pub(crate) trait SpdOperator {
@@ -88,6 +89,8 @@ pub(crate) struct CgSettings {
     pub check_residual: bool,
     /// Columns that estimate a log-determinant (see [`Quadrature`]), or `None`.
     pub quadrature: Option<Quadrature>,
+    /// When to show a progress bar (see [`crate::SolveOptions::progress`]).
+    pub progress: Option<std::time::Duration>,
 }
 
 /// The stop rule of the probe columns of a log-determinant estimate: a probe column has
@@ -256,6 +259,18 @@ pub(crate) fn cg(
     // The active columns as a `(1, E)` u8 mask on the device, rebuilt when they change.
     let mut mask_of: Option<(Vec<bool>, Tensor)> = None;
     let mut it = 0;
+    // The bar counts the digits of residual reduction, out of the `log10(1 / tol)` asked for.
+    let digits = |res: &[f64], done: &[bool]| {
+        let worst = res
+            .iter()
+            .zip(done)
+            .filter(|(_, &d)| !d)
+            .map(|(&r, _)| r)
+            .fold(0.0f64, f64::max);
+        (worst, (-worst.log10()).clamp(0.0, 100.0) as usize)
+    };
+    let goal = (-s.tol.log10()).clamp(1.0, 100.0).ceil() as usize;
+    let mut bar = Progress::new("CG", goal, s.progress);
     while it < s.max_iters {
         let active: Vec<bool> = (0..e).map(|c| !converged[c] && !broken[c]).collect();
         if !active.contains(&true) {
@@ -314,6 +329,13 @@ pub(crate) fn cg(
             };
             exact[c] = false;
         }
+        let (worst, reached) = digits(&res, &converged);
+        bar.update(reached.min(goal), || {
+            format!(
+                "iteration {it}, largest residual {worst:.1e} (tol {:.0e})",
+                s.tol
+            )
+        });
         if let Some(q) = s.quadrature {
             for c in q.first..e {
                 if quad_done[c] || !active[c] || broken[c] {
@@ -466,6 +488,7 @@ pub(crate) fn cg(
             }
         }
     }
+    bar.finish();
     for c in 0..e {
         if converged[c] {
             stops[c] = Stop::Converged;

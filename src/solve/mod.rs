@@ -77,6 +77,12 @@ pub struct SolveOptions {
     /// recurrence residual improves by less than 10% over three looks 100 iterations apart
     /// stops as stalled (so that no `max_iters` makes a solve run forever).
     pub check_residual: bool,
+    /// Draw a progress bar on standard error once the solve has run this long (default
+    /// `None`: never). The bar shows the digits of residual reduction reached out of those
+    /// `tol` asks for, the iteration and the largest residual; it is drawn only when standard
+    /// error is a terminal and the crate feature `progress` (on by default) is enabled. The
+    /// examples set one second.
+    pub progress: Option<std::time::Duration>,
 }
 
 impl Default for SolveOptions {
@@ -87,6 +93,7 @@ impl Default for SolveOptions {
             preconditioner: Preconditioner::default(),
             x0: None,
             check_residual: true,
+            progress: None,
         }
     }
 }
@@ -477,6 +484,7 @@ impl KernelOperator {
                 max_iters: opts.max_iters,
                 check_residual: opts.check_residual,
                 quadrature: None,
+                progress: opts.progress,
             },
         };
         // The tracked product of the gradient (and its backward pass) compiles now, beside

@@ -141,7 +141,7 @@ pub(crate) enum Root {
     /// same dimension (at most `MAX_ONE_PASS_DIM`) and `s` a row register of one component: the
     /// distances, their scaling and their maximum in one pass, then the sum of exponentials.
     SqDistScaled { x: Reg, t: Reg, s: Reg },
-    /// For `Sum`: a concatenation of parts `± exp(s * |x - t|^2) * w * m` with one shared
+    /// For `Sum`: a concatenation of parts `+- exp(s * |x - t|^2) * w * m` with one shared
     /// exponential and weight `w` (a one-component tile register, or 1 when absent) and
     /// per-part moments `m` ([`Program::moments`]): 1, `x - t` or `|x - t|^2`. The gradients
     /// of a Gaussian kernel sum have this form; they run in one pass over the tile.

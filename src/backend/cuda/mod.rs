@@ -44,9 +44,22 @@ pub use inflight::{worker_count as compile_threads, THREADS_VAR};
 /// # }
 /// # Ok::<(), candle_core::Error>(())
 /// ```
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", docsrs))]
+#[cfg_attr(docsrs, doc(cfg(feature = "cuda")))]
 pub fn compile_ptx(kernel: &CudaKernel, arch: &str) -> candle_core::Result<String> {
-    Ok(launch::compile(kernel, arch, None)?)
+    #[cfg(feature = "cuda")]
+    return Ok(launch::compile(kernel, arch, None)?);
+    // docs.rs documents this function from a build without CUDA (candle's CUDA kernels need
+    // nvcc at build time): there it can only say so.
+    #[cfg(not(feature = "cuda"))]
+    Err(crate::Error::NotImplemented {
+        op: "compile_ptx",
+        detail: format!(
+            "this build of lazy-kernels has no CUDA support (feature `cuda`): cannot compile {} for {arch}",
+            kernel.name
+        ),
+    }
+    .into())
 }
 
 #[cfg(feature = "cuda")]
