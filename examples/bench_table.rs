@@ -9,8 +9,9 @@
 //! ```
 //!
 //! (`--help` lists the options.) Peak extra memory is measured in a child process (this
-//! program re-executed with a hidden `--child ours|dense` option and its size): the child builds the inputs, resets its peak RSS
-//! (`/proc/self/clear_refs`), runs one reduction and prints the growth of `VmHWM`.
+//! program re-executed with a hidden `--child ours|dense` option and its size): the child
+//! builds the inputs, resets its peak RSS (`/proc/self/clear_refs`), runs one reduction and
+//! prints the growth of `VmHWM`.
 //!
 //! `--device cpu|cuda|cuda:N` (default `cpu`): where the inputs live and both methods run
 //! (the children too). On a GPU every time is read after the device has finished, the first
