@@ -6,14 +6,18 @@
 //! {1, 16}, LogSumExp and ArgKMin(10) for D = 3. At 10^5 one reduction is 10^10 pairs
 //! (seconds per call), so those cases take 10 flat samples; the whole run takes about ten
 //! minutes on 2 cores.
+//!
+//! The machine header (`examples/report`: CPU model, cores, ISA, date, arguments) comes first,
+//! then criterion's own output; criterion's options follow `--` (`-- --help` lists them).
+
+#[path = "../examples/report/mod.rs"]
+mod report;
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
-use criterion::{
-    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
-};
+use criterion::{criterion_group, BenchmarkId, Criterion, SamplingMode, Throughput};
 use lazy_kernels::{Axis, LazyTensor};
 
 const SMALL: usize = 10_000;
@@ -124,4 +128,10 @@ fn argkmin10(c: &mut Criterion) {
 }
 
 criterion_group!(benches, gaussian_sum, logsumexp, argkmin10);
-criterion_main!(benches);
+
+/// `criterion_main!(benches)`, after the machine header.
+fn main() {
+    println!("{}\n", report::machine_header());
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -8,9 +8,11 @@
 //! cargo run --release --example bench_cold_start -- --n 2000 --dtype f32 --list
 //! ```
 //!
-//! The step is that of `bench_gp`: `N` points uniform in the unit cube (seed 0), a Gaussian
-//! kernel with three lengthscales times an outputscale, a learned noise and mean, default
-//! `GpSettings`.
+//! (`--help` lists the options.)
+//!
+//! The step is that of `bench_gp`: `N` points uniform in the unit cube (`--seed`, default 0), a
+//! Gaussian kernel with three lengthscales times an outputscale, a learned noise and mean,
+//! default `GpSettings`.
 //!
 //! * On the CPU (default): one step runs with the kernel census on
 //!   ([`lazy_kernels::backend::census`]), which records the CUDA module each reduction would
@@ -25,19 +27,25 @@
 //!   step (cold: generate, NVRTC, load, run), then a warm step, and the census of the first
 //!   step; then a second child on the now filled disk cache (first step of a new process).
 //!
-//! Options: `--n N` (default 10000), `--dtype f32|f64|both` (default both), `--list` (print
-//! every kernel of the census), `--dump DIR` (write each kernel's source to `DIR/<name>.cu`),
-//! `--threads 2,4,8`, `--arch compute_XY`.
+//! Options: `--n N` (default 10000), `--dtype f32|f64` (default both, f32 then f64), `--list`
+//! (print every kernel of the census), `--out DIR` (write each kernel's source to
+//! `DIR/<name>.cu`), `--threads 2,4,8`, `--arch compute_XY`, `--seed S`.
 
 #[path = "device/mod.rs"]
 mod device;
 #[path = "gp_problem/mod.rs"]
 mod gp_problem;
+#[path = "report/mod.rs"]
+mod report;
+#[path = "sizes/mod.rs"]
+mod sizes;
 
 use std::error::Error;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
+use clap::Parser;
 use gp_problem::{build_gp, Problem};
 use lazy_kernels::backend::census::{self, Census};
 use lazy_kernels::gp::ExactGp;
@@ -60,61 +68,90 @@ fn step(gp: &ExactGp) -> Res<(f64, f64, f64)> {
     Ok((t.elapsed().as_secs_f64(), report.nll, norm.sqrt()))
 }
 
+/// The cold start of an exact-GP training step: its CUDA kernels and what compiling them costs.
+///
+/// On the CPU (default): one step (`gp.nll()` then `backward()`, N points in the unit cube, a
+/// Gaussian kernel with three lengthscales times an outputscale) runs with the kernel census
+/// on, which records the CUDA module each reduction would compile; with `--features cuda`
+/// every recorded source is then compiled here by NVRTC (no GPU needed), one after the other
+/// and on k threads for each k of `--threads`. With `--device cuda`: per dtype, a fresh
+/// process on an empty disk cache (first step cold, then warm), then one on the filled cache.
+#[derive(Parser)]
+#[command(name = "bench_cold_start")]
+struct Cli {
+    /// Points of the problem (`10000`, `1e4`).
+    #[arg(long, value_name = "N", default_value = "1e4", value_parser = sizes::at_least(2))]
+    n: usize,
+    /// One dtype only [default: both, f32 then f64].
+    #[arg(long, value_enum)]
+    dtype: Option<device::Dtype>,
+    /// Print every kernel of the census (and "ahead" for those CUDA compiles ahead for the
+    /// backward passes).
+    #[arg(long)]
+    list: bool,
+    /// Write each kernel's source to `DIR/<name>.cu` (CPU census only).
+    #[arg(long, value_name = "DIR", alias = "dump")]
+    out: Option<PathBuf>,
+    /// Thread counts of the concurrent NVRTC compilations (`--features cuda`).
+    #[arg(
+        long,
+        value_name = "K,...",
+        value_delimiter = ',',
+        default_value = "2,4,8,16",
+        value_parser = sizes::count
+    )]
+    threads: Vec<usize>,
+    /// The architecture NVRTC compiles for (`--features cuda`).
+    #[arg(long, value_name = "compute_XY", default_value = "compute_90")]
+    arch: String,
+    /// Seed of the problem's points and noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Child mode (`--device cuda`): one dtype's first and warm steps in this process.
+    #[arg(long, hide = true)]
+    child: bool,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
+/// What the program does, from the command line (NVRTC and the device are for `--features
+/// cuda` only).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct Args {
     n: usize,
     dtypes: Vec<DType>,
     list: bool,
     threads: Vec<usize>,
     arch: String,
+    seed: u64,
+    device: device::Choice,
     cuda: bool,
     child: bool,
-    dump: Option<std::path::PathBuf>,
+    dump: Option<PathBuf>,
 }
 
-fn parse_args() -> Res<Args> {
-    let mut a = Args {
-        n: 10_000,
-        dtypes: vec![DType::F32, DType::F64],
-        list: false,
-        threads: vec![2, 4, 8, 16],
-        arch: "compute_90".into(),
-        cuda: false,
-        child: false,
-        dump: None,
-    };
+fn parse_args() -> Args {
+    let cli = Cli::parse();
     // `--device` as every example takes it: cuda needs a build with the feature and a device.
-    let (choice, rest) = device::choice_from_args();
-    if let device::Choice::Cuda(_) = choice {
-        device::open_or_exit(choice);
-        a.cuda = true;
+    let cuda = matches!(cli.device.device, device::Choice::Cuda(_));
+    if cuda {
+        cli.device.open();
     }
-    let mut it = rest.into_iter();
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--n" => a.n = value()?.parse::<f64>()? as usize,
-            "--dtype" => {
-                a.dtypes = match value()?.as_str() {
-                    "f32" => vec![DType::F32],
-                    "f64" => vec![DType::F64],
-                    "both" => vec![DType::F32, DType::F64],
-                    other => return Err(format!("--dtype {other}: f32, f64 or both").into()),
-                }
-            }
-            "--list" => a.list = true,
-            "--threads" => {
-                a.threads = value()?
-                    .split(',')
-                    .map(|t| t.trim().parse())
-                    .collect::<Result<_, _>>()?
-            }
-            "--arch" => a.arch = value()?,
-            "--child" => a.child = true,
-            "--dump" => a.dump = Some(value()?.into()),
-            other => return Err(format!("unknown argument {other}").into()),
-        }
+    Args {
+        n: cli.n,
+        dtypes: match cli.dtype {
+            Some(d) => vec![d.dtype()],
+            None => vec![DType::F32, DType::F64],
+        },
+        list: cli.list,
+        threads: cli.threads,
+        arch: cli.arch,
+        seed: cli.seed,
+        device: cli.device.device,
+        cuda,
+        child: cli.child,
+        dump: cli.out,
     }
-    Ok(a)
 }
 
 fn name(d: DType) -> &'static str {
@@ -149,36 +186,44 @@ fn summary(c: &Census) -> String {
 }
 
 fn cpu_census(a: &Args) -> Res<()> {
+    println!("{}\n", report::machine_header());
     println!(
         "# Kernels of one exact-GP step (N = {}, D = 3, Gaussian x scale, default GpSettings), \
          counted on the CPU",
         a.n
     );
     let mut sources: Vec<(DType, Census)> = Vec::new();
+    let bar = report::progress(a.dtypes.len() as u64, "census steps");
     for &dtype in &a.dtypes {
-        let gp = build_gp(&Problem::new(a.n), &Device::Cpu, dtype)?;
+        bar.set_message(format!("census step, {}", name(dtype)));
+        let gp = build_gp(&Problem::seeded(a.n, a.seed), &Device::Cpu, dtype)?;
         census::start();
         let (secs, nll, grad) = step(&gp)?;
         let c = census::stop();
-        println!(
-            "\n## {}: {} distinct kernels, {} reductions (the CPU step took {secs:.2} s; NLL \
-             {nll:.6}, gradient norm {grad:.6})",
-            name(dtype),
-            c.distinct(),
-            c.dispatches
-        );
-        print!("{}", summary(&c));
-        if a.list {
-            println!("{c}");
-        }
-        if let Some(dir) = &a.dump {
-            std::fs::create_dir_all(dir)?;
-            for k in c.kernels.iter().filter(|k| k.dispatches > 0) {
-                std::fs::write(dir.join(format!("{}.cu", k.name)), &k.source)?;
+        bar.inc(1);
+        bar.suspend(|| -> Res<()> {
+            println!(
+                "\n## {}: {} distinct kernels, {} reductions (the CPU step took {secs:.2} s; NLL \
+                 {nll:.6}, gradient norm {grad:.6})",
+                name(dtype),
+                c.distinct(),
+                c.dispatches
+            );
+            print!("{}", summary(&c));
+            if a.list {
+                println!("{c}");
             }
-        }
+            if let Some(dir) = &a.dump {
+                std::fs::create_dir_all(dir)?;
+                for k in c.kernels.iter().filter(|k| k.dispatches > 0) {
+                    std::fs::write(dir.join(format!("{}.cu", k.name)), &k.source)?;
+                }
+            }
+            Ok(())
+        })?;
         sources.push((dtype, c));
     }
+    bar.finish_and_clear();
     nvrtc_times(a, &sources)
 }
 
@@ -206,6 +251,7 @@ fn nvrtc_times(a: &Args, sets: &[(DType, Census)]) -> Res<()> {
         rule.push_str("---|");
     }
     println!("{head}\n{rule}");
+    let bar = report::progress((sets.len() * (1 + a.threads.len())) as u64, "NVRTC");
     for (dtype, c) in sets {
         // The recorded sources, as modules (only the name and source matter to NVRTC).
         let kernels: Vec<CudaKernel> = c
@@ -235,6 +281,7 @@ fn nvrtc_times(a: &Args, sets: &[(DType, Census)]) -> Res<()> {
             each.push(t.elapsed().as_secs_f64());
         }
         let seq = t.elapsed().as_secs_f64();
+        bar.inc(1);
         each.sort_by(f64::total_cmp);
         let mut row = format!(
             "| {} | {} | {seq:.2} | {:.3} / {:.3} / {:.3} |",
@@ -257,14 +304,16 @@ fn nvrtc_times(a: &Args, sets: &[(DType, Census)]) -> Res<()> {
                 }
             });
             row.push_str(&format!(" {:.2} |", t.elapsed().as_secs_f64()));
+            bar.inc(1);
         }
-        println!("{row}");
+        bar.suspend(|| println!("{row}"));
     }
+    bar.finish_and_clear();
     Ok(())
 }
 
 fn main() -> Res<()> {
-    let a = parse_args()?;
+    let a = parse_args();
     if a.child {
         return child(&a);
     }
@@ -289,13 +338,20 @@ fn child(_: &Args) -> Res<()> {
 #[cfg(feature = "cuda")]
 fn cuda_parent(a: &Args) -> Res<()> {
     use lazy_kernels::backend::cuda::cache::CACHE_DIR_VAR;
+    use std::process::Stdio;
     let exe = std::env::current_exe()?;
+    println!("{}\n", report::machine_header());
     println!(
-        "# First exact-GP step on CUDA device 0 (N = {}, fresh processes), background compile \
-         threads: {}",
+        "# First exact-GP step on CUDA device {} (N = {}, fresh processes), background \
+         compile threads: {}",
+        match a.device {
+            device::Choice::Cuda(n) => n,
+            device::Choice::Cpu => 0,
+        },
         a.n,
         lazy_kernels::backend::cuda::compile_threads()
     );
+    let bar = report::progress(2 * a.dtypes.len() as u64, "child processes");
     for &dtype in &a.dtypes {
         let dir = std::env::temp_dir().join(format!(
             "lk-cold-{}-{}-{}",
@@ -306,34 +362,54 @@ fn cuda_parent(a: &Args) -> Res<()> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         for run in ["empty disk cache", "filled disk cache"] {
-            println!("\n## {} ({run})", name(dtype));
+            bar.set_message(format!("{} ({run})", name(dtype)));
             let mut cmd = std::process::Command::new(&exe);
             // The driver's own cache of compiled PTX is off too, so that the first step pays
             // what a user's very first one does (Candle's kernels JIT-compiled when the build
             // targets another architecture than the device's).
             cmd.env(CACHE_DIR_VAR, &dir)
                 .env("CUDA_CACHE_DISABLE", "1")
-                .args(["--child", "--n", &a.n.to_string(), "--dtype", name(dtype)]);
+                .args([
+                    "--child",
+                    "--n",
+                    &a.n.to_string(),
+                    "--dtype",
+                    name(dtype),
+                    "--seed",
+                    &a.seed.to_string(),
+                    "--device",
+                    &a.device.spec(),
+                ]);
             if a.list {
                 cmd.arg("--list");
             }
-            let status = cmd.status()?;
-            if !status.success() {
-                return Err(format!("the child ({}, {run}) failed: {status}", name(dtype)).into());
+            // The child's report comes back through a pipe, printed between the bar's redraws.
+            let out = cmd.stderr(Stdio::inherit()).output()?;
+            bar.suspend(|| {
+                println!("\n## {} ({run})", name(dtype));
+                print!("{}", String::from_utf8_lossy(&out.stdout));
+            });
+            bar.inc(1);
+            if !out.status.success() {
+                bar.abandon();
+                return Err(
+                    format!("the child ({}, {run}) failed: {}", name(dtype), out.status).into(),
+                );
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+    bar.finish_and_clear();
     Ok(())
 }
 
 /// In a fresh process: the first step with the census on, then a warm step.
 #[cfg(feature = "cuda")]
 fn child(a: &Args) -> Res<()> {
-    let dev = Device::new_cuda(0)?;
+    let dev = device::open_or_exit(a.device);
     let dtype = a.dtypes[0];
     let t = Instant::now();
-    let gp = build_gp(&Problem::new(a.n), &dev, dtype)?;
+    let gp = build_gp(&Problem::seeded(a.n, a.seed), &dev, dtype)?;
     dev.synchronize()?;
     let setup = t.elapsed().as_secs_f64();
     census::start();

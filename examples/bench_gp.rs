@@ -6,19 +6,19 @@
 //! ```text
 //! cargo run --release --example bench_gp                          # N = 10^4 and 10^5
 //! cargo run --release --example bench_gp -- --sizes 1000,2000,4000 --runs 5
-//! cargo run --release --example bench_gp -- --no-exact --f32
+//! cargo run --release --example bench_gp -- --no-exact --dtype f32
 //! cargo run --release --features cuda --example bench_gp -- --device cuda
 //! ```
 //!
 //! `--device cpu|cuda|cuda:N` (default `cpu`): where both methods run (each child process gets
-//! the same `--device`).
+//! the same `--device`). `--help` lists the options.
 //!
-//! The problem: `N` points uniform in the unit cube (seed 0),
+//! The problem: `N` points uniform in the unit cube (`--seed`, default 0),
 //! `y = sin(2 pi x0) cos(pi x1) + 0.5 sin(3 x2) + 0.1 eps`, `eps ~ N(0, 1)`; a Gaussian kernel
 //! with per-dimension lengthscales and an outputscale, and the noise variance, all
 //! [`Positive`](lazy_kernels::gp::Positive), at fixed values (see [`LENGTHSCALES`],
 //! [`OUTPUTSCALE`], [`NOISE`]); the constant mean at the mean of `y` (the model of
-//! `gp_problem`, in `f64`, or `f32` with `--f32`).
+//! `gp_problem`, in `f64`, or `f32` with `--dtype f32`).
 //!
 //! * Stochastic: the default [`GpSettings`] with `nll_method: NllMethod::Stochastic` (CG solve
 //!   and stochastic Lanczos log-determinant; an estimate with a standard error).
@@ -32,9 +32,9 @@
 //! * Each step is `nll()`, `backward()` and the gradients read back to the host (which also
 //!   synchronises a GPU), timed as a whole; the report also gives the `nll()` part alone.
 //! * Memory: each method runs in its own child process (this program re-executed with a
-//!   hidden `--child` flag) that reads its peak RSS (`VmHWM` of `/proc/self/status`) after its
-//!   timed runs; the inputs are a few MB. On CUDA the child also samples the device's used
-//!   memory (`cuMemGetInfo`) every millisecond in a background thread during its timed runs:
+//!   hidden `--child METHOD` option) that reads its peak RSS (`VmHWM` of `/proc/self/status`)
+//!   after its timed runs; the inputs are a few MB. On CUDA the child also samples the device's
+//!   used memory (`cuMemGetInfo`) every millisecond in a background thread during its timed runs:
 //!   the peak over the samples minus the value before the warm-up (with the model's data
 //!   already on the device), so a shorter peak between two samples is missed.
 //! * Timing: median of `R` runs (`--runs R`, default 3) after a warm-up run; at `N >= 50,000`,
@@ -47,11 +47,14 @@ mod device;
 mod gp_problem;
 #[path = "report/mod.rs"]
 mod report;
+#[path = "sizes/mod.rs"]
+mod sizes;
 use std::error::Error;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
+use clap::{Parser, ValueEnum};
 use lazy_kernels::gp::{ExactGp, GpSettings, NllMethod, NllReport};
 
 use gp_problem::{build_gp, Problem, LENGTHSCALES, NOISE, NOISE_SD, OUTPUTSCALE};
@@ -90,17 +93,68 @@ struct Step {
 const GRAD_NAMES: [&str; 6] = ["raw l0", "raw l1", "raw l2", "raw s", "raw noise", "mean"];
 
 /// The two methods, by their names in the table and on a child's command line.
-const METHODS: [(&str, NllMethod); 2] = [
-    ("stochastic", NllMethod::Stochastic),
-    ("exact", NllMethod::Exact),
-];
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    /// `NllMethod::Stochastic`.
+    Stochastic,
+    /// `NllMethod::Exact`.
+    Exact,
+}
 
-fn method_from_name(name: &str) -> Res<NllMethod> {
-    METHODS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, m)| *m)
-        .ok_or_else(|| format!("unknown method {name} (stochastic or exact)").into())
+impl Method {
+    fn nll(self) -> NllMethod {
+        match self {
+            Method::Stochastic => NllMethod::Stochastic,
+            Method::Exact => NllMethod::Exact,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Method::Stochastic => "stochastic",
+            Method::Exact => "exact",
+        }
+    }
+}
+
+/// One exact-GP training step by the stochastic NLL (CG, SLQ) against the exact one (Cholesky).
+///
+/// For each N: N points uniform in the unit cube, y = sin(2 pi x0) cos(pi x1) + 0.5 sin(3 x2) +
+/// 0.1 eps, a Gaussian kernel with three lengthscales and an outputscale, a learned noise and
+/// mean. Each method runs in a child process of its own (this program again), which times
+/// nll(), backward() and the gradients read back (median of the runs after a warm-up) and
+/// reads its peak memory. The exact method runs where its memory estimate fits in 90% of the
+/// available memory. Prints a markdown table and details.
+#[derive(Parser)]
+#[command(name = "bench_gp")]
+struct Cli {
+    /// The sizes N (`1e4,1e5`).
+    #[arg(
+        long,
+        value_name = "N,...",
+        value_delimiter = ',',
+        default_value = "1e4,1e5",
+        value_parser = sizes::at_least(2)
+    )]
+    sizes: Vec<usize>,
+    /// Timed runs per method and size (`ceil(R / 3)` from N = 50,000).
+    #[arg(long, value_name = "R", default_value = "3", value_parser = sizes::count)]
+    runs: usize,
+    /// Leave out the exact method.
+    #[arg(long)]
+    no_exact: bool,
+    /// The model's floating-point type (the exact Cholesky is in f64 either way).
+    #[arg(long, value_enum, default_value = "f64")]
+    dtype: device::Dtype,
+    /// Seed of the problem's points and noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Child mode: runs METHOD at the first of `--sizes`, `--runs` times, and prints a RESULT
+    /// line.
+    #[arg(long, value_name = "METHOD", value_enum, hide = true)]
+    child: Option<Method>,
+    #[command(flatten)]
+    device: device::DeviceArg,
 }
 
 /// The problem's model on `dev` in `dtype`, with the NLL forced to `method`.
@@ -285,15 +339,20 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// Child mode: one method at one size; prints a `RESULT` line.
-fn child(method: &str, n: usize, runs: usize, dev: &Device, dtype: DType) -> Res<()> {
-    let method = method_from_name(method)?;
-    let problem = Problem::new(n);
+fn child(method: Method, n: usize, runs: usize, dev: &Device, dtype: DType, seed: u64) -> Res<()> {
+    let method = method.nll();
+    let problem = Problem::seeded(n, seed);
     let base_kib = read_status_kib("VmHWM:").unwrap_or(0);
     let gp = model(&problem, dev, dtype, method)?;
     device::sync(dev)?;
     let device_base = device_memory::used(dev);
     if n >= LARGE {
-        step(&model(&Problem::new(WARMUP_N), dev, dtype, method)?)?;
+        step(&model(
+            &Problem::seeded(WARMUP_N, seed),
+            dev,
+            dtype,
+            method,
+        )?)?;
     } else {
         step(&gp)?;
     }
@@ -361,32 +420,35 @@ fn parse_pair(v: &str) -> Res<(f64, f64)> {
     }
 }
 
-fn run_child(
-    method: &str,
-    n: usize,
-    runs: usize,
-    device: device::Choice,
-    f32: bool,
-) -> Res<ChildResult> {
+fn run_child(method: Method, n: usize, runs: usize, cli: &Cli) -> Res<ChildResult> {
     let exe = std::env::current_exe()?;
-    let mut args = vec![
+    let device = cli.device.device;
+    let args = [
         "--child".to_string(),
-        method.to_string(),
+        method.name().to_string(),
+        "--sizes".to_string(),
         n.to_string(),
+        "--runs".to_string(),
         runs.to_string(),
+        "--dtype".to_string(),
+        cli.dtype.name().to_string(),
+        "--seed".to_string(),
+        cli.seed.to_string(),
         "--device".to_string(),
         device.spec(),
     ];
-    if f32 {
-        args.push("--f32".into());
-    }
     let out = Command::new(exe)
         .args(&args)
         .stderr(Stdio::inherit())
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(format!("child {method} N={n} on {device} failed ({})", out.status).into());
+        return Err(format!(
+            "child {} N={n} on {device} failed ({})",
+            method.name(),
+            out.status
+        )
+        .into());
     }
     let line = text
         .lines()
@@ -438,18 +500,6 @@ fn fmt_bytes(b: f64) -> String {
     }
 }
 
-fn parse_sizes(s: &str) -> Res<Vec<usize>> {
-    s.split(',')
-        .map(|t| {
-            let v: f64 = t.trim().parse()?;
-            if !(v >= 2.0 && v.fract() == 0.0) {
-                return Err(format!("bad size {t}").into());
-            }
-            Ok(v as usize)
-        })
-        .collect()
-}
-
 fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs()
 }
@@ -490,49 +540,19 @@ fn exact_fits(n: usize, dev: &Device) -> Result<f64, String> {
 
 fn main() -> Res<()> {
     let all_args: Vec<String> = std::env::args().skip(1).collect();
-    let (choice, args) = device::choice_from_args();
-    let f32 = args.iter().any(|a| a == "--f32");
+    let cli = Cli::parse();
+    let choice = cli.device.device;
     // Fails here, in one line, when the device cannot be used (the children open it again).
-    let dev = device::open_or_exit(choice);
-    if args.first().map(String::as_str) == Some("--child") {
-        let get = |i: usize| args.get(i).ok_or("--child needs METHOD N RUNS");
-        let dtype = if f32 { DType::F32 } else { DType::F64 };
-        return child(get(1)?, get(2)?.parse()?, get(3)?.parse()?, &dev, dtype);
+    let dev = cli.device.open();
+    let dtype = cli.dtype.dtype();
+    if let Some(method) = cli.child {
+        return child(method, cli.sizes[0], cli.runs, &dev, dtype, cli.seed);
     }
     let start = Instant::now();
-    let mut sizes = vec![10_000, 100_000];
-    let mut runs = 3usize;
-    let mut exact = true;
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--sizes" => {
-                sizes = parse_sizes(args.get(i + 1).ok_or("--sizes needs a list: 1e4,1e5")?)?;
-                i += 1;
-            }
-            "--runs" => {
-                runs = args.get(i + 1).ok_or("--runs needs a number")?.parse()?;
-                if runs == 0 {
-                    return Err("--runs must be at least 1".into());
-                }
-                i += 1;
-            }
-            "--no-exact" => exact = false,
-            "--f32" => {}
-            other => {
-                return Err(format!(
-                    "unknown argument {other} (options: --sizes 1e4,1e5 --runs R --no-exact --f32 \
-                     --device cpu|cuda|cuda:N)"
-                )
-                .into())
-            }
-        }
-        i += 1;
-    }
+    let (sizes, runs, exact) = (cli.sizes.clone(), cli.runs, !cli.no_exact);
 
-    let nproc = std::thread::available_parallelism().map_or(0, |p| p.get());
     let mem_total = meminfo_bytes("MemTotal:").map_or("?".into(), fmt_bytes);
-    let dtype_name = if f32 { "f32" } else { "f64" };
+    let dtype_name = cli.dtype.name();
     println!(
         "# Exact GP training step, stochastic and exact NLL: `cargo run --release{} --example \
          bench_gp{}{}`",
@@ -545,14 +565,9 @@ fn main() -> Res<()> {
         all_args.join(" ")
     );
     println!();
-    println!("Date: {}", report::utc_now());
-    println!(
-        "Machine: {}, {nproc} CPUs (nproc), {} RAM, rayon threads {}, ISA {}",
-        report::cpu_model(),
-        mem_total,
-        rayon::current_num_threads(),
-        lazy_kernels::backend::cpu::isa::detect().name()
-    );
+    println!("{}", report::machine_header());
+    println!("- RAM: {mem_total}");
+    println!();
     let device_name = device_memory::name(&dev).map_or(String::new(), |n| format!(", {n}"));
     let device_total = device_memory::free_total(&dev)
         .map_or(String::new(), |(_, t)| format!(", {}", fmt_bytes(t as f64)));
@@ -578,18 +593,29 @@ fn main() -> Res<()> {
         exact: Result<ChildResult, String>,
     }
     let mut rows = Vec::new();
+    let bar = report::progress(2 * sizes.len() as u64, "child runs");
+    // What runs now: on the bar's line, or a line of its own when there is no bar.
+    let say = |msg: String| {
+        if bar.is_hidden() {
+            eprintln!("bench_gp: {msg}");
+        } else {
+            bar.set_message(msg);
+        }
+    };
     for &n in &sizes {
         let r = if n >= LARGE { runs.div_ceil(3) } else { runs };
         let exact_res = if !exact {
             Err("not run (--no-exact)".to_string())
         } else {
             exact_fits(n, &dev).and_then(|_| {
-                eprintln!("bench_gp: exact N = {n} on {choice}, runs: {r}...");
-                run_child("exact", n, r, choice, f32).map_err(|e| format!("failed: {e}"))
+                say(format!("exact N = {n} on {choice}, runs: {r}..."));
+                run_child(Method::Exact, n, r, &cli).map_err(|e| format!("failed: {e}"))
             })
         };
-        eprintln!("bench_gp: stochastic N = {n} on {choice}, runs: {r}...");
-        let stochastic = run_child("stochastic", n, r, choice, f32);
+        bar.inc(1);
+        say(format!("stochastic N = {n} on {choice}, runs: {r}..."));
+        let stochastic = run_child(Method::Stochastic, n, r, &cli);
+        bar.inc(1);
         rows.push(Row {
             n,
             runs: r,
@@ -597,6 +623,7 @@ fn main() -> Res<()> {
             exact: exact_res,
         });
     }
+    bar.finish_and_clear();
 
     println!(
         "| N | device | runs | stochastic (s/step) | exact (s/step) | exact / stochastic | exact \

@@ -5,7 +5,11 @@
 //! cargo run --release --features cuda --example bench_gpu               # M = N up to 3 x 10^6
 //! cargo run --release --features cuda --example bench_gpu -- --quick    # up to 10^5
 //! cargo run --release --features cuda --example bench_gpu -- --sizes 1e4,1e5
+//! cargo run --release --features cuda --example bench_gpu -- --device cuda:1
 //! ```
+//!
+//! `--device cuda|cuda:N` (default `cuda`, device 0); `--seed S` changes the random points;
+//! `--help` lists the options.
 //!
 //! * The Gaussian kernel sum `sum_j exp(-|x_i - y_j|^2 / 2) b_j`, D = 3, f32, M = N (10^4,
 //!   10^5, 10^6, 3 x 10^6; `--quick` 10^4, 10^5; `--sizes` any): median time per call after a
@@ -26,7 +30,7 @@
 //! * First-call latency of a formula never seen before (a constant taken from the clock makes
 //!   it new: the call includes code generation, NVRTC and loading), the second call, and the
 //!   first call of the same formula in a new process (this program re-executed with a hidden
-//!   `--cached-child` flag), which comes from the disk cache.
+//!   `--cached-child` option), which comes from the disk cache.
 //!
 //! Every timed call ends with a copy of one scalar of the result to the host (of every
 //! gradient, whole, for the backward pass), so the time is the time until the result exists.
@@ -43,6 +47,8 @@
 mod device;
 #[path = "report/mod.rs"]
 mod report;
+#[path = "sizes/mod.rs"]
+mod sizes;
 
 use std::error::Error;
 use std::hint::black_box;
@@ -50,7 +56,52 @@ use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use candle_core::{DType, Device, Tensor, Var};
+use clap::Parser;
 use lazy_kernels::{Axis, LazyTensor};
+
+/// GPU benchmark of the reductions: markdown tables measured on a CUDA device.
+///
+/// The Gaussian kernel sum (D = 3, f32, M = N) at each size, in pairs per second and as a
+/// share of an H100's exp throughput; its spellings and precisions, LogSumExp and ArgKMin(10)
+/// beside their times predicted from the kernels' SASS instruction counts; the backward pass
+/// against the forward; the first-call latency of a new formula, in memory and from the disk
+/// cache (in a new process). Needs a build with `--features cuda`: without CUDA support or a
+/// CUDA device it says so in one line and exits 1.
+#[derive(Parser)]
+#[command(name = "bench_gpu")]
+struct Cli {
+    /// Smaller sizes and fewer repetitions: M = N up to 10^5.
+    #[arg(long)]
+    quick: bool,
+    /// The sizes M = N of the first table [default: 1e4,1e5,1e6,3e6; 1e4,1e5 with --quick].
+    #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = sizes::count)]
+    sizes: Option<Vec<usize>>,
+    /// Seed of the random points and weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The CUDA device: `cuda` (device 0) or `cuda:N`.
+    #[arg(long, value_name = "cuda|cuda:N", default_value = "cuda", value_parser = cuda_choice)]
+    device: device::Choice,
+    /// Child mode: times the first and second call of the Gaussian sum with the constant of
+    /// these f64 bits (hexadecimal), from the disk cache.
+    #[arg(long, value_name = "BITS", hide = true, value_parser = f64_from_bits)]
+    cached_child: Option<f64>,
+}
+
+/// `--device`: a CUDA device only.
+fn cuda_choice(s: &str) -> Result<device::Choice, String> {
+    match device::Choice::parse(s)? {
+        device::Choice::Cpu => Err("bench_gpu runs on a CUDA device only: cuda or cuda:N".into()),
+        c => Ok(c),
+    }
+}
+
+/// An `f64` from the hexadecimal digits of its bits.
+fn f64_from_bits(s: &str) -> Result<f64, String> {
+    u64::from_str_radix(s, 16)
+        .map(f64::from_bits)
+        .map_err(|e| format!("{s:?}: {e}"))
+}
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -86,9 +137,10 @@ impl XorShift {
 }
 
 /// Points x (M, D), y (N, D), weights b (N, 1) and sigma = 1 (1,) of `dtype` on `dev`; the
-/// same values for the same sizes whatever the dtype (up to its rounding).
-fn tensors(m: usize, n: usize, dtype: DType, dev: &Device) -> Res<[Tensor; 4]> {
-    let mut r = XorShift(0x9E37_79B9_7F4A_7C15 ^ m as u64 ^ ((n as u64) << 32));
+/// same values for the same sizes and seed whatever the dtype (up to its rounding).
+fn tensors(m: usize, n: usize, dtype: DType, dev: &Device, seed: u64) -> Res<[Tensor; 4]> {
+    let state = 0x9E37_79B9_7F4A_7C15 ^ m as u64 ^ ((n as u64) << 32);
+    let mut r = XorShift((state ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03)).max(1));
     Ok([
         r.tensor(m, D, dtype, dev)?,
         r.tensor(n, D, dtype, dev)?,
@@ -106,8 +158,8 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn new(m: usize, n: usize, dtype: DType, dev: &Device) -> Res<Inputs> {
-        Inputs::bind(&tensors(m, n, dtype, dev)?)
+    fn new(m: usize, n: usize, dtype: DType, dev: &Device, seed: u64) -> Res<Inputs> {
+        Inputs::bind(&tensors(m, n, dtype, dev, seed)?)
     }
 
     fn bind([x, y, b, s]: &[Tensor; 4]) -> Res<Inputs> {
@@ -300,10 +352,9 @@ fn first_line(command: &str, args: &[&str]) -> Option<String> {
 /// Child mode: the first and second call of the Gaussian sum with constant `c` (the parent
 /// compiled it, so the first call finds it in the disk cache), after a warm-up of the CUDA
 /// context with plain Candle ops.
-fn cached_child(c: f64) -> Res<()> {
-    let dev = Device::new_cuda(0)?;
-    sync(&Tensor::ones((1000, 3), DType::F32, &dev)?.sqr()?)?;
-    let inp = Inputs::new(LATENCY_N, LATENCY_N, DType::F32, &dev)?;
+fn cached_child(c: f64, dev: &Device, seed: u64) -> Res<()> {
+    sync(&Tensor::ones((1000, 3), DType::F32, dev)?.sqr()?)?;
+    let inp = Inputs::new(LATENCY_N, LATENCY_N, DType::F32, dev, seed)?;
     let first = time_once(&mut || sync(&inp.gauss(c)?))?;
     let second = time_once(&mut || sync(&inp.gauss(c)?))?;
     println!("CHILD first_s={first} second_s={second}");
@@ -311,9 +362,16 @@ fn cached_child(c: f64) -> Res<()> {
 }
 
 /// Runs this program as a child timing the constant `c`; the first and second call times.
-fn run_cached_child(c: f64) -> Res<(f64, f64)> {
+fn run_cached_child(c: f64, device: device::Choice, seed: u64) -> Res<(f64, f64)> {
     let out = Command::new(std::env::current_exe()?)
-        .args(["--cached-child", &format!("{:016x}", c.to_bits())])
+        .args([
+            "--cached-child",
+            &format!("{:016x}", c.to_bits()),
+            "--device",
+            &device.spec(),
+            "--seed",
+            &seed.to_string(),
+        ])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.starts_with("CHILD "));
@@ -331,16 +389,24 @@ fn run_cached_child(c: f64) -> Res<(f64, f64)> {
     Ok((value("first_s")?, value("second_s")?))
 }
 
-fn parse_sizes(s: &str) -> Res<Vec<usize>> {
-    s.split(',')
-        .map(|v| Ok(v.trim().parse::<f64>()? as usize))
-        .collect()
+/// Prints a line of the report (`println!`'s arguments) between the progress bar's redraws.
+macro_rules! out {
+    ($bench:expr) => {
+        $bench.bar.suspend(|| println!())
+    };
+    ($bench:expr, $($arg:tt)*) => {
+        $bench.bar.suspend(|| println!($($arg)*))
+    };
 }
 
-/// What every table needs: the device and the number of timed calls.
+/// What every table needs: the device, the number of timed calls, the seed of the inputs and
+/// the progress bar (a step per row of the tables).
 struct Bench {
     dev: Device,
+    device: device::Choice,
     max_reps: usize,
+    seed: u64,
+    bar: indicatif::ProgressBar,
 }
 
 impl Bench {
@@ -351,42 +417,53 @@ impl Bench {
 
     /// The Gaussian sum, constant form, f32, at each M = N of `sizes`.
     fn gauss_sizes(&self, sizes: &[usize]) -> Res<()> {
-        println!("Gaussian kernel sum `sum_j exp(-|x_i - y_j|^2 / 2) b_j`, D = 3, E = 1, f32:");
-        println!();
-        println!("| M = N | time per call | pairs/s | share of {EXP_LIMIT:.0e} exp/s |");
-        println!("|---|---|---|---|");
+        out!(
+            self,
+            "Gaussian kernel sum `sum_j exp(-|x_i - y_j|^2 / 2) b_j`, D = 3, E = 1, f32:"
+        );
+        out!(self);
+        out!(
+            self,
+            "| M = N | time per call | pairs/s | share of {EXP_LIMIT:.0e} exp/s |"
+        );
+        out!(self, "|---|---|---|---|");
         for &n in sizes {
-            let inp = Inputs::new(n, n, DType::F32, &self.dev)?;
+            let inp = Inputs::new(n, n, DType::F32, &self.dev, self.seed)?;
             let t = self.time(&GAUSS, &inp)?;
             let rate = (n as f64).powi(2) / t;
-            println!(
+            out!(
+                self,
                 "| {} | {} | {rate:.3e} | {:.2} |",
                 report::fmt_n(n),
                 fmt_s(t),
                 rate / EXP_LIMIT
             );
+            self.bar.inc(1);
         }
-        println!();
+        out!(self);
         Ok(())
     }
 
     /// The rows of [`SPELLINGS`] at M = N = `n`.
     fn spellings(&self, n: usize) -> Res<()> {
         let pairs = (n as f64).powi(2);
-        println!(
+        out!(
+            self,
             "Gaussian sum spellings and precisions, M = N = {}, D = 3, E = 1:",
             report::fmt_n(n)
         );
-        println!();
-        println!(
+        out!(self);
+        out!(
+            self,
             "| spelling | dtype | time per call | pairs/s | share of {EXP_LIMIT:.0e} exp/s | \
              predicted (H100/H200) | measured / predicted |"
         );
-        println!("|---|---|---|---|---|---|---|");
+        out!(self, "|---|---|---|---|---|---|---|");
         for row in &SPELLINGS {
             let predicted = pair_cost(SASS_BUDGET, row.label)?.predicted_s(pairs);
-            let t = self.time(row, &Inputs::new(n, n, row.dtype, &self.dev)?)?;
-            println!(
+            let t = self.time(row, &Inputs::new(n, n, row.dtype, &self.dev, self.seed)?)?;
+            out!(
+                self,
                 "| {} | {} | {} | {:.3e} | {:.2} | {} | {:.2} |",
                 row.name,
                 row.dtype.as_str(),
@@ -396,33 +473,37 @@ impl Bench {
                 fmt_s(predicted),
                 t / predicted
             );
+            self.bar.inc(1);
         }
-        println!();
+        out!(self);
         Ok(())
     }
 
     /// The rows of [`OTHERS`] at M = N = `n`, as ratios to the Gaussian sum (the first row).
     fn others(&self, n: usize) -> Res<()> {
         let pairs = (n as f64).powi(2);
-        println!(
+        out!(
+            self,
             "Other reductions, M = N = {}, D = 3, f32 (ratio: to the Gaussian sum of this \
              table):",
             report::fmt_n(n)
         );
-        println!();
-        println!(
+        out!(self);
+        out!(
+            self,
             "| reduction | time per call | pairs/s | predicted (H100/H200) | measured / \
              predicted | ratio to the Gaussian sum | target ratio |"
         );
-        println!("|---|---|---|---|---|---|---|");
-        let inp = Inputs::new(n, n, DType::F32, &self.dev)?;
+        out!(self, "|---|---|---|---|---|---|---|");
+        let inp = Inputs::new(n, n, DType::F32, &self.dev, self.seed)?;
         let mut gauss = None;
         for row in &OTHERS {
             let predicted = pair_cost(SASS_BUDGET, row.label)?.predicted_s(pairs);
             let t = self.time(row, &inp)?;
             let reference = *gauss.get_or_insert(t);
             let target = row.target.map_or("-".into(), |r| format!("at most {r}"));
-            println!(
+            out!(
+                self,
                 "| {} | {} | {:.3e} | {} | {:.2} | {:.2} | {target} |",
                 row.name,
                 fmt_s(t),
@@ -431,24 +512,29 @@ impl Bench {
                 t / predicted,
                 t / reference
             );
+            self.bar.inc(1);
         }
-        println!();
+        out!(self);
         Ok(())
     }
 
     /// Forward and forward + backward of the sigma-form Gaussian sum, gradients with respect
     /// to x, y, b and sigma, at each M = N of `sizes`.
     fn gradients(&self, sizes: &[usize]) -> Res<()> {
-        println!(
+        out!(
+            self,
             "Gradient of the sigma-form Gaussian sum with respect to x, y, b and sigma, D = 3, \
              f32 (`sum_all()?.backward()?`, then every gradient copied to the host; the first \
              H200 run measured 3.3x):"
         );
-        println!();
-        println!("| M = N | forward | forward + backward | (forward + backward) / forward |");
-        println!("|---|---|---|---|");
+        out!(self);
+        out!(
+            self,
+            "| M = N | forward | forward + backward | (forward + backward) / forward |"
+        );
+        out!(self, "|---|---|---|---|");
         for &n in sizes {
-            let [x, y, b, s] = tensors(n, n, DType::F32, &self.dev)?;
+            let [x, y, b, s] = tensors(n, n, DType::F32, &self.dev, self.seed)?;
             let vars = [
                 Var::from_tensor(&x)?,
                 Var::from_tensor(&y)?,
@@ -465,15 +551,17 @@ impl Bench {
                 }
                 Ok(())
             })?;
-            println!(
+            out!(
+                self,
                 "| {} | {} | {} | {:.2} |",
                 report::fmt_n(n),
                 fmt_s(forward),
                 fmt_s(both),
                 both / forward
             );
+            self.bar.inc(1);
         }
-        println!();
+        out!(self);
         Ok(())
     }
 
@@ -481,101 +569,122 @@ impl Bench {
     fn latency(&self, unix: std::time::Duration) -> Res<()> {
         // A constant no earlier run can have used: the formula is new to every cache.
         let c = 0.5 + (unix.subsec_nanos() as f64 + (unix.as_secs() % 1000) as f64 * 1e9) * 1e-13;
-        let inp = Inputs::new(LATENCY_N, LATENCY_N, DType::F32, &self.dev)?;
+        let inp = Inputs::new(LATENCY_N, LATENCY_N, DType::F32, &self.dev, self.seed)?;
         let first = time_once(&mut || sync(&inp.gauss(c)?))?;
         let second = time_once(&mut || sync(&inp.gauss(c)?))?;
-        println!(
+        out!(
+            self,
             "Latency, Gaussian kernel sum with a new constant ({c}), M = N = {}, f32:",
             report::fmt_n(LATENCY_N)
         );
-        println!();
-        println!("| call | time |");
-        println!("|---|---|");
-        println!(
+        out!(self);
+        out!(self, "| call | time |");
+        out!(self, "|---|---|");
+        out!(
+            self,
             "| first call of a new formula (generate, compile, load, run) | {} |",
             fmt_s(first)
         );
-        println!("| second call (in-memory cache) | {} |", fmt_s(second));
-        match run_cached_child(c) {
+        out!(
+            self,
+            "| second call (in-memory cache) | {} |",
+            fmt_s(second)
+        );
+        match run_cached_child(c, self.device, self.seed) {
             Ok((first, second)) => {
-                println!(
+                out!(
+                    self,
                     "| new process: first call (disk cache) | {} |",
                     fmt_s(first)
                 );
-                println!("| new process: second call | {} |", fmt_s(second));
-                println!(
+                out!(self, "| new process: second call | {} |", fmt_s(second));
+                out!(
+                    self,
                     "| new process: disk-cache overhead (first - second) | {} |",
                     fmt_s(first - second)
                 );
             }
-            Err(e) => println!(
+            Err(e) => out!(
+                self,
                 "| new process | failed: {} |",
                 e.to_string().replace('\n', " ")
             ),
         }
+        self.bar.inc(1);
         Ok(())
     }
 }
 
 fn main() -> Res<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [flag, bits] = args.as_slice() {
-        if flag == "--cached-child" {
-            return cached_child(f64::from_bits(u64::from_str_radix(bits, 16)?));
-        }
+    let cli = Cli::parse();
+    if let Some(c) = cli.cached_child {
+        let dev = device::open_or_exit(cli.device);
+        return cached_child(c, &dev, cli.seed);
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let sizes = match args.iter().position(|a| a == "--sizes") {
-        Some(k) => parse_sizes(
-            args.get(k + 1)
-                .ok_or("--sizes needs a list, e.g. 1e4,1e5")?,
-        )?,
+    let quick = cli.quick;
+    let sizes = match cli.sizes {
+        Some(sizes) => sizes,
         None if quick => vec![10_000, 100_000],
         None => vec![10_000, 100_000, 1_000_000, 3_000_000],
+    };
+    let gradient_sizes: &[usize] = if quick {
+        &[100_000]
+    } else {
+        &[100_000, 1_000_000]
     };
     // Every row's budget kernel exists before any device time is spent.
     for row in SPELLINGS.iter().chain(&OTHERS) {
         pair_cost(SASS_BUDGET, row.label)?;
     }
     // CUDA only: without CUDA support or a device, one line saying which (exit 1).
-    let dev = device::open_or_exit(device::Choice::Cuda(0));
+    let dev = device::open_or_exit(cli.device);
+    let steps = sizes.len() + SPELLINGS.len() + OTHERS.len() + gradient_sizes.len() + 1;
     let bench = Bench {
         dev,
+        device: cli.device,
         max_reps: if quick { 5 } else { 20 },
+        seed: cli.seed,
+        bar: report::progress(steps as u64, "table rows"),
     };
     let unix = SystemTime::now().duration_since(UNIX_EPOCH)?;
 
-    println!(
+    out!(
+        bench,
         "# lazy-kernels GPU benchmark: `bench_gpu {}`",
-        args.join(" ")
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
-    println!();
-    println!("- date: {} (unix {})", report::utc_now(), unix.as_secs());
+    out!(bench);
+    out!(bench, "{}", report::machine_header());
     let query = ["--query-gpu=name,driver_version", "--format=csv,noheader"];
     let gpu = first_line("nvidia-smi", &query).unwrap_or_else(|| "unknown".into());
-    println!("- GPU: {gpu} (name, driver)");
-    println!(
+    out!(
+        bench,
+        "- GPU: {gpu} (name, driver); `--device {}`",
+        cli.device
+    );
+    out!(
+        bench,
         "- times: median per call after a warm-up call, including a copy of one scalar of the \
          result to the host"
     );
-    println!(
+    out!(
+        bench,
         "- reference: {EXP_LIMIT:.0e} exp/s, an H100 SXM5's exp unit (132 SMs x 16 MUFU.EX2 per \
          clock x 1.98 GHz), one exp per pair"
     );
-    println!(
+    out!(
+        bench,
         "- predicted: pairs x max(total, 8 mufu, 2 fp64) / (132 SMs x 1.98 GHz x 128 lanes), \
          per-pair SASS counts of cuda/sass-budget.txt (scripts/sass-budget.py), H100/H200 SXM"
     );
-    println!();
+    out!(bench);
     bench.gauss_sizes(&sizes)?;
     bench.spellings(if quick { 100_000 } else { 1_000_000 })?;
     bench.others(100_000)?;
-    bench.gradients(if quick {
-        &[100_000]
-    } else {
-        &[100_000, 1_000_000]
-    })?;
-    bench.latency(unix)
+    bench.gradients(gradient_sizes)?;
+    bench.latency(unix)?;
+    bench.bar.finish_and_clear();
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,18 +4,60 @@
 //! against the forward pass, measured in one run; and the same for a Laplacian kernel
 //! `exp(-|x_i - y_j| / sigma)`. Prints a markdown table.
 //!
-//! Run with `cargo run --release --example bench_grad [-- N ...] [--device D]` (default
-//! N = 10^4 and 10^5, M = N; `--device cpu|cuda|cuda:N`, default `cpu`). Each time is the best
-//! of a few repetitions (the machines are shared and noisy), read after the device has
-//! finished; on a GPU the first call of each formula (its compilation) is not among them.
+//! Run with `cargo run --release --example bench_grad [-- --sizes 1e4,1e5] [--seed S] [--device
+//! D]` (default N = 10^4 and 10^5, M = N; `--device cpu|cuda|cuda:N`, default `cpu`; `--help`
+//! lists the options). Each time is the best of a few repetitions (the machines are shared and
+//! noisy), read after the device has finished; on a GPU the first call of each formula (its
+//! compilation) is not among them.
 
 #[path = "device/mod.rs"]
 mod device;
+#[path = "report/mod.rs"]
+mod report;
+#[path = "sizes/mod.rs"]
+mod sizes;
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
+use clap::Parser;
 use lazy_kernels::{Axis, LazyTensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Benchmark of the backward pass of Gaussian and Laplacian kernel sums against the forward.
+///
+/// The gradients of out_i = sum_j exp(-|x_i - y_j|^2 / (2 sigma^2)) b_j (D = 3, f32) with
+/// respect to x, y, b and sigma together, to x alone and to sigma alone, and the same for a
+/// Laplacian kernel exp(-|x_i - y_j| / sigma), each timed against the forward pass (best of 3
+/// runs), at M = N for each size. Prints a markdown table.
+#[derive(Parser)]
+#[command(name = "bench_grad")]
+struct Cli {
+    /// The sizes M = N (`1e4,1e5`).
+    #[arg(
+        long,
+        value_name = "N,...",
+        value_delimiter = ',',
+        default_value = "1e4,1e5",
+        value_parser = sizes::count
+    )]
+    sizes: Vec<usize>,
+    /// The same as `--sizes` (the older spelling: `bench_grad 10000 100000`).
+    #[arg(value_name = "N", hide = true, conflicts_with = "sizes", value_parser = sizes::count)]
+    positional: Vec<usize>,
+    /// Seed of the random points and weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
+/// A `(rows, cols)` tensor of f32 uniform in [0, 1) on the CPU.
+fn uniform(rng: &mut StdRng, rows: usize, cols: usize) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = (0..rows * cols).map(|_| rng.random::<f32>()).collect();
+    Tensor::from_vec(v, (rows, cols), &Device::Cpu)
+}
 
 /// Gradients to compute: which of x, y, b, sigma are `Var`s, for which kernel.
 struct Case {
@@ -44,13 +86,14 @@ fn best_of(
 }
 
 fn main() -> candle_core::Result<()> {
-    let (dev, args) = device::from_args();
-    let sizes: Vec<usize> = args.iter().filter_map(|s| s.parse().ok()).collect();
-    let sizes = if sizes.is_empty() {
-        vec![10_000, 100_000]
+    let cli = Cli::parse();
+    let sizes = if cli.positional.is_empty() {
+        cli.sizes
     } else {
-        sizes
+        cli.positional
     };
+    let dev = cli.device.open();
+    println!("{}\n", report::machine_header());
     println!(
         "Gaussian kernel sum, D = 3, f32, M = N, {}; best of 3 runs\n",
         device::describe(&dev)
@@ -80,10 +123,12 @@ fn main() -> candle_core::Result<()> {
     ];
     println!("| N | kernel | gradients of | forward | backward | backward / forward |");
     println!("|---|---|---|---|---|---|");
+    let bar = report::progress((sizes.len() * cases.len()) as u64, "cases");
+    let mut rng = StdRng::seed_from_u64(cli.seed);
     for &n in &sizes {
-        let x = Tensor::rand(0f32, 1., (n, 3), &cpu)?.to_device(&dev)?;
-        let y = Tensor::rand(0f32, 1., (n, 3), &cpu)?.to_device(&dev)?;
-        let b = Tensor::rand(0f32, 1., (n, 1), &cpu)?.to_device(&dev)?;
+        let x = uniform(&mut rng, n, 3)?.to_device(&dev)?;
+        let y = uniform(&mut rng, n, 3)?.to_device(&dev)?;
+        let b = uniform(&mut rng, n, 1)?.to_device(&dev)?;
         let sigma = Tensor::new(&[0.1f32], &cpu)?.to_device(&dev)?;
         for case in &cases {
             let bind = |t: &Tensor, k: usize| -> candle_core::Result<Tensor> {
@@ -124,12 +169,16 @@ fn main() -> candle_core::Result<()> {
             } else {
                 "Gaussian"
             };
-            println!(
-                "| {n} | {kernel} | {} | {tf:.4} s | {tb:.4} s | **{:.2}** |",
-                case.name,
-                tb / tf
-            );
+            bar.suspend(|| {
+                println!(
+                    "| {n} | {kernel} | {} | {tf:.4} s | {tb:.4} s | **{:.2}** |",
+                    case.name,
+                    tb / tf
+                )
+            });
+            bar.inc(1);
         }
     }
+    bar.finish_and_clear();
     Ok(())
 }

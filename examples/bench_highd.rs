@@ -9,11 +9,13 @@
 //! cargo run --release --features cuda --example bench_highd -- --device cuda   # M = N = 10^5
 //! ```
 //!
+//! `--help` lists the options.
+//!
 //! Rows: the Gaussian sum `sum_j exp(-|x_i - y_j|^2 / (2 s^2)) b_j` (b of one column,
 //! `2 s^2 = D / 6`, the mean squared distance of uniform points, so that the kernel neither
 //! vanishes nor saturates at any D) and `ArgKMin(10)` of `|x_i - y_j|^2`, at each D of `--dims`
 //! (default 3, 16, 64, 256, 1024). Points are uniform in `[0, 1)^D`, weights uniform in
-//! `[0, 1)`, drawn by a fixed generator (the same numbers for the same sizes).
+//! `[0, 1)`, drawn by a fixed generator (the same numbers for the same sizes and `--seed`).
 //!
 //! Columns:
 //! * *direct*, *blocks*: `reduce_with` with `Path::Direct` / `Path::Blocks` (on CUDA also
@@ -43,12 +45,15 @@
 mod device;
 #[path = "report/mod.rs"]
 mod report;
+#[path = "sizes/mod.rs"]
+mod sizes;
 
 use std::error::Error;
 use std::hint::black_box;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use clap::Parser;
 use lazy_kernels::{linalg, Axis, LazyTensor, Path, Precision, ReductionKind, ReductionOptions};
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -63,6 +68,47 @@ const MAX_REPS: usize = 10;
 /// Fast cells repeat until about this many seconds (within [`MIN_REPS`, `MAX_REPS`]).
 const CELL_SECONDS: f64 = 2.0;
 
+/// High-dimensional reductions: the direct path, the block path, the automatic choice, dense
+/// Candle and the bare matrix product, side by side.
+///
+/// For each D: the Gaussian sum sum_j exp(-|x_i - y_j|^2 / (2 s^2)) b_j (2 s^2 = D / 6) and
+/// ArgKMin(10) of |x_i - y_j|^2, of M and N points uniform in [0, 1)^D, by `reduce_with` on
+/// the direct path, the block path (and TF32 blocks on CUDA) and the automatic choice, by dense
+/// Candle in chunks, and the bare product X Y^T of the same chunks; with the block results'
+/// errors against the direct path. Each cell is estimated on 1/32 of the rows first and skipped
+/// above --max-seconds; the times are medians of 3 to 10 repetitions. Prints a markdown table.
+#[derive(Parser, Debug)]
+#[command(name = "bench_highd")]
+struct Cli {
+    /// A smaller run: M = N = 2000, D = 3,64,256, --max-seconds 10.
+    #[arg(long)]
+    quick: bool,
+    /// Points x_i [default: 2e4 on the CPU, 1e5 on CUDA, 2000 with --quick].
+    #[arg(long, value_name = "M", value_parser = sizes::count)]
+    m: Option<usize>,
+    /// Points y_j [default: 2e4 on the CPU, 1e5 on CUDA, 2000 with --quick].
+    #[arg(long, value_name = "N", value_parser = sizes::count)]
+    n: Option<usize>,
+    /// The dimensions D [default: 3,16,64,256,1024; 3,64,256 with --quick].
+    #[arg(long, value_name = "D,...", value_delimiter = ',', value_parser = sizes::count)]
+    dims: Option<Vec<usize>>,
+    /// The points' and weights' floating-point type.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: device::Dtype,
+    /// Skip a cell whose estimate exceeds this many seconds [default: 120, 10 with --quick].
+    #[arg(long, value_name = "S", value_parser = sizes::seconds)]
+    max_seconds: Option<f64>,
+    /// MiB of one chunk x N matrix of dense Candle and of the bare product [default: 256 on the
+    /// CPU, 2048 on CUDA].
+    #[arg(long, value_name = "MIB", value_parser = sizes::count)]
+    chunk_mib: Option<usize>,
+    /// Seed of the random points and weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq)]
 struct Config {
@@ -73,28 +119,13 @@ struct Config {
     max_seconds: f64,
     /// Bytes of one `chunk x N` matrix of the dense implementation and of the bare product.
     chunk_bytes: usize,
-}
-
-const USAGE: &str = "usage: bench_highd [--device cpu|cuda|cuda:N] [--quick] [--m M] [--n N] \
-                     [--dims 3,16,64,256,1024] [--dtype f32|f64] [--max-seconds S] \
-                     [--chunk-mib MIB]";
-
-/// A positive whole number, also written as `2e4`.
-fn parse_count(flag: &str, v: &str) -> Res<usize> {
-    let x: f64 = v
-        .trim()
-        .parse()
-        .map_err(|_| format!("{flag} {v:?}: not a number"))?;
-    if !(x >= 1.0 && x.fract() == 0.0 && x < 1e15) {
-        return Err(format!("{flag} {v:?}: expected a positive whole number").into());
-    }
-    Ok(x as usize)
+    seed: u64,
 }
 
 impl Config {
-    /// The configuration of `args` (without `--device`) for a CUDA device or the CPU.
-    fn parse(args: &[String], cuda: bool) -> Res<Config> {
-        let quick = args.iter().any(|a| a == "--quick");
+    /// The configuration `cli` asks for, on a CUDA device or the CPU.
+    fn new(cli: &Cli, cuda: bool) -> Config {
+        let quick = cli.quick;
         let size = if quick {
             2_000
         } else if cuda {
@@ -102,54 +133,25 @@ impl Config {
         } else {
             20_000
         };
-        let mut c = Config {
-            m: size,
-            n: size,
-            dims: if quick {
-                vec![3, 64, 256]
-            } else {
-                vec![3, 16, 64, 256, 1024]
+        Config {
+            m: cli.m.unwrap_or(size),
+            n: cli.n.unwrap_or(size),
+            dims: cli.dims.clone().unwrap_or_else(|| {
+                if quick {
+                    vec![3, 64, 256]
+                } else {
+                    vec![3, 16, 64, 256, 1024]
+                }
+            }),
+            dtype: cli.dtype.dtype(),
+            max_seconds: cli.max_seconds.unwrap_or(if quick { 10.0 } else { 120.0 }),
+            chunk_bytes: match cli.chunk_mib {
+                Some(mib) => mib << 20,
+                None if cuda => 2 << 30,
+                None => 256 << 20,
             },
-            dtype: DType::F32,
-            max_seconds: if quick { 10.0 } else { 120.0 },
-            chunk_bytes: if cuda { 2 << 30 } else { 256 << 20 },
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            if flag == "--quick" {
-                continue;
-            }
-            let v = it
-                .next()
-                .ok_or_else(|| format!("{flag} needs a value; {USAGE}"))?;
-            match flag.as_str() {
-                "--m" => c.m = parse_count(flag, v)?,
-                "--n" => c.n = parse_count(flag, v)?,
-                "--dims" => {
-                    c.dims = v
-                        .split(',')
-                        .map(|d| parse_count(flag, d))
-                        .collect::<Res<_>>()?
-                }
-                "--dtype" => {
-                    c.dtype = match v.as_str() {
-                        "f32" => DType::F32,
-                        "f64" => DType::F64,
-                        _ => return Err(format!("--dtype {v:?}: expected f32 or f64").into()),
-                    }
-                }
-                "--max-seconds" => {
-                    c.max_seconds = v
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|s| *s > 0.0)
-                        .ok_or_else(|| format!("--max-seconds {v:?}: expected seconds > 0"))?
-                }
-                "--chunk-mib" => c.chunk_bytes = parse_count(flag, v)? << 20,
-                _ => return Err(format!("unknown argument {flag:?}; {USAGE}").into()),
-            }
+            seed: cli.seed,
         }
-        Ok(c)
     }
 
     /// Rows of one chunk of the dense implementation and of the bare product.
@@ -190,7 +192,8 @@ struct Problem {
 
 impl Problem {
     fn new(cfg: &Config, d: usize, dev: &Device) -> Res<Problem> {
-        let mut r = XorShift(0x9E37_79B9_7F4A_7C15 ^ (d as u64) << 48 ^ cfg.m as u64);
+        let state = 0x9E37_79B9_7F4A_7C15 ^ (d as u64) << 48 ^ cfg.m as u64;
+        let mut r = XorShift((state ^ cfg.seed.wrapping_mul(0xD1B5_4A32_D192_ED03)).max(1));
         Ok(Problem {
             x: r.tensor(cfg.m, d, cfg.dtype, dev)?,
             y: r.tensor(cfg.n, d, cfg.dtype, dev)?,
@@ -473,7 +476,13 @@ fn methods(dev: &Device) -> Vec<Method> {
 }
 
 /// Estimate, untimed run and timed repetitions of every cell at one D.
-fn bench_dim(cfg: &Config, d: usize, dev: &Device, log: bool) -> Res<DimResult> {
+fn bench_dim(
+    cfg: &Config,
+    d: usize,
+    dev: &Device,
+    log: bool,
+    bar: &indicatif::ProgressBar,
+) -> Res<DimResult> {
     let p = Problem::new(cfg, d, dev)?;
     let probe_rows = (cfg.m / PROBE).max(cfg.m.min(64));
     let probe = p.first_rows(probe_rows)?;
@@ -487,6 +496,7 @@ fn bench_dim(cfg: &Config, d: usize, dev: &Device, log: bool) -> Res<DimResult> 
     let mut direct_estimate = Vec::new();
     for (task, method) in jobs {
         let mut seen = String::new();
+        bar.set_message(format!("D = {d}, {}, {}", task.name(), method.name()));
         let cell = match timed(task, method, &probe) {
             Err(e) => Cell::Failed(first_line(&*e)),
             Ok((t, _)) => {
@@ -522,11 +532,12 @@ fn bench_dim(cfg: &Config, d: usize, dev: &Device, log: bool) -> Res<DimResult> 
                 Cell::Skipped(why) => format!("skipped: {why}"),
                 Cell::Failed(why) => format!("error: {why}"),
             };
-            eprintln!("D = {d}, {}, {}: {state}", task.name(), method.name());
+            bar.suspend(|| eprintln!("D = {d}, {}, {}: {state}", task.name(), method.name()));
         }
         cells.push((task, method, cell));
     }
     // Timed repetitions, the cells one after the other within each.
+    bar.set_message(format!("D = {d}, timed repetitions"));
     let most = cells
         .iter()
         .map(|(_, _, c)| match c {
@@ -704,33 +715,41 @@ fn table(results: &[DimResult], dev: &Device) -> String {
 }
 
 /// Runs the whole benchmark: one [`DimResult`] per D of `cfg`.
+/// With `log`, a line on stderr per cell and a progress bar over the dimensions.
 fn bench(cfg: &Config, dev: &Device, log: bool) -> Res<Vec<DimResult>> {
-    cfg.dims
-        .iter()
-        .map(|&d| bench_dim(cfg, d, dev, log))
-        .collect()
+    let bar = if log {
+        report::progress(cfg.dims.len() as u64, "dimensions")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut results = Vec::new();
+    for &d in &cfg.dims {
+        results.push(bench_dim(cfg, d, dev, log, &bar)?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(results)
 }
 
 fn main() -> Res<()> {
-    let (choice, args) = device::choice_from_args();
-    let dev = device::open_or_exit(choice);
-    let cfg =
-        Config::parse(&args, dev.is_cuda()).unwrap_or_else(|e| device::fail(&e.to_string(), 2));
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let cli = Cli::parse();
+    let dev = cli.device.open();
+    let cfg = Config::new(&cli, dev.is_cuda());
     println!(
         "# lazy-kernels high-dimensional benchmark: `bench_highd {}`",
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
     println!();
-    println!("- date: {} (unix {unix})", report::utc_now());
-    println!("- CPU: {}", report::cpu_model());
+    println!("{}", report::machine_header());
     println!("- device: {}", device::describe(&dev));
     println!(
-        "- M = {}, N = {}, {}, D = {:?}; Gaussian 2 s^2 = D / 6; points uniform in [0, 1)^D",
+        "- M = {}, N = {}, {}, D = {:?}; Gaussian 2 s^2 = D / 6; points uniform in [0, 1)^D \
+         (seed {})",
         report::fmt_n(cfg.m),
         report::fmt_n(cfg.n),
         cfg.dtype.as_str(),
-        cfg.dims
+        cfg.dims,
+        cfg.seed
     );
     println!(
         "- dense Candle and matmul: chunks of {} rows ({} MiB per chunk x N matrix)",
@@ -758,19 +777,26 @@ fn main() -> Res<()> {
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
+    /// The configuration of the command line `s` (without the program's name).
+    fn parse(s: &str, cuda: bool) -> Result<Config, clap::Error> {
+        let args = std::iter::once("bench_highd").chain(s.split_whitespace());
+        Ok(Config::new(&Cli::try_parse_from(args)?, cuda))
     }
 
     #[test]
     fn flags_are_parsed_and_checked() {
-        let c = Config::parse(&args("--m 2e4 --n 300 --dims 3,64 --dtype f64"), false).unwrap();
+        let c = parse("--m 2e4 --n 300 --dims 3,64 --dtype f64", false).unwrap();
         assert_eq!(
             (c.m, c.n, c.dims.clone(), c.dtype),
             (20_000, 300, vec![3, 64], DType::F64)
         );
-        assert_eq!(Config::parse(&[], true).unwrap().m, 100_000);
-        assert_eq!(Config::parse(&[], false).unwrap().m, 20_000);
+        assert_eq!(parse("", true).unwrap().m, 100_000);
+        assert_eq!(parse("", false).unwrap().m, 20_000);
+        let c = parse("--quick --m 500 --max-seconds 3 --chunk-mib 64", false).unwrap();
+        assert_eq!(
+            (c.m, c.n, c.max_seconds, c.chunk_bytes),
+            (500, 2000, 3.0, 64 << 20)
+        );
         for bad in [
             "--m 0",
             "--m 1.5",
@@ -780,7 +806,9 @@ mod tests {
             "--m",
             "--x 1",
         ] {
-            assert!(Config::parse(&args(bad), false).is_err(), "{bad}");
+            let e = parse(bad, false).unwrap_err();
+            // A usage error: clap prints it and exits with code 2.
+            assert_eq!(e.exit_code(), 2, "{bad}: {e}");
         }
     }
 
@@ -808,6 +836,7 @@ mod tests {
             dtype: DType::F32,
             max_seconds: 60.0,
             chunk_bytes: 64 * 300 * 4,
+            seed: 0,
         };
         let dev = Device::Cpu;
         let results = bench(&cfg, &dev, false).unwrap();
@@ -862,6 +891,7 @@ mod tests {
             dtype: DType::F32,
             max_seconds: 1e-12,
             chunk_bytes: 1 << 20,
+            seed: 0,
         };
         let results = bench(&cfg, &Device::Cpu, false).unwrap();
         let text = table(&results, &Device::Cpu);

@@ -10,6 +10,8 @@
 //!     [--data CSV] [--device D]
 //! ```
 //!
+//! (`--help` lists the options.)
+//!
 //! The settings are `GpSettings::default()` unless changed by the arguments. The estimators
 //! alternate seed by seed (A, B, A, B, ...), so that a change of the machine's speed during the
 //! run affects both alike. Printed per estimator: the mean of the NLL over the seeds, its
@@ -20,11 +22,16 @@
 mod device;
 #[path = "mauna_loa_model/mod.rs"]
 mod mauna_loa_model;
+#[path = "report/mod.rs"]
+mod report;
+#[path = "sizes/mod.rs"]
+mod sizes;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use clap::{Parser, ValueEnum};
 use lazy_kernels::gp::{GpSettings, NllMethod};
 use lazy_kernels::{LogdetEstimator, Preconditioner, Rank};
 use mauna_loa_model::SKLEARN;
@@ -48,18 +55,112 @@ const LEARNED: [f64; 11] = [
     0.2330 * 0.2330,
 ];
 
-/// The settings of an estimator: `before` (the solve's preconditioner for the probes, which
-/// stop at the CG tolerance), `after` (the diagonal correction with the quadrature stop),
-/// `block` (the block correction with the quadrature stop), `corrected` (the diagonal
-/// correction alone), `quadrature` (the quadrature stop alone).
-fn method(name: &str, base: &GpSettings) -> GpSettings {
-    let (estimator, quadrature_tol) = match name {
-        "before" => (LogdetEstimator::Hutchinson, 0.0),
-        "after" => (LogdetEstimator::DiagonalCorrected, base.quadrature_tol),
-        "corrected" => (LogdetEstimator::DiagonalCorrected, 0.0),
-        "block" => (LogdetEstimator::BlockCorrected, base.quadrature_tol),
-        "quadrature" => (LogdetEstimator::Hutchinson, base.quadrature_tol),
-        s => panic!("unknown method {s:?} (before, after, block, corrected, quadrature)"),
+/// The log-determinant estimators, by their names on the command line.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    /// Hutchinson's estimator with the solve's preconditioner; the probes stop at the CG
+    /// tolerance.
+    Before,
+    /// The diagonal correction with the quadrature stop.
+    After,
+    /// The block correction with the quadrature stop.
+    Block,
+    /// The diagonal correction alone.
+    Corrected,
+    /// The quadrature stop alone.
+    Quadrature,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Before => "before",
+            Method::After => "after",
+            Method::Block => "block",
+            Method::Corrected => "corrected",
+            Method::Quadrature => "quadrature",
+        }
+    }
+}
+
+/// Where the kernel's hyperparameters are.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Point {
+    /// scikit-learn's optimum for the weekly data.
+    Sklearn,
+    /// The values `mauna_loa` learned (150 AdamW steps from scikit-learn's start).
+    Learned,
+}
+
+/// The spread of the stochastic log-determinant over seeds, on the weekly Mauna Loa CO2 data.
+///
+/// Rasmussen & Williams' composite kernel at a maximum of the likelihood (N = 2,225): one
+/// stochastic NLL evaluation per seed and estimator (`NllMethod::Stochastic`, forced), against
+/// the exact NLL (dense Cholesky). The estimators alternate seed by seed. Prints per
+/// estimator the mean NLL over the seeds, its standard deviation, the mean |NLL - exact|, the
+/// mean reported standard error, the largest |z| and the time per evaluation. The settings are
+/// `GpSettings::default()` unless changed by the options.
+#[derive(Parser)]
+#[command(name = "bench_logdet")]
+struct Cli {
+    /// Seeds (evaluations per estimator).
+    #[arg(long, value_name = "S", default_value = "10", value_parser = sizes::count)]
+    seeds: usize,
+    /// The estimators to compare.
+    #[arg(
+        long,
+        value_name = "METHOD,...",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "before,after,block"
+    )]
+    methods: Vec<Method>,
+    /// The hyperparameters.
+    #[arg(long, value_enum, default_value = "sklearn")]
+    point: Point,
+    /// The pivoted-Cholesky preconditioner's rank, or `auto` [default: GpSettings' default].
+    #[arg(long, value_name = "R|auto", value_parser = rank)]
+    rank: Option<Preconditioner>,
+    /// Probe vectors of the stochastic log-determinant [default: GpSettings' default].
+    #[arg(long, value_name = "P", value_parser = sizes::count)]
+    probes: Option<usize>,
+    /// The CG tolerance of training (`GpSettings::train_tol`) [default: GpSettings' default].
+    #[arg(long, value_name = "T")]
+    tol: Option<f64>,
+    /// The quadrature stop's tolerance (`GpSettings::quadrature_tol`) [default: GpSettings'
+    /// default].
+    #[arg(long, value_name = "Q")]
+    qtol: Option<f64>,
+    /// Keep every K-th week of the data.
+    #[arg(long, value_name = "K", default_value = "1", value_parser = sizes::count)]
+    every: usize,
+    /// The CO2 data file [default: found in $LK_DATA_DIR, ./examples/data, then the crate's].
+    #[arg(long, value_name = "CSV")]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
+/// `--rank`: `auto` (the default preconditioner) or a fixed rank of the pivoted Cholesky.
+fn rank(s: &str) -> Result<Preconditioner, String> {
+    if s.trim() == "auto" {
+        return Ok(Preconditioner::default());
+    }
+    let r = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: a rank (a whole number) or auto"))?;
+    Ok(Preconditioner::PivotedCholesky(Rank::Fixed(r)))
+}
+
+/// The settings of an estimator (see [`Method`]).
+fn method(m: Method, base: &GpSettings) -> GpSettings {
+    let (estimator, quadrature_tol) = match m {
+        Method::Before => (LogdetEstimator::Hutchinson, 0.0),
+        Method::After => (LogdetEstimator::DiagonalCorrected, base.quadrature_tol),
+        Method::Corrected => (LogdetEstimator::DiagonalCorrected, 0.0),
+        Method::Block => (LogdetEstimator::BlockCorrected, base.quadrature_tol),
+        Method::Quadrature => (LogdetEstimator::Hutchinson, base.quadrature_tol),
     };
     GpSettings {
         logdet_estimator: estimator,
@@ -76,51 +177,29 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 fn main() -> candle_core::Result<()> {
-    let (dev, args) = device::from_args();
-    let mut seeds = 10u64;
-    let mut methods = vec![
-        "before".to_string(),
-        "after".to_string(),
-        "block".to_string(),
-    ];
+    let cli = Cli::parse();
+    let dev = cli.device.open();
+    let (seeds, methods, every, data) = (cli.seeds, cli.methods, cli.every, cli.data);
+    let point = match cli.point {
+        Point::Sklearn => SKLEARN,
+        Point::Learned => LEARNED,
+    };
     // The stochastic path, forced: at this size `NllMethod::Auto` would take the exact one.
     let mut settings = GpSettings {
         nll_method: NllMethod::Stochastic,
         ..GpSettings::default()
     };
-    let mut every = 1usize;
-    let mut point = SKLEARN;
-    let mut data: Option<PathBuf> = None;
-    let mut args = args.into_iter();
-    while let Some(a) = args.next() {
-        let mut next = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
-        match a.as_str() {
-            "--seeds" => seeds = next().parse().expect("--seeds S: a number"),
-            "--methods" => methods = next().split(',').map(str::to_string).collect(),
-            "--rank" => {
-                let v = next();
-                settings.preconditioner = if v == "auto" {
-                    Preconditioner::default()
-                } else {
-                    Preconditioner::PivotedCholesky(Rank::Fixed(
-                        v.parse().expect("--rank R: a number or auto"),
-                    ))
-                }
-            }
-            "--probes" => settings.probes = next().parse().expect("--probes P: a number"),
-            "--tol" => settings.train_tol = next().parse().expect("--tol T: a number"),
-            "--qtol" => settings.quadrature_tol = next().parse().expect("--qtol Q: a number"),
-            "--every" => every = next().parse().expect("--every K: a number"),
-            "--data" => data = Some(next().into()),
-            "--point" => {
-                point = match next().as_str() {
-                    "sklearn" => SKLEARN,
-                    "learned" => LEARNED,
-                    p => panic!("--point sklearn|learned, got {p}"),
-                }
-            }
-            s => panic!("unknown argument {s:?}"),
-        }
+    if let Some(p) = cli.rank {
+        settings.preconditioner = p;
+    }
+    if let Some(p) = cli.probes {
+        settings.probes = p;
+    }
+    if let Some(t) = cli.tol {
+        settings.train_tol = t;
+    }
+    if let Some(q) = cli.qtol {
+        settings.quadrature_tol = q;
     }
     let data = match data {
         Some(path) => path,
@@ -144,6 +223,7 @@ fn main() -> candle_core::Result<()> {
         ..settings.clone()
     });
 
+    println!("{}\n", report::machine_header());
     let start = Instant::now();
     let exact = gp.nll()?.1.nll;
     println!(
@@ -157,20 +237,23 @@ fn main() -> candle_core::Result<()> {
     // Warm up (the first evaluation compiles and allocates).
     gp.nll_seeded(1000)?;
     let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); methods.len()];
-    for seed in 0..seeds {
-        for (m, name) in methods.iter().enumerate() {
+    let bar = report::progress((seeds * methods.len()) as u64, "evaluations");
+    for seed in 0..seeds as u64 {
+        for (m, &name) in methods.iter().enumerate() {
             gp.settings = method(name, &settings);
             let start = Instant::now();
             let (_, rep) = gp.nll_seeded(seed)?;
             let secs = device::elapsed(&dev, start)?;
             results[m].push((rep.nll, rep.logdet_std_error / 2.0, secs));
+            bar.inc(1);
         }
     }
+    bar.finish_and_clear();
     println!(
         "\n{:<12} {:>6} {:>10} {:>8} {:>10} {:>9} {:>7} {:>9}",
         "method", "seeds", "mean NLL", "sd", "mean|err|", "mean se", "max|z|", "s/eval"
     );
-    for (m, name) in methods.iter().enumerate() {
+    for (m, name) in methods.iter().map(|m| m.name()).enumerate() {
         let v: Vec<f64> = results[m].iter().map(|r| r.0).collect();
         let (mu, sd) = mean_sd(&v);
         let err = v.iter().map(|x| (x - exact).abs()).sum::<f64>() / v.len() as f64;

@@ -4,15 +4,15 @@
 //!
 //! ```text
 //! cargo run --release --example bench_predict                    # N = 2,000, M = 10^4, 2D Matern 5/2
-//! cargo run --release --example bench_predict -- --kernel gauss --dim 1 --f32
+//! cargo run --release --example bench_predict -- --kernel gauss --dim 1 --dtype f32
 //! cargo run --release --example bench_predict -- --no-exact --reps 5
 //! cargo run --release --features cuda --example bench_predict -- --device cuda
 //! ```
 //!
 //! `--device cpu|cuda|cuda:N` (default `cpu`): where the model lives and predicts (the dense
-//! reference is computed from its `to_dense` on the host).
+//! reference is computed from its `to_dense` on the host). `--help` lists the options.
 //!
-//! The problem: `N` training points uniform in the unit square (or interval, `--dim 1`),
+//! The problem (`--seed`, default 7): `N` training points uniform in the unit square (or interval, `--dim 1`),
 //! `y = sin(6 x0) + cos(4 x1) + 0.1 eps`; `M` test points uniform in `[-0.1, 1.1]^D`; a
 //! Matern 5/2 (or `--kernel gauss` Gaussian) kernel of lengthscale 0.2, outputscale 1, noise
 //! variance 0.01; default settings otherwise, with `nll_method` set per row (`Stochastic`
@@ -27,70 +27,117 @@
 //! dense posterior in `f64` from `KernelOperator::to_dense` and a Cholesky factorisation written
 //! here.
 
+#[path = "device/mod.rs"]
 mod device;
+#[path = "report/mod.rs"]
+mod report;
+#[path = "sizes/mod.rs"]
+mod sizes;
 
 use std::error::Error;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
+use clap::{CommandFactory, Parser, ValueEnum};
 use lazy_kernels::gp::{ExactGp, NllMethod, Positive, Variances};
 use lazy_kernels::{Kernel, KernelOperator};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
+/// The kernel of the model.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum KernelArg {
+    /// Matern 5/2.
+    Matern,
+    /// Gaussian.
+    Gauss,
+}
+
+/// Predictions of an exact GP: the mean, mean and variance by LOVE, by exact solves and by the
+/// exact path's dense Cholesky factor, timed, with their errors against a dense f64 reference.
+///
+/// N training points uniform in the unit square (or interval, --dim 1), y = sin(6 x0) + cos(4
+/// x1) + 0.1 eps; M test points uniform in [-0.1, 1.1]^D; a Matern 5/2 or Gaussian kernel of
+/// lengthscale 0.2, outputscale 1, noise variance 0.01. "Cold" rows include what the model
+/// caches once per hyperparameter state, "warm" rows reuse it. Times are medians of --reps
+/// runs, the methods alternating within each repetition; the errors are over the first --check
+/// test points, against the dense posterior in f64.
+#[derive(Parser)]
+#[command(name = "bench_predict")]
+struct Cli {
+    /// Training points.
+    #[arg(long, value_name = "N", default_value = "2000", value_parser = sizes::at_least(2))]
+    n: usize,
+    /// Test points.
+    #[arg(long, value_name = "M", default_value = "1e4", value_parser = sizes::count)]
+    m: usize,
+    /// Dimension of the points: 1 or 2.
+    #[arg(long, value_name = "D", default_value = "2", value_parser = dimension)]
+    dim: usize,
+    /// The kernel.
+    #[arg(long, value_enum, default_value = "matern")]
+    kernel: KernelArg,
+    /// The model's floating-point type (the reference is in f64 either way).
+    #[arg(long, value_enum, default_value = "f64")]
+    dtype: device::Dtype,
+    /// Leave out the exact batched solves (the slow row).
+    #[arg(long)]
+    no_exact: bool,
+    /// Repetitions of each timed row.
+    #[arg(long, value_name = "R", default_value = "3", value_parser = sizes::count)]
+    reps: usize,
+    /// Test points the errors are measured on (at most --m).
+    #[arg(long, value_name = "K", default_value = "200", value_parser = sizes::count)]
+    check: usize,
+    /// Seed of the random points and noise.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
+/// `--dim`: 1 or 2.
+fn dimension(s: &str) -> Result<usize, String> {
+    match s.trim() {
+        "1" => Ok(1),
+        "2" => Ok(2),
+        _ => Err(format!("{s:?}: 1 or 2")),
+    }
+}
+
+/// What the program runs, from the command line.
 struct Args {
     n: usize,
     m: usize,
     dim: usize,
     gauss: bool,
-    f32: bool,
+    dtype: DType,
     exact: bool,
     reps: usize,
     check: usize,
+    seed: u64,
 }
 
-fn args(v: Vec<String>) -> Res<Args> {
-    let mut a = Args {
-        n: 2000,
-        m: 10_000,
-        dim: 2,
-        gauss: false,
-        f32: false,
-        exact: true,
-        reps: 3,
-        check: 200,
-    };
-    let mut i = 0;
-    while i < v.len() {
-        let next = |i: usize| -> Res<String> {
-            v.get(i + 1)
-                .cloned()
-                .ok_or_else(|| format!("{} needs a value", v[i]).into())
-        };
-        match v[i].as_str() {
-            "--n" => (a.n, i) = (next(i)?.parse()?, i + 1),
-            "--m" => (a.m, i) = (next(i)?.parse()?, i + 1),
-            "--dim" => (a.dim, i) = (next(i)?.parse()?, i + 1),
-            "--reps" => (a.reps, i) = (next(i)?.parse()?, i + 1),
-            "--check" => (a.check, i) = (next(i)?.parse()?, i + 1),
-            "--kernel" => {
-                a.gauss = match next(i)?.as_str() {
-                    "gauss" => true,
-                    "matern" => false,
-                    k => return Err(format!("--kernel gauss|matern, got {k}").into()),
-                };
-                i += 1;
-            }
-            "--f32" => a.f32 = true,
-            "--no-exact" => a.exact = false,
-            other => return Err(format!("unknown argument {other}").into()),
-        }
-        i += 1;
+fn args(cli: &Cli) -> Args {
+    if cli.check > cli.m {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--check {} exceeds --m {}", cli.check, cli.m),
+            )
+            .exit();
     }
-    if a.dim == 0 || a.dim > 2 || a.check > a.m || a.reps == 0 {
-        return Err("--dim 1 or 2, --check <= --m, --reps >= 1".into());
+    Args {
+        n: cli.n,
+        m: cli.m,
+        dim: cli.dim,
+        gauss: cli.kernel == KernelArg::Gauss,
+        dtype: cli.dtype.dtype(),
+        exact: !cli.no_exact,
+        reps: cli.reps,
+        check: cli.check,
+        seed: cli.seed,
     }
-    Ok(a)
 }
 
 /// SplitMix64 uniforms.
@@ -167,10 +214,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Res<()> {
-    let (dev, rest) = device::from_args();
-    let a = args(rest)?;
-    let dtype = if a.f32 { DType::F32 } else { DType::F64 };
-    let mut rng = Rng(7);
+    let cli = Cli::parse();
+    let a = args(&cli);
+    let dev = cli.device.open();
+    let dtype = a.dtype;
+    println!("{}\n", report::machine_header());
+    let mut rng = Rng(a.seed);
     let pts: Vec<f64> = (0..a.n * a.dim).map(|_| rng.uniform()).collect();
     let y: Vec<f64> = (0..a.n)
         .map(|i| {
@@ -263,6 +312,7 @@ fn main() -> Res<()> {
         .iter()
         .map(|_| (Vec::new(), 0.0, None, String::new()))
         .collect();
+    let bar = report::progress(a.reps as u64, "repetitions");
     for rep in 0..a.reps {
         for (i, row) in rows.iter_mut().enumerate() {
             if i == 4 && (!a.exact || rep > 0) {
@@ -301,7 +351,9 @@ fn main() -> Res<()> {
                 }
             }
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     println!(
         "{:<30} {:>9} {:>14} {:>14}  note",
         "method", "time (s)", "mean error", "var rel error"

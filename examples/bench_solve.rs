@@ -5,8 +5,11 @@
 //! 400). Prints a Markdown table.
 //!
 //! ```text
-//! cargo run --release --example bench_solve -- [--n 10000,100000] [--budget SECONDS] [--device D]
+//! cargo run --release --example bench_solve -- [--sizes 1e4,1e5] [--budget SECONDS] [--dtype f32|f64]
+//!     [--only WORDS] [--seed S] [--device D]
 //! ```
+//!
+//! (`--help` lists the options; `--n` is another spelling of `--sizes`.)
 //!
 //! `--device cpu|cuda|cuda:N` (default `cpu`): where the data live and the solves run; each
 //! time is read after the device has finished (on a GPU the first product also compiles the
@@ -15,49 +18,75 @@
 //! `--budget` caps the iterations of each cell at about that many seconds of products (one
 //! product is timed first); a capped cell is reported as not converged, with its residual.
 //! `--only WORDS` keeps the cells whose description contains every comma-separated word, out
-//! of `1D`, `2D`, `F64`, `F32`, `seed`, `small` (alpha 1e-2), `none`, `pivoted`.
+//! of `1D`, `2D`, `F64`, `F32`, `seed`, `small` (alpha 1e-2), `none`, `pivoted`; `--dtype`
+//! keeps one of the two dtypes (both by default).
 
 #[path = "device/mod.rs"]
 mod device;
+#[path = "report/mod.rs"]
+mod report;
 #[path = "seed/mod.rs"]
 mod seed;
+#[path = "sizes/mod.rs"]
+mod sizes;
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use clap::Parser;
 use lazy_kernels::{Kernel, KernelOperator, Preconditioner, Rank, SolveOptions, Stop};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+/// Benchmark of `KernelOperator::solve` on the seed example's problems, to residual 1e-6.
+///
+/// A 1D Gaussian and a 2D Laplacian kernel (sigma 0.1), for f64 and f32, the seed's ridge and
+/// 1e-2, with and without the pivoted-Cholesky preconditioner (automatic rank, at most 400):
+/// the time to build the preconditioner, the time to iterate, the iterations. Prints a
+/// Markdown table.
+#[derive(Parser)]
+#[command(name = "bench_solve")]
+struct Cli {
+    /// The sizes N (`1e4,1e5`).
+    #[arg(
+        long,
+        alias = "n",
+        value_name = "N,...",
+        value_delimiter = ',',
+        default_value = "1e4",
+        value_parser = sizes::at_least(2)
+    )]
+    sizes: Vec<usize>,
+    /// Cap each cell's iterations at about this many seconds of products (a capped cell is
+    /// reported as not converged, with its residual).
+    #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = sizes::seconds)]
+    budget: f64,
+    /// Keep the cells whose description contains every word: 1D, 2D, F64, F32, seed, small,
+    /// none, pivoted.
+    #[arg(long, value_name = "WORDS", value_delimiter = ',')]
+    only: Vec<String>,
+    /// One dtype only [default: both, f64 then f32].
+    #[arg(long, value_enum)]
+    dtype: Option<device::Dtype>,
+    /// Seed of the random points and right-hand sides.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Ignored (what `cargo bench` passes).
+    #[arg(long, hide = true)]
+    bench: bool,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
 fn main() -> candle_core::Result<()> {
-    let mut sizes = vec![10_000usize];
-    let mut budget = 120.0f64;
-    let mut only: Vec<String> = Vec::new();
-    let (dev, args) = device::from_args();
-    let mut args = args.into_iter();
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--n" => {
-                sizes = args
-                    .next()
-                    .expect("--n N1,N2")
-                    .split(',')
-                    .map(|s| s.parse().expect("a size"))
-                    .collect()
-            }
-            "--budget" => budget = args.next().expect("--budget S").parse().expect("seconds"),
-            "--only" => {
-                only = args
-                    .next()
-                    .expect("--only WORDS")
-                    .split(',')
-                    .map(String::from)
-                    .collect()
-            }
-            "--bench" => {} // passed by `cargo bench`
-            other => panic!("unknown argument {other}"),
-        }
-    }
+    let cli = Cli::parse();
+    let (sizes, budget, only) = (cli.sizes, cli.budget, cli.only);
+    let dtypes = match cli.dtype {
+        Some(d) => vec![d.dtype()],
+        None => vec![DType::F64, DType::F32],
+    };
+    let dev = cli.device.open();
+    println!("{}\n", report::machine_header());
     let cpu = Device::Cpu;
     if !dev.is_cpu() {
         println!("Device: {}\n", device::describe(&dev));
@@ -67,9 +96,14 @@ fn main() -> candle_core::Result<()> {
          | total (s) | iterations | products | residual | device reads |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let problems = ["1D Gaussian", "2D Laplacian"];
+    let bar = report::progress(
+        (sizes.len() * problems.len() * dtypes.len()) as u64,
+        "problems",
+    );
     for &n in &sizes {
-        for problem in ["1D Gaussian", "2D Laplacian"] {
-            let mut rng = StdRng::seed_from_u64(0);
+        for problem in problems {
+            let mut rng = StdRng::seed_from_u64(cli.seed);
             let (pts, bs, d, seed_alpha) = if problem.starts_with("1D") {
                 let (x, b) = seed::data_1d(n, &mut rng);
                 (x, b, 1, 1.0)
@@ -77,7 +111,8 @@ fn main() -> candle_core::Result<()> {
                 let (x, b) = seed::data_2d(n, &mut rng);
                 (x, b, 2, 10.0)
             };
-            for dtype in [DType::F64, DType::F32] {
+            for &dtype in &dtypes {
+                bar.set_message(format!("{problem}, N = {n}, {dtype:?}"));
                 let on_dev = |t: Tensor| t.to_dtype(dtype)?.to_device(&dev);
                 let x = on_dev(Tensor::from_vec(pts.clone(), (n, d), &cpu)?)?;
                 let b = on_dev(Tensor::from_vec(bs.clone(), (n, 1), &cpu)?)?;
@@ -124,7 +159,7 @@ fn main() -> candle_core::Result<()> {
                         let start = Instant::now();
                         let (_, info) = k.solve(&b, alpha, &opts)?;
                         let total = device::elapsed(&dev, start)?;
-                        println!(
+                        let row = format!(
                             "| {problem} | {n} | {dtype:?} | {alpha} | {} | {} | {:.3} | {:.3} \
                              | {:.3} | {}{} | {} | {:.1e} | {} |",
                             if pre == Preconditioner::None {
@@ -147,10 +182,13 @@ fn main() -> candle_core::Result<()> {
                             info.max_residual(),
                             info.host_reads,
                         );
+                        bar.suspend(|| println!("{row}"));
                     }
                 }
+                bar.inc(1);
             }
         }
     }
+    bar.finish_and_clear();
     Ok(())
 }

@@ -5,11 +5,13 @@
 //! cargo run --release --example bench_table            # M = N up to 10^6 (slow)
 //! cargo run --release --example bench_table -- --quick # M = N up to 10^5
 //! cargo run --release --features cuda --example bench_table -- --quick --device cuda
+//! cargo run --release --example bench_table -- --sizes 1e3,1e4
 //! ```
 //!
-//! Peak extra memory is measured in a child process (this program re-executed with a hidden
-//! `--child ours|dense N` argument): the child builds the inputs, resets its peak RSS
-//! (`/proc/self/clear_refs`), runs one reduction and prints the growth of `VmHWM`.
+//! (`--help` lists the options.) Peak extra memory is measured in a child process (this
+//! program re-executed with a hidden `--child ours|dense` option and its size): the child
+//! builds the inputs, resets its peak RSS (`/proc/self/clear_refs`), runs one reduction and
+//! prints the growth of `VmHWM`.
 //!
 //! `--device cpu|cuda|cuda:N` (default `cpu`): where the inputs live and both methods run
 //! (the children too). On a GPU every time is read after the device has finished, the first
@@ -20,13 +22,60 @@
 mod device;
 #[path = "report/mod.rs"]
 mod report;
+#[path = "sizes/mod.rs"]
+mod sizes;
 use std::error::Error;
 use std::hint::black_box;
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
+use clap::{Parser, ValueEnum};
 use lazy_kernels::{linalg, Axis, LazyTensor};
+
+/// The lazy Gaussian kernel sum against dense Candle, and against the CPU's exponential.
+///
+/// The Gaussian kernel sum (D = 3, E = 1, f32, sigma = 0.5) at each M = N: the best time, pairs
+/// per second (per core, and per exponential of one core on the CPU), dense Candle's time
+/// where its intermediates fit in 6 GiB, and the peak extra memory of both, measured in child
+/// processes (this program again). Then LogSumExp and ArgKMin(10) at M = N = 10^5. Prints
+/// markdown tables.
+#[derive(Parser)]
+#[command(name = "bench_table")]
+struct Cli {
+    /// M = N up to 10^5 instead of 10^6.
+    #[arg(long)]
+    quick: bool,
+    /// The sizes M = N of the first table [default: 1e3,1e4,1e5,1e6; 1e3,1e4,1e5 with --quick].
+    #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = sizes::count)]
+    sizes: Option<Vec<usize>>,
+    /// Seed of the random points and weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Child mode: one reduction of this kind at the first of `--sizes`, its time and memory.
+    #[arg(long, value_name = "KIND", value_enum, hide = true)]
+    child: Option<ChildKind>,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
+/// What a child process runs.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ChildKind {
+    /// The lazy sum.
+    Ours,
+    /// Dense Candle.
+    Dense,
+}
+
+impl ChildKind {
+    fn name(self) -> &'static str {
+        match self {
+            ChildKind::Ours => "ours",
+            ChildKind::Dense => "dense",
+        }
+    }
+}
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -63,8 +112,9 @@ struct Inputs {
 
 impl Inputs {
     /// Drawn on the CPU (the same numbers whatever the device), then moved to `dev`.
-    fn new(m: usize, n: usize, dev: &Device) -> candle_core::Result<Inputs> {
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (m as u64) ^ ((n as u64) << 32));
+    fn new(m: usize, n: usize, dev: &Device, seed: u64) -> candle_core::Result<Inputs> {
+        let state = 0x9E37_79B9_7F4A_7C15 ^ (m as u64) ^ ((n as u64) << 32);
+        let mut rng = XorShift((state ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03)).max(1));
         Ok(Inputs {
             x: rng.tensor(m, D)?.to_device(dev)?,
             y: rng.tensor(n, D)?.to_device(dev)?,
@@ -217,14 +267,13 @@ fn read_status_kib(field: &str) -> Option<u64> {
 
 /// Child mode: build the inputs, reset the peak RSS, run one reduction, print the result (on a
 /// GPU after one untimed run of the same reduction).
-fn child(what: &str, n: usize, dev: &Device) -> Res<()> {
-    let inp = Inputs::new(n, n, dev)?;
+fn child(what: ChildKind, n: usize, dev: &Device, seed: u64) -> Res<()> {
+    let inp = Inputs::new(n, n, dev, seed)?;
     let lazy = Lazy::new(&inp)?;
     let run = || -> Res<Tensor> {
         Ok(match what {
-            "ours" => lazy.gauss_sum()?,
-            "dense" => dense_gauss_sum(&inp)?,
-            other => return Err(format!("unknown child mode {other}").into()),
+            ChildKind::Ours => lazy.gauss_sum()?,
+            ChildKind::Dense => dense_gauss_sum(&inp)?,
         })
     };
     if !dev.is_cpu() {
@@ -251,18 +300,38 @@ fn child(what: &str, n: usize, dev: &Device) -> Res<()> {
     Ok(())
 }
 
-/// Runs this program as a child on the device `choice`; `None` if that fails for any reason.
-fn run_child(what: &str, n: usize, choice: device::Choice) -> Option<ChildResult> {
+/// Runs this program as a child on the device `choice`; `None` if that fails for any reason
+/// (said on stderr, between the redraws of `bar`).
+fn run_child(
+    what: ChildKind,
+    n: usize,
+    choice: device::Choice,
+    seed: u64,
+    bar: &indicatif::ProgressBar,
+) -> Option<ChildResult> {
     let exe = std::env::current_exe().ok()?;
     let out = Command::new(exe)
-        .args(["--child", what, &n.to_string(), "--device", &choice.spec()])
+        .args([
+            "--child",
+            what.name(),
+            "--sizes",
+            &n.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--device",
+            &choice.spec(),
+        ])
+        .stdin(Stdio::null())
         .output()
         .ok()?;
     if !out.status.success() {
-        eprintln!(
-            "child {what} {n} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bar.suspend(|| {
+            eprintln!(
+                "child {} {n} failed: {}",
+                what.name(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        });
         return None;
     }
     let text = String::from_utf8_lossy(&out.stdout);
@@ -282,14 +351,6 @@ fn run_child(what: &str, n: usize, choice: device::Choice) -> Option<ChildResult
     })
 }
 
-fn date() -> String {
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("{} (unix {unix})", report::utc_now())
-}
-
 fn fmt_mib(m: Option<f64>) -> String {
     match m {
         Some(m) => format!("{m:.1} MiB"),
@@ -307,32 +368,31 @@ fn fmt_pow10(n: usize) -> String {
 }
 
 fn main() -> Res<()> {
-    let (choice, args) = device::choice_from_args();
-    let dev = device::open_or_exit(choice);
-    if args.first().map(String::as_str) == Some("--child") {
-        let what = args.get(1).ok_or("--child needs a mode")?;
-        let n: usize = args.get(2).ok_or("--child needs a size")?.parse()?;
-        return child(what, n, &dev);
+    let all_args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = Cli::parse();
+    let choice = cli.device.device;
+    let dev = cli.device.open();
+    let seed = cli.seed;
+    if let Some(what) = cli.child {
+        let n = cli.sizes.as_ref().and_then(|s| s.first().copied());
+        return child(what, n.ok_or("--child needs --sizes N")?, &dev, seed);
     }
-    let quick = args.iter().any(|a| a == "--quick");
+    let quick = cli.quick;
     let on_cpu = dev.is_cpu();
     let threads = rayon::current_num_threads();
-    let isa = lazy_kernels::backend::cpu::isa::detect().name();
 
     println!(
-        "# lazy-kernels benchmark: `cargo run --release{} --example bench_table{}`",
-        if on_cpu { "" } else { " --features cuda" },
-        match (quick, on_cpu) {
-            (false, true) => String::new(),
-            (true, true) => " -- --quick".to_string(),
-            (false, false) => format!(" -- --device {choice}"),
-            (true, false) => format!(" -- --quick --device {choice}"),
-        }
+        "# lazy-kernels benchmark: `cargo run --release{} --example bench_table{}{}`",
+        if cfg!(feature = "cuda") {
+            " --features cuda"
+        } else {
+            ""
+        },
+        if all_args.is_empty() { "" } else { " -- " },
+        all_args.join(" ")
     );
     println!();
-    println!("- date: {}", date());
-    println!("- CPU: {}", report::cpu_model());
-    println!("- ISA: {isa}, rayon threads: {threads}");
+    println!("{}", report::machine_header());
     if !on_cpu {
         println!("- device: {}", device::describe(&dev));
     }
@@ -355,10 +415,13 @@ fn main() -> Res<()> {
         }
     };
 
-    let mut sizes = vec![1_000usize, 10_000, 100_000];
-    if !quick {
-        sizes.push(1_000_000);
-    }
+    let sizes = cli.sizes.clone().unwrap_or_else(|| {
+        let mut sizes = vec![1_000usize, 10_000, 100_000];
+        if !quick {
+            sizes.push(1_000_000);
+        }
+        sizes
+    });
 
     println!("## Gaussian kernel sum, D = {D}, E = 1, f32, sigma = {SIGMA}");
     println!();
@@ -366,15 +429,18 @@ fn main() -> Res<()> {
         "| M=N | ours (s) | pairs/s | pairs/s per core | pairs per exp (per core) | dense Candle (s) | speed-up vs dense | peak extra memory ours | peak extra memory dense |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
+    // A step per size, and one for the second table.
+    let bar = report::progress(sizes.len() as u64 + 1, "sizes");
     let mut notes = Vec::new();
     for &n in &sizes {
         let pairs = (n as f64) * (n as f64);
         // Ours: one run in a child (time and memory), then more runs here if they are cheap.
-        let ours_child = run_child("ours", n, choice);
+        bar.set_message(format!("M = N = {}", fmt_pow10(n)));
+        let ours_child = run_child(ChildKind::Ours, n, choice, seed, &bar);
         let mut ours_times: Vec<f64> = ours_child.iter().map(|c| c.time_s).collect();
         let child_t = ours_times.first().copied().unwrap_or(f64::INFINITY);
         if child_t < 5.0 || ours_times.is_empty() {
-            let inp = Inputs::new(n, n, &dev)?;
+            let inp = Inputs::new(n, n, &dev, seed)?;
             let lazy = Lazy::new(&inp)?;
             lazy.gauss_sum()?; // warm-up
             let max = if child_t < 0.5 { 20 } else { 3 };
@@ -393,8 +459,8 @@ fn main() -> Res<()> {
 
         let need = dense_bytes(n);
         let (dense_t, dense_mem) = if need <= DENSE_LIMIT_BYTES {
-            let dense_child = run_child("dense", n, choice);
-            let inp = Inputs::new(n, n, &dev)?;
+            let dense_child = run_child(ChildKind::Dense, n, choice, seed, &bar);
+            let inp = Inputs::new(n, n, &dev, seed)?;
             let mut times: Vec<f64> = dense_child.iter().map(|c| c.time_s).collect();
             times.extend(time_runs(&dev, 1, 5, Duration::from_secs(3), || {
                 dense_gauss_sum(&inp)
@@ -415,7 +481,7 @@ fn main() -> Res<()> {
                 (na.clone(), "n/a".to_string(), na)
             }
         };
-        println!(
+        let row = format!(
             "| {} | {:.4} | {:.3e} | {} | {} | {} | {} | {} | {} |",
             fmt_pow10(n),
             ours,
@@ -431,6 +497,8 @@ fn main() -> Res<()> {
             fmt_mib(ours_child.and_then(|c| c.extra_mib)),
             dense_mem_cell,
         );
+        bar.suspend(|| println!("{row}"));
+        bar.inc(1);
     }
     println!();
     println!(
@@ -444,18 +512,22 @@ fn main() -> Res<()> {
     // Second table: other reductions at M = N = 10^5.
     let n = 100_000;
     let pairs = (n as f64) * (n as f64);
-    let inp = Inputs::new(n, n, &dev)?;
+    bar.set_message("other reductions");
+    let inp = Inputs::new(n, n, &dev, seed)?;
     let lazy = Lazy::new(&inp)?;
-    println!("## Other reductions, M = N = 10^5, D = {D}, f32 (ours only)");
-    println!();
-    println!("| reduction | time (s) | pairs/s | pairs/s per core |");
-    println!("|---|---|---|---|");
+    bar.suspend(|| {
+        println!("## Other reductions, M = N = 10^5, D = {D}, f32 (ours only)");
+        println!();
+        println!("| reduction | time (s) | pairs/s | pairs/s per core |");
+        println!("|---|---|---|---|");
+    });
     let lse = time_runs(&dev, 1, 2, Duration::from_secs(5), || {
         lazy.lse.logsumexp(Axis::J)
     })?;
     let knn = time_runs(&dev, 1, 2, Duration::from_secs(5), || {
         lazy.sqdist.argkmin(10, Axis::J)
     })?;
+    bar.finish_and_clear();
     for (name, times) in [
         ("LogSumExp of -sqdist(x, y) / (2 s^2)", &lse),
         ("ArgKMin(10) of sqdist(x, y)", &knn),

@@ -5,19 +5,59 @@
 //! `O((M + N) D + budget)`, never `O(M N)`.
 //!
 //! ```text
-//! cargo run --release --example blocks_memory -- [--sizes 1e5x1e5,1e6x1e4,1e4x1e6] [--dim 256]
+//! cargo run --release --example blocks_memory -- [--sizes 1e5x1e5,1e6x1e4,1e4x1e6] [--dim 256] [--seed S]
 //! ```
 //!
-//! Each size runs in a child process of its own (this binary with `--one MxN`), so that each
-//! peak is its own. Linux only (the peak is `VmHWM` of `/proc/self/status`).
+//! Each size runs in a child process of its own (this binary with a hidden `--one MxN`), so
+//! that each peak is its own. Linux only (the peak is `VmHWM` of `/proc/self/status`).
 
+#[path = "device/mod.rs"]
 mod device;
+#[path = "report/mod.rs"]
+mod report;
+#[path = "sizes/mod.rs"]
+mod sizes;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use clap::Parser;
 use lazy_kernels::{Axis, LazyTensor, Path, ReductionKind, ReductionOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The block path's peak memory: a Gaussian sum and an ArgKMin(10) of M x N points (CPU).
+///
+/// For each size M x N, one child process (this program again) draws M and N points uniform
+/// in [0, 1)^D and N weights (f32), then runs a Gaussian kernel sum and an ArgKMin(10) on the
+/// block path, and prints the peak resident memory (VmHWM of /proc/self/status) before and
+/// after, against the inputs' size and the size a dense M x N matrix would have. Linux only.
+#[derive(Parser)]
+#[command(name = "blocks_memory")]
+struct Cli {
+    /// The sizes, as MxN pairs (`1e5x1e5,1e6x1e4`), each in a child process of its own.
+    #[arg(
+        long,
+        value_name = "MxN,...",
+        value_delimiter = ',',
+        default_value = "1e5x1e5,1e6x1e4,1e4x1e6",
+        value_parser = sizes::pair
+    )]
+    sizes: Vec<(usize, usize)>,
+    /// Dimension D of the points.
+    #[arg(long, value_name = "D", default_value = "256", value_parser = sizes::count)]
+    dim: usize,
+    /// Seed of the random points and weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Child mode: runs the reductions at this one size in this process and prints its row.
+    #[arg(long, value_name = "MxN", hide = true, value_parser = sizes::pair)]
+    one: Option<(usize, usize)>,
+    /// Must be `cpu` (the default): the program measures the CPU's resident memory.
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
 
 /// The peak resident memory of this process so far, in bytes (`None` off Linux).
 fn peak_bytes() -> Option<u64> {
@@ -27,29 +67,20 @@ fn peak_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn parse_size(s: &str) -> Result<usize, String> {
-    let v: f64 = s.parse().map_err(|_| format!("not a number: {s}"))?;
-    if !(v >= 1.0 && v.fract() == 0.0) {
-        return Err(format!("not a positive integer: {s}"));
-    }
-    Ok(v as usize)
-}
-
-fn parse_pair(s: &str) -> Result<(usize, usize), String> {
-    let (m, n) = s
-        .split_once('x')
-        .ok_or_else(|| format!("expected MxN, got {s}"))?;
-    Ok((parse_size(m)?, parse_size(n)?))
-}
-
 const MIB: f64 = (1u64 << 20) as f64;
 
+/// A `(rows, cols)` tensor of f32 uniform in [0, 1) on the CPU.
+fn uniform(rng: &mut StdRng, rows: usize, cols: usize) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = (0..rows * cols).map(|_| rng.random::<f32>()).collect();
+    Tensor::from_vec(v, (rows, cols), &Device::Cpu)
+}
+
 /// Runs both reductions at `m x n` in this process and prints one table row.
-fn one(m: usize, n: usize, d: usize) -> candle_core::Result<()> {
-    let dev = Device::Cpu;
-    let x = Tensor::rand(0f32, 1., (m, d), &dev)?;
-    let y = Tensor::rand(0f32, 1., (n, d), &dev)?;
-    let b = Tensor::rand(0f32, 1., (n, 1), &dev)?;
+fn one(m: usize, n: usize, d: usize, seed: u64) -> candle_core::Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = uniform(&mut rng, m, d)?;
+    let y = uniform(&mut rng, n, d)?;
+    let b = uniform(&mut rng, n, 1)?;
     let inputs = ((m + n) * d + n) * 4;
     let before = peak_bytes().unwrap_or(0);
     let options = ReductionOptions {
@@ -80,44 +111,23 @@ fn one(m: usize, n: usize, d: usize) -> candle_core::Result<()> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (choice, args) = device::choice_from_args();
-    if device::open_or_exit(choice).is_cuda() {
+    let cli = Cli::parse();
+    if cli.device.open().is_cuda() {
         device::fail(
             "blocks_memory measures the CPU's resident memory: run it with --device cpu",
             2,
         );
     }
-    let mut sizes = vec![(100_000, 100_000), (1_000_000, 10_000), (10_000, 1_000_000)];
-    let mut d = 256;
-    let mut k = 0;
-    while k < args.len() {
-        let value = args
-            .get(k + 1)
-            .ok_or_else(|| format!("{} needs a value", args[k]))?;
-        match args[k].as_str() {
-            "--one" => {
-                let (m, n) = parse_pair(value)?;
-                let dim = args
-                    .iter()
-                    .position(|a| a == "--dim")
-                    .and_then(|p| args.get(p + 1))
-                    .map(|v| parse_size(v))
-                    .transpose()?
-                    .unwrap_or(d);
-                one(m, n, dim)?;
-                return Ok(());
-            }
-            "--sizes" => {
-                sizes = value.split(',').map(parse_pair).collect::<Result<_, _>>()?;
-            }
-            "--dim" => d = parse_size(value)?,
-            other => return Err(format!("unknown argument {other}").into()),
-        }
-        k += 2;
+    let d = cli.dim;
+    if let Some((m, n)) = cli.one {
+        one(m, n, d, cli.seed)?;
+        return Ok(());
     }
     if peak_bytes().is_none() {
         return Err("the peak resident memory is read from /proc/self/status: Linux only".into());
     }
+    println!("{}", report::machine_header());
+    println!();
     println!(
         "Gaussian sum then ArgKMin(10), block path, f32, CPU ({} threads), block budget {} MiB",
         rayon::current_num_threads(),
@@ -127,13 +137,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| M | N | D | inputs (MiB) | peak before (MiB) | peak after (MiB) | extra (MiB) | dense M x N f32 (MiB) | seconds |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let exe = std::env::current_exe()?;
-    for (m, n) in sizes {
-        let status = Command::new(&exe)
-            .args(["--one", &format!("{m}x{n}"), "--dim", &d.to_string()])
-            .status()?;
-        if !status.success() {
+    let bar = report::progress(cli.sizes.len() as u64, "sizes");
+    for &(m, n) in &cli.sizes {
+        bar.set_message(format!("{m} x {n}"));
+        // The child's row comes back through a pipe, to be printed between the bar's redraws.
+        let out = Command::new(&exe)
+            .args([
+                "--one",
+                &format!("{m}x{n}"),
+                "--dim",
+                &d.to_string(),
+                "--seed",
+                &cli.seed.to_string(),
+            ])
+            .stderr(Stdio::inherit())
+            .output()?;
+        bar.suspend(|| print!("{}", String::from_utf8_lossy(&out.stdout)));
+        if !out.status.success() {
+            bar.abandon();
             return Err(format!("the run at {m} x {n} failed").into());
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     Ok(())
 }

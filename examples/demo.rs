@@ -2,30 +2,67 @@
 //! neighbours, a formula string and gradients, with timings and a check of values and
 //! gradients against a dense Candle computation (on the same device).
 //!
-//! Run with `cargo run --release --example demo [-- N] [--device D]` (default N = 20000
-//! points; `--device cpu|cuda|cuda:N`, default `cpu`). On a GPU the first call of each formula
-//! includes its compilation (NVRTC, cached on disk for the next run).
+//! Run with `cargo run --release --example demo [-- --n N] [--seed S] [--device D]` (default
+//! N = 20000 points, also written `2e4`; `--device cpu|cuda|cuda:N`, default `cpu`; `--help`
+//! lists the options). On a GPU the first call of each formula includes its compilation
+//! (NVRTC, cached on disk for the next run).
 
 #[path = "device/mod.rs"]
 mod device;
+#[path = "sizes/mod.rs"]
+mod sizes;
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var, D};
+use clap::Parser;
 use lazy_kernels::{linalg, Axis, LazyTensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A tour of lazy-kernels' reductions, timed and checked against dense Candle.
+///
+/// A Gaussian kernel sum, a log-sum-exp, the 5 nearest neighbours, a parsed formula reduced
+/// over i and the gradients of a kernel sum with respect to the points and the bandwidth, on M
+/// = N points uniform in the unit cube (D = 3, f32); then the values and gradients against a
+/// dense Candle computation on the first 2000 points. On a GPU the first call of each formula
+/// includes its compilation (NVRTC, cached on disk for the next run).
+#[derive(Parser)]
+#[command(name = "demo")]
+struct Cli {
+    /// Points of each set, M = N (`20000`, `2e4`).
+    #[arg(long, value_name = "N", default_value = "20000", value_parser = sizes::at_least(5))]
+    n: usize,
+    /// The same as `--n` (the older spelling: `demo 20000`).
+    #[arg(value_name = "N", hide = true, conflicts_with = "n", value_parser = sizes::at_least(5))]
+    size: Option<usize>,
+    /// Seed of the random points and weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
+/// A `(rows, cols)` tensor of f32 uniform in [0, 1) on the CPU.
+fn uniform(rng: &mut StdRng, rows: usize, cols: usize) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = (0..rows * cols).map(|_| rng.random::<f32>()).collect();
+    Tensor::from_vec(v, (rows, cols), &Device::Cpu)
+}
 
 fn main() -> candle_core::Result<()> {
-    let (dev, args) = device::from_args();
-    let n: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let cli = Cli::parse();
+    let n = cli.size.unwrap_or(cli.n);
+    let dev = cli.device.open();
     println!(
         "lazy-kernels demo: M = N = {n}, D = 3, f32, {}\n",
         device::describe(&dev)
     );
     // The data are drawn on the CPU (the same numbers whatever the device), then moved.
     let cpu = Device::Cpu;
-    let x = Tensor::rand(0f32, 1., (n, 3), &cpu)?.to_device(&dev)?;
-    let y = Tensor::rand(0f32, 1., (n, 3), &cpu)?.to_device(&dev)?;
-    let b = Tensor::rand(0f32, 1., (n, 1), &cpu)?.to_device(&dev)?;
+    let mut rng = StdRng::seed_from_u64(cli.seed);
+    let x = uniform(&mut rng, n, 3)?.to_device(&dev)?;
+    let y = uniform(&mut rng, n, 3)?.to_device(&dev)?;
+    let b = uniform(&mut rng, n, 1)?.to_device(&dev)?;
     let sigma = Tensor::new(&[0.1f32], &cpu)?.to_device(&dev)?;
 
     let x_i = LazyTensor::vi(&x)?;

@@ -9,28 +9,71 @@
 //! (no weight decay) optimises `log sigma`: each step runs one reduction forward and its
 //! backward pass (reductions too), and prints the loss and `sigma`.
 //!
-//! Run with `cargo run --release --example learn_bandwidth [-- N] [--device D]` (default
-//! N = 2000; f32; `--device cpu|cuda|cuda:N`, default `cpu`).
+//! Run with `cargo run --release --example learn_bandwidth [-- --n N] [--seed S] [--device D]`
+//! (default N = 2000; f32; `--device cpu|cuda|cuda:N`, default `cpu`; `--help` lists the
+//! options).
 
 #[path = "device/mod.rs"]
 mod device;
+#[path = "sizes/mod.rs"]
+mod sizes;
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use clap::Parser;
 use lazy_kernels::{Axis, LazyTensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Fits a Gaussian kernel's bandwidth by gradient descent on lazy kernel sums.
+///
+/// N points x and N centres c uniform in the unit square, positive weights b, and targets t =
+/// K_0.2(x, c) b (a Gaussian kernel sum of bandwidth 0.2). Starting from sigma = 0.5, AdamW
+/// optimises log sigma for the loss mean_i ((K_sigma(x, c) b)_i - t_i)^2: each of the 200
+/// steps runs one reduction forward and its backward pass (reductions too), and prints the
+/// loss and sigma. f32.
+#[derive(Parser)]
+#[command(name = "learn_bandwidth")]
+struct Cli {
+    /// Points and centres, N of each (`2000`, `2e3`).
+    #[arg(long, value_name = "N", default_value = "2000", value_parser = sizes::count)]
+    n: usize,
+    /// The same as `--n` (the older spelling: `learn_bandwidth 2000`).
+    #[arg(value_name = "N", hide = true, conflicts_with = "n", value_parser = sizes::count)]
+    size: Option<usize>,
+    /// Seed of the random points, centres and weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
+/// A `(rows, cols)` tensor of f32 uniform in [lo, hi) on the CPU.
+fn uniform(
+    rng: &mut StdRng,
+    rows: usize,
+    cols: usize,
+    (lo, hi): (f32, f32),
+) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = (0..rows * cols)
+        .map(|_| lo + (hi - lo) * rng.random::<f32>())
+        .collect();
+    Tensor::from_vec(v, (rows, cols), &Device::Cpu)
+}
 
 fn main() -> candle_core::Result<()> {
-    let (dev, args) = device::from_args();
-    let n: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let cli = Cli::parse();
+    let n = cli.size.unwrap_or(cli.n);
+    let dev = cli.device.open();
     let (true_sigma, start_sigma, steps) = (0.2f64, 0.5f64, 200);
 
     // The data are drawn on the CPU (the same numbers whatever the device), then moved.
-    let cpu = Device::Cpu;
-    let x = Tensor::rand(0f32, 1., (n, 2), &cpu)?.to_device(&dev)?;
-    let c = Tensor::rand(0f32, 1., (n, 2), &cpu)?.to_device(&dev)?;
-    let b = (Tensor::rand(0.5f32, 1.5, (n, 1), &cpu)? / n as f64)?.to_device(&dev)?; // sums of order 0.1
+    let mut rng = StdRng::seed_from_u64(cli.seed);
+    let x = uniform(&mut rng, n, 2, (0.0, 1.0))?.to_device(&dev)?;
+    let c = uniform(&mut rng, n, 2, (0.0, 1.0))?.to_device(&dev)?;
+    let b = (uniform(&mut rng, n, 1, (0.5, 1.5))? / n as f64)?.to_device(&dev)?; // sums of order 0.1
     let (x_i, c_j, b_j) = (
         LazyTensor::vi(&x)?,
         LazyTensor::vj(&c)?,

@@ -1,7 +1,8 @@
 //! The exact-GP training problem of the GP benchmarks (`bench_gp`, `bench_cold_start`):
-//! `N` points uniform in the unit cube (seed 0), `y = sin(2 pi x0) cos(pi x1) + 0.5 sin(3 x2)`
-//! plus noise of standard deviation 0.1, and a Gaussian kernel with three lengthscales times an
-//! output scale, a learned noise and the default `GpSettings`.
+//! `N` points uniform in the unit cube (seed 0 unless their `--seed` says otherwise),
+//! `y = sin(2 pi x0) cos(pi x1) + 0.5 sin(3 x2)` plus noise of standard deviation 0.1, and a
+//! Gaussian kernel with three lengthscales times an output scale, a learned noise and the
+//! default `GpSettings`.
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor};
@@ -53,8 +54,14 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// The problem at `n` points drawn with seed 0.
     pub fn new(n: usize) -> Problem {
-        let mut rng = Rng(0);
+        Problem::seeded(n, 0)
+    }
+
+    /// The problem at `n` points drawn with `seed` (the benchmarks' `--seed`).
+    pub fn seeded(n: usize, seed: u64) -> Problem {
+        let mut rng = Rng(seed);
         let x: Vec<f64> = (0..n * D).map(|_| rng.uniform()).collect();
         let y = (0..n)
             .map(|i| truth(&x[i * D..(i + 1) * D]) + NOISE_SD * rng.normal())
