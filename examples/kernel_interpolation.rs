@@ -244,7 +244,7 @@ fn main() -> candle_core::Result<()> {
         y: (-0.005, 1.005),
     };
     let model_range = image.range();
-    let data_range = image_range(&bs);
+    let data_range = figure::finite_range(&bs);
     let path = cli.out.join("kernel_interpolation_2d.png");
     let title = format!(
         "Laplacian kernel interpolation, {} points, 2D",
@@ -304,16 +304,4 @@ fn main() -> candle_core::Result<()> {
     })?;
     println!("  wrote {}", path.display());
     Ok(())
-}
-
-/// The smallest and largest finite values of `v` (`(0, 1)` if there is none).
-fn image_range(v: &[f64]) -> (f64, f64) {
-    figure::Grid {
-        values: v,
-        nx: v.len(),
-        ny: 1,
-        x: (0.0, 1.0),
-        y: (0.0, 1.0),
-    }
-    .range()
 }

@@ -318,16 +318,20 @@ impl Grid<'_> {
 
     /// The smallest and largest finite values (`(0, 1)` when there is none).
     pub fn range(&self) -> (f64, f64) {
-        let (lo, hi) = self
-            .values
-            .iter()
-            .filter(|v| v.is_finite())
-            .fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-        if lo <= hi {
-            (lo, hi)
-        } else {
-            (0.0, 1.0)
-        }
+        finite_range(self.values)
+    }
+}
+
+/// The smallest and largest finite values of `v` (`(0, 1)` when there is none).
+pub fn finite_range(v: &[f64]) -> (f64, f64) {
+    let (lo, hi) = v
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    if lo <= hi {
+        (lo, hi)
+    } else {
+        (0.0, 1.0)
     }
 }
 
@@ -395,8 +399,10 @@ pub fn colour_bar(
         area.draw_text(&tick(v, decimals), &label_style, (x1 + 8, y))?;
     }
     let desc = text(AXIS_LABEL_SIZE).pos(Pos::new(HPos::Center, VPos::Top));
-    let centre = ((x0 + x1) / 2).max(area.estimate_text_size(label, &desc)?.0 as i32 / 2);
-    area.draw_text(label, &desc, (centre.min(w as i32 / 2 + x0), y1 + 14))?;
+    // Centred under the bar, but inside the strip when the label is wider than the bar.
+    let half = area.estimate_text_size(label, &desc)?.0 as i32 / 2;
+    let centre = ((x0 + x1) / 2).max(half).min((w as i32 - half).max(half));
+    area.draw_text(label, &desc, (centre, y1 + 14))?;
     Ok(())
 }
 
