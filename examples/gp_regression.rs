@@ -4,29 +4,73 @@
 //! band on a grid.
 //!
 //! ```text
-//! cargo run --release --example gp_regression -- [--n N] [--steps S] [--out DIR] [--device D]
+//! cargo run --release --example gp_regression -- [--n N] [--steps S] [--dtype f32|f64]
+//!     [--out DIR] [--seed S] [--device D]
 //! ```
 //!
-//! `--device cpu|cuda|cuda:N` (default `cpu`): where the data live and the fit runs.
+//! `--device cpu|cuda|cuda:N` (default `cpu`): where the data live and the fit runs; `--dtype`
+//! (default `f64`) the floating-point type of the data, the hyperparameters and the fit.
+//! `--help` lists the options.
 //!
-//! The data: `N` (default 1,000) uniform points on `[0, 3]` (seed 0),
+//! The data: `N` (default 1,000) uniform points on `[0, 3]` (`--seed`, default 0),
 //! `y = sin(3x) + 0.3 sin(11x) + 0.1 eps`, `eps ~ N(0, 1)`. The start: lengthscale 2.0,
 //! outputscale 0.2, noise variance 1.0 (the truth: noise variance 0.01). The figure
-//! `DIR/gp_regression.png` (default `figures/`) shows the data (gray), the true function
-//! (black), the posterior mean (red) and the 95% interval of a new observation (blue band).
+//! `DIR/gp_regression.png` (`--out`, default `figures/`) shows the data (gray), the true
+//! function (black), the posterior mean (red) and the 95% interval of a new observation (blue
+//! band), with a legend.
 
 #[path = "device/mod.rs"]
 mod device;
-#[path = "plot/mod.rs"]
-mod plot;
+#[path = "figure/mod.rs"]
+mod figure;
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use clap::Parser;
 use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, NllMethod, Positive};
 use lazy_kernels::Kernel;
+use plotters::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use figure::thousands;
+
+/// Gaussian-process regression in 1D: the lengthscale, outputscale and noise variance of a
+/// Gaussian kernel learned from a poor start by maximising the marginal likelihood, then the
+/// posterior mean and its 95% band on a grid, drawn.
+#[derive(Parser)]
+#[command(name = "gp_regression")]
+struct Cli {
+    /// Number of data points; `1_000` and `1,000` are read too.
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = count)]
+    n: usize,
+    /// Optimiser steps (AdamW, learning rate 0.1, no early stop).
+    #[arg(long, value_name = "S", default_value_t = 200)]
+    steps: usize,
+    /// Floating-point type of the data, the hyperparameters and the fit.
+    #[arg(long, value_enum, default_value_t = device::Dtype::F64)]
+    dtype: device::Dtype,
+    /// Folder the figure is written to (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "figures")]
+    out: PathBuf,
+    /// Seed of the random data (the same seed gives the same data).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
+/// A number of points: at least 1; `_` and `,` between digits are allowed.
+fn count(s: &str) -> Result<usize, String> {
+    match s.replace(['_', ','], "").parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of points (a whole number, at least 1)"
+        )),
+    }
+}
 
 /// A standard normal sample (Box-Muller).
 fn randn(rng: &mut StdRng) -> f64 {
@@ -52,42 +96,29 @@ fn value(values: &[(String, Vec<f64>)], name: &str) -> f64 {
 }
 
 fn main() -> candle_core::Result<()> {
-    let mut n = 1000usize;
-    let mut steps = 200usize;
-    let mut out_dir = std::path::PathBuf::from("figures");
-    let (dev, args) = device::from_args();
-    let mut args = args.into_iter();
-    while let Some(a) = args.next() {
-        let mut number = |what: &str| -> usize {
-            args.next()
-                .and_then(|s| s.replace(['_', ','], "").parse().ok())
-                .unwrap_or_else(|| panic!("{what} needs a number"))
-        };
-        match a.as_str() {
-            "--n" => n = number("--n"),
-            "--steps" => steps = number("--steps"),
-            "--out" => out_dir = args.next().expect("--out DIR").into(),
-            s => {
-                panic!("unknown argument {s:?} (expected --n N, --steps S, --out DIR, --device D)")
-            }
-        }
-    }
-    std::fs::create_dir_all(&out_dir)?;
+    let cli = Cli::parse();
+    let dev = cli.device.open();
+    let (n, steps, out_dir) = (cli.n, cli.steps, &cli.out);
+    std::fs::create_dir_all(out_dir)?;
     let cpu = Device::Cpu;
-    let dt = DType::F64;
+    let dt = cli.dtype.dtype();
     if !dev.is_cpu() {
         println!("device: {}", device::describe(&dev));
     }
 
     // ---------------------------------------------------------------- data
-    let mut rng = StdRng::seed_from_u64(0);
+    let mut rng = StdRng::seed_from_u64(cli.seed);
     let xs: Vec<f64> = (0..n).map(|_| X_MAX * rng.random::<f64>()).collect();
     let ys: Vec<f64> = xs
         .iter()
         .map(|&x| truth(x) + NOISE_SD * randn(&mut rng))
         .collect();
-    let x = Tensor::from_vec(xs.clone(), (n, 1), &cpu)?.to_device(&dev)?;
-    let y = Tensor::from_vec(ys.clone(), n, &cpu)?.to_device(&dev)?;
+    let x = Tensor::from_vec(xs.clone(), (n, 1), &cpu)?
+        .to_dtype(dt)?
+        .to_device(&dev)?;
+    let y = Tensor::from_vec(ys.clone(), n, &cpu)?
+        .to_dtype(dt)?
+        .to_device(&dev)?;
     let y_mean = ys.iter().sum::<f64>() / n as f64;
     let y_var = ys.iter().map(|v| (v - y_mean).powi(2)).sum::<f64>() / n as f64;
     println!(
@@ -163,7 +194,7 @@ fn main() -> candle_core::Result<()> {
     println!(
         "final: NLL/N {:.5}, lengthscale {:.4}, outputscale {:.4}, noise variance {:.5} \
          (noise sd {:.4}), mean {:.4}",
-        nll.to_scalar::<f64>()? / n as f64,
+        nll.to_dtype(DType::F64)?.to_scalar::<f64>()? / n as f64,
         value(&vals, "lengthscale"),
         value(&vals, "outputscale"),
         value(&vals, "noise"),
@@ -193,9 +224,12 @@ fn main() -> candle_core::Result<()> {
         .map(|k| -0.25 + (X_MAX + 0.5) * k as f64 / (g - 1) as f64)
         .collect();
     let start = Instant::now();
-    let pred = gp.predict(&Tensor::from_vec(grid.clone(), g, &cpu)?.to_device(&dev)?)?;
+    let t_grid = Tensor::from_vec(grid.clone(), g, &cpu)?
+        .to_dtype(dt)?
+        .to_device(&dev)?;
+    let pred = gp.predict(&t_grid)?;
     let (lo, hi) = pred.interval()?;
-    let host = |t: &Tensor| t.to_device(&cpu)?.to_vec1::<f64>();
+    let host = |t: &Tensor| t.to_dtype(DType::F64)?.to_device(&cpu)?.to_vec1::<f64>();
     let (mean, lo, hi) = (host(&pred.mean)?, host(&lo)?, host(&hi)?);
     let predict_seconds = device::elapsed(&dev, start)?;
     let rmse = (grid
@@ -224,14 +258,73 @@ fn main() -> candle_core::Result<()> {
 
     // ---------------------------------------------------------------- figure
     let true_f: Vec<f64> = grid.iter().map(|&x| truth(x)).collect();
-    let mut fig = plot::Canvas::new(900, 500, (grid[0], grid[g - 1]), (-2.0, 2.0));
-    fig.band(&grid, &lo, &hi, plot::BLUE, 0.25);
-    fig.scatter(&xs, &ys, &[plot::GRAY], 1.5);
-    fig.line(&grid, &true_f, plot::BLACK, 1.5);
-    fig.line(&grid, &mean, plot::RED, 2.0);
-    fig.axes();
     let path = out_dir.join("gp_regression.png");
-    fig.save_png(&path)?;
+    let title = format!(
+        "Gaussian-process regression, {} points, hyperparameters learned",
+        thousands(n)
+    );
+    let subtitle = format!(
+        "Gaussian kernel, {} AdamW steps: lengthscale 2 \u{2192} {:.3}, outputscale 0.2 \u{2192} \
+         {:.3}, noise variance 1 \u{2192} {:.4} (true {:.2})",
+        report.trajectory.len(),
+        value(&vals, "lengthscale"),
+        value(&vals, "outputscale"),
+        value(&vals, "noise"),
+        NOISE_SD * NOISE_SD,
+    );
+    let x_range = grid[0]..grid[g - 1];
+    // Curves clamped to the y range (plotters does not clip to the plotting area).
+    let (y0, y1) = (-2.2, 2.8);
+    let clip = |v: &[f64]| -> Vec<f64> { v.iter().map(|y| y.clamp(y0, y1)).collect() };
+    let (lo, hi, mean, true_f) = (clip(&lo), clip(&hi), clip(&mean), clip(&true_f));
+    figure::save_png(&path, (1000, 620), |root| {
+        let area = figure::titled(root, &title, Some(&subtitle))?;
+        let layout = figure::Layout::default();
+        let mut chart = figure::chart(&area, x_range, y0..y1, layout)?;
+        figure::axes(
+            &mut chart,
+            "x (dimensionless)",
+            "y (dimensionless)",
+            (1, 1),
+            true,
+        )?;
+        chart
+            .draw_series(std::iter::once(figure::band(
+                &grid,
+                &lo,
+                &hi,
+                figure::BLUE,
+                0.25,
+            )))?
+            .label("95% interval of a new observation")
+            .legend(figure::box_key(figure::BLUE, 0.25));
+        let style = figure::GRAY.mix(0.7).filled();
+        figure::dots(
+            &chart,
+            xs.iter().zip(&ys).map(|(&x, &y)| ((x, y), style)),
+            4,
+        )?;
+        let data = format!(
+            "data: y = f(x) + {NOISE_SD} \u{3b5}, \u{3b5} ~ N(0, 1), {} points",
+            thousands(n)
+        );
+        figure::legend_entry(&mut chart, data, figure::point_key(figure::GRAY, 0.7, 3))?;
+        chart
+            .draw_series(LineSeries::new(
+                grid.iter().zip(&true_f).map(|(&x, &y)| (x, y)),
+                BLACK.stroke_width(2),
+            ))?
+            .label("true function f(x) = sin 3x + 0.3 sin 11x")
+            .legend(figure::line_key(BLACK, 2));
+        chart
+            .draw_series(LineSeries::new(
+                grid.iter().zip(&mean).map(|(&x, &y)| (x, y)),
+                figure::RED.stroke_width(2),
+            ))?
+            .label("posterior mean")
+            .legend(figure::line_key(figure::RED, 2));
+        figure::legend(&mut chart, SeriesLabelPosition::UpperRight)
+    })?;
     println!("wrote {}", path.display());
     Ok(())
 }

@@ -7,37 +7,67 @@
 //! `KernelOperator::new(Kernel::gaussian(&sigma), &x, &x)?.solve(..)`, see the README.)
 //!
 //! ```text
-//! cargo run --release --example kernel_interpolation -- [N] [--out DIR] [--f32] [--device D]
+//! cargo run --release --example kernel_interpolation -- [--n N] [--dtype f32|f64] [--out DIR]
+//!     [--seed S] [--device D]
 //! ```
 //!
-//! N defaults to 10,000 (the seed's GPU setting); the figures go to `figures/` by default;
-//! `--device cpu|cuda|cuda:N` (default `cpu`) is where the data live and everything runs.
+//! `--n` (default 10,000, the seed's GPU setting) is the number of points of each problem;
+//! `--dtype` (default `f64`, the seed's) the floating-point type; the figures go to `--out`
+//! (default `figures/`): `kernel_interpolation_1d.png` (the noisy samples and the interpolant)
+//! and `kernel_interpolation_2d.png` (the interpolant as an image over the unit square, with
+//! its colour bar, under the samples coloured by value, with theirs); `--seed` (default 0)
+//! draws the data; `--device cpu|cuda|cuda:N` (default `cpu`) is where the data live and
+//! everything runs. `--help` lists the options.
 
 #[path = "device/mod.rs"]
 mod device;
-#[path = "plot/mod.rs"]
-mod plot;
+#[path = "figure/mod.rs"]
+mod figure;
 #[path = "seed/mod.rs"]
 mod seed;
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use clap::Parser;
 use lazy_kernels::{LazyTensor, SolveInfo, SolveOptions};
+use plotters::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-/// `1,234,567`.
-fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (k, c) in s.chars().enumerate() {
-        if k > 0 && (s.len() - k).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
+use figure::thousands;
+
+/// Kernel interpolation (kriging) in 1D and 2D, KeOps' "Kernel interpolation - NumPy API"
+/// example ported: (K_xx + alpha I) a = b solved without building the kernel matrix, the fitted
+/// model drawn on a grid.
+#[derive(Parser)]
+#[command(name = "kernel_interpolation")]
+struct Cli {
+    /// Number of data points of each problem (1D and 2D); `10_000` and `10,000` are read too.
+    #[arg(long, value_name = "N", default_value = "10000", value_parser = count)]
+    n: usize,
+    /// Floating-point type of the data, the solve and the predictions.
+    #[arg(long, value_enum, default_value_t = device::Dtype::F64)]
+    dtype: device::Dtype,
+    /// Folder the two figures are written to (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "figures")]
+    out: PathBuf,
+    /// Seed of the random data (the same seed gives the same data).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
+/// A number of points: at least 1; `_` and `,` between digits are allowed.
+fn count(s: &str) -> Result<usize, String> {
+    match s.replace(['_', ','], "").parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of points (a whole number, at least 1)"
+        )),
     }
-    out
 }
 
 fn report(info: &SolveInfo) {
@@ -82,7 +112,7 @@ fn interpolate(
     b: &Tensor,
     alpha: f64,
     label: &str,
-) -> candle_core::Result<Tensor> {
+) -> candle_core::Result<(Tensor, SolveInfo)> {
     let start = Instant::now();
     let k_xx = kernel(x, x, SIGMA)?;
     let (a, info) = k_xx.solve(b, alpha, &SolveOptions::default())?;
@@ -92,7 +122,7 @@ fn interpolate(
         thousands(x.dim(0)?),
     );
     report(&info);
-    Ok(a)
+    Ok((a, info))
 }
 
 /// The fitted model `K_tx a` at the points `t`.
@@ -107,31 +137,34 @@ fn predict(kernel: KernelFn, t: &Tensor, x: &Tensor, a: &Tensor) -> candle_core:
 
 /// The seed's bandwidth.
 const SIGMA: f64 = 0.1;
+/// The seed's ridge regularisations, 1D and 2D.
+const ALPHA_1D: f64 = 1.0;
+const ALPHA_2D: f64 = 10.0;
+
+/// `3 iterations` and the residual, or that the solve did not converge, for a subtitle.
+fn solve_summary(info: &SolveInfo) -> String {
+    let its = match info.iterations {
+        1 => "1 iteration".to_string(),
+        k => format!("{k} iterations"),
+    };
+    if info.all_converged() {
+        format!("{its}, relative residual {:.1e}", info.max_residual())
+    } else {
+        format!("{its}, NOT converged")
+    }
+}
 
 fn main() -> candle_core::Result<()> {
-    let mut n = 10_000usize;
-    let mut out_dir = std::path::PathBuf::from("figures");
-    let mut dtype = DType::F64;
-    let (dev, args) = device::from_args();
-    let mut args = args.into_iter();
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--out" => out_dir = args.next().expect("--out DIR").into(),
-            "--f32" => dtype = DType::F32,
-            s => {
-                n = s
-                    .replace(['_', ','], "")
-                    .parse()
-                    .expect("N must be a number")
-            }
-        }
-    }
-    std::fs::create_dir_all(&out_dir)?;
+    let cli = Cli::parse();
+    let dev = cli.device.open();
+    let (n, dtype) = (cli.n, cli.dtype.dtype());
+    std::fs::create_dir_all(&cli.out)?;
     let cpu = Device::Cpu;
     if !dev.is_cpu() {
         println!("device: {}", device::describe(&dev));
     }
-    let mut rng = StdRng::seed_from_u64(0);
+    let mut rng = StdRng::seed_from_u64(cli.seed);
+    let dt = cli.dtype.name();
 
     // ---------------------------------------------------------------- 1D, Gaussian kernel
     let (xs, bs) = seed::data_1d(n, &mut rng);
@@ -141,7 +174,7 @@ fn main() -> candle_core::Result<()> {
     let b = Tensor::from_vec(bs.clone(), (n, 1), &cpu)?
         .to_dtype(dtype)?
         .to_device(&dev)?;
-    let a = interpolate(gaussian_kernel, &x, &b, 1.0, "1D")?; // ridge regularization alpha = 1
+    let (a, info) = interpolate(gaussian_kernel, &x, &b, ALPHA_1D, "1D")?;
 
     // Extrapolate on a uniform sample and draw the fit over the noisy samples.
     let t: Vec<f64> = (0..1001).map(|k| k as f64 / 1000.0).collect();
@@ -149,12 +182,38 @@ fn main() -> candle_core::Result<()> {
         .to_dtype(dtype)?
         .to_device(&dev)?;
     let mean_t = predict(gaussian_kernel, &t_tensor, &x, &a)?;
-    let mut fig = plot::Canvas::new(800, 600, (0.0, 1.0), (0.0, 1.0));
-    fig.scatter(&xs, &bs, &[plot::BLUE], (100.0 / n as f64).sqrt().max(0.5));
-    fig.line(&t, &mean_t, plot::RED, 2.0);
-    fig.axes();
-    let path = out_dir.join("kernel_interpolation_1d.png");
-    fig.save_png(&path)?;
+    let path = cli.out.join("kernel_interpolation_1d.png");
+    let title = format!("Gaussian kernel interpolation, {} points, 1D", thousands(n));
+    let subtitle = format!(
+        "k(x, y) = exp(\u{2212}|x \u{2212} y|\u{b2} / 2\u{3c3}\u{b2}), \u{3c3} = {SIGMA}; \
+         (K + \u{3b1}I) a = b, \u{3b1} = {ALPHA_1D}, by preconditioned CG: {} ({dt})",
+        solve_summary(&info)
+    );
+    figure::save_png(&path, (900, 660), |root| {
+        let area = figure::titled(root, &title, Some(&subtitle))?;
+        let mut chart = figure::chart(&area, 0.0..1.0, 0.0..1.0, figure::Layout::default())?;
+        figure::axes(
+            &mut chart,
+            "x (dimensionless)",
+            "b (dimensionless)",
+            (1, 1),
+            true,
+        )?;
+        let size = (20_000.0 / n as f64).sqrt().clamp(2.0, 8.0) as u32;
+        let style = figure::BLUE.mix(0.6).filled();
+        let points = xs.iter().zip(&bs).map(|(&x, &b)| ((x, b), style));
+        figure::dots(&chart, points, size)?;
+        let data = "data: b = x + 0.5 sin 6x + 0.1 sin 20x + 0.05 \u{3b5}";
+        figure::legend_entry(&mut chart, data, figure::point_key(figure::BLUE, 0.8, 3))?;
+        chart
+            .draw_series(LineSeries::new(
+                t.iter().zip(&mean_t).map(|(&t, &m)| (t, m)),
+                figure::RED.stroke_width(2),
+            ))?
+            .label("interpolant K\u{209c}\u{2093} a at 1,001 points")
+            .legend(figure::line_key(figure::RED, 2));
+        figure::legend(&mut chart, SeriesLabelPosition::LowerRight)
+    })?;
     println!("  wrote {}", path.display());
 
     // ---------------------------------------------------------------- 2D, Laplacian kernel
@@ -165,7 +224,7 @@ fn main() -> candle_core::Result<()> {
     let b = Tensor::from_vec(bs.clone(), (n, 1), &cpu)?
         .to_dtype(dtype)?
         .to_device(&dev)?;
-    let a = interpolate(laplacian_kernel, &x, &b, 10.0, "2D")?;
+    let (a, info) = interpolate(laplacian_kernel, &x, &b, ALPHA_2D, "2D")?;
 
     // The model on a 101 x 101 grid (row 0 at y = 0), under the samples.
     let g = 101;
@@ -176,18 +235,73 @@ fn main() -> candle_core::Result<()> {
         .to_dtype(dtype)?
         .to_device(&dev)?;
     let mean_t = predict(laplacian_kernel, &t_tensor, &x, &a)?;
-    let mut fig = plot::Canvas::new(800, 800, (0.0, 1.0), (0.0, 1.0));
-    let (lo, hi) = mean_t
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-    fig.image(&mean_t, g, g, lo, hi, plot::coolwarm, true);
-    let colors: Vec<plot::Rgb> = bs.iter().map(|&v| plot::bwr(v.clamp(0.0, 1.0))).collect();
-    let px: Vec<f64> = pts.iter().step_by(2).cloned().collect();
-    let py: Vec<f64> = pts.iter().skip(1).step_by(2).cloned().collect();
-    fig.scatter(&px, &py, &colors, (25000.0 / n as f64).sqrt() * 0.3);
-    fig.axes();
-    let path = out_dir.join("kernel_interpolation_2d.png");
-    fig.save_png(&path)?;
+    // The grid's values are at the points k / 100: cells of 1/100 centred on them.
+    let image = figure::Grid {
+        values: &mean_t,
+        nx: g,
+        ny: g,
+        x: (-0.005, 1.005),
+        y: (-0.005, 1.005),
+    };
+    let model_range = image.range();
+    let data_range = figure::finite_range(&bs);
+    let path = cli.out.join("kernel_interpolation_2d.png");
+    let title = format!(
+        "Laplacian kernel interpolation, {} points, 2D",
+        thousands(n)
+    );
+    let subtitle = format!(
+        "k(x, y) = exp(\u{2212}|x \u{2212} y| / \u{3c3}), \u{3c3} = {SIGMA}; \
+         (K + \u{3b1}I) a = b, \u{3b1} = {ALPHA_2D}, by preconditioned CG: {} ({dt})",
+        solve_summary(&info)
+    );
+    figure::save_png(&path, (1060, 880), |root| {
+        let area = figure::titled(root, &title, Some(&subtitle))?;
+        // A square plotting area on the left, the two colour bars on the right.
+        let layout = figure::Layout::default();
+        let (w, h) = area.dim_in_pixel();
+        let bars = 240;
+        let pad = layout.left + 2 * layout.margin;
+        let side = (h - layout.bottom - 2 * layout.margin).min(w - bars - pad);
+        let (left, right) = area.split_horizontally(side + pad);
+        let mut chart = figure::chart(&left, 0.0..1.0, 0.0..1.0, layout)?;
+        figure::image(&chart, &image, model_range, figure::coolwarm)?;
+        let (x1, x2) = ("x\u{2081} (dimensionless)", "x\u{2082} (dimensionless)");
+        figure::axes(&mut chart, x1, x2, (1, 1), false)?;
+        let size = (25_000.0 / n as f64).sqrt().clamp(2.0, 12.0) as u32;
+        let span = (data_range.1 - data_range.0).max(f64::MIN_POSITIVE);
+        let points = pts.chunks(2).zip(&bs).map(|(p, &v)| {
+            let colour = figure::bwr((v - data_range.0) / span);
+            ((p[0], p[1]), colour.filled())
+        });
+        figure::dots(&chart, points, size)?;
+        let three_dots = |(x, y)| {
+            EmptyElement::at((x, y))
+                + Circle::new((3, 0), 3, figure::bwr(0.0).filled())
+                + Circle::new((11, 0), 3, figure::bwr(0.3).filled())
+                + Circle::new((19, 0), 3, figure::bwr(1.0).filled())
+        };
+        let data = "data points, coloured by b (right bar)";
+        figure::legend_entry(&mut chart, data, three_dots)?;
+        let model = "interpolant K\u{209c}\u{2093} a on a 101 \u{d7} 101 grid (left bar)";
+        figure::legend_entry(
+            &mut chart,
+            model,
+            figure::box_key(figure::coolwarm(0.85), 1.0),
+        )?;
+        figure::legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+        let (model_bar, data_bar) = right.split_horizontally(bars / 2);
+        let gap = (layout.margin, layout.margin + layout.bottom);
+        figure::colour_bar(
+            &model_bar,
+            model_range,
+            figure::coolwarm,
+            "interpolant",
+            2,
+            gap,
+        )?;
+        figure::colour_bar(&data_bar, data_range, figure::bwr, "data b", 2, gap)
+    })?;
     println!("  wrote {}", path.display());
     Ok(())
 }

@@ -9,7 +9,9 @@
 //!     [--data CSV] [--device D]
 //! ```
 //!
-//! `--device cpu|cuda|cuda:N` (default `cpu`): where the data live and the fit runs.
+//! `--device cpu|cuda|cuda:N` (default `cpu`): where the data live and the fit runs. `--help`
+//! lists the options. (No `--dtype`: the model is `f64`, which the ill-conditioned kernel
+//! matrix of these data needs.)
 //!
 //! The data (`examples/data/mauna_loa_co2_weekly.csv`, see `examples/data/README.md`; without
 //! `--data` the file is looked for in `$LK_DATA_DIR`, then in `examples/data/` under the
@@ -48,25 +50,111 @@
 //! Printed after the fit: the learned values beside scikit-learn's optimum for the weekly data
 //! and Rasmussen & Williams' published values; the exact NLL (dense Cholesky) at each of the
 //! three; the stochastic estimate at the learned values, with its standard error, beside the
-//! exact value. Figures: `DIR/mauna_loa.png` (1958-2025) and `DIR/mauna_loa_zoom.png`
-//! (1995-2025): data (black), posterior mean (red), 95% interval of a new observation (blue).
+//! exact value. Figures (`--out`, default `figures/`): `DIR/mauna_loa.png` (1958-2025) and
+//! `DIR/mauna_loa_zoom.png` (1995-2025): data (black), posterior mean (red), 95% interval of a
+//! new observation (blue), and a dashed line where the data end and the forecast starts, with
+//! a title, labelled axes and a legend.
 
 #[path = "device/mod.rs"]
 mod device;
+#[path = "figure/mod.rs"]
+mod figure;
 #[path = "mauna_loa_model/mod.rs"]
 mod mauna_loa_model;
-#[path = "plot/mod.rs"]
-mod plot;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use clap::Parser;
 use lazy_kernels::gp::{
     ExactGp, FitOptions, GpSettings, NllMethod, NllReport, Optimizer, Variances,
 };
 use lazy_kernels::{Preconditioner, Rank};
 use mauna_loa_model::{PUBLISHED, SKLEARN, SKLEARN_NLL, START};
+use plotters::prelude::*;
+
+/// The Mauna Loa CO2 record fitted with Rasmussen & Williams' composite kernel (GPML section
+/// 5.4.3), every hyperparameter learned by maximising the marginal likelihood, then a forecast
+/// to 2025 with its 95% band, drawn.
+#[derive(Parser)]
+#[command(name = "mauna_loa")]
+struct Cli {
+    /// Keep one training point in K (of the weeks, or of the months with --monthly).
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    every: u32,
+    /// Train on the monthly means (521 months, dated mid-month) instead of the weekly values.
+    #[arg(long)]
+    monthly: bool,
+    /// At most this many NLL evaluations (L-BFGS) or steps (AdamW).
+    #[arg(long, value_name = "S", default_value_t = 300)]
+    steps: usize,
+    /// Folder the two figures are written to (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "figures")]
+    out: PathBuf,
+    /// Learning rate: L-BFGS's largest first step in the raw values, or AdamW's rate (its
+    /// last sixth of the steps at a tenth of it).
+    #[arg(long, value_name = "LR", default_value_t = 0.1, value_parser = positive)]
+    lr: f64,
+    /// How the NLL is computed while training.
+    #[arg(long, value_enum, default_value_t = Method::Auto)]
+    method: Method,
+    /// L-BFGS stops when 5 iterations in a row each improve the NLL per point by at most this.
+    #[arg(long, value_name = "S", default_value_t = 1e-6, value_parser = non_negative)]
+    stop: f64,
+    /// Rank of the pivoted-Cholesky preconditioner (stochastic path; default min(600, N/2)).
+    #[arg(long, value_name = "R")]
+    rank: Option<usize>,
+    /// Random probes of the stochastic NLL estimate.
+    #[arg(long, value_name = "P", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    probes: u32,
+    /// Relative tolerance of the CG solves while training (stochastic path).
+    #[arg(long, value_name = "T", default_value_t = 1e-3, value_parser = positive)]
+    tol: f64,
+    /// The CO2 data file (`date,co2` rows); by default mauna_loa_co2_weekly.csv in
+    /// $LK_DATA_DIR, ./examples/data or this crate's examples/data.
+    #[arg(long, value_name = "CSV")]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
+/// `--method`: how the NLL is computed while training.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Method {
+    /// `exact` at these sizes (`NllMethod::Auto`).
+    Auto,
+    /// The dense kernel matrix and its Cholesky factorisation; the fit is L-BFGS.
+    Exact,
+    /// CG and stochastic Lanczos quadrature; the fit is AdamW.
+    Stochastic,
+}
+
+/// A finite number > 0.
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number > 0")),
+    }
+}
+
+/// A finite number >= 0.
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number >= 0")),
+    }
+}
+
+impl Method {
+    fn nll_method(self) -> NllMethod {
+        match self {
+            Method::Auto => NllMethod::Auto,
+            Method::Exact => NllMethod::Exact,
+            Method::Stochastic => NllMethod::Stochastic,
+        }
+    }
+}
 
 /// `values` (th1..th10, then the noise variance) put into the model.
 fn set_values(gp: &ExactGp, values: &[f64; 11]) -> candle_core::Result<()> {
@@ -96,67 +184,14 @@ fn nll_by(gp: &mut ExactGp, method: NllMethod) -> candle_core::Result<(NllReport
     Ok((out?.1, start.elapsed().as_secs_f64()))
 }
 
-/// Stops the program with `msg` and the options (exit code 2).
-fn usage_error(msg: String) -> ! {
-    device::fail(
-        &format!(
-            "{msg} (options: --every K, --monthly, --steps S, --out DIR, --lr LR, \
-             --method auto|exact|stochastic, --stop S, --rank R, --probes P, --tol T, \
-             --data CSV, --device D)"
-        ),
-        2,
-    )
-}
-
-/// The value `v` of the option `a`, or a usage error.
-fn num<T: std::str::FromStr>(a: &str, v: String) -> T {
-    v.parse()
-        .unwrap_or_else(|_| usage_error(format!("{a}: {v:?} is not a valid number")))
-}
-
 fn main() -> candle_core::Result<()> {
-    let mut every = 1usize;
-    let mut steps = 300usize;
-    let mut out_dir = PathBuf::from("figures");
-    let mut monthly = false;
-    let mut lr = 0.1;
-    let mut method = NllMethod::Auto;
-    let mut stop = 1e-6;
-    let mut rank: Option<usize> = None;
-    let mut probes = 16usize;
-    let mut tol = 1e-3;
-    let mut data: Option<PathBuf> = None;
-    let (dev, args) = device::from_args();
-    let mut args = args.into_iter();
-    while let Some(a) = args.next() {
-        let mut next = || {
-            args.next()
-                .unwrap_or_else(|| usage_error(format!("{a} needs a value")))
-        };
-        match a.as_str() {
-            "--every" => every = num(&a, next()),
-            "--monthly" => monthly = true,
-            "--steps" => steps = num(&a, next()),
-            "--out" => out_dir = next().into(),
-            "--lr" => lr = num(&a, next()),
-            "--method" => {
-                method = match next().as_str() {
-                    "auto" => NllMethod::Auto,
-                    "exact" => NllMethod::Exact,
-                    "stochastic" => NllMethod::Stochastic,
-                    m => usage_error(format!("--method: {m:?} is not auto, exact or stochastic")),
-                }
-            }
-            "--stop" => stop = num(&a, next()),
-            "--rank" => rank = Some(num(&a, next())),
-            "--probes" => probes = num(&a, next()),
-            "--tol" => tol = num(&a, next()),
-            "--data" => data = Some(next().into()),
-            s => usage_error(format!("unknown argument {s:?}")),
-        }
-    }
-    let every = every.max(1);
-    let data = match data {
+    let cli = Cli::parse();
+    let dev = cli.device.open();
+    let (every, steps, monthly, lr) = (cli.every as usize, cli.steps, cli.monthly, cli.lr);
+    let (method, stop, tol) = (cli.method.nll_method(), cli.stop, cli.tol);
+    let probes = cli.probes as usize;
+    let out_dir = cli.out.clone();
+    let data = match cli.data.clone() {
         Some(path) => path,
         None => mauna_loa_model::find_data().unwrap_or_else(|e| device::fail(&e.to_string(), 1)),
     };
@@ -216,7 +251,7 @@ fn main() -> candle_core::Result<()> {
     // half the points. Measured on the first 20 steps with the 2,225 weekly points: rank 100
     // takes 11 to 23 CG iterations per step, 300 takes 5 to 9, 600 takes 1 to 6 and is the
     // fastest per step; with the 521 monthly means, 200 beats 50 and 521.
-    let rank = rank.unwrap_or(600.min(n / 2)).min(n);
+    let rank = cli.rank.unwrap_or(600.min(n / 2)).min(n);
     let settings = GpSettings {
         nll_method: method,
         train_tol: tol,
@@ -445,6 +480,14 @@ fn main() -> candle_core::Result<()> {
     }
 
     // ---------------------------------------------------------------- figures
+    let how = if exact_fit {
+        format!("L-BFGS on the exact NLL ({:.2} at the end)", exact.nll)
+    } else {
+        format!(
+            "AdamW on the stochastic NLL (exact {:.2} at the end)",
+            exact.nll
+        )
+    };
     let curves = Curves {
         xs: &xs,
         ys: &ys,
@@ -452,6 +495,23 @@ fn main() -> candle_core::Result<()> {
         mean: &mu,
         lo: &lo,
         hi: &hi,
+        data: format!(
+            "data: {} {}{}",
+            figure::thousands(n),
+            if monthly {
+                "monthly means"
+            } else {
+                "weekly values"
+            },
+            if every > 1 {
+                format!(" (one in {every})")
+            } else {
+                String::new()
+            }
+        ),
+        fit: format!(
+            "Rasmussen & Williams' kernel, 11 hyperparameters and the mean learned by {how}"
+        ),
     };
     for (name, window) in [
         ("mauna_loa.png", (g0, g1)),
@@ -469,6 +529,16 @@ fn main() -> candle_core::Result<()> {
     Ok(())
 }
 
+/// `Dec 2001`: the month a decimal year falls in.
+fn month(year: f64) -> String {
+    const NAMES: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let y = year.floor();
+    let m = (((year - y) * 12.0).floor() as usize).min(11);
+    format!("{} {y:.0}", NAMES[m])
+}
+
 /// The data and the posterior on the forecast grid, for the figures.
 struct Curves<'a> {
     xs: &'a [f64],
@@ -477,11 +547,15 @@ struct Curves<'a> {
     mean: &'a [f64],
     lo: &'a [f64],
     hi: &'a [f64],
+    /// The legend's entry for the data.
+    data: String,
+    /// The line under the title: the model and the fit.
+    fit: String,
 }
 
 impl Curves<'_> {
     /// Data (black), 95% band (blue) and posterior mean (red) over the years `window`, with the
-    /// y range fitted to what lies in it.
+    /// y range fitted to what lies in it, and a dashed line where the data end.
     fn draw(&self, path: &std::path::Path, window: (f64, f64)) -> std::io::Result<()> {
         let inside = |x: &f64| (window.0..=window.1).contains(x);
         let (mut y0, mut y1) = (f64::MAX, f64::MIN);
@@ -495,24 +569,90 @@ impl Curves<'_> {
                 (y0, y1) = (y0.min(*y), y1.max(*y));
             }
         }
-        // Whole ppm, so that the full range (under 100 ppm) gets ticks every 20.
+        // Whole ppm, with room above for the legend.
         let (y0, y1) = ((y0 - 0.5).floor(), (y1 + 0.5).ceil());
-        let mut fig = plot::Canvas::new(1000, 560, window, (y0, y1));
-        fig.band(self.grid, self.lo, self.hi, plot::BLUE, 0.3);
+        let y1 = y1 + 0.3 * (y1 - y0);
         let zoom = window.1 - window.0 < 40.0;
-        fig.scatter(
-            self.xs,
-            self.ys,
-            &[plot::BLACK],
-            if zoom { 1.5 } else { 1.0 },
+        let forecast_start = self.xs.iter().cloned().fold(f64::MIN, f64::max);
+        // Only what lies in the window: plotters does not clip to the plotting area.
+        let keep = |k: &usize| inside(&self.grid[*k]);
+        let idx: Vec<usize> = (0..self.grid.len()).filter(keep).collect();
+        let pick = |v: &[f64]| idx.iter().map(|&k| v[k]).collect::<Vec<f64>>();
+        let (gx, mean, lo, hi) = (
+            pick(self.grid),
+            pick(self.mean),
+            pick(self.lo),
+            pick(self.hi),
         );
-        fig.line(
-            self.grid,
-            self.mean,
-            plot::RED,
-            if zoom { 1.2 } else { 1.5 },
+        let title = format!(
+            "Mauna Loa CO\u{2082}: Gaussian-process fit and forecast, {:.0}\u{2013}{:.0}",
+            window.0, window.1
         );
-        fig.axes();
-        fig.save_png(path)
+        figure::save_png(path, (1100, 640), |root| {
+            let area = figure::titled(root, &title, Some(&self.fit))?;
+            let mut chart =
+                figure::chart(&area, window.0..window.1, y0..y1, figure::Layout::default())?;
+            figure::axes(&mut chart, "year", "CO\u{2082} (ppm)", (0, 0), true)?;
+            chart
+                .draw_series(std::iter::once(figure::band(
+                    &gx,
+                    &lo,
+                    &hi,
+                    figure::BLUE,
+                    0.3,
+                )))?
+                .label("95% interval of a new observation")
+                .legend(figure::box_key(figure::BLUE, 0.3));
+            chart
+                .draw_series(LineSeries::new(
+                    gx.iter().zip(&mean).map(|(&x, &y)| (x, y)),
+                    figure::RED.stroke_width(if zoom { 2 } else { 1 }),
+                ))?
+                .label("posterior mean")
+                .legend(figure::line_key(figure::RED, 2));
+            let style = BLACK.filled();
+            let points = self.xs.iter().zip(self.ys).map(|(&x, &y)| ((x, y), style));
+            figure::dots(&chart, points, if zoom { 4 } else { 2 })?;
+            figure::legend_entry(
+                &mut chart,
+                self.data.as_str(),
+                figure::point_key(BLACK, 1.0, 3),
+            )?;
+            if inside(&forecast_start) {
+                let line = DashedLineSeries::new(
+                    [(forecast_start, y0), (forecast_start, y1)],
+                    8,
+                    5,
+                    figure::GRAY.stroke_width(2),
+                );
+                chart
+                    .draw_series(line)?
+                    .label(format!(
+                        "forecast from the last data point ({})",
+                        month(forecast_start)
+                    ))
+                    .legend(|(x, y)| {
+                        let dash = |a: i32, b: i32| {
+                            PathElement::new(vec![(a, 0), (b, 0)], figure::GRAY.stroke_width(2))
+                        };
+                        EmptyElement::at((x, y)) + dash(0, 8) + dash(14, 22)
+                    });
+                let label = figure::text(figure::LEGEND_SIZE).color(&figure::GRAY).pos(
+                    plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Left,
+                        plotters::style::text_anchor::VPos::Bottom,
+                    ),
+                );
+                chart.draw_series(std::iter::once(Text::new(
+                    "forecast \u{2192}",
+                    (
+                        forecast_start + 0.01 * (window.1 - window.0),
+                        y0 + 0.02 * (y1 - y0),
+                    ),
+                    label,
+                )))?;
+            }
+            figure::legend(&mut chart, SeriesLabelPosition::UpperLeft)
+        })
     }
 }

@@ -145,7 +145,7 @@ ORDER+=" bench_solve bench_grad bench_gp bench_table bench_gpu"
 # a minute on a GPU. bench_gpu is CUDA-only and takes no --device.
 quick_args() {
     case $1 in
-        kernel_interpolation) echo "10000" ;;
+        kernel_interpolation) echo "--n 10000" ;;
         demo) echo "20000" ;;
         learn_bandwidth) echo "2000" ;;
         gp_regression) echo "--steps 50" ;;
