@@ -115,7 +115,12 @@ fn interpolate(
 ) -> candle_core::Result<(Tensor, SolveInfo)> {
     let start = Instant::now();
     let k_xx = kernel(x, x, SIGMA)?;
-    let (a, info) = k_xx.solve(b, alpha, &SolveOptions::default())?;
+    // A progress bar on standard error once a solve has run a second (large `--n`).
+    let opts = SolveOptions {
+        progress: Some(std::time::Duration::from_secs(1)),
+        ..SolveOptions::default()
+    };
+    let (a, info) = k_xx.solve(b, alpha, &opts)?;
     let elapsed = device::elapsed(x.device(), start)?;
     println!(
         "Time to perform an RBF interpolation with {} samples in {label}: {elapsed:.5}s",

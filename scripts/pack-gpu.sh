@@ -142,16 +142,16 @@ ORDER="kernel_interpolation demo learn_bandwidth gp_regression mauna_loa"
 ORDER+=" bench_solve bench_grad bench_gp bench_table bench_gpu"
 
 # The arguments `--examples` gives each example (besides --device): sizes that take seconds to
-# a minute on a GPU. bench_gpu is CUDA-only and takes no --device.
+# a minute on a GPU. bench_gpu is CUDA-only (its --device defaults to cuda).
 quick_args() {
     case $1 in
         kernel_interpolation) echo "--n 10000" ;;
-        demo) echo "20000" ;;
-        learn_bandwidth) echo "2000" ;;
+        demo) echo "--n 20000" ;;
+        learn_bandwidth) echo "--n 2000" ;;
         gp_regression) echo "--steps 50" ;;
         mauna_loa) echo "--monthly --steps 30" ;;
-        bench_solve) echo "--n 10000 --budget 10" ;;
-        bench_grad) echo "10000 100000" ;;
+        bench_solve) echo "--sizes 10000 --budget 10" ;;
+        bench_grad) echo "--sizes 10000,100000" ;;
         bench_gp) echo "--sizes 5000 --runs 1" ;;
         bench_table) echo "--quick" ;;
         bench_gpu) echo "--quick" ;;

@@ -149,49 +149,15 @@ pub fn program_name() -> String {
     }
 }
 
-/// Takes `--device X` / `--device=X` out of `args` (the last one wins): the choice (the CPU
-/// when there is none) and the other arguments, in their order.
-pub fn split_args(args: Vec<String>) -> Result<(Choice, Vec<String>), String> {
-    let mut choice = Choice::Cpu;
-    let mut rest = Vec::with_capacity(args.len());
-    let mut it = args.into_iter();
-    while let Some(a) = it.next() {
-        if a == "--device" {
-            let v = it
-                .next()
-                .ok_or("--device needs a value: cpu, cuda or cuda:N")?;
-            choice = Choice::parse(&v)?;
-        } else if let Some(v) = a.strip_prefix("--device=") {
-            choice = Choice::parse(v)?;
-        } else {
-            rest.push(a);
-        }
-    }
-    Ok((choice, rest))
-}
-
 /// Prints `NAME: message` on stderr and exits with `code`.
 pub fn fail(message: &str, code: i32) -> ! {
     eprintln!("{}: {message}", program_name());
     std::process::exit(code)
 }
 
-/// The program's arguments (without the program) split by [`split_args`], and the choice;
-/// an unknown `--device` value stops the program (exit 2).
-pub fn choice_from_args() -> (Choice, Vec<String>) {
-    split_args(std::env::args().skip(1).collect()).unwrap_or_else(|e| fail(&e, 2))
-}
-
 /// Opens `choice`, or stops the program (exit 1) with the one line of [`Choice::open`].
 pub fn open_or_exit(choice: Choice) -> Device {
     choice.open().unwrap_or_else(|e| fail(&e, 1))
-}
-
-/// The device of `--device` (the CPU by default) and the other arguments; stops the program
-/// with one line on stderr when the device cannot be used.
-pub fn from_args() -> (Device, Vec<String>) {
-    let (choice, rest) = choice_from_args();
-    (open_or_exit(choice), rest)
 }
 
 /// Waits until the work queued on `dev` is done (nothing to wait for on the CPU).
