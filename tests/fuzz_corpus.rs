@@ -149,6 +149,7 @@ fn unbounded_iterations_without_residual_checks_terminate() {
             preconditioner: Preconditioner::PivotedCholesky(Rank::Auto { max: 100 }),
             x0: None,
             check_residual: false,
+            progress: None,
         };
         let _ = tx.send(
             k.solve(&b, 0.0, &opts)

@@ -332,6 +332,7 @@ fn solve_case(seed: u64, stats: &std::cell::RefCell<[usize; 3]>) -> Result<(), T
         preconditioner: random_preconditioner(&mut r, n),
         x0,
         check_residual,
+        progress: None,
     };
     let what = || {
         format!(
