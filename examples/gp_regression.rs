@@ -23,6 +23,8 @@
 mod device;
 #[path = "figure/mod.rs"]
 mod figure;
+#[path = "sizes/mod.rs"]
+mod sizes;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -44,7 +46,7 @@ use figure::thousands;
 #[command(name = "gp_regression")]
 struct Cli {
     /// Number of data points; `1_000` and `1,000` are read too.
-    #[arg(long, value_name = "N", default_value = "1000", value_parser = count)]
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = sizes::count)]
     n: usize,
     /// Optimiser steps (AdamW, learning rate 0.1, no early stop).
     #[arg(long, value_name = "S", default_value_t = 200)]
@@ -60,16 +62,6 @@ struct Cli {
     seed: u64,
     #[command(flatten)]
     device: device::DeviceArg,
-}
-
-/// A number of points: at least 1; `_` and `,` between digits are allowed.
-fn count(s: &str) -> Result<usize, String> {
-    match s.replace(['_', ','], "").parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!(
-            "{s:?} is not a number of points (a whole number, at least 1)"
-        )),
-    }
 }
 
 /// A standard normal sample (Box-Muller).

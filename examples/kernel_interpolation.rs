@@ -25,6 +25,8 @@ mod device;
 mod figure;
 #[path = "seed/mod.rs"]
 mod seed;
+#[path = "sizes/mod.rs"]
+mod sizes;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -45,7 +47,7 @@ use figure::thousands;
 #[command(name = "kernel_interpolation")]
 struct Cli {
     /// Number of data points of each problem (1D and 2D); `10_000` and `10,000` are read too.
-    #[arg(long, value_name = "N", default_value = "10000", value_parser = count)]
+    #[arg(long, value_name = "N", default_value = "10000", value_parser = sizes::count)]
     n: usize,
     /// Floating-point type of the data, the solve and the predictions.
     #[arg(long, value_enum, default_value_t = device::Dtype::F64)]
@@ -58,16 +60,6 @@ struct Cli {
     seed: u64,
     #[command(flatten)]
     device: device::DeviceArg,
-}
-
-/// A number of points: at least 1; `_` and `,` between digits are allowed.
-fn count(s: &str) -> Result<usize, String> {
-    match s.replace(['_', ','], "").parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!(
-            "{s:?} is not a number of points (a whole number, at least 1)"
-        )),
-    }
 }
 
 fn report(info: &SolveInfo) {

@@ -1,11 +1,12 @@
 //! Value parsers for the sizes the benchmarks take on their command lines (`clap`'s
-//! `value_parser`): a positive whole number, also written `1e4` or `10_000`, and a pair `MxN`
+//! `value_parser`): a positive whole number, also written `1e4`, `10_000` or `10,000`, and a pair `MxN`
 //! of them. Lists (`--sizes 1e4,1e5`) are these with `value_delimiter = ','`.
 #![allow(dead_code)]
 
-/// A positive whole number: `20000`, `2e4`, `20_000`.
+/// A positive whole number: `20000`, `2e4`, `20_000`, `20,000` (in a `--sizes` list the commas
+/// separate the sizes before this sees them).
 pub fn count(s: &str) -> Result<usize, String> {
-    let t = s.trim().replace('_', "");
+    let t = s.trim().replace(['_', ','], "");
     let v: f64 = t
         .parse()
         .map_err(|_| format!("{s:?} is not a number (e.g. 10000 or 1e4)"))?;
