@@ -14,6 +14,8 @@
 mod device;
 #[path = "report/mod.rs"]
 mod report;
+#[path = "seed/mod.rs"]
+mod seed;
 #[path = "sizes/mod.rs"]
 mod sizes;
 
@@ -23,7 +25,7 @@ use candle_core::{Device, Tensor, Var};
 use clap::Parser;
 use lazy_kernels::{Axis, LazyTensor};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 /// Benchmark of the backward pass of Gaussian and Laplacian kernel sums against the forward.
 ///
@@ -51,12 +53,6 @@ struct Cli {
     seed: u64,
     #[command(flatten)]
     device: device::DeviceArg,
-}
-
-/// A `(rows, cols)` tensor of f32 uniform in [0, 1) on the CPU.
-fn uniform(rng: &mut StdRng, rows: usize, cols: usize) -> candle_core::Result<Tensor> {
-    let v: Vec<f32> = (0..rows * cols).map(|_| rng.random::<f32>()).collect();
-    Tensor::from_vec(v, (rows, cols), &Device::Cpu)
 }
 
 /// Gradients to compute: which of x, y, b, sigma are `Var`s, for which kernel.
@@ -126,9 +122,9 @@ fn main() -> candle_core::Result<()> {
     let bar = report::progress((sizes.len() * cases.len()) as u64, "cases");
     let mut rng = StdRng::seed_from_u64(cli.seed);
     for &n in &sizes {
-        let x = uniform(&mut rng, n, 3)?.to_device(&dev)?;
-        let y = uniform(&mut rng, n, 3)?.to_device(&dev)?;
-        let b = uniform(&mut rng, n, 1)?.to_device(&dev)?;
+        let x = seed::uniform(&mut rng, n, 3)?.to_device(&dev)?;
+        let y = seed::uniform(&mut rng, n, 3)?.to_device(&dev)?;
+        let b = seed::uniform(&mut rng, n, 1)?.to_device(&dev)?;
         let sigma = Tensor::new(&[0.1f32], &cpu)?.to_device(&dev)?;
         for case in &cases {
             let bind = |t: &Tensor, k: usize| -> candle_core::Result<Tensor> {

@@ -9,6 +9,8 @@
 
 #[path = "device/mod.rs"]
 mod device;
+#[path = "seed/mod.rs"]
+mod seed;
 #[path = "sizes/mod.rs"]
 mod sizes;
 
@@ -18,7 +20,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use clap::Parser;
 use lazy_kernels::{linalg, Axis, LazyTensor};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 /// A tour of lazy-kernels' reductions, timed and checked against dense Candle.
 ///
@@ -43,12 +45,6 @@ struct Cli {
     device: device::DeviceArg,
 }
 
-/// A `(rows, cols)` tensor of f32 uniform in [0, 1) on the CPU.
-fn uniform(rng: &mut StdRng, rows: usize, cols: usize) -> candle_core::Result<Tensor> {
-    let v: Vec<f32> = (0..rows * cols).map(|_| rng.random::<f32>()).collect();
-    Tensor::from_vec(v, (rows, cols), &Device::Cpu)
-}
-
 fn main() -> candle_core::Result<()> {
     let cli = Cli::parse();
     let n = cli.size.unwrap_or(cli.n);
@@ -60,9 +56,9 @@ fn main() -> candle_core::Result<()> {
     // The data are drawn on the CPU (the same numbers whatever the device), then moved.
     let cpu = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(cli.seed);
-    let x = uniform(&mut rng, n, 3)?.to_device(&dev)?;
-    let y = uniform(&mut rng, n, 3)?.to_device(&dev)?;
-    let b = uniform(&mut rng, n, 1)?.to_device(&dev)?;
+    let x = seed::uniform(&mut rng, n, 3)?.to_device(&dev)?;
+    let y = seed::uniform(&mut rng, n, 3)?.to_device(&dev)?;
+    let b = seed::uniform(&mut rng, n, 1)?.to_device(&dev)?;
     let sigma = Tensor::new(&[0.1f32], &cpu)?.to_device(&dev)?;
 
     let x_i = LazyTensor::vi(&x)?;

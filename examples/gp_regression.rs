@@ -23,6 +23,8 @@
 mod device;
 #[path = "figure/mod.rs"]
 mod figure;
+#[path = "seed/mod.rs"]
+mod seed;
 #[path = "sizes/mod.rs"]
 mod sizes;
 
@@ -64,13 +66,6 @@ struct Cli {
     device: device::DeviceArg,
 }
 
-/// A standard normal sample (Box-Muller).
-fn randn(rng: &mut StdRng) -> f64 {
-    let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-    let v: f64 = rng.random();
-    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-}
-
 /// The function the data are drawn from.
 fn truth(x: f64) -> f64 {
     (3.0 * x).sin() + 0.3 * (11.0 * x).sin()
@@ -103,7 +98,7 @@ fn main() -> candle_core::Result<()> {
     let xs: Vec<f64> = (0..n).map(|_| X_MAX * rng.random::<f64>()).collect();
     let ys: Vec<f64> = xs
         .iter()
-        .map(|&x| truth(x) + NOISE_SD * randn(&mut rng))
+        .map(|&x| truth(x) + NOISE_SD * seed::randn(&mut rng))
         .collect();
     let x = Tensor::from_vec(xs.clone(), (n, 1), &cpu)?
         .to_dtype(dt)?

@@ -1,17 +1,35 @@
 //! Small helpers shared by the benchmark programs' reports.
 #![allow(dead_code)]
 
-/// The CPU's model name from `/proc/cpuinfo`, or "unknown".
+/// The CPU from `/proc/cpuinfo`: its model name, then its family, model and clock, which tell
+/// apart CPUs that a virtual machine names alike (`AMD EPYC (family 23, model 1, 2.0 GHz)`), or
+/// "unknown".
 pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string())
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().map(str::trim) == Some(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let Some(name) = field("model name") else {
+        return "unknown".to_string();
+    };
+    let mut details = Vec::new();
+    if let Some(f) = field("cpu family") {
+        details.push(format!("family {f}"));
+    }
+    if let Some(m) = field("model") {
+        details.push(format!("model {m}"));
+    }
+    if let Some(mhz) = field("cpu MHz").and_then(|v| v.parse::<f64>().ok()) {
+        details.push(format!("{:.1} GHz", mhz / 1000.0));
+    }
+    if details.is_empty() {
+        name
+    } else {
+        format!("{name} ({})", details.join(", "))
+    }
 }
 
 /// `10^e` for a power of ten, else the number.

@@ -1,9 +1,17 @@
-//! The data of KeOps' kernel interpolation example (../shared/seed/), shared by the example
-//! and its benchmark: a noisy 1D signal and a noisy 2D ring with 25% outliers.
+//! Seeded random data shared by the examples: the data of KeOps' kernel interpolation example
+//! (../shared/seed/; a noisy 1D signal and a noisy 2D ring with 25% outliers), standard normal
+//! samples and uniform tensors.
 #![allow(dead_code)]
 
+use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::Rng;
+
+/// A `(rows, cols)` tensor of f32 uniform in [0, 1) on the CPU.
+pub fn uniform(rng: &mut StdRng, rows: usize, cols: usize) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = (0..rows * cols).map(|_| rng.random::<f32>()).collect();
+    Tensor::from_vec(v, (rows, cols), &Device::Cpu)
+}
 
 /// A standard normal sample (Box-Muller).
 pub fn randn(rng: &mut StdRng) -> f64 {
