@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
-use criterion::{criterion_group, BenchmarkId, Criterion, SamplingMode, Throughput};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group};
 use lazy_kernels::{Axis, LazyTensor};
 
 const SMALL: usize = 10_000;

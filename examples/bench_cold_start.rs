@@ -46,7 +46,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use clap::Parser;
-use gp_problem::{build_gp, Problem};
+use gp_problem::{Problem, build_gp};
 use lazy_kernels::backend::census::{self, Census};
 use lazy_kernels::gp::ExactGp;
 
@@ -155,11 +155,7 @@ fn parse_args() -> Args {
 }
 
 fn name(d: DType) -> &'static str {
-    if d == DType::F32 {
-        "f32"
-    } else {
-        "f64"
-    }
+    if d == DType::F32 { "f32" } else { "f64" }
 }
 
 /// What distinguishes the kernels of a census: per reduction and variable layout, the counts.
@@ -236,7 +232,7 @@ fn nvrtc_times(_: &Args, _: &[(DType, Census)]) -> Res<()> {
 /// Compiles every recorded kernel with NVRTC, one after the other and on `k` threads.
 #[cfg(feature = "cuda")]
 fn nvrtc_times(a: &Args, sets: &[(DType, Census)]) -> Res<()> {
-    use lazy_kernels::backend::cuda::{compile_ptx, CudaKernel};
+    use lazy_kernels::backend::cuda::{CudaKernel, compile_ptx};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
@@ -296,10 +292,12 @@ fn nvrtc_times(a: &Args, sets: &[(DType, Census)]) -> Res<()> {
             let t = Instant::now();
             std::thread::scope(|s| {
                 for _ in 0..threads {
-                    s.spawn(|| loop {
-                        let i = next.fetch_add(1, Ordering::SeqCst);
-                        let Some(k) = kernels.get(i) else { break };
-                        compile_ptx(k, &a.arch).expect("compiled sequentially above");
+                    s.spawn(|| {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::SeqCst);
+                            let Some(k) = kernels.get(i) else { break };
+                            compile_ptx(k, &a.arch).expect("compiled sequentially above");
+                        }
                     });
                 }
             });

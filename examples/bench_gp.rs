@@ -57,7 +57,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use clap::{Parser, ValueEnum};
 use lazy_kernels::gp::{ExactGp, GpSettings, NllMethod, NllReport};
 
-use gp_problem::{build_gp, Problem, LENGTHSCALES, NOISE, NOISE_SD, OUTPUTSCALE};
+use gp_problem::{LENGTHSCALES, NOISE, NOISE_SD, OUTPUTSCALE, Problem, build_gp};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -208,13 +208,13 @@ fn step(gp: &ExactGp) -> Res<Step> {
 
 #[cfg(feature = "cuda")]
 mod device_memory {
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::thread::JoinHandle;
     use std::time::Duration;
 
-    use candle_core::cuda_backend::cudarc::driver::{result, CudaContext};
     use candle_core::Device;
+    use candle_core::cuda_backend::cudarc::driver::{CudaContext, result};
 
     fn context(dev: &Device) -> Option<Arc<CudaContext>> {
         Some(dev.as_cuda_device().ok()?.cuda_stream().context().clone())
@@ -658,36 +658,45 @@ fn main() -> Res<()> {
             ],
             Err(e) => std::array::from_fn(|_| format!("failed: {e}")),
         };
-        let [ex_t, ratio, ex_fwd, ex_rss, ex_dev, nll_e, nll_rel, z, g_rel] =
-            match (&row.exact, &row.stochastic) {
-                (Ok(d), o) => {
-                    let dt = median(&d.times);
-                    let [ratio, nr, z, gr] = match o {
-                        Ok(o) => [
-                            format!("{:.2}x", dt / median(&o.times)),
-                            format!("{:.2e}", rel(o.step.nll, d.step.nll)),
-                            format!(
-                                "{:+.2}",
-                                (o.step.nll - d.step.nll) / (o.step.logdet_se / 2.0)
-                            ),
-                            format!("{:.2e}", grad_rel(&o.step.grads, &d.step.grads)),
-                        ],
-                        Err(_) => std::array::from_fn(|_| dash()),
-                    };
-                    [
-                        format!("{dt:.3}"),
-                        ratio,
-                        format!("{:.3}", median(&d.forward)),
-                        fmt_bytes(d.hwm_kib * kib),
-                        device_mem(d),
-                        format!("{:.6e}", d.step.nll),
-                        nr,
-                        z,
-                        gr,
-                    ]
-                }
-                (Err(e), _) => std::array::from_fn(|i| if i == 0 { e.clone() } else { dash() }),
-            };
+        let [
+            ex_t,
+            ratio,
+            ex_fwd,
+            ex_rss,
+            ex_dev,
+            nll_e,
+            nll_rel,
+            z,
+            g_rel,
+        ] = match (&row.exact, &row.stochastic) {
+            (Ok(d), o) => {
+                let dt = median(&d.times);
+                let [ratio, nr, z, gr] = match o {
+                    Ok(o) => [
+                        format!("{:.2}x", dt / median(&o.times)),
+                        format!("{:.2e}", rel(o.step.nll, d.step.nll)),
+                        format!(
+                            "{:+.2}",
+                            (o.step.nll - d.step.nll) / (o.step.logdet_se / 2.0)
+                        ),
+                        format!("{:.2e}", grad_rel(&o.step.grads, &d.step.grads)),
+                    ],
+                    Err(_) => std::array::from_fn(|_| dash()),
+                };
+                [
+                    format!("{dt:.3}"),
+                    ratio,
+                    format!("{:.3}", median(&d.forward)),
+                    fmt_bytes(d.hwm_kib * kib),
+                    device_mem(d),
+                    format!("{:.6e}", d.step.nll),
+                    nr,
+                    z,
+                    gr,
+                ]
+            }
+            (Err(e), _) => std::array::from_fn(|i| if i == 0 { e.clone() } else { dash() }),
+        };
         println!(
             "| {} | {choice} | {} | {sto_t} | {ex_t} | {ratio} | {ex_fwd} | {sto_rss} | {ex_rss} | \
              {sto_dev} | {ex_dev} | {nll_s} | {se} | {nll_e} | {nll_rel} | {z} | {g_rel} | \

@@ -295,7 +295,19 @@ fn pair_cost(text: &str, label: &str) -> Res<PairCost> {
         .map(|v| v.parse::<f64>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cuda/sass-budget.txt, kernel {label:?}: {e}"))?;
-    let [_regs, _spill, _fp32, mufu, _lds, _cvt, fp64, _branch, _call, _other, total] = values[..]
+    let [
+        _regs,
+        _spill,
+        _fp32,
+        mufu,
+        _lds,
+        _cvt,
+        fp64,
+        _branch,
+        _call,
+        _other,
+        total,
+    ] = values[..]
     else {
         return Err(format!(
             "cuda/sass-budget.txt, kernel {label:?}: {} numbers, expected 11 (regs spill fp32 \

@@ -24,8 +24,8 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 use clap::Parser;
 use lazy_kernels::{Axis, LazyTensor};
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 /// Benchmark of the backward pass of Gaussian and Laplacian kernel sums against the forward.
 ///

@@ -54,7 +54,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use lazy_kernels::{linalg, Axis, LazyTensor, Path, Precision, ReductionKind, ReductionOptions};
+use lazy_kernels::{Axis, LazyTensor, Path, Precision, ReductionKind, ReductionOptions, linalg};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -284,7 +284,7 @@ enum Output {
 }
 
 /// The chunks of rows of `p.x`.
-fn chunks(p: &Problem) -> impl Iterator<Item = (usize, usize)> {
+fn chunks(p: &Problem) -> impl Iterator<Item = (usize, usize)> + use<> {
     let (m, c) = (p.rows(), p.chunk);
     (0..m).step_by(c).map(move |r| (r, c.min(m - r)))
 }
@@ -548,15 +548,15 @@ fn bench_dim(
         .unwrap_or(0);
     for rep in 0..most {
         for (task, method, cell) in cells.iter_mut() {
-            if let Cell::Ran { reps, times, .. } = cell {
-                if rep < *reps {
-                    match timed(*task, *method, &p) {
-                        Ok((t, out)) => {
-                            black_box(out);
-                            times.push(t);
-                        }
-                        Err(e) => *cell = Cell::Failed(first_line(&*e)),
+            if let Cell::Ran { reps, times, .. } = cell
+                && rep < *reps
+            {
+                match timed(*task, *method, &p) {
+                    Ok((t, out)) => {
+                        black_box(out);
+                        times.push(t);
                     }
+                    Err(e) => *cell = Cell::Failed(first_line(&*e)),
                 }
             }
         }
@@ -658,10 +658,10 @@ fn table(results: &[DimResult], dev: &Device) -> String {
             let mut row = format!("| {} | {} |", task.name(), r.d);
             for &m in &ms {
                 let mut cell = time_cell(r.cell(task, m));
-                if m == auto_m {
-                    if let Some((_, path, _)) = r.auto.iter().find(|(t, _, _)| *t == task) {
-                        cell += &format!(" ({path})");
-                    }
+                if m == auto_m
+                    && let Some((_, path, _)) = r.auto.iter().find(|(t, _, _)| *t == task)
+                {
+                    cell += &format!(" ({path})");
                 }
                 row += &format!(" {cell} |");
             }

@@ -35,8 +35,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use lazy_kernels::{Kernel, KernelOperator, Preconditioner, Rank, SolveOptions, Stop};
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 /// Benchmark of `KernelOperator::solve` on the seed example's problems, to residual 1e-6.
 ///

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use clap::{Parser, ValueEnum};
-use lazy_kernels::{linalg, Axis, LazyTensor};
+use lazy_kernels::{Axis, LazyTensor, linalg};
 
 /// The lazy Gaussian kernel sum against dense Candle, and against the CPU's exponential.
 ///

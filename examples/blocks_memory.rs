@@ -134,7 +134,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ReductionOptions::default().block_bytes >> 20
     );
     println!();
-    println!("| M | N | D | inputs (MiB) | peak before (MiB) | peak after (MiB) | extra (MiB) | dense M x N f32 (MiB) | seconds |");
+    println!(
+        "| M | N | D | inputs (MiB) | peak before (MiB) | peak after (MiB) | extra (MiB) | dense M x N f32 (MiB) | seconds |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     let exe = std::env::current_exe()?;
     let bar = report::progress(cli.sizes.len() as u64, "sizes");

@@ -16,11 +16,11 @@ mod sizes;
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{D, DType, Device, Tensor, Var};
 use clap::Parser;
-use lazy_kernels::{linalg, Axis, LazyTensor};
-use rand::rngs::StdRng;
+use lazy_kernels::{Axis, LazyTensor, linalg};
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 /// A tour of lazy-kernels' reductions, timed and checked against dense Candle.
 ///

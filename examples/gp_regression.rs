@@ -33,8 +33,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, NllMethod, Positive};
 use lazy_kernels::Kernel;
+use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, NllMethod, Positive};
 use plotters::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -174,7 +174,9 @@ fn main() -> candle_core::Result<()> {
         } else {
             ""
         },
-        report.best_step.map_or("none".to_string(), |b| b.to_string()),
+        report
+            .best_step
+            .map_or("none".to_string(), |b| b.to_string()),
     );
     let (nll, _) = gp.nll()?;
     let vals = gp.values()?;

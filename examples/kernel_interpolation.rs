@@ -35,8 +35,8 @@ use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use lazy_kernels::{LazyTensor, SolveInfo, SolveOptions};
 use plotters::prelude::*;
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 use figure::thousands;
 

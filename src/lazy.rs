@@ -12,16 +12,16 @@
 //! gradient, with the tensor's shape (see [`crate::op`]).
 
 use std::ops::{Add, Div, Mul, Neg, Sub};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::Tensor;
 
 use crate::error::Error;
 use crate::formula::ops::{binary_table, ternary_table, unary_table};
-use crate::formula::{parse::parse, BinaryOp, Expr, Op, TernaryOp, UnaryOp, Var, VarCat};
+use crate::formula::{BinaryOp, Expr, Op, TernaryOp, UnaryOp, Var, VarCat, parse::parse};
 use crate::op::gram::{PathReport, ReductionOptions};
-use crate::op::{check_bindable, reduce, Binding, ReductionOutput};
+use crate::op::{Binding, ReductionOutput, check_bindable, reduce};
 use crate::ranges::{BlockSparse, Ranges};
 use crate::reduction::{Axis, Reduction, ReductionKind};
 
@@ -171,7 +171,7 @@ impl LazyTensor {
                     op,
                     detail: format!("expected a (B, P) tensor with B, P >= 1, got {dims:?}"),
                 }
-                .into())
+                .into());
             }
         };
         // An i-variable of one row per batch, which broadcasts over the batch's rows.
@@ -981,15 +981,11 @@ impl LazyTensor {
                         "b must be (B, N, E), (N, E) or (N,) with E >= 1, got {dims:?}"
                     ),
                 }
-                .into())
+                .into());
             }
         };
         let out = (self * LazyTensor::vj(&b3)?).sum(Axis::J)?;
-        if vector {
-            out.squeeze(2)
-        } else {
-            Ok(out)
-        }
+        if vector { out.squeeze(2) } else { Ok(out) }
     }
 
     /// The transpose: `i` and `j` exchanged, so that `K^T_ji = K_ij` (KeOps' `K.t()`). The

@@ -65,7 +65,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::{invalid, Error};
+use crate::error::{Error, invalid};
 
 /// A partition of the rows of a point set into clusters, each made contiguous by sorting.
 ///
@@ -502,7 +502,7 @@ impl BlockSparse {
         let pairs: Vec<(usize, usize)> = flags
             .iter()
             .enumerate()
-            .filter(|(_, &f)| f != 0)
+            .filter(|&(_, &f)| f != 0)
             .map(|(k, _)| (k / cc, k % cc))
             .collect();
         BlockSparse::from_pairs(rows, cols, &pairs)

@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::{DType, Result, Tensor, Var};
-use common::{assert_close, flat, flat_i64, Rng};
+use common::{Rng, assert_close, flat, flat_i64};
 use lazy_kernels::{Axis, LazyTensor, ReductionKind, SolveOptions};
 
 const B: usize = 3;

@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::{assert_close, flat, flat_i64, Rng};
+use common::{Rng, assert_close, flat, flat_i64};
 use lazy_kernels::{Axis, LazyTensor, Path, ReductionKind, ReductionOptions};
 
 fn with(path: Path) -> ReductionOptions {

@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Tensor};
-use common::{table_op_sources, Rng};
-use lazy_kernels::backend::cuda::codegen::{formula_function, MATH_CUH};
+use common::{Rng, table_op_sources};
+use lazy_kernels::backend::cuda::codegen::{MATH_CUH, formula_function};
 use lazy_kernels::backend::cuda::{
-    generate, generate_ranged, generate_values, generate_with_pairs, Storage,
+    Storage, generate, generate_ranged, generate_values, generate_with_pairs,
 };
-use lazy_kernels::formula::{grad, BinaryOp, Expr, TernaryOp, UnaryOp, Var, VarCat};
+use lazy_kernels::formula::{BinaryOp, Expr, TernaryOp, UnaryOp, Var, VarCat, grad};
 use lazy_kernels::{Axis, LazyTensor, ReductionKind};
 
 const D: usize = 3;

@@ -44,10 +44,10 @@ use candle_core::{DType, Device, Tensor};
 use common::Rng;
 use lazy_kernels::backend::cuda::blocks::{product_blocks, schedule};
 use lazy_kernels::backend::cuda::{
-    generate_ranged, generate_values, generate_with_pairs, values_grid, CudaKernel, Grid,
-    RangedGrid, Storage,
+    CudaKernel, Grid, RangedGrid, Storage, generate_ranged, generate_values, generate_with_pairs,
+    values_grid,
 };
-use lazy_kernels::formula::{parse, Expr, Op, UnaryOp, Var, VarCat};
+use lazy_kernels::formula::{Expr, Op, UnaryOp, Var, VarCat, parse};
 use lazy_kernels::{Axis, LazyTensor, Path as ReductionPath, ReductionKind, ReductionOptions};
 
 /// The CUDA stand-ins and the launcher the generated programs include.
@@ -656,8 +656,11 @@ fn start_compile(
     let cpp = dir.join(format!("emu_{group}.cpp"));
     let exe = dir.join(format!("emu_{group}"));
     std::fs::write(&cpp, src).unwrap();
+    // -Og: with the sanitizers, it compiles these programs in 0.7x the time of -O1 and runs them
+    // as fast (-O0 compiles in 0.8x and runs 3.7x slower; measured on emu_f32 of the blocks
+    // cases, 2026-12-05); the compiles are most of this binary's time.
     let child = Command::new(cxx)
-        .args(["-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing"])
+        .args(["-std=c++20", "-Og", "-pthread", "-fno-strict-aliasing"])
         .args(["-Wall", "-Werror", "-Wno-unknown-pragmas"])
         .args(["-fsanitize=address,undefined", "-fno-sanitize-recover=all"])
         .arg("-o")
@@ -1181,12 +1184,16 @@ fn block_plan_modules_emulated_on_the_host_match_the_cpu_block_path() {
         .collect();
     assert!(plans.iter().any(|s| s.len() > 1));
     assert!(plans.iter().any(|s| s[0].terms.len() > 1));
-    assert!(plans
-        .iter()
-        .any(|s| s[0].terms.iter().filter(|l| l.grid.chunks > 1).count() > 1));
-    assert!(plans
-        .iter()
-        .any(|s| s.len() == 1 && s[0].terms.len() == 1 && s[0].chunks > 1));
+    assert!(
+        plans
+            .iter()
+            .any(|s| s[0].terms.iter().filter(|l| l.grid.chunks > 1).count() > 1)
+    );
+    assert!(
+        plans
+            .iter()
+            .any(|s| s.len() == 1 && s[0].terms.len() == 1 && s[0].chunks > 1)
+    );
     assert!(plans.iter().any(|s| s[0].terms[0].chunk_base < 0));
 
     let blocks = ReductionOptions {
@@ -1525,10 +1532,11 @@ fn ranged_modules_emulated_on_the_host_match_the_cpu_backend() {
             .count()
             > 1
     }));
-    assert!(each().any(|(p, g)| g
-        .intervals
-        .chunks(2)
-        .any(|t| t[0] % p.kernel.block as i32 != 0)));
+    assert!(each().any(|(p, g)| {
+        g.intervals
+            .chunks(2)
+            .any(|t| t[0] % p.kernel.block as i32 != 0)
+    }));
     for rpt in [1, 2, 4] {
         assert!(
             prepared.iter().any(|p| p.kernel.rows_per_thread == rpt),

@@ -1,6 +1,6 @@
 //! The symbolic layer: printing, parsing (and its errors), simplification, dimension rules.
 
-use lazy_kernels::formula::{parse, simplify, Expr, Var, VarCat};
+use lazy_kernels::formula::{Expr, Var, VarCat, parse, simplify};
 
 fn leaves() -> Vec<(&'static str, Expr)> {
     vec![

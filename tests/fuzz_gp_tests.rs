@@ -10,7 +10,7 @@ mod common;
 mod fuzz;
 
 use candle_core::{DType, Device, Tensor};
-use common::{flat, Rng};
+use common::{Rng, flat};
 use fuzz::{all_finite, cases, check, close, debug, fuzz, no_panic};
 use lazy_kernels::gp::{
     ExactGp, FitOptions, GpSettings, NllMethod, Optimizer, Positive, Variances,
@@ -826,10 +826,10 @@ fn operator_case(seed: u64, stats: &std::cell::RefCell<[usize; 3]>) -> Result<()
     let scale = 1.0 + kd.iter().flatten().map(|v| v.abs()).fold(0.0, f64::max);
     let fail =
         |what_: &str, msg: String| TestCaseError::fail(format!("{}: {what_}: {msg}", what()));
-    if let Ok(dense) = &dense {
-        if let Some(msg) = close(&flat(dense), &kd.concat(), 1e-12, 1e-12 * scale) {
-            return Err(fail("to_dense", msg));
-        }
+    if let Ok(dense) = &dense
+        && let Some(msg) = close(&flat(dense), &kd.concat(), 1e-12, 1e-12 * scale)
+    {
+        return Err(fail("to_dense", msg));
     }
     if let (Ok(kb), true) = (&kb, b_rows == n) {
         let bv = rows_of(&b);

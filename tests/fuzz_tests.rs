@@ -12,11 +12,11 @@ mod fuzz;
 
 use candle_core::{DType, Device, Tensor, Var as CVar};
 use common::{
-    dense_autodiff_covers, dense_eval, dense_values, flat, flat_i64, ref_lse, ref_softmax_weight,
-    ref_sorted, ref_sum, table_op_sources, Dense, Rng,
+    Dense, Rng, dense_autodiff_covers, dense_eval, dense_values, flat, flat_i64, ref_lse,
+    ref_softmax_weight, ref_sorted, ref_sum, table_op_sources,
 };
 use fuzz::{all_finite, cases, check, close, debug, fuzz, no_panic};
-use lazy_kernels::formula::{parse, BinaryOp, Expr, Op, TernaryOp, UnaryOp, Var, VarCat};
+use lazy_kernels::formula::{BinaryOp, Expr, Op, TernaryOp, UnaryOp, Var, VarCat, parse};
 use lazy_kernels::{Axis, LazyTensor, Path, ReductionKind, ReductionOptions};
 use proptest::prelude::TestCaseError;
 
@@ -616,7 +616,9 @@ fn check_values(
                                     && (dv[row][i as usize][c] - w).abs() <= tol(w)
                             };
                             if !ok {
-                                return Some(format!("row {row} rank {rank} component {c}: index {i}, want value {w}"));
+                                return Some(format!(
+                                    "row {row} rank {rank} component {c}: index {i}, want value {w}"
+                                ));
                             }
                         }
                     }

@@ -1343,10 +1343,11 @@ fn fit_stops_early_with_a_large_tolerance() {
             .collect()
     };
     assert_eq!(steps(&r1), steps(&r0));
-    assert!(r0
-        .trajectory
-        .windows(2)
-        .all(|w| w[0].seconds <= w[1].seconds));
+    assert!(
+        r0.trajectory
+            .windows(2)
+            .all(|w| w[0].seconds <= w[1].seconds)
+    );
     let (_, rep) = small_gp(401).nll_seeded(0).unwrap();
     assert_eq!(rep, r0.trajectory[0].report);
     let mut other = small_gp(401);

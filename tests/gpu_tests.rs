@@ -42,13 +42,13 @@ mod threads;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::{flat, flat_i64, Rng};
+use common::{Rng, flat, flat_i64};
 use lazy_kernels::ReductionKind::{self, *};
 use lazy_kernels::{
     Axis, Kernel, KernelOperator, LazyTensor, Path, Precision, ReductionOptions, SolveOptions,
@@ -100,11 +100,7 @@ fn tol(dtype: DType) -> f64 {
 
 /// Relative gap below which two terms are a tie that rounding may order either way.
 fn tie_tol(dtype: DType) -> f64 {
-    if dtype == DType::F64 {
-        1e-12
-    } else {
-        1e-5
-    }
+    if dtype == DType::F64 { 1e-12 } else { 1e-5 }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -568,11 +564,7 @@ fn max_err(got: &[f64], want: &[f64], scale: &[f64]) -> f64 {
                 0.0
             } else {
                 let e = (g - w).abs() / s.max(1e-300);
-                if e.is_nan() {
-                    f64::INFINITY
-                } else {
-                    e
-                }
+                if e.is_nan() { f64::INFINITY } else { e }
             }
         })
         .fold(0.0, f64::max)

@@ -15,7 +15,7 @@ mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use common::*;
-use lazy_kernels::formula::{parse, Expr, VarCat};
+use lazy_kernels::formula::{Expr, VarCat, parse};
 use lazy_kernels::{Axis, LazyTensor, ReductionKind};
 
 // ---------------------------------------------------------------------------------------------
@@ -269,11 +269,7 @@ fn dense_reduce(d: &Tensor, kind: ReductionKind, axis: Axis) -> Result<Tensor> {
                 vals = Tensor::cat(&[&vals, &pad], 2)?;
             }
             let vals = vals.transpose(1, 2)?.contiguous()?; // (r, k, e)
-            if e == 1 {
-                vals.reshape((r, k))?
-            } else {
-                vals
-            }
+            if e == 1 { vals.reshape((r, k))? } else { vals }
         }
         other => panic!("no dense reference for {other:?}"),
     })
@@ -1279,11 +1275,11 @@ fn random_formulas_against_finite_differences() {
         .with("s", VarCat::P, r.tensor(&[1], 0.5, 1.5))
         .with("u", VarCat::I, r.tensor(&[m, 1], -1., 1.))
         .with("v", VarCat::J, r.tensor(&[n, 1], -1., 1.));
-    let mut gen = Gen(Rng(29));
+    let mut fgen = Gen(Rng(29));
     for t in 0..48 {
-        let dim = 1 + gen.0.below(2);
+        let dim = 1 + fgen.0.below(2);
         let g = loop {
-            let g = gen.expr(dim, 3);
+            let g = fgen.expr(dim, 3);
             if g.contains('(') {
                 break g; // not a bare variable
             }

@@ -12,7 +12,10 @@ use common::*;
 use lazy_kernels::{Axis, LazyTensor};
 
 fn keep_gradient_graphs() {
-    std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+    // SAFETY: the other tests of this binary run on parallel threads, but they and Candle read
+    // the environment only through `std::env`, which serialises with `set_var`; no C code of
+    // this binary reads it.
+    unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
 }
 
 const STEP: f64 = 1e-6;

@@ -160,11 +160,7 @@ fn check_values(got: &[f64], want: &[f64], tols: &[f64], what: &str) {
 
 /// The relative tolerance of a dtype (sums: relative to the sum of `|F|`).
 fn rtol(dtype: DType) -> f64 {
-    if dtype == DType::F32 {
-        2e-6
-    } else {
-        1e-13
-    }
+    if dtype == DType::F32 { 2e-6 } else { 1e-13 }
 }
 
 /// The spacing of subnormals in the dtype: the rounding of each subnormal product, which the
@@ -386,10 +382,11 @@ fn gradients_of_the_special_cases_are_the_documented_ones() {
         match name {
             "+inf" | "both" => {
                 assert!(ours[AT_INF].is_nan(), "{name}");
-                assert!(ours
-                    .iter()
-                    .enumerate()
-                    .all(|(j, &g)| j == AT_INF || g == 0.0));
+                assert!(
+                    ours.iter()
+                        .enumerate()
+                        .all(|(j, &g)| j == AT_INF || g == 0.0)
+                );
             }
             "all -inf" | "all +inf" => assert!(ours.iter().all(|g| g.is_nan()), "{name}"),
             "-inf" => assert_eq!(ours[AT_NEG_INF], 0.0),

@@ -5,10 +5,10 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::{
-    assert_close, dense_eval, dense_values, flat, flat_i64, ref_lse, ref_sorted, ref_sum, Rng,
+    Rng, assert_close, dense_eval, dense_values, flat, flat_i64, ref_lse, ref_sorted, ref_sum,
 };
 use lazy_kernels::backend::cpu::isa::{self, Isa};
-use lazy_kernels::formula::{parse, VarCat};
+use lazy_kernels::formula::{VarCat, parse};
 use lazy_kernels::{Axis, LazyTensor, ReductionKind};
 
 #[test]

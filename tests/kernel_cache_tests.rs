@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use lazy_kernels::backend::cuda::cache::{DiskCache, CACHE_DIR_VAR};
+use lazy_kernels::backend::cuda::cache::{CACHE_DIR_VAR, DiskCache};
 
 fn scratch(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lk-cache-{tag}-{}", std::process::id()));
@@ -73,15 +73,18 @@ fn corrupt_truncated_and_foreign_entries_are_rejected() {
 #[test]
 fn the_environment_relocates_or_disables_the_cache() {
     // The only test of this binary that touches the environment.
+    // SAFETY (the three calls below): the other tests of this binary run on parallel threads but
+    // read the environment only through `std::env`, which serialises with these calls; no C
+    // code of this binary reads it.
     let dir = scratch("env");
-    std::env::set_var(CACHE_DIR_VAR, &dir);
+    unsafe { std::env::set_var(CACHE_DIR_VAR, &dir) };
     assert_eq!(DiskCache::from_env().unwrap().dir(), dir.as_path());
-    std::env::set_var(CACHE_DIR_VAR, "");
+    unsafe { std::env::set_var(CACHE_DIR_VAR, "") };
     assert!(
         DiskCache::from_env().is_none(),
         "an empty value disables the disk cache"
     );
-    std::env::remove_var(CACHE_DIR_VAR);
+    unsafe { std::env::remove_var(CACHE_DIR_VAR) };
     if let Some(c) = DiskCache::from_env() {
         assert!(c.dir().ends_with("lazy-kernels"), "{}", c.dir().display());
     }

@@ -14,8 +14,8 @@ mod common;
 use std::f64::consts::PI;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use common::{assert_close, flat, Rng};
-use lazy_kernels::{linalg, Kernel, KernelOperator, LazyTensor, Nu};
+use common::{Rng, assert_close, flat};
+use lazy_kernels::{Kernel, KernelOperator, LazyTensor, Nu, linalg};
 
 // ---------------------------------------------------------------------------------------------
 // Independent references
@@ -495,7 +495,7 @@ fn transpose_of_nonsymmetric_formula() -> Result<()> {
     let y = rng.tensor(&[n, 3], -1.0, 1.0);
     let op = KernelOperator::new(nonsymmetric(), &x, &y)?;
     let want = ref_nonsymmetric(&x, &y)?; // (M, N)
-                                          // (N, M) transpose.
+    // (N, M) transpose.
     let want_t = want.t()?.contiguous()?;
     // Sanity: the operator of k between y and x is NOT the transpose here.
     let swapped = ref_nonsymmetric(&y, &x)?;

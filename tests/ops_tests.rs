@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::*;
-use lazy_kernels::formula::{parse, BinaryOp, Domain, Expr, UnaryOp, VarCat};
+use lazy_kernels::formula::{BinaryOp, Domain, Expr, UnaryOp, VarCat, parse};
 use lazy_kernels::{Axis, LazyTensor};
 
 /// Inputs: x = Vi(0,3), y = Vj(1,3), p = Pm(2,3), s = Pm(3,1), u = Vi(4,1), v = Vj(5,1),
@@ -226,11 +226,7 @@ fn samples(d: Domain, n: usize, seed: u64) -> Vec<f64> {
     (0..n)
         .map(|_| {
             let v = r.uniform(lo, hi);
-            if both_signs && r.below(2) == 0 {
-                -v
-            } else {
-                v
-            }
+            if both_signs && r.below(2) == 0 { -v } else { v }
         })
         .collect()
 }

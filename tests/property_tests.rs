@@ -5,12 +5,12 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::{
-    assert_close, dense_eval, dense_values, flat, flat_i64, ref_lse, ref_sorted, ref_sum, Rng,
+    Rng, assert_close, dense_eval, dense_values, flat, flat_i64, ref_lse, ref_sorted, ref_sum,
 };
-use lazy_kernels::formula::{parse, Expr};
+use lazy_kernels::formula::{Expr, parse};
 use lazy_kernels::{Axis, LazyTensor, ReductionKind};
 use proptest::prelude::{
-    any, prop_assert, prop_assert_eq, proptest, ProptestConfig, TestCaseError,
+    ProptestConfig, TestCaseError, any, prop_assert, prop_assert_eq, proptest,
 };
 
 /// A random formula over x = Vi(0,3), y = Vj(1,3), u = Vi(2,1), v = Vj(3,1), s = Pm(4,1),

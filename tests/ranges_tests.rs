@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
-use lazy_kernels::formula::{parse, VarCat};
+use lazy_kernels::formula::{VarCat, parse};
 use lazy_kernels::{
     Axis, BlockSparse, Clusters, LazyTensor, Path, ReductionKind, ReductionOptions,
 };

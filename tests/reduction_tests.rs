@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::*;
-use lazy_kernels::formula::{parse, Expr, VarCat};
+use lazy_kernels::formula::{Expr, VarCat, parse};
 use lazy_kernels::{Axis, LazyTensor, ReductionKind};
 
 fn inputs(m: usize, n: usize, seed: u64) -> Vec<(VarCat, Tensor)> {
@@ -42,11 +42,7 @@ fn run(
 }
 
 fn tol(dtype: DType) -> f64 {
-    if dtype == DType::F64 {
-        1e-12
-    } else {
-        3e-6
-    }
+    if dtype == DType::F64 { 1e-12 } else { 3e-6 }
 }
 
 /// Checks one reduction of one formula on one problem, in both dtypes and both axes.

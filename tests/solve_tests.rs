@@ -17,7 +17,7 @@
 mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use common::{assert_close, flat, Rng};
+use common::{Rng, assert_close, flat};
 use lazy_kernels::{Kernel, KernelOperator, Preconditioner, Rank, SolveInfo, SolveOptions};
 
 // ---------------------------------------------------------------------------------------------
@@ -172,11 +172,7 @@ fn residuals(k: &[Vec<f64>], alpha: f64, a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<
                 rr += (b[i][c] - s).powi(2);
                 bb += b[i][c].powi(2);
             }
-            if bb > 0.0 {
-                (rr / bb).sqrt()
-            } else {
-                0.0
-            }
+            if bb > 0.0 { (rr / bb).sqrt() } else { 0.0 }
         })
         .collect()
 }

@@ -13,12 +13,12 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use plotters::coord::types::RangedCoordf64;
 use plotters::coord::ReverseCoordTranslate;
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// A drawing area of a PNG figure, in pixels.
 pub type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
@@ -328,11 +328,7 @@ pub fn finite_range(v: &[f64]) -> (f64, f64) {
         .iter()
         .filter(|v| v.is_finite())
         .fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-    if lo <= hi {
-        (lo, hi)
-    } else {
-        (0.0, 1.0)
-    }
+    if lo <= hi { (lo, hi) } else { (0.0, 1.0) }
 }
 
 /// Paints `grid` into the plotting area of `chart`, pixel by pixel (bilinear, as matplotlib's

@@ -6,8 +6,8 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor};
-use lazy_kernels::gp::{ExactGp, GpSettings, Positive};
 use lazy_kernels::Kernel;
+use lazy_kernels::gp::{ExactGp, GpSettings, Positive};
 
 /// Dimensions of the points.
 pub const D: usize = 3;

@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use lazy_kernels::gp::{ExactGp, Positive, Transform};
 use lazy_kernels::Kernel;
+use lazy_kernels::gp::{ExactGp, Positive, Transform};
 
 /// Published values: Rasmussen & Williams (2006), section 5.4.3 (th10 = 1.6 months).
 pub const PUBLISHED: [(&str, &str, f64); 11] = [

@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
-use rand::rngs::StdRng;
 use rand::Rng;
+use rand::rngs::StdRng;
 
 /// A `(rows, cols)` tensor of f32 uniform in [0, 1) on the CPU.
 pub fn uniform(rng: &mut StdRng, rows: usize, cols: usize) -> candle_core::Result<Tensor> {

@@ -46,8 +46,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use candle_core::DType;
 
-use super::cuda::codegen::{CudaKernel, Storage};
 use super::ReductionPlan;
+use super::cuda::codegen::{CudaKernel, Storage};
 use crate::formula::VarCat;
 
 /// One distinct CUDA module seen by the census.
@@ -364,11 +364,11 @@ pub(crate) fn note_backward(
     storage: Storage,
     backward: impl FnOnce() -> candle_core::Result<Vec<ReductionPlan>>,
 ) {
-    if first_backward(forward, needs_grad, storage) {
-        if let Ok(plans) = backward() {
-            for p in &plans {
-                would_prepare(p, storage);
-            }
+    if first_backward(forward, needs_grad, storage)
+        && let Ok(plans) = backward()
+    {
+        for p in &plans {
+            would_prepare(p, storage);
         }
     }
 }

@@ -65,10 +65,10 @@ fn host_available() -> (usize, &'static str) {
     let read = |path: &str| std::fs::read_to_string(path).ok();
     let mut best: Option<(usize, &'static str)> = None;
     let mut take = |bytes: Option<usize>, source: &'static str| {
-        if let Some(b) = bytes {
-            if best.is_none_or(|(v, _)| b < v) {
-                best = Some((b, source));
-            }
+        if let Some(b) = bytes
+            && best.is_none_or(|(v, _)| b < v)
+        {
+            best = Some((b, source));
         }
     };
     take(

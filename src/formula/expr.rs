@@ -15,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use super::ops::{BinaryOp, Op, TernaryOp, UnaryOp, Var, VarCat};
-use crate::error::{dim_mismatch, invalid, Result};
+use crate::error::{Result, dim_mismatch, invalid};
 
 struct Node {
     op: Op,
@@ -132,25 +132,25 @@ impl Expr {
     pub fn new(op: Op, args: Vec<Expr>) -> Result<Expr> {
         let dims: Vec<usize> = args.iter().map(Expr::dim).collect();
         let dim = op.infer_dim(&dims)?;
-        if let Op::Const(c) = op {
-            if !c.is_finite() {
-                return Err(invalid("Const", format!("constant {c} is not finite")));
-            }
+        if let Op::Const(c) = op
+            && !c.is_finite()
+        {
+            return Err(invalid("Const", format!("constant {c} is not finite")));
         }
-        if let Op::Var(v) = op {
-            if v.dim == 0 {
-                return Err(dim_mismatch(
-                    "Var",
-                    "a variable needs at least one component",
-                ));
-            }
+        if let Op::Var(v) = op
+            && v.dim == 0
+        {
+            return Err(dim_mismatch(
+                "Var",
+                "a variable needs at least one component",
+            ));
         }
         // The negation of a constant is the negated constant, so that printing and parsing
         // agree (`-2.5` is one literal).
-        if let (Op::Unary(UnaryOp::Neg), [a]) = (op, args.as_slice()) {
-            if let Op::Const(c) = a.0.op {
-                return Expr::new(Op::Const(-c), vec![]);
-            }
+        if let (Op::Unary(UnaryOp::Neg), [a]) = (op, args.as_slice())
+            && let Op::Const(c) = a.0.op
+        {
+            return Expr::new(Op::Const(-c), vec![]);
         }
         let mut h = DefaultHasher::new();
         op_key(&op).hash(&mut h);
@@ -360,10 +360,10 @@ impl Expr {
     pub fn vars(&self) -> Vec<Var> {
         let mut out: Vec<Var> = Vec::new();
         for n in self.topo_order() {
-            if let Op::Var(v) = n.op() {
-                if !out.contains(v) {
-                    out.push(*v);
-                }
+            if let Op::Var(v) = n.op()
+                && !out.contains(v)
+            {
+                out.push(*v);
             }
         }
         out

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use super::expr::Expr;
 use super::ops::{BinaryOp, Op, Var};
 use super::simplify::simplify;
-use crate::error::{dim_mismatch, Result};
+use crate::error::{Result, dim_mismatch};
 
 /// `n` zero components.
 pub(crate) fn zeros(n: usize) -> Expr {
@@ -241,7 +241,7 @@ pub(crate) fn factor_out(e: &Expr, reduced: super::VarCat) -> Option<(Expr, Expr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formula::{parse, VarCat};
+    use crate::formula::{VarCat, parse};
 
     fn v(cat: VarCat, pos: usize, dim: usize) -> Var {
         Var { cat, pos, dim }

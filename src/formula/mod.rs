@@ -15,5 +15,5 @@ mod table;
 pub use expr::Expr;
 pub use grad::grad;
 pub use ops::{BinaryOp, Domain, Op, TernaryOp, UnaryOp, Var, VarCat};
-pub use parse::{parse, ParseError};
+pub use parse::{ParseError, parse};
 pub use simplify::simplify;

@@ -57,7 +57,7 @@
 
 use super::expr::Expr;
 use super::table::{define_binary, define_ternary, define_unary};
-use crate::error::{dim_mismatch, Result};
+use crate::error::{Result, dim_mismatch};
 use crate::math::Real;
 
 /// Category of a formula variable: which index it is attached to.
@@ -821,21 +821,13 @@ pub enum Op {
 fn keep_nan<T: Real>(x: T, y: T) -> T {
     #[allow(clippy::eq_op)]
     let nan = x != x;
-    if nan {
-        x
-    } else {
-        y
-    }
+    if nan { x } else { y }
 }
 
 /// 1 or 0.
 #[inline(always)]
 fn bool01<T: Real>(c: bool) -> T {
-    if c {
-        T::ONE
-    } else {
-        T::ZERO
-    }
+    if c { T::ONE } else { T::ZERO }
 }
 
 /// `x^n` by binary exponentiation; the loop depends on `n` only, which is constant over a tile.
@@ -851,11 +843,7 @@ fn powi<T: Real>(x: T, n: i32) -> T {
         base = base * base;
         e >>= 1;
     }
-    if n < 0 {
-        T::ONE / acc
-    } else {
-        acc
-    }
+    if n < 0 { T::ONE / acc } else { acc }
 }
 
 /// Dimension of a component-wise result: all dimensions equal, or 1 (broadcast).

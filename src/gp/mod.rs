@@ -43,7 +43,7 @@ pub use exact::NllMethod;
 pub use fit::{FitOptions, FitReport, FitStep, Optimizer};
 pub use persist::SavedGp;
 pub use positive::{Positive, Transform};
-pub use predict::{LoveReport, Prediction, Variances, MAX_SAMPLE_POINTS};
+pub use predict::{LoveReport, MAX_SAMPLE_POINTS, Prediction, Variances};
 
 use candle_core::{DType, Tensor, Var};
 
@@ -176,7 +176,7 @@ impl ExactGp {
                     op: OP,
                     detail: format!("y must be ({n},) or ({n}, 1) for {n} inputs, got {dims:?}"),
                 }
-                .into())
+                .into());
             }
         };
         if n == 0 {

@@ -85,9 +85,9 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::SafeTensors;
 
 use super::{ExactGp, GpSettings, NllMethod, Positive, Transform, Variances};
+use crate::Kernel;
 use crate::error::Error;
 use crate::solve::{LogdetEstimator, Preconditioner, Rank};
-use crate::Kernel;
 
 /// The value of the `format` metadata key.
 pub const FORMAT: &str = "lazy-kernels/ExactGp";
@@ -217,7 +217,9 @@ fn settings_from(m: &Meta) -> candle_core::Result<GpSettings> {
     let bad = || {
         invalid(
             LOAD,
-            format!("the file's metadata key '{key}' is '{text}', not 'none', 'fixed:<rank>' or 'auto:<max>'"),
+            format!(
+                "the file's metadata key '{key}' is '{text}', not 'none', 'fixed:<rank>' or 'auto:<max>'"
+            ),
         )
     };
     let preconditioner = match text.split_once(':') {
@@ -235,7 +237,9 @@ fn settings_from(m: &Meta) -> candle_core::Result<GpSettings> {
     let bad = || {
         invalid(
             LOAD,
-            format!("the file's metadata key '{key}' is '{text}', not 'exact' or 'love:<tol>:<max_rank>'"),
+            format!(
+                "the file's metadata key '{key}' is '{text}', not 'exact' or 'love:<tol>:<max_rank>'"
+            ),
         )
     };
     let variances = match text.split(':').collect::<Vec<_>>()[..] {
@@ -254,8 +258,10 @@ fn settings_from(m: &Meta) -> candle_core::Result<GpSettings> {
         other => {
             return Err(invalid(
                 LOAD,
-                format!("the file's metadata key '{key}' is '{other}', not 'hutchinson', 'diagonal-corrected' or 'block-corrected'"),
-            ))
+                format!(
+                    "the file's metadata key '{key}' is '{other}', not 'hutchinson', 'diagonal-corrected' or 'block-corrected'"
+                ),
+            ));
         }
     };
     let key = "settings.nll_method";
@@ -270,7 +276,7 @@ fn settings_from(m: &Meta) -> candle_core::Result<GpSettings> {
                     "the file's metadata key '{key}' is '{other}', not 'auto', 'exact' or \
                      'stochastic'"
                 ),
-            ))
+            ));
         }
     };
     Ok(GpSettings {
@@ -424,7 +430,7 @@ impl SavedGp {
                         "a safetensors file, but not one written by ExactGp::save (metadata \
                          'format' is {other:?}, expected \"{FORMAT}\")"
                     ),
-                ))
+                ));
             }
         }
         let version = meta.get("version")?;
@@ -534,7 +540,7 @@ impl SavedGp {
                                  {dy:?}, expected (N, D) and (N,) with N, D > 0"
                             ),
                         }
-                        .into())
+                        .into());
                     }
                 }
                 Some((x, y))
@@ -543,7 +549,7 @@ impl SavedGp {
                 return Err(invalid(
                     LOAD,
                     format!("the file's metadata key 'data' is '{v}', not 'true' or 'false'"),
-                ))
+                ));
             }
         };
         Ok(SavedGp {

@@ -26,7 +26,7 @@ use candle_core::{DType, Tensor};
 
 use super::{ExactGp, GpSettings, OP};
 use crate::error::Error;
-use crate::linalg::{matmul, Cholesky};
+use crate::linalg::{Cholesky, matmul};
 use crate::solve::{SolveInfo, Solver, Stop};
 use crate::{Kernel, KernelOperator};
 
@@ -244,16 +244,16 @@ impl ExactGp {
             *guard = Some(self.build_cache(kernel, key)?);
         }
         let cache = guard.as_mut().expect("built above");
-        if let Some(opts) = love {
-            if cache.love.as_ref().map(|l| l.options) != Some(opts) {
-                cache.love = None;
-                if cache.solver.is_none() {
-                    let r = cache.residual.to_dtype(cache.work)?;
-                    let settings = self.solve_options(self.settings.predict_tol);
-                    cache.solver = Some(Box::new(cache.op.solver(&r, cache.noise, &settings)?));
-                }
-                cache.love = Some(cache.build_love(opts)?);
+        if let Some(opts) = love
+            && cache.love.as_ref().map(|l| l.options) != Some(opts)
+        {
+            cache.love = None;
+            if cache.solver.is_none() {
+                let r = cache.residual.to_dtype(cache.work)?;
+                let settings = self.solve_options(self.settings.predict_tol);
+                cache.solver = Some(Box::new(cache.op.solver(&r, cache.noise, &settings)?));
             }
+            cache.love = Some(cache.build_love(opts)?);
         }
         f(cache)
     }
@@ -338,7 +338,7 @@ impl ExactGp {
                     op: OP,
                     detail: format!("the new points must be (M, {d}), got {dims:?}"),
                 }
-                .into())
+                .into());
             }
         };
         if x_new.dtype() != dtype {

@@ -79,7 +79,7 @@ impl Cholesky {
                     op: OP,
                     detail: format!("the matrix must be square (N, N), got {dims:?}"),
                 }
-                .into())
+                .into());
             }
         };
         let dtype = a.dtype();
@@ -164,7 +164,7 @@ impl Cholesky {
                     op: OP,
                     detail: format!("the right-hand side must be ({n},) or ({n}, E), got {dims:?}"),
                 }
-                .into())
+                .into());
             }
         };
         let z = self.forward_panels(&self.rhs(&b2)?)?;
@@ -183,11 +183,7 @@ impl Cholesky {
         x.reverse();
         let out = Tensor::cat(&x, 0)?;
         debug_assert_eq!(self.panels.first().map(|p| p.start), Some(0));
-        if vector {
-            out.reshape(n)
-        } else {
-            Ok(out)
-        }
+        if vector { out.reshape(n) } else { Ok(out) }
     }
 
     /// `L^-1 b` for `b` of shape `(N, E)` (the factor's dtype and device): half of
@@ -211,7 +207,7 @@ impl Cholesky {
                     op: OP,
                     detail: format!("the right-hand side must be ({}, E), got {dims:?}", self.n),
                 }
-                .into())
+                .into());
             }
         }
         let z = self.forward_panels(&self.rhs(b)?)?;
@@ -429,15 +425,19 @@ mod tests {
     fn bad_matrices_are_errors() {
         let dev = Device::Cpu;
         let rect = Tensor::zeros((3, 4), DType::F64, &dev).unwrap();
-        assert!(Cholesky::new(&rect)
-            .unwrap_err()
-            .to_string()
-            .contains("square"));
+        assert!(
+            Cholesky::new(&rect)
+                .unwrap_err()
+                .to_string()
+                .contains("square")
+        );
         let ints = Tensor::zeros((3, 3), DType::U32, &dev).unwrap();
-        assert!(Cholesky::new(&ints)
-            .unwrap_err()
-            .to_string()
-            .contains("f32 or f64"));
+        assert!(
+            Cholesky::new(&ints)
+                .unwrap_err()
+                .to_string()
+                .contains("f32 or f64")
+        );
         // Indefinite in the second panel: the error names the pivot.
         let n = BLOCK + 10;
         let mut a = spd(n, 0.5).to_vec2::<f64>().unwrap();
@@ -447,10 +447,12 @@ mod tests {
         assert!(msg.contains("not positive definite"), "{msg}");
         // NaN is not a pivot either.
         let nan = Tensor::new(&[[f64::NAN]], &dev).unwrap();
-        assert!(Cholesky::new(&nan)
-            .unwrap_err()
-            .to_string()
-            .contains("pivot 0"));
+        assert!(
+            Cholesky::new(&nan)
+                .unwrap_err()
+                .to_string()
+                .contains("pivot 0")
+        );
         let c = Cholesky::new(&Tensor::eye(3, DType::F64, &dev).unwrap()).unwrap();
         let msg = c
             .solve(&Tensor::zeros(4, DType::F64, &dev).unwrap())

@@ -87,11 +87,7 @@ pub const SIN_COS_ACCURATE_LIMIT_F64: f64 = 1.0e9;
 /// compiles to a (correct but slow) libm call.
 #[inline(always)]
 pub fn fma_f32<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
+    if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// `a * b + c`, fused when `FMA` is true.
@@ -100,11 +96,7 @@ pub fn fma_f32<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// compiles to a (correct but slow) libm call.
 #[inline(always)]
 pub fn fma_f64<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
+    if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
 // ---------------------------------------------------------------------------
@@ -296,11 +288,7 @@ pub fn ln_f32<const FMA: bool>(x: f32) -> f32 {
     let r = if x == 0.0 { f32::NEG_INFINITY } else { r };
     let r = if x < 0.0 { f32::NAN } else { r };
     // +inf and NaN map to themselves.
-    if x < f32::INFINITY {
-        r
-    } else {
-        x
-    }
+    if x < f32::INFINITY { r } else { x }
 }
 
 // Cephes log: log(1+f) = f - f^2/2 + f^3 P(f)/Q(f) for 1 + f in
@@ -359,11 +347,7 @@ pub fn ln_f64<const FMA: bool>(x: f64) -> f64 {
 
     let r = if x == 0.0 { f64::NEG_INFINITY } else { r };
     let r = if x < 0.0 { f64::NAN } else { r };
-    if x < f64::INFINITY {
-        r
-    } else {
-        x
-    }
+    if x < f64::INFINITY { r } else { x }
 }
 
 // ---------------------------------------------------------------------------
@@ -429,11 +413,7 @@ pub fn sin_f32<const FMA: bool>(x: f32) -> f32 {
     let v = if q & 1 == 0 { s } else { c };
     let v = f32::from_bits(v.to_bits() ^ ((q & 2) << 30));
     // The polynomial turns -0 into +0 (-0 + +0); keep the sign of zero.
-    if x == 0.0 {
-        x
-    } else {
-        v
-    }
+    if x == 0.0 { x } else { v }
 }
 
 /// `cos(x)` for `f32`, accurate to 2 ulp (or, next to the zeros of cosine,
@@ -512,11 +492,7 @@ pub fn sin_f64<const FMA: bool>(x: f64) -> f64 {
     let (s, c, q) = sincos_reduced_f64::<FMA>(x);
     let v = if q & 1 == 0 { s } else { c };
     let v = f64::from_bits(v.to_bits() ^ ((q & 2) << 62));
-    if x == 0.0 {
-        x
-    } else {
-        v
-    }
+    if x == 0.0 { x } else { v }
 }
 
 /// `cos(x)` for `f64`, within 3 ulp of `std` (or, next to the zeros of

@@ -102,7 +102,7 @@
 // Coefficients keep all the digits printed by the fitting script.
 #![allow(clippy::excessive_precision)]
 
-use super::{fma_f32, fma_f64, MAGIC_F32, MAGIC_F64};
+use super::{MAGIC_F32, MAGIC_F64, fma_f32, fma_f64};
 use std::f32::consts as c32;
 use std::f64::consts as c64;
 
@@ -197,11 +197,7 @@ pub fn floor_f32(x: f32) -> f32 {
     // (ties to even); with x's sign that is round-to-nearest(x), -0 kept.
     let r = copysign_f32((a + INT_LIMIT_F32) - INT_LIMIT_F32, x);
     let f = if r > x { r - 1.0 } else { r };
-    if a < INT_LIMIT_F32 {
-        f
-    } else {
-        x
-    }
+    if a < INT_LIMIT_F32 { f } else { x }
 }
 
 /// `floor(x)` for `f64`, exact for every float.
@@ -212,11 +208,7 @@ pub fn floor_f64(x: f64) -> f64 {
     let a = x.abs();
     let r = copysign_f64((a + INT_LIMIT_F64) - INT_LIMIT_F64, x);
     let f = if r > x { r - 1.0 } else { r };
-    if a < INT_LIMIT_F64 {
-        f
-    } else {
-        x
-    }
+    if a < INT_LIMIT_F64 { f } else { x }
 }
 
 /// `round(x)` for `f32` like C's `round`: the nearest integer, halves away
@@ -397,11 +389,7 @@ pub fn atan2_f32<const FMA: bool>(y: f32, x: f32) -> f32 {
     let p = if neg_x { -p } else { p };
     let r = fma_f32::<FMA>(k, PIO4_HI_F32, fma_f32::<FMA>(k, PIO4_LO_F32, p));
     let r = copysign_f32(r, y);
-    if x.is_nan() || y.is_nan() {
-        x + y
-    } else {
-        r
-    }
+    if x.is_nan() || y.is_nan() { x + y } else { r }
 }
 
 /// `atan2(y, x)` for `f64`: the angle of the point `(x, y)` in
@@ -434,11 +422,7 @@ pub fn atan2_f64<const FMA: bool>(y: f64, x: f64) -> f64 {
     let p = if neg_x { -p } else { p };
     let r = fma_f64::<FMA>(k, PIO4_HI_F64, fma_f64::<FMA>(k, PIO4_LO_F64, p));
     let r = copysign_f64(r, y);
-    if x.is_nan() || y.is_nan() {
-        x + y
-    } else {
-        r
-    }
+    if x.is_nan() || y.is_nan() { x + y } else { r }
 }
 
 // ---------------------------------------------------------------------------
@@ -532,11 +516,7 @@ pub fn tan_f32<const FMA: bool>(x: f32) -> f32 {
     let v = num / den;
     // d tan(r)/dr = d(-cot r)/dr = 1 + v^2.
     let v = fma_f32::<FMA>(r_lo, fma_f32::<FMA>(v, v, 1.0), v);
-    if x == 0.0 {
-        x
-    } else {
-        v
-    }
+    if x == 0.0 { x } else { v }
 }
 
 /// `tan(x)` for `f64`, within 3 ulp of `std` for `|x| <=`
@@ -570,11 +550,7 @@ pub fn tan_f64<const FMA: bool>(x: f64) -> f64 {
     let v = num / den;
     // d tan(r)/dr = d(-cot r)/dr = 1 + v^2.
     let v = fma_f64::<FMA>(r_lo, fma_f64::<FMA>(v, v, 1.0), v);
-    if x == 0.0 {
-        x
-    } else {
-        v
-    }
+    if x == 0.0 { x } else { v }
 }
 
 // ---------------------------------------------------------------------------
@@ -849,11 +825,7 @@ pub fn acos_f32<const FMA: bool>(x: f32) -> f32 {
     let pos = 2.0 * (hi + lo);
     let neg = (2.0 * PIO2_HI_F32 - 2.0 * hi) - (2.0 * lo - 2.0 * PIO2_LO_F32);
     let r = if x > 0.5 { pos } else { mid };
-    if x < -0.5 {
-        neg
-    } else {
-        r
-    }
+    if x < -0.5 { neg } else { r }
 }
 
 /// `acos(x)` for `f64`, within 2 ulp of `std`.
@@ -867,11 +839,7 @@ pub fn acos_f64<const FMA: bool>(x: f64) -> f64 {
     let pos = 2.0 * (hi + lo);
     let neg = (2.0 * PIO2_HI_F64 - 2.0 * hi) - (2.0 * lo - 2.0 * PIO2_LO_F64);
     let r = if x > 0.5 { pos } else { mid };
-    if x < -0.5 {
-        neg
-    } else {
-        r
-    }
+    if x < -0.5 { neg } else { r }
 }
 
 // ---------------------------------------------------------------------------
@@ -905,11 +873,7 @@ pub fn log1p_f32<const FMA: bool>(x: f32) -> f32 {
     let r = if x < -1.0 { f32::NAN } else { r };
     let r = if x == f32::INFINITY { x } else { r };
     // ±0 (and NaN) map to themselves.
-    if x == 0.0 || x.is_nan() {
-        x
-    } else {
-        r
-    }
+    if x == 0.0 || x.is_nan() { x } else { r }
 }
 
 /// `ln(1 + x)` for `f64`, within 2 ulp of `std`, accurate
@@ -940,11 +904,7 @@ pub fn log1p_f64<const FMA: bool>(x: f64) -> f64 {
     let r = if u == 0.0 { f64::NEG_INFINITY } else { r };
     let r = if x < -1.0 { f64::NAN } else { r };
     let r = if x == f64::INFINITY { x } else { r };
-    if x == 0.0 || x.is_nan() {
-        x
-    } else {
-        r
-    }
+    if x == 0.0 || x.is_nan() { x } else { r }
 }
 
 // ---------------------------------------------------------------------------
@@ -966,7 +926,7 @@ pub fn expm1_f32<const FMA: bool>(x: f32) -> f32 {
     let r = fma_f32::<FMA>(-n, super::EXP_LN2_LO_F32, r);
     let p = horner_f32::<FMA, 6>(&super::EXP_P_F32, r);
     let tail = p * (r * r); // e^r - 1 = r + tail
-                            // s = 2^n for n in [-26, 127]; n = 128 uses 2^127 and doubles the end.
+    // s = 2^n for n in [-26, 127]; n = 128 uses 2^127 and doubles the end.
     let top = n > 127.5;
     let ni = t.to_bits().wrapping_sub(MAGIC_F32.to_bits());
     let ni = if top { ni.wrapping_sub(1) } else { ni };
@@ -980,11 +940,7 @@ pub fn expm1_f32<const FMA: bool>(x: f32) -> f32 {
     let err = b - (hi - a);
     let v = hi + fma_f32::<FMA>(s, tail, err);
     let v = if top { 2.0 * v } else { v };
-    if x == 0.0 {
-        x
-    } else {
-        v
-    }
+    if x == 0.0 { x } else { v }
 }
 
 /// `e^x - 1` for `f64`, within 2 ulp of `std`, accurate near 0.
@@ -1012,11 +968,7 @@ pub fn expm1_f64<const FMA: bool>(x: f64) -> f64 {
     let err = b - (hi - a);
     let v = hi + fma_f64::<FMA>(s, tail, err);
     let v = if top { 2.0 * v } else { v };
-    if x == 0.0 {
-        x
-    } else {
-        v
-    }
+    if x == 0.0 { x } else { v }
 }
 
 // ---------------------------------------------------------------------------

@@ -11,8 +11,8 @@
 use super::super::SIN_COS_ACCURATE_LIMIT_F32;
 use super::*;
 use crate::math::tests::{
-    assert_ulp, err_f32, err_f64, key, same_f32, same_f64, sin_cos_f64_inputs, unkey, variants,
-    Rng, Worst,
+    Rng, Worst, assert_ulp, err_f32, err_f64, key, same_f32, same_f64, sin_cos_f64_inputs, unkey,
+    variants,
 };
 
 // Bounds asserted (measured maxima in the module doc).

@@ -66,11 +66,7 @@ impl Rng {
     /// Random sign, magnitude log-uniform in [lo, hi].
     pub(super) fn log_uniform(&mut self, lo: f64, hi: f64) -> f64 {
         let m = (lo.ln() + (hi.ln() - lo.ln()) * self.unit()).exp();
-        if self.next_u64() & 1 == 0 {
-            m
-        } else {
-            -m
-        }
+        if self.next_u64() & 1 == 0 { m } else { -m }
     }
 }
 

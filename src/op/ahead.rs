@@ -16,7 +16,7 @@ use std::cell::{Cell, RefCell};
 use candle_core::{DType, Device, Shape, Tensor};
 
 use super::gram::{Path, ReductionOptions};
-use super::{out_shape, ReductionOutput};
+use super::{ReductionOutput, out_shape};
 use crate::backend::{Backend, ReductionPlan, VarSpec};
 use crate::formula::VarCat;
 use crate::reduction::OutputSpec;

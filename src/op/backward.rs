@@ -30,11 +30,11 @@
 use candle_core::Tensor;
 
 use super::gram::ReductionOptions;
-use super::{reduce_sized, Binding};
+use super::{Binding, reduce_sized};
 use crate::backend::ReductionPlan;
 use crate::error::Error;
 use crate::formula::grad::factor_out;
-use crate::formula::{grad, BinaryOp, Expr, Op, UnaryOp, Var, VarCat};
+use crate::formula::{BinaryOp, Expr, Op, UnaryOp, Var, VarCat, grad};
 use crate::reduction::{Axis, GradRule, Reduction, ReductionKind};
 
 /// The backward pass of one forward reduction.
@@ -115,7 +115,7 @@ impl Backward<'_> {
                     op: plan.reduction.kind.name(),
                     detail: "indices have no gradient".into(),
                 }
-                .into())
+                .into());
             }
         };
         // The packed gradient: each tensor's gradient flattened, zeros where none.

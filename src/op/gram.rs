@@ -197,10 +197,11 @@ fn pair_node(e: &Expr) -> Option<Found> {
         return Some(found(Shape::Dot, p));
     }
     for (w, sq) in [(a, b), (b, a)] {
-        if let (Op::Var(w), Some(p)) = (w.op(), squared_difference(sq)) {
-            if w.cat == VarCat::P && (w.dim == 1 || w.dim == p.0.dim) {
-                return Some(found(Shape::Weighted(*w), p));
-            }
+        if let (Op::Var(w), Some(p)) = (w.op(), squared_difference(sq))
+            && w.cat == VarCat::P
+            && (w.dim == 1 || w.dim == p.0.dim)
+        {
+            return Some(found(Shape::Weighted(*w), p));
         }
     }
     None

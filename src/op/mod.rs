@@ -41,9 +41,9 @@ use std::sync::{Arc, OnceLock};
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
-use crate::backend::{census, cpu, Backend, Outputs, ReductionPlan, VarSpec};
+use crate::backend::{Backend, Outputs, ReductionPlan, VarSpec, census, cpu};
 use crate::error::Error;
-use crate::formula::{simplify, Expr, Op, Var, VarCat};
+use crate::formula::{Expr, Op, Var, VarCat, simplify};
 use crate::ranges::Ranges;
 use crate::reduction::{Axis, OutputSpec, Reduction, ReductionKind};
 
@@ -328,10 +328,8 @@ fn reduce_unchecked(
 ) -> candle_core::Result<ReductionOutput> {
     // Block-sparse ranges run on the direct path (the block path does not take them).
     let sparse = ranges.is_some();
-    if !sparse {
-        if let Some(parts) = split_sum(formula, bindings, reduction, sizes, options)? {
-            return Ok(parts);
-        }
+    if !sparse && let Some(parts) = split_sum(formula, bindings, reduction, sizes, options)? {
+        return Ok(parts);
     }
     // The block path: distances rewritten into inner products of new tensors, when chosen.
     let target = target_of(formula, bindings, reduction.axis, sizes).filter(|_| !sparse);

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::LazyTensor;
 use crate::error::Error;
 use crate::formula::VarCat;
-use crate::LazyTensor;
 
 /// A user formula `k(x_i, y_j)`, given the two points as lazy variables.
 pub type KernelFn =
@@ -538,7 +538,7 @@ impl Kernel {
             }
             Node::Linear => bind(x, xc)?.dot(&bind(y, yc)?),
             Node::Scale { .. } | Node::Sum(..) | Node::Product(..) => {
-                return self.formula(x, xc, y, yc)
+                return self.formula(x, xc, y, yc);
             }
             Node::Lazy(k) => k.rebind_pair(x, xc, y, yc)?,
             Node::Formula(f) => {

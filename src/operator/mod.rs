@@ -4,7 +4,7 @@
 
 mod kernel;
 
-pub use kernel::{Kernel, KernelFn, Nu, MAX_KERNEL_DEPTH};
+pub use kernel::{Kernel, KernelFn, MAX_KERNEL_DEPTH, Nu};
 
 use candle_core::{DType, Tensor};
 
@@ -460,7 +460,7 @@ pub(crate) fn matmul_lazy(
                 op,
                 detail: format!("b must be (N,) or (N, E) with E >= 1, got {dims:?}"),
             }
-            .into())
+            .into());
         }
     };
     if b2.dim(0)? != n {
@@ -474,11 +474,7 @@ pub(crate) fn matmul_lazy(
         .into());
     }
     let out = (k * LazyTensor::vj(&b2)?).sum(Axis::J)?;
-    if vector {
-        out.reshape(m)
-    } else {
-        Ok(out)
-    }
+    if vector { out.reshape(m) } else { Ok(out) }
 }
 
 /// The number of columns a product is best computed with when `active` of `total` columns

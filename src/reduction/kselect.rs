@@ -13,10 +13,10 @@
 
 use std::fmt::Write;
 
-use super::select::{before, Outputs, FILTER};
-use super::{cuda_store, CudaCode, Family, GradRule, OutputSpec, ReductionKind, StateSpec, Tile};
+use super::select::{FILTER, Outputs, before};
+use super::{CudaCode, Family, GradRule, OutputSpec, ReductionKind, StateSpec, Tile, cuda_store};
 use crate::backend::cpu::isa::Arch;
-use crate::error::{invalid, Result};
+use crate::error::{Result, invalid};
 use crate::math::Real;
 
 /// Inserts `(v, j)` into the sorted list `(vals, idx)` of the `k` smallest terms seen so far

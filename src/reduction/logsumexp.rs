@@ -19,7 +19,7 @@
 
 use std::fmt::Write;
 
-use super::{cuda_store, CudaCode, Family, GradRule, OutputSpec, StateSpec, Tile, CUDA_NEG_INF};
+use super::{CUDA_NEG_INF, CudaCode, Family, GradRule, OutputSpec, StateSpec, Tile, cuda_store};
 use crate::backend::cpu::isa::Arch;
 use crate::error::Result;
 use crate::formula::{BinaryOp, Expr, UnaryOp};

@@ -18,7 +18,7 @@
 
 use std::fmt::Write;
 
-use super::{cuda_store, CudaCode, Family, GradRule, OutputSpec, ReductionKind, StateSpec, Tile};
+use super::{CudaCode, Family, GradRule, OutputSpec, ReductionKind, StateSpec, Tile, cuda_store};
 use crate::backend::cpu::isa::Arch;
 use crate::error::Result;
 use crate::math::Real;

@@ -31,9 +31,9 @@
 
 use std::fmt::Write;
 
-use super::{cuda_store, CudaCode, Family, GradRule, OutputSpec, StateSpec, Tile, CUDA_NEG_INF};
+use super::{CUDA_NEG_INF, CudaCode, Family, GradRule, OutputSpec, StateSpec, Tile, cuda_store};
 use crate::backend::cpu::isa::Arch;
-use crate::error::{invalid, Result};
+use crate::error::{Result, invalid};
 use crate::math::Real;
 
 /// The family of [`super::ReductionKind::SumSoftMaxWeight`].
@@ -80,7 +80,9 @@ impl Family for SoftMax {
         if dim < 2 {
             return Err(invalid(
                 self.name(),
-                format!("needs Concat(F, G) with a 1-component F and a non-empty G, got {dim} components"),
+                format!(
+                    "needs Concat(F, G) with a 1-component F and a non-empty G, got {dim} components"
+                ),
             ));
         }
         Ok(OutputSpec::new(dim - 1, 0, 1, dim))

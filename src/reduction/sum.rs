@@ -27,7 +27,7 @@
 
 use std::fmt::Write;
 
-use super::{cuda_store, CudaCode, Family, GradRule, OutputSpec, StateSpec, Tile};
+use super::{CudaCode, Family, GradRule, OutputSpec, StateSpec, Tile, cuda_store};
 use crate::backend::cpu::isa::Arch;
 use crate::error::Result;
 use crate::math::Real;
@@ -56,11 +56,7 @@ pub(crate) fn kahan_add(sum: &mut f64, comp: &mut f64, v: f64) {
 /// (the IEEE sum; the compensation is meaningless there, and may be `NaN`).
 #[inline]
 pub(crate) fn kahan_total(sum: f64, comp: f64) -> f64 {
-    if sum.is_finite() {
-        sum + comp
-    } else {
-        sum
-    }
+    if sum.is_finite() { sum + comp } else { sum }
 }
 
 /// [`kahan_add`] and [`kahan_total`] in C.

@@ -19,10 +19,10 @@ use candle_core::{DType, Tensor};
 
 use super::cg::Preconditioner;
 use super::host_read;
-use super::pivoted_cholesky::{inverse_factor, PivotedCholesky};
+use super::pivoted_cholesky::{PivotedCholesky, inverse_factor};
+use crate::KernelOperator;
 use crate::linalg::matmul;
 use crate::operator::index_tensor;
-use crate::KernelOperator;
 
 /// Points per block. Measured on the weekly Mauna Loa problem (`examples/bench_logdet.rs`, 10
 /// seeds, 2-core CPU): the mean reported standard error of the NLL is 2.32 nats with blocks
@@ -73,11 +73,7 @@ fn bisection_order(points: &[f64], d: usize, b: usize) -> Vec<usize> {
         let axis = (0..d)
             .map(|k| (k, extent(k)))
             .fold((0, f64::NEG_INFINITY), |best, (k, e)| {
-                if e > best.1 {
-                    (k, e)
-                } else {
-                    best
-                }
+                if e > best.1 { (k, e) } else { best }
             })
             .0;
         let left = b * (idx.len().div_ceil(b) / 2);

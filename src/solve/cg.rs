@@ -264,7 +264,7 @@ pub(crate) fn cg(
         let worst = res
             .iter()
             .zip(done)
-            .filter(|(_, &d)| !d)
+            .filter(|&(_, &d)| !d)
             .map(|(&r, _)| r)
             .fold(0.0f64, f64::max);
         (worst, (-worst.log10()).clamp(0.0, 100.0) as usize)

@@ -46,7 +46,7 @@ impl CustomOp1 for SolveOp {
                     op: "KernelOperator::solve",
                     detail: format!("{other:?} is not a float dtype"),
                 }
-                .into())
+                .into());
             }
         };
         Ok((storage, self.solution.shape().clone()))

@@ -58,15 +58,15 @@ use candle_core::Tensor;
 
 use candle_core::DType;
 
-use super::block_corrected::{BlockCorrected, BLOCK_SIZE};
+use super::block_corrected::{BLOCK_SIZE, BlockCorrected};
 use super::cg::{self, CgOutcome, CgSettings, Quadrature};
-use super::pivoted_cholesky::{inverse_factor, PivotedCholesky};
+use super::pivoted_cholesky::{PivotedCholesky, inverse_factor};
 use super::random::Normals;
-use super::{host_read, lanczos, Ridge, SolveInfo, SolveOptions, OP};
+use super::{OP, Ridge, SolveInfo, SolveOptions, host_read, lanczos};
+use crate::KernelOperator;
 use crate::error::Error;
 use crate::linalg::matmul;
 use crate::operator::{matmul_lazy, prepare_matmul};
-use crate::KernelOperator;
 
 /// The preconditioner the probes of a log-determinant estimate are drawn from and solved with
 /// (with a pivoted-Cholesky factor `L^T L` of `K`; without one, both are plain Hutchinson).

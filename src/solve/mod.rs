@@ -15,7 +15,7 @@ mod random;
 pub use cg::Stop;
 pub(crate) use lanczos::Lanczos;
 pub use logdet::{LogdetEstimator, LogdetInfo, LogdetOptions};
-pub use pivoted_cholesky::{Rank, AUTO_MEMORY};
+pub use pivoted_cholesky::{AUTO_MEMORY, Rank};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -401,7 +401,7 @@ impl KernelOperator {
                     op: OP,
                     detail: format!("b must be ({n},) or ({n}, E) with E >= 1, got {dims:?}"),
                 }
-                .into())
+                .into());
             }
         };
         let b64 = b2.detach().to_dtype(DType::F64)?;
@@ -611,7 +611,7 @@ impl Solver {
                     op: OP,
                     detail: format!("b must be ({0},) or ({0}, E), got {dims:?}", s.n),
                 }
-                .into())
+                .into());
             }
         };
         let (start, reads_start) = (Instant::now(), host_reads());

@@ -57,7 +57,7 @@ impl Normals {
     pub(crate) fn weighted_index(&mut self, cumulative: &[f64]) -> usize {
         let total = cumulative[cumulative.len() - 1];
         let target = (1.0 - self.uniform()) * total; // in [0, total)
-                                                     // The first index whose running sum exceeds the target (never a zero weight).
+        // The first index whose running sum exceeds the target (never a zero weight).
         cumulative
             .partition_point(|&c| c <= target)
             .min(cumulative.len() - 1)

@@ -117,11 +117,7 @@ fn candle_unary(u: UnaryOp, x: &Tensor) -> Option<Result<Tensor>> {
             for _ in 0..k.unsigned_abs() {
                 acc = (acc * x)?;
             }
-            if k < 0 {
-                acc.recip()
-            } else {
-                Ok(acc)
-            }
+            if k < 0 { acc.recip() } else { Ok(acc) }
         })(),
         _ => return None,
     })
@@ -251,11 +247,7 @@ pub fn ref_sorted(d: &Dense, descending: bool) -> Vec<Vec<Vec<(f64, i64)>>> {
                         .collect();
                     v.sort_by(|a, b| {
                         let o = a.0.partial_cmp(&b.0).unwrap();
-                        if descending {
-                            o.reverse()
-                        } else {
-                            o
-                        }
+                        if descending { o.reverse() } else { o }
                     });
                     v
                 })

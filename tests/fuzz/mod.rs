@@ -23,11 +23,11 @@
 //! regression tests in `tests/fuzz_corpus.rs`.
 #![allow(dead_code)]
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use proptest::prelude::{any, TestCaseError};
+use proptest::prelude::{TestCaseError, any};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 /// Cases per test: `LK_FUZZ_CASES` if set, else `default`.

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use lazy_kernels::{Axis, LazyTensor, SolveOptions};
 
 use super::common::Rng;
-use super::{check, dt, on_device, rel_err, tol, Check, Ctx, Res};
+use super::{Check, Ctx, Res, check, dt, on_device, rel_err, tol};
 
 pub(super) fn checks(v: &mut Vec<Check>) {
     for dtype in [DType::F32, DType::F64] {

@@ -18,8 +18,8 @@ use candle_core::{DType, Tensor};
 use lazy_kernels::{Axis, BlockSparse, Clusters, ReductionOptions};
 
 use super::{
-    axis_name, check, compare_reduction, dt, gauss_grads_of, Check, Ctx, Problem, Res, ALL_KINDS,
-    GAUSS, SQDIST,
+    ALL_KINDS, Check, Ctx, GAUSS, Problem, Res, SQDIST, axis_name, check, compare_reduction, dt,
+    gauss_grads_of,
 };
 
 /// A shape: name, rows of x, rows of y, cell of the grid, centroid cutoff.

@@ -25,12 +25,12 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use lazy_kernels::gp::{ExactGp, FitOptions, GpSettings, NllMethod, Positive};
 use lazy_kernels::{
-    linalg, Axis, Kernel, KernelOperator, LazyTensor, LogdetOptions, Preconditioner, Rank, Ridge,
-    SolveInfo, SolveOptions, Stop,
+    Axis, Kernel, KernelOperator, LazyTensor, LogdetOptions, Preconditioner, Rank, Ridge,
+    SolveInfo, SolveOptions, Stop, linalg,
 };
 
-use super::common::{flat, Rng};
-use super::{check, dt, max_err, on_device, one_line, same_kind, tol, Check, Ctx, Res};
+use super::common::{Rng, flat};
+use super::{Check, Ctx, Res, check, dt, max_err, on_device, one_line, same_kind, tol};
 
 /// How many times the CPU's own f32-vs-f64 difference an f32 result may differ between the
 /// device and the CPU: each f32 computation is about that far from the f64 one, in directions
@@ -312,11 +312,7 @@ fn solve_problem() -> Res<(Tensor, Tensor, Tensor)> {
 /// worth catching even where rounding makes the devices stop one iteration apart; f32 solves
 /// keep the default 1e-6 (they may stall at the f32 rounding floor, reported as such).
 fn solve_tol(dtype: DType) -> f64 {
-    if dtype == DType::F64 {
-        1e-10
-    } else {
-        1e-6
-    }
+    if dtype == DType::F64 { 1e-10 } else { 1e-6 }
 }
 
 /// `t` rounded to `dtype`, back in f64: the values a solve in `dtype` sees.

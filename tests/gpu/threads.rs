@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use lazy_kernels::{Axis, Kernel, KernelOperator, LazyTensor, Preconditioner, Rank, SolveOptions};
 
 use super::common::Rng;
-use super::{check, dt, on_device, Check, Ctx, Res};
+use super::{Check, Ctx, Res, check, dt, on_device};
 
 /// Host threads running at once.
 const THREADS: usize = 8;

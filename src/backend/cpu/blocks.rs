@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::exec::{InputData, PairBlock, States, FUSED_TILE, PAD};
+use super::exec::{FUSED_TILE, InputData, PAD, PairBlock, States};
 use super::program::Program;
 use super::{context, isa, run_block_on, values_on};
 use crate::backend::ReductionPlan;

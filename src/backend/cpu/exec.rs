@@ -7,13 +7,13 @@
 //! `backend/cpu/mod.rs`, once per instruction set.
 
 use super::isa::Arch;
-use super::kernels::{map1, map2, map3, reduce_components, OutView, View, MAX_ONE_PASS_DIM};
+use super::kernels::{MAX_ONE_PASS_DIM, OutView, View, map1, map2, map3, reduce_components};
 use super::program::{Instr, Level, Moment, Program, Root, Storage};
-use crate::formula::ops::{BinaryKernel, TernaryKernel, UnaryKernel};
 #[cfg(doc)]
 use crate::formula::UnaryOp;
+use crate::formula::ops::{BinaryKernel, TernaryKernel, UnaryKernel};
 use crate::math::Real;
-use crate::reduction::{kahan_add, lse_merge_tile, Reduction, Tile};
+use crate::reduction::{Reduction, Tile, kahan_add, lse_merge_tile};
 
 /// Terms per tile when the tile code stores registers: they and the tile's inputs stay in
 /// the L1 cache (measured best among 256..2048 for multi-pass formulas).

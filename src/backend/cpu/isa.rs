@@ -5,8 +5,8 @@
 //! supports (cached, like gemm's function pointer). `LAZY_KERNELS_ISA=avx2|baseline` forces a
 //! lower level, for benchmarks and for testing every path on one machine.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// An instruction-set level of the CPU backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

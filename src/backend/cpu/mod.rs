@@ -21,7 +21,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout};
 use half::{bf16, f16};
 
-use self::exec::{Context, InputData, PairBlock, States, PAD};
+use self::exec::{Context, InputData, PAD, PairBlock, States};
 use self::isa::Isa;
 use self::program::Program;
 use super::{Outputs, ReductionPlan};

@@ -281,12 +281,13 @@ impl Builder {
 
     /// `a * r` for a row register `r`: a negation of a single-use tile `a` moves onto `r`.
     fn mul_by_row(&mut self, a: &Expr, r: Reg) -> (Reg, Reg) {
-        if let Op::Unary(UnaryOp::Neg) = a.op() {
-            if self.single_use(a) && !self.memo.contains_key(a) {
-                let inner = self.lower(&a.args()[0]);
-                if self.level(inner) == Level::Tile {
-                    return (inner, self.derived_row(r, UnaryOp::Neg));
-                }
+        if let Op::Unary(UnaryOp::Neg) = a.op()
+            && self.single_use(a)
+            && !self.memo.contains_key(a)
+        {
+            let inner = self.lower(&a.args()[0]);
+            if self.level(inner) == Level::Tile {
+                return (inner, self.derived_row(r, UnaryOp::Neg));
             }
         }
         (self.lower(a), r)
@@ -349,25 +350,26 @@ impl Builder {
                         }
                     }
                 }
-                if self.single_use(x) && !self.memo.contains_key(x) {
-                    if let Some((a, b)) = self.lower_as_product(x) {
-                        let level = self.join(&[a, b]);
-                        if level == Level::Tile {
-                            return self.emit(dim, level, |out| Instr::ExpMul { a, b, out });
-                        }
-                        let m = self.emit(x.dim(), level, |out| Instr::Binary {
-                            op: BinaryOp::Mul,
-                            a,
-                            b,
-                            out,
-                        });
-                        self.memo.insert(x.clone(), m);
-                        return self.emit(dim, level, |out| Instr::Unary {
-                            op: UnaryOp::Exp,
-                            a: m,
-                            out,
-                        });
+                if self.single_use(x)
+                    && !self.memo.contains_key(x)
+                    && let Some((a, b)) = self.lower_as_product(x)
+                {
+                    let level = self.join(&[a, b]);
+                    if level == Level::Tile {
+                        return self.emit(dim, level, |out| Instr::ExpMul { a, b, out });
                     }
+                    let m = self.emit(x.dim(), level, |out| Instr::Binary {
+                        op: BinaryOp::Mul,
+                        a,
+                        b,
+                        out,
+                    });
+                    self.memo.insert(x.clone(), m);
+                    return self.emit(dim, level, |out| Instr::Unary {
+                        op: UnaryOp::Exp,
+                        a: m,
+                        out,
+                    });
                 }
                 let a = self.lower(x);
                 let level = self.level(a);
@@ -433,13 +435,13 @@ impl Builder {
                 match x.op() {
                     Op::Unary(UnaryOp::Square) if fusable => {
                         let y = &x.args()[0];
-                        if let (Op::Binary(BinaryOp::Sub), true) = (y.op(), self.single_use(y)) {
-                            if !self.memo.contains_key(y) {
-                                let a = self.lower(&y.args()[0]);
-                                let b = self.lower(&y.args()[1]);
-                                let level = self.join(&[a, b]);
-                                return self.emit(1, level, |out| Instr::SqDist { a, b, out });
-                            }
+                        if let (Op::Binary(BinaryOp::Sub), true) = (y.op(), self.single_use(y))
+                            && !self.memo.contains_key(y)
+                        {
+                            let a = self.lower(&y.args()[0]);
+                            let b = self.lower(&y.args()[1]);
+                            let level = self.join(&[a, b]);
+                            return self.emit(1, level, |out| Instr::SqDist { a, b, out });
                         }
                         let a = self.lower(y);
                         let level = self.level(a);
@@ -664,15 +666,15 @@ impl Program {
         pairs: &[Expr],
     ) -> Program {
         if kind == ReductionKind::Sum && pairs.is_empty() {
-            if let Some(m) = match_moments(formula) {
-                if let Some(prog) = Builder::new(formula, inputs, pairs).lower_moments(m) {
-                    return prog;
-                }
+            if let Some(m) = match_moments(formula)
+                && let Some(prog) = Builder::new(formula, inputs, pairs).lower_moments(m)
+            {
+                return prog;
             }
-            if let Some(m) = match_diff_moments(formula) {
-                if let Some(prog) = Builder::new(formula, inputs, pairs).lower_diff_moments(m) {
-                    return prog;
-                }
+            if let Some(m) = match_diff_moments(formula)
+                && let Some(prog) = Builder::new(formula, inputs, pairs).lower_diff_moments(m)
+            {
+                return prog;
             }
         }
         let mut b = Builder::new(formula, inputs, pairs);

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::cuda_backend::cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use candle_core::cuda_backend::cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
     PushKernelArg, ValidAsZeroBits,
@@ -23,8 +23,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId, WrapErr};
 
 use super::blocks::{product_blocks, schedule};
-use super::codegen::{values_grid, Storage, VALUES_BLOCK};
-use super::launch::{compiled, multiprocessors, outputs, too_large, BlockHelpers, Loaded};
+use super::codegen::{Storage, VALUES_BLOCK, values_grid};
+use super::launch::{BlockHelpers, Loaded, compiled, multiprocessors, outputs, too_large};
 use crate::backend::{Outputs, ReductionPlan};
 use crate::error::Error;
 use crate::op::gram::{BlockPlan, Precision};
@@ -55,11 +55,7 @@ impl BlasElem for f32 {
         crate::op::gram::NEAR as f32
     }
     fn sign(negative: bool) -> f32 {
-        if negative {
-            -1.0
-        } else {
-            1.0
-        }
+        if negative { -1.0 } else { 1.0 }
     }
     fn compute(precision: Precision) -> blas_sys::cublasComputeType_t {
         match precision {
@@ -81,11 +77,7 @@ impl BlasElem for f64 {
         crate::op::gram::NEAR
     }
     fn sign(negative: bool) -> f64 {
-        if negative {
-            -1.0
-        } else {
-            1.0
-        }
+        if negative { -1.0 } else { 1.0 }
     }
 }
 

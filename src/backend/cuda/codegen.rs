@@ -26,7 +26,7 @@ use std::ops::Range;
 use candle_core::DType;
 
 use super::hoist::{Level, Sections};
-use crate::error::{invalid, Error, Result};
+use crate::error::{Error, Result, invalid};
 use crate::formula::{Expr, VarCat};
 use crate::reduction::CudaCode;
 use crate::reduction::{Axis, Reduction, ReductionKind};
@@ -404,7 +404,7 @@ fn check_vars(formula: &Expr, vars: &[(VarCat, usize)]) -> Result<()> {
                 return Err(invalid(
                     "CUDA codegen",
                     format!("variable {v:?} does not match the bound inputs ({other:?})"),
-                ))
+                ));
             }
         }
     }

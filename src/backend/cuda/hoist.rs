@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use crate::error::{invalid, Result};
+use crate::error::{Result, invalid};
 use crate::formula::{BinaryOp, Expr, Op, UnaryOp, VarCat};
 
 /// Where a value is computed: what it depends on.

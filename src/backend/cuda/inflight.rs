@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use crate::error::Error;
@@ -405,12 +405,13 @@ mod tests {
             })
             .collect();
         for w in waiters {
-            assert!(w
-                .join()
-                .unwrap()
-                .unwrap_err()
-                .to_string()
-                .contains("shared"));
+            assert!(
+                w.join()
+                    .unwrap()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("shared")
+            );
         }
     }
 

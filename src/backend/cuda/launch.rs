@@ -18,10 +18,10 @@ use std::time::Instant;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
 use candle_core::cuda_backend::cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaSlice, CudaView, DriverError, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaView, DriverError, LaunchConfig, PushKernelArg, sys,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::{
-    compile_ptx_with_opts, CompileError, CompileOptions, Ptx,
+    CompileError, CompileOptions, Ptx, compile_ptx_with_opts,
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout};

@@ -23,10 +23,10 @@ pub(crate) mod inflight;
 pub(crate) mod launch;
 
 pub use codegen::{
-    block_helpers, generate, generate_ranged, generate_values, generate_with_pairs, values_grid,
-    CudaKernel, Grid, RangedGrid, Storage,
+    CudaKernel, Grid, RangedGrid, Storage, block_helpers, generate, generate_ranged,
+    generate_values, generate_with_pairs, values_grid,
 };
-pub use inflight::{worker_count as compile_threads, THREADS_VAR};
+pub use inflight::{THREADS_VAR, worker_count as compile_threads};
 
 /// Compiles a generated module with NVRTC for `arch` (`compute_XY`), with the options the
 /// backend uses, and returns its PTX. Needs NVRTC, not a GPU (feature `cuda`).
