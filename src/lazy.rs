@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::Tensor;
 
+use crate::dist::Comm;
 use crate::error::Error;
 use crate::formula::ops::{binary_table, ternary_table, unary_table};
 use crate::formula::{BinaryOp, Expr, Op, TernaryOp, UnaryOp, Var, VarCat, parse::parse};
@@ -51,6 +52,8 @@ pub struct LazyTensor {
     bindings: Arc<Vec<Binding>>,
     /// The block-sparse ranges its reductions visit ([`LazyTensor::with_ranges`]).
     ranges: Option<Arc<Ranges>>,
+    /// The ranks its reductions are split over ([`LazyTensor::shard`]); one when `None`.
+    shard: Option<Comm>,
 }
 
 /// Identifiers of bound tensors while formulas are built (replaced by positions when a
@@ -117,6 +120,7 @@ impl LazyTensor {
                 tensor: t.clone(),
             }]),
             ranges: None,
+            shard: None,
         })
     }
 
@@ -190,6 +194,7 @@ impl LazyTensor {
             expr: Expr::constant(c),
             bindings: Arc::new(Vec::new()),
             ranges: None,
+            shard: None,
         }
     }
 
@@ -246,6 +251,7 @@ impl LazyTensor {
             expr: Ok(expr),
             bindings: Arc::new(bindings),
             ranges: None,
+            shard: None,
         })
     }
 
@@ -279,6 +285,7 @@ impl LazyTensor {
             expr: Ok(expr),
             bindings,
             ranges,
+            shard: names.iter().find_map(|(_, lt)| lt.shard.clone()),
         })
     }
 
@@ -297,6 +304,7 @@ impl LazyTensor {
             expr: self.expr.clone().and_then(|e| f(&e)),
             bindings: self.bindings.clone(),
             ranges: self.ranges.clone(),
+            shard: self.shard.clone(),
         }
     }
 
@@ -315,6 +323,7 @@ impl LazyTensor {
             expr,
             bindings,
             ranges: ranges.unwrap_or(None),
+            shard: self.shard.clone().or_else(|| other.shard.clone()),
         }
     }
 
@@ -339,6 +348,7 @@ impl LazyTensor {
             expr,
             bindings,
             ranges: ranges.unwrap_or(None),
+            shard: [self, b, c].iter().find_map(|t| t.shard.clone()),
         }
     }
 
@@ -477,6 +487,7 @@ impl LazyTensor {
             expr,
             bindings,
             ranges: ranges.unwrap_or(None),
+            shard: [self, wrt, eta].iter().find_map(|t| t.shard.clone()),
         }
     }
 
@@ -565,6 +576,7 @@ impl LazyTensor {
             expr: self.expr.clone(),
             bindings: Arc::new(bindings),
             ranges: self.ranges.clone(),
+            shard: self.shard.clone(),
         })
     }
 
@@ -620,6 +632,18 @@ impl LazyTensor {
         options: &ReductionOptions,
     ) -> candle_core::Result<ReductionOutput> {
         let reduction = Reduction::new(kind, axis);
+        if let Some(comm) = self.shard.as_ref().filter(|c| c.size() > 1) {
+            if self.ranges.is_some() {
+                return Err(Error::NotImplemented {
+                    what: "sharded block-sparse reductions",
+                    detail: "the ranges name blocks of all rows; reduce on one rank \
+                             (LazyTensor::shard with Comm::single())"
+                        .into(),
+                }
+                .into());
+            }
+            return crate::dist::shard::reduce(comm, self.expr()?, &self.bindings, reduction, options);
+        }
         if let Some(b) = self.batched(Some(axis), kind.name())? {
             let out = reduce(
                 self.expr()?,
@@ -724,6 +748,36 @@ impl LazyTensor {
             ranges: Some(ranges.ranges().clone()),
             ..self.clone()
         }
+    }
+
+    /// The same formula, whose reductions are split over the ranks of `comm` by their output
+    /// rows and gathered (see [`crate::dist`]): every rank must build the same formula over the
+    /// same tensors and reduce it, and every rank gets the whole result, differentiable (the
+    /// gradients of the bound tensors are summed over the ranks). Formulas combined with it
+    /// inherit it. Batched formulas and block-sparse ranges are not split yet (an error says
+    /// so).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::dist::LocalGroup;
+    /// use lazy_kernels::{Axis, LazyTensor};
+    /// let x = Tensor::rand(0f32, 1., (100, 3), &Device::Cpu)?;
+    /// let d = LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&x)?);
+    /// let whole = d.min(Axis::J)?;
+    /// let parts = LocalGroup::run(2, |comm| d.shard(&comm).min(Axis::J))?;
+    /// assert_eq!(parts[1].to_vec2::<f32>()?, whole.to_vec2::<f32>()?);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn shard(&self, comm: &Comm) -> LazyTensor {
+        LazyTensor {
+            shard: Some(comm.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// The communicator of [`LazyTensor::shard`], if any.
+    pub fn comm(&self) -> Option<&Comm> {
+        self.shard.as_ref()
     }
 
     fn values(&self, kind: ReductionKind, axis: Axis) -> candle_core::Result<Tensor> {
@@ -1009,6 +1063,7 @@ impl LazyTensor {
                     .collect(),
             ),
             ranges: self.ranges.as_ref().map(|r| Arc::new(r.transposed())),
+            shard: self.shard.clone(),
         }
     }
 
@@ -1127,6 +1182,7 @@ impl LazyTensor {
             expr: Ok(expr),
             bindings: Arc::new(bindings),
             ranges: None,
+            shard: None,
         })
     }
 

@@ -89,6 +89,7 @@
 #![warn(rustdoc::broken_intra_doc_links)]
 
 pub mod backend;
+pub mod dist;
 pub mod error;
 pub mod formula;
 pub mod gp;

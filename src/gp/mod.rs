@@ -47,6 +47,7 @@ pub use predict::{LoveReport, MAX_SAMPLE_POINTS, Prediction, Variances};
 
 use candle_core::{DType, Tensor, Var};
 
+use crate::dist::Comm;
 use crate::error::Error;
 use crate::solve::{LogdetEstimator, LogdetOptions, Preconditioner, Rank, Ridge, SolveOptions};
 use crate::{Kernel, KernelOperator};
@@ -151,6 +152,8 @@ pub struct ExactGp {
     pub settings: GpSettings,
     /// What predictions share for the current model state (see [`ExactGp::predict`]).
     cache: std::sync::Mutex<Option<predict::PredictCache>>,
+    /// The ranks its kernel products are split over ([`ExactGp::shard`]).
+    comm: Comm,
 }
 
 const OP: &str = "ExactGp";
@@ -228,6 +231,7 @@ impl ExactGp {
             kernel: Box::new(kernel),
             settings: GpSettings::default(),
             cache: std::sync::Mutex::new(None),
+            comm: Comm::single(),
         };
         // Build the kernel once, so that a wrong closure fails here, not in `fit`.
         gp.operator()?;
@@ -273,7 +277,48 @@ impl ExactGp {
 
     /// The kernel operator on the training inputs, with the current hyperparameters.
     pub fn operator(&self) -> candle_core::Result<KernelOperator> {
-        KernelOperator::new((self.kernel)()?, &self.x, &self.x)
+        Ok(KernelOperator::new((self.kernel)()?, &self.x, &self.x)?.shard(&self.comm))
+    }
+
+    /// The same model, whose kernel products (in [`ExactGp::nll`], its gradients,
+    /// [`ExactGp::fit`] and the predictions) are split over the ranks of `comm` (see
+    /// [`crate::dist`] and [`KernelOperator::shard`]). Every rank builds the same model from
+    /// the same data and makes the same calls; each gets the single-process results, to
+    /// rounding, and steps its optimiser identically. The dense paths
+    /// ([`NllMethod::Exact`], dense covariances) run whole on every rank.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use lazy_kernels::dist::LocalGroup;
+    /// use lazy_kernels::gp::{ExactGp, NllMethod, Positive};
+    /// use lazy_kernels::Kernel;
+    /// let dev = Device::Cpu;
+    /// let x = Tensor::rand(0f64, 1., (300, 1), &dev)?;
+    /// let y = x.affine(6.0, 0.0)?.sin()?.squeeze(1)?;
+    /// let model = || -> candle_core::Result<ExactGp> {
+    ///     let l = Positive::new("lengthscale", &[0.3], DType::F64, &dev)?;
+    ///     let noise = Positive::new("noise", &[0.01], DType::F64, &dev)?;
+    ///     let lc = l.clone();
+    ///     let mut gp = ExactGp::new(&x, &y, vec![l], noise, move || Ok(Kernel::gaussian(&lc.value()?)))?;
+    ///     gp.settings.nll_method = NllMethod::Stochastic;
+    ///     Ok(gp)
+    /// };
+    /// let whole = model()?.nll()?.0.to_scalar::<f64>()?;
+    /// let parts = LocalGroup::run(2, |comm| model()?.shard(&comm).nll()?.0.to_scalar::<f64>())?;
+    /// assert!((parts[1] - whole).abs() <= 1e-9 * whole.abs());
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn shard(self, comm: &Comm) -> ExactGp {
+        ExactGp {
+            comm: comm.clone(),
+            cache: std::sync::Mutex::new(None),
+            ..self
+        }
+    }
+
+    /// The communicator its products are split over ([`ExactGp::shard`]).
+    pub fn comm(&self) -> &Comm {
+        &self.comm
     }
 
     /// `sigma^2 + floor`, tracked.

@@ -273,6 +273,7 @@ impl ExactGp {
                 (KernelOperator::new(k.clone(), &x, &x)?, k, x, dtype)
             }
         };
+        let op = op.shard(&self.comm);
         let noise = self
             .noise_variance()?
             .to_dtype(DType::F64)?
@@ -655,7 +656,7 @@ impl PredictCache {
 
     /// `K(x*, X)` in the working dtype.
     fn cross(&self, x_new: &Tensor) -> candle_core::Result<KernelOperator> {
-        KernelOperator::new(self.kernel.clone(), &self.xn(x_new)?, &self.x)
+        Ok(KernelOperator::new(self.kernel.clone(), &self.xn(x_new)?, &self.x)?.shard(self.op.comm()))
     }
 
     /// The means `k(x*, X) a` (without `m`) and `b^T (K + s^2 I)^-1 b` per test point, by
@@ -706,7 +707,7 @@ impl PredictCache {
     fn build_love(&self, (tol, max_rank): (f64, usize)) -> candle_core::Result<Love> {
         let start_time = Instant::now();
         let n = self.x.dim(0)?;
-        let op = KernelOperator::new(self.kernel.clone(), &self.x, &self.x)?;
+        let op = self.op.clone();
         // The start vector: `y - m`, or (a constant `y`) a fixed random vector.
         let rr = self.residual.sqr()?.sum_all()?.to_scalar::<f64>()?;
         let start = if rr > 0.0 {

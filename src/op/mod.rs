@@ -184,6 +184,47 @@ impl CustomOp1 for ReductionOp {
     }
 }
 
+/// The storage of `value` (flattened, copied), for the forward pass of a custom op whose
+/// result was computed before the op was applied (an op that only adds a backward pass: the
+/// solve's implicit gradient, the collectives of sharded reductions).
+pub(crate) fn value_cpu(value: &Tensor, op: &'static str) -> candle_core::Result<(CpuStorage, Shape)> {
+    let a = value.to_device(&Device::Cpu)?.flatten_all()?;
+    let storage = match a.dtype() {
+        DType::F64 => CpuStorage::F64(a.to_vec1()?),
+        DType::F32 => CpuStorage::F32(a.to_vec1()?),
+        DType::F16 => CpuStorage::F16(a.to_vec1()?),
+        DType::BF16 => CpuStorage::BF16(a.to_vec1()?),
+        DType::I64 => CpuStorage::I64(a.to_vec1()?),
+        other => {
+            return Err(Error::DType {
+                op,
+                detail: format!("{other:?} is not a float dtype"),
+            }
+            .into());
+        }
+    };
+    Ok((storage, value.shape().clone()))
+}
+
+/// As [`value_cpu`], on a CUDA device: a fresh contiguous copy of `value` on its device.
+#[cfg(feature = "cuda")]
+pub(crate) fn value_cuda(
+    value: &Tensor,
+    op: &'static str,
+) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    use candle_core::backend::BackendStorage;
+    let a = value.copy()?;
+    let (storage, layout) = a.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cuda(c) => Ok((c.try_clone(layout)?, a.shape().clone())),
+        _ => Err(Error::Device {
+            op,
+            detail: "the value is not on the CUDA device of the op's argument".into(),
+        }
+        .into()),
+    }
+}
+
 /// Whether `d` is a dtype the reductions accept (f32, f64, f16, bf16).
 pub(crate) fn dtype_ok(d: DType) -> bool {
     matches!(d, DType::F32 | DType::F64 | DType::F16 | DType::BF16)

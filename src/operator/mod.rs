@@ -8,6 +8,7 @@ pub use kernel::{Kernel, KernelFn, MAX_KERNEL_DEPTH, Nu};
 
 use candle_core::{DType, Tensor};
 
+use crate::dist::Comm;
 use crate::error::Error;
 use crate::formula::VarCat;
 use crate::{Axis, LazyTensor};
@@ -43,6 +44,8 @@ pub struct KernelOperator {
     cols: Tensor,
     /// Whether the kernel's first argument is the column point (after [`KernelOperator::t`]).
     swapped: bool,
+    /// The ranks its products are split over ([`KernelOperator::shard`]).
+    comm: Comm,
 }
 
 /// Points as `(rows, D)`: a `(rows,)` tensor is one-dimensional points.
@@ -106,6 +109,7 @@ impl KernelOperator {
             rows,
             cols,
             swapped: false,
+            comm: Comm::single(),
         };
         // Build the formula once, so that a bad user formula fails here.
         k.lazy()?;
@@ -132,7 +136,11 @@ impl KernelOperator {
     /// ```
     pub fn from_lazy(k_ij: &LazyTensor) -> candle_core::Result<KernelOperator> {
         let (kernel, x, y) = Kernel::of_lazy(k_ij, "KernelOperator::from_lazy")?;
-        KernelOperator::new(kernel, &x, &y)
+        let op = KernelOperator::new(kernel, &x, &y)?;
+        Ok(match k_ij.comm() {
+            Some(comm) => op.shard(comm),
+            None => op,
+        })
     }
 
     /// `(M, N)`.
@@ -157,7 +165,43 @@ impl KernelOperator {
 
     /// `K_ij` as a lazy tensor (an `(M, N)` symbolic matrix), for any reduction.
     pub fn lazy(&self) -> candle_core::Result<LazyTensor> {
-        self.formula_of(&self.rows, VarCat::I, &self.cols, VarCat::J)
+        Ok(self
+            .formula_of(&self.rows, VarCat::I, &self.cols, VarCat::J)?
+            .shard(&self.comm))
+    }
+
+    /// The same operator, whose products (and everything built on them: solves,
+    /// log-determinants, a GP's loss and gradients) are split over the ranks of `comm` by
+    /// rows: each rank evaluates its block of rows of `K b` and an all-gather gives every rank
+    /// the whole product (see [`crate::dist`]). Every rank must build the same operator from
+    /// the same points and make the same calls; each gets the single-process result, to
+    /// rounding.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use lazy_kernels::dist::LocalGroup;
+    /// use lazy_kernels::{Kernel, KernelOperator, SolveOptions};
+    /// let x = Tensor::rand(0f64, 1., (400, 2), &Device::Cpu)?;
+    /// let b = Tensor::rand(0f64, 1., 400, &Device::Cpu)?;
+    /// let k = KernelOperator::new(Kernel::matern52(&Tensor::new(&[0.2f64], &Device::Cpu)?), &x, &x)?;
+    /// let opts = SolveOptions::default();
+    /// let (whole, _) = k.solve(&b, 0.1, &opts)?;
+    /// let parts = LocalGroup::run(2, |comm| Ok(k.shard(&comm).solve(&b, 0.1, &opts)?.0))?;
+    /// let err = (&parts[0] - &whole)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    /// assert!(err < 1e-10);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn shard(&self, comm: &Comm) -> KernelOperator {
+        KernelOperator {
+            comm: comm.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// The communicator its products are split over ([`Comm::single`] unless
+    /// [`KernelOperator::shard`] said otherwise).
+    pub fn comm(&self) -> &Comm {
+        &self.comm
     }
 
     /// The formula with the row points bound as `rc` and the column points as `cc`.
@@ -189,6 +233,7 @@ impl KernelOperator {
             rows: self.cols.clone(),
             cols: self.rows.clone(),
             swapped: !self.swapped,
+            comm: self.comm.clone(),
         }
     }
 
@@ -265,6 +310,7 @@ impl KernelOperator {
             rows: self.rows.index_select(&ids, 0)?,
             cols: self.cols.index_select(&ids, 0)?,
             swapped: self.swapped,
+            comm: self.comm.clone(),
         };
         sub.rows_paired(&sub.rows, ROWS_MEMORY)
     }
@@ -389,6 +435,7 @@ impl KernelOperator {
                 rows: self.rows.narrow(0, start, b)?,
                 cols: self.cols.clone(),
                 swapped: self.swapped,
+                comm: self.comm.clone(),
             };
             let one_hot = LazyTensor::vi(&Tensor::eye(b, dtype, dev)?)?;
             let weights = LazyTensor::vj(&w.narrow(0, start, b)?.t()?.contiguous()?)?;
@@ -431,6 +478,7 @@ impl KernelOperator {
             rows,
             cols,
             swapped: self.swapped,
+            comm: self.comm.clone(),
         })
     }
 }

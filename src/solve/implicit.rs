@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use super::{Stop, System};
 use crate::error::Error;
@@ -35,21 +35,7 @@ impl CustomOp1 for SolveOp {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let a = self.solution.flatten_all()?;
-        let storage = match a.dtype() {
-            DType::F64 => CpuStorage::F64(a.to_vec1()?),
-            DType::F32 => CpuStorage::F32(a.to_vec1()?),
-            DType::F16 => CpuStorage::F16(a.to_vec1()?),
-            DType::BF16 => CpuStorage::BF16(a.to_vec1()?),
-            other => {
-                return Err(Error::DType {
-                    op: "KernelOperator::solve",
-                    detail: format!("{other:?} is not a float dtype"),
-                }
-                .into());
-            }
-        };
-        Ok((storage, self.solution.shape().clone()))
+        crate::op::value_cpu(&self.solution, "KernelOperator::solve")
     }
 
     #[cfg(feature = "cuda")]
@@ -58,18 +44,7 @@ impl CustomOp1 for SolveOp {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        // A fresh contiguous copy on the device, whose storage is exactly the solution.
-        let a = self.solution.copy()?;
-        let (storage, layout) = a.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cuda(c) => Ok((c.try_clone(layout)?, a.shape().clone())),
-            _ => Err(Error::Device {
-                op: "KernelOperator::solve",
-                detail: "the solution is not on the CUDA device of the right-hand side".into(),
-            }
-            .into()),
-        }
+        crate::op::value_cuda(&self.solution, "KernelOperator::solve")
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
