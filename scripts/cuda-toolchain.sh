@@ -31,6 +31,8 @@ set -euo pipefail
 # cuda_fp16.h; nvrtc/cublas/curand are what candle links (cudarc's dynamic-linking).
 # cuobjdump and nvdisasm (scripts/sass-budget.py reads the SASS of nvcc's cubins; cuobjdump
 # runs nvdisasm) have no 13.0 builds on PyPI: 13.2 reads 13.0's sm_90 cubins.
+# NCCL 2.30 (cudarc's `nccl` feature binds 2.30's API) for `--features nccl`: the real library,
+# linked by the nccl builds and loaded only where a GPU runs them (it lives in nvidia/nccl/lib).
 PINS=(
     nvidia-cuda-nvcc==13.0.88
     nvidia-nvvm==13.0.88
@@ -42,9 +44,10 @@ PINS=(
     nvidia-curand==10.4.0.35
     nvidia-cuda-cuobjdump==13.2.86
     nvidia-cuda-nvdisasm==13.2.86
+    nvidia-nccl-cu13==2.30.7
 )
 # Bump when the layout or the stub recipe below changes (forces a redo).
-LAYOUT=2
+LAYOUT=3
 # Libraries the link step of `--features cuda` binaries asks for (besides libcuda).
 LINK_LIBS=(cudart nvrtc cublas cublasLt curand)
 
@@ -150,7 +153,7 @@ installed_ok() {
     [[ -x $ROOT/bin/nvcc && -f $ROOT/include/cuda_fp16.h && -d $ROOT/nvvm/bin ]] || return 1
     [[ -x $ROOT/bin/cuobjdump && -x $ROOT/bin/nvdisasm ]] || return 1
     local l
-    for l in "${LINK_LIBS[@]}"; do [[ -e $ROOT/lib/lib$l.so ]] || return 1; done
+    for l in "${LINK_LIBS[@]}" nccl; do [[ -e $ROOT/lib/lib$l.so ]] || return 1; done
     [[ -e $ROOT/lib/stubs/libcuda.so.1 && -e $ROOT/lib/stubs/libcuda.so ]]
 }
 
@@ -205,6 +208,12 @@ for l in "${LINK_LIBS[@]}"; do
     [[ -e $ROOT/lib/lib$l.so ]] || ln -s "$versioned" "$ROOT/lib/lib$l.so"
 done
 
+# NCCL, outside cu13/.
+nccl=$(cd "$DIR/py/nvidia/nccl/lib" 2>/dev/null && compgen -G "libnccl.so.*" | LC_ALL=C sort | head -n 1 || true)
+[[ -n $nccl ]] || die "no libnccl.so.* in $DIR/py/nvidia/nccl/lib (missing nvidia-nccl wheel?)"
+ln -s "../../py/nvidia/nccl/lib/$nccl" "$ROOT/lib/$nccl"
+ln -s "$nccl" "$ROOT/lib/libnccl.so"
+
 # ---- libcuda stub ----
 mkdir -p "$DIR/stub"
 {
@@ -236,7 +245,7 @@ nvcc_pin=${PINS[0]#nvidia-cuda-nvcc==}
 release=${nvcc_pin%.*}
 grep -q "release $release, V$nvcc_pin" "$DIR/stub/nvcc-version.txt" ||
     die "nvcc is not release $release (V$nvcc_pin): $(cat "$DIR/stub/nvcc-version.txt")"
-for l in "${LINK_LIBS[@]}"; do
+for l in "${LINK_LIBS[@]}" nccl; do
     [[ -e $ROOT/lib/lib$l.so ]] || die "dangling link $ROOT/lib/lib$l.so"
 done
 for b in cuobjdump nvdisasm; do

@@ -642,6 +642,15 @@ impl LazyTensor {
                 }
                 .into());
             }
+            if self.batched(Some(axis), kind.name())?.is_some() {
+                return Err(Error::NotImplemented {
+                    what: "sharded batched reductions",
+                    detail: "reduce the batches one by one, or on one rank (LazyTensor::shard \
+                             with Comm::single())"
+                        .into(),
+                }
+                .into());
+            }
             return crate::dist::shard::reduce(comm, self.expr()?, &self.bindings, reduction, options);
         }
         if let Some(b) = self.batched(Some(axis), kind.name())? {

@@ -30,8 +30,12 @@
 //! run.
 
 mod common;
+#[path = "dist/mod.rs"]
+mod dist;
 #[path = "gpu/matrix.rs"]
 mod matrix;
+#[path = "gpu/multi.rs"]
+mod multi;
 #[path = "gpu/ranges.rs"]
 mod ranges;
 #[path = "gpu/surface.rs"]
@@ -389,6 +393,7 @@ fn all_checks() -> Vec<Check> {
     threads::checks(&mut v);
     // A formula as a matrix (matmul, t, solve) and batch dimensions (issue 18).
     matrix::checks(&mut v);
+    multi::checks(&mut v);
     bad_input(&mut v);
     v
 }

@@ -35,6 +35,8 @@
 //! - [`LocalGroup`]: ranks as threads of one process, sharing memory; for tests, and for
 //!   trying sharded code without MPI.
 //! - `Mpi` (feature `mpi`): ranks as MPI processes, started by `mpirun`.
+//! - `Nccl` (feature `nccl`, with `cuda`): one GPU per rank, NCCL's collectives, bootstrapped
+//!   over another communicator (MPI).
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -56,6 +58,8 @@
 mod local;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod ops;
 pub(crate) mod shard;
 
@@ -65,6 +69,8 @@ use std::sync::Arc;
 pub use local::LocalGroup;
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
+#[cfg(feature = "nccl")]
+pub use nccl::Nccl;
 
 use crate::error::Error;
 

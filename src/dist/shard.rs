@@ -3,7 +3,6 @@
 
 use super::Comm;
 use super::ops::{gather_rows, replicated};
-use crate::error::Error;
 use crate::formula::{Expr, VarCat};
 use crate::op::gram::ReductionOptions;
 use crate::op::{Binding, ReductionOutput};
@@ -30,17 +29,6 @@ pub(crate) fn reduce(
         Some(b) => b.tensor.dim(0)?,
         None => 0,
     };
-    if let Some(b) = bindings.iter().find(|b| b.tensor.rank() > 2) {
-        return Err(Error::NotImplemented {
-            what: "sharded batched reductions",
-            detail: format!(
-                "a tensor of shape {:?} is bound as a batch; reduce the batches one by one, or \
-                 on one rank",
-                b.tensor.dims()
-            ),
-        }
-        .into());
-    }
     if comm.size() == 1 || rows < comm.size() {
         return crate::op::reduce(formula, bindings, reduction, None, options);
     }

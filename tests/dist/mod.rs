@@ -15,7 +15,17 @@ use lazy_kernels::{
     Axis, BlockSparse, Clusters, Kernel, KernelOperator, LazyTensor, LogdetOptions, SolveOptions,
 };
 
-/// Deterministic values in `[0, 1)`, `(rows, cols)`, the same on every rank.
+thread_local! {
+    /// The device this thread's checks put their data on ([`all_on`]).
+    static DEVICE: std::cell::RefCell<Device> = const { std::cell::RefCell::new(Device::Cpu) };
+}
+
+/// The device of this thread's checks.
+pub fn dev() -> Device {
+    DEVICE.with(|d| d.borrow().clone())
+}
+
+/// Deterministic values in `[0, 1)`, `(rows, cols)`, the same on every rank, on [`dev`].
 pub fn data(rows: usize, cols: usize, salt: u64, dtype: DType) -> Result<Tensor> {
     let mut s = 0x9e37_79b9_7f4a_7c15u64 ^ salt.wrapping_mul(0x2545_f491_4f6c_dd1d);
     let v: Vec<f64> = (0..rows * cols)
@@ -26,11 +36,14 @@ pub fn data(rows: usize, cols: usize, salt: u64, dtype: DType) -> Result<Tensor>
             (s >> 11) as f64 / (1u64 << 53) as f64
         })
         .collect();
-    Tensor::from_vec(v, (rows, cols), &Device::Cpu)?.to_dtype(dtype)
+    Tensor::from_vec(v, (rows, cols), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(&dev())
 }
 
 fn max_abs(t: &Tensor) -> Result<f64> {
-    t.to_dtype(DType::F64)?
+    t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
         .abs()?
         .flatten_all()?
         .max(0)?
@@ -39,7 +52,8 @@ fn max_abs(t: &Tensor) -> Result<f64> {
 
 /// Fails unless `a` and `b` agree within `rel` of `b`'s largest magnitude.
 pub fn close(what: &str, a: &Tensor, b: &Tensor, rel: f64) -> Result<()> {
-    let err = max_abs(&(a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?)?;
+    let host = |t: &Tensor| t.to_device(&Device::Cpu)?.to_dtype(DType::F64);
+    let err = max_abs(&(host(a)? - host(b)?)?)?;
     let scale = max_abs(b)?.max(f64::MIN_POSITIVE);
     if err <= rel * scale && err.is_finite() {
         Ok(())
@@ -56,8 +70,14 @@ fn close_scalar(what: &str, a: f64, b: f64, rel: f64) -> Result<()> {
     }
 }
 
-/// Every check, in order; returns their names.
+/// Every check, in order, with the data on the CPU; returns their names.
 pub fn all(comm: &Comm) -> Result<Vec<&'static str>> {
+    all_on(comm, &Device::Cpu)
+}
+
+/// Every check, in order, with the data on `device` (this rank's); returns their names.
+pub fn all_on(comm: &Comm, device: &Device) -> Result<Vec<&'static str>> {
+    DEVICE.with(|d| *d.borrow_mut() = device.clone());
     let checks: [(&'static str, fn(&Comm) -> Result<()>); 8] = [
         ("matmul and its gradients", matmul),
         ("reductions over i and over j", reductions),
@@ -85,7 +105,7 @@ pub fn matmul(comm: &Comm) -> Result<()> {
     for (dtype, rel) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
         let x = Var::from_tensor(&data(n, d, 1, dtype)?)?;
         let b = Var::from_tensor(&data(n, e, 2, dtype)?)?;
-        let l = Var::from_tensor(&Tensor::new(&[0.4f64], &Device::Cpu)?.to_dtype(dtype)?)?;
+        let l = Var::from_tensor(&Tensor::new(&[0.4f64], &dev())?.to_dtype(dtype)?)?;
         let k = KernelOperator::new(Kernel::gaussian(l.as_tensor()), x.as_tensor(), x.as_tensor())?;
         let sharded = k.shard(comm).matmul(b.as_tensor())?;
         let single = k.matmul(b.as_tensor())?;
@@ -127,7 +147,7 @@ pub fn matmul(comm: &Comm) -> Result<()> {
 pub fn reductions(comm: &Comm) -> Result<()> {
     let x = data(101, 2, 4, DType::F64)?;
     let y = data(77, 2, 5, DType::F64)?;
-    let p = Tensor::new(&[1.5f64], &Device::Cpu)?;
+    let p = Tensor::new(&[1.5f64], &dev())?;
     let d = LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&y)?) * LazyTensor::param(&p)?;
     let sd = d.shard(comm);
     for axis in [Axis::J, Axis::I] {
@@ -152,7 +172,7 @@ pub fn reductions(comm: &Comm) -> Result<()> {
 
 fn operator(n: usize, dtype: DType) -> Result<(KernelOperator, Var)> {
     let x = data(n, 2, 7, dtype)?;
-    let l = Var::from_tensor(&Tensor::new(&[0.25f64], &Device::Cpu)?.to_dtype(dtype)?)?;
+    let l = Var::from_tensor(&Tensor::new(&[0.25f64], &dev())?.to_dtype(dtype)?)?;
     let k = KernelOperator::new(Kernel::matern52(l.as_tensor()), &x, &x)?;
     Ok((k, l))
 }
@@ -208,7 +228,7 @@ pub fn logdet(comm: &Comm) -> Result<()> {
 }
 
 fn model(n: usize) -> Result<ExactGp> {
-    let dev = Device::Cpu;
+    let dev = dev();
     let x = data(n, 3, 11, DType::F64)?;
     let y = ((x.sum(D::Minus1)? * 2.0)?.sin()? + (data(n, 1, 12, DType::F64)?.squeeze(1)? * 0.1)?)?;
     let l = Positive::new("lengthscale", &[0.5], DType::F64, &dev)?;

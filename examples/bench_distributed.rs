@@ -1,0 +1,258 @@
+//! Strong scaling of sharded kernel products and solves over MPI ranks: the same problem on one
+//! rank and on all the ranks `mpirun` started, alternated, with the efficiency
+//! `T_1 / (P T_P)` and the scaling model's prediction of `T_P` (README, "Beyond one device").
+//!
+//! ```text
+//! cargo build --release --features mpi --example bench_distributed
+//! RAYON_NUM_THREADS=1 mpirun -n 2 target/release/examples/bench_distributed [--n N]
+//!     [--solve-n N] [--reps R] [--dtype f32|f64] [--tol T]
+//! ```
+//!
+//! One thread per rank (`RAYON_NUM_THREADS=1`): the one-rank time is rank 0 alone, the others
+//! waiting in a collective on their own cores. The problem: `N` (default 10^5) uniform points
+//! in `[0, 1]^3`, a Gaussian kernel of lengthscale 0.1, `K b` for one right-hand side; the
+//! solve `(K + 0.01 I) a = y` of the same kernel on `--solve-n` points (default 10^5) with the
+//! default pivoted-Cholesky preconditioner, to `--tol` (default 10^-3). Each measurement is the
+//! median of `--reps` (default 3) runs, one-rank and all-rank runs alternating; a sharded time
+//! is the slowest rank's. The all-gather of `N` values is timed alone (median of 20): the
+//! model predicts `T_P = T_1 / P + (gathers) x T_gather` for the products and
+//! `T_P = (products) x (T_product,1 / P + T_gather) + (the rest of T_1, not split)` for the
+//! solve.
+
+#[path = "comm/mod.rs"]
+mod comm;
+#[path = "device/mod.rs"]
+mod device;
+#[path = "report/mod.rs"]
+mod report;
+#[path = "sizes/mod.rs"]
+mod sizes;
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use clap::Parser;
+use lazy_kernels::dist::Comm;
+use lazy_kernels::{Kernel, KernelOperator, SolveOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Strong scaling of sharded kernel products and solves: one rank against all of `mpirun`'s.
+#[derive(Parser)]
+#[command(name = "bench_distributed")]
+struct Cli {
+    /// Points of the kernel product.
+    #[arg(long, value_name = "N", default_value = "1e5", value_parser = sizes::count)]
+    n: usize,
+    /// Points of the solve.
+    #[arg(long, value_name = "N", default_value = "1e5", value_parser = sizes::count)]
+    solve_n: usize,
+    /// Runs per measurement (the median is reported).
+    #[arg(long, value_name = "R", default_value_t = 3)]
+    reps: usize,
+    /// Floating-point type of the points.
+    #[arg(long, value_enum, default_value_t = device::Dtype::F32)]
+    dtype: device::Dtype,
+    /// Relative residual the solves stop at.
+    #[arg(long, default_value_t = 1e-3)]
+    tol: f64,
+    /// Which communicator (`auto`: MPI under `mpirun`).
+    #[arg(long, value_enum, default_value_t = comm::CommArg::Auto)]
+    comm: comm::CommArg,
+    #[command(flatten)]
+    device: device::DeviceArg,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let dev = cli.device.open();
+    let comm = comm::open(cli.comm, &dev);
+    if let Err(e) = run(&cli, &dev, &comm) {
+        eprintln!("bench_distributed: rank {}: {}", comm.rank(), device::one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// Every rank waits for all.
+fn barrier(comm: &Comm) -> candle_core::Result<()> {
+    comm.all_reduce_sum(&mut [0.0])
+}
+
+/// The slowest rank's time.
+fn slowest(comm: &Comm, t: f64) -> candle_core::Result<f64> {
+    Ok(comm.all_reduce_max_index(t, 0)?.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn operator(n: usize, dtype: DType, dev: &Device) -> candle_core::Result<(KernelOperator, Tensor)> {
+    let mut rng = StdRng::seed_from_u64(n as u64);
+    let x: Vec<f32> = (0..3 * n).map(|_| rng.random::<f32>()).collect();
+    let b: Vec<f32> = (0..n).map(|_| rng.random::<f32>() - 0.5).collect();
+    let x = Tensor::from_vec(x, (n, 3), &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+    let b = Tensor::from_vec(b, n, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+    let l = Tensor::new(&[0.1f64], &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+    Ok((KernelOperator::new(Kernel::gaussian(&l), &x, &x)?, b))
+}
+
+/// `f` timed on rank 0 alone (the others wait), the time on every rank.
+fn one_rank<T>(
+    comm: &Comm,
+    dev: &Device,
+    f: impl FnOnce() -> candle_core::Result<T>,
+) -> candle_core::Result<f64> {
+    barrier(comm)?;
+    let mut t = [0.0];
+    if comm.rank() == 0 {
+        let start = Instant::now();
+        f()?;
+        t[0] = device::elapsed(dev, start)?;
+    }
+    comm.broadcast(&mut t, 0)?;
+    Ok(t[0])
+}
+
+/// `f` timed on one rank (rank 0 alone: the others wait) and on all, alternated `reps` times;
+/// the medians and the last result of each.
+fn alternate<T>(
+    comm: &Comm,
+    reps: usize,
+    dev: &Device,
+    mut f: impl FnMut(&Comm) -> candle_core::Result<T>,
+) -> candle_core::Result<(f64, f64, Option<T>, T)> {
+    let (mut one, mut all) = (Vec::new(), Vec::new());
+    let (mut out_one, mut out_all) = (None, None);
+    for _ in 0..reps {
+        barrier(comm)?;
+        if comm.rank() == 0 {
+            let start = Instant::now();
+            out_one = Some(f(&Comm::single())?);
+            one.push(device::elapsed(dev, start)?);
+        }
+        barrier(comm)?;
+        let start = Instant::now();
+        out_all = Some(f(comm)?);
+        all.push(slowest(comm, device::elapsed(dev, start)?)?);
+    }
+    let t1 = if comm.rank() == 0 { median(one) } else { 0.0 };
+    let mut t1 = [t1];
+    comm.broadcast(&mut t1, 0)?;
+    Ok((t1[0], median(all), out_one, out_all.expect("reps >= 1")))
+}
+
+fn run(cli: &Cli, dev: &Device, comm: &Comm) -> candle_core::Result<()> {
+    let root = comm.rank() == 0;
+    let p = comm.size();
+    let reps = cli.reps.max(1);
+    let dtype = cli.dtype.dtype();
+    if root {
+        println!("# bench_distributed\n{}", report::machine_header());
+        println!(
+            "- ranks: {p} over {} (one thread each: RAYON_NUM_THREADS={})\n",
+            comm.name(),
+            std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
+        );
+    }
+    // The all-gather of N values alone.
+    let gather = |n: usize| -> candle_core::Result<f64> {
+        let (_, len) = comm.my_block(n);
+        let local = vec![1.0; len];
+        let counts = comm.counts(n);
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            barrier(comm)?;
+            let start = Instant::now();
+            comm.all_gather(&local, &counts)?;
+            times.push(slowest(comm, start.elapsed().as_secs_f64())?);
+        }
+        Ok(median(times))
+    };
+
+    // The product.
+    let (k, b) = operator(cli.n, dtype, dev)?;
+    let (t1, tp, _, _) = alternate(comm, reps, dev, |c| k.shard(c).matmul(&b))?;
+    let tg = gather(cli.n)?;
+    let predicted = t1 / p as f64 + if p > 1 { tg } else { 0.0 };
+    let mut rows = vec![(
+        format!("K b, N = {}", report::fmt_n(cli.n)),
+        t1,
+        tp,
+        predicted,
+        tg,
+    )];
+
+    // The solve.
+    let (k, y) = operator(cli.solve_n, dtype, dev)?;
+    let opts = SolveOptions {
+        tol: cli.tol,
+        ..SolveOptions::default()
+    };
+    let (t1s, tps, info1, infop) =
+        alternate(comm, reps, dev, |c| Ok(k.shard(c).solve(&y, 0.01, &opts)?.1))?;
+    let tgs = gather(cli.solve_n)?;
+    // The one-rank product time at this N, to split the solve's time into products and rest.
+    let tprod = one_rank(comm, dev, || k.matmul(&y))?;
+    let products = infop.products as f64;
+    let rest = (t1s - products * tprod).max(0.0);
+    let predicted_s = products * (tprod / p as f64 + if p > 1 { tgs } else { 0.0 }) + rest;
+    rows.push((
+        format!(
+            "solve, N = {}, {} its, {} products, rank {}",
+            report::fmt_n(cli.solve_n),
+            infop.iterations,
+            infop.products,
+            infop.preconditioner_rank
+        ),
+        t1s,
+        tps,
+        predicted_s,
+        tgs,
+    ));
+    if root {
+        if let Some(i1) = info1
+            && (i1.iterations != infop.iterations || i1.products != infop.products)
+        {
+            println!(
+                "warning: one rank took {} iterations and {} products, {p} ranks {} and {}",
+                i1.iterations, i1.products, infop.iterations, infop.products
+            );
+        }
+        println!(
+            "| {:<48} | {:>9} | {:>9} | {:>10} | {:>10} | {:>9} | {:>12} |",
+            "problem",
+            "1 rank s",
+            format!("{p} ranks s"),
+            "speed-up",
+            "efficiency",
+            "model s",
+            "all-gather ms"
+        );
+        println!(
+            "|{}|{}|{}|{}|{}|{}|{}|",
+            "-".repeat(50),
+            "-".repeat(11),
+            "-".repeat(11),
+            "-".repeat(12),
+            "-".repeat(12),
+            "-".repeat(11),
+            "-".repeat(14)
+        );
+        for (name, t1, tp, pred, tg) in rows {
+            println!(
+                "| {name:<48} | {t1:>9.3} | {tp:>9.3} | {:>10.2} | {:>9.1} % | {pred:>9.3} | {:>12.3} |",
+                t1 / tp,
+                100.0 * t1 / (p as f64 * tp),
+                tg * 1e3
+            );
+        }
+        println!(
+            "\nefficiency = T_1 / (P T_P); model: T_P = T_1 / P + T_gather per product (products) \
+             plus the solve's unsplit rest ({rest:.3} s of its one-rank time: preconditioner, \
+             vector updates)"
+        );
+    }
+    Ok(())
+}
