@@ -5,19 +5,19 @@
 //! ```text
 //! cargo build --release --features mpi --example bench_distributed
 //! RAYON_NUM_THREADS=1 mpirun -n 2 target/release/examples/bench_distributed [--n N]
-//!     [--solve-n N] [--reps R] [--dtype f32|f64] [--tol T]
+//!     [--solve-n N] [--reps R] [--solve-reps R] [--dtype f32|f64] [--tol T]
 //! ```
 //!
 //! One thread per rank (`RAYON_NUM_THREADS=1`): the one-rank time is rank 0 alone, the others
 //! waiting in a collective on their own cores. The problem: `N` (default 10^5) uniform points
-//! in `[0, 1]^3`, a Gaussian kernel of lengthscale 0.1, `K b` for one right-hand side; the
+//! in `[0, 1]^3`, a Gaussian kernel of lengthscale 0.3, `K b` for one right-hand side; the
 //! solve `(K + 0.01 I) a = y` of the same kernel on `--solve-n` points (default 10^5) with the
-//! default pivoted-Cholesky preconditioner, to `--tol` (default 10^-3). Each measurement is the
-//! median of `--reps` (default 3) runs, one-rank and all-rank runs alternating; a sharded time
-//! is the slowest rank's. The all-gather of `N` values is timed alone (median of 20): the
-//! model predicts `T_P = T_1 / P + (gathers) x T_gather` for the products and
-//! `T_P = (products) x (T_product,1 / P + T_gather) + (the rest of T_1, not split)` for the
-//! solve.
+//! default pivoted-Cholesky preconditioner, to `--tol` (default 10^-3). A product's time is the
+//! median of `--reps` (default 3) runs, a solve's of `--solve-reps` (default 1), one-rank and
+//! all-rank runs alternating; a sharded time is the slowest rank's. The all-gather of `N`
+//! values is timed alone (median of 20): the model predicts `T_P = T_1 / P + T_gather` for a
+//! product and `T_P = (products) x (T_product,1 / P + T_gather) + (the rest of T_1, not
+//! split)` for the solve.
 
 #[path = "comm/mod.rs"]
 mod comm;
@@ -47,9 +47,12 @@ struct Cli {
     /// Points of the solve.
     #[arg(long, value_name = "N", default_value = "1e5", value_parser = sizes::count)]
     solve_n: usize,
-    /// Runs per measurement (the median is reported).
+    /// Runs per product measurement (the median is reported).
     #[arg(long, value_name = "R", default_value_t = 3)]
     reps: usize,
+    /// Runs per solve measurement.
+    #[arg(long, value_name = "R", default_value_t = 1)]
+    solve_reps: usize,
     /// Floating-point type of the points.
     #[arg(long, value_enum, default_value_t = device::Dtype::F32)]
     dtype: device::Dtype,
@@ -94,7 +97,7 @@ fn operator(n: usize, dtype: DType, dev: &Device) -> candle_core::Result<(Kernel
     let b: Vec<f32> = (0..n).map(|_| rng.random::<f32>() - 0.5).collect();
     let x = Tensor::from_vec(x, (n, 3), &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
     let b = Tensor::from_vec(b, n, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
-    let l = Tensor::new(&[0.1f64], &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+    let l = Tensor::new(&[0.3f64], &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
     Ok((KernelOperator::new(Kernel::gaussian(&l), &x, &x)?, b))
 }
 
@@ -191,7 +194,7 @@ fn run(cli: &Cli, dev: &Device, comm: &Comm) -> candle_core::Result<()> {
         ..SolveOptions::default()
     };
     let (t1s, tps, info1, infop) =
-        alternate(comm, reps, dev, |c| Ok(k.shard(c).solve(&y, 0.01, &opts)?.1))?;
+        alternate(comm, cli.solve_reps.max(1), dev, |c| Ok(k.shard(c).solve(&y, 0.01, &opts)?.1))?;
     let tgs = gather(cli.solve_n)?;
     // The one-rank product time at this N, to split the solve's time into products and rest.
     let tprod = one_rank(comm, dev, || k.matmul(&y))?;
@@ -212,12 +215,17 @@ fn run(cli: &Cli, dev: &Device, comm: &Comm) -> candle_core::Result<()> {
         tgs,
     ));
     if root {
-        if let Some(i1) = info1
-            && (i1.iterations != infop.iterations || i1.products != infop.products)
-        {
+        if let Some(i1) = &info1 {
+            if i1.iterations != infop.iterations || i1.products != infop.products {
+                println!(
+                    "warning: one rank took {} iterations and {} products, {p} ranks {} and {}",
+                    i1.iterations, i1.products, infop.iterations, infop.products
+                );
+            }
             println!(
-                "warning: one rank took {} iterations and {} products, {p} ranks {} and {}",
-                i1.iterations, i1.products, infop.iterations, infop.products
+                "solve: preconditioner setup {:.3} s on one rank, {:.3} s on {p}; iterations \
+                 {:.3} s and {:.3} s\n",
+                i1.setup_seconds, infop.setup_seconds, i1.solve_seconds, infop.solve_seconds
             );
         }
         println!(

@@ -6,11 +6,15 @@
 #   2. the per-pair instruction budget: a test writes the budget kernels, and
 #      scripts/sass-budget.py (its self-test first) counts the SASS instructions per pair of
 #      their main loops for sm_90 against cuda/sass-budget.txt and prints the table;
-#   3. `cargo clippy --features cuda --all-targets -- -D warnings` (the CUDA-side Rust code);
-#   4. `cargo test --features cuda`: NVRTC compiling generated kernels for compute_80/90 (no
-#      device needed), and the GPU suite, which says that it skipped when there is no device;
-#   5. every example of the `cuda` build run with `--device cuda`: with the libcuda stub each
-#      stops with one line saying there is no CUDA device.
+#   3. `cargo clippy --features cuda,mpi,nccl --all-targets -- -D warnings` (the CUDA-side Rust
+#      code, the NCCL communicator and the MPI one beside it);
+#   4. `cargo test --features cuda,mpi,nccl`: NVRTC compiling generated kernels for
+#      compute_80/90 (no device needed), and the GPU suite (linked with libnccl), which says that
+#      it skipped when there is no device;
+#   5. every example of that build run with `--device cuda`: with the libcuda stub each stops
+#      with one line saying there is no CUDA device.
+# One feature set for all of them (`cuda,mpi,nccl`), so that the dependencies build once; the
+# `mpi` feature needs an MPI library and libclang (.ci/run installs them).
 # The toolchain (pinned CUDA 13 wheels, a libcuda stub) comes from scripts/cuda-toolchain.sh,
 # the `cuda` build goes to its own target directory outside the clone.
 set -euo pipefail
@@ -43,14 +47,15 @@ scripts/sass-budget.py --self-test
 scripts/sass-budget.py "$corpus/sass"
 
 export CARGO_TARGET_DIR="${LK_CUDA_TARGET_DIR:-$HOME/.cache/lk-cuda-target}"
-echo "== cargo clippy --features cuda --all-targets -- -D warnings"
-cargo clippy --features cuda --all-targets -- -D warnings
+features=cuda,mpi,nccl
+echo "== cargo clippy --features $features --all-targets -- -D warnings"
+cargo clippy --features "$features" --all-targets -- -D warnings
 echo "== NVRTC compiles generated kernels (no device needed)"
-cargo test --features cuda --lib backend::cuda::launch
-echo "== GPU test suite (runs on device 0 when there is one)"
-cargo test --features cuda --test gpu_tests
-echo "== every example of the --features cuda build with --device cuda (libcuda stub): one clear line, exit 1"
-cargo build --features cuda --examples
+cargo test --features "$features" --lib backend::cuda::launch
+echo "== GPU test suite, linked with libnccl (runs on device 0 when there is one)"
+cargo test --features "$features" --test gpu_tests
+echo "== every example of the --features $features build with --device cuda (libcuda stub): one clear line, exit 1"
+cargo build --features "$features" --examples
 if ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1 '; then
     echo "(a real libcuda is installed: the examples' no-device check is skipped, run them on the GPU)"
 else

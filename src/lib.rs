@@ -82,7 +82,9 @@
 //! alone; [`LazyTensor::with_ranges`]). [`formula::grad()`] differentiates formulas and
 //! `op`'s backward pass turns the gradient of each reduction into new reductions. On top:
 //! [`operator`] (kernel matrices as linear operators), [`solve`] (preconditioned conjugate
-//! gradients, log-determinants) and [`gp`] (exact Gaussian processes).
+//! gradients, log-determinants) and [`gp`] (exact Gaussian processes). Beside them, [`dist`]
+//! splits all of these over ranks (MPI processes with feature `mpi`, GPUs with `nccl`):
+//! [`KernelOperator::shard`], [`LazyTensor::shard`], [`gp::ExactGp::shard`].
 
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

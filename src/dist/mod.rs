@@ -63,6 +63,8 @@ mod nccl;
 mod ops;
 pub(crate) mod shard;
 
+pub(crate) use ops::all_gather_rows;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -80,6 +82,18 @@ use crate::error::Error;
 /// sharded code guarantees it: see the [module documentation](self)); a rank that fails
 /// between two collectives leaves the others waiting in the next one, as in any MPI program.
 /// Implementations give every rank bitwise identical results.
+///
+/// ```
+/// use lazy_kernels::dist::{Communicator, LocalGroup};
+/// let out = LocalGroup::run(2, |c| {
+///     let mine = vec![c.rank() as f64; c.rank() + 1];         // rank 0: [0], rank 1: [1, 1]
+///     let all = c.all_gather(&mine, &[1, 2])?;
+///     let best = c.all_reduce_max_index(10.0 - c.rank() as f64, c.rank() as u64)?;
+///     Ok((all, best))
+/// })?;
+/// assert_eq!(out[1], (vec![0.0, 1.0, 1.0], (10.0, 0)));
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 pub trait Communicator: Send + Sync {
     /// This rank, in `0..size()`.
     fn rank(&self) -> usize;
@@ -115,6 +129,12 @@ impl Comm {
         Comm(Arc::new(c))
     }
 
+    /// A handle on a communicator already shared (so that its owner can still reach it, to
+    /// read counters of its own, say).
+    pub fn from_arc(c: Arc<dyn Communicator>) -> Comm {
+        Comm(c)
+    }
+
     /// The one-rank communicator every unsharded object has.
     ///
     /// ```
@@ -139,6 +159,13 @@ impl Comm {
     }
 
     /// This rank's block of `rows` ([`Comm::block`]).
+    ///
+    /// ```
+    /// use lazy_kernels::dist::{Comm, LocalGroup};
+    /// let blocks = LocalGroup::run(2, |c| Ok((c.my_block(5), c.counts(5))))?;
+    /// assert_eq!(blocks, vec![((0, 3), vec![3, 2]), ((3, 2), vec![3, 2])]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
     pub fn my_block(&self, rows: usize) -> (usize, usize) {
         Comm::block(rows, self.size(), self.rank())
     }

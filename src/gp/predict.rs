@@ -585,7 +585,7 @@ fn rows_times(cross: &KernelOperator, b: &Tensor) -> candle_core::Result<(Tensor
     let (mut parts, mut norms) = (Vec::new(), Vec::new());
     for start in (0..m).step_by(chunk) {
         let idx: Vec<usize> = (start..(start + chunk).min(m)).collect();
-        let rows = cross.rows(&idx)?.to_dtype(DType::F64)?;
+        let rows = cross.rows_detached(&idx)?.to_dtype(DType::F64)?;
         parts.push(matmul(&rows, b)?);
         norms.push(rows.sqr()?.sum(1)?);
     }
@@ -599,7 +599,7 @@ fn gram(cross: &KernelOperator) -> candle_core::Result<Tensor> {
     let chunk = rows_chunk(cross);
     let rows = |start: usize| -> candle_core::Result<Tensor> {
         let idx: Vec<usize> = (start..(start + chunk).min(m)).collect();
-        cross.rows(&idx)?.to_dtype(DType::F64)
+        cross.rows_detached(&idx)?.to_dtype(DType::F64)
     };
     let mut bands = Vec::new();
     for i in (0..m).step_by(chunk) {
@@ -667,7 +667,7 @@ impl PredictCache {
         let (mut means, mut parts) = (Vec::new(), Vec::new());
         for start in (0..m).step_by(chunk) {
             let idx: Vec<usize> = (start..(start + chunk).min(m)).collect();
-            let rows = cross.rows(&idx)?; // (c, N), working dtype
+            let rows = cross.rows_detached(&idx)?; // (c, N), working dtype
             let b = rows.t()?.contiguous()?;
             let b64 = b.to_dtype(DType::F64)?;
             // b^T A^-1 b: |L^-1 b|^2 from the factor (half a solve), else b . (A^-1 b).
@@ -691,7 +691,7 @@ impl PredictCache {
         let (mut means, mut cols) = (Vec::new(), Vec::new());
         for start in (0..m).step_by(chunk) {
             let idx: Vec<usize> = (start..(start + chunk).min(m)).collect();
-            let b = cross.rows(&idx)?.t()?.contiguous()?;
+            let b = cross.rows_detached(&idx)?.t()?.contiguous()?;
             let v = self.solve_columns(&b, "a covariance solve")?;
             let v64 = v.to_dtype(DType::F64)?;
             means.push(matmul(&b.to_dtype(DType::F64)?.t()?, &self.a)?.reshape(idx.len())?);
@@ -722,7 +722,7 @@ impl PredictCache {
         // Probes: evenly spaced training points.
         let p = LOVE_PROBES.min(n);
         let idx: Vec<usize> = (0..p).map(|i| i * n / p).collect();
-        let probes = op.rows(&idx)?.to_dtype(DType::F64)?; // (P, N)
+        let probes = op.rows_detached(&idx)?.to_dtype(DType::F64)?; // (P, N)
         let pv = probes.to_vec2::<f64>()?;
         let prior: Vec<f64> = idx.iter().enumerate().map(|(i, &j)| pv[i][j]).collect();
         // With no basis, everything is the complement: |b|^2 / s^2.

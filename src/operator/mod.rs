@@ -300,6 +300,27 @@ impl KernelOperator {
         }
     }
 
+    /// The rows `K[idx, :]` as [`KernelOperator::rows`] gives them, detached, evaluated by the
+    /// ranks of the operator's communicator together: each its block of the columns, then an
+    /// all-gather (what the preconditioner and the predictive variances read: `O(idx.len() N)`
+    /// work split over the ranks).
+    pub(crate) fn rows_detached(&self, idx: &[usize]) -> candle_core::Result<Tensor> {
+        let n = self.shape().1;
+        let comm = &self.comm;
+        if comm.size() == 1 || n < comm.size() || idx.is_empty() {
+            return Ok(self.rows(idx)?.detach());
+        }
+        let (start, len) = comm.my_block(n);
+        let part = KernelOperator {
+            cols: self.cols.narrow(0, start, len)?.contiguous()?,
+            ..self.clone()
+        };
+        let local = part.rows(idx)?.detach().t()?.contiguous()?; // (len, idx.len())
+        crate::dist::all_gather_rows(comm, &local, n)?
+            .t()?
+            .contiguous()
+    }
+
     /// The block `K[idx, idx]` (checked, non-empty indices `< min(M, N)`): one pointwise
     /// evaluation over the `idx.len()^2` paired points, on every device (what the
     /// preconditioner's acceptance test needs of its candidates).

@@ -448,7 +448,7 @@ impl KernelOperator {
                 let op = self.detached_in(dtype)?;
                 let diag = op.diag()?.detach().to_dtype(DType::F64)?;
                 let mut rows = |idx: &[usize]| -> candle_core::Result<Tensor> {
-                    op.rows(idx)?.detach().to_dtype(DType::F64)
+                    op.rows_detached(idx)?.to_dtype(DType::F64)
                 };
                 let mut block = |idx: &[usize]| -> candle_core::Result<Tensor> {
                     op.block(idx)?.detach().to_dtype(DType::F64)
