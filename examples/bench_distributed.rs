@@ -16,8 +16,9 @@
 //! median of `--reps` (default 3) runs, a solve's of `--solve-reps` (default 1), one-rank and
 //! all-rank runs alternating; a sharded time is the slowest rank's. The all-gather of `N`
 //! values is timed alone (median of 20): the model predicts `T_P = T_1 / P + T_gather` for a
-//! product and `T_P = (products) x (T_product,1 / P + T_gather) + (the rest of T_1, not
-//! split)` for the solve.
+//! product and, for the solve, its one-rank setup (the preconditioner: its rows are split,
+//! its factorisation is not) plus its one-rank iterations over `P` plus one `T_gather` per
+//! product.
 
 #[path = "comm/mod.rs"]
 mod comm;
@@ -71,7 +72,11 @@ fn main() {
     let dev = cli.device.open();
     let comm = comm::open(cli.comm, &dev);
     if let Err(e) = run(&cli, &dev, &comm) {
-        eprintln!("bench_distributed: rank {}: {}", comm.rank(), device::one_line(&e));
+        eprintln!(
+            "bench_distributed: rank {}: {}",
+            comm.rank(),
+            device::one_line(&e)
+        );
         std::process::exit(1);
     }
 }
@@ -95,27 +100,16 @@ fn operator(n: usize, dtype: DType, dev: &Device) -> candle_core::Result<(Kernel
     let mut rng = StdRng::seed_from_u64(n as u64);
     let x: Vec<f32> = (0..3 * n).map(|_| rng.random::<f32>()).collect();
     let b: Vec<f32> = (0..n).map(|_| rng.random::<f32>() - 0.5).collect();
-    let x = Tensor::from_vec(x, (n, 3), &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
-    let b = Tensor::from_vec(b, n, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
-    let l = Tensor::new(&[0.3f64], &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+    let x = Tensor::from_vec(x, (n, 3), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(dev)?;
+    let b = Tensor::from_vec(b, n, &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(dev)?;
+    let l = Tensor::new(&[0.3f64], &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(dev)?;
     Ok((KernelOperator::new(Kernel::gaussian(&l), &x, &x)?, b))
-}
-
-/// `f` timed on rank 0 alone (the others wait), the time on every rank.
-fn one_rank<T>(
-    comm: &Comm,
-    dev: &Device,
-    f: impl FnOnce() -> candle_core::Result<T>,
-) -> candle_core::Result<f64> {
-    barrier(comm)?;
-    let mut t = [0.0];
-    if comm.rank() == 0 {
-        let start = Instant::now();
-        f()?;
-        t[0] = device::elapsed(dev, start)?;
-    }
-    comm.broadcast(&mut t, 0)?;
-    Ok(t[0])
 }
 
 /// `f` timed on one rank (rank 0 alone: the others wait) and on all, alternated `reps` times;
@@ -193,14 +187,21 @@ fn run(cli: &Cli, dev: &Device, comm: &Comm) -> candle_core::Result<()> {
         tol: cli.tol,
         ..SolveOptions::default()
     };
-    let (t1s, tps, info1, infop) =
-        alternate(comm, cli.solve_reps.max(1), dev, |c| Ok(k.shard(c).solve(&y, 0.01, &opts)?.1))?;
+    let (t1s, tps, info1, infop) = alternate(comm, cli.solve_reps.max(1), dev, |c| {
+        Ok(k.shard(c).solve(&y, 0.01, &opts)?.1)
+    })?;
     let tgs = gather(cli.solve_n)?;
-    // The one-rank product time at this N, to split the solve's time into products and rest.
-    let tprod = one_rank(comm, dev, || k.matmul(&y))?;
-    let products = infop.products as f64;
-    let rest = (t1s - products * tprod).max(0.0);
-    let predicted_s = products * (tprod / p as f64 + if p > 1 { tgs } else { 0.0 }) + rest;
+    // The model: the preconditioner's setup is not split (its rows are, its factorisation is
+    // not), the iterations are, and each product adds an all-gather. From rank 0's one-rank
+    // run (every rank gets the prediction).
+    let mut one = [0.0, 0.0];
+    if let Some(i1) = &info1 {
+        one = [i1.setup_seconds, i1.solve_seconds];
+    }
+    comm.broadcast(&mut one, 0)?;
+    let [setup1, iter1] = one;
+    let gathers = infop.products as f64;
+    let predicted_s = setup1 + iter1 / p as f64 + if p > 1 { gathers * tgs } else { 0.0 };
     rows.push((
         format!(
             "solve, N = {}, {} its, {} products, rank {}",
@@ -257,9 +258,9 @@ fn run(cli: &Cli, dev: &Device, comm: &Comm) -> candle_core::Result<()> {
             );
         }
         println!(
-            "\nefficiency = T_1 / (P T_P); model: T_P = T_1 / P + T_gather per product (products) \
-             plus the solve's unsplit rest ({rest:.3} s of its one-rank time: preconditioner, \
-             vector updates)"
+            "\nefficiency = T_1 / (P T_P); model: a product T_1 / P + T_gather; a solve its \
+             one-rank setup ({setup1:.3} s, not split) + its one-rank iterations / P ({iter1:.3} \
+             s / {p}) + one T_gather per product"
         );
     }
     Ok(())

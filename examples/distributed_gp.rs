@@ -82,7 +82,9 @@ fn points(rng: &mut StdRng, n: usize) -> (Vec<f32>, Vec<f64>) {
 fn main() {
     let cli = Cli::parse();
     let choice = match cli.device.device {
-        device::Choice::Cuda(n) if comm::under_mpirun() => device::Choice::Cuda(n + comm::local_rank()),
+        device::Choice::Cuda(n) if comm::under_mpirun() => {
+            device::Choice::Cuda(n + comm::local_rank())
+        }
         c => c,
     };
     let dev = device::open_or_exit(choice);
@@ -172,7 +174,11 @@ fn run(cli: &Cli, dev: &Device, comm: &lazy_kernels::dist::Comm) -> candle_core:
     let predict_seconds = device::elapsed(dev, start)?;
     let mean = mean.to_dtype(DType::F64)?.to_device(&Device::Cpu)?;
     let ft = Tensor::new(ft.as_slice(), &Device::Cpu)?;
-    let rmse = (mean - &ft)?.sqr()?.mean(D::Minus1)?.sqrt()?.to_scalar::<f64>()?;
+    let rmse = (mean - &ft)?
+        .sqr()?
+        .mean(D::Minus1)?
+        .sqrt()?
+        .to_scalar::<f64>()?;
     if root {
         println!(
             "posterior mean at 1,000 new points: RMSE {rmse:.4} against the truth (noise sd 0.1), \

@@ -651,7 +651,13 @@ impl LazyTensor {
                 }
                 .into());
             }
-            return crate::dist::shard::reduce(comm, self.expr()?, &self.bindings, reduction, options);
+            return crate::dist::shard::reduce(
+                comm,
+                self.expr()?,
+                &self.bindings,
+                reduction,
+                options,
+            );
         }
         if let Some(b) = self.batched(Some(axis), kind.name())? {
             let out = reduce(

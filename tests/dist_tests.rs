@@ -107,7 +107,10 @@ fn products_solves_and_gradients_are_split_and_gathered() {
     .unwrap();
     for (products, gathers, sums, gl) in out {
         // Each product is one all-gather of its rows, the preconditioner's rows more.
-        assert!(gathers > products, "{gathers} all-gathers for {products} products");
+        assert!(
+            gathers > products,
+            "{gathers} all-gathers for {products} products"
+        );
         // The backward pass all-reduces the gradients of the bound tensors.
         assert!(sums > 0, "no gradient was all-reduced");
         assert!(gl.is_some_and(|g| g[0].is_finite()));

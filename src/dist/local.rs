@@ -36,10 +36,10 @@ pub struct LocalGroup {
 impl LocalGroup {
     /// The `size` communicators of a new group, rank `r` at position `r`; each must be moved
     /// to its own thread.
-    pub fn new(size: usize) -> candle_core::Result<Vec<Comm>> {
+    pub fn group(size: usize) -> candle_core::Result<Vec<Comm>> {
         if size == 0 {
             return Err(Error::InvalidArgument {
-                op: "LocalGroup::new",
+                op: "LocalGroup::group",
                 detail: "a group needs at least one rank".into(),
             }
             .into());
@@ -67,13 +67,10 @@ impl LocalGroup {
         size: usize,
         f: impl Fn(Comm) -> candle_core::Result<T> + Sync,
     ) -> candle_core::Result<Vec<T>> {
-        let comms = LocalGroup::new(size)?;
+        let comms = LocalGroup::group(size)?;
         let f = &f;
         let results: Vec<candle_core::Result<T>> = std::thread::scope(|s| {
-            let handles: Vec<_> = comms
-                .into_iter()
-                .map(|c| s.spawn(move || f(c)))
-                .collect();
+            let handles: Vec<_> = comms.into_iter().map(|c| s.spawn(move || f(c))).collect();
             handles
                 .into_iter()
                 .map(|h| {

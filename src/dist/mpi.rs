@@ -40,10 +40,12 @@ impl Mpi {
     /// takes the world communicator. Fails when MPI is already initialised in this process or
     /// gives a lower thread level.
     pub fn init() -> candle_core::Result<Mpi> {
-        let (universe, level) = mpi::initialize_with_threading(Threading::Serialized)
-            .ok_or_else(|| Error::Backend {
-                what: "MPI initialisation",
-                detail: "MPI is already initialised in this process (create Mpi once)".into(),
+        let (universe, level) =
+            mpi::initialize_with_threading(Threading::Serialized).ok_or_else(|| {
+                Error::Backend {
+                    what: "MPI initialisation",
+                    detail: "MPI is already initialised in this process (create Mpi once)".into(),
+                }
             })?;
         if level < Threading::Serialized {
             return Err(Error::Backend {
@@ -97,9 +99,7 @@ impl Communicator for Mpi {
     fn all_reduce_sum(&self, buf: &mut [f64]) -> candle_core::Result<()> {
         count(buf.len(), "Mpi::all_reduce_sum")?;
         let send = buf.to_vec();
-        self.with(|w| {
-            w.all_reduce_into(&send[..], buf, mpi::collective::SystemOperation::sum())
-        })
+        self.with(|w| w.all_reduce_into(&send[..], buf, mpi::collective::SystemOperation::sum()))
     }
     fn all_reduce_max_index(&self, value: f64, index: u64) -> candle_core::Result<(f64, u64)> {
         let mine = [value, (index >> 32) as f64, (index & 0xffff_ffff) as f64];

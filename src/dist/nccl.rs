@@ -39,7 +39,9 @@ unsafe impl Send for Nccl {}
 // SAFETY: as above.
 unsafe impl Sync for Nccl {}
 
-fn nccl_err(what: &'static str) -> impl Fn(candle_core::cuda_backend::cudarc::nccl::result::NcclError) -> candle_core::Error {
+fn nccl_err(
+    what: &'static str,
+) -> impl Fn(candle_core::cuda_backend::cudarc::nccl::result::NcclError) -> candle_core::Error {
     move |e| {
         Error::Backend {
             what,
@@ -49,7 +51,9 @@ fn nccl_err(what: &'static str) -> impl Fn(candle_core::cuda_backend::cudarc::nc
     }
 }
 
-fn driver_err(what: &'static str) -> impl Fn(candle_core::cuda_backend::cudarc::driver::DriverError) -> candle_core::Error {
+fn driver_err(
+    what: &'static str,
+) -> impl Fn(candle_core::cuda_backend::cudarc::driver::DriverError) -> candle_core::Error {
     move |e| {
         Error::Backend {
             what,
@@ -117,7 +121,10 @@ impl Nccl {
     fn gather_equal(&self, local: &[f64], per_rank: usize) -> candle_core::Result<Vec<f64>> {
         let mut send = local.to_vec();
         send.resize(per_rank.max(1), 0.0);
-        let src = self.stream.clone_htod(&send).map_err(driver_err("NCCL all-gather (copy)"))?;
+        let src = self
+            .stream
+            .clone_htod(&send)
+            .map_err(driver_err("NCCL all-gather (copy)"))?;
         let mut dst = self
             .stream
             .alloc_zeros::<f64>(send.len() * self.size)
@@ -145,7 +152,10 @@ impl Communicator for Nccl {
         if buf.is_empty() {
             return Ok(());
         }
-        let mut d = self.stream.clone_htod(&*buf).map_err(driver_err("NCCL all-reduce (copy)"))?;
+        let mut d = self
+            .stream
+            .clone_htod(&*buf)
+            .map_err(driver_err("NCCL all-reduce (copy)"))?;
         self.lock()?
             .all_reduce_in_place(&mut d, &ReduceOp::Sum)
             .map_err(nccl_err("ncclAllReduce"))?;
@@ -185,7 +195,10 @@ impl Communicator for Nccl {
         if buf.is_empty() {
             return Ok(());
         }
-        let mut d = self.stream.clone_htod(&*buf).map_err(driver_err("NCCL broadcast (copy)"))?;
+        let mut d = self
+            .stream
+            .clone_htod(&*buf)
+            .map_err(driver_err("NCCL broadcast (copy)"))?;
         self.lock()?
             .broadcast_in_place(&mut d, root as i32)
             .map_err(nccl_err("ncclBroadcast"))?;

@@ -656,7 +656,10 @@ impl PredictCache {
 
     /// `K(x*, X)` in the working dtype.
     fn cross(&self, x_new: &Tensor) -> candle_core::Result<KernelOperator> {
-        Ok(KernelOperator::new(self.kernel.clone(), &self.xn(x_new)?, &self.x)?.shard(self.op.comm()))
+        Ok(
+            KernelOperator::new(self.kernel.clone(), &self.xn(x_new)?, &self.x)?
+                .shard(self.op.comm()),
+        )
     }
 
     /// The means `k(x*, X) a` (without `m`) and `b^T (K + s^2 I)^-1 b` per test point, by

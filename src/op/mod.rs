@@ -187,7 +187,10 @@ impl CustomOp1 for ReductionOp {
 /// The storage of `value` (flattened, copied), for the forward pass of a custom op whose
 /// result was computed before the op was applied (an op that only adds a backward pass: the
 /// solve's implicit gradient, the collectives of sharded reductions).
-pub(crate) fn value_cpu(value: &Tensor, op: &'static str) -> candle_core::Result<(CpuStorage, Shape)> {
+pub(crate) fn value_cpu(
+    value: &Tensor,
+    op: &'static str,
+) -> candle_core::Result<(CpuStorage, Shape)> {
     let a = value.to_device(&Device::Cpu)?.flatten_all()?;
     let storage = match a.dtype() {
         DType::F64 => CpuStorage::F64(a.to_vec1()?),

@@ -58,7 +58,9 @@ pub fn close(what: &str, a: &Tensor, b: &Tensor, rel: f64) -> Result<()> {
     if err <= rel * scale && err.is_finite() {
         Ok(())
     } else {
-        candle_core::bail!("{what}: sharded and single-process differ by {err:.3e} (scale {scale:.3e}, allowed {rel:.1e} relative)")
+        candle_core::bail!(
+            "{what}: sharded and single-process differ by {err:.3e} (scale {scale:.3e}, allowed {rel:.1e} relative)"
+        )
     }
 }
 
@@ -70,6 +72,9 @@ fn close_scalar(what: &str, a: f64, b: f64, rel: f64) -> Result<()> {
     }
 }
 
+/// A check, run by every rank.
+type Check = fn(&Comm) -> Result<()>;
+
 /// Every check, in order, with the data on the CPU; returns their names.
 pub fn all(comm: &Comm) -> Result<Vec<&'static str>> {
     all_on(comm, &Device::Cpu)
@@ -78,7 +83,7 @@ pub fn all(comm: &Comm) -> Result<Vec<&'static str>> {
 /// Every check, in order, with the data on `device` (this rank's); returns their names.
 pub fn all_on(comm: &Comm, device: &Device) -> Result<Vec<&'static str>> {
     DEVICE.with(|d| *d.borrow_mut() = device.clone());
-    let checks: [(&'static str, fn(&Comm) -> Result<()>); 8] = [
+    let checks: [(&'static str, Check); 8] = [
         ("matmul and its gradients", matmul),
         ("reductions over i and over j", reductions),
         ("the preconditioned solve and its gradient", solve),
@@ -91,7 +96,11 @@ pub fn all_on(comm: &Comm, device: &Device) -> Result<Vec<&'static str>> {
     let mut done = Vec::new();
     for (name, check) in checks {
         check(comm).map_err(|e| {
-            candle_core::Error::Msg(format!("rank {} of {}: {name}: {e}", comm.rank(), comm.size()))
+            candle_core::Error::Msg(format!(
+                "rank {} of {}: {name}: {e}",
+                comm.rank(),
+                comm.size()
+            ))
         })?;
         done.push(name);
     }
@@ -106,7 +115,11 @@ pub fn matmul(comm: &Comm) -> Result<()> {
         let x = Var::from_tensor(&data(n, d, 1, dtype)?)?;
         let b = Var::from_tensor(&data(n, e, 2, dtype)?)?;
         let l = Var::from_tensor(&Tensor::new(&[0.4f64], &dev())?.to_dtype(dtype)?)?;
-        let k = KernelOperator::new(Kernel::gaussian(l.as_tensor()), x.as_tensor(), x.as_tensor())?;
+        let k = KernelOperator::new(
+            Kernel::gaussian(l.as_tensor()),
+            x.as_tensor(),
+            x.as_tensor(),
+        )?;
         let sharded = k.shard(comm).matmul(b.as_tensor())?;
         let single = k.matmul(b.as_tensor())?;
         close("K b", &sharded, &single, rel)?;
@@ -152,7 +165,12 @@ pub fn reductions(comm: &Comm) -> Result<()> {
     let sd = d.shard(comm);
     for axis in [Axis::J, Axis::I] {
         close("sum", &sd.sum(axis)?, &d.sum(axis)?, 1e-13)?;
-        close("logsumexp", &(-&sd).logsumexp(axis)?, &(-&d).logsumexp(axis)?, 1e-13)?;
+        close(
+            "logsumexp",
+            &(-&sd).logsumexp(axis)?,
+            &(-&d).logsumexp(axis)?,
+            1e-13,
+        )?;
         close("min", &sd.min(axis)?, &d.min(axis)?, 0.0)?;
         let (a, b) = (sd.argmin(axis)?, d.argmin(axis)?);
         if a.to_vec2::<i64>()? != b.to_vec2::<i64>()? {
@@ -166,7 +184,12 @@ pub fn reductions(comm: &Comm) -> Result<()> {
     // A formula the sharded product depends on in every way: `sum_j exp(-|x_i - y_j|^2) b_j`.
     let b = data(77, 3, 6, DType::F64)?;
     let k = (-LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&y)?)).exp() * LazyTensor::vj(&b)?;
-    close("a vector formula", &k.shard(comm).sum(Axis::J)?, &k.sum(Axis::J)?, 1e-13)?;
+    close(
+        "a vector formula",
+        &k.shard(comm).sum(Axis::J)?,
+        &k.sum(Axis::J)?,
+        1e-13,
+    )?;
     Ok(())
 }
 
@@ -298,7 +321,12 @@ pub fn unsupported(comm: &Comm) -> Result<()> {
     let c = Clusters::from_labels(&labels)?;
     let near = BlockSparse::from_pairs(&c, &c, &[(0, 0), (1, 1), (2, 2), (3, 3)])?;
     let d = LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&x)?);
-    let err = d.with_ranges(&near).shard(comm).sum(Axis::J).unwrap_err().to_string();
+    let err = d
+        .with_ranges(&near)
+        .shard(comm)
+        .sum(Axis::J)
+        .unwrap_err()
+        .to_string();
     if !err.contains("not implemented") {
         candle_core::bail!("a sharded block-sparse reduction: unexpected error {err}");
     }
@@ -318,7 +346,11 @@ pub fn collectives(comm: &Comm) -> Result<()> {
     // others resolve to the smallest index.
     let value = if r + 1 == p && p > 1 { 2.0 } else { 1.0 };
     let got = comm.all_reduce_max_index(value, 5 + r as u64 + (1 << 40))?;
-    let want = if p > 1 { (2.0, 5 + (p - 1) as u64 + (1 << 40)) } else { (1.0, 5 + (1 << 40)) };
+    let want = if p > 1 {
+        (2.0, 5 + (p - 1) as u64 + (1 << 40))
+    } else {
+        (1.0, 5 + (1 << 40))
+    };
     if got != want {
         candle_core::bail!("all_reduce_max_index gave {got:?}, want {want:?}");
     }

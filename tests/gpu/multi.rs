@@ -12,7 +12,7 @@ use candle_core::Device;
 use lazy_kernels::dist::{Comm, LocalGroup};
 
 use super::dist;
-use super::{Check, Ctx, Res, Skipped, check};
+use super::{Check, Res, Skipped, check};
 
 pub(super) fn checks(v: &mut Vec<Check>) {
     v.push(check("multi/2 ranks on the device under test", |ctx| {
@@ -21,7 +21,7 @@ pub(super) fn checks(v: &mut Vec<Check>) {
     }));
     v.push(check("multi/1 rank per CUDA device", |_| {
         let n = two_or_more()?;
-        ranks_on(n, |r| Ok(Device::new_cuda(r)?), |c, _| Ok(c))
+        ranks_on(n, Device::new_cuda, |c, _| Ok(c))
     }));
     v.push(check("multi/NCCL, 1 rank per CUDA device", |_| nccl()));
 }
@@ -42,11 +42,9 @@ fn two_or_more() -> Res<usize> {
 #[cfg(feature = "nccl")]
 fn nccl() -> Res<String> {
     let n = two_or_more()?;
-    ranks_on(
-        n,
-        |r| Ok(Device::new_cuda(r)?),
-        |c, d| Ok(Comm::new(lazy_kernels::dist::Nccl::new(d, &c)?)),
-    )
+    ranks_on(n, Device::new_cuda, |c, d| {
+        Ok(Comm::new(lazy_kernels::dist::Nccl::new(d, &c)?))
+    })
 }
 
 #[cfg(not(feature = "nccl"))]
@@ -67,5 +65,8 @@ fn ranks_on(
         let c = comm(c, &d)?;
         dist::all_on(&c, &d)
     })?;
-    Ok(format!("{} checks passed on each of {size} ranks", out[0].len()))
+    Ok(format!(
+        "{} checks passed on each of {size} ranks",
+        out[0].len()
+    ))
 }
