@@ -31,15 +31,18 @@ fn stop(msg: String) -> ! {
     std::process::exit(1)
 }
 
+/// Stops: `arg` needs the features `f` this build lacks.
+#[cfg_attr(all(feature = "mpi", feature = "nccl"), allow(dead_code))]
+fn no_feature(arg: CommArg, f: &str) -> ! {
+    stop(format!(
+        "--comm {}: this build has no `{f}` feature; build with --features {f}",
+        format!("{arg:?}").to_lowercase()
+    ))
+}
+
 /// The communicator `arg` names, for data on `device`; stops the program with one line when
 /// it cannot be had.
 pub fn open(arg: CommArg, device: &Device) -> Comm {
-    let feature = |f: &str| -> ! {
-        stop(format!(
-            "--comm {}: this build has no `{f}` feature; build with --features {f}",
-            format!("{arg:?}").to_lowercase()
-        ))
-    };
     match arg {
         CommArg::Single => Comm::single(),
         CommArg::Auto if !under_mpirun() => Comm::single(),
@@ -60,7 +63,7 @@ pub fn open(arg: CommArg, device: &Device) -> Comm {
                             .into(),
                     )
                 }
-                feature("mpi")
+                no_feature(arg, "mpi")
             }
         }
         CommArg::Nccl => {
@@ -75,7 +78,7 @@ pub fn open(arg: CommArg, device: &Device) -> Comm {
             #[cfg(not(all(feature = "mpi", feature = "nccl")))]
             {
                 let _ = device;
-                feature("mpi,nccl")
+                no_feature(arg, "mpi,nccl")
             }
         }
     }

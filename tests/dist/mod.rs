@@ -190,6 +190,26 @@ pub fn reductions(comm: &Comm) -> Result<()> {
         &k.sum(Axis::J)?,
         1e-13,
     )?;
+    // The symbolic matrix: `K @ b`, `K^T @ b` and `K.solve(b, alpha)` of a formula.
+    let g = (-LazyTensor::vi(&x)?.sqdist(&LazyTensor::vj(&x)?) * 4.0).exp();
+    let bx = data(101, 2, 15, DType::F64)?;
+    let gs = g.shard(comm);
+    close(
+        "LazyTensor::matmul",
+        &gs.matmul(&bx)?,
+        &g.matmul(&bx)?,
+        1e-13,
+    )?;
+    close(
+        "LazyTensor::t",
+        &gs.t().matmul(&bx)?,
+        &g.t().matmul(&bx)?,
+        1e-13,
+    )?;
+    let opts = SolveOptions::default();
+    let (a_s, _) = gs.solve(&bx, 0.1, &opts)?;
+    let (a_1, _) = g.solve(&bx, 0.1, &opts)?;
+    close("LazyTensor::solve", &a_s, &a_1, 1e-9)?;
     Ok(())
 }
 
