@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Barrier, Mutex};
 
-use super::{Comm, Communicator, check_counts, check_root, max_index};
+use super::{Comm, Communicator, check_counts, check_root, max_index_by_gather};
 use crate::error::Error;
 
 /// The shared state of a group: one mailbox per rank and the barrier they meet at.
@@ -125,18 +125,20 @@ impl Communicator for LocalGroup {
         Ok(())
     }
     fn all_reduce_max_index(&self, value: f64, index: u64) -> candle_core::Result<(f64, u64)> {
-        // The index travels as two exact halves of 32 bits.
-        let all = self.exchange(&[value, (index >> 32) as f64, (index & 0xffff_ffff) as f64])?;
-        Ok(max_index(
-            all.iter()
-                .map(|r| (r[0], ((r[1] as u64) << 32) | r[2] as u64)),
-        ))
+        max_index_by_gather(self, value, index)
     }
     fn all_gather(&self, local: &[f64], counts: &[usize]) -> candle_core::Result<Vec<f64>> {
-        let ok = check_counts("LocalGroup::all_gather", local.len(), counts, self.rank)
-            .map(|_| counts.len() == self.size());
+        // Every rank checks after the exchange, so that a bad call fails on every rank.
+        let ok = check_counts(
+            "LocalGroup::all_gather",
+            local.len(),
+            counts,
+            self.rank,
+            self.size(),
+        );
         let all = self.exchange(local)?;
-        if !ok? || all.iter().zip(counts).any(|(r, &c)| r.len() != c) {
+        ok?;
+        if all.iter().zip(counts).any(|(r, &c)| r.len() != c) {
             return Err(length_mismatch(&all));
         }
         Ok(all.concat())

@@ -238,7 +238,7 @@ impl Communicator for SingleProcess {
         Ok((value, index))
     }
     fn all_gather(&self, local: &[f64], counts: &[usize]) -> candle_core::Result<Vec<f64>> {
-        check_counts("SingleProcess::all_gather", local.len(), counts, 0)?;
+        check_counts("SingleProcess::all_gather", local.len(), counts, 0, 1)?;
         Ok(local.to_vec())
     }
     fn broadcast(&self, _: &mut [f64], root: usize) -> candle_core::Result<()> {
@@ -246,15 +246,16 @@ impl Communicator for SingleProcess {
     }
 }
 
-/// Checks that `counts` has one entry per rank and that `rank`'s is `len`.
+/// Checks that `counts` has one entry per rank of `size` and that `rank`'s is `len`.
 pub(crate) fn check_counts(
     op: &'static str,
     len: usize,
     counts: &[usize],
     rank: usize,
+    size: usize,
 ) -> candle_core::Result<()> {
     match counts.get(rank) {
-        Some(&c) if c == len => Ok(()),
+        Some(&c) if c == len && counts.len() == size => Ok(()),
         _ => Err(Error::InvalidArgument {
             op,
             detail: format!(
@@ -276,6 +277,22 @@ pub(crate) fn check_root(op: &'static str, root: usize, size: usize) -> candle_c
         }
         .into())
     }
+}
+
+/// [`Communicator::all_reduce_max_index`] through an all-gather of every rank's value and
+/// index (the index as two exact 32-bit halves): for communicators without an arg-max of their
+/// own.
+pub(crate) fn max_index_by_gather(
+    c: &dyn Communicator,
+    value: f64,
+    index: u64,
+) -> candle_core::Result<(f64, u64)> {
+    let mine = [value, (index >> 32) as f64, (index & 0xffff_ffff) as f64];
+    let all = c.all_gather(&mine, &vec![3; c.size()])?;
+    Ok(max_index(
+        all.chunks(3)
+            .map(|r| (r[0], ((r[1] as u64) << 32) | r[2] as u64)),
+    ))
 }
 
 /// The largest value and its index among `(value, index)` pairs, the smallest index among

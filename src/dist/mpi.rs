@@ -8,7 +8,7 @@ use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator as _, CommunicatorCollectives, Root};
 
-use super::{Communicator, check_counts, check_root, max_index};
+use super::{Communicator, check_counts, check_root, max_index_by_gather};
 use crate::error::Error;
 
 /// The ranks of `MPI_COMM_WORLD`: one process per rank, started by `mpirun` (or `srun`),
@@ -102,23 +102,11 @@ impl Communicator for Mpi {
         self.with(|w| w.all_reduce_into(&send[..], buf, mpi::collective::SystemOperation::sum()))
     }
     fn all_reduce_max_index(&self, value: f64, index: u64) -> candle_core::Result<(f64, u64)> {
-        let mine = [value, (index >> 32) as f64, (index & 0xffff_ffff) as f64];
-        let all = self.all_gather(&mine, &vec![3; self.size])?;
-        Ok(max_index(
-            all.chunks(3)
-                .map(|r| (r[0], ((r[1] as u64) << 32) | r[2] as u64)),
-        ))
+        max_index_by_gather(self, value, index)
     }
     fn all_gather(&self, local: &[f64], counts: &[usize]) -> candle_core::Result<Vec<f64>> {
         const OP: &str = "Mpi::all_gather";
-        check_counts(OP, local.len(), counts, self.rank)?;
-        if counts.len() != self.size {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                detail: format!("{} counts for {} ranks", counts.len(), self.size),
-            }
-            .into());
-        }
+        check_counts(OP, local.len(), counts, self.rank, self.size)?;
         let total: usize = counts.iter().sum();
         count(total, OP)?;
         let c: Vec<i32> = counts.iter().map(|&n| n as i32).collect();

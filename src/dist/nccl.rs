@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::cuda_backend::cudarc::driver::CudaStream;
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm as NcclComm, Id, ReduceOp};
 
-use super::{Comm, Communicator, check_counts, check_root, max_index};
+use super::{Comm, Communicator, check_counts, check_root, max_index_by_gather};
 use crate::error::Error;
 
 /// One GPU per rank, the collectives run by NCCL on the GPU's stream (NVLink within a host,
@@ -164,23 +164,11 @@ impl Communicator for Nccl {
             .map_err(driver_err("NCCL all-reduce (copy back)"))
     }
     fn all_reduce_max_index(&self, value: f64, index: u64) -> candle_core::Result<(f64, u64)> {
-        let mine = [value, (index >> 32) as f64, (index & 0xffff_ffff) as f64];
-        let all = self.gather_equal(&mine, 3)?;
-        Ok(max_index(
-            all.chunks(3)
-                .map(|r| (r[0], ((r[1] as u64) << 32) | r[2] as u64)),
-        ))
+        max_index_by_gather(self, value, index)
     }
     fn all_gather(&self, local: &[f64], counts: &[usize]) -> candle_core::Result<Vec<f64>> {
         const OP: &str = "Nccl::all_gather";
-        check_counts(OP, local.len(), counts, self.rank)?;
-        if counts.len() != self.size {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                detail: format!("{} counts for {} ranks", counts.len(), self.size),
-            }
-            .into());
-        }
+        check_counts(OP, local.len(), counts, self.rank, self.size)?;
         // NCCL gathers equal blocks: pad every block to the longest, then drop the padding.
         let per_rank = counts.iter().copied().max().unwrap_or(0).max(1);
         let all = self.gather_equal(local, per_rank)?;

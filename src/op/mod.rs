@@ -184,47 +184,67 @@ impl CustomOp1 for ReductionOp {
     }
 }
 
-/// The storage of `value` (flattened, copied), for the forward pass of a custom op whose
-/// result was computed before the op was applied (an op that only adds a backward pass: the
-/// solve's implicit gradient, the collectives of sharded reductions).
-pub(crate) fn value_cpu(
-    value: &Tensor,
-    op: &'static str,
-) -> candle_core::Result<(CpuStorage, Shape)> {
-    let a = value.to_device(&Device::Cpu)?.flatten_all()?;
-    let storage = match a.dtype() {
-        DType::F64 => CpuStorage::F64(a.to_vec1()?),
-        DType::F32 => CpuStorage::F32(a.to_vec1()?),
-        DType::F16 => CpuStorage::F16(a.to_vec1()?),
-        DType::BF16 => CpuStorage::BF16(a.to_vec1()?),
-        DType::I64 => CpuStorage::I64(a.to_vec1()?),
-        other => {
-            return Err(Error::DType {
-                op,
-                detail: format!("{other:?} is not a float dtype"),
-            }
-            .into());
-        }
-    };
-    Ok((storage, value.shape().clone()))
+/// A custom op that only adds a backward pass: its value, `value`, was computed before it
+/// was applied (the forward pass copies it), and its backward pass maps the output's
+/// gradient to the argument's with `bwd`. The solve's implicit gradient and the collectives
+/// of sharded reductions are this.
+pub(crate) struct Precomputed<F> {
+    /// The op's name (for Candle's reports and the errors of its forward pass).
+    pub name: &'static str,
+    /// The value, in the dtype and shape of the result, on the argument's device.
+    pub value: Tensor,
+    /// The argument's gradient from the result's.
+    pub bwd: F,
 }
 
-/// As [`value_cpu`], on a CUDA device: a fresh contiguous copy of `value` on its device.
-#[cfg(feature = "cuda")]
-pub(crate) fn value_cuda(
-    value: &Tensor,
-    op: &'static str,
-) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-    use candle_core::backend::BackendStorage;
-    let a = value.copy()?;
-    let (storage, layout) = a.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cuda(c) => Ok((c.try_clone(layout)?, a.shape().clone())),
-        _ => Err(Error::Device {
-            op,
-            detail: "the value is not on the CUDA device of the op's argument".into(),
+impl<F> CustomOp1 for Precomputed<F>
+where
+    F: Fn(&Tensor) -> candle_core::Result<Option<Tensor>> + Send + Sync,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let a = self.value.to_device(&Device::Cpu)?.flatten_all()?;
+        let storage = match a.dtype() {
+            DType::F64 => CpuStorage::F64(a.to_vec1()?),
+            DType::F32 => CpuStorage::F32(a.to_vec1()?),
+            DType::F16 => CpuStorage::F16(a.to_vec1()?),
+            DType::BF16 => CpuStorage::BF16(a.to_vec1()?),
+            other => {
+                return Err(Error::DType {
+                    op: self.name,
+                    detail: format!("{other:?} is not a float dtype"),
+                }
+                .into());
+            }
+        };
+        Ok((storage, self.value.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        // A fresh contiguous copy on the device, whose storage is exactly the value.
+        let a = self.value.copy()?;
+        let (storage, layout) = a.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cuda(c) => Ok((c.try_clone(layout)?, a.shape().clone())),
+            _ => Err(Error::Device {
+                op: self.name,
+                detail: "the value is not on the CUDA device of the op's argument".into(),
+            }
+            .into()),
         }
-        .into()),
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        (self.bwd)(g)
     }
 }
 

@@ -17,7 +17,6 @@ pub(crate) use lanczos::Lanczos;
 pub use logdet::{LogdetEstimator, LogdetInfo, LogdetOptions};
 pub use pivoted_cholesky::{AUTO_MEMORY, Rank};
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
@@ -698,10 +697,11 @@ impl Setup {
             } else {
                 b2.clone()
             };
-            z.apply_op1(implicit::SolveOp {
-                solution: a,
-                system: Arc::new(system),
-                forward_residual: info.max_residual(),
+            let forward_residual = info.max_residual();
+            z.apply_op1(crate::op::Precomputed {
+                name: "lazy-kernels-solve",
+                value: a,
+                bwd: move |g: &Tensor| implicit::adjoint(&system, forward_residual, g),
             })?
         } else {
             a
