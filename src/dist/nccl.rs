@@ -10,8 +10,8 @@ use crate::error::Error;
 
 /// One GPU per rank, the collectives run by NCCL on the GPU's stream (NVLink within a host,
 /// InfiniBand or TCP between hosts). Created on every rank together, with the rank's CUDA
-/// device and a bootstrap communicator of the same ranks (usually `Mpi`) over
-/// which rank 0 sends NCCL's unique identifier.
+/// device and a bootstrap communicator of the same ranks (usually `Mpi`) over which rank 0
+/// sends NCCL's unique identifier.
 ///
 /// The collectives take host values (the sharded code gathers through the host today): each
 /// is a copy to the device, the NCCL collective, and a copy back.
