@@ -84,9 +84,9 @@ pub fn open(arg: CommArg, device: &Device) -> Comm {
     }
 }
 
-/// The CUDA device of this rank when `--device cuda` is given under MPI: `cuda:(rank mod
-/// visible devices)` from the launcher's local rank, so that each rank of a host takes its own
-/// GPU; the device asked for otherwise.
+/// This process's rank among those of its host, from the launcher's environment (OpenMPI,
+/// MPICH/Hydra, Slurm), 0 when there is none: `--device cuda:N` under MPI becomes
+/// `cuda:(N + local rank)`, so that each rank of a host takes its own GPU.
 pub fn local_rank() -> usize {
     [
         "OMPI_COMM_WORLD_LOCAL_RANK",

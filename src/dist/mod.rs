@@ -176,11 +176,6 @@ impl Comm {
             .map(|r| Comm::block(rows, self.size(), r).1)
             .collect()
     }
-
-    /// Whether `other` is the same communicator (the same handle).
-    pub fn same(&self, other: &Comm) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
 }
 
 impl std::ops::Deref for Comm {
@@ -298,18 +293,15 @@ pub(crate) fn max_index_by_gather(
 /// The largest value and its index among `(value, index)` pairs, the smallest index among
 /// equal values (NaN counts as the largest, so that a bad value is never hidden).
 pub(crate) fn max_index(pairs: impl IntoIterator<Item = (f64, u64)>) -> (f64, u64) {
-    let mut best = (f64::NEG_INFINITY, u64::MAX);
-    for (v, i) in pairs {
-        let better = match (v.is_nan(), best.0.is_nan()) {
-            (true, false) => true,
-            (false, true) => false,
-            _ => v > best.0 || (v == best.0 && i < best.1),
-        };
-        if better || best.1 == u64::MAX {
-            best = (v, i);
-        }
-    }
-    best
+    let better = |(v, i): (f64, u64), (bv, bi): (f64, u64)| match (v.is_nan(), bv.is_nan()) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => v > bv || (v == bv && i < bi),
+    };
+    pairs
+        .into_iter()
+        .reduce(|best, p| if better(p, best) { p } else { best })
+        .unwrap_or((f64::NEG_INFINITY, u64::MAX))
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::cuda_backend::cudarc::driver::CudaStream;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
+use candle_core::cuda_backend::cudarc::nccl::result::NcclError;
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm as NcclComm, Id, ReduceOp};
 
 use super::{Comm, Communicator, check_counts, check_root, max_index_by_gather};
@@ -39,21 +40,8 @@ unsafe impl Send for Nccl {}
 // SAFETY: as above.
 unsafe impl Sync for Nccl {}
 
-fn nccl_err(
-    what: &'static str,
-) -> impl Fn(candle_core::cuda_backend::cudarc::nccl::result::NcclError) -> candle_core::Error {
-    move |e| {
-        Error::Backend {
-            what,
-            detail: format!("{e:?}"),
-        }
-        .into()
-    }
-}
-
-fn driver_err(
-    what: &'static str,
-) -> impl Fn(candle_core::cuda_backend::cudarc::driver::DriverError) -> candle_core::Error {
+/// A failing NCCL or driver call as this crate's error.
+fn backend_err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> candle_core::Error {
     move |e| {
         Error::Backend {
             what,
@@ -82,7 +70,7 @@ impl Nccl {
         // Rank 0 makes the identifier; every rank gets its 128 bytes, one per f64 (exact).
         let mut bytes = [0f64; 128];
         if bootstrap.rank() == 0 {
-            let id = Id::new().map_err(nccl_err("ncclGetUniqueId"))?;
+            let id = Id::new().map_err(backend_err("ncclGetUniqueId"))?;
             for (b, c) in bytes.iter_mut().zip(id.internal()) {
                 *b = *c as f64;
             }
@@ -98,7 +86,7 @@ impl Nccl {
             bootstrap.size(),
             Id::uninit(internal),
         )
-        .map_err(nccl_err("ncclCommInitRank"))?;
+        .map_err(backend_err("ncclCommInitRank"))?;
         Ok(Nccl {
             rank: bootstrap.rank(),
             size: bootstrap.size(),
@@ -117,6 +105,22 @@ impl Nccl {
         })
     }
 
+    /// `buf` copied to the device, `op` run on it in place (named `what` in errors), and
+    /// copied back: the in-place collectives. Nothing to do for an empty `buf`.
+    fn in_place<T>(
+        &self,
+        buf: &mut [f64],
+        what: &'static str,
+        op: impl FnOnce(&NcclComm, &mut CudaSlice<f64>) -> Result<T, NcclError>,
+    ) -> candle_core::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let mut d = self.stream.clone_htod(&*buf).map_err(backend_err(what))?;
+        op(&*self.lock()?, &mut d).map_err(backend_err(what))?;
+        self.stream.memcpy_dtoh(&d, buf).map_err(backend_err(what))
+    }
+
     /// The gather of equal blocks of `per_rank` values, `local` padded with zeros to it.
     fn gather_equal(&self, local: &[f64], per_rank: usize) -> candle_core::Result<Vec<f64>> {
         let mut send = local.to_vec();
@@ -124,17 +128,17 @@ impl Nccl {
         let src = self
             .stream
             .clone_htod(&send)
-            .map_err(driver_err("NCCL all-gather (copy)"))?;
+            .map_err(backend_err("NCCL all-gather (copy)"))?;
         let mut dst = self
             .stream
             .alloc_zeros::<f64>(send.len() * self.size)
-            .map_err(driver_err("NCCL all-gather (alloc)"))?;
+            .map_err(backend_err("NCCL all-gather (alloc)"))?;
         self.lock()?
             .all_gather(&src, &mut dst)
-            .map_err(nccl_err("ncclAllGather"))?;
+            .map_err(backend_err("ncclAllGather"))?;
         self.stream
             .clone_dtoh(&dst)
-            .map_err(driver_err("NCCL all-gather (copy back)"))
+            .map_err(backend_err("NCCL all-gather (copy back)"))
     }
 }
 
@@ -149,19 +153,9 @@ impl Communicator for Nccl {
         "NCCL"
     }
     fn all_reduce_sum(&self, buf: &mut [f64]) -> candle_core::Result<()> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let mut d = self
-            .stream
-            .clone_htod(&*buf)
-            .map_err(driver_err("NCCL all-reduce (copy)"))?;
-        self.lock()?
-            .all_reduce_in_place(&mut d, &ReduceOp::Sum)
-            .map_err(nccl_err("ncclAllReduce"))?;
-        self.stream
-            .memcpy_dtoh(&d, buf)
-            .map_err(driver_err("NCCL all-reduce (copy back)"))
+        self.in_place(buf, "ncclAllReduce", |c, d| {
+            c.all_reduce_in_place(d, &ReduceOp::Sum)
+        })
     }
     fn all_reduce_max_index(&self, value: f64, index: u64) -> candle_core::Result<(f64, u64)> {
         max_index_by_gather(self, value, index)
@@ -180,18 +174,8 @@ impl Communicator for Nccl {
     }
     fn broadcast(&self, buf: &mut [f64], root: usize) -> candle_core::Result<()> {
         check_root("Nccl::broadcast", root, self.size)?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let mut d = self
-            .stream
-            .clone_htod(&*buf)
-            .map_err(driver_err("NCCL broadcast (copy)"))?;
-        self.lock()?
-            .broadcast_in_place(&mut d, root as i32)
-            .map_err(nccl_err("ncclBroadcast"))?;
-        self.stream
-            .memcpy_dtoh(&d, buf)
-            .map_err(driver_err("NCCL broadcast (copy back)"))
+        self.in_place(buf, "ncclBroadcast", |c, d| {
+            c.broadcast_in_place(d, root as i32)
+        })
     }
 }
